@@ -1,0 +1,245 @@
+//! Thermostat readings from three generations of firmware, normalised into one record.
+//!
+//! - v1: flat Celsius fields: `{"ts": .., "temp_c": 21.5, "setpoint_c": 21.0}`
+//! - v2: nested value + unit, Fahrenheit by default: `{"temperature": {"value": 70.7, "unit": "F"}}`
+//! - v3: v2 plus optional `"humidity": {"value": 41.0, "unit": "%"}`
+//!
+//! The device id is the last topic level (`plant/7/thermostat/t-100`); a payload `device`
+//! field that disagrees with it is rejected. `{"heartbeat": true}` is skipped.
+//! Config: `min_c` / `max_c` bound a plausible reading (default -50 / 100).
+
+use serde::{Deserialize, Serialize};
+use weir_sdk::{Config, Emit, Message, Plugin, Rejection};
+
+/// The canonical record (schema: `thermostat.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reading {
+    pub device_id: String,
+    pub ts_ms: i64,
+    pub temperature_c: f64,
+    pub setpoint_c: Option<f64>,
+    pub humidity_pct: Option<f64>,
+    pub payload_version: i32,
+    pub firmware: Option<String>,
+}
+
+/// A reading with a unit, as firmware v2+ sends it.
+#[derive(Deserialize)]
+struct Quantity {
+    value: Option<f64>,
+    #[serde(default)]
+    unit: Option<String>,
+}
+
+/// Every field any firmware sends; which are present tells the shape.
+#[derive(Deserialize)]
+struct Payload {
+    device: Option<String>,
+    ts: Option<i64>,
+    fw: Option<String>,
+    #[serde(default)]
+    heartbeat: bool,
+    // v1
+    temp_c: Option<f64>,
+    setpoint_c: Option<f64>,
+    // v2, v3
+    temperature: Option<Quantity>,
+    setpoint: Option<Quantity>,
+    humidity: Option<Quantity>,
+}
+
+/// The plugin: plausible-range bounds from config.
+#[derive(Debug)]
+pub struct Thermostat {
+    min_c: f64,
+    max_c: f64,
+}
+
+fn to_celsius(q: &Quantity, what: &str) -> Result<Option<f64>, Rejection> {
+    let Some(value) = q.value else {
+        return Ok(None);
+    };
+    match q.unit.as_deref().unwrap_or("F") {
+        "C" | "c" | "°C" => Ok(Some(value)),
+        "F" | "f" | "°F" => Ok(Some(((value - 32.0) * 5.0 / 9.0 * 100.0).round() / 100.0)),
+        other => Err(Rejection::new(
+            "reading.unit",
+            format!("{what} has unknown unit {other:?}; expected \"C\" or \"F\""),
+        )),
+    }
+}
+
+impl Thermostat {
+    fn check_range(&self, what: &str, c: f64) -> Result<f64, Rejection> {
+        if c.is_finite() && (self.min_c..=self.max_c).contains(&c) {
+            Ok(c)
+        } else {
+            Err(Rejection::new(
+                "reading.out-of-range",
+                format!("{what} {c} °C is outside {} to {} °C", self.min_c, self.max_c),
+            ))
+        }
+    }
+}
+
+impl Plugin for Thermostat {
+    type Record = Reading;
+
+    fn init(config: &Config) -> Result<Self, String> {
+        let min_c = config.parse_or("min_c", -50.0)?;
+        let max_c = config.parse_or("max_c", 100.0)?;
+        if min_c >= max_c {
+            return Err(format!("min_c ({min_c}) must be below max_c ({max_c})"));
+        }
+        Ok(Thermostat { min_c, max_c })
+    }
+
+    fn transform(&self, msg: &Message) -> weir_sdk::Result<Reading> {
+        let device_id = msg.topic.rsplit('/').next().unwrap_or_default();
+        if device_id.is_empty() {
+            return Err(Rejection::new(
+                "topic.unexpected",
+                format!("topic {:?} does not end in a device id", msg.topic),
+            ));
+        }
+        let p: Payload = msg.json()?;
+        if let Some(d) = &p.device
+            && d != device_id
+        {
+            return Err(Rejection::new(
+                "device.mismatch",
+                format!("payload says device {d:?} but the topic says {device_id:?}"),
+            ));
+        }
+        if p.heartbeat {
+            return Ok(Emit::Skip);
+        }
+        let (version, temperature, setpoint, humidity) = match (&p.temp_c, &p.temperature) {
+            (Some(_), Some(_)) => {
+                return Err(Rejection::new(
+                    "payload.ambiguous",
+                    "payload has both `temp_c` (v1) and `temperature` (v2+)",
+                ));
+            }
+            (Some(t), None) => (1, Some(*t), p.setpoint_c, None),
+            (None, Some(t)) => {
+                let humidity = match &p.humidity {
+                    None => None,
+                    Some(h) => h.value,
+                };
+                let setpoint = match &p.setpoint {
+                    None => None,
+                    Some(s) => to_celsius(s, "setpoint")?,
+                };
+                let version = if p.humidity.is_some() { 3 } else { 2 };
+                (version, to_celsius(t, "temperature")?, setpoint, humidity)
+            }
+            (None, None) => (0, None, None, None),
+        };
+        let Some(temperature) = temperature else {
+            return Err(Rejection::new(
+                "reading.missing",
+                "no temperature reading: expected `temp_c` (v1) or `temperature.value` (v2+)",
+            ));
+        };
+        let temperature_c = self.check_range("temperature", temperature)?;
+        let setpoint_c = setpoint.map(|s| self.check_range("setpoint", s)).transpose()?;
+        if let Some(h) = humidity
+            && !(0.0..=100.0).contains(&h)
+        {
+            return Err(Rejection::new(
+                "reading.out-of-range",
+                format!("humidity {h} % is outside 0 to 100 %"),
+            ));
+        }
+        Ok(Emit::one(Reading {
+            device_id: device_id.to_owned(),
+            ts_ms: p.ts.unwrap_or(msg.received_at_ms),
+            temperature_c,
+            setpoint_c,
+            humidity_pct: humidity,
+            payload_version: version,
+            firmware: p.fw,
+        }))
+    }
+}
+
+weir_sdk::export_plugin!(Thermostat, schema = "../thermostat.avsc");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_sdk::testing::{check_fixtures, run};
+    use weir_sdk::dryrun::LineOutcome;
+
+    fn plugin() -> Thermostat {
+        Thermostat::init(&Config::default()).unwrap()
+    }
+
+    fn reading(payload: &str) -> Reading {
+        match plugin().transform(&Message::new("plant/7/thermostat/t-100", payload)) {
+            Ok(Emit::Records(mut r)) if r.len() == 1 => r.remove(0).value,
+            other => panic!("expected one record, got {other:?}"),
+        }
+    }
+
+    fn rejection(payload: &str) -> String {
+        match plugin().transform(&Message::new("plant/7/thermostat/t-100", payload)) {
+            Err(r) => r.code,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn all_three_shapes_normalise_to_celsius() {
+        let v1 = reading(r#"{"ts":5,"temp_c":21.5,"setpoint_c":21.0,"fw":"1.4.2"}"#);
+        assert_eq!((v1.temperature_c, v1.setpoint_c, v1.payload_version), (21.5, Some(21.0), 1));
+        let v2 = reading(r#"{"ts":5,"temperature":{"value":70.7,"unit":"F"},"setpoint":{"value":69.8}}"#);
+        assert_eq!((v2.temperature_c, v2.setpoint_c, v2.payload_version), (21.5, Some(21.0), 2));
+        let v3 = reading(r#"{"ts":5,"temperature":{"value":21.5,"unit":"C"},"humidity":{"value":41.0,"unit":"%"}}"#);
+        assert_eq!((v3.temperature_c, v3.humidity_pct, v3.payload_version), (21.5, Some(41.0), 3));
+        assert_eq!(v3.device_id, "t-100");
+    }
+
+    #[test]
+    fn missing_timestamp_uses_receive_time() {
+        let mut m = Message::new("a/t-1", r#"{"temp_c":20}"#);
+        m.received_at_ms = 1234;
+        let out = run(&plugin(), &m);
+        let LineOutcome::Emit { records } = out else { panic!("{out:?}") };
+        assert_eq!(records[0].value["ts_ms"], 1234);
+    }
+
+    #[test]
+    fn bad_readings_are_rejected_with_specific_codes() {
+        assert_eq!(rejection(r#"{"ts":1}"#), "reading.missing");
+        assert_eq!(rejection(r#"{"temperature":{"unit":"F"}}"#), "reading.missing");
+        assert_eq!(rejection(r#"{"temp_c":150}"#), "reading.out-of-range");
+        assert_eq!(rejection(r#"{"temperature":{"value":-80,"unit":"F"}}"#), "reading.out-of-range");
+        assert_eq!(rejection(r#"{"temperature":{"value":20,"unit":"K"}}"#), "reading.unit");
+        assert_eq!(rejection(r#"{"temperature":{"value":20,"unit":"C"},"humidity":{"value":140}}"#), "reading.out-of-range");
+        assert_eq!(rejection(r#"{"temp_c":20,"temperature":{"value":20}}"#), "payload.ambiguous");
+        assert_eq!(rejection(r#"{"device":"t-9","temp_c":20}"#), "device.mismatch");
+        assert_eq!(rejection("not json"), "payload.malformed");
+    }
+
+    #[test]
+    fn heartbeat_is_skipped() {
+        let out = plugin().transform(&Message::new("a/t-100", r#"{"heartbeat":true}"#));
+        assert_eq!(out, Ok(Emit::Skip));
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let cfg = |k: &str, v: &str| Config::new(vec![(k.into(), v.into())]);
+        assert!(Thermostat::init(&cfg("max_c", "warm")).unwrap_err().contains("max_c"));
+        assert!(Thermostat::init(&cfg("min_c", "200")).is_err());
+        let narrow = Thermostat::init(&cfg("max_c", "30")).unwrap();
+        assert!(narrow.transform(&Message::new("a/t", r#"{"temp_c":35}"#)).is_err());
+    }
+
+    #[test]
+    fn fixtures() {
+        check_fixtures::<Thermostat>(&Config::default(), concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"));
+    }
+}

@@ -1,0 +1,400 @@
+//! Write weir transform plugins in Rust.
+//!
+//! A plugin is a type implementing [`Plugin`]: it is built once per instance from the
+//! cohort's config and turns one [`Message`] into typed records (anything `Serialize` that
+//! matches the plugin's Avro schema) or a [`Rejection`]. [`export_plugin!`] generates the
+//! `weir:transform` glue: `describe` returns the name, version and schema, `init` builds the
+//! plugin, `process` runs the batch. The host validates every record against the schema.
+//!
+//! ```ignore
+//! struct Echo;
+//! #[derive(serde::Serialize)]
+//! struct Line { text: String }
+//! impl weir_sdk::Plugin for Echo {
+//!     type Record = Line;
+//!     fn init(_: &weir_sdk::Config) -> Result<Self, String> { Ok(Echo) }
+//!     fn transform(&self, msg: &weir_sdk::Message) -> weir_sdk::Result<Line> {
+//!         Ok(weir_sdk::Emit::one(Line { text: msg.payload_str()?.to_owned() }))
+//!     }
+//! }
+//! weir_sdk::export_plugin!(Echo, schema = "../line.avsc");
+//! ```
+//!
+//! Natively (`cargo test`), the host import `log` is replaced by a stub that records lines
+//! for [`testing::take_logs`], so plugin logic is unit-tested without Wasm.
+
+use serde::Serialize;
+use std::fmt;
+
+/// The `weir:transform` bindings generated from `wit/transform.wit`.
+#[doc(hidden)]
+#[allow(unsafe_code)] // The generated canonical-ABI glue reads and writes guest memory.
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../wit",
+        default_bindings_module: "weir_sdk::bindings",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+    });
+}
+
+pub mod dryrun;
+pub mod testing;
+
+use bindings::weir::transform::types as wit;
+
+/// Log severities, as in the contract.
+pub use wit::Level;
+
+/// The result of transforming one message: records to publish, or a rejection.
+pub type Result<R> = std::result::Result<Emit<R>, Rejection>;
+
+/// One MQTT message as delivered to the plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The MQTT topic.
+    pub topic: String,
+    /// The payload bytes, untouched.
+    pub payload: Vec<u8>,
+    /// MQTT v5 user properties, in order.
+    pub properties: Vec<(String, String)>,
+    /// The MQTT v5 content type, if set.
+    pub content_type: Option<String>,
+    /// When weir received it (ms since the Unix epoch), fixed for replay.
+    pub received_at_ms: i64,
+}
+
+impl Message {
+    /// A message with just a topic and payload, the rest empty: handy in tests.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            properties: Vec::new(),
+            content_type: None,
+            received_at_ms: 0,
+        }
+    }
+
+    /// The `index`-th level of the topic (0-based), e.g. level 1 of `fleet/v-17/gps` is `v-17`.
+    pub fn topic_level(&self, index: usize) -> Option<&str> {
+        self.topic.split('/').nth(index)
+    }
+
+    /// The first user property called `name`.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The payload as UTF-8 text, or a `payload.encoding` rejection.
+    pub fn payload_str(&self) -> std::result::Result<&str, Rejection> {
+        std::str::from_utf8(&self.payload).map_err(|e| {
+            Rejection::new(
+                "payload.encoding",
+                format!("payload is not UTF-8 text: {e}"),
+            )
+        })
+    }
+
+    /// The payload parsed as JSON into `T`, or a `payload.malformed` rejection naming the
+    /// position and cause (bad syntax, or valid JSON of the wrong shape).
+    pub fn json<'a, T: serde::Deserialize<'a>>(&'a self) -> std::result::Result<T, Rejection> {
+        serde_json::from_slice(&self.payload).map_err(|e| {
+            let what = match e.classify() {
+                serde_json::error::Category::Data => "payload JSON has the wrong shape",
+                _ => "payload is not valid JSON",
+            };
+            Rejection::new("payload.malformed", format!("{what}: {e}"))
+        })
+    }
+}
+
+/// A message the plugin refuses, with a stable dotted code and a human reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Stable code, e.g. `reading.out-of-range`.
+    pub code: String,
+    /// What was wrong with this message.
+    pub reason: String,
+}
+
+impl Rejection {
+    /// A rejection with the given code and reason.
+    pub fn new(code: impl Into<String>, reason: impl Into<String>) -> Self {
+        Rejection {
+            code: code.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.reason)
+    }
+}
+
+/// One output record: a value of the plugin's record type, an optional key and headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record<R> {
+    /// Kafka key; `None` leaves it to the cohort's key template.
+    pub key: Option<String>,
+    /// The record value, serialised to JSON and validated against the schema by the host.
+    pub value: R,
+    /// Extra Kafka headers (names starting with `weir.` are reserved).
+    pub headers: Vec<(String, String)>,
+}
+
+impl<R> From<R> for Record<R> {
+    fn from(value: R) -> Self {
+        Record {
+            key: None,
+            value,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl<R> Record<R> {
+    /// Set the Kafka key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Add a Kafka header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// What a valid message produces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Emit<R> {
+    /// Records to publish (may be empty).
+    Records(Vec<Record<R>>),
+    /// Nothing to publish, and nothing wrong (a heartbeat, say).
+    Skip,
+}
+
+impl<R> Emit<R> {
+    /// Exactly one record.
+    pub fn one(record: impl Into<Record<R>>) -> Self {
+        Emit::Records(vec![record.into()])
+    }
+
+    /// Any number of records.
+    pub fn many<I: IntoIterator<Item = T>, T: Into<Record<R>>>(records: I) -> Self {
+        Emit::Records(records.into_iter().map(Into::into).collect())
+    }
+}
+
+/// The cohort's plugin config: the `config` table of weir.toml, as key/value strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config(Vec<(String, String)>);
+
+impl Config {
+    /// Wrap key/value pairs.
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        Config(pairs)
+    }
+
+    /// The value of `key`, if given.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `key` parsed as `T`, `default` when absent, or an error naming the key.
+    pub fn parse_or<T: std::str::FromStr>(&self, key: &str, default: T) -> std::result::Result<T, String>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|e| format!("config key `{key}` = {v:?} is invalid: {e}")),
+        }
+    }
+
+    /// All pairs, in order.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
+/// A transform: one instance per Wasm instance, built from the cohort's config.
+pub trait Plugin: Sized {
+    /// The record type; its JSON form must match the plugin's Avro schema.
+    type Record: Serialize;
+
+    /// Build an instance from the cohort's config; an error refuses the config.
+    fn init(config: &Config) -> std::result::Result<Self, String>;
+
+    /// Transform one message.
+    fn transform(&self, message: &Message) -> Result<Self::Record>;
+}
+
+/// Write a line to weir's log. Natively, the line is kept for [`testing::take_logs`].
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    bindings::weir::transform::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    testing::record_log(level, message);
+}
+
+/// Report panics through `log` before the instance traps, so the host can say why.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            log(Level::Error, &format!("plugin panicked: {info}"));
+        }))
+    });
+}
+
+/// The glue behind [`export_plugin!`]; not for direct use.
+#[doc(hidden)]
+pub mod glue {
+    use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        static INSTANCE: RefCell<Option<Box<dyn std::any::Any>>> = const { RefCell::new(None) };
+    }
+
+    /// Build the plugin from the config and keep it for `process`.
+    pub fn init<P: Plugin + 'static>(config: Vec<(String, String)>) -> std::result::Result<(), String> {
+        install_panic_hook();
+        let plugin = P::init(&Config::new(config))?;
+        INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
+        Ok(())
+    }
+
+    /// Run a batch through the plugin built by `init` (or with an empty config if the host
+    /// did not call `init`).
+    pub fn process<P: Plugin + 'static>(batch: Vec<wit::Message>) -> Vec<wit::Outcome> {
+        install_panic_hook();
+        let missing = INSTANCE.with(|slot| slot.borrow().is_none());
+        if missing && let Err(e) = init::<P>(Vec::new()) {
+            let rejection = wit::Rejection {
+                code: "plugin.config".into(),
+                reason: format!("plugin was not initialised and the empty config is refused: {e}"),
+            };
+            return batch
+                .iter()
+                .map(|_| wit::Outcome::Reject(rejection.clone()))
+                .collect();
+        }
+        INSTANCE.with(|slot| {
+            let slot = slot.borrow();
+            let plugin = slot
+                .as_ref()
+                .and_then(|p| p.downcast_ref::<P>())
+                .expect("the instance slot holds this plugin type");
+            batch
+                .into_iter()
+                .map(|m| to_wit(plugin.transform(&from_wit(m))))
+                .collect()
+        })
+    }
+
+    /// Describe the plugin.
+    pub fn describe(name: &str, version: &str, schema: &str) -> wit::PluginInfo {
+        wit::PluginInfo {
+            name: name.into(),
+            version: version.into(),
+            schema: schema.into(),
+        }
+    }
+
+    fn from_wit(m: wit::Message) -> Message {
+        Message {
+            topic: m.topic,
+            payload: m.payload,
+            properties: m.properties,
+            content_type: m.content_type,
+            received_at_ms: m.received_at_ms,
+        }
+    }
+
+    /// Convert a typed result to the contract's outcome; a value that cannot be serialised
+    /// becomes a `record.serialize` rejection rather than a trap.
+    pub fn to_wit<R: Serialize>(result: Result<R>) -> wit::Outcome {
+        match result {
+            Err(r) => wit::Outcome::Reject(wit::Rejection {
+                code: r.code,
+                reason: r.reason,
+            }),
+            Ok(Emit::Skip) => wit::Outcome::Skip,
+            Ok(Emit::Records(records)) => {
+                let mut out = Vec::with_capacity(records.len());
+                for r in records {
+                    match serde_json::to_string(&r.value) {
+                        Ok(value) => out.push(wit::Record {
+                            key: r.key,
+                            value,
+                            headers: r.headers,
+                        }),
+                        Err(e) => {
+                            return wit::Outcome::Reject(wit::Rejection {
+                                code: "record.serialize".into(),
+                                reason: format!("record could not be serialised to JSON: {e}"),
+                            });
+                        }
+                    }
+                }
+                wit::Outcome::Emit(out)
+            }
+        }
+    }
+}
+
+/// Export a [`Plugin`] as the `weir:transform` world.
+///
+/// `schema` is the path of the `.avsc` file, relative to the file that invokes the macro (as
+/// for `include_str!`). The name and version are the crate's `Cargo.toml` name and version.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty, schema = $schema:literal) => {
+        /// The Avro schema this plugin declares.
+        pub const SCHEMA: &str = include_str!($schema);
+
+        #[doc(hidden)]
+        #[allow(unsafe_code)] // The contract's exported entry points are generated `extern` fns.
+        mod __weir_export {
+            use super::*;
+
+            struct Export;
+
+            impl $crate::bindings::Guest for Export {
+                fn describe() -> $crate::bindings::weir::transform::types::PluginInfo {
+                    $crate::glue::describe(
+                        env!("CARGO_PKG_NAME"),
+                        env!("CARGO_PKG_VERSION"),
+                        super::SCHEMA,
+                    )
+                }
+                fn init(config: Vec<(String, String)>) -> Result<(), String> {
+                    $crate::glue::init::<$plugin>(config)
+                }
+                fn process(
+                    batch: Vec<$crate::bindings::weir::transform::types::Message>,
+                ) -> Vec<$crate::bindings::weir::transform::types::Outcome> {
+                    $crate::glue::process::<$plugin>(batch)
+                }
+            }
+
+            $crate::bindings::__export_world!(Export with_types_in $crate::bindings);
+        }
+    };
+}
