@@ -41,7 +41,9 @@ enum Properties {
 /// Parse one input line into a message, or say what is wrong with it.
 pub fn parse_input(line: &str) -> Result<Message, String> {
     let input: InputLine = serde_json::from_str(line).map_err(|e| {
-        format!("not a valid input line ({e}); expected {{\"topic\": \"...\", \"payload\": \"...\"}}")
+        format!(
+            "not a valid input line ({e}); expected {{\"topic\": \"...\", \"payload\": \"...\"}}"
+        )
     })?;
     let payload = match (input.payload, input.payload_base64) {
         (Some(text), None) => text.into_bytes(),

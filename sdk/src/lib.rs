@@ -214,7 +214,11 @@ impl Config {
     }
 
     /// The value of `key` parsed as `T`, `default` when absent, or an error naming the key.
-    pub fn parse_or<T: std::str::FromStr>(&self, key: &str, default: T) -> std::result::Result<T, String>
+    pub fn parse_or<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        default: T,
+    ) -> std::result::Result<T, String>
     where
         T::Err: fmt::Display,
     {
@@ -273,7 +277,9 @@ pub mod glue {
     }
 
     /// Build the plugin from the config and keep it for `process`.
-    pub fn init<P: Plugin + 'static>(config: Vec<(String, String)>) -> std::result::Result<(), String> {
+    pub fn init<P: Plugin + 'static>(
+        config: Vec<(String, String)>,
+    ) -> std::result::Result<(), String> {
         install_panic_hook();
         let plugin = P::init(&Config::new(config))?;
         INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));

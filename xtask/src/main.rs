@@ -87,8 +87,7 @@ fn build_plugins() -> Result<()> {
             .join(TARGET)
             .join(PROFILE)
             .join(format!("{}.wasm", p.replace('-', "_")));
-        let module =
-            std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
+        let module = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
         let component = wit_component::ComponentEncoder::default()
             .module(&module)
             .with_context(|| format!("{p}: reading the module's component-type section"))?

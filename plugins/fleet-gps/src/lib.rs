@@ -81,10 +81,16 @@ impl Plugin for FleetGps {
         let mut records = Vec::with_capacity(batch.positions.len());
         for (i, fix) in batch.positions.into_iter().enumerate() {
             if !(fix.lat.is_finite() && (-90.0..=90.0).contains(&fix.lat)) {
-                return Err(invalid(i, format!("latitude {} is outside -90..90", fix.lat)));
+                return Err(invalid(
+                    i,
+                    format!("latitude {} is outside -90..90", fix.lat),
+                ));
             }
             if !(fix.lon.is_finite() && (-180.0..=180.0).contains(&fix.lon)) {
-                return Err(invalid(i, format!("longitude {} is outside -180..180", fix.lon)));
+                return Err(invalid(
+                    i,
+                    format!("longitude {} is outside -180..180", fix.lon),
+                ));
             }
             if fix.lat == 0.0 && fix.lon == 0.0 {
                 return Err(invalid(i, "0,0 is the receiver's no-fix value".into()));
@@ -124,7 +130,9 @@ mod tests {
     use weir_sdk::testing::check_fixtures;
 
     fn run(topic: &str, payload: &str) -> weir_sdk::Result<Position> {
-        FleetGps::init(&Config::default()).unwrap().transform(&Message::new(topic, payload))
+        FleetGps::init(&Config::default())
+            .unwrap()
+            .transform(&Message::new(topic, payload))
     }
 
     #[test]
@@ -134,7 +142,9 @@ mod tests {
             r#"{"positions":[{"ts":1,"lat":52.1,"lon":4.3,"speed_kmh":48.5},{"ts":2,"lat":52.2,"lon":4.4,"heading":90}]}"#,
         )
         .unwrap();
-        let Emit::Records(records) = out else { panic!("{out:?}") };
+        let Emit::Records(records) = out else {
+            panic!("{out:?}")
+        };
         assert_eq!(records.len(), 2);
         assert!(records.iter().all(|r| r.key.as_deref() == Some("v-17")));
         assert_eq!(records[1].value.heading_deg, Some(90.0));
@@ -143,23 +153,51 @@ mod tests {
 
     #[test]
     fn invalid_coordinates_reject_the_batch_and_name_the_fix() {
-        let err = run("fleet/v-1/gps", r#"{"positions":[{"ts":1,"lat":52,"lon":4},{"ts":2,"lat":91,"lon":4}]}"#)
-            .unwrap_err();
+        let err = run(
+            "fleet/v-1/gps",
+            r#"{"positions":[{"ts":1,"lat":52,"lon":4},{"ts":2,"lat":91,"lon":4}]}"#,
+        )
+        .unwrap_err();
         assert_eq!(err.code, "position.invalid");
         assert!(err.reason.starts_with("position 1:"), "{}", err.reason);
-        assert_eq!(run("fleet/v-1/gps", r#"{"positions":[{"ts":1,"lat":0,"lon":0}]}"#).unwrap_err().code, "position.invalid");
-        assert_eq!(run("fleet/v-1/gps", r#"{"positions":[{"ts":1,"lat":1,"lon":-181}]}"#).unwrap_err().code, "position.invalid");
+        assert_eq!(
+            run(
+                "fleet/v-1/gps",
+                r#"{"positions":[{"ts":1,"lat":0,"lon":0}]}"#
+            )
+            .unwrap_err()
+            .code,
+            "position.invalid"
+        );
+        assert_eq!(
+            run(
+                "fleet/v-1/gps",
+                r#"{"positions":[{"ts":1,"lat":1,"lon":-181}]}"#
+            )
+            .unwrap_err()
+            .code,
+            "position.invalid"
+        );
     }
 
     #[test]
     fn topic_and_shape_are_checked() {
-        assert_eq!(run("trucks/v-1", r#"{"positions":[]}"#).unwrap_err().code, "topic.unexpected");
-        assert_eq!(run("fleet/v-1/gps", r#"{"pos":[]}"#).unwrap_err().code, "payload.malformed");
+        assert_eq!(
+            run("trucks/v-1", r#"{"positions":[]}"#).unwrap_err().code,
+            "topic.unexpected"
+        );
+        assert_eq!(
+            run("fleet/v-1/gps", r#"{"pos":[]}"#).unwrap_err().code,
+            "payload.malformed"
+        );
         assert_eq!(run("fleet/v-1/gps", r#"{"positions":[]}"#), Ok(Emit::Skip));
     }
 
     #[test]
     fn fixtures() {
-        check_fixtures::<FleetGps>(&Config::default(), concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"));
+        check_fixtures::<FleetGps>(
+            &Config::default(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"),
+        );
     }
 }

@@ -88,7 +88,10 @@ impl Plugin for Meter {
         let le_u32 = |at: usize| u32::from_le_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
         let ts = u64::from_le_bytes(f[5..13].try_into().expect("8 bytes"));
         let ts_ms = i64::try_from(ts).map_err(|_| {
-            Rejection::new("frame.timestamp", format!("timestamp {ts} does not fit a signed 64-bit millisecond count"))
+            Rejection::new(
+                "frame.timestamp",
+                format!("timestamp {ts} does not fit a signed 64-bit millisecond count"),
+            )
         })?;
         let energy_wh = le_u32(13);
         Ok(Emit::one(Reading {
@@ -116,7 +119,13 @@ mod tests {
 
     #[test]
     fn decodes_a_frame() {
-        let out = run(&encode_frame(4_000_123, 1_700_000_000_000, 1_234_567, 0b101)).unwrap();
+        let out = run(&encode_frame(
+            4_000_123,
+            1_700_000_000_000,
+            1_234_567,
+            0b101,
+        ))
+        .unwrap();
         assert_eq!(
             out,
             Emit::one(Reading {
@@ -138,13 +147,19 @@ mod tests {
         let mut flipped = good;
         flipped[14] ^= 0x40;
         assert_eq!(run(&flipped).unwrap_err().code, "frame.checksum");
-        assert_eq!(run(&encode_frame(1, 2, 3, 0x80)).unwrap_err().code, "frame.flags");
+        assert_eq!(
+            run(&encode_frame(1, 2, 3, 0x80)).unwrap_err().code,
+            "frame.flags"
+        );
         let mut v2 = good;
         v2[0] = 2;
         let crc = CRC.checksum(&v2[..18]).to_le_bytes();
         v2[18..].copy_from_slice(&crc);
         assert_eq!(run(&v2).unwrap_err().code, "frame.version");
-        assert_eq!(run(&encode_frame(1, u64::MAX, 3, 0)).unwrap_err().code, "frame.timestamp");
+        assert_eq!(
+            run(&encode_frame(1, u64::MAX, 3, 0)).unwrap_err().code,
+            "frame.timestamp"
+        );
     }
 
     #[test]
@@ -154,6 +169,9 @@ mod tests {
 
     #[test]
     fn fixtures() {
-        check_fixtures::<Meter>(&Config::default(), concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"));
+        check_fixtures::<Meter>(
+            &Config::default(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"),
+        );
     }
 }

@@ -76,7 +76,10 @@ impl Thermostat {
         } else {
             Err(Rejection::new(
                 "reading.out-of-range",
-                format!("{what} {c} °C is outside {} to {} °C", self.min_c, self.max_c),
+                format!(
+                    "{what} {c} °C is outside {} to {} °C",
+                    self.min_c, self.max_c
+                ),
             ))
         }
     }
@@ -143,7 +146,9 @@ impl Plugin for Thermostat {
             ));
         };
         let temperature_c = self.check_range("temperature", temperature)?;
-        let setpoint_c = setpoint.map(|s| self.check_range("setpoint", s)).transpose()?;
+        let setpoint_c = setpoint
+            .map(|s| self.check_range("setpoint", s))
+            .transpose()?;
         if let Some(h) = humidity
             && !(0.0..=100.0).contains(&h)
         {
@@ -169,8 +174,8 @@ weir_sdk::export_plugin!(Thermostat, schema = "../thermostat.avsc");
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_sdk::testing::{check_fixtures, run};
     use weir_sdk::dryrun::LineOutcome;
+    use weir_sdk::testing::{check_fixtures, run};
 
     fn plugin() -> Thermostat {
         Thermostat::init(&Config::default()).unwrap()
@@ -193,11 +198,24 @@ mod tests {
     #[test]
     fn all_three_shapes_normalise_to_celsius() {
         let v1 = reading(r#"{"ts":5,"temp_c":21.5,"setpoint_c":21.0,"fw":"1.4.2"}"#);
-        assert_eq!((v1.temperature_c, v1.setpoint_c, v1.payload_version), (21.5, Some(21.0), 1));
-        let v2 = reading(r#"{"ts":5,"temperature":{"value":70.7,"unit":"F"},"setpoint":{"value":69.8}}"#);
-        assert_eq!((v2.temperature_c, v2.setpoint_c, v2.payload_version), (21.5, Some(21.0), 2));
-        let v3 = reading(r#"{"ts":5,"temperature":{"value":21.5,"unit":"C"},"humidity":{"value":41.0,"unit":"%"}}"#);
-        assert_eq!((v3.temperature_c, v3.humidity_pct, v3.payload_version), (21.5, Some(41.0), 3));
+        assert_eq!(
+            (v1.temperature_c, v1.setpoint_c, v1.payload_version),
+            (21.5, Some(21.0), 1)
+        );
+        let v2 = reading(
+            r#"{"ts":5,"temperature":{"value":70.7,"unit":"F"},"setpoint":{"value":69.8}}"#,
+        );
+        assert_eq!(
+            (v2.temperature_c, v2.setpoint_c, v2.payload_version),
+            (21.5, Some(21.0), 2)
+        );
+        let v3 = reading(
+            r#"{"ts":5,"temperature":{"value":21.5,"unit":"C"},"humidity":{"value":41.0,"unit":"%"}}"#,
+        );
+        assert_eq!(
+            (v3.temperature_c, v3.humidity_pct, v3.payload_version),
+            (21.5, Some(41.0), 3)
+        );
         assert_eq!(v3.device_id, "t-100");
     }
 
@@ -206,20 +224,40 @@ mod tests {
         let mut m = Message::new("a/t-1", r#"{"temp_c":20}"#);
         m.received_at_ms = 1234;
         let out = run(&plugin(), &m);
-        let LineOutcome::Emit { records } = out else { panic!("{out:?}") };
+        let LineOutcome::Emit { records } = out else {
+            panic!("{out:?}")
+        };
         assert_eq!(records[0].value["ts_ms"], 1234);
     }
 
     #[test]
     fn bad_readings_are_rejected_with_specific_codes() {
         assert_eq!(rejection(r#"{"ts":1}"#), "reading.missing");
-        assert_eq!(rejection(r#"{"temperature":{"unit":"F"}}"#), "reading.missing");
+        assert_eq!(
+            rejection(r#"{"temperature":{"unit":"F"}}"#),
+            "reading.missing"
+        );
         assert_eq!(rejection(r#"{"temp_c":150}"#), "reading.out-of-range");
-        assert_eq!(rejection(r#"{"temperature":{"value":-80,"unit":"F"}}"#), "reading.out-of-range");
-        assert_eq!(rejection(r#"{"temperature":{"value":20,"unit":"K"}}"#), "reading.unit");
-        assert_eq!(rejection(r#"{"temperature":{"value":20,"unit":"C"},"humidity":{"value":140}}"#), "reading.out-of-range");
-        assert_eq!(rejection(r#"{"temp_c":20,"temperature":{"value":20}}"#), "payload.ambiguous");
-        assert_eq!(rejection(r#"{"device":"t-9","temp_c":20}"#), "device.mismatch");
+        assert_eq!(
+            rejection(r#"{"temperature":{"value":-80,"unit":"F"}}"#),
+            "reading.out-of-range"
+        );
+        assert_eq!(
+            rejection(r#"{"temperature":{"value":20,"unit":"K"}}"#),
+            "reading.unit"
+        );
+        assert_eq!(
+            rejection(r#"{"temperature":{"value":20,"unit":"C"},"humidity":{"value":140}}"#),
+            "reading.out-of-range"
+        );
+        assert_eq!(
+            rejection(r#"{"temp_c":20,"temperature":{"value":20}}"#),
+            "payload.ambiguous"
+        );
+        assert_eq!(
+            rejection(r#"{"device":"t-9","temp_c":20}"#),
+            "device.mismatch"
+        );
         assert_eq!(rejection("not json"), "payload.malformed");
     }
 
@@ -232,14 +270,25 @@ mod tests {
     #[test]
     fn config_is_validated() {
         let cfg = |k: &str, v: &str| Config::new(vec![(k.into(), v.into())]);
-        assert!(Thermostat::init(&cfg("max_c", "warm")).unwrap_err().contains("max_c"));
+        assert!(
+            Thermostat::init(&cfg("max_c", "warm"))
+                .unwrap_err()
+                .contains("max_c")
+        );
         assert!(Thermostat::init(&cfg("min_c", "200")).is_err());
         let narrow = Thermostat::init(&cfg("max_c", "30")).unwrap();
-        assert!(narrow.transform(&Message::new("a/t", r#"{"temp_c":35}"#)).is_err());
+        assert!(
+            narrow
+                .transform(&Message::new("a/t", r#"{"temp_c":35}"#))
+                .is_err()
+        );
     }
 
     #[test]
     fn fixtures() {
-        check_fixtures::<Thermostat>(&Config::default(), concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"));
+        check_fixtures::<Thermostat>(
+            &Config::default(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures"),
+        );
     }
 }

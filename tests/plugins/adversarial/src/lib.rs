@@ -8,8 +8,8 @@
 //! | `panic`       | panics with a message (reported through `log`)       |
 //! | `recurse`     | unbounded recursion (stack overflow)                   |
 //! | `badschema`   | emits `{"text": 5}`, which violates the schema         |
-//! | `huge`        | emits one record of 8 MiB                              |
-//! | `many`        | emits 100,000 records                                  |
+//! | `huge`        | emits one record of 2 MiB                              |
+//! | `many`        | emits 20,000 records                                   |
 //! | `reject`      | rejects with `test.rejected`                           |
 //! | anything else | emits `{"text": <payload>}`                            |
 
@@ -61,8 +61,10 @@ impl Plugin for Adversarial {
                 Ok(Emit::one(json!({ "text": n.to_string() })))
             }
             "badschema" => Ok(Emit::one(json!({ "text": 5 }))),
-            "huge" => Ok(Emit::one(json!({ "text": "x".repeat(8 << 20) }))),
-            "many" => Ok(Emit::many((0..100_000).map(|i| json!({ "text": i.to_string() })))),
+            "huge" => Ok(Emit::one(json!({ "text": "x".repeat(2 << 20) }))),
+            "many" => Ok(Emit::many(
+                (0..20_000).map(|i| json!({ "text": i.to_string() })),
+            )),
             "reject" => Err(Rejection::new("test.rejected", "rejected on request")),
             other => Ok(Emit::one(json!({ "text": other }))),
         }

@@ -1,0 +1,679 @@
+//! The registry's model: subjects, versions, global schema ids, compatibility, and the rules
+//! Confluent Schema Registry applies to them. Every change is written to the log (fsynced)
+//! before it is applied in memory and acknowledged.
+
+use crate::storage::{Event, Log, StorageError};
+use apache_avro::Schema;
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// A compatibility level, as Confluent names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compat {
+    /// New schema can read data written with the latest.
+    Backward,
+    /// ...with every earlier version.
+    BackwardTransitive,
+    /// Data written with the new schema can be read with the latest.
+    Forward,
+    /// ...with every earlier version.
+    ForwardTransitive,
+    /// Backward and forward against the latest.
+    Full,
+    /// Backward and forward against every earlier version.
+    FullTransitive,
+    /// No checks.
+    None,
+}
+
+impl Compat {
+    /// Parse a Confluent level name.
+    pub fn parse(s: &str) -> Option<Compat> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "BACKWARD" => Compat::Backward,
+            "BACKWARD_TRANSITIVE" => Compat::BackwardTransitive,
+            "FORWARD" => Compat::Forward,
+            "FORWARD_TRANSITIVE" => Compat::ForwardTransitive,
+            "FULL" => Compat::Full,
+            "FULL_TRANSITIVE" => Compat::FullTransitive,
+            "NONE" => Compat::None,
+            _ => return None,
+        })
+    }
+
+    /// The Confluent level name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compat::Backward => "BACKWARD",
+            Compat::BackwardTransitive => "BACKWARD_TRANSITIVE",
+            Compat::Forward => "FORWARD",
+            Compat::ForwardTransitive => "FORWARD_TRANSITIVE",
+            Compat::Full => "FULL",
+            Compat::FullTransitive => "FULL_TRANSITIVE",
+            Compat::None => "NONE",
+        }
+    }
+
+    fn transitive(self) -> bool {
+        matches!(
+            self,
+            Compat::BackwardTransitive | Compat::ForwardTransitive | Compat::FullTransitive
+        )
+    }
+
+    fn backward(self) -> bool {
+        matches!(
+            self,
+            Compat::Backward | Compat::BackwardTransitive | Compat::Full | Compat::FullTransitive
+        )
+    }
+
+    fn forward(self) -> bool {
+        matches!(
+            self,
+            Compat::Forward | Compat::ForwardTransitive | Compat::Full | Compat::FullTransitive
+        )
+    }
+}
+
+/// Errors with Confluent's error codes.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// 40401
+    #[error("Subject '{0}' not found.")]
+    SubjectNotFound(String),
+    /// 40402
+    #[error("Version {0} not found.")]
+    VersionNotFound(String),
+    /// 40403
+    #[error("Schema {0} not found")]
+    SchemaNotFound(String),
+    /// 40404
+    #[error("Subject '{0}' was soft deleted.Set permanent=true to delete permanently")]
+    SubjectSoftDeleted(String),
+    /// 40405
+    #[error("Subject '{0}' was not deleted first before being permanently deleted")]
+    SubjectNotSoftDeleted(String),
+    /// 40406
+    #[error("Subject '{0}' Version {1} was soft deleted.Set permanent=true to delete permanently")]
+    VersionSoftDeleted(String, u32),
+    /// 40407
+    #[error("Subject '{0}' Version {1} was not deleted first before being permanently deleted")]
+    VersionNotSoftDeleted(String, u32),
+    /// 40408
+    #[error("Subject '{0}' does not have subject-level compatibility configured")]
+    SubjectCompatNotConfigured(String),
+    /// 42201
+    #[error("Invalid schema {0}")]
+    InvalidSchema(String),
+    /// 42202
+    #[error(
+        "The specified version '{0}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""
+    )]
+    InvalidVersion(String),
+    /// 42203
+    #[error(
+        "Invalid compatibility level {0}. Valid values are none, backward, forward, full, backward_transitive, forward_transitive, and full_transitive"
+    )]
+    InvalidCompat(String),
+    /// 409
+    #[error(
+        "Schema being registered is incompatible with an earlier schema for subject \"{subject}\", details: [{}]",
+        .details.join(", ")
+    )]
+    Incompatible {
+        /// The subject.
+        subject: String,
+        /// One line per failed check.
+        details: Vec<String>,
+    },
+    /// 50001
+    #[error("Error in the backend data store: {0}")]
+    Store(#[from] StorageError),
+}
+
+impl RegistryError {
+    /// Confluent's `error_code`.
+    pub fn code(&self) -> u32 {
+        match self {
+            RegistryError::SubjectNotFound(_) => 40401,
+            RegistryError::VersionNotFound(_) => 40402,
+            RegistryError::SchemaNotFound(_) => 40403,
+            RegistryError::SubjectSoftDeleted(_) => 40404,
+            RegistryError::SubjectNotSoftDeleted(_) => 40405,
+            RegistryError::VersionSoftDeleted(..) => 40406,
+            RegistryError::VersionNotSoftDeleted(..) => 40407,
+            RegistryError::SubjectCompatNotConfigured(_) => 40408,
+            RegistryError::InvalidSchema(_) => 42201,
+            RegistryError::InvalidVersion(_) => 42202,
+            RegistryError::InvalidCompat(_) => 42203,
+            RegistryError::Incompatible { .. } => 409,
+            RegistryError::Store(_) => 50001,
+        }
+    }
+}
+
+/// A version reference in a request: a number or `latest` (also `-1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionRef {
+    /// The newest live version.
+    Latest,
+    /// A specific version.
+    Number(u32),
+}
+
+impl VersionRef {
+    /// Parse a path segment.
+    pub fn parse(s: &str) -> Result<VersionRef, RegistryError> {
+        if s.eq_ignore_ascii_case("latest") || s == "-1" {
+            return Ok(VersionRef::Latest);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if (1..=i32::MAX as u32).contains(&n) => Ok(VersionRef::Number(n)),
+            _ => Err(RegistryError::InvalidVersion(s.to_owned())),
+        }
+    }
+}
+
+/// One registered version, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// Subject.
+    pub subject: String,
+    /// Version.
+    pub version: u32,
+    /// Global schema id.
+    pub id: u32,
+    /// Schema text.
+    pub schema: String,
+}
+
+struct StoredSchema {
+    text: String,
+    parsed: Schema,
+    canonical: String,
+}
+
+#[derive(Clone, Copy)]
+struct Version {
+    id: u32,
+    deleted: bool,
+}
+
+#[derive(Default)]
+struct State {
+    schemas: BTreeMap<u32, StoredSchema>,
+    by_canonical: HashMap<String, u32>,
+    subjects: BTreeMap<String, BTreeMap<u32, Version>>,
+    global: Option<Compat>,
+    subject_compat: HashMap<String, Compat>,
+}
+
+impl State {
+    fn apply(&mut self, e: &Event) {
+        match e {
+            Event::Schema { id, schema } => {
+                let parsed = Schema::parse_str(schema).expect("logged schemas were valid");
+                let canonical = parsed.canonical_form();
+                self.by_canonical.insert(canonical.clone(), *id);
+                self.schemas.insert(
+                    *id,
+                    StoredSchema {
+                        text: schema.clone(),
+                        parsed,
+                        canonical,
+                    },
+                );
+            }
+            Event::Version {
+                subject,
+                version,
+                id,
+            } => {
+                self.subjects.entry(subject.clone()).or_default().insert(
+                    *version,
+                    Version {
+                        id: *id,
+                        deleted: false,
+                    },
+                );
+            }
+            Event::DeleteVersion {
+                subject,
+                version,
+                permanent,
+            } => {
+                if let Some(versions) = self.subjects.get_mut(subject) {
+                    if *permanent {
+                        versions.remove(version);
+                        if versions.is_empty() {
+                            self.subjects.remove(subject);
+                        }
+                    } else if let Some(v) = versions.get_mut(version) {
+                        v.deleted = true;
+                    }
+                }
+            }
+            Event::Config { subject, level } => {
+                let level = level.as_deref().and_then(Compat::parse);
+                match (subject, level) {
+                    (None, l) => self.global = l,
+                    (Some(s), Some(l)) => {
+                        self.subject_compat.insert(s.clone(), l);
+                    }
+                    (Some(s), None) => {
+                        self.subject_compat.remove(s);
+                    }
+                }
+            }
+        }
+    }
+
+    fn live(&self, subject: &str) -> Vec<(u32, Version)> {
+        self.subjects
+            .get(subject)
+            .map(|vs| {
+                vs.iter()
+                    .filter(|(_, v)| !v.deleted)
+                    .map(|(n, v)| (*n, *v))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn compat_for(&self, subject: &str) -> Compat {
+        self.subject_compat
+            .get(subject)
+            .copied()
+            .or(self.global)
+            .unwrap_or(Compat::Backward)
+    }
+
+    fn resolve(&self, subject: &str, v: VersionRef) -> Result<(u32, Version), RegistryError> {
+        let live = self.live(subject);
+        if live.is_empty() {
+            return Err(RegistryError::SubjectNotFound(subject.to_owned()));
+        }
+        match v {
+            VersionRef::Latest => Ok(*live.last().expect("non-empty")),
+            VersionRef::Number(n) => live
+                .into_iter()
+                .find(|(m, _)| *m == n)
+                .ok_or_else(|| RegistryError::VersionNotFound(n.to_string())),
+        }
+    }
+
+    fn info(&self, subject: &str, version: u32, id: u32) -> VersionInfo {
+        VersionInfo {
+            subject: subject.to_owned(),
+            version,
+            id,
+            schema: self.schemas[&id].text.clone(),
+        }
+    }
+
+    /// Check `new` against `existing` (oldest first) under `mode`; one message per failure.
+    fn check(&self, mode: Compat, new: &Schema, existing: &[(u32, Version)]) -> Vec<String> {
+        let against: &[(u32, Version)] = if mode.transitive() {
+            existing
+        } else {
+            existing.last().map(std::slice::from_ref).unwrap_or(&[])
+        };
+        let mut messages = Vec::new();
+        for (n, v) in against.iter().rev() {
+            let old = &self.schemas[&v.id].parsed;
+            if mode.backward()
+                && let Err(e) = SchemaCompatibility::can_read(old, new)
+            {
+                messages.push(format!(
+                    "{{oldSchemaVersion: {n}, oldSchema: '{}', compatibility: '{}', reason: 'the new schema cannot read data written with version {n}: {e}'}}",
+                    self.schemas[&v.id].text,
+                    mode.name()
+                ));
+            }
+            if mode.forward()
+                && let Err(e) = SchemaCompatibility::can_read(new, old)
+            {
+                messages.push(format!(
+                    "{{oldSchemaVersion: {n}, oldSchema: '{}', compatibility: '{}', reason: 'version {n} cannot read data written with the new schema: {e}'}}",
+                    self.schemas[&v.id].text,
+                    mode.name()
+                ));
+            }
+        }
+        messages
+    }
+}
+
+/// Parse a submitted schema: the compact text to store and the parsed schema.
+fn parse_schema(text: &str) -> Result<(String, Schema), RegistryError> {
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| RegistryError::InvalidSchema(format!("{text}: not JSON: {e}")))?;
+    let parsed =
+        Schema::parse(&json).map_err(|e| RegistryError::InvalidSchema(format!("{text}: {e}")))?;
+    Ok((json.to_string(), parsed))
+}
+
+/// The registry: state in memory, changes in the log.
+pub struct Registry {
+    inner: Mutex<(State, Log)>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registry")
+    }
+}
+
+impl Registry {
+    /// Open the registry stored in `dir`, replaying its log.
+    pub fn open(dir: &Path) -> Result<Registry, RegistryError> {
+        let (log, events) = Log::open(dir)?;
+        let mut state = State::default();
+        for e in &events {
+            state.apply(e);
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            events = events.len(),
+            schemas = state.schemas.len(),
+            subjects = state.subjects.len(),
+            "registry storage opened"
+        );
+        Ok(Registry {
+            inner: Mutex::new((state, log)),
+        })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State, &mut Log) -> R) -> R {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (state, log) = &mut *guard;
+        f(state, log)
+    }
+
+    /// Write events durably, then apply them.
+    fn commit(state: &mut State, log: &mut Log, events: Vec<Event>) -> Result<(), RegistryError> {
+        log.append(&events)?;
+        for e in &events {
+            state.apply(e);
+        }
+        Ok(())
+    }
+
+    /// Register `schema` under `subject`; the same schema again returns the same id.
+    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        let (text, parsed) = parse_schema(schema)?;
+        let canonical = parsed.canonical_form();
+        self.with(|state, log| {
+            let live = state.live(subject);
+            if let Some(id) = state.by_canonical.get(&canonical)
+                && live.iter().any(|(_, v)| v.id == *id)
+            {
+                return Ok(*id);
+            }
+            let mode = state.compat_for(subject);
+            let details = state.check(mode, &parsed, &live);
+            if !details.is_empty() {
+                return Err(RegistryError::Incompatible {
+                    subject: subject.to_owned(),
+                    details,
+                });
+            }
+            let mut events = Vec::new();
+            let id = match state.by_canonical.get(&canonical) {
+                Some(id) => *id,
+                None => {
+                    let id = state.schemas.keys().next_back().map_or(1, |m| m + 1);
+                    events.push(Event::Schema { id, schema: text });
+                    id
+                }
+            };
+            let version = state
+                .subjects
+                .get(subject)
+                .and_then(|vs| vs.keys().next_back())
+                .map_or(1, |m| m + 1);
+            events.push(Event::Version {
+                subject: subject.to_owned(),
+                version,
+                id,
+            });
+            Self::commit(state, log, events)?;
+            tracing::info!(subject, version, id, "schema registered");
+            Ok(id)
+        })
+    }
+
+    /// Find `schema` among the live versions of `subject`.
+    pub fn lookup(&self, subject: &str, schema: &str) -> Result<VersionInfo, RegistryError> {
+        let (_, parsed) = parse_schema(schema)?;
+        let canonical = parsed.canonical_form();
+        self.with(|state, _| {
+            let live = state.live(subject);
+            if live.is_empty() {
+                return Err(RegistryError::SubjectNotFound(subject.to_owned()));
+            }
+            live.iter()
+                .find(|(_, v)| state.schemas[&v.id].canonical == canonical)
+                .map(|(n, v)| state.info(subject, *n, v.id))
+                .ok_or_else(|| RegistryError::SchemaNotFound("not found".into()))
+        })
+    }
+
+    /// Subjects with a live version (or any version, with `deleted`).
+    pub fn subjects(&self, deleted: bool) -> Vec<String> {
+        self.with(|state, _| {
+            state
+                .subjects
+                .iter()
+                .filter(|(_, vs)| deleted || vs.values().any(|v| !v.deleted))
+                .map(|(s, _)| s.clone())
+                .collect()
+        })
+    }
+
+    /// Version numbers of a subject.
+    pub fn versions(&self, subject: &str, deleted: bool) -> Result<Vec<u32>, RegistryError> {
+        self.with(|state, _| {
+            let vs: Vec<u32> = state
+                .subjects
+                .get(subject)
+                .map(|vs| {
+                    vs.iter()
+                        .filter(|(_, v)| deleted || !v.deleted)
+                        .map(|(n, _)| *n)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if vs.is_empty() {
+                return Err(RegistryError::SubjectNotFound(subject.to_owned()));
+            }
+            Ok(vs)
+        })
+    }
+
+    /// One version of a subject.
+    pub fn version(&self, subject: &str, v: VersionRef) -> Result<VersionInfo, RegistryError> {
+        self.with(|state, _| {
+            let (n, version) = state.resolve(subject, v)?;
+            Ok(state.info(subject, n, version.id))
+        })
+    }
+
+    /// A schema by global id.
+    pub fn schema(&self, id: u32) -> Result<String, RegistryError> {
+        self.with(|state, _| {
+            state
+                .schemas
+                .get(&id)
+                .map(|s| s.text.clone())
+                .ok_or_else(|| RegistryError::SchemaNotFound(id.to_string()))
+        })
+    }
+
+    /// Every (subject, version) that uses schema `id`.
+    pub fn schema_versions(&self, id: u32) -> Result<Vec<(String, u32)>, RegistryError> {
+        self.with(|state, _| {
+            if !state.schemas.contains_key(&id) {
+                return Err(RegistryError::SchemaNotFound(id.to_string()));
+            }
+            Ok(state
+                .subjects
+                .iter()
+                .flat_map(|(s, vs)| {
+                    vs.iter()
+                        .filter(|(_, v)| v.id == id && !v.deleted)
+                        .map(move |(n, _)| (s.clone(), *n))
+                })
+                .collect())
+        })
+    }
+
+    /// Delete a subject: soft (its versions hidden) or, after that, permanent.
+    pub fn delete_subject(
+        &self,
+        subject: &str,
+        permanent: bool,
+    ) -> Result<Vec<u32>, RegistryError> {
+        self.with(|state, log| {
+            let Some(vs) = state.subjects.get(subject) else {
+                return Err(RegistryError::SubjectNotFound(subject.to_owned()));
+            };
+            let live: Vec<u32> = vs
+                .iter()
+                .filter(|(_, v)| !v.deleted)
+                .map(|(n, _)| *n)
+                .collect();
+            let all: Vec<u32> = vs.keys().copied().collect();
+            let targets = match (permanent, live.is_empty()) {
+                (false, true) => return Err(RegistryError::SubjectSoftDeleted(subject.to_owned())),
+                (false, false) => live,
+                (true, false) => {
+                    return Err(RegistryError::SubjectNotSoftDeleted(subject.to_owned()));
+                }
+                (true, true) => all,
+            };
+            let mut events: Vec<Event> = targets
+                .iter()
+                .map(|&version| Event::DeleteVersion {
+                    subject: subject.to_owned(),
+                    version,
+                    permanent,
+                })
+                .collect();
+            if permanent && state.subject_compat.contains_key(subject) {
+                events.push(Event::Config {
+                    subject: Some(subject.to_owned()),
+                    level: None,
+                });
+            }
+            Self::commit(state, log, events)?;
+            Ok(targets)
+        })
+    }
+
+    /// Delete one version: soft, or (after that) permanent.
+    pub fn delete_version(
+        &self,
+        subject: &str,
+        v: VersionRef,
+        permanent: bool,
+    ) -> Result<u32, RegistryError> {
+        self.with(|state, log| {
+            let Some(vs) = state.subjects.get(subject) else {
+                return Err(RegistryError::SubjectNotFound(subject.to_owned()));
+            };
+            let n = match v {
+                VersionRef::Number(n) => n,
+                VersionRef::Latest => state.resolve(subject, v)?.0,
+            };
+            let Some(version) = vs.get(&n) else {
+                return Err(RegistryError::VersionNotFound(n.to_string()));
+            };
+            match (permanent, version.deleted) {
+                (false, true) => {
+                    return Err(RegistryError::VersionSoftDeleted(subject.to_owned(), n));
+                }
+                (true, false) => {
+                    return Err(RegistryError::VersionNotSoftDeleted(subject.to_owned(), n));
+                }
+                _ => {}
+            }
+            let event = Event::DeleteVersion {
+                subject: subject.to_owned(),
+                version: n,
+                permanent,
+            };
+            Self::commit(state, log, vec![event])?;
+            Ok(n)
+        })
+    }
+
+    /// The global level.
+    pub fn global_compat(&self) -> Compat {
+        self.with(|state, _| state.global.unwrap_or(Compat::Backward))
+    }
+
+    /// A subject's own level (`None` if not configured).
+    pub fn subject_compat(&self, subject: &str) -> Option<Compat> {
+        self.with(|state, _| state.subject_compat.get(subject).copied())
+    }
+
+    /// Set the global level (`None`) or a subject's.
+    pub fn set_compat(&self, subject: Option<&str>, level: &str) -> Result<Compat, RegistryError> {
+        let compat =
+            Compat::parse(level).ok_or_else(|| RegistryError::InvalidCompat(level.to_owned()))?;
+        self.with(|state, log| {
+            let event = Event::Config {
+                subject: subject.map(str::to_owned),
+                level: Some(compat.name().to_owned()),
+            };
+            Self::commit(state, log, vec![event])?;
+            Ok(compat)
+        })
+    }
+
+    /// Remove a subject's level (falls back to global); returns the removed level.
+    pub fn delete_subject_compat(&self, subject: &str) -> Result<Compat, RegistryError> {
+        self.with(|state, log| {
+            let Some(old) = state.subject_compat.get(subject).copied() else {
+                return Err(RegistryError::SubjectCompatNotConfigured(
+                    subject.to_owned(),
+                ));
+            };
+            let event = Event::Config {
+                subject: Some(subject.to_owned()),
+                level: None,
+            };
+            Self::commit(state, log, vec![event])?;
+            Ok(old)
+        })
+    }
+
+    /// Would `schema` be accepted against `version` (or, for `latest`, against what the
+    /// subject's level checks on register)? Failure messages for a verbose answer.
+    pub fn check_compat(
+        &self,
+        subject: &str,
+        v: VersionRef,
+        schema: &str,
+    ) -> Result<Vec<String>, RegistryError> {
+        let (_, parsed) = parse_schema(schema)?;
+        self.with(|state, _| {
+            let mode = state.compat_for(subject);
+            let live = state.live(subject);
+            let against = match v {
+                VersionRef::Latest => {
+                    if live.is_empty() {
+                        return Err(RegistryError::SubjectNotFound(subject.to_owned()));
+                    }
+                    live
+                }
+                VersionRef::Number(_) => vec![state.resolve(subject, v)?],
+            };
+            Ok(state.check(mode, &parsed, &against))
+        })
+    }
+}

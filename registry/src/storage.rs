@@ -1,0 +1,229 @@
+//! Durable storage: an append-only log of registry events in the data directory.
+//!
+//! Each entry is `[len: u32 LE][crc32 of payload: u32 LE][payload: JSON event]`. An append
+//! is fsynced before the write is acknowledged. On open the log is replayed; a torn last
+//! entry (a crash mid-append: short, or failing its checksum) is cut off and reported, and
+//! everything before it is kept.
+
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Largest entry accepted when replaying (a sanity bound against a corrupt length).
+const MAX_ENTRY: u32 = 64 << 20;
+
+/// One state change. The log is the registry's source of truth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A schema got a global id (first time this canonical form was seen).
+    Schema {
+        /// Global id.
+        id: u32,
+        /// The schema as first registered (compact JSON).
+        schema: String,
+    },
+    /// A subject got a new version pointing at a schema id.
+    Version {
+        /// Subject name.
+        subject: String,
+        /// Version number (1-based, increasing).
+        version: u32,
+        /// Schema id.
+        id: u32,
+    },
+    /// A version was deleted (soft first, then optionally permanently).
+    DeleteVersion {
+        /// Subject name.
+        subject: String,
+        /// Version number.
+        version: u32,
+        /// Whether it is gone for good.
+        permanent: bool,
+    },
+    /// Compatibility level set (`Some`) or removed (`None`), globally or for a subject.
+    Config {
+        /// `None` for the global level.
+        subject: Option<String>,
+        /// The level.
+        level: Option<String>,
+    },
+}
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// I/O on the log file.
+    #[error("registry log {path}: {source}")]
+    Io {
+        /// The log file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// An entry in the middle of the log is unreadable (not a torn tail).
+    #[error("registry log {path} is corrupt at byte {offset}: {reason}")]
+    Corrupt {
+        /// The log file.
+        path: String,
+        /// Where.
+        offset: u64,
+        /// What.
+        reason: String,
+    },
+}
+
+/// The open log, positioned for appends.
+#[derive(Debug)]
+pub struct Log {
+    path: PathBuf,
+    file: File,
+}
+
+impl Log {
+    /// Open (or create) `dir/registry.log`, returning it with every event it holds.
+    pub fn open(dir: &Path) -> Result<(Log, Vec<Event>), StorageError> {
+        let path = dir.join("registry.log");
+        let io = |source| StorageError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let mut events = Vec::new();
+        let mut at = 0usize;
+        let good_end = loop {
+            let rest = &bytes[at..];
+            if rest.is_empty() {
+                break at;
+            }
+            if rest.len() < 8 {
+                break at; // torn header
+            }
+            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+            if len > MAX_ENTRY || rest.len() < 8 + len as usize {
+                break at; // torn or absurd length: only possible for the last entry
+            }
+            let payload = &rest[8..8 + len as usize];
+            if crc32fast::hash(payload) != crc {
+                // A bad checksum on the final entry is a torn write; anywhere else the
+                // file was damaged and guessing would lose or invent state.
+                if 8 + len as usize == rest.len() {
+                    break at;
+                }
+                return Err(StorageError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: at as u64,
+                    reason: "checksum mismatch before the end of the log".into(),
+                });
+            }
+            let event = serde_json::from_slice(payload).map_err(|e| StorageError::Corrupt {
+                path: path.display().to_string(),
+                offset: at as u64,
+                reason: e.to_string(),
+            })?;
+            events.push(event);
+            at += 8 + len as usize;
+        };
+        if good_end < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = bytes.len() - good_end,
+                "registry log ends in a torn write (a crash mid-append); ignoring it"
+            );
+            file.set_len(good_end as u64).map_err(io)?;
+            file.sync_data().map_err(io)?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        Ok((Log { path, file }, events))
+    }
+
+    /// Append events and fsync; when this returns `Ok` they survive a crash.
+    pub fn append(&mut self, events: &[Event]) -> Result<(), StorageError> {
+        let mut buf = Vec::new();
+        for e in events {
+            let payload = serde_json::to_vec(e).expect("events serialise");
+            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            buf.extend_from_slice(&payload);
+        }
+        let io = |source| StorageError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        self.file.write_all(&buf).map_err(io)?;
+        self.file.sync_data().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(i: u32) -> Event {
+        Event::Schema {
+            id: i,
+            schema: format!("\"s{i}\""),
+        }
+    }
+
+    #[test]
+    fn replays_what_was_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, events) = Log::open(dir.path()).unwrap();
+        assert!(events.is_empty());
+        log.append(&[ev(1), ev(2)]).unwrap();
+        log.append(&[ev(3)]).unwrap();
+        drop(log);
+        let (_, events) = Log::open(dir.path()).unwrap();
+        assert_eq!(events, vec![ev(1), ev(2), ev(3)]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path()).unwrap();
+        log.append(&[ev(1), ev(2)]).unwrap();
+        drop(log);
+        let path = dir.path().join("registry.log");
+        let full = std::fs::read(&path).unwrap();
+        for cut in [full.len() - 1, full.len() - 5, full.len() - 12] {
+            std::fs::write(&path, &full[..cut]).unwrap();
+            let (mut log, events) = Log::open(dir.path()).unwrap();
+            assert_eq!(events, vec![ev(1)], "cut at {cut}");
+            // Appending after recovery produces a clean log.
+            log.append(&[ev(9)]).unwrap();
+            drop(log);
+            assert_eq!(Log::open(dir.path()).unwrap().1, vec![ev(1), ev(9)]);
+        }
+        // A flipped byte in the last entry is a torn write too.
+        let mut flipped = full.clone();
+        let n = flipped.len() - 2;
+        flipped[n] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert_eq!(Log::open(dir.path()).unwrap().1, vec![ev(1)]);
+    }
+
+    #[test]
+    fn damage_before_the_end_is_an_error_not_silent_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path()).unwrap();
+        log.append(&[ev(1), ev(2)]).unwrap();
+        drop(log);
+        let path = dir.path().join("registry.log");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Log::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("corrupt at byte 0"), "{err}");
+    }
+}

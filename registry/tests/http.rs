@@ -1,0 +1,490 @@
+//! The registry's REST API, endpoint by endpoint, over a real loopback socket.
+
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+const CT: &str = "application/vnd.schemaregistry.v1+json";
+
+struct Server {
+    url: String,
+    client: Client,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start() -> Server {
+    start_with(weir_registry::ApiConfig::default()).await
+}
+
+async fn start_with(config: weir_registry::ApiConfig) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let data = dir.path().to_path_buf();
+    tokio::spawn(async move {
+        weir_registry::serve(listener, &data, config, async {
+            stopped.await.ok();
+        })
+        .await
+        .unwrap();
+    });
+    Server {
+        url,
+        client: Client::new(),
+        _dir: dir,
+        _stop: stop,
+    }
+}
+
+impl Server {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.url));
+        if let Some(b) = body {
+            req = req.header("content-type", CT).body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+}
+
+fn record(fields: Value) -> Value {
+    json!({"schema": json!({"type": "record", "name": "Reading", "namespace": "t", "fields": fields}).to_string()})
+}
+
+fn v1() -> Value {
+    record(json!([{"name": "id", "type": "string"}]))
+}
+/// v1 + an optional field with a default: backward and forward compatible.
+fn v2() -> Value {
+    record(
+        json!([{"name": "id", "type": "string"}, {"name": "c", "type": ["null", "double"], "default": null}]),
+    )
+}
+/// A new required field: not backward compatible.
+fn v_required() -> Value {
+    record(json!([{"name": "id", "type": "string"}, {"name": "n", "type": "long"}]))
+}
+
+fn code(v: &Value) -> u64 {
+    v["error_code"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no error_code in {v}"))
+}
+
+#[tokio::test]
+async fn register_get_and_lookup() {
+    let s = start().await;
+    assert_eq!(s.get("/").await, (StatusCode::OK, json!({})));
+    assert_eq!(s.get("/health").await.1["status"], "UP");
+    assert_eq!(s.get("/schemas/types").await.1, json!(["AVRO"]));
+    assert_eq!(s.get("/subjects").await.1, json!([]));
+
+    let (st, r) = s.post("/subjects/readings-value/versions", v1()).await;
+    assert_eq!(st, StatusCode::OK);
+    let id = r["id"].as_u64().unwrap();
+    // Same schema again (even reformatted): same id, no new version.
+    let reformatted = json!({"schema": serde_json::to_string_pretty(&serde_json::from_str::<Value>(v1()["schema"].as_str().unwrap()).unwrap()).unwrap()});
+    assert_eq!(
+        s.post("/subjects/readings-value/versions", reformatted)
+            .await
+            .1["id"],
+        id
+    );
+    assert_eq!(
+        s.get("/subjects/readings-value/versions").await.1,
+        json!([1])
+    );
+
+    // Same schema under another subject: same global id, version 1 there.
+    assert_eq!(
+        s.post("/subjects/other-value/versions", v1()).await.1["id"],
+        id
+    );
+    assert_eq!(
+        s.get("/subjects").await.1,
+        json!(["other-value", "readings-value"])
+    );
+
+    let id2 = s.post("/subjects/readings-value/versions", v2()).await.1["id"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(id, id2);
+    let (st, latest) = s.get("/subjects/readings-value/versions/latest").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(latest["version"], 2);
+    assert_eq!(latest["id"], id2);
+    assert_eq!(latest["subject"], "readings-value");
+    assert_eq!(
+        s.get("/subjects/readings-value/versions/-1").await.1["version"],
+        2
+    );
+    let (_, raw) = s.get("/subjects/readings-value/versions/1/schema").await;
+    assert_eq!(raw["name"], "Reading");
+
+    let (_, by_id) = s.get(&format!("/schemas/ids/{id}")).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(by_id["schema"].as_str().unwrap()).unwrap()["fields"][0]["name"],
+        "id"
+    );
+    assert_eq!(
+        s.get(&format!("/schemas/ids/{id}/schema")).await.1["type"],
+        "record"
+    );
+    assert_eq!(
+        s.get(&format!("/schemas/ids/{id}/versions")).await.1,
+        json!([{"subject": "other-value", "version": 1}, {"subject": "readings-value", "version": 1}])
+    );
+
+    let (st, found) = s.post("/subjects/readings-value", v2()).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        (found["version"].as_u64(), found["id"].as_u64()),
+        (Some(2), Some(id2))
+    );
+}
+
+#[tokio::test]
+async fn every_error_code() {
+    let s = start_with(weir_registry::ApiConfig {
+        max_body_bytes: 4096,
+    })
+    .await;
+    s.post("/subjects/a/versions", v1()).await;
+
+    let (st, e) = s.get("/subjects/nope/versions").await;
+    assert_eq!((st, code(&e)), (StatusCode::NOT_FOUND, 40401));
+    assert!(e["message"].as_str().unwrap().contains("nope"));
+    assert_eq!(code(&s.get("/subjects/nope/versions/1").await.1), 40401);
+    assert_eq!(code(&s.get("/subjects/a/versions/7").await.1), 40402);
+    let (st, e) = s.get("/subjects/a/versions/zero").await;
+    assert_eq!((st, code(&e)), (StatusCode::UNPROCESSABLE_ENTITY, 42202));
+    assert_eq!(code(&s.get("/subjects/a/versions/0").await.1), 42202);
+    assert_eq!(code(&s.get("/schemas/ids/999").await.1), 40403);
+    assert_eq!(code(&s.post("/subjects/a", v2()).await.1), 40403);
+    assert_eq!(code(&s.post("/subjects/nope", v1()).await.1), 40401);
+
+    let (st, e) = s
+        .post(
+            "/subjects/a/versions",
+            json!({"schema": "{\"type\": \"recrod\"}"}),
+        )
+        .await;
+    assert_eq!((st, code(&e)), (StatusCode::UNPROCESSABLE_ENTITY, 42201));
+    assert_eq!(
+        code(
+            &s.post("/subjects/a/versions", json!({"schema": "not json"}))
+                .await
+                .1
+        ),
+        42201
+    );
+    assert_eq!(
+        code(
+            &s.post(
+                "/subjects/a/versions",
+                json!({"schema": "\"string\"", "schemaType": "PROTOBUF"})
+            )
+            .await
+            .1
+        ),
+        42201
+    );
+    let (st, e) = s.put("/config", json!({"compatibility": "SIDEWAYS"})).await;
+    assert_eq!((st, code(&e)), (StatusCode::UNPROCESSABLE_ENTITY, 42203));
+
+    let (st, e) = s.post("/subjects/a/versions", v_required()).await;
+    assert_eq!((st, code(&e)), (StatusCode::CONFLICT, 409));
+    assert!(
+        e["message"].as_str().unwrap().contains("incompatible"),
+        "{e}"
+    );
+
+    // Malformed requests.
+    let resp = s
+        .client
+        .post(format!("{}/subjects/a/versions", s.url))
+        .header("content-type", CT)
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(code(&resp.json::<Value>().await.unwrap()), 400);
+    let resp = s
+        .client
+        .post(format!("{}/subjects/a/versions", s.url))
+        .header("content-type", CT)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = s
+        .client
+        .post(format!("{}/subjects/a/versions", s.url))
+        .header("content-type", "text/plain")
+        .body(v1().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(code(&resp.json::<Value>().await.unwrap()), 415);
+    let big = json!({"schema": format!("\"{}\"", "x".repeat(10_000))});
+    let resp = s
+        .client
+        .post(format!("{}/subjects/a/versions", s.url))
+        .header("content-type", CT)
+        .body(big.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(code(&resp.json::<Value>().await.unwrap()), 413);
+    let (st, e) = s.get("/no/such/route").await;
+    assert_eq!((st, code(&e)), (StatusCode::NOT_FOUND, 404));
+
+    // Deletion rules.
+    assert_eq!(code(&s.delete("/subjects/a?permanent=true").await.1), 40405);
+    assert_eq!(
+        code(&s.delete("/subjects/a/versions/1?permanent=true").await.1),
+        40407
+    );
+    assert_eq!(s.delete("/subjects/a/versions/1").await.1, json!(1));
+    assert_eq!(code(&s.delete("/subjects/a/versions/1").await.1), 40406);
+    s.post("/subjects/b/versions", v1()).await;
+    s.delete("/subjects/b").await;
+    assert_eq!(code(&s.delete("/subjects/b").await.1), 40404);
+    assert_eq!(code(&s.get("/config/b").await.1), 40408);
+    assert_eq!(code(&s.delete("/config/b").await.1), 40408);
+
+    // Nothing above broke the server.
+    assert_eq!(s.get("/subjects").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn deletes_soft_and_permanent() {
+    let s = start().await;
+    let id = s.post("/subjects/d/versions", v1()).await.1["id"].clone();
+    s.post("/subjects/d/versions", v2()).await;
+    assert_eq!(s.delete("/subjects/d/versions/2").await.1, json!(2));
+    assert_eq!(s.get("/subjects/d/versions").await.1, json!([1]));
+    assert_eq!(
+        s.get("/subjects/d/versions?deleted=true").await.1,
+        json!([1, 2])
+    );
+    assert_eq!(
+        s.delete("/subjects/d/versions/2?permanent=true").await.1,
+        json!(2)
+    );
+    assert_eq!(
+        s.get("/subjects/d/versions?deleted=true").await.1,
+        json!([1])
+    );
+    assert_eq!(s.delete("/subjects/d").await.1, json!([1]));
+    assert_eq!(s.get("/subjects").await.1, json!([]));
+    assert_eq!(s.get("/subjects?deleted=true").await.1, json!(["d"]));
+    // The schema stays reachable by id (data written with it must stay decodable).
+    assert_eq!(s.get(&format!("/schemas/ids/{id}")).await.0, StatusCode::OK);
+    assert_eq!(s.delete("/subjects/d?permanent=true").await.1, json!([1]));
+    assert_eq!(s.get("/subjects?deleted=true").await.1, json!([]));
+    // Re-registering after deletion gives the same id back.
+    assert_eq!(s.post("/subjects/d/versions", v1()).await.1["id"], id);
+}
+
+#[tokio::test]
+async fn config_and_compatibility_modes() {
+    let s = start().await;
+    assert_eq!(
+        s.get("/config").await.1,
+        json!({"compatibilityLevel": "BACKWARD"})
+    );
+    assert_eq!(
+        s.put("/config", json!({"compatibility": "full"})).await.1,
+        json!({"compatibility": "FULL"})
+    );
+    assert_eq!(
+        s.get("/config").await.1,
+        json!({"compatibilityLevel": "FULL"})
+    );
+    s.put("/config", json!({"compatibility": "BACKWARD"})).await;
+
+    s.post("/subjects/c/versions", v1()).await;
+    assert_eq!(
+        s.get("/config/c?defaultToGlobal=true").await.1,
+        json!({"compatibilityLevel": "BACKWARD"})
+    );
+    // Compatibility checks, plain and verbose.
+    assert_eq!(
+        s.post("/compatibility/subjects/c/versions/latest", v2())
+            .await
+            .1,
+        json!({"is_compatible": true})
+    );
+    let (_, verbose) = s
+        .post(
+            "/compatibility/subjects/c/versions/1?verbose=true",
+            v_required(),
+        )
+        .await;
+    assert_eq!(verbose["is_compatible"], false);
+    assert!(!verbose["messages"].as_array().unwrap().is_empty());
+    assert_eq!(
+        code(
+            &s.post("/compatibility/subjects/zz/versions/latest", v2())
+                .await
+                .1
+        ),
+        40401
+    );
+
+    // A required field is fine under FORWARD (old readers ignore it) but not BACKWARD.
+    assert_eq!(
+        s.put("/config/c", json!({"compatibility": "FORWARD"}))
+            .await
+            .1,
+        json!({"compatibility": "FORWARD"})
+    );
+    assert_eq!(
+        s.get("/config/c").await.1,
+        json!({"compatibilityLevel": "FORWARD"})
+    );
+    assert_eq!(
+        s.post("/subjects/c/versions", v_required()).await.0,
+        StatusCode::OK
+    );
+    // NONE accepts anything.
+    s.put("/config/c", json!({"compatibility": "NONE"})).await;
+    let unrelated = json!({"schema": "\"string\""});
+    assert_eq!(
+        s.post("/subjects/c/versions", unrelated).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.delete("/config/c").await.1,
+        json!({"compatibilityLevel": "NONE"})
+    );
+    assert_eq!(code(&s.get("/config/c").await.1), 40408);
+}
+
+#[tokio::test]
+async fn transitive_modes_check_every_version() {
+    let s = start().await;
+    let f = |fields: Value| record(fields);
+    // v1: {id}; v2: {id, a default 0}; v3: {id, a (no default)}:
+    // v3 can read v2 data (a present) but not v1 data (a missing, no default).
+    let v1 = f(json!([{"name": "id", "type": "string"}]));
+    let v2 =
+        f(json!([{"name": "id", "type": "string"}, {"name": "a", "type": "int", "default": 0}]));
+    let v3 = f(json!([{"name": "id", "type": "string"}, {"name": "a", "type": "int"}]));
+    for (subject, mode, v3_ok) in [
+        ("plain", "BACKWARD", true),
+        ("trans", "BACKWARD_TRANSITIVE", false),
+    ] {
+        s.put(
+            &format!("/config/{subject}"),
+            json!({"compatibility": mode}),
+        )
+        .await;
+        assert_eq!(
+            s.post(&format!("/subjects/{subject}/versions"), v1.clone())
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            s.post(&format!("/subjects/{subject}/versions"), v2.clone())
+                .await
+                .0,
+            StatusCode::OK
+        );
+        let st = s
+            .post(&format!("/subjects/{subject}/versions"), v3.clone())
+            .await
+            .0;
+        assert_eq!(st == StatusCode::OK, v3_ok, "{mode}");
+    }
+    // FULL_TRANSITIVE refuses what FULL would take when an older version disagrees.
+    for (subject, mode, ok) in [("full", "FULL", true), ("fullt", "FULL_TRANSITIVE", false)] {
+        s.put(
+            &format!("/config/{subject}"),
+            json!({"compatibility": mode}),
+        )
+        .await;
+        s.post(&format!("/subjects/{subject}/versions"), v1.clone())
+            .await;
+        s.post(&format!("/subjects/{subject}/versions"), v2.clone())
+            .await;
+        let st = s
+            .post(&format!("/subjects/{subject}/versions"), v3.clone())
+            .await
+            .0;
+        assert_eq!(st == StatusCode::OK, ok, "{mode}");
+    }
+    // FORWARD_TRANSITIVE: every old version must read the new data.
+    s.put("/config/ft", json!({"compatibility": "FORWARD_TRANSITIVE"}))
+        .await;
+    s.post("/subjects/ft/versions", v3.clone()).await;
+    s.post("/subjects/ft/versions", v2.clone()).await;
+    // v1 readers can read anything with an `id`; removing `id` breaks all of them.
+    let no_id = f(json!([{"name": "a", "type": "int"}]));
+    assert_eq!(
+        s.post("/subjects/ft/versions", no_id).await.0,
+        StatusCode::CONFLICT
+    );
+}
+
+#[tokio::test]
+async fn parallel_registrations_of_one_schema_get_one_id() {
+    let s = start().await;
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let client = s.client.clone();
+        let url = format!("{}/subjects/p{}/versions", s.url, i % 4);
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("content-type", CT)
+                .body(v1().to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap()["id"].as_u64().unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    for p in 0..4 {
+        assert_eq!(
+            s.get(&format!("/subjects/p{p}/versions")).await.1,
+            json!([1])
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! The encode stage: Avro for plugin output.
+
+pub mod avro;

@@ -1,0 +1,9 @@
+//! weir: MQTT → sandboxed Wasm transforms → governed Avro on Kafka.
+//!
+//! One module per stage of the data path; stages talk through small types.
+
+#![deny(unsafe_code)] // Allowed only in `transform::cache` (loading precompiled artifacts).
+
+pub mod dryrun;
+pub mod encode;
+pub mod transform;

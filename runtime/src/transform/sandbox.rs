@@ -1,0 +1,362 @@
+//! The wasmtime sandbox: engine configuration, the one import a plugin gets (`log`), limits
+//! and trap classification. Nothing else is linked, so a component that imports anything
+//! more (WASI filesystem, clocks, random, ...) fails to instantiate and is refused at load.
+
+use super::{LoadError, codes};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit",
+    });
+}
+
+pub use bindings::weir::transform::types::{Level, Message, Outcome as WitOutcome, PluginInfo};
+
+/// Limits applied to every plugin call.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear-memory cap per instance, bytes.
+    pub memory_bytes: usize,
+    /// CPU (wall-clock, measured in epoch ticks) budget per message in a call.
+    pub time_per_message: Duration,
+    /// Minimum deadline of any call (covers instantiation and `init`).
+    pub min_call_time: Duration,
+    /// Wasm stack size, bytes.
+    pub stack_bytes: usize,
+    /// Most records one message may produce.
+    pub max_records_per_message: usize,
+    /// Largest record value (JSON text) a plugin may return.
+    pub max_record_bytes: usize,
+    /// Instances that may exist at once (pool size).
+    pub max_instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            time_per_message: Duration::from_millis(20),
+            min_call_time: Duration::from_millis(100),
+            stack_bytes: 512 << 10,
+            max_records_per_message: 10_000,
+            max_record_bytes: 1 << 20,
+            max_instances: 64,
+        }
+    }
+}
+
+/// How often the epoch advances; deadlines are whole ticks.
+const TICK: Duration = Duration::from_millis(5);
+/// Log lines kept per call; more are counted and dropped so a chatty plugin cannot flood.
+const MAX_LOG_LINES: usize = 64;
+const MAX_LOG_LINE: usize = 2048;
+
+struct Shared {
+    engine: Engine,
+    linker: Linker<State>,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Engine + linker + limits, shared by every plugin of a host.
+#[derive(Clone)]
+pub(super) struct Sandbox(Arc<Shared>);
+
+/// A component pre-instantiated against the linker.
+pub(super) type Pre = bindings::PluginPre<State>;
+
+impl Sandbox {
+    pub(super) fn new(limits: Limits) -> Result<Self, LoadError> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(limits.max_instances)
+            .total_core_instances(limits.max_instances * 2)
+            .total_memories(limits.max_instances * 2)
+            .total_tables(limits.max_instances * 2)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true)
+            .concurrency_support(false)
+            .max_wasm_stack(limits.stack_bytes)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = engine.weak();
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("weir-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match ticker.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| LoadError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Sandbox(Arc::new(Shared {
+            engine,
+            linker,
+            limits,
+            stop,
+        })))
+    }
+
+    pub(super) fn engine(&self) -> &Engine {
+        &self.0.engine
+    }
+
+    pub(super) fn limits(&self) -> &Limits {
+        &self.0.limits
+    }
+
+    pub(super) fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
+        Component::new(&self.0.engine, bytes)
+            .map_err(|e| LoadError::NotAComponent(format!("not a valid Wasm component: {e:#}")))
+    }
+
+    pub(super) fn prepare(&self, component: &Component) -> Result<Pre, LoadError> {
+        let ungranted: Vec<String> = component
+            .component_type()
+            .imports(&self.0.engine)
+            .map(|(name, _)| name.to_owned())
+            .filter(|name| !name.starts_with("weir:transform/"))
+            .collect();
+        if !ungranted.is_empty() {
+            return Err(LoadError::WrongWorld(format!(
+                "it imports {}, which weir does not grant",
+                ungranted.join(", ")
+            )));
+        }
+        let pre = self
+            .0
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        bindings::PluginPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
+    }
+
+    fn deadline_ticks(&self, messages: usize) -> u64 {
+        let l = &self.0.limits;
+        let budget = (l.time_per_message * messages as u32).max(l.min_call_time);
+        (budget.as_millis() / TICK.as_millis()).max(1) as u64 + 1
+    }
+}
+
+/// Per-store state: the memory limiter and the log of this call.
+pub(super) struct State {
+    label: String,
+    memory_cap: usize,
+    hit_memory_cap: bool,
+    logged: usize,
+    /// The last error-level line (a panic message, usually), to explain a trap.
+    last_error: Option<String>,
+}
+
+impl wasmtime::ResourceLimiter for State {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.hit_memory_cap = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl bindings::weir::transform::types::Host for State {}
+
+impl bindings::weir::transform::host::Host for State {
+    fn log(&mut self, level: Level, mut message: String) {
+        self.logged += 1;
+        if self.logged > MAX_LOG_LINES {
+            if self.logged == MAX_LOG_LINES + 1 {
+                tracing::warn!(plugin = %self.label, "plugin logged more than {MAX_LOG_LINES} lines in one call; dropping the rest");
+            }
+            return;
+        }
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let plugin = &self.label;
+        match level {
+            Level::Trace => tracing::trace!(%plugin, "{message}"),
+            Level::Debug => tracing::debug!(%plugin, "{message}"),
+            Level::Info => tracing::info!(%plugin, "{message}"),
+            Level::Warn => tracing::warn!(%plugin, "{message}"),
+            Level::Error => {
+                tracing::warn!(%plugin, "{message}");
+                self.last_error = Some(message);
+            }
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CallError {
+    #[error("the plugin ran past its CPU deadline of {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Oom(String),
+    #[error("{0}")]
+    Trap(String),
+    #[error("{0}")]
+    Contract(String),
+    #[error("plugin refused its config: {0}")]
+    Config(String),
+    #[error("cannot instantiate the plugin: {0}")]
+    Instantiate(String),
+}
+
+impl CallError {
+    pub(super) fn code(&self) -> &'static str {
+        match self {
+            CallError::Timeout(_) => codes::TIMEOUT,
+            CallError::Oom(_) => codes::OOM,
+            CallError::Trap(_) | CallError::Instantiate(_) => codes::TRAP,
+            CallError::Contract(_) | CallError::Config(_) => codes::CONTRACT,
+        }
+    }
+}
+
+/// A fresh instance in its own store.
+pub(super) struct Instance {
+    store: Store<State>,
+    plugin: bindings::Plugin,
+    sandbox: Sandbox,
+}
+
+impl Instance {
+    pub(super) fn new(sandbox: &Sandbox, pre: &Pre, label: &str) -> Result<Self, CallError> {
+        let state = State {
+            label: label.to_owned(),
+            memory_cap: sandbox.0.limits.memory_bytes,
+            hit_memory_cap: false,
+            logged: 0,
+            last_error: None,
+        };
+        let mut store = Store::new(&sandbox.0.engine, state);
+        store.limiter(|s| s);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(sandbox.deadline_ticks(1));
+        let plugin = pre
+            .instantiate(&mut store)
+            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        Ok(Instance {
+            store,
+            plugin,
+            sandbox: sandbox.clone(),
+        })
+    }
+
+    fn arm(&mut self, messages: usize) {
+        self.store.data_mut().logged = 0;
+        self.store
+            .set_epoch_deadline(self.sandbox.deadline_ticks(messages));
+    }
+
+    fn classify(&mut self, err: wasmtime::Error, messages: usize) -> CallError {
+        let state = self.store.data_mut();
+        if state.hit_memory_cap {
+            let mut why = format!(
+                "the plugin exceeded its memory cap of {} MiB",
+                state.memory_cap >> 20
+            );
+            if let Some(logged) = state.last_error.take() {
+                why = format!("{why} ({logged})");
+            }
+            return CallError::Oom(why);
+        }
+        match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => {
+                let ticks = self.sandbox.deadline_ticks(messages);
+                CallError::Timeout(TICK * ticks as u32)
+            }
+            Some(trap) => {
+                let mut why = match state.last_error.take() {
+                    Some(logged) => format!("{logged} ({trap})"),
+                    None => format!("the plugin trapped: {trap}"),
+                };
+                match trap {
+                    wasmtime::Trap::StackOverflow => {
+                        why = format!(
+                            "the plugin overflowed its {} KiB Wasm stack (unbounded recursion?)",
+                            self.sandbox.0.limits.stack_bytes >> 10
+                        );
+                    }
+                    // Rust and C guests keep a shadow stack at the bottom of linear memory;
+                    // overflowing it walks off the start of memory.
+                    wasmtime::Trap::MemoryOutOfBounds => {
+                        why.push_str(
+                            " (a bug in the plugin, or its stack overflowing: deep recursion)",
+                        );
+                    }
+                    _ => {}
+                }
+                CallError::Trap(why)
+            }
+            None => CallError::Trap(format!("{err:#}")),
+        }
+    }
+
+    pub(super) fn describe(&mut self) -> Result<PluginInfo, CallError> {
+        self.arm(1);
+        self.plugin
+            .call_describe(&mut self.store)
+            .map_err(|e| self.classify(e, 1))
+    }
+
+    pub(super) fn init(&mut self, config: &[(String, String)]) -> Result<(), CallError> {
+        self.arm(1);
+        match self.plugin.call_init(&mut self.store, config) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(CallError::Config(msg)),
+            Err(e) => Err(self.classify(e, 1)),
+        }
+    }
+
+    pub(super) fn process(&mut self, batch: &[Message]) -> Result<Vec<WitOutcome>, CallError> {
+        self.arm(batch.len());
+        self.plugin
+            .call_process(&mut self.store, batch)
+            .map_err(|e| self.classify(e, batch.len()))
+    }
+}

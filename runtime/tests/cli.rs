@@ -1,0 +1,181 @@
+//! The `weir` binary: `plugin inspect` and `transform` over every plugin's fixtures.
+
+mod common;
+
+use common::{plugin_wasm, root};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn weir(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .env("WEIR_NO_CACHE", "true")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `weir transform` over a plugin's fixtures prints exactly `expected.jsonl`.
+fn check_fixtures(plugin: &str) {
+    let dir = root().join("plugins").join(plugin).join("fixtures");
+    let wasm = plugin_wasm(plugin);
+    let input = dir.join("input.jsonl");
+    let out = weir(
+        &[
+            "transform",
+            "--plugin",
+            wasm.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let got: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("expected.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), want.len(), "{plugin}: line count");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "{plugin} fixture line {}", i + 1);
+    }
+}
+
+#[test]
+fn transform_thermostat_fixtures() {
+    check_fixtures("thermostat");
+}
+
+#[test]
+fn transform_fleet_gps_fixtures() {
+    check_fixtures("fleet-gps");
+}
+
+#[test]
+fn transform_meter_fixtures() {
+    check_fixtures("meter");
+}
+
+#[test]
+fn bad_input_lines_are_reported_and_the_rest_still_run() {
+    let wasm = plugin_wasm("thermostat");
+    let input = concat!(
+        "{\"topic\":\"a/t-1\",\"payload\":\"{\\\"temp_c\\\":20}\"}\n",
+        "this is not json\n",
+        "{\"topic\":\"a/t-2\"}\n",
+        "{\"topic\":\"a/t-3\",\"payload\":\"{\\\"temp_c\\\":21}\",\"properties\":{\"fw\":\"1\"}}\n",
+    );
+    let out = weir(&["transform", "--plugin", wasm.to_str().unwrap()], input);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0]["outcome"], "emit");
+    assert_eq!(lines[1]["outcome"], "fail");
+    assert_eq!(lines[1]["code"], "input.invalid");
+    assert!(lines[1]["reason"].as_str().unwrap().contains("line 2"));
+    assert!(lines[2]["reason"].as_str().unwrap().contains("payload"));
+    assert_eq!(lines[3]["records"][0]["value"]["temperature_c"], 21.0);
+    assert!(text(&out.stderr).contains("2 of 4 input lines were invalid"));
+}
+
+#[test]
+fn adversarial_plugin_through_the_cli() {
+    let wasm = plugin_wasm("adversarial");
+    let input = ["ok", "panic", "loop", "badschema", "fine"]
+        .map(|p| format!("{{\"topic\":\"t\",\"payload\":\"{p}\"}}\n"))
+        .concat();
+    let out = weir(&["transform", "--plugin", wasm.to_str().unwrap()], &input);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let codes: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or(v["outcome"].as_str().unwrap())
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "emit",
+            "plugin.trap",
+            "plugin.timeout",
+            "schema.violation",
+            "emit"
+        ]
+    );
+}
+
+#[test]
+fn inspect_prints_identity_and_schema() {
+    let wasm = plugin_wasm("fleet-gps");
+    let out = weir(&["plugin", "inspect", "--json", wasm.to_str().unwrap()], "");
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "fleet-gps");
+    assert_eq!(v["version"], "1.0.0");
+    assert_eq!(v["contract"], "weir:transform@1.0.0");
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(v["schema"]["name"], "VehiclePosition");
+    let human = weir(&["plugin", "inspect", wasm.to_str().unwrap()], "");
+    assert!(text(&human.stdout).contains("version:   1.0.0"));
+}
+
+#[test]
+fn non_plugins_get_a_one_line_error_and_nonzero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("notes.txt", b"hello".to_vec(), "not a WebAssembly file"),
+        (
+            "core.wasm",
+            wat::parse_str("(module)").unwrap(),
+            "core Wasm module",
+        ),
+        (
+            "other.wasm",
+            wat::parse_str("(component)").unwrap(),
+            "not a weir plugin",
+        ),
+    ];
+    for (name, bytes, expect) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        for args in [
+            vec!["plugin", "inspect", path.to_str().unwrap()],
+            vec!["transform", "--plugin", path.to_str().unwrap()],
+        ] {
+            let out = weir(&args, "");
+            let err = text(&out.stderr);
+            assert!(!out.status.success(), "{name}: {args:?} succeeded");
+            assert!(err.contains(expect), "{name}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{name}: not one line: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+    let missing = weir(&["plugin", "inspect", "/nonexistent.wasm"], "");
+    assert!(text(&missing.stderr).contains("cannot read /nonexistent.wasm"));
+}

@@ -1,0 +1,48 @@
+//! Helpers shared by the runtime's integration tests.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A plugin component built by `cargo xtask plugins`.
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let path = target.join("plugins").join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first with `cargo xtask plugins`",
+        path.display()
+    );
+    path
+}
+
+pub fn message(topic: &str, payload: &[u8]) -> weir::transform::Message {
+    weir::transform::Message {
+        topic: topic.into(),
+        payload: payload.to_vec(),
+        properties: vec![],
+        content_type: None,
+        received_at_ms: 0,
+    }
+}
+
+/// Resident set size of this process, bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}

@@ -1,0 +1,283 @@
+//! The Wasm host against real plugin builds: identity, fixtures, sandbox limits, isolation.
+
+mod common;
+
+use common::{message, plugin_wasm, rss_bytes};
+use sha2::{Digest, Sha256};
+use std::time::{Duration, Instant};
+use weir::transform::{Host, Limits, Outcome, codes};
+
+fn host() -> Host {
+    Host::new(Limits::default(), None).unwrap()
+}
+
+fn kind(o: &Outcome) -> String {
+    match o {
+        Outcome::Emit(r) => format!("emit:{}", r.len()),
+        Outcome::Reject { code, .. } => format!("reject:{code}"),
+        Outcome::Skip => "skip".into(),
+        Outcome::Fail { code, .. } => format!("fail:{code}"),
+    }
+}
+
+#[test]
+fn describe_gives_identity_and_schema() {
+    let path = plugin_wasm("thermostat");
+    let plugin = host().load_file(&path).unwrap();
+    let info = plugin.info();
+    assert_eq!(info.id(), "thermostat@1.0.0");
+    assert_eq!(info.contract, "weir:transform@1.0.0");
+    assert_eq!(
+        info.sha256,
+        hex::encode(Sha256::digest(std::fs::read(&path).unwrap()))
+    );
+    assert!(
+        plugin
+            .schema()
+            .canonical_form()
+            .contains("ThermostatReading")
+    );
+}
+
+#[test]
+fn adversarial_messages_are_classified_and_healthy_ones_still_emit() {
+    let limits = Limits {
+        memory_bytes: 32 << 20,
+        ..Limits::default()
+    };
+    let plugin = Host::new(limits, None)
+        .unwrap()
+        .load_file(&plugin_wasm("adversarial"))
+        .unwrap();
+    let p = plugin.configure(vec![], "adversarial").unwrap();
+    let payloads = [
+        "a",
+        "loop",
+        "b",
+        "bomb",
+        "panic",
+        "c",
+        "recurse",
+        "badschema",
+        "huge",
+        "many",
+        "reject",
+        "d",
+    ];
+    let batch: Vec<_> = payloads
+        .iter()
+        .map(|p| message("t/x", p.as_bytes()))
+        .collect();
+    let started = Instant::now();
+    let out = p.process(&batch);
+    let kinds: Vec<String> = out.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "emit:1",
+            "fail:plugin.timeout",
+            "emit:1",
+            "fail:plugin.oom",
+            "fail:plugin.trap",
+            "emit:1",
+            "fail:plugin.trap",
+            "fail:schema.violation",
+            "fail:plugin.output-too-large",
+            "fail:plugin.output-too-large",
+            "reject:test.rejected",
+            "emit:1",
+        ]
+    );
+    let reason = |i: usize| match &out[i] {
+        Outcome::Fail { reason, .. } => reason.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        reason(4).contains("adversarial panic on request"),
+        "{}",
+        reason(4)
+    );
+    assert!(reason(6).contains("stack overflowing"), "{}", reason(6));
+    assert!(reason(7).contains("field `text`"), "{}", reason(7));
+    assert!(reason(3).contains("32 MiB"), "{}", reason(3));
+    // Bisection re-runs the looping half a handful of times, each bounded by its deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Healthy records are real Avro of the declared schema.
+    let Outcome::Emit(records) = &out[11] else {
+        unreachable!()
+    };
+    assert_eq!(
+        plugin.schema().decode_to_json(&records[0].value).unwrap(),
+        serde_json::json!({"text": "d"})
+    );
+}
+
+#[test]
+fn a_lone_infinite_loop_is_stopped_at_its_deadline() {
+    let plugin = host().load_file(&plugin_wasm("adversarial")).unwrap();
+    let p = plugin.configure(vec![], "adversarial").unwrap();
+    let started = Instant::now();
+    let out = p.process(&[message("t", b"loop")]);
+    assert_eq!(kind(&out[0]), format!("fail:{}", codes::TIMEOUT));
+    // The deadline is 100 ms; allow generous scheduling slack on a loaded machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn host_memory_stays_bounded_over_thousands_of_bad_calls() {
+    let limits = Limits {
+        memory_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    let plugin = Host::new(limits, None)
+        .unwrap()
+        .load_file(&plugin_wasm("adversarial"))
+        .unwrap();
+    let p = plugin.configure(vec![], "adversarial").unwrap();
+    let cycle = ["panic", "badschema", "recurse", "reject", "ok", "huge"];
+    let run = |calls: usize| {
+        for i in 0..calls {
+            let payload = if i % 250 == 0 {
+                "bomb"
+            } else {
+                cycle[i % cycle.len()]
+            };
+            let out = p.process(&[message("t", payload.as_bytes()), message("t", b"fine")]);
+            assert_eq!(kind(&out[1]), "emit:1", "healthy neighbour of {payload}");
+        }
+    };
+    run(300);
+    let before = rss_bytes();
+    run(3000);
+    let after = rss_bytes();
+    let growth = after.saturating_sub(before);
+    assert!(
+        growth < 48 << 20,
+        "RSS grew by {} MiB over 3000 calls",
+        growth >> 20
+    );
+}
+
+#[test]
+fn output_is_deterministic_across_hosts() {
+    let path = plugin_wasm("thermostat");
+    let batch: Vec<_> = (0..50)
+        .map(|i| {
+            let payload = format!(
+                r#"{{"ts":{i},"temperature":{{"value":{},"unit":"F"}},"humidity":{{"value":40.5}}}}"#,
+                60.0 + f64::from(i) * 0.37
+            );
+            message(&format!("p/t-{i}"), payload.as_bytes())
+        })
+        .collect();
+    let run = || {
+        let plugin = host().load_file(&path).unwrap();
+        plugin.configure(vec![], "t").unwrap().process(&batch)
+    };
+    let (a, b) = (run(), run());
+    assert!(a.iter().all(|o| matches!(o, Outcome::Emit(_))));
+    assert_eq!(a, b);
+}
+
+#[test]
+fn config_is_passed_to_init_and_refusals_are_reported() {
+    let plugin = host().load_file(&plugin_wasm("thermostat")).unwrap();
+    let err = plugin
+        .configure(vec![("max_c".into(), "warm".into())], "t")
+        .unwrap_err();
+    assert!(err.contains("max_c"), "{err}");
+    let narrow = plugin
+        .configure(vec![("max_c".into(), "25".into())], "t")
+        .unwrap();
+    let out = narrow.process(&[message("a/t-1", br#"{"temp_c":30}"#)]);
+    assert_eq!(kind(&out[0]), "reject:reading.out-of-range");
+}
+
+#[test]
+fn precompiled_artifacts_are_cached_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = plugin_wasm("meter");
+    let first = Host::new(Limits::default(), Some(dir.path()))
+        .unwrap()
+        .load_file(&path)
+        .unwrap();
+    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(cached.len(), 1);
+    let name = cached[0]
+        .as_ref()
+        .unwrap()
+        .file_name()
+        .into_string()
+        .unwrap();
+    assert!(name.starts_with(&first.info().sha256), "{name}");
+    let second = Host::new(Limits::default(), Some(dir.path()))
+        .unwrap()
+        .load_file(&path)
+        .unwrap();
+    assert_eq!(first.info(), second.info());
+    let frame = meter_frame();
+    let a = first
+        .configure(vec![], "m")
+        .unwrap()
+        .process(&[message("m/1", &frame)]);
+    let b = second
+        .configure(vec![], "m")
+        .unwrap()
+        .process(&[message("m/1", &frame)]);
+    assert_eq!(a, b);
+    assert_eq!(kind(&a[0]), "emit:1");
+}
+
+fn meter_frame() -> Vec<u8> {
+    let mut f = vec![1u8];
+    f.extend_from_slice(&7u32.to_le_bytes());
+    f.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+    f.extend_from_slice(&1500u32.to_le_bytes());
+    f.push(0);
+    let crc = crc16(&f);
+    f.extend_from_slice(&crc.to_le_bytes());
+    f
+}
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0xffff;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[test]
+fn files_that_are_not_plugins_are_refused_clearly() {
+    let h = host();
+    let err = |bytes: &[u8]| h.load(bytes).unwrap_err().to_string();
+    assert!(err(b"hello").contains("not a WebAssembly file"));
+    let core = wat::parse_str("(module)").unwrap();
+    assert!(err(&core).contains("core Wasm module"), "{}", err(&core));
+    let empty = wat::parse_str("(component)").unwrap();
+    assert!(err(&empty).contains("not a weir plugin"), "{}", err(&empty));
+    let wasi = wat::parse_str(
+        r#"(component (import "wasi:cli/environment@0.2.0" (instance (export "get-arguments" (func (result (list string)))))))"#,
+    )
+    .unwrap();
+    let e = err(&wasi);
+    assert!(
+        e.contains("not a weir plugin") && e.contains("wasi:cli/environment"),
+        "{e}"
+    );
+}
