@@ -215,15 +215,14 @@ impl State {
     fn apply(&mut self, e: &Event) {
         match e {
             Event::Schema { id, schema } => {
-                let parsed = Schema::parse_str(schema).expect("logged schemas were valid");
-                let canonical = parsed.canonical_form();
-                self.by_canonical.insert(canonical.clone(), *id);
+                let p = parse_schema(schema).expect("logged schemas were valid");
+                self.by_canonical.insert(p.canonical.clone(), *id);
                 self.schemas.insert(
                     *id,
                     StoredSchema {
                         text: schema.clone(),
-                        parsed,
-                        canonical,
+                        parsed: p.schema,
+                        canonical: p.canonical,
                     },
                 );
             }
@@ -347,13 +346,63 @@ impl State {
     }
 }
 
-/// Parse a submitted schema: the compact text to store and the parsed schema.
-fn parse_schema(text: &str) -> Result<(String, Schema), RegistryError> {
+/// A submitted schema: the compact text to store, its identity and the parsed schema.
+struct Parsed {
+    text: String,
+    canonical: String,
+    schema: Schema,
+}
+
+/// Parse a submitted schema.
+///
+/// Identity is the schema's JSON with whitespace removed and object keys sorted, not Avro's
+/// Parsing Canonical Form: PCF drops `default`, so two schemas that differ only in a
+/// default (and so in compatibility) would share an id. Reformatting or reordering keys
+/// still gives the same id.
+fn parse_schema(text: &str) -> Result<Parsed, RegistryError> {
     let json: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| RegistryError::InvalidSchema(format!("{text}: not JSON: {e}")))?;
-    let parsed =
+    let schema =
         Schema::parse(&json).map_err(|e| RegistryError::InvalidSchema(format!("{text}: {e}")))?;
-    Ok((json.to_string(), parsed))
+    let mut canonical = String::with_capacity(text.len());
+    write_sorted(&json, &mut canonical);
+    Ok(Parsed {
+        text: json.to_string(),
+        canonical,
+        schema,
+    })
+}
+
+/// Compact JSON with object keys sorted, whatever order the JSON map type keeps.
+fn write_sorted(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_sorted(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_sorted(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// The registry: state in memory, changes in the log.
@@ -404,8 +453,11 @@ impl Registry {
 
     /// Register `schema` under `subject`; the same schema again returns the same id.
     pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
-        let (text, parsed) = parse_schema(schema)?;
-        let canonical = parsed.canonical_form();
+        let Parsed {
+            text,
+            canonical,
+            schema: parsed,
+        } = parse_schema(schema)?;
         self.with(|state, log| {
             let live = state.live(subject);
             if let Some(id) = state.by_canonical.get(&canonical)
@@ -448,8 +500,7 @@ impl Registry {
 
     /// Find `schema` among the live versions of `subject`.
     pub fn lookup(&self, subject: &str, schema: &str) -> Result<VersionInfo, RegistryError> {
-        let (_, parsed) = parse_schema(schema)?;
-        let canonical = parsed.canonical_form();
+        let canonical = parse_schema(schema)?.canonical;
         self.with(|state, _| {
             let live = state.live(subject);
             if live.is_empty() {
@@ -660,7 +711,7 @@ impl Registry {
         v: VersionRef,
         schema: &str,
     ) -> Result<Vec<String>, RegistryError> {
-        let (_, parsed) = parse_schema(schema)?;
+        let parsed = parse_schema(schema)?.schema;
         self.with(|state, _| {
             let mode = state.compat_for(subject);
             let live = state.live(subject);
@@ -675,5 +726,39 @@ impl Registry {
             };
             Ok(state.check(mode, &parsed, &against))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apache_avro_detects_a_new_field_without_default() {
+        let v1 = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[{"name":"id","type":"string"}]}"#,
+        )
+        .unwrap();
+        let v3 = Schema::parse_str(r#"{"type":"record","name":"R","fields":[{"name":"id","type":"string"},{"name":"a","type":"int"}]}"#).unwrap();
+        assert!(SchemaCompatibility::can_read(&v1, &v3).is_err());
+    }
+
+    #[test]
+    fn transitive_checks_every_live_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path()).unwrap();
+        let f = |extra: &str| {
+            format!(
+                r#"{{"type":"record","name":"R","fields":[{{"name":"id","type":"string"}}{extra}]}}"#
+            )
+        };
+        r.set_compat(Some("s"), "BACKWARD_TRANSITIVE").unwrap();
+        r.register("s", &f("")).unwrap();
+        r.register("s", &f(r#",{"name":"a","type":"int","default":0}"#))
+            .unwrap();
+        let err = r
+            .register("s", &f(r#",{"name":"a","type":"int"}"#))
+            .unwrap_err();
+        assert_eq!(err.code(), 409, "{err}");
     }
 }

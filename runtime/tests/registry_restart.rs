@@ -1,0 +1,157 @@
+//! `weir registry serve` as a process: acknowledged writes survive `kill -9` mid-stream.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+fn serve(data: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("schema registry listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    (child, url)
+}
+
+fn schema(i: usize) -> String {
+    serde_json::json!({"schema": serde_json::json!({
+        "type": "record", "name": format!("R{i}"), "fields": [{"name": "f", "type": "long"}]
+    }).to_string()})
+    .to_string()
+}
+
+#[test]
+fn acknowledged_registrations_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = serve(dir.path());
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (url, acked) = (url.clone(), acked.clone());
+        writers.push(std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::new();
+            for i in 0.. {
+                let subject = format!("s{w}-{i}");
+                let resp = client
+                    .post(format!("{url}/subjects/{subject}/versions"))
+                    .header("content-type", "application/vnd.schemaregistry.v1+json")
+                    .body(schema(w * 1_000_000 + i))
+                    .send();
+                match resp {
+                    Ok(r) if r.status().is_success() => {
+                        let id = r.json::<serde_json::Value>().unwrap()["id"]
+                            .as_u64()
+                            .unwrap();
+                        acked.lock().unwrap().push((subject, id));
+                    }
+                    _ => return, // the server is gone
+                }
+            }
+        }));
+    }
+    while acked.lock().unwrap().len() < 200 {
+        std::thread::yield_now();
+    }
+    child.kill().unwrap(); // SIGKILL, mid-stream
+    child.wait().unwrap();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let (mut child, url) = serve(dir.path());
+    let client = reqwest::blocking::Client::new();
+    for (subject, id) in &acked {
+        let v: serde_json::Value = client
+            .get(format!("{url}/subjects/{subject}/versions/1"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(
+            v["id"].as_u64(),
+            Some(*id),
+            "{subject} lost or changed after restart: {v}"
+        );
+    }
+    // The registry still takes writes, and ids keep increasing.
+    let max = acked.iter().map(|(_, id)| *id).max().unwrap();
+    let r: serde_json::Value = client
+        .post(format!("{url}/subjects/after/versions"))
+        .header("content-type", "application/json")
+        .body(schema(99_999_999))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(r["id"].as_u64().unwrap() > max);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eprintln!(
+        "{} acknowledged registrations survived kill -9",
+        acked.len()
+    );
+}
+
+#[test]
+fn config_and_deletions_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = serve(dir.path());
+    let c = reqwest::blocking::Client::new();
+    let send = |m: reqwest::Method, path: &str, body: Option<String>| {
+        let mut r = c.request(m, format!("{url}{path}"));
+        if let Some(b) = body {
+            r = r.header("content-type", "application/json").body(b);
+        }
+        assert!(r.send().unwrap().status().is_success(), "{path}");
+    };
+    send(
+        reqwest::Method::POST,
+        "/subjects/a/versions",
+        Some(schema(1)),
+    );
+    send(
+        reqwest::Method::POST,
+        "/subjects/b/versions",
+        Some(schema(2)),
+    );
+    send(
+        reqwest::Method::PUT,
+        "/config",
+        Some(r#"{"compatibility":"FULL"}"#.into()),
+    );
+    send(
+        reqwest::Method::PUT,
+        "/config/a",
+        Some(r#"{"compatibility":"NONE"}"#.into()),
+    );
+    send(reqwest::Method::DELETE, "/subjects/b", None);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut child, url) = serve(dir.path());
+    let get = |path: &str| -> serde_json::Value {
+        c.get(format!("{url}{path}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    assert_eq!(get("/config")["compatibilityLevel"], "FULL");
+    assert_eq!(get("/config/a")["compatibilityLevel"], "NONE");
+    assert_eq!(get("/subjects"), serde_json::json!(["a"]));
+    assert_eq!(get("/subjects?deleted=true"), serde_json::json!(["a", "b"]));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
