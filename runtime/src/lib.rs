@@ -4,6 +4,12 @@
 
 #![deny(unsafe_code)] // Allowed only in `transform::cache` (loading precompiled artifacts).
 
+pub mod ack;
+pub mod config;
 pub mod dryrun;
 pub mod encode;
+pub mod pipeline;
+pub mod route;
+pub mod sink;
+pub mod source;
 pub mod transform;

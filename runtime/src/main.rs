@@ -41,6 +41,20 @@ enum Command {
     /// "reason":..}. Record values are shown decoded from the Avro that would be published.
     #[command(verbatim_doc_comment)]
     Transform(TransformArgs),
+    /// Run the pipeline: MQTT → cohort plugin → Avro → Kafka, acknowledging MQTT only after
+    /// Kafka has every output.
+    ///
+    /// SIGINT/SIGTERM stops reading, finishes and acknowledges what is in flight, and exits 0.
+    /// See examples/weir.toml for the config; every scalar key can be overridden from the
+    /// environment as WEIR_<TABLE>_<KEY> (WEIR_MQTT_URL, WEIR_KAFKA_BOOTSTRAP,
+    /// WEIR_REGISTRY_URL, ...).
+    Run {
+        /// The config file.
+        #[arg(long, env = "WEIR_CONFIG", default_value = "weir.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// The built-in Confluent-compatible schema registry.
     #[command(subcommand)]
     Registry(RegistryCommand),
@@ -115,23 +129,29 @@ struct EngineArgs {
     #[arg(long, env = "WEIR_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     /// Compile plugins on every load instead of caching the result.
-    #[arg(long, env = "WEIR_NO_CACHE")]
+    #[arg(long, env = "WEIR_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
     no_cache: bool,
 }
 
 impl EngineArgs {
-    fn host(&self) -> Result<Host> {
-        let limits = Limits {
+    fn limits(&self) -> Limits {
+        Limits {
             memory_bytes: self.plugin_memory_mib << 20,
             time_per_message: Duration::from_millis(self.plugin_time_ms),
             ..Limits::default()
-        };
-        let cache = if self.no_cache {
+        }
+    }
+
+    fn cache(&self) -> Option<PathBuf> {
+        if self.no_cache {
             None
         } else {
             self.cache_dir.clone().or_else(default_cache_dir)
-        };
-        Host::new(limits, cache.as_deref()).context("starting the Wasm engine")
+        }
+    }
+
+    fn host(&self) -> Result<Host> {
+        Host::new(self.limits(), self.cache().as_deref()).context("starting the Wasm engine")
     }
 }
 
@@ -200,6 +220,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("contract:  {}", info.contract);
                 println!("schema:\n{}", serde_json::to_string_pretty(&schema)?);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config, engine } => {
+            let file = config.display().to_string();
+            let cfg = weir::config::Config::load(&config)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(async move {
+                let cache = engine.cache();
+                let prepared =
+                    weir::pipeline::prepare(cfg, &file, engine.limits(), cache.as_deref()).await?;
+                weir::pipeline::run(prepared, shutdown_signal()).await?;
+                anyhow::Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Registry(RegistryCommand::Serve {

@@ -1,5 +1,5 @@
 //! GPS positions from vehicles: one MQTT message carries a batch of fixes from one vehicle,
-//! published on `fleet/<vehicle-id>/gps`; each fix becomes one record keyed by the vehicle.
+//! published on `.../<vehicle-id>/gps` (e.g. `fleet/v-17/gps`); each fix becomes one record keyed by the vehicle.
 //!
 //! Payload: `{"positions": [{"ts": 1700000000000, "lat": 52.1, "lon": 4.3,
 //! "speed_kmh": 48.2, "heading": 270}, ...]}`. A batch with any invalid fix is rejected as a
@@ -55,12 +55,13 @@ impl Plugin for FleetGps {
     }
 
     fn transform(&self, msg: &Message) -> weir_sdk::Result<Position> {
-        let vehicle = match (msg.topic_level(0), msg.topic_level(1), msg.topic_level(2)) {
-            (Some("fleet"), Some(v), Some("gps")) if !v.is_empty() => v,
+        let mut levels = msg.topic.rsplit('/');
+        let vehicle = match (levels.next(), levels.next()) {
+            (Some("gps"), Some(v)) if !v.is_empty() => v,
             _ => {
                 return Err(Rejection::new(
                     "topic.unexpected",
-                    format!("topic {:?} is not fleet/<vehicle-id>/gps", msg.topic),
+                    format!("topic {:?} does not end in <vehicle-id>/gps", msg.topic),
                 ));
             }
         };

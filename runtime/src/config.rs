@@ -1,0 +1,465 @@
+//! `weir.toml`: the config file is documentation, so every key is named for what it does and
+//! `examples/weir.toml` explains each one. Any scalar key of the `mqtt`, `kafka`, `registry`,
+//! `output` and `plugins` tables can be overridden from the environment as
+//! `WEIR_<TABLE>_<KEY>` (e.g. `WEIR_MQTT_URL`, `WEIR_KAFKA_BOOTSTRAP`,
+//! `WEIR_REGISTRY_URL`, `WEIR_OUTPUT_QUARANTINE_TOPIC`); Kafka client properties as
+//! `WEIR_KAFKA_PROPERTY_<NAME>` with `_` for `.` (`WEIR_KAFKA_PROPERTY_LINGER_MS=5`).
+//!
+//! A bad config stops start-up with an error naming the file, the key and the fix.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A config problem: which file, which key, what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    /// The config file.
+    pub file: String,
+    /// The key (dotted path), or `-` for the whole file.
+    pub key: String,
+    /// What is wrong, and the fix.
+    pub problem: String,
+}
+
+/// The whole config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where messages come from.
+    pub mqtt: Mqtt,
+    /// Where records go.
+    pub kafka: Kafka,
+    /// Where schemas are registered.
+    pub registry: RegistryConfig,
+    /// Topics and batching shared by all cohorts.
+    #[serde(default)]
+    pub output: Output,
+    /// Where plugin files are found.
+    pub plugins: Plugins,
+    /// Device cohorts, matched in order; the first match wins.
+    #[serde(rename = "cohort", default)]
+    pub cohorts: Vec<Cohort>,
+}
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 5.
+    V5,
+    /// MQTT 3.1.1.
+    V311,
+}
+
+/// The `[mqtt]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    /// `mqtt://host:port`.
+    pub url: String,
+    /// Client id; the broker keeps the persistent session under it.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// `5` or `"3.1.1"`.
+    #[serde(default = "default_protocol", deserialize_with = "de_protocol")]
+    pub protocol: Protocol,
+    /// Topic filters to subscribe to (`$share/<group>/...` for scale-out).
+    pub subscriptions: Vec<String>,
+    /// How long the broker keeps the session (and its backlog) while weir is away, seconds.
+    #[serde(default = "default_session_expiry")]
+    pub session_expiry_s: u32,
+    /// Most messages in flight (received, not yet acknowledged); MQTT 5 receive maximum.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u16,
+    /// Keep-alive, seconds.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u16,
+    /// Username, if the broker wants one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// The `[kafka]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kafka {
+    /// `host:port[,host:port]`.
+    pub bootstrap: String,
+    /// Any librdkafka producer property (idempotence and acks=all are always on).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Subject naming strategy, as Confluent names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value`.
+    Topic,
+    /// `<record full name>`.
+    Record,
+    /// `<topic>-<record full name>`.
+    TopicRecord,
+}
+
+/// The `[registry]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL of a Confluent-API schema registry.
+    pub url: String,
+    /// How subjects are named.
+    #[serde(default = "default_strategy")]
+    pub subject_strategy: SubjectStrategy,
+    /// Register plugin schemas (true) or only look them up (false).
+    #[serde(default = "default_true")]
+    pub auto_register: bool,
+}
+
+/// The `[output]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Where failed messages go, with an error envelope.
+    #[serde(default = "default_quarantine")]
+    pub quarantine_topic: String,
+    /// If set, every message is also written here untouched, before transform.
+    #[serde(default)]
+    pub raw_topic: Option<String>,
+    /// Messages per plugin call.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Longest a message waits for its batch to fill, milliseconds.
+    #[serde(default = "default_batch_wait")]
+    pub batch_wait_ms: u64,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Output {
+            quarantine_topic: default_quarantine(),
+            raw_topic: None,
+            batch_size: default_batch(),
+            batch_wait_ms: default_batch_wait(),
+        }
+    }
+}
+
+/// The `[plugins]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugins {
+    /// Directory of plugin `.wasm` components (relative to the config file).
+    pub dir: PathBuf,
+}
+
+/// One `[[cohort]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cohort {
+    /// Name, carried in the `weir.cohort` header.
+    pub name: String,
+    /// MQTT topic filter (`+` and `#` wildcards).
+    pub topic: String,
+    /// User properties that must match (`*` matches any run of characters).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Pinned plugin, `name@version`.
+    pub plugin: String,
+    /// Kafka topic for its records.
+    pub output_topic: String,
+    /// Key template: text with `{topic[N]}` (topic level N, from 0), `{key}` (the key the
+    /// plugin set) or `{field.NAME}` (a top-level record field). Empty: the plugin's key.
+    #[serde(default)]
+    pub key: String,
+    /// Plugin config, passed to its `init`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_client_id() -> String {
+    "weir".into()
+}
+fn default_protocol() -> Protocol {
+    Protocol::V5
+}
+fn default_session_expiry() -> u32 {
+    24 * 3600
+}
+fn default_in_flight() -> u16 {
+    1000
+}
+fn default_keep_alive() -> u16 {
+    30
+}
+fn default_strategy() -> SubjectStrategy {
+    SubjectStrategy::Topic
+}
+fn default_true() -> bool {
+    true
+}
+fn default_quarantine() -> String {
+    "weir.quarantine".into()
+}
+fn default_batch() -> usize {
+    64
+}
+fn default_batch_wait() -> u64 {
+    5
+}
+
+fn de_protocol<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Protocol, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum P {
+        N(i64),
+        S(String),
+    }
+    match P::deserialize(d)? {
+        P::N(5) => Ok(Protocol::V5),
+        P::S(s) if s == "5" || s == "5.0" => Ok(Protocol::V5),
+        P::S(s) if s == "3.1.1" || s == "4" => Ok(Protocol::V311),
+        P::N(4) => Ok(Protocol::V311),
+        _ => Err(serde::de::Error::custom("expected 5 or \"3.1.1\"")),
+    }
+}
+
+const OVERRIDABLE: [&str; 5] = ["mqtt", "kafka", "registry", "output", "plugins"];
+
+impl Config {
+    /// Read, apply environment overrides, parse and check a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            problem: format!("cannot read the config file: {e}"),
+        })?;
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let mut config = Self::parse(&file, &text, &vars)?;
+        if config.plugins.dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.plugins.dir = base.join(&config.plugins.dir);
+        }
+        Ok(config)
+    }
+
+    /// Parse config text with the given environment.
+    pub fn parse(file: &str, text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let err = |key: &str, problem: String| ConfigError {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err("-", format!("not valid TOML: {}", e.message())))?;
+        apply_env(&mut table, env);
+        let config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let msg = e.message().to_owned();
+            let key = msg
+                .split('`')
+                .nth(1)
+                .map(str::to_owned)
+                .unwrap_or_else(|| "-".into());
+            err(&key, format!("{msg}; see examples/weir.toml for every key"))
+        })?;
+        config
+            .check()
+            .map_err(|(key, problem)| err(&key, problem))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        if !self.mqtt.url.starts_with("mqtt://") && !self.mqtt.url.starts_with("tcp://") {
+            return Err((
+                "mqtt.url".into(),
+                format!("{:?} is not an mqtt://host:port URL", self.mqtt.url),
+            ));
+        }
+        if self.mqtt.subscriptions.is_empty() {
+            return Err((
+                "mqtt.subscriptions".into(),
+                "no subscriptions: add at least one topic filter".into(),
+            ));
+        }
+        for (i, s) in self.mqtt.subscriptions.iter().enumerate() {
+            if let Err(e) = crate::route::check_filter(
+                s.strip_prefix("$share/")
+                    .and_then(|r| r.split_once('/').map(|(_, f)| f))
+                    .unwrap_or(s),
+            ) {
+                return Err((format!("mqtt.subscriptions[{i}]"), e));
+            }
+        }
+        if self.mqtt.max_in_flight == 0 {
+            return Err(("mqtt.max_in_flight".into(), "must be at least 1".into()));
+        }
+        if self.output.batch_size == 0 {
+            return Err(("output.batch_size".into(), "must be at least 1".into()));
+        }
+        if self.cohorts.is_empty() {
+            return Err((
+                "cohort".into(),
+                "no [[cohort]] tables: add one per device cohort".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.cohorts.iter().enumerate() {
+            let at = |k: &str| format!("cohort[{i}].{k}");
+            if !names.insert(&c.name) {
+                return Err((
+                    at("name"),
+                    format!("cohort name {:?} is used twice", c.name),
+                ));
+            }
+            crate::route::check_filter(&c.topic).map_err(|e| (at("topic"), e))?;
+            if c.plugin
+                .split_once('@')
+                .is_none_or(|(n, v)| n.is_empty() || v.is_empty())
+            {
+                return Err((
+                    at("plugin"),
+                    format!(
+                        "{:?} is not name@version (e.g. \"thermostat@1.0.0\")",
+                        c.plugin
+                    ),
+                ));
+            }
+            if c.output_topic.is_empty() {
+                return Err((at("output_topic"), "must name a Kafka topic".into()));
+            }
+            crate::route::KeyTemplate::parse(&c.key).map_err(|e| (at("key"), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Apply `WEIR_<TABLE>_<KEY>` and `WEIR_KAFKA_PROPERTY_<NAME>` overrides.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("WEIR_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        if let Some(prop) = rest.strip_prefix("kafka_property_") {
+            let kafka = table
+                .entry("kafka")
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            if let Some(kafka) = kafka.as_table_mut() {
+                let props = kafka
+                    .entry("properties")
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+                if let Some(props) = props.as_table_mut() {
+                    props.insert(prop.replace('_', "."), toml::Value::String(value.clone()));
+                }
+            }
+            continue;
+        }
+        for section in OVERRIDABLE {
+            let Some(key) = rest.strip_prefix(section).and_then(|k| k.strip_prefix('_')) else {
+                continue;
+            };
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            if let Some(t) = entry.as_table_mut() {
+                // Keep the type TOML would give it (numbers, booleans, arrays), else a string.
+                let parsed = format!("v = {value}")
+                    .parse::<toml::Table>()
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or_else(|| toml::Value::String(value.clone()));
+                t.insert(key.to_owned(), parsed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+subscriptions = ["plant/#"]
+[kafka]
+bootstrap = "127.0.0.1:9092"
+[registry]
+url = "http://127.0.0.1:8081"
+[plugins]
+dir = "plugins"
+[[cohort]]
+name = "t"
+topic = "plant/+/thermostat/+"
+plugin = "thermostat@1.0.0"
+output_topic = "telemetry.thermostat"
+key = "{topic[3]}"
+"#;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        Config::parse("weir.toml", text, &env)
+    }
+
+    #[test]
+    fn minimal_config_gets_sensible_defaults() {
+        let c = parse(MINIMAL, &[]).unwrap();
+        assert_eq!(c.mqtt.protocol, Protocol::V5);
+        assert_eq!(c.mqtt.max_in_flight, 1000);
+        assert_eq!(c.output.quarantine_topic, "weir.quarantine");
+        assert_eq!(c.registry.subject_strategy, SubjectStrategy::Topic);
+        assert!(c.registry.auto_register);
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let c = parse(
+            MINIMAL,
+            &[
+                ("WEIR_MQTT_URL", "mqtt://10.0.0.1:1884"),
+                ("WEIR_MQTT_MAX_IN_FLIGHT", "50"),
+                ("WEIR_MQTT_PROTOCOL", "\"3.1.1\""),
+                ("WEIR_KAFKA_BOOTSTRAP", "k:9093"),
+                ("WEIR_KAFKA_PROPERTY_LINGER_MS", "20"),
+                ("WEIR_REGISTRY_AUTO_REGISTER", "false"),
+                ("WEIR_LOG", "debug"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.url, "mqtt://10.0.0.1:1884");
+        assert_eq!(c.mqtt.max_in_flight, 50);
+        assert_eq!(c.mqtt.protocol, Protocol::V311);
+        assert_eq!(c.kafka.bootstrap, "k:9093");
+        assert_eq!(c.kafka.properties["linger.ms"], "20");
+        assert!(!c.registry.auto_register);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_fix() {
+        let e = parse(&MINIMAL.replace("thermostat@1.0.0", "thermostat"), &[]).unwrap_err();
+        assert_eq!(e.key, "cohort[0].plugin");
+        assert!(
+            e.to_string().starts_with("weir.toml: cohort[0].plugin:"),
+            "{e}"
+        );
+        let e = parse(&MINIMAL.replace("{topic[3]}", "{topic[x]}"), &[]).unwrap_err();
+        assert_eq!(e.key, "cohort[0].key");
+        let e = parse(&MINIMAL.replace("url = \"mqtt://", "uri = \"mqtt://"), &[]).unwrap_err();
+        assert!(e.to_string().contains("uri"), "{e}");
+        let e = parse(&MINIMAL.replace("plant/+/thermostat/+", "plant/#/x"), &[]).unwrap_err();
+        assert_eq!(e.key, "cohort[0].topic");
+        let e = parse("[mqtt", &[]).unwrap_err();
+        assert!(e.to_string().contains("not valid TOML"));
+        let e = parse(MINIMAL, &[("WEIR_MQTT_MAX_IN_FLIGHT", "0")]).unwrap_err();
+        assert_eq!(e.key, "mqtt.max_in_flight");
+    }
+}

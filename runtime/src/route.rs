@@ -1,0 +1,239 @@
+//! The route stage: which cohort a message belongs to (topic filter + user properties, first
+//! match wins, in config order), and the cohort's Kafka key template.
+
+/// Check an MQTT topic filter's syntax; the error says what is wrong.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("empty topic filter".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i != levels.len() - 1) {
+            return Err(format!(
+                "{filter:?}: `#` must be a whole level and the last one"
+            ));
+        }
+        if l.contains('+') && *l != "+" {
+            return Err(format!("{filter:?}: `+` must be a whole level"));
+        }
+    }
+    Ok(())
+}
+
+/// Does `topic` match `filter` (MQTT wildcards)? Topics starting with `$` do not match
+/// filters starting with a wildcard (MQTT-4.7.2-1).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Glob match with `*` for any run of characters (for user-property values like `2.*`).
+pub fn glob_matches(pattern: &str, value: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == value;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !value.starts_with(first) || value.len() < first.len() + last.len() || !value.ends_with(last)
+    {
+        return false;
+    }
+    let mut rest = &value[first.len()..value.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A cohort's matching rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Topic filter.
+    pub filter: String,
+    /// Required user properties (glob values).
+    pub properties: Vec<(String, String)>,
+}
+
+impl Rule {
+    /// Does the message match?
+    pub fn matches(&self, topic: &str, properties: &[(String, String)]) -> bool {
+        topic_matches(&self.filter, topic)
+            && self.properties.iter().all(|(k, pat)| {
+                properties
+                    .iter()
+                    .any(|(pk, pv)| pk == k && glob_matches(pat, pv))
+            })
+    }
+}
+
+/// Index of the first rule that matches, if any.
+pub fn route(rules: &[Rule], topic: &str, properties: &[(String, String)]) -> Option<usize> {
+    rules.iter().position(|r| r.matches(topic, properties))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    TopicLevel(usize),
+    PluginKey,
+    Field(String),
+}
+
+/// A key template: `{topic[N]}`, `{key}`, `{field.NAME}` and literal text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTemplate {
+    parts: Vec<Part>,
+}
+
+impl KeyTemplate {
+    /// Parse a template; an empty template means "the key the plugin set".
+    pub fn parse(s: &str) -> Result<KeyTemplate, String> {
+        if s.is_empty() {
+            return Ok(KeyTemplate {
+                parts: vec![Part::PluginKey],
+            });
+        }
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("{s:?}: unclosed `{{`"))?
+                + open;
+            let inner = &rest[open + 1..close];
+            parts.push(if inner == "key" {
+                Part::PluginKey
+            } else if let Some(n) = inner.strip_prefix("topic[").and_then(|r| r.strip_suffix(']')) {
+                Part::TopicLevel(n.parse().map_err(|_| {
+                    format!("{s:?}: `{{{inner}}}` needs a level number, like {{topic[2]}}")
+                })?)
+            } else if let Some(f) = inner.strip_prefix("field.").filter(|f| !f.is_empty()) {
+                Part::Field(f.to_owned())
+            } else {
+                return Err(format!(
+                    "{s:?}: unknown placeholder `{{{inner}}}`; use {{topic[N]}}, {{key}} or {{field.NAME}}"
+                ));
+            });
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(KeyTemplate { parts })
+    }
+
+    /// Whether rendering needs the record's JSON fields.
+    pub fn needs_fields(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Field(_)))
+    }
+
+    /// Render the key. `field` looks up a top-level record field as text. `None` if a part
+    /// is missing (no such topic level, no plugin key, no such field).
+    pub fn render(
+        &self,
+        topic: &str,
+        plugin_key: Option<&str>,
+        field: impl Fn(&str) -> Option<String>,
+    ) -> Option<String> {
+        if let [Part::PluginKey] = self.parts[..] {
+            return plugin_key.map(str::to_owned);
+        }
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::TopicLevel(n) => out.push_str(topic.split('/').nth(*n)?),
+                Part::PluginKey => out.push_str(plugin_key?),
+                Part::Field(f) => out.push_str(&field(f)?),
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_filters() {
+        assert!(topic_matches(
+            "plant/+/thermostat/+",
+            "plant/7/thermostat/t-1"
+        ));
+        assert!(!topic_matches("plant/+/thermostat/+", "plant/7/thermostat"));
+        assert!(topic_matches("fleet/#", "fleet/v-1/gps"));
+        assert!(topic_matches("fleet/#", "fleet"));
+        assert!(!topic_matches("#", "$SYS/broker"));
+        assert!(check_filter("a/#/b").is_err());
+        assert!(check_filter("a/b+").is_err());
+        assert!(check_filter("a/+/#").is_ok());
+    }
+
+    #[test]
+    fn property_globs_and_first_match_wins() {
+        assert!(glob_matches("2.*", "2.0.1"));
+        assert!(!glob_matches("2.*", "3.0"));
+        assert!(glob_matches("*-beta*", "2.1-beta3"));
+        let rules = vec![
+            Rule {
+                filter: "plant/#".into(),
+                properties: vec![("fw".into(), "2.*".into())],
+            },
+            Rule {
+                filter: "plant/#".into(),
+                properties: vec![],
+            },
+        ];
+        let fw = |v: &str| vec![("fw".to_owned(), v.to_owned())];
+        assert_eq!(route(&rules, "plant/1", &fw("2.4")), Some(0));
+        assert_eq!(route(&rules, "plant/1", &fw("3.0")), Some(1));
+        assert_eq!(route(&rules, "other", &[]), None);
+    }
+
+    #[test]
+    fn key_templates() {
+        let t = KeyTemplate::parse("dev-{topic[3]}").unwrap();
+        assert_eq!(
+            t.render("plant/7/thermostat/t-1", None, |_| None)
+                .as_deref(),
+            Some("dev-t-1")
+        );
+        assert_eq!(t.render("plant/7", None, |_| None), None);
+        let f = KeyTemplate::parse("{field.device_id}").unwrap();
+        assert!(f.needs_fields());
+        assert_eq!(
+            f.render("x", None, |n| (n == "device_id").then(|| "d".into()))
+                .as_deref(),
+            Some("d")
+        );
+        assert_eq!(
+            KeyTemplate::parse("")
+                .unwrap()
+                .render("x", Some("k"), |_| None)
+                .as_deref(),
+            Some("k")
+        );
+        assert!(KeyTemplate::parse("{topic[x]}").is_err());
+        assert!(KeyTemplate::parse("{nope}").is_err());
+        assert!(KeyTemplate::parse("{topic[1]").is_err());
+    }
+}

@@ -1,0 +1,388 @@
+//! Helpers for tests against the real test bed (`scripts/testbed up`): mosquitto, a
+//! Kafka-protocol broker and weir's registry. Addresses come from WEIR_MQTT_URL,
+//! WEIR_KAFKA_BOOTSTRAP and WEIR_REGISTRY_URL, with the test bed's loopback defaults.
+
+#![allow(dead_code)]
+
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn mqtt_url() -> String {
+    std::env::var("WEIR_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into())
+}
+pub fn kafka() -> String {
+    std::env::var("WEIR_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+pub fn registry() -> String {
+    std::env::var("WEIR_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081".into())
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn plugins_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    target.join("plugins")
+}
+
+/// A unique prefix for this test's topics and client ids.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}{}x{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// The standard config for a test: the three example cohorts plus an adversarial one, all
+/// under `p/` topics, Kafka topics under `p.`.
+pub fn config(p: &str) -> String {
+    format!(
+        r#"
+[mqtt]
+url = "{mqtt}"
+client_id = "{p}-weir"
+subscriptions = ["{p}/#"]
+max_in_flight = 500
+keep_alive_s = 10
+[kafka]
+bootstrap = "{kafka}"
+[registry]
+url = "{registry}"
+[output]
+quarantine_topic = "{p}.quarantine"
+[plugins]
+dir = "{dir}"
+[[cohort]]
+name = "thermostats"
+topic = "{p}/plant/+/thermostat/+"
+plugin = "thermostat@1.0.0"
+output_topic = "{p}.thermostat"
+key = "{{topic[4]}}"
+[[cohort]]
+name = "fleet"
+topic = "{p}/fleet/+/gps"
+plugin = "fleet-gps@1.0.0"
+output_topic = "{p}.fleet"
+key = "{{topic[2]}}"
+[[cohort]]
+name = "meters"
+topic = "{p}/meters/+/frame"
+plugin = "meter@1.0.0"
+output_topic = "{p}.meter"
+key = "m-{{field.meter_id}}"
+[[cohort]]
+name = "chaos"
+topic = "{p}/chaos/#"
+plugin = "adversarial@0.1.0"
+output_topic = "{p}.chaos"
+"#,
+        mqtt = mqtt_url(),
+        kafka = kafka(),
+        registry = registry(),
+        dir = plugins_dir().display(),
+    )
+}
+
+/// A running `weir run`.
+pub struct Weir {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+    dir: tempfile::TempDir,
+}
+
+impl Weir {
+    /// Start weir on `config` (extra env applied) and wait until it has subscribed.
+    pub fn start(config: &str, env: &[(&str, &str)]) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::start_at(dir, &path, env)
+    }
+
+    fn start_at(dir: tempfile::TempDir, path: &Path, env: &[(&str, &str)]) -> Weir {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args(["run", "--config"])
+            .arg(path)
+            .env("WEIR_LOG", "info")
+            .env("WEIR_NO_CACHE", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("MQTT subscriptions acknowledged") {
+                    let _ = tx.send(());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "weir did not subscribe within 60 s; its log:\n{}",
+                log.lock().unwrap()
+            );
+        }
+        Weir { child, log, dir }
+    }
+
+    /// SIGKILL.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Start again on the same config (same client id: the session resumes).
+    pub fn restart(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Weir {
+        let path = dir.path().join("weir.toml");
+        Self::start_at(dir, &path, env)
+    }
+
+    /// SIGTERM and wait; returns the exit status and the log.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log.lock().unwrap().clone();
+        (status, log)
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An MQTT 5 publisher (QoS 1) that waits for every PUBACK.
+pub struct Publisher {
+    rt: tokio::runtime::Runtime,
+    client: rumqttc::v5::AsyncClient,
+    acked: Arc<std::sync::atomic::AtomicUsize>,
+    sent: usize,
+}
+
+impl Publisher {
+    pub fn new(id: &str) -> Publisher {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = mqtt_url();
+        let hp = url.trim_start_matches("mqtt://");
+        let (host, port) = hp.rsplit_once(':').unwrap();
+        let mut o = rumqttc::v5::MqttOptions::new(id, host, port.parse().unwrap());
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(o, 1000);
+        let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = acked.clone();
+        rt.spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(
+                        rumqttc::v5::mqttbytes::v5::Packet::PubAck(_),
+                    )) => {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Publisher {
+            rt,
+            client,
+            acked,
+            sent: 0,
+        }
+    }
+
+    pub fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>, props: &[(&str, &str)]) {
+        let payload: Vec<u8> = payload.into();
+        let client = self.client.clone();
+        let topic = topic.to_owned();
+        let props: Vec<(String, String)> = props
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        self.rt.block_on(async move {
+            let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+            if props.is_empty() {
+                client.publish(topic, qos, false, payload).await.unwrap();
+            } else {
+                let p = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                    user_properties: props,
+                    ..Default::default()
+                };
+                client
+                    .publish_with_properties(topic, qos, false, payload, p)
+                    .await
+                    .unwrap();
+            }
+        });
+        self.sent += 1;
+    }
+
+    /// Wait until the broker acknowledged everything published.
+    pub fn flush(&self) {
+        let start = Instant::now();
+        while self.acked.load(std::sync::atomic::Ordering::SeqCst) < self.sent {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "broker acked {} of {}",
+                self.acked.load(std::sync::atomic::Ordering::SeqCst),
+                self.sent
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// One consumed Kafka record.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Rec {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no header {name}: {:?}", self.headers))
+    }
+}
+
+/// Read `topic` from the beginning until `want` records arrived and no more came for
+/// `settle`, or `timeout` passed.
+pub fn consume(topic: &str, want: usize, timeout: Duration, settle: Duration) -> Vec<Rec> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", unique("g"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    let start = Instant::now();
+    // Assign every partition explicitly: no group rebalance to wait for.
+    let partitions = loop {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
+            && let Some(t) = md.topics().first()
+            && !t.partitions().is_empty()
+            && t.error().is_none()
+        {
+            break t.partitions().len();
+        }
+        if start.elapsed() > timeout {
+            return Vec::new();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while start.elapsed() < timeout {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Rec {
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+                last = Instant::now();
+            }
+            Some(Err(e)) => eprintln!("consumer: {e}"),
+            None => {
+                if out.len() >= want && last.elapsed() >= settle {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Decode a Confluent wire-format value through the registry.
+pub struct Decoder {
+    schemas: HashMap<u32, weir::encode::avro::AvroSchema>,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Decoder {
+            schemas: HashMap::new(),
+        }
+    }
+
+    pub fn decode(&mut self, value: &[u8]) -> serde_json::Value {
+        let (id, datum) = weir::encode::unframe(value).expect("Confluent wire format");
+        let schema = self.schemas.entry(id).or_insert_with(|| {
+            let v: serde_json::Value =
+                reqwest::blocking::get(format!("{}/schemas/ids/{id}", registry()))
+                    .unwrap()
+                    .json()
+                    .unwrap();
+            weir::encode::avro::AvroSchema::parse(v["schema"].as_str().unwrap()).unwrap()
+        });
+        schema.decode_to_json(datum).unwrap()
+    }
+}
+
+/// Build a meter frame (same layout as the meter plugin).
+pub fn meter_frame(id: u32, ts: u64, wh: u32, flags: u8) -> Vec<u8> {
+    meter::encode_frame(id, ts, wh, flags).to_vec()
+}

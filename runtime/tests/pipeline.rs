@@ -1,0 +1,329 @@
+//! `weir run` end to end against the real test bed: mosquitto, a Kafka-protocol broker and
+//! weir's registry (start them with `scripts/testbed up`; `scripts/test` does).
+
+mod bed;
+
+use bed::*;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+fn sha256_of(plugin: &str) -> String {
+    hex::encode(Sha256::digest(
+        std::fs::read(plugins_dir().join(format!("{plugin}.wasm"))).unwrap(),
+    ))
+}
+
+#[test]
+fn ten_thousand_messages_over_three_cohorts() {
+    let p = unique("tenk");
+    let weir = Weir::start(&config(&p), &[]);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    let (mut thermo, mut fleet, mut meters) = (0usize, 0usize, 0usize);
+    let mut expected_thermo_keys = BTreeMap::new();
+    for i in 0..10_000u32 {
+        match i % 3 {
+            0 => {
+                let dev = format!("t-{}", i % 50);
+                let payload = match i % 9 {
+                    0 => format!(r#"{{"ts":{i},"temp_c":{}}}"#, 15 + i % 10),
+                    3 => format!(
+                        r#"{{"ts":{i},"temperature":{{"value":{},"unit":"F"}}}}"#,
+                        60 + i % 10
+                    ),
+                    _ => format!(
+                        r#"{{"ts":{i},"temperature":{{"value":20.5,"unit":"C"}},"humidity":{{"value":40}}}}"#
+                    ),
+                };
+                publisher.publish(&format!("{p}/plant/1/thermostat/{dev}"), payload, &[]);
+                *expected_thermo_keys.entry(dev).or_insert(0) += 1;
+                thermo += 1;
+            }
+            1 => {
+                let payload = format!(
+                    r#"{{"positions":[{{"ts":{i},"lat":52.1,"lon":4.3,"speed_kmh":40}},{{"ts":{},"lat":52.2,"lon":4.4}}]}}"#,
+                    i + 1
+                );
+                publisher.publish(&format!("{p}/fleet/v-{}/gps", i % 20), payload, &[]);
+                fleet += 2;
+            }
+            _ => {
+                publisher.publish(
+                    &format!("{p}/meters/m/frame"),
+                    meter_frame(1000 + i % 30, u64::from(i), i, 0),
+                    &[],
+                );
+                meters += 1;
+            }
+        }
+    }
+    publisher.flush();
+    let timeout = Duration::from_secs(180);
+    let settle = Duration::from_secs(2);
+    let t = consume(&format!("{p}.thermostat"), thermo, timeout, settle);
+    let f = consume(&format!("{p}.fleet"), fleet, timeout, settle);
+    let m = consume(&format!("{p}.meter"), meters, timeout, settle);
+    assert_eq!(
+        (t.len(), f.len(), m.len()),
+        (thermo, fleet, meters),
+        "exactly the expected records"
+    );
+    let q = consume(
+        &format!("{p}.quarantine"),
+        0,
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    );
+    assert!(
+        q.is_empty(),
+        "nothing quarantined: {:?}",
+        q.first().map(|r| &r.headers)
+    );
+
+    let mut decoder = Decoder::new();
+    let thermo_sha = sha256_of("thermostat");
+    let mut keys = BTreeMap::new();
+    for r in &t {
+        let v = decoder.decode(&r.value);
+        let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
+        assert_eq!(
+            v["device_id"],
+            key.as_str(),
+            "key is the device id from the topic"
+        );
+        *keys.entry(key).or_insert(0) += 1;
+        assert_eq!(r.header("weir.plugin"), "thermostat@1.0.0");
+        assert_eq!(r.header("weir.plugin.sha256"), thermo_sha);
+        assert_eq!(r.header("weir.cohort"), "thermostats");
+        assert!(
+            r.header("weir.mqtt.topic")
+                .ends_with(&format!("/thermostat/{}", v["device_id"].as_str().unwrap()))
+        );
+        assert!(r.header("weir.received_at").parse::<i64>().unwrap() > 1_600_000_000_000);
+        assert!(v["temperature_c"].as_f64().unwrap() > 10.0);
+    }
+    assert_eq!(keys, expected_thermo_keys);
+    for r in &f {
+        let v = decoder.decode(&r.value);
+        assert_eq!(
+            r.key.as_deref(),
+            Some(v["vehicle_id"].as_str().unwrap().as_bytes())
+        );
+        assert_eq!(r.header("weir.cohort"), "fleet");
+    }
+    let mut meter_ids = HashMap::new();
+    for r in &m {
+        let v = decoder.decode(&r.value);
+        let id = v["meter_id"].as_i64().unwrap();
+        assert_eq!(
+            r.key.as_deref(),
+            Some(format!("m-{id}").as_bytes()),
+            "key from a record field"
+        );
+        *meter_ids.entry(id).or_insert(0) += 1;
+    }
+    assert_eq!(
+        meter_ids.len(),
+        10,
+        "i % 30 over i ≡ 2 (mod 3) gives 10 meters"
+    );
+    let (status, log) = weir.stop();
+    assert!(status.success(), "weir exits 0 on SIGTERM:\n{log}");
+}
+
+#[test]
+fn bad_messages_are_quarantined_with_codes_and_original_bytes() {
+    let p = unique("quar");
+    let weir = Weir::start(&config(&p), &[]);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    let cases: Vec<(String, Vec<u8>, &str, &str)> = vec![
+        (
+            format!("{p}/plant/1/thermostat/t-1"),
+            b"{not json".to_vec(),
+            "payload.malformed",
+            "transform",
+        ),
+        (
+            format!("{p}/plant/1/thermostat/t-2"),
+            br#"{"temp_c":500}"#.to_vec(),
+            "reading.out-of-range",
+            "transform",
+        ),
+        (
+            format!("{p}/nowhere/x"),
+            b"\x00\x01binary".to_vec(),
+            "route.unmatched",
+            "route",
+        ),
+        (
+            format!("{p}/chaos/a"),
+            b"panic".to_vec(),
+            "plugin.trap",
+            "transform",
+        ),
+        (
+            format!("{p}/chaos/b"),
+            b"badschema".to_vec(),
+            "schema.violation",
+            "encode",
+        ),
+        (
+            format!("{p}/meters/m/frame"),
+            b"short".to_vec(),
+            "frame.length",
+            "transform",
+        ),
+    ];
+    for (topic, payload, _, _) in &cases {
+        publisher.publish(topic, payload.clone(), &[]);
+    }
+    // A good message after the bad ones still goes through.
+    publisher.publish(&format!("{p}/chaos/c"), "fine", &[]);
+    publisher.flush();
+    let q = consume(
+        &format!("{p}.quarantine"),
+        cases.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    );
+    assert_eq!(q.len(), cases.len());
+    for (topic, payload, code, stage) in &cases {
+        let r = q
+            .iter()
+            .find(|r| r.header("weir.mqtt.topic") == topic)
+            .unwrap_or_else(|| panic!("no quarantine entry for {topic}"));
+        assert_eq!(r.header("weir.error.code"), *code, "{topic}");
+        assert_eq!(r.header("weir.error.stage"), *stage, "{topic}");
+        assert!(!r.header("weir.error.message").is_empty());
+        assert_eq!(&r.value, payload, "original bytes, untouched");
+        if *code != "route.unmatched" {
+            assert!(r.header("weir.plugin").contains('@'));
+            assert_eq!(r.header("weir.plugin.sha256").len(), 64);
+        }
+    }
+    let chaos = consume(
+        &format!("{p}.chaos"),
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    );
+    assert_eq!(chaos.len(), 1, "only the good chaos message is governed");
+    assert_eq!(Decoder::new().decode(&chaos[0].value)["text"], "fine");
+    for topic in ["thermostat", "meter"] {
+        assert!(
+            consume(
+                &format!("{p}.{topic}"),
+                0,
+                Duration::from_secs(2),
+                Duration::from_secs(1)
+            )
+            .is_empty()
+        );
+    }
+    drop(weir);
+}
+
+#[test]
+fn user_properties_become_headers_and_mqtt_311_works() {
+    let p = unique("props");
+    let weir = Weir::start(&config(&p), &[]);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    publisher.publish(
+        &format!("{p}/plant/1/thermostat/t-9"),
+        r#"{"temp_c":20}"#,
+        &[("fw", "3.1.0"), ("site", "nl-ams")],
+    );
+    publisher.flush();
+    let t = consume(
+        &format!("{p}.thermostat"),
+        1,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].header("mqtt.fw"), "3.1.0");
+    assert_eq!(t[0].header("mqtt.site"), "nl-ams");
+    drop(weir);
+
+    let p = unique("v311");
+    let weir = Weir::start(&config(&p), &[("WEIR_MQTT_PROTOCOL", "\"3.1.1\"")]);
+    assert!(weir.log.lock().unwrap().contains("MQTT 3.1.1 connected"));
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    for i in 0..20 {
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/t-{i}"),
+            r#"{"temp_c":20}"#,
+            &[],
+        );
+    }
+    publisher.flush();
+    let t = consume(
+        &format!("{p}.thermostat"),
+        20,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
+    assert_eq!(t.len(), 20);
+    let (status, _) = weir.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn sigkill_mid_stream_loses_nothing() {
+    let p = unique("kill");
+    let weir = Weir::start(&config(&p), &[]);
+    let total = 6000u32;
+    let publisher_thread = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            let mut publisher = Publisher::new(&format!("{p}-pub"));
+            for i in 0..total {
+                publisher.publish(
+                    &format!("{p}/plant/1/thermostat/t-{}", i % 7),
+                    format!(r#"{{"ts":{i},"temp_c":20}}"#),
+                    &[],
+                );
+            }
+            publisher.flush();
+        })
+    };
+    // Kill weir once part of the stream is in Kafka.
+    let topic = format!("{p}.thermostat");
+    loop {
+        let seen = consume(&topic, 1000, Duration::from_secs(60), Duration::ZERO).len();
+        if seen >= 1000 {
+            break;
+        }
+    }
+    let dir = weir.kill();
+    publisher_thread.join().unwrap();
+    let weir = Weir::restart(dir, &[]);
+    let records = consume(
+        &topic,
+        total as usize,
+        Duration::from_secs(180),
+        Duration::from_secs(3),
+    );
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    let mut decoder = Decoder::new();
+    for r in &records {
+        *seen
+            .entry(decoder.decode(&r.value)["ts_ms"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+    let missing: Vec<u32> = (0..total)
+        .filter(|i| !seen.contains_key(&i64::from(*i)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} messages lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!(
+        "sigkill test: {total} published, {} records, {duplicates} duplicates",
+        records.len()
+    );
+    drop(weir);
+}
