@@ -46,3 +46,14 @@ pub fn rss_bytes() -> u64 {
         .unwrap();
     kb * 1024
 }
+
+/// An outcome as a short string, e.g. `emit:1` or `fail:plugin.trap`.
+pub fn kind(o: &weir::transform::Outcome) -> String {
+    use weir::transform::Outcome;
+    match o {
+        Outcome::Emit(r) => format!("emit:{}", r.len()),
+        Outcome::Reject { code, .. } => format!("reject:{code}"),
+        Outcome::Skip => "skip".into(),
+        Outcome::Fail { code, .. } => format!("fail:{code}"),
+    }
+}

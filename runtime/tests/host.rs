@@ -2,22 +2,13 @@
 
 mod common;
 
-use common::{message, plugin_wasm, rss_bytes};
+use common::{kind, message, plugin_wasm};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use weir::transform::{Host, Limits, Outcome, codes};
 
 fn host() -> Host {
     Host::new(Limits::default(), None).unwrap()
-}
-
-fn kind(o: &Outcome) -> String {
-    match o {
-        Outcome::Emit(r) => format!("emit:{}", r.len()),
-        Outcome::Reject { code, .. } => format!("reject:{code}"),
-        Outcome::Skip => "skip".into(),
-        Outcome::Fail { code, .. } => format!("fail:{code}"),
-    }
 }
 
 #[test]
@@ -117,6 +108,16 @@ fn adversarial_messages_are_classified_and_healthy_ones_still_emit() {
 }
 
 #[test]
+fn reserved_headers_cannot_be_set_by_plugins() {
+    let plugin = host().load_file(&plugin_wasm("adversarial")).unwrap();
+    let out = plugin
+        .configure(vec![], "adversarial")
+        .unwrap()
+        .process(&[message("t", b"spoof")]);
+    assert_eq!(kind(&out[0]), format!("fail:{}", codes::CONTRACT));
+}
+
+#[test]
 fn a_lone_infinite_loop_is_stopped_at_its_deadline() {
     let plugin = host().load_file(&plugin_wasm("adversarial")).unwrap();
     let p = plugin.configure(vec![], "adversarial").unwrap();
@@ -128,41 +129,6 @@ fn a_lone_infinite_loop_is_stopped_at_its_deadline() {
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
         started.elapsed()
-    );
-}
-
-#[test]
-fn host_memory_stays_bounded_over_thousands_of_bad_calls() {
-    let limits = Limits {
-        memory_bytes: 16 << 20,
-        ..Limits::default()
-    };
-    let plugin = Host::new(limits, None)
-        .unwrap()
-        .load_file(&plugin_wasm("adversarial"))
-        .unwrap();
-    let p = plugin.configure(vec![], "adversarial").unwrap();
-    let cycle = ["panic", "badschema", "recurse", "reject", "ok", "huge"];
-    let run = |calls: usize| {
-        for i in 0..calls {
-            let payload = if i % 250 == 0 {
-                "bomb"
-            } else {
-                cycle[i % cycle.len()]
-            };
-            let out = p.process(&[message("t", payload.as_bytes()), message("t", b"fine")]);
-            assert_eq!(kind(&out[1]), "emit:1", "healthy neighbour of {payload}");
-        }
-    };
-    run(300);
-    let before = rss_bytes();
-    run(3000);
-    let after = rss_bytes();
-    let growth = after.saturating_sub(before);
-    assert!(
-        growth < 48 << 20,
-        "RSS grew by {} MiB over 3000 calls",
-        growth >> 20
     );
 }
 

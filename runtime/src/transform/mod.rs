@@ -347,6 +347,14 @@ fn encode_outcome(schema: &AvroSchema, limits: &Limits, o: sandbox::WitOutcome) 
                         ),
                     };
                 }
+                if let Some((name, _)) = r.headers.iter().find(|(k, _)| k.starts_with("weir.")) {
+                    return Outcome::Fail {
+                        code: codes::CONTRACT,
+                        reason: format!(
+                            "record {i} sets header {name:?}; names starting with `weir.` are reserved for weir"
+                        ),
+                    };
+                }
                 let mut value = Vec::with_capacity(r.value.len() / 2);
                 if let Err(Violation(why)) = schema.encode_json(&r.value, &mut value) {
                     return Outcome::Fail {

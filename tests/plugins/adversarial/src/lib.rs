@@ -11,10 +11,11 @@
 //! | `huge`        | emits one record of 2 MiB                              |
 //! | `many`        | emits 20,000 records                                   |
 //! | `reject`      | rejects with `test.rejected`                           |
+//! | `spoof`       | sets the reserved header `weir.plugin`                 |
 //! | anything else | emits `{"text": <payload>}`                            |
 
 use serde_json::{Value, json};
-use weir_sdk::{Config, Emit, Message, Plugin, Rejection};
+use weir_sdk::{Config, Emit, Message, Plugin, Record, Rejection};
 
 /// The plugin; no config.
 #[derive(Debug)]
@@ -66,6 +67,10 @@ impl Plugin for Adversarial {
                 (0..20_000).map(|i| json!({ "text": i.to_string() })),
             )),
             "reject" => Err(Rejection::new("test.rejected", "rejected on request")),
+            "spoof" => Ok(Emit::one(
+                Record::from(json!({ "text": "spoof" }))
+                    .with_header("weir.plugin", "someone-else@9.9.9"),
+            )),
             other => Ok(Emit::one(json!({ "text": other }))),
         }
     }

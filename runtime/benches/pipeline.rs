@@ -1,0 +1,283 @@
+//! End to end through `weir run` against the test bed, and the raw legs on the same
+//! services in the same run: N QoS 1 messages of ~300 B JSON (default 200,000).
+//!
+//! - raw MQTT: a plain rumqttc subscriber's receive rate for the publisher's stream;
+//! - raw Kafka: a plain rdkafka producer (idempotent, acks=all) writing the same bytes;
+//! - weir: publish → weir → Kafka, timed from the first publish to the last record read
+//!   back; weir's CPU time (utime+stime from /proc) per message and its peak RSS.
+//!
+//! Run: `scripts/bench-pipeline` (brings the bed up with in-memory Kafka storage).
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.into())
+}
+
+fn payload(i: usize) -> Vec<u8> {
+    let p = format!(
+        r#"{{"device":"t-{d}","ts":{ts},"temperature":{{"value":{v:.1},"unit":"F"}},"setpoint":{{"value":68.0,"unit":"F"}},"humidity":{{"value":41.5,"unit":"%"}},"fw":"3.1.0","site":"plant-7","line":"line-2","model":"TX-300","rssi":-61,"uptime_s":{i},"battery":{{"value":3.61,"unit":"V"}}}}"#,
+        d = i % 100,
+        ts = 1_700_000_000_000u64 + i as u64,
+        v = 60.0 + (i % 20) as f64
+    );
+    format!("{p:<300}").into_bytes()
+}
+
+fn mqtt_options(id: &str) -> rumqttc::v5::MqttOptions {
+    let url = env("WEIR_MQTT_URL", "mqtt://127.0.0.1:1883");
+    let (host, port) = url.trim_start_matches("mqtt://").rsplit_once(':').unwrap();
+    let mut o = rumqttc::v5::MqttOptions::new(id, host, port.parse().unwrap());
+    o.set_keep_alive(Duration::from_secs(60));
+    o
+}
+
+/// Publish `n` messages to `topic(i)` at full speed (QoS 1) and wait for every PUBACK.
+async fn publish(id: &str, n: usize, topic: impl Fn(usize) -> String) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(mqtt_options(id), 10_000);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let counter = acked.clone();
+    let task = tokio::spawn(async move {
+        while counter.load(Ordering::Relaxed) < n {
+            if let Ok(rumqttc::v5::Event::Incoming(Packet::PubAck(_))) = eventloop.poll().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    for i in 0..n {
+        client
+            .publish(
+                topic(i),
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                false,
+                payload(i),
+            )
+            .await
+            .unwrap();
+    }
+    task.await.unwrap();
+}
+
+async fn raw_mqtt(n: usize, run: &str) -> f64 {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let (sub, mut eventloop) =
+        rumqttc::v5::AsyncClient::new(mqtt_options(&format!("{run}-rawsub")), 10_000);
+    let filter = format!("{run}/raw/#");
+    sub.subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let Ok(rumqttc::v5::Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
+            break;
+        }
+    }
+    let receiver = tokio::spawn(async move {
+        let mut got = 0;
+        let mut first = None;
+        while got < n {
+            if let Ok(rumqttc::v5::Event::Incoming(Packet::Publish(_))) = eventloop.poll().await {
+                first.get_or_insert_with(Instant::now);
+                got += 1;
+            }
+        }
+        first.unwrap().elapsed()
+    });
+    let start = Instant::now();
+    publish(&format!("{run}-rawpub"), n, |i| {
+        format!("{run}/raw/t-{}", i % 100)
+    })
+    .await;
+    let _ = receiver.await.unwrap();
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn raw_kafka(n: usize, run: &str) -> f64 {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set(
+            "bootstrap.servers",
+            env("WEIR_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        )
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let topic = format!("{run}.raw");
+    let start = Instant::now();
+    let mut futures = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = payload(i);
+        let key = format!("t-{}", i % 100);
+        loop {
+            match producer.send_result(FutureRecord::to(&topic).payload(&p).key(&key)) {
+                Ok(f) => {
+                    futures.push(f);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+    for f in futures {
+        f.await.unwrap().unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// (user+system CPU seconds, peak RSS bytes) of a process.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (ticks as f64 / 100.0, hwm * 1024)
+}
+
+fn count_records(topic: &str, n: usize, timeout: Duration) -> usize {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set(
+            "bootstrap.servers",
+            env("WEIR_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        )
+        .set("group.id", format!("{topic}-bench"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let start = Instant::now();
+    let partitions = loop {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
+            && let Some(t) = md.topics().first()
+            && !t.partitions().is_empty()
+        {
+            break t.partitions().len();
+        }
+        assert!(start.elapsed() < timeout, "topic {topic} never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut got = 0;
+    while got < n && start.elapsed() < timeout {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            got += 1;
+        }
+    }
+    got
+}
+
+fn main() {
+    let n: usize = env("WEIR_BENCH_MESSAGES", "200000").parse().unwrap();
+    let run = format!("bench{}", std::process::id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    println!("{n} QoS 1 messages of 300 B through the test bed (2 shared cores; one run)");
+
+    let mqtt_rate = rt.block_on(raw_mqtt(n, &run));
+    println!("raw MQTT leg (publish → plain subscriber):      {mqtt_rate:>9.0} msg/s");
+    let kafka_rate = rt.block_on(raw_kafka(n, &run));
+    println!("raw Kafka leg (plain idempotent producer):      {kafka_rate:>9.0} msg/s");
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"[mqtt]
+url = "{mqtt}"
+client_id = "{run}-weir"
+subscriptions = ["{run}/plant/#"]
+max_in_flight = 5000
+[kafka]
+bootstrap = "{kafka}"
+[registry]
+url = "{registry}"
+[output]
+quarantine_topic = "{run}.quarantine"
+batch_size = 100
+[plugins]
+dir = "{plugins}"
+[[cohort]]
+name = "thermostats"
+topic = "{run}/plant/+/thermostat/+"
+plugin = "thermostat@1.0.0"
+output_topic = "{run}.thermostat"
+key = "{{topic[4]}}"
+"#,
+        mqtt = env("WEIR_MQTT_URL", "mqtt://127.0.0.1:1883"),
+        kafka = env("WEIR_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        registry = env("WEIR_REGISTRY_URL", "http://127.0.0.1:8081"),
+        plugins = root.join("target/plugins").display(),
+    );
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut weir = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("WEIR_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(weir.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("MQTT subscriptions acknowledged") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let pid = weir.id();
+    let (cpu_before, _) = proc_usage(pid);
+    let start = Instant::now();
+    let topic = format!("{run}.thermostat");
+    let counter = {
+        let topic = topic.clone();
+        std::thread::spawn(move || count_records(&topic, n, Duration::from_secs(900)))
+    };
+    rt.block_on(publish(&format!("{run}-pub"), n, |i| {
+        format!("{run}/plant/1/thermostat/t-{}", i % 100)
+    }));
+    let got = counter.join().unwrap();
+    let elapsed = start.elapsed();
+    let (cpu_after, peak_rss) = proc_usage(pid);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    weir.wait().unwrap();
+    assert_eq!(got, n, "every message must arrive");
+    let e2e = n as f64 / elapsed.as_secs_f64();
+    let slower = mqtt_rate.min(kafka_rate);
+    println!("weir end to end (publish → weir → Kafka):       {e2e:>9.0} msg/s");
+    println!(
+        "ratio to the slower raw leg:                    {:>9.2}",
+        e2e / slower
+    );
+    println!(
+        "weir CPU per message:                           {:>9.2} µs",
+        (cpu_after - cpu_before) * 1e6 / n as f64
+    );
+    println!(
+        "weir peak RSS:                                  {:>9.1} MiB",
+        peak_rss as f64 / (1 << 20) as f64
+    );
+}
