@@ -131,6 +131,9 @@ async fn simulate(n: u32) {
     println!("expect records={records} quarantined={quarantined}");
 }
 
+/// A record kept for display: key, value, headers.
+type Sample = (Option<String>, Vec<u8>, HashMap<String, String>);
+
 fn summary(since_ms: i64, expect: (u64, u64)) {
     let bootstrap = env("WEIR_KAFKA_BOOTSTRAP", "127.0.0.1:9092");
     let registry = env("WEIR_REGISTRY_URL", "http://127.0.0.1:8081");
@@ -162,8 +165,7 @@ fn summary(since_ms: i64, expect: (u64, u64)) {
     consumer.assign(&tpl).expect("assign");
     let mut per_cohort: BTreeMap<String, u64> = BTreeMap::new();
     let mut per_code: BTreeMap<String, u64> = BTreeMap::new();
-    let mut samples: BTreeMap<String, Vec<(Option<String>, Vec<u8>, HashMap<String, String>)>> =
-        BTreeMap::new();
+    let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     let (mut records, mut quarantined) = (0u64, 0u64);
     // Read until weir has written everything the simulator expects (weir may still be
     // working through the broker's backlog), or give up after 90 s and say so.
@@ -239,11 +241,11 @@ fn summary(since_ms: i64, expect: (u64, u64)) {
                     headers.get("weir.error.stage").map_or("", String::as_str),
                     headers.get("weir.error.code").map_or("", String::as_str),
                     headers.get("weir.error.message").map_or("", String::as_str),
-                    String::from_utf8_lossy(&value)
+                    String::from_utf8_lossy(value)
                 );
                 continue;
             }
-            let Some((id, datum)) = weir::encode::unframe(&value) else {
+            let Some((id, datum)) = weir::encode::unframe(value) else {
                 continue;
             };
             let schema = schemas.entry(id).or_insert_with(|| {

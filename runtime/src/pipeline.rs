@@ -400,7 +400,7 @@ fn plan(
 }
 
 enum AckEvent {
-    Arrived(AckToken),
+    Arrived(Box<AckToken>),
     Done(u64),
 }
 
@@ -430,7 +430,7 @@ pub async fn run(
             while let Some(ev) = ack_rx.recv().await {
                 let ready = match ev {
                     AckEvent::Arrived(t) => {
-                        queue.arrived(t);
+                        queue.arrived(*t);
                         continue;
                     }
                     AckEvent::Done(seq) => queue.done(seq),
@@ -477,7 +477,7 @@ pub async fn run(
             if m.dup {
                 stats.redelivered.fetch_add(1, Ordering::Relaxed);
             }
-            let _ = ack_tx.send(AckEvent::Arrived(m.ack.clone()));
+            let _ = ack_tx.send(AckEvent::Arrived(Box::new(m.ack.clone())));
             batch.push((next_seq, m, permit));
             next_seq += 1;
             if batch.len() >= batch_size {
