@@ -213,8 +213,16 @@ fn summary(since_ms: i64, expect: (u64, u64)) {
                 .entry(headers.get("weir.cohort").cloned().unwrap_or_default())
                 .or_default() += 1;
         }
+        // Two records per topic; one quarantine entry per code.
+        let code = headers.get("weir.error.code").cloned();
         let s = samples.entry(topic).or_default();
-        if s.len() < 2 {
+        let wanted = match &code {
+            Some(c) => !s
+                .iter()
+                .any(|(_, _, h)| h.get("weir.error.code") == Some(c)),
+            None => s.len() < 2,
+        };
+        if wanted {
             s.push((
                 m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                 m.payload().unwrap_or_default().to_vec(),
@@ -237,11 +245,17 @@ fn summary(since_ms: i64, expect: (u64, u64)) {
             let value = value.as_slice();
             if topic == "weir.quarantine" {
                 println!(
-                    "\n{topic}  key={key:?}\n  {} {}: {}\n  original payload: {:?}",
+                    "\n{topic}  key={key:?}\n  {} {}: {}\n  original payload: {}",
                     headers.get("weir.error.stage").map_or("", String::as_str),
                     headers.get("weir.error.code").map_or("", String::as_str),
                     headers.get("weir.error.message").map_or("", String::as_str),
-                    String::from_utf8_lossy(value)
+                    match std::str::from_utf8(value) {
+                        Ok(text) => format!("{text:?}"),
+                        Err(_) => format!(
+                            "0x{}",
+                            value.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                        ),
+                    }
                 );
                 continue;
             }

@@ -327,3 +327,82 @@ fn sigkill_mid_stream_loses_nothing() {
     );
     drop(weir);
 }
+
+#[test]
+fn raw_capture_keeps_every_message_untouched() {
+    let p = unique("raw");
+    let raw_topic = format!("{p}.raw");
+    let weir = Weir::start(&config(&p), &[("WEIR_OUTPUT_RAW_TOPIC", &raw_topic)]);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    let good = br#"{"temp_c":20}"#.to_vec();
+    let bad = b"\xff\xfe not json".to_vec();
+    publisher.publish(
+        &format!("{p}/plant/1/thermostat/t-1"),
+        good.clone(),
+        &[("fw", "1.0")],
+    );
+    publisher.publish(&format!("{p}/plant/1/thermostat/t-2"), bad.clone(), &[]);
+    publisher.flush();
+    let raw = consume(
+        &raw_topic,
+        2,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
+    assert_eq!(raw.len(), 2, "every message captured, good or bad");
+    assert_eq!(
+        raw.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
+        vec![good, bad]
+    );
+    assert!(raw[0].header("weir.mqtt.topic").ends_with("/t-1"));
+    assert_eq!(raw[0].header("mqtt.fw"), "1.0");
+    assert_eq!(
+        consume(
+            &format!("{p}.thermostat"),
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(1)
+        )
+        .len(),
+        1
+    );
+    assert_eq!(
+        consume(
+            &format!("{p}.quarantine"),
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(1)
+        )
+        .len(),
+        1
+    );
+    drop(weir);
+}
+
+#[test]
+fn a_bad_config_stops_start_up_naming_file_key_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    let p = unique("badcfg");
+    std::fs::write(
+        &path,
+        config(&p).replace("fleet-gps@1.0.0", "fleet-gps@9.9.9"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("WEIR_NO_CACHE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("weir.toml: cohort[1].plugin: fleet-gps@9.9.9 is not in"),
+        "{err}"
+    );
+    assert!(
+        err.contains("fleet-gps@1.0.0"),
+        "lists what is there: {err}"
+    );
+}

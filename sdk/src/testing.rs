@@ -11,6 +11,7 @@ thread_local! {
 }
 
 /// The native stand-in for the host's `log`: keep the line for [`take_logs`].
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) fn record_log(level: Level, message: &str) {
     LOGS.with(|l| l.borrow_mut().push((level, message.to_owned())));
 }

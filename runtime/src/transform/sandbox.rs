@@ -289,6 +289,7 @@ impl Instance {
 
     fn arm(&mut self, messages: usize) {
         self.store.data_mut().logged = 0;
+        self.store.data_mut().last_error = None;
         self.store
             .set_epoch_deadline(self.sandbox.deadline_ticks(messages));
     }
