@@ -110,7 +110,13 @@ impl Source {
         let stopping = Arc::new(AtomicBool::new(false));
         // Room for every ack that can be outstanding, so acking never waits on the loop.
         let requests = in_flight * 2 + 64;
-        let subs = cfg.subscriptions.clone();
+        let link = Link {
+            subs: cfg.subscriptions.clone(),
+            tx,
+            connection: connection.clone(),
+            stopping: stopping.clone(),
+            failures: 0,
+        };
         let client = match cfg.protocol {
             Protocol::V5 => {
                 let mut o = rumqttc::v5::MqttOptions::new(&cfg.client_id, host, port);
@@ -123,14 +129,7 @@ impl Source {
                     o.set_credentials(u, cfg.password.clone().unwrap_or_default());
                 }
                 let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, requests);
-                tokio::spawn(run_v5(
-                    eventloop,
-                    client.clone(),
-                    subs,
-                    tx,
-                    connection.clone(),
-                    stopping.clone(),
-                ));
+                tokio::spawn(run_v5(eventloop, client.clone(), link));
                 Client::V5(client)
             }
             Protocol::V311 => {
@@ -142,14 +141,7 @@ impl Source {
                     o.set_credentials(u, cfg.password.clone().unwrap_or_default());
                 }
                 let (client, eventloop) = rumqttc::AsyncClient::new(o, requests);
-                tokio::spawn(run_v311(
-                    eventloop,
-                    client.clone(),
-                    subs,
-                    tx,
-                    connection.clone(),
-                    stopping.clone(),
-                ));
+                tokio::spawn(run_v311(eventloop, client.clone(), link));
                 Client::V311(client)
             }
         };
@@ -195,132 +187,133 @@ impl Source {
     }
 }
 
-async fn run_v5(
-    mut eventloop: rumqttc::v5::EventLoop,
-    client: rumqttc::v5::AsyncClient,
+/// What both protocol loops share: the hand-off channel, connection numbering, and
+/// reconnect backoff.
+struct Link {
     subs: Vec<String>,
     tx: mpsc::Sender<Incoming>,
     connection: Arc<AtomicU64>,
     stopping: Arc<AtomicBool>,
+    failures: u32,
+}
+
+impl Link {
+    fn connected(&mut self, protocol: &str, session_present: bool) {
+        self.failures = 0;
+        let n = self.connection.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(connection = n, session_present, "MQTT {protocol} connected");
+    }
+
+    fn subscribed(&self, codes: &dyn std::fmt::Debug) {
+        tracing::info!(
+            filters = self.subs.len(),
+            ?codes,
+            "MQTT subscriptions acknowledged"
+        );
+    }
+
+    /// Hand a message on; `false` when the pipeline is gone.
+    async fn deliver(&self, message: Message, dup: bool, publish: AckPublish) -> bool {
+        let ack = AckToken {
+            connection: self.connection.load(Ordering::Acquire),
+            publish,
+        };
+        self.tx.send(Incoming { message, dup, ack }).await.is_ok()
+    }
+
+    /// The connection failed: `false` when stopping, else wait out a backoff and go on.
+    async fn lost(&mut self, error: String) -> bool {
+        if self.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        let wait = backoff(self.failures);
+        self.failures += 1;
+        tracing::warn!(%error, retry_in = ?wait, "MQTT connection lost; reconnecting");
+        tokio::time::sleep(wait).await;
+        true
+    }
+}
+
+async fn run_v5(
+    mut eventloop: rumqttc::v5::EventLoop,
+    client: rumqttc::v5::AsyncClient,
+    mut link: Link,
 ) {
     use rumqttc::v5::Event;
-    let mut failures = 0u32;
+    use rumqttc::v5::mqttbytes::{QoS, v5::Filter};
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(V5Packet::ConnAck(ack))) => {
-                failures = 0;
-                let n = connection.fetch_add(1, Ordering::AcqRel) + 1;
-                tracing::info!(
-                    connection = n,
-                    session_present = ack.session_present,
-                    "MQTT 5 connected"
-                );
-                let filters = subs.iter().map(|s| {
-                    rumqttc::v5::mqttbytes::v5::Filter::new(
-                        s.clone(),
-                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                    )
-                });
+                link.connected("5", ack.session_present);
+                let filters = link
+                    .subs
+                    .iter()
+                    .map(|s| Filter::new(s.clone(), QoS::AtLeastOnce));
                 if let Err(e) = client.subscribe_many(filters).await {
                     tracing::error!(error = %e, "cannot subscribe");
                 }
             }
-            Ok(Event::Incoming(V5Packet::Publish(p))) => {
-                let props = p.properties.clone().unwrap_or_default();
+            Ok(Event::Incoming(V5Packet::Publish(mut p))) => {
+                let props = p.properties.take().unwrap_or_default();
                 let message = Message {
                     topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                    payload: p.payload.to_vec(),
+                    payload: std::mem::take(&mut p.payload).to_vec(),
                     properties: props.user_properties,
                     content_type: props.content_type,
                     received_at_ms: now_ms(),
                 };
-                let dup = p.dup;
-                let mut ack_publish = p;
-                ack_publish.payload = Default::default();
-                let ack = AckToken {
-                    connection: connection.load(Ordering::Acquire),
-                    publish: AckPublish::V5(ack_publish),
-                };
-                if tx.send(Incoming { message, dup, ack }).await.is_err() {
+                if !link.deliver(message, p.dup, AckPublish::V5(p)).await {
                     return;
                 }
             }
-            Ok(Event::Incoming(V5Packet::SubAck(ack))) => {
-                tracing::info!(filters = subs.len(), codes = ?ack.return_codes, "MQTT subscriptions acknowledged");
-            }
+            Ok(Event::Incoming(V5Packet::SubAck(ack))) => link.subscribed(&ack.return_codes),
             Ok(Event::Incoming(V5Packet::Disconnect(d))) => {
                 tracing::warn!(reason = ?d.reason_code, "broker disconnected weir");
             }
             Ok(_) => {}
             Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
-            Err(_) if stopping.load(Ordering::Acquire) => return,
             Err(e) => {
-                let wait = backoff(failures);
-                failures += 1;
-                tracing::warn!(error = %e, retry_in = ?wait, "MQTT connection lost; reconnecting");
-                tokio::time::sleep(wait).await;
+                if !link.lost(e.to_string()).await {
+                    return;
+                }
             }
         }
     }
 }
 
-async fn run_v311(
-    mut eventloop: rumqttc::EventLoop,
-    client: rumqttc::AsyncClient,
-    subs: Vec<String>,
-    tx: mpsc::Sender<Incoming>,
-    connection: Arc<AtomicU64>,
-    stopping: Arc<AtomicBool>,
-) {
-    use rumqttc::{Event, Packet};
-    let mut failures = 0u32;
+async fn run_v311(mut eventloop: rumqttc::EventLoop, client: rumqttc::AsyncClient, mut link: Link) {
+    use rumqttc::{Event, Packet, QoS, SubscribeFilter};
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
-                let n = connection.fetch_add(1, Ordering::AcqRel) + 1;
-                tracing::info!(
-                    connection = n,
-                    session_present = ack.session_present,
-                    "MQTT 3.1.1 connected"
-                );
-                let filters = subs
+                link.connected("3.1.1", ack.session_present);
+                let filters = link
+                    .subs
                     .iter()
-                    .map(|s| rumqttc::SubscribeFilter::new(s.clone(), rumqttc::QoS::AtLeastOnce));
+                    .map(|s| SubscribeFilter::new(s.clone(), QoS::AtLeastOnce));
                 if let Err(e) = client.subscribe_many(filters).await {
                     tracing::error!(error = %e, "cannot subscribe");
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
+            Ok(Event::Incoming(Packet::Publish(mut p))) => {
                 let message = Message {
                     topic: p.topic.clone(),
-                    payload: p.payload.to_vec(),
+                    payload: std::mem::take(&mut p.payload).to_vec(),
                     properties: Vec::new(),
                     content_type: None,
                     received_at_ms: now_ms(),
                 };
-                let dup = p.dup;
-                let mut ack_publish = p;
-                ack_publish.payload = Default::default();
-                let ack = AckToken {
-                    connection: connection.load(Ordering::Acquire),
-                    publish: AckPublish::V311(ack_publish),
-                };
-                if tx.send(Incoming { message, dup, ack }).await.is_err() {
+                if !link.deliver(message, p.dup, AckPublish::V311(p)).await {
                     return;
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                tracing::info!(filters = subs.len(), codes = ?ack.return_codes, "MQTT subscriptions acknowledged");
-            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => link.subscribed(&ack.return_codes),
             Ok(_) => {}
             Err(rumqttc::ConnectionError::RequestsDone) => return,
-            Err(_) if stopping.load(Ordering::Acquire) => return,
             Err(e) => {
-                let wait = backoff(failures);
-                failures += 1;
-                tracing::warn!(error = %e, retry_in = ?wait, "MQTT connection lost; reconnecting");
-                tokio::time::sleep(wait).await;
+                if !link.lost(e.to_string()).await {
+                    return;
+                }
             }
         }
     }
