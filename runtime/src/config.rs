@@ -2,8 +2,10 @@
 //! `examples/weir.toml` explains each one. Any scalar key of the `mqtt`, `kafka`, `registry`,
 //! `output` and `plugins` tables can be overridden from the environment as
 //! `WEIR_<TABLE>_<KEY>` (e.g. `WEIR_MQTT_URL`, `WEIR_KAFKA_BOOTSTRAP`,
-//! `WEIR_REGISTRY_URL`, `WEIR_OUTPUT_QUARANTINE_TOPIC`); Kafka client properties as
-//! `WEIR_KAFKA_PROPERTY_<NAME>` with `_` for `.` (`WEIR_KAFKA_PROPERTY_LINGER_MS=5`).
+//! `WEIR_REGISTRY_URL`, `WEIR_OUTPUT_QUARANTINE_TOPIC`); a key of the N-th `[[cohort]]`
+//! (from 0) as `WEIR_COHORT_<N>_<KEY>` (`WEIR_COHORT_0_PLUGIN=thermostat@1.1.0`); Kafka
+//! client properties as `WEIR_KAFKA_PROPERTY_<NAME>` with `_` for `.`
+//! (`WEIR_KAFKA_PROPERTY_LINGER_MS=5`).
 //!
 //! A bad config stops start-up with an error naming the file, the key and the fix.
 
@@ -258,7 +260,7 @@ impl Config {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| err("-", format!("not valid TOML: {}", e.message())))?;
-        apply_env(&mut table, env);
+        apply_env(&mut table, env).map_err(|(key, problem)| err(&key, problem))?;
         let config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
             let msg = e.message().to_owned();
             let key = msg
@@ -339,8 +341,18 @@ impl Config {
     }
 }
 
-/// Apply `WEIR_<TABLE>_<KEY>` and `WEIR_KAFKA_PROPERTY_<NAME>` overrides.
-fn apply_env(table: &mut toml::Table, env: &[(String, String)]) {
+/// An environment value as TOML would read it (numbers, booleans, arrays), else a string.
+fn toml_value(value: &str) -> toml::Value {
+    format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()))
+}
+
+/// Apply `WEIR_<TABLE>_<KEY>`, `WEIR_COHORT_<N>_<KEY>` and `WEIR_KAFKA_PROPERTY_<NAME>`
+/// overrides.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (String, String)> {
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("WEIR_") else {
             continue;
@@ -360,6 +372,30 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) {
             }
             continue;
         }
+        if let Some(rest) = rest.strip_prefix("cohort_")
+            && let Some((index, key)) = rest.split_once('_')
+            && let Ok(index) = index.parse::<usize>()
+        {
+            let cohorts = table.get_mut("cohort").and_then(|c| c.as_array_mut());
+            let count = cohorts.as_ref().map_or(0, |a| a.len());
+            match cohorts
+                .and_then(|a| a.get_mut(index))
+                .and_then(|c| c.as_table_mut())
+            {
+                Some(cohort) => {
+                    cohort.insert(key.to_owned(), toml_value(value));
+                }
+                None => {
+                    return Err((
+                        name.clone(),
+                        format!(
+                            "there is no cohort {index} to override (the file has {count}, numbered from 0)"
+                        ),
+                    ));
+                }
+            }
+            continue;
+        }
         for section in OVERRIDABLE {
             let Some(key) = rest.strip_prefix(section).and_then(|k| k.strip_prefix('_')) else {
                 continue;
@@ -368,16 +404,11 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) {
                 .entry(section)
                 .or_insert_with(|| toml::Value::Table(Default::default()));
             if let Some(t) = entry.as_table_mut() {
-                // Keep the type TOML would give it (numbers, booleans, arrays), else a string.
-                let parsed = format!("v = {value}")
-                    .parse::<toml::Table>()
-                    .ok()
-                    .and_then(|mut t| t.remove("v"))
-                    .unwrap_or_else(|| toml::Value::String(value.clone()));
-                t.insert(key.to_owned(), parsed);
+                t.insert(key.to_owned(), toml_value(value));
             }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -432,6 +463,8 @@ key = "{topic[3]}"
                 ("WEIR_KAFKA_PROPERTY_LINGER_MS", "20"),
                 ("WEIR_REGISTRY_AUTO_REGISTER", "false"),
                 ("WEIR_LOG", "debug"),
+                ("WEIR_COHORT_0_PLUGIN", "thermostat@1.1.0"),
+                ("WEIR_COHORT_0_OUTPUT_TOPIC", "t2"),
             ],
         )
         .unwrap();
@@ -441,6 +474,8 @@ key = "{topic[3]}"
         assert_eq!(c.kafka.bootstrap, "k:9093");
         assert_eq!(c.kafka.properties["linger.ms"], "20");
         assert!(!c.registry.auto_register);
+        assert_eq!(c.cohorts[0].plugin, "thermostat@1.1.0");
+        assert_eq!(c.cohorts[0].output_topic, "t2");
     }
 
     #[test]
@@ -459,6 +494,9 @@ key = "{topic[3]}"
         assert_eq!(e.key, "cohort[0].topic");
         let e = parse("[mqtt", &[]).unwrap_err();
         assert!(e.to_string().contains("not valid TOML"));
+        let e = parse(MINIMAL, &[("WEIR_COHORT_3_PLUGIN", "x@1")]).unwrap_err();
+        assert_eq!(e.key, "WEIR_COHORT_3_PLUGIN");
+        assert!(e.problem.contains("no cohort 3"), "{e}");
         let e = parse(MINIMAL, &[("WEIR_MQTT_MAX_IN_FLIGHT", "0")]).unwrap_err();
         assert_eq!(e.key, "mqtt.max_in_flight");
     }
