@@ -3,7 +3,7 @@
 //!
 //! - native: the plugin's Rust code called directly, its records serialised to JSON and
 //!   validated + encoded to Avro by the same code the host uses;
-//! - wasm: `Configured::process` on the built component (fresh instance per batch, copy in
+//! - wasm: `Configured::process` on the built component (a reused, initialised instance; copy in
 //!   and out, validation + Avro encoding).
 //!
 //! The two are measured interleaved, round after round, in one process, and the median of

@@ -6,7 +6,7 @@
 //! - [`Plugin`] is one loaded Wasm file: its identity (name, version, sha256), its declared
 //!   schema, and a pre-instantiated component.
 //! - [`Configured::process`] runs a batch on an initialised instance. If the batch traps, it
-//!   bisects on fresh instances until the guilty message(s) are isolated, so healthy
+//!   bisects, on instances that have not failed, until the guilty message(s) are isolated, so healthy
 //!   messages in the same batch still emit.
 //!
 //! Instances are reused: measured here, a fresh instance + `init` per batch cost ≈40 µs,
@@ -309,7 +309,7 @@ impl Configured {
                 reason: e.to_string(),
             }),
             Err(e) => {
-                tracing::debug!(plugin = %self.label, size = batch.len(), error = %e, "batch failed; bisecting on fresh instances");
+                tracing::debug!(plugin = %self.label, size = batch.len(), error = %e, "batch failed; bisecting to isolate the failing message(s)");
                 let (left, right) = batch.split_at(batch.len() / 2);
                 self.process_into(left, out);
                 self.process_into(right, out);
