@@ -8,8 +8,10 @@
 //!
 //! Run: `scripts/bench-pipeline` (brings the bed up with in-memory Kafka storage).
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+#[path = "../tests/bed/mod.rs"]
+mod bed;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -150,42 +152,6 @@ fn proc_usage(pid: u32) -> (f64, u64) {
     (ticks as f64 / 100.0, hwm * 1024)
 }
 
-fn count_records(topic: &str, n: usize, timeout: Duration) -> usize {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set(
-            "bootstrap.servers",
-            env("WEIR_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        )
-        .set("group.id", format!("{topic}-bench"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let start = Instant::now();
-    let partitions = loop {
-        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
-            && let Some(t) = md.topics().first()
-            && !t.partitions().is_empty()
-        {
-            break t.partitions().len();
-        }
-        assert!(start.elapsed() < timeout, "topic {topic} never appeared");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, rdkafka::Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut got = 0;
-    while got < n && start.elapsed() < timeout {
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-            got += 1;
-        }
-    }
-    got
-}
-
 fn main() {
     let n: usize = env("WEIR_BENCH_MESSAGES", "200000").parse().unwrap();
     let run = format!("bench{}", std::process::id());
@@ -250,7 +216,7 @@ key = "{{topic[4]}}"
     let topic = format!("{run}.thermostat");
     let counter = {
         let topic = topic.clone();
-        std::thread::spawn(move || count_records(&topic, n, Duration::from_secs(900)))
+        std::thread::spawn(move || bed::count(&topic, n, Duration::from_secs(900)))
     };
     rt.block_on(publish(&format!("{run}-pub"), n, |i| {
         format!("{run}/plant/1/thermostat/t-{}", i % 100)

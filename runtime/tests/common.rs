@@ -57,3 +57,18 @@ pub fn kind(o: &weir::transform::Outcome) -> String {
         Outcome::Fail { code, .. } => format!("fail:{code}"),
     }
 }
+
+/// The adversarial plugin with a `memory_mib` cap, loaded and configured.
+pub fn adversarial(memory_mib: usize) -> (weir::transform::Plugin, weir::transform::Configured) {
+    use weir::transform::{Host, Limits};
+    let limits = Limits {
+        memory_bytes: memory_mib << 20,
+        ..Limits::default()
+    };
+    let plugin = Host::new(limits, None)
+        .unwrap()
+        .load_file(&plugin_wasm("adversarial"))
+        .unwrap();
+    let configured = plugin.configure(vec![], "adversarial").unwrap();
+    (plugin, configured)
+}

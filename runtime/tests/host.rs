@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{kind, message, plugin_wasm};
+use common::{adversarial, kind, message, plugin_wasm};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use weir::transform::{Host, Limits, Outcome, codes};
@@ -32,15 +32,7 @@ fn describe_gives_identity_and_schema() {
 
 #[test]
 fn adversarial_messages_are_classified_and_healthy_ones_still_emit() {
-    let limits = Limits {
-        memory_bytes: 32 << 20,
-        ..Limits::default()
-    };
-    let plugin = Host::new(limits, None)
-        .unwrap()
-        .load_file(&plugin_wasm("adversarial"))
-        .unwrap();
-    let p = plugin.configure(vec![], "adversarial").unwrap();
+    let (plugin, p) = adversarial(32);
     let payloads = [
         "a",
         "loop",

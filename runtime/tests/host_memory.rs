@@ -3,20 +3,11 @@
 
 mod common;
 
-use common::{kind, message, plugin_wasm, rss_bytes};
-use weir::transform::{Host, Limits};
+use common::{adversarial, kind, message, rss_bytes};
 
 #[test]
 fn host_memory_stays_bounded_over_thousands_of_bad_calls() {
-    let limits = Limits {
-        memory_bytes: 16 << 20,
-        ..Limits::default()
-    };
-    let plugin = Host::new(limits, None)
-        .unwrap()
-        .load_file(&plugin_wasm("adversarial"))
-        .unwrap();
-    let p = plugin.configure(vec![], "adversarial").unwrap();
+    let (_plugin, p) = adversarial(16);
     let cycle = ["panic", "badschema", "recurse", "reject", "ok", "huge"];
     let run = |calls: usize| {
         for i in 0..calls {

@@ -287,9 +287,9 @@ impl Rec {
     }
 }
 
-/// Read `topic` from the beginning until `want` records arrived and no more came for
-/// `settle`, or `timeout` passed.
-pub fn consume(topic: &str, want: usize, timeout: Duration, settle: Duration) -> Vec<Rec> {
+/// A consumer assigned every partition of `topic` from the beginning (no consumer group
+/// rebalance to wait for); `None` if the topic did not appear within `timeout`.
+pub fn assigned_consumer(topic: &str, timeout: Duration) -> Option<BaseConsumer> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka())
         .set("group.id", unique("g"))
@@ -299,7 +299,6 @@ pub fn consume(topic: &str, want: usize, timeout: Duration, settle: Duration) ->
         .create()
         .unwrap();
     let start = Instant::now();
-    // Assign every partition explicitly: no group rebalance to wait for.
     let partitions = loop {
         if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
             && let Some(t) = md.topics().first()
@@ -309,7 +308,7 @@ pub fn consume(topic: &str, want: usize, timeout: Duration, settle: Duration) ->
             break t.partitions().len();
         }
         if start.elapsed() > timeout {
-            return Vec::new();
+            return None;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -319,6 +318,31 @@ pub fn consume(topic: &str, want: usize, timeout: Duration, settle: Duration) ->
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
+    Some(consumer)
+}
+
+/// Count records on `topic` until `n` arrived or `timeout` passed.
+pub fn count(topic: &str, n: usize, timeout: Duration) -> usize {
+    let start = Instant::now();
+    let Some(consumer) = assigned_consumer(topic, timeout) else {
+        return 0;
+    };
+    let mut got = 0;
+    while got < n && start.elapsed() < timeout {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            got += 1;
+        }
+    }
+    got
+}
+
+/// Read `topic` from the beginning until `want` records arrived and no more came for
+/// `settle`, or `timeout` passed.
+pub fn consume(topic: &str, want: usize, timeout: Duration, settle: Duration) -> Vec<Rec> {
+    let start = Instant::now();
+    let Some(consumer) = assigned_consumer(topic, timeout) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     let mut last = Instant::now();
     while start.elapsed() < timeout {
