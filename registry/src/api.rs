@@ -88,6 +88,11 @@ fn reply(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
+/// A registered version, as Confluent shows it.
+fn version_json(v: crate::registry::VersionInfo) -> Value {
+    json!({"subject": v.subject, "version": v.version, "id": v.id, "schema": v.schema})
+}
+
 fn ok(body: Value) -> Result<Response, ApiError> {
     Ok(reply(StatusCode::OK, body))
 }
@@ -290,7 +295,7 @@ async fn lookup(
 ) -> Result<Response> {
     let schema = schema_text(parse_body(&app, &headers, &body)?)?;
     let v = app.registry.lookup(&subject, &schema)?;
-    ok(json!({"subject": v.subject, "version": v.version, "id": v.id, "schema": v.schema}))
+    ok(version_json(v))
 }
 
 async fn list_versions(
@@ -308,7 +313,7 @@ async fn get_version(
     let v = app
         .registry
         .version(&subject, VersionRef::parse(&version)?)?;
-    ok(json!({"subject": v.subject, "version": v.version, "id": v.id, "schema": v.schema}))
+    ok(version_json(v))
 }
 
 async fn get_version_schema(

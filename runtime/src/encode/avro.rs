@@ -430,6 +430,16 @@ fn read_block_len(buf: &mut &[u8]) -> Option<usize> {
     usize::try_from(n.unsigned_abs()).ok()
 }
 
+/// An array's or map's items: one block of `n` encoded items (if any), then the empty
+/// block that ends the sequence.
+fn write_blocks(out: &mut Vec<u8>, n: i64, body: &[u8]) {
+    if n > 0 {
+        write_long(out, n);
+        out.extend_from_slice(body);
+    }
+    write_long(out, 0);
+}
+
 fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
     write_long(out, b.len() as i64);
     out.extend_from_slice(b);
@@ -645,11 +655,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
         {
             n += 1;
         }
-        if n > 0 {
-            write_long(self.out, n);
-            self.out.extend_from_slice(&body);
-        }
-        write_long(self.out, 0);
+        write_blocks(self.out, n, &body);
         Ok(())
     }
 
@@ -711,11 +717,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
                     .map_err(|e| de::Error::custom(format!("[{k:?}]: {e}")))?;
                     n += 1;
                 }
-                if n > 0 {
-                    write_long(self.out, n);
-                    self.out.extend_from_slice(&body);
-                }
-                write_long(self.out, 0);
+                write_blocks(self.out, n, &body);
                 Ok(())
             }
             Node::Record { .. } => encode_record(self.schema, self.node, self.out, map),
