@@ -17,7 +17,7 @@ use weir::transform::{Host, Limits};
 )]
 struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `weir=debug,warn`.
-    #[arg(long, global = true, env = "WEIR_LOG", default_value = "warn")]
+    #[arg(long, global = true, env = "WEIR_LOG", default_value = "info")]
     log: String,
 
     #[command(subcommand)]
@@ -185,7 +185,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
