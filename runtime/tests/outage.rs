@@ -1,6 +1,7 @@
-//! A Kafka outage: weir acknowledges nothing it cannot write, and nothing is lost.
-//! It stops and starts the test bed's broker (`scripts/testbed kafka-stop|kafka-start`),
-//! so it lives in its own test binary and runs alone.
+//! Broker outages: weir acknowledges nothing it cannot write, nothing is lost, and it
+//! reconnects by itself. These tests stop and start the test bed's brokers
+//! (`scripts/testbed kafka-stop|kafka-start|mqtt-stop|mqtt-start`), so they live in their
+//! own test binary and run one at a time (a lock below).
 
 mod bed;
 
@@ -8,6 +9,9 @@ use bed::*;
 use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
+
+/// One outage at a time: the tests share the test bed's brokers.
+static BED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn testbed(cmd: &str) {
     let status = Command::new(root().join("scripts/testbed"))
@@ -19,6 +23,7 @@ fn testbed(cmd: &str) {
 
 #[test]
 fn kafka_outage_loses_nothing() {
+    let _bed = BED.lock().unwrap_or_else(|p| p.into_inner());
     let p = unique("outage");
     let weir = Weir::start(&config(&p), &[]);
     let mut publisher = Publisher::new(&format!("{p}-pub"));
@@ -76,6 +81,61 @@ fn kafka_outage_loses_nothing() {
         "outage test: 700 published, {} records ({} duplicates)",
         records.len(),
         records.len() - seen.len()
+    );
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn weir_reconnects_after_an_mqtt_broker_restart() {
+    let _bed = BED.lock().unwrap_or_else(|p| p.into_inner());
+    let p = unique("mqttre");
+    let weir = Weir::start(&config(&p), &[]);
+    let topic = format!("{p}.thermostat");
+    let publish = |range: std::ops::Range<u32>| {
+        let mut publisher = Publisher::new(&format!("{p}-pub{}", range.start));
+        for i in range {
+            publisher.publish(
+                &format!("{p}/plant/1/thermostat/t-1"),
+                format!(r#"{{"ts":{i},"temp_c":21}}"#),
+                &[],
+            );
+        }
+        publisher.flush();
+    };
+    publish(0..100);
+    assert_eq!(
+        consume(&topic, 100, Duration::from_secs(60), Duration::ZERO).len(),
+        100
+    );
+    testbed("mqtt-stop");
+    testbed("mqtt-start");
+    // weir's session (clean start off, session expiry) survives the broker's restart, so
+    // what is published next reaches weir once it has reconnected by itself.
+    publish(100..200);
+    let records = consume(
+        &topic,
+        200,
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+    );
+    let mut decoder = Decoder::new();
+    let seen: HashSet<i64> = records
+        .iter()
+        .map(|r| decoder.decode(&r.value)["ts_ms"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        seen.len(),
+        200,
+        "after the restart: {} of 200; weir's log:\n{}",
+        seen.len(),
+        weir.log.lock().unwrap()
+    );
+    assert!(
+        weir.log
+            .lock()
+            .unwrap()
+            .contains("MQTT connection lost; reconnecting")
     );
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
