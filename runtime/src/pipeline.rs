@@ -13,8 +13,8 @@ use crate::config::Config;
 use crate::encode::{self, registry::RegistryClient};
 use crate::route::{self, KeyTemplate, Rule};
 use crate::sink::{Sink, Write};
-use crate::source::{AckToken, Incoming, Source};
-use crate::transform::{Configured, Host, Limits, Outcome, Plugin};
+use crate::source::{AckToken, Source};
+use crate::transform::{Configured, Host, Limits, Message, Outcome, Plugin};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -456,7 +456,9 @@ pub async fn run(
     'main: loop {
         // Collect a batch: wait for the first message, then take more until full or the
         // batch wait runs out.
-        let mut batch: Vec<(u64, Incoming, tokio::sync::OwnedSemaphorePermit)> = Vec::new();
+        // (sequence number, message, in-flight permit). The message is lent to the
+        // transform without copying it: taken out for the plugin call, then put back.
+        let mut batch: Vec<(u64, Option<Message>, tokio::sync::OwnedSemaphorePermit)> = Vec::new();
         let first = tokio::select! {
             () = &mut shutdown => break 'main,
             _ = report.tick() => {
@@ -478,7 +480,7 @@ pub async fn run(
                 stats.redelivered.fetch_add(1, Ordering::Relaxed);
             }
             let _ = ack_tx.send(AckEvent::Arrived(Box::new(m.ack.clone())));
-            batch.push((next_seq, m, permit));
+            batch.push((next_seq, Some(m.message), permit));
             next_seq += 1;
             if batch.len() >= batch_size {
                 break;
@@ -495,7 +497,10 @@ pub async fn run(
         // Route, then transform each cohort's share of the batch.
         let routes: Vec<Option<usize>> = batch
             .iter()
-            .map(|(_, m, _)| route::route(&p.rules, &m.message.topic, &m.message.properties))
+            .map(|(_, m, _)| {
+                let m = m.as_ref().expect("present until the writes are planned");
+                route::route(&p.rules, &m.topic, &m.properties)
+            })
             .collect();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         for (ci, cohort) in p.cohorts.iter().enumerate() {
@@ -505,11 +510,19 @@ pub async fn run(
             if idx.is_empty() {
                 continue;
             }
-            let messages: Vec<crate::transform::Message> =
-                idx.iter().map(|&i| batch[i].1.message.clone()).collect();
-            let results = tokio::task::block_in_place(|| cohort.plugin.process(&messages));
-            for (i, o) in idx.into_iter().zip(results) {
+            let group: Vec<Message> = idx
+                .iter()
+                .map(|&i| {
+                    batch[i]
+                        .1
+                        .take()
+                        .expect("each message routes to one cohort")
+                })
+                .collect();
+            let results = tokio::task::block_in_place(|| cohort.plugin.process(&group));
+            for ((i, o), m) in idx.into_iter().zip(results).zip(group) {
                 outcomes[i] = Some(o);
+                batch[i].1 = Some(m);
             }
         }
 
@@ -518,7 +531,8 @@ pub async fn run(
         for ((seq, m, permit), (cohort, outcome)) in
             batch.into_iter().zip(routes.into_iter().zip(outcomes))
         {
-            let planned = plan(&p, &m.message, cohort, outcome.as_ref());
+            let m = m.expect("put back after the transform");
+            let planned = plan(&p, &m, cohort, outcome.as_ref());
             let mut futures = Vec::with_capacity(planned.writes.len());
             for w in &planned.writes {
                 match sink.send(w).await {
@@ -526,7 +540,7 @@ pub async fn run(
                     Err(e) => tracing::error!(error = %e, "Kafka write refused"),
                 }
             }
-            waits.push((seq, m.message, cohort, planned, futures, permit));
+            waits.push((seq, m, cohort, planned, futures, permit));
         }
         let (sink, stats, ack_tx, p) = (sink.clone(), stats.clone(), ack_tx.clone(), p.clone());
         tokio::spawn(async move {

@@ -6,7 +6,6 @@
 mod bed;
 
 use bed::*;
-use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
@@ -65,12 +64,8 @@ fn kafka_outage_loses_nothing() {
         Duration::from_secs(240),
         Duration::from_secs(3),
     );
-    let mut decoder = Decoder::new();
-    let seen: HashSet<i64> = records
-        .iter()
-        .map(|r| decoder.decode(&r.value)["ts_ms"].as_i64().unwrap())
-        .collect();
-    let missing: Vec<i64> = (0..700).filter(|i| !seen.contains(i)).collect();
+    let seen = ts_counts(&records);
+    let missing: Vec<i64> = (0..700).filter(|i| !seen.contains_key(i)).collect();
     assert!(
         missing.is_empty(),
         "{} lost, e.g. {:?}",
@@ -119,11 +114,7 @@ fn weir_reconnects_after_an_mqtt_broker_restart() {
         Duration::from_secs(120),
         Duration::from_secs(2),
     );
-    let mut decoder = Decoder::new();
-    let seen: HashSet<i64> = records
-        .iter()
-        .map(|r| decoder.decode(&r.value)["ts_ms"].as_i64().unwrap())
-        .collect();
+    let seen = ts_counts(&records);
     assert_eq!(
         seen.len(),
         200,

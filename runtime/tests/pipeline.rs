@@ -305,13 +305,7 @@ fn sigkill_mid_stream_loses_nothing() {
         Duration::from_secs(180),
         Duration::from_secs(3),
     );
-    let mut seen: HashMap<i64, usize> = HashMap::new();
-    let mut decoder = Decoder::new();
-    for r in &records {
-        *seen
-            .entry(decoder.decode(&r.value)["ts_ms"].as_i64().unwrap())
-            .or_default() += 1;
-    }
+    let seen = ts_counts(&records);
     let missing: Vec<u32> = (0..total)
         .filter(|i| !seen.contains_key(&i64::from(*i)))
         .collect();

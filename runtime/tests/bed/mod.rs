@@ -410,3 +410,16 @@ impl Decoder {
 pub fn meter_frame(id: u32, ts: u64, wh: u32, flags: u8) -> Vec<u8> {
     meter::encode_frame(id, ts, wh, flags).to_vec()
 }
+
+/// How many times each `ts_ms` occurs among thermostat records (tests put a message's
+/// sequence number there, so missing keys are lost messages and counts above 1 duplicates).
+pub fn ts_counts(records: &[Rec]) -> HashMap<i64, usize> {
+    let mut decoder = Decoder::new();
+    let mut seen = HashMap::new();
+    for r in records {
+        *seen
+            .entry(decoder.decode(&r.value)["ts_ms"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+    seen
+}
