@@ -20,12 +20,16 @@ pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 pub struct ApiConfig {
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// Requests served at once; more wait. Parsing a schema costs a multiple of its size
+    /// in memory, so this times the body limit bounds the registry's memory.
+    pub max_concurrent: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
-            max_body_bytes: 16 << 20,
+            max_body_bytes: 4 << 20,
+            max_concurrent: 8,
         }
     }
 }
@@ -106,8 +110,10 @@ struct SchemaBody {
     schema: String,
     #[serde(default)]
     schema_type: Option<String>,
+    /// Only counted: `IgnoredAny` is zero-sized, so a body of a million references costs
+    /// no memory (a `Vec<Value>` here amplified a body of small numbers ~17×).
     #[serde(default)]
-    references: Vec<Value>,
+    references: Vec<serde::de::IgnoredAny>,
 }
 
 /// Check the media type and size, then parse the JSON body.
@@ -205,6 +211,7 @@ async fn blocking<T: Send + 'static>(
 /// The router for `registry`.
 pub fn router(registry: Arc<Registry>, config: ApiConfig) -> Router {
     let limit = config.max_body_bytes;
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1)));
     let app = App { registry, config };
     Router::new()
         .route("/", get(|| async { ok(json!({})) }))
@@ -246,6 +253,15 @@ pub fn router(registry: Arc<Registry>, config: ApiConfig) -> Router {
                 "HTTP 405 Method Not Allowed",
             )
         })
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let permits = permits.clone();
+                async move {
+                    let _permit = permits.acquire_owned().await;
+                    next.run(req).await
+                }
+            },
+        ))
         // Bodies beyond the limit are cut off by the body reader; answer 413 ourselves.
         .layer(axum::extract::DefaultBodyLimit::max(
             limit.saturating_add(1),

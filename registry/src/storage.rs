@@ -4,6 +4,12 @@
 //! is fsynced before the write is acknowledged. On open the log is replayed; a torn last
 //! entry (a crash mid-append: short, or failing its checksum) is cut off and reported, and
 //! everything before it is kept.
+//!
+//! An append that fails (disk full, a file-size limit) is rolled back to the last good
+//! length, so a failed write never leaves a partial entry for the next start to trip on; if
+//! even the rollback fails, the log refuses further writes until a restart re-reads it. An
+//! entry too large to be read back is refused before it is written. The data directory is
+//! locked (`registry.lock`): a second process on it refuses to start.
 
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -62,6 +68,30 @@ pub enum StorageError {
         /// The error.
         source: std::io::Error,
     },
+    /// Another process holds the data directory.
+    #[error(
+        "{dir} is in use by another registry process (it holds {dir}/registry.lock); stop that process or give this one its own --data-dir"
+    )]
+    Locked {
+        /// The data directory.
+        dir: String,
+    },
+    /// The entry is larger than the log can read back.
+    #[error("a registry log entry of {size} bytes is over the {max}-byte limit; refused")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// An earlier append failed and could not be rolled back.
+    #[error(
+        "registry log {path} is read-only after a failed write that could not be undone; restart the registry"
+    )]
+    Poisoned {
+        /// The log file.
+        path: String,
+    },
     /// An entry in the middle of the log is unreadable (not a torn tail).
     #[error("registry log {path} is corrupt at byte {offset}: {reason}")]
     Corrupt {
@@ -79,6 +109,11 @@ pub enum StorageError {
 pub struct Log {
     path: PathBuf,
     file: File,
+    /// Length of the log up to its last good entry.
+    len: u64,
+    poisoned: bool,
+    /// Held for the life of the log: the directory's lock.
+    _lock: File,
 }
 
 impl Log {
@@ -90,6 +125,22 @@ impl Log {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("registry.lock"))
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::Locked {
+                    dir: dir.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -143,15 +194,36 @@ impl Log {
             file.set_len(good_end as u64).map_err(io)?;
             file.sync_data().map_err(io)?;
         }
-        file.seek(SeekFrom::End(0)).map_err(io)?;
-        Ok((Log { path, file }, events))
+        let len = file.seek(SeekFrom::End(0)).map_err(io)?;
+        Ok((
+            Log {
+                path,
+                file,
+                len,
+                poisoned: false,
+                _lock: lock,
+            },
+            events,
+        ))
     }
 
-    /// Append events and fsync; when this returns `Ok` they survive a crash.
+    /// Append events and fsync; when this returns `Ok` they survive a crash. On `Err`
+    /// nothing of them is in the log.
     pub fn append(&mut self, events: &[Event]) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned {
+                path: self.path.display().to_string(),
+            });
+        }
         let mut buf = Vec::new();
         for e in events {
             let payload = serde_json::to_vec(e).expect("events serialise");
+            if payload.len() > MAX_ENTRY as usize {
+                return Err(StorageError::TooLarge {
+                    size: payload.len(),
+                    max: MAX_ENTRY,
+                });
+            }
             buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
             buf.extend_from_slice(&payload);
@@ -160,8 +232,27 @@ impl Log {
             path: self.path.display().to_string(),
             source,
         };
-        self.file.write_all(&buf).map_err(io)?;
-        self.file.sync_data().map_err(io)
+        let written = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let undone = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_data());
+                if let Err(undo) = undone {
+                    tracing::error!(path = %self.path.display(), error = %undo, "cannot roll back a failed registry log append; refusing further writes");
+                    self.poisoned = true;
+                }
+                Err(io(e))
+            }
+        }
     }
 }
 
@@ -211,6 +302,34 @@ mod tests {
         flipped[n] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
         assert_eq!(Log::open(dir.path()).unwrap().1, vec![ev(1)]);
+    }
+
+    #[test]
+    fn a_second_process_on_the_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = Log::open(dir.path()).unwrap();
+        let err = Log::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("--data-dir"));
+        drop(log);
+        Log::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn an_entry_too_large_to_read_back_is_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path()).unwrap();
+        let big = Event::Schema {
+            id: 1,
+            schema: "x".repeat(MAX_ENTRY as usize),
+        };
+        assert!(matches!(
+            log.append(&[big]).unwrap_err(),
+            StorageError::TooLarge { .. }
+        ));
+        log.append(&[ev(2)]).unwrap();
+        drop(log);
+        assert_eq!(Log::open(dir.path()).unwrap().1, vec![ev(2)]);
     }
 
     #[test]

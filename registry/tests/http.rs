@@ -170,6 +170,7 @@ async fn register_get_and_lookup() {
 async fn every_error_code() {
     let s = start_with(weir_registry::ApiConfig {
         max_body_bytes: 4096,
+        ..Default::default()
     })
     .await;
     s.post("/subjects/a/versions", v1()).await;

@@ -64,7 +64,7 @@ fn main() {
         "batch", "native ns/msg", "wasm ns/msg", "wasm/native", "overhead ns/msg"
     );
     for size in [1usize, 10, 100] {
-        let batch: Vec<Message> = (0..size)
+        let mut batch: Vec<Message> = (0..size)
             .map(|i| Message {
                 topic: format!("plant/7/thermostat/t-{i:04}"),
                 payload: payload(i).into_bytes(),
@@ -95,7 +95,7 @@ fn main() {
             black_box(out);
         };
         let mut run_wasm = || {
-            let out = configured.process(black_box(&batch));
+            let out = configured.process(black_box(&mut batch));
             assert!(matches!(out[0], Outcome::Emit(_)));
             black_box(out);
         };

@@ -51,6 +51,11 @@ impl<T> AckQueue<T> {
         ready
     }
 
+    /// The oldest message not yet acknowledged.
+    pub fn oldest(&self) -> Option<&T> {
+        self.slots.front().map(|s| &s.token)
+    }
+
     /// Messages received and not yet acknowledged.
     pub fn pending(&self) -> usize {
         self.slots.len()

@@ -40,6 +40,9 @@ pub struct Config {
     pub output: Output,
     /// Where plugin files are found.
     pub plugins: Plugins,
+    /// The admin listener: metrics and health.
+    #[serde(default)]
+    pub admin: Admin,
     /// Device cohorts, matched in order; the first match wins.
     #[serde(rename = "cohort", default)]
     pub cohorts: Vec<Cohort>,
@@ -83,6 +86,34 @@ pub struct Mqtt {
     /// Password.
     #[serde(default)]
     pub password: Option<String>,
+    /// MQTT 5 retain handling for weir's subscriptions: `new-subscription` (default:
+    /// retained messages only when a subscription is new), `always` or `never`.
+    #[serde(default = "default_retain", deserialize_with = "de_retain")]
+    pub retain_handling: RetainHandling,
+    /// Largest payload weir publishes; a larger message goes to quarantine with code
+    /// `payload.too-large` (a prefix, its size and sha256). Default: what Kafka accepts by
+    /// default (1,000,000 bytes) less room for headers.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+}
+
+pub use crate::source::codec::RetainHandling;
+
+/// The `[admin]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: default_admin_listen(),
+        }
+    }
 }
 
 /// The `[kafka]` table.
@@ -138,6 +169,10 @@ pub struct Output {
     /// Longest a message waits for its batch to fill, milliseconds.
     #[serde(default = "default_batch_wait")]
     pub batch_wait_ms: u64,
+    /// On SIGTERM/SIGINT, how long weir waits for in-flight messages to be written and
+    /// acknowledged before it disconnects anyway (what is left stays with the broker).
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_s: u64,
 }
 
 impl Default for Output {
@@ -147,6 +182,7 @@ impl Default for Output {
             raw_topic: None,
             batch_size: default_batch(),
             batch_wait_ms: default_batch_wait(),
+            shutdown_timeout_s: default_shutdown_timeout(),
         }
     }
 }
@@ -213,6 +249,50 @@ fn default_batch() -> usize {
 fn default_batch_wait() -> u64 {
     5
 }
+fn default_shutdown_timeout() -> u64 {
+    30
+}
+fn default_retain() -> RetainHandling {
+    RetainHandling::NewSubscription
+}
+fn default_max_message() -> usize {
+    960_000
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9900".into()
+}
+
+fn de_retain<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RetainHandling, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "always" => Ok(RetainHandling::Always),
+        "new-subscription" => Ok(RetainHandling::NewSubscription),
+        "never" => Ok(RetainHandling::Never),
+        other => Err(serde::de::Error::custom(format!(
+            "retain_handling {other:?}: expected \"new-subscription\", \"always\" or \"never\""
+        ))),
+    }
+}
+
+/// Check a Kafka topic name: 1 to 249 characters of `a-z A-Z 0-9 . _ -`, not `.` or `..`.
+pub fn check_kafka_topic(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!(
+            "Kafka topic {name:?} must be 1 to 249 characters long"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("Kafka topic {name:?} is not allowed"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "Kafka topic {name:?} contains {c:?}; use letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
 
 fn de_protocol<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Protocol, D::Error> {
     #[derive(Deserialize)]
@@ -230,7 +310,7 @@ fn de_protocol<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Protocol, D::Er
     }
 }
 
-const OVERRIDABLE: [&str; 5] = ["mqtt", "kafka", "registry", "output", "plugins"];
+const OVERRIDABLE: [&str; 6] = ["mqtt", "kafka", "registry", "output", "plugins", "admin"];
 
 impl Config {
     /// Read, apply environment overrides, parse and check a config file.
@@ -301,8 +381,62 @@ impl Config {
         if self.mqtt.max_in_flight == 0 {
             return Err(("mqtt.max_in_flight".into(), "must be at least 1".into()));
         }
+        if self.mqtt.keep_alive_s < 5 {
+            return Err((
+                "mqtt.keep_alive_s".into(),
+                format!(
+                    "{} is too short: use at least 5 seconds",
+                    self.mqtt.keep_alive_s
+                ),
+            ));
+        }
+        if !(1024..=crate::source::codec::MAX_REMAINING).contains(&self.mqtt.max_message_bytes) {
+            return Err((
+                "mqtt.max_message_bytes".into(),
+                format!(
+                    "{} is out of range: use 1024 to {} (MQTT's largest packet)",
+                    self.mqtt.max_message_bytes,
+                    crate::source::codec::MAX_REMAINING
+                ),
+            ));
+        }
         if self.output.batch_size == 0 {
             return Err(("output.batch_size".into(), "must be at least 1".into()));
+        }
+        if self.output.batch_size > usize::from(self.mqtt.max_in_flight) {
+            return Err((
+                "output.batch_size".into(),
+                format!(
+                    "{} is larger than mqtt.max_in_flight ({}): a batch can never fill; lower output.batch_size or raise mqtt.max_in_flight",
+                    self.output.batch_size, self.mqtt.max_in_flight
+                ),
+            ));
+        }
+        check_kafka_topic(&self.output.quarantine_topic)
+            .map_err(|e| ("output.quarantine_topic".to_owned(), e))?;
+        if let Some(raw) = &self.output.raw_topic {
+            check_kafka_topic(raw).map_err(|e| ("output.raw_topic".to_owned(), e))?;
+        }
+        for key in ["message.timeout.ms", "delivery.timeout.ms"] {
+            if let Some(v) = self.kafka.properties.get(key)
+                && v.trim() != "0"
+            {
+                return Err((
+                    format!("kafka.properties.{key}"),
+                    format!(
+                        "{v:?}: weir waits out a Kafka outage of any length (a message stays unacknowledged at the MQTT broker until Kafka has it), so writes never expire; remove this property"
+                    ),
+                ));
+            }
+        }
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "admin.listen".into(),
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9900",
+                    self.admin.listen
+                ),
+            ));
         }
         if self.cohorts.is_empty() {
             return Err((
@@ -332,9 +466,7 @@ impl Config {
                     ),
                 ));
             }
-            if c.output_topic.is_empty() {
-                return Err((at("output_topic"), "must name a Kafka topic".into()));
-            }
+            check_kafka_topic(&c.output_topic).map_err(|e| (at("output_topic"), e))?;
             crate::route::KeyTemplate::parse(&c.key).map_err(|e| (at("key"), e))?;
         }
         Ok(())
@@ -446,6 +578,9 @@ key = "{topic[3]}"
         let c = parse(MINIMAL, &[]).unwrap();
         assert_eq!(c.mqtt.protocol, Protocol::V5);
         assert_eq!(c.mqtt.max_in_flight, 1000);
+        assert_eq!(c.mqtt.retain_handling, RetainHandling::NewSubscription);
+        assert_eq!(c.admin.listen, "127.0.0.1:9900");
+        assert_eq!(c.output.shutdown_timeout_s, 30);
         assert_eq!(c.output.quarantine_topic, "weir.quarantine");
         assert_eq!(c.registry.subject_strategy, SubjectStrategy::Topic);
         assert!(c.registry.auto_register);
@@ -457,7 +592,7 @@ key = "{topic[3]}"
             MINIMAL,
             &[
                 ("WEIR_MQTT_URL", "mqtt://10.0.0.1:1884"),
-                ("WEIR_MQTT_MAX_IN_FLIGHT", "50"),
+                ("WEIR_MQTT_MAX_IN_FLIGHT", "500"),
                 ("WEIR_MQTT_PROTOCOL", "\"3.1.1\""),
                 ("WEIR_KAFKA_BOOTSTRAP", "k:9093"),
                 ("WEIR_KAFKA_PROPERTY_LINGER_MS", "20"),
@@ -469,7 +604,7 @@ key = "{topic[3]}"
         )
         .unwrap();
         assert_eq!(c.mqtt.url, "mqtt://10.0.0.1:1884");
-        assert_eq!(c.mqtt.max_in_flight, 50);
+        assert_eq!(c.mqtt.max_in_flight, 500);
         assert_eq!(c.mqtt.protocol, Protocol::V311);
         assert_eq!(c.kafka.bootstrap, "k:9093");
         assert_eq!(c.kafka.properties["linger.ms"], "20");
@@ -499,5 +634,35 @@ key = "{topic[3]}"
         assert!(e.problem.contains("no cohort 3"), "{e}");
         let e = parse(MINIMAL, &[("WEIR_MQTT_MAX_IN_FLIGHT", "0")]).unwrap_err();
         assert_eq!(e.key, "mqtt.max_in_flight");
+    }
+
+    #[test]
+    fn unworkable_settings_are_refused_at_start_up() {
+        let e = parse(MINIMAL, &[("WEIR_MQTT_MAX_IN_FLIGHT", "8")]).unwrap_err();
+        assert_eq!(e.key, "output.batch_size");
+        assert!(e.problem.contains("max_in_flight"), "{e}");
+        let e = parse(MINIMAL, &[("WEIR_MQTT_KEEP_ALIVE_S", "2")]).unwrap_err();
+        assert_eq!(e.key, "mqtt.keep_alive_s");
+        let e = parse(MINIMAL, &[("WEIR_OUTPUT_QUARANTINE_TOPIC", "bad topic!")]).unwrap_err();
+        assert_eq!(e.key, "output.quarantine_topic");
+        let e = parse(MINIMAL, &[("WEIR_OUTPUT_RAW_TOPIC", "..")]).unwrap_err();
+        assert_eq!(e.key, "output.raw_topic");
+        let e = parse(MINIMAL, &[("WEIR_COHORT_0_OUTPUT_TOPIC", &"x".repeat(250))]).unwrap_err();
+        assert_eq!(e.key, "cohort[0].output_topic");
+        let e = parse(
+            MINIMAL,
+            &[("WEIR_KAFKA_PROPERTY_MESSAGE_TIMEOUT_MS", "30000")],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "kafka.properties.message.timeout.ms");
+        assert!(parse(MINIMAL, &[("WEIR_KAFKA_PROPERTY_MESSAGE_TIMEOUT_MS", "0")]).is_ok());
+        let e = parse(MINIMAL, &[("WEIR_MQTT_RETAIN_HANDLING", "sometimes")]).unwrap_err();
+        assert!(e.to_string().contains("retain_handling"), "{e}");
+        let c = parse(MINIMAL, &[("WEIR_MQTT_RETAIN_HANDLING", "never")]).unwrap();
+        assert_eq!(c.mqtt.retain_handling, RetainHandling::Never);
+        let e = parse(MINIMAL, &[("WEIR_ADMIN_LISTEN", "nowhere")]).unwrap_err();
+        assert_eq!(e.key, "admin.listen");
+        let e = parse(MINIMAL, &[("WEIR_MQTT_MAX_MESSAGE_BYTES", "10")]).unwrap_err();
+        assert_eq!(e.key, "mqtt.max_message_bytes");
     }
 }

@@ -31,7 +31,7 @@ pub fn run(
                  batch: &mut Vec<Message>,
                  output: &mut dyn Write|
      -> std::io::Result<()> {
-        let outcomes = plugin.process(batch);
+        let outcomes = plugin.process(batch.as_mut_slice());
         for slot in slots.drain(..) {
             let line = match slot {
                 Ok(i) => render(plugin, &outcomes[i]),
@@ -85,7 +85,7 @@ pub fn render(plugin: &Configured, outcome: &Outcome) -> LineOutcome {
             reason: reason.clone(),
         },
         Outcome::Fail { code, reason } => LineOutcome::Fail {
-            code: (*code).into(),
+            code: code.to_string(),
             reason: reason.clone(),
         },
         Outcome::Emit(records) => LineOutcome::Emit {

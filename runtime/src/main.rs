@@ -44,7 +44,18 @@ enum Command {
     /// Run the pipeline: MQTT → cohort plugin → Avro → Kafka, acknowledging MQTT only after
     /// Kafka has every output.
     ///
-    /// SIGINT/SIGTERM stops reading, finishes and acknowledges what is in flight, and exits 0.
+    /// SIGINT/SIGTERM stops reading and finishes what is in flight for at most
+    /// output.shutdown_timeout_s (default 30), then disconnects; what is not acknowledged
+    /// stays with the broker. A second signal stops at once. Exit codes: 0 drained,
+    /// 3 shutdown timeout, 130 second signal, 1 start-up error.
+    ///
+    /// The admin listener (admin.listen, default 127.0.0.1:9900) serves /metrics, /healthz
+    /// and /readyz.
+    ///
+    /// Quarantine codes (weir.error.code): payload.too-large, route.unmatched, plugin.trap,
+    /// plugin.timeout, plugin.oom, plugin.contract, plugin.output-too-large,
+    /// schema.violation, sink.produce-failed, or the plugin's own rejection code.
+    ///
     /// See examples/weir.toml for the config; every scalar key can be overridden from the
     /// environment as WEIR_<TABLE>_<KEY> (WEIR_MQTT_URL, WEIR_KAFKA_BOOTSTRAP,
     /// WEIR_REGISTRY_URL, ...).
@@ -79,8 +90,11 @@ enum RegistryCommand {
         )]
         data_dir: PathBuf,
         /// Largest request body accepted, bytes.
-        #[arg(long, env = "WEIR_REGISTRY_MAX_BODY", default_value_t = 16 << 20)]
+        #[arg(long, env = "WEIR_REGISTRY_MAX_BODY", default_value_t = 4 << 20)]
         max_body_bytes: usize,
+        /// Requests served at once (more wait); with the body limit, this bounds memory.
+        #[arg(long, env = "WEIR_REGISTRY_MAX_CONCURRENT", default_value_t = 8)]
+        max_concurrent: usize,
     },
 }
 
@@ -162,6 +176,26 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("weir").join("compiled"))
 }
 
+/// Every SIGINT or SIGTERM, as a message.
+fn signals() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down (a second signal stops at once)"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down (a second signal stops at once)"),
+            }
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -226,19 +260,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let file = config.display().to_string();
             let cfg = weir::config::Config::load(&config)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(async move {
+            let stopped = rt.block_on(async move {
+                let signals = signals()?;
                 let cache = engine.cache();
                 let prepared =
                     weir::pipeline::prepare(cfg, &file, engine.limits(), cache.as_deref()).await?;
-                weir::pipeline::run(prepared, shutdown_signal()).await?;
-                anyhow::Ok(())
+                anyhow::Ok(weir::pipeline::run(prepared, signals).await?)
             })?;
-            Ok(ExitCode::SUCCESS)
+            use weir::pipeline::Stopped;
+            let code = match stopped {
+                Stopped::Drained => {
+                    tracing::info!("stopped: every message taken in was written and acknowledged");
+                    0
+                }
+                Stopped::TimedOut { left } => {
+                    tracing::warn!(
+                        left,
+                        "stopped at the shutdown timeout: {left} message(s) left unacknowledged with the broker, which redelivers them"
+                    );
+                    3
+                }
+                Stopped::Interrupted { left } => {
+                    tracing::warn!(
+                        left,
+                        "stopped at once on a second signal: {left} message(s) left unacknowledged with the broker, which redelivers them"
+                    );
+                    130
+                }
+            };
+            // Exit without waiting for the Kafka client to give up on writes nobody waits for.
+            std::process::exit(code)
         }
         Command::Registry(RegistryCommand::Serve {
             listen,
             data_dir,
             max_body_bytes,
+            max_concurrent,
         }) => {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async move {
@@ -249,7 +306,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "schema registry listening on http://{}",
                     listener.local_addr()?
                 );
-                let config = weir_registry::ApiConfig { max_body_bytes };
+                let config = weir_registry::ApiConfig {
+                    max_body_bytes,
+                    max_concurrent,
+                };
                 weir_registry::serve(listener, &data_dir, config, shutdown_signal())
                     .await
                     .with_context(|| format!("registry with data dir {}", data_dir.display()))

@@ -1,76 +1,34 @@
 //! `weir run`: wires the stages — source → route → transform → encode → sink → ack.
 //!
-//! The pipeline task takes messages from the source in batches, routes them to cohorts,
-//! runs each cohort's plugin, and enqueues every Kafka write the message causes (records, or
-//! its quarantine entry; plus the raw capture when configured) in arrival order. A
-//! per-batch task waits for Kafka's acknowledgements and reports each message done to the
-//! acker, which sends PUBACKs in arrival order. A semaphore of `max_in_flight` permits,
-//! held from arrival until the ack, bounds everything in between: when Kafka stalls, the
-//! pipeline stops taking messages and the broker keeps the backlog in the session.
+//! - The **batcher** takes messages from the source until a batch is full or its wait ran
+//!   out.
+//! - The **pipeline task** routes the batch, runs each cohort's plugin on its share, asks
+//!   the planning core ([`crate::plan`]) for each message's writes and enqueues them in
+//!   arrival order.
+//! - A **delivery task** per batch waits for Kafka's answers and feeds them back to the
+//!   core, which says acknowledge, write again, or quarantine instead.
+//! - The **acker** releases acknowledgements in arrival order (the watermark in
+//!   [`crate::ack`]) to the source, which writes the PUBACKs.
+//!
+//! Memory is bounded by `mqtt.max_in_flight`: the source takes an in-flight permit before
+//! it hands a message on and releases it when the PUBACK is written. When Kafka stalls, the
+//! source stops reading and the broker keeps the backlog in the session.
 
 use crate::ack::AckQueue;
+use crate::admin;
 use crate::config::Config;
-use crate::encode::{self, registry::RegistryClient};
-use crate::route::{self, KeyTemplate, Rule};
-use crate::sink::{Sink, Write};
-use crate::source::{AckToken, Source};
+use crate::encode::{self, avro::AvroSchema, registry::RegistryClient};
+use crate::metrics::{CohortLabel, KindLabel, Metrics};
+use crate::plan::{CohortPlan, Delivery, Input, Kind, Next, Topology};
+use crate::route::{KeyTemplate, Rule};
+use crate::sink::{Failure, Sink};
+use crate::source::{AckToken, Incoming, Source};
 use crate::transform::{Configured, Host, Limits, Message, Outcome, Plugin};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc};
-
-/// Quarantine codes weir itself assigns (plugin rejections keep the plugin's own code).
-pub mod codes {
-    /// No cohort matched the message.
-    pub const UNROUTED: &str = "route.unmatched";
-    /// Kafka refused a record write; the message went to quarantine instead.
-    pub const PRODUCE_FAILED: &str = "sink.produce-failed";
-}
-
-/// What the pipeline has done so far.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Messages received.
-    pub received: AtomicU64,
-    /// Of those, redelivered by the broker (DUP).
-    pub redelivered: AtomicU64,
-    /// Records written to governed topics.
-    pub records: AtomicU64,
-    /// Messages acknowledged to the broker.
-    pub acked: AtomicU64,
-    /// Quarantined messages per code.
-    pub quarantined: Mutex<BTreeMap<String, u64>>,
-    /// Records per cohort.
-    pub per_cohort: Mutex<BTreeMap<String, u64>>,
-}
-
-impl Stats {
-    fn summary(&self) -> String {
-        format!(
-            "received {} (redelivered {}), records {} {:?}, quarantined {:?}, acked {}",
-            self.received.load(Ordering::Relaxed),
-            self.redelivered.load(Ordering::Relaxed),
-            self.records.load(Ordering::Relaxed),
-            self.per_cohort.lock().expect("stats lock"),
-            self.quarantined.lock().expect("stats lock"),
-            self.acked.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// A cohort ready to run.
-struct Cohort {
-    name: String,
-    plugin: Configured,
-    output_topic: String,
-    key: KeyTemplate,
-    schema_id: u32,
-    /// `weir.plugin`, `weir.plugin.sha256`, `weir.cohort`.
-    identity: Vec<(String, Vec<u8>)>,
-}
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// Start-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -163,8 +121,9 @@ async fn schema_id(
 /// Everything `run` needs, built and checked at start-up.
 pub struct Prepared {
     config: Config,
-    cohorts: Vec<Cohort>,
-    rules: Vec<Rule>,
+    file: String,
+    topology: Arc<Topology>,
+    plugins: Vec<Configured>,
 }
 
 /// Build the cohorts: resolve each pinned plugin to its sha256, check its config, and get
@@ -180,6 +139,7 @@ pub async fn prepare(
     let registry = RegistryClient::new(&config.registry.url);
     let mut cohorts = Vec::new();
     let mut rules = Vec::new();
+    let mut configured = Vec::new();
     for (i, c) in config.cohorts.iter().enumerate() {
         let plugin = plugins.get(&c.plugin).ok_or_else(|| {
             let mut found: Vec<&String> = plugins.keys().collect();
@@ -200,13 +160,15 @@ pub async fn prepare(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let configured = plugin
-            .configure(settings, format!("{}:{}", c.name, c.plugin))
-            .map_err(|e| StartError::Config {
-                file: file.into(),
-                key: format!("cohort[{i}].config"),
-                problem: format!("{} refused its config: {e}", c.plugin),
-            })?;
+        configured.push(
+            plugin
+                .configure(settings, format!("{}:{}", c.name, c.plugin))
+                .map_err(|e| StartError::Config {
+                    file: file.into(),
+                    key: format!("cohort[{i}].config"),
+                    problem: format!("{} refused its config: {e}", c.plugin),
+                })?,
+        );
         let info = plugin.info();
         let record_name =
             encode::registry::record_full_name(&info.schema).unwrap_or_else(|| info.name.clone());
@@ -223,19 +185,19 @@ pub async fn prepare(
         )
         .await?;
         tracing::info!(cohort = %c.name, plugin = %c.plugin, sha256 = %info.sha256, %subject, schema_id, "cohort ready");
-        cohorts.push(Cohort {
+        cohorts.push(CohortPlan {
             name: c.name.clone(),
-            plugin: configured,
             output_topic: c.output_topic.clone(),
             key: KeyTemplate::parse(&c.key).map_err(StartError::Other)?,
             schema_id,
+            schema: AvroSchema::clone(plugin.schema()),
             identity: vec![
-                ("weir.plugin".into(), info.id().into_bytes()),
+                (crate::headers::PLUGIN.into(), info.id().into_bytes()),
                 (
-                    "weir.plugin.sha256".into(),
+                    crate::headers::PLUGIN_SHA256.into(),
                     info.sha256.clone().into_bytes(),
                 ),
-                ("weir.cohort".into(), c.name.clone().into_bytes()),
+                (crate::headers::COHORT.into(), c.name.clone().into_bytes()),
             ],
         });
         rules.push(Rule {
@@ -247,376 +209,367 @@ pub async fn prepare(
                 .collect(),
         });
     }
-    Ok(Prepared {
-        config,
+    let topology = Topology {
         cohorts,
         rules,
+        quarantine_topic: config.output.quarantine_topic.clone(),
+        raw_topic: config.output.raw_topic.clone(),
+    };
+    Ok(Prepared {
+        config,
+        file: file.to_owned(),
+        topology: Arc::new(topology),
+        plugins: configured,
     })
 }
 
-/// Headers every write of a message carries: MQTT topic, receive time, user properties.
-fn message_headers(m: &crate::transform::Message) -> Vec<(String, Vec<u8>)> {
-    let mut h = Vec::with_capacity(2 + m.properties.len());
-    h.push(("weir.mqtt.topic".into(), m.topic.clone().into_bytes()));
-    h.push((
-        "weir.received_at".into(),
-        m.received_at_ms.to_string().into_bytes(),
-    ));
-    for (k, v) in &m.properties {
-        h.push((format!("mqtt.{k}"), v.clone().into_bytes()));
-    }
-    h
+/// How `run` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every message taken in was written and acknowledged.
+    Drained,
+    /// `shutdown_timeout_s` passed with messages still unacknowledged; the broker keeps
+    /// them and redelivers them to the next session.
+    TimedOut {
+        /// Messages left unacknowledged.
+        left: u32,
+    },
+    /// A second signal: stopped at once.
+    Interrupted {
+        /// Messages left unacknowledged.
+        left: u32,
+    },
 }
 
-/// The quarantine entry for a message: the original payload, untouched, and headers that
-/// name the failure.
-fn quarantine(
-    topic: &str,
-    m: &crate::transform::Message,
-    cohort: Option<&Cohort>,
-    stage: &str,
-    code: &str,
-    message: &str,
-) -> Write {
-    let mut headers = vec![
-        ("weir.error.stage".to_owned(), stage.as_bytes().to_vec()),
-        ("weir.error.code".to_owned(), code.as_bytes().to_vec()),
-        ("weir.error.message".to_owned(), message.as_bytes().to_vec()),
-    ];
-    if let Some(c) = cohort {
-        headers.extend(c.identity.iter().cloned());
-    }
-    headers.extend(message_headers(m));
-    Write {
-        topic: topic.to_owned(),
-        key: Some(m.topic.clone().into_bytes()),
-        value: m.payload.clone(),
-        headers,
-    }
-}
-
-/// Where a failure code belongs.
-fn stage_of(code: &str) -> &'static str {
-    if code == crate::transform::codes::SCHEMA_VIOLATION {
-        "encode"
-    } else {
-        "transform"
-    }
-}
-
-/// The writes one message causes, in order, and what they mean for the stats.
-struct Planned {
-    writes: Vec<Write>,
-    records: u64,
-    cohort: Option<usize>,
-    quarantine_code: Option<String>,
-}
-
-fn plan(
-    p: &Prepared,
-    m: &crate::transform::Message,
-    cohort: Option<usize>,
-    outcome: Option<&Outcome>,
-) -> Planned {
-    let q = &p.config.output.quarantine_topic;
-    let mut writes = Vec::new();
-    if let Some(raw) = &p.config.output.raw_topic {
-        writes.push(Write {
-            topic: raw.clone(),
-            key: Some(m.topic.clone().into_bytes()),
-            value: m.payload.clone(),
-            headers: message_headers(m),
-        });
-    }
-    let quarantined =
-        |writes: &mut Vec<Write>, c: Option<&Cohort>, stage: &str, code: &str, why: &str| {
-            writes.push(quarantine(q, m, c, stage, code, why));
-            Planned {
-                writes: std::mem::take(writes),
-                records: 0,
-                cohort,
-                quarantine_code: Some(code.to_owned()),
-            }
-        };
-    let Some(ci) = cohort else {
-        return quarantined(
-            &mut writes,
-            None,
-            "route",
-            codes::UNROUTED,
-            &format!(
-                "no cohort matches topic {:?} with these user properties",
-                m.topic
-            ),
-        );
-    };
-    let c = &p.cohorts[ci];
-    match outcome.expect("routed messages have an outcome") {
-        Outcome::Skip => Planned {
-            writes,
-            records: 0,
-            cohort,
-            quarantine_code: None,
-        },
-        Outcome::Reject { code, reason } => {
-            quarantined(&mut writes, Some(c), "transform", code, reason)
-        }
-        Outcome::Fail { code, reason } => {
-            quarantined(&mut writes, Some(c), stage_of(code), code, reason)
-        }
-        Outcome::Emit(records) => {
-            let base = message_headers(m);
-            let n = records.len() as u64;
-            for r in records {
-                let key = c.key.render(&m.topic, r.key.as_deref(), |field| {
-                    let v = c.plugin.plugin().schema().decode_to_json(&r.value).ok()?;
-                    match v.get(field)? {
-                        serde_json::Value::String(s) => Some(s.clone()),
-                        other => Some(other.to_string()),
-                    }
-                });
-                let mut headers = c.identity.clone();
-                headers.extend(base.iter().cloned());
-                headers.extend(
-                    r.headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone().into_bytes())),
-                );
-                writes.push(Write {
-                    topic: c.output_topic.clone(),
-                    key: key.map(String::into_bytes),
-                    value: encode::frame(c.schema_id, &r.value),
-                    headers,
-                });
-            }
-            Planned {
-                writes,
-                records: n,
-                cohort,
-                quarantine_code: None,
-            }
-        }
-    }
-}
-
+/// What the acker is told.
 enum AckEvent {
-    Arrived(Box<AckToken>),
+    Arrived(u64, AckToken),
     Done(u64),
 }
 
-/// Run until `shutdown` resolves; then stop reading, finish and acknowledge what is in
-/// flight, disconnect, and return the stats.
+/// Take the next batch: wait for the first message, then take more until `size` or `wait`.
+async fn next_batch(
+    rx: &mut mpsc::Receiver<Incoming>,
+    size: usize,
+    wait: Duration,
+) -> Option<Vec<Incoming>> {
+    let first = rx.recv().await?;
+    let mut batch = Vec::with_capacity(size);
+    batch.push(first);
+    let deadline = tokio::time::Instant::now() + wait;
+    while batch.len() < size {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(m)) => batch.push(m),
+                _ => break,
+            },
+        }
+    }
+    Some(batch)
+}
+
+/// Run until the first message on `signals`; then stop reading, finish what is in flight
+/// for at most `output.shutdown_timeout_s` (a second signal stops at once), disconnect.
 pub async fn run(
     p: Prepared,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<Arc<Stats>, StartError> {
-    let p = Arc::new(p);
-    let sink = Sink::new(&p.config.kafka).map_err(|e| StartError::Config {
-        file: "-".into(),
+    mut signals: mpsc::UnboundedReceiver<()>,
+) -> Result<Stopped, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let cfg = &p.config;
+    let admin = admin::bind(&cfg.admin.listen)
+        .await
+        .map_err(StartError::Other)?;
+    let _admin = admin::spawn(admin, metrics.clone());
+    let sink = Sink::new(&cfg.kafka).map_err(|e| StartError::Config {
+        file: p.file.clone(),
         key: "kafka".into(),
         problem: e.to_string(),
     })?;
-    let (source, mut rx) =
-        Source::start(&p.config.mqtt).map_err(|e| StartError::Other(e.to_string()))?;
-    let stats = Arc::new(Stats::default());
-    let in_flight = Arc::new(Semaphore::new(usize::from(p.config.mqtt.max_in_flight)));
+    let mut topics = vec![(
+        cfg.output.quarantine_topic.clone(),
+        "output.quarantine_topic".to_owned(),
+    )];
+    if let Some(raw) = &cfg.output.raw_topic {
+        topics.push((raw.clone(), "output.raw_topic".into()));
+    }
+    for (i, c) in cfg.cohorts.iter().enumerate() {
+        topics.push((c.output_topic.clone(), format!("cohort[{i}].output_topic")));
+    }
+    sink.check_topics(&topics)
+        .await
+        .map_err(|e| StartError::Other(format!("{}: {e}", p.file)))?;
+    let _kafka_probe = AbortOnDrop(sink.watch(metrics.clone()));
+    let started = tokio::select! {
+        s = Source::start(&cfg.mqtt, metrics.clone()) => s,
+        _ = signals.recv() => {
+            tracing::info!("stopped before the MQTT session started");
+            return Ok(Stopped::Drained);
+        }
+    };
+    let (source, mut rx) = started.map_err(|e| StartError::Other(e.to_string()))?;
 
     // The acker: PUBACKs in arrival order, each after all its message's writes.
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckEvent>();
     let acker = {
-        let (source, stats) = (source.clone(), stats.clone());
+        let (source, metrics) = (source.clone(), metrics.clone());
         tokio::spawn(async move {
-            let mut queue = AckQueue::default();
-            while let Some(ev) = ack_rx.recv().await {
-                let ready = match ev {
-                    AckEvent::Arrived(t) => {
-                        queue.arrived(*t);
+            let mut queue: AckQueue<AckToken> = AckQueue::default();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let ev = tokio::select! {
+                    ev = ack_rx.recv() => ev,
+                    _ = tick.tick() => {
+                        let age = queue.oldest().map_or(0.0, |t| t.arrived().elapsed().as_secs_f64());
+                        metrics.oldest_unacked_seconds.set(age);
                         continue;
                     }
-                    AckEvent::Done(seq) => queue.done(seq),
                 };
-                for token in ready {
-                    match source.ack(&token).await {
-                        Ok(true) => {
-                            stats.acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(false) => {}
-                        Err(e) => tracing::error!(error = %e, "cannot send PUBACK"),
+                match ev {
+                    Some(AckEvent::Arrived(seq, t)) => {
+                        let got = queue.arrived(t);
+                        debug_assert_eq!(got, seq);
                     }
+                    Some(AckEvent::Done(seq)) => {
+                        for token in queue.done(seq) {
+                            source.ack(token);
+                        }
+                    }
+                    None => break,
                 }
             }
         })
     };
 
-    let batch_size = p.config.output.batch_size;
-    let batch_wait = Duration::from_millis(p.config.output.batch_wait_ms);
+    let batch_size = cfg.output.batch_size;
+    let batch_wait = Duration::from_millis(cfg.output.batch_wait_ms);
+    let plugins = Arc::new(p.plugins);
     let mut next_seq = 0u64;
-    let mut shutdown = std::pin::pin!(shutdown);
     let mut report = tokio::time::interval(Duration::from_secs(10));
-    'main: loop {
-        // Collect a batch: wait for the first message, then take more until full or the
-        // batch wait runs out.
-        // (sequence number, message, in-flight permit). The message is lent to the
-        // transform without copying it: taken out for the plugin call, then put back.
-        let mut batch: Vec<(u64, Option<Message>, tokio::sync::OwnedSemaphorePermit)> = Vec::new();
-        let first = tokio::select! {
-            () = &mut shutdown => break 'main,
+    report.tick().await;
+    loop {
+        let batch = tokio::select! {
+            _ = signals.recv() => break,
             _ = report.tick() => {
-                tracing::info!("{}", stats.summary());
+                tracing::info!(
+                    received = metrics.received.get(),
+                    acked = metrics.acked.get(),
+                    in_flight = source.in_flight(),
+                    "progress"
+                );
                 continue;
             }
-            m = rx.recv() => m,
+            b = next_batch(&mut rx, batch_size, batch_wait) => b,
         };
-        let Some(first) = first else { break };
-        let deadline = tokio::time::Instant::now() + batch_wait;
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            let permit = tokio::select! {
-                () = &mut shutdown => break 'main,
-                permit = in_flight.clone().acquire_owned() => permit.expect("semaphore open"),
-            };
-            stats.received.fetch_add(1, Ordering::Relaxed);
-            if m.dup {
-                stats.redelivered.fetch_add(1, Ordering::Relaxed);
-            }
-            let _ = ack_tx.send(AckEvent::Arrived(Box::new(m.ack.clone())));
-            batch.push((next_seq, Some(m.message), permit));
+        let Some(batch) = batch else { break };
+        let topology = p.topology.clone();
+        let mut inputs = Vec::with_capacity(batch.len());
+        let mut seqs = Vec::with_capacity(batch.len());
+        for inc in batch {
+            let _ = ack_tx.send(AckEvent::Arrived(next_seq, inc.ack));
+            seqs.push(next_seq);
             next_seq += 1;
-            if batch.len() >= batch_size {
-                break;
-            }
-            next = match rx.try_recv() {
-                Ok(m) => Some(m),
-                Err(_) => tokio::time::timeout_at(deadline, rx.recv())
-                    .await
-                    .ok()
-                    .flatten(),
-            };
+            inputs.push(Input {
+                message: inc.message,
+                retained: inc.retain,
+                oversize: inc.oversize,
+            });
         }
-
-        // Route, then transform each cohort's share of the batch.
-        let routes: Vec<Option<usize>> = batch
-            .iter()
-            .map(|(_, m, _)| {
-                let m = m.as_ref().expect("present until the writes are planned");
-                route::route(&p.rules, &m.topic, &m.properties)
-            })
-            .collect();
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
-        for (ci, cohort) in p.cohorts.iter().enumerate() {
-            let idx: Vec<usize> = (0..batch.len())
-                .filter(|&i| routes[i] == Some(ci))
-                .collect();
-            if idx.is_empty() {
-                continue;
-            }
-            let group: Vec<Message> = idx
-                .iter()
-                .map(|&i| {
-                    batch[i]
-                        .1
-                        .take()
-                        .expect("each message routes to one cohort")
-                })
-                .collect();
-            let results = tokio::task::block_in_place(|| cohort.plugin.process(&group));
-            for ((i, o), m) in idx.into_iter().zip(results).zip(group) {
-                outcomes[i] = Some(o);
-                batch[i].1 = Some(m);
-            }
+        let routes: Vec<Option<usize>> =
+            inputs.iter().map(|i| topology.route(&i.message)).collect();
+        let outcomes = transform(&topology, &plugins, &metrics, &mut inputs, &routes);
+        let mut deliveries = Vec::with_capacity(inputs.len());
+        for ((input, cohort), outcome) in inputs.into_iter().zip(routes).zip(outcomes) {
+            let mut d = topology.plan(input, cohort, outcome);
+            let next = d.start();
+            let sent = enqueue(&sink, next).await;
+            deliveries.push((d, sent));
         }
-
-        // Enqueue every write in arrival order; a task per batch waits for Kafka.
-        let mut waits = Vec::with_capacity(batch.len());
-        for ((seq, m, permit), (cohort, outcome)) in
-            batch.into_iter().zip(routes.into_iter().zip(outcomes))
-        {
-            let m = m.expect("put back after the transform");
-            let planned = plan(&p, &m, cohort, outcome.as_ref());
-            let mut futures = Vec::with_capacity(planned.writes.len());
-            for w in &planned.writes {
-                match sink.send(w).await {
-                    Ok(f) => futures.push(f),
-                    Err(e) => tracing::error!(error = %e, "Kafka write refused"),
-                }
-            }
-            waits.push((seq, m, cohort, planned, futures, permit));
-        }
-        let (sink, stats, ack_tx, p) = (sink.clone(), stats.clone(), ack_tx.clone(), p.clone());
+        let (sink, metrics, ack_tx, topology) = (
+            sink.clone(),
+            metrics.clone(),
+            ack_tx.clone(),
+            topology.clone(),
+        );
         tokio::spawn(async move {
-            for (seq, message, cohort, planned, futures, permit) in waits {
-                let mut failed = planned.writes.len() != futures.len();
-                for f in futures {
-                    match f.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => {
-                            tracing::error!(error = %e, "Kafka did not accept a write");
-                            failed = true;
-                        }
-                        Err(_) => failed = true,
-                    }
-                }
-                if failed {
-                    // Put the message in quarantine instead; only if that is acknowledged
-                    // is the message acknowledged. Otherwise it stays unacknowledged and
-                    // the broker redelivers it after a restart.
-                    let c = cohort.map(|i| &p.cohorts[i]);
-                    let w = quarantine(
-                        &p.config.output.quarantine_topic,
-                        &message,
-                        c,
-                        "sink",
-                        codes::PRODUCE_FAILED,
-                        "Kafka did not accept a write of this message",
-                    );
-                    let ok = match sink.send(&w).await {
-                        Ok(f) => matches!(f.await, Ok(Ok(_))),
-                        Err(_) => false,
-                    };
-                    if !ok {
-                        tracing::error!(topic = %message.topic, "message could not be written to Kafka nor quarantined; leaving it unacknowledged");
-                        continue;
-                    }
-                    *stats
-                        .quarantined
-                        .lock()
-                        .expect("stats lock")
-                        .entry(codes::PRODUCE_FAILED.into())
-                        .or_default() += 1;
-                } else {
-                    stats.records.fetch_add(planned.records, Ordering::Relaxed);
-                    if let (Some(ci), true) = (planned.cohort, planned.records > 0) {
-                        *stats
-                            .per_cohort
-                            .lock()
-                            .expect("stats lock")
-                            .entry(p.cohorts[ci].name.clone())
-                            .or_default() += planned.records;
-                    }
-                    if let Some(code) = planned.quarantine_code {
-                        *stats
-                            .quarantined
-                            .lock()
-                            .expect("stats lock")
-                            .entry(code)
-                            .or_default() += 1;
-                    }
-                }
+            for ((d, sent), seq) in deliveries.into_iter().zip(seqs) {
+                deliver(&sink, &topology, &metrics, d, sent).await;
                 let _ = ack_tx.send(AckEvent::Done(seq));
-                drop(permit);
             }
         });
     }
 
-    // Drain: everything taken in is written and acknowledged before we disconnect.
-    tracing::info!("stopping: finishing in-flight messages");
-    let all = u32::from(p.config.mqtt.max_in_flight);
-    let _ = in_flight.acquire_many(all).await;
-    drop(ack_tx);
-    let _ = acker.await;
-    sink.flush(Duration::from_secs(10));
-    source.disconnect().await;
+    // Stop reading: what the source has handed on but the pipeline has not taken goes back
+    // to the broker (it is redelivered to the next session).
+    rx.close();
+    while rx.try_recv().is_ok() {}
+    let timeout = Duration::from_secs(cfg.output.shutdown_timeout_s);
+    tracing::info!(
+        in_flight = source.in_flight(),
+        timeout_s = timeout.as_secs(),
+        "stopping: finishing in-flight messages"
+    );
+    let stopped = tokio::select! {
+        r = tokio::time::timeout(timeout, source.drained()) => match r {
+            Ok(()) => Stopped::Drained,
+            Err(_) => Stopped::TimedOut { left: source.in_flight() },
+        },
+        _ = signals.recv() => Stopped::Interrupted { left: source.in_flight() },
+    };
+    if stopped == Stopped::Drained {
+        drop(ack_tx);
+        let _ = acker.await;
+        sink.flush(Duration::from_secs(5));
+        source.disconnect().await;
+    }
     drop(rx);
-    tracing::info!("stopped: {}", stats.summary());
-    Ok(stats)
+    Ok(stopped)
+}
+
+/// Run each cohort's plugin over its share of the batch; `None` for messages that are not
+/// transformed (unrouted, oversize).
+fn transform(
+    topology: &Topology,
+    plugins: &[Configured],
+    metrics: &Metrics,
+    inputs: &mut [Input],
+    routes: &[Option<usize>],
+) -> Vec<Option<Outcome>> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
+    for (ci, plugin) in plugins.iter().enumerate() {
+        let idx: Vec<usize> = (0..inputs.len())
+            .filter(|&i| routes[i] == Some(ci) && inputs[i].oversize.is_none())
+            .collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let mut group: Vec<Message> = idx
+            .iter()
+            .map(|&i| std::mem::take(&mut inputs[i].message))
+            .collect();
+        let started = Instant::now();
+        let results = tokio::task::block_in_place(|| plugin.process(&mut group));
+        Metrics::observe(
+            &metrics.transform_seconds.get_or_create(&CohortLabel {
+                cohort: topology.cohorts[ci].name.clone(),
+            }),
+            started.elapsed(),
+        );
+        for ((i, o), m) in idx.into_iter().zip(results).zip(group) {
+            outcomes[i] = Some(o);
+            inputs[i].message = m;
+        }
+    }
+    outcomes
+}
+
+/// Writes enqueued with Kafka, or the message's end if it needs none.
+enum Sent {
+    Waiting(
+        Vec<(
+            Kind,
+            crate::sink::Write,
+            Result<rdkafka::producer::DeliveryFuture, Failure>,
+        )>,
+        Instant,
+    ),
+    Done(crate::plan::Settled),
+}
+
+/// Enqueue a step's writes (after its backoff).
+async fn enqueue(sink: &Sink, next: Next) -> Sent {
+    match next {
+        Next::Done(s) => Sent::Done(s),
+        Next::Send { writes, after, .. } => {
+            if !after.is_zero() {
+                tokio::time::sleep(after).await;
+            }
+            let mut out = Vec::with_capacity(writes.len());
+            for (kind, w) in writes {
+                let f = sink.send(&w).await;
+                out.push((kind, w, f));
+            }
+            Sent::Waiting(out, Instant::now())
+        }
+    }
+}
+
+/// Drive one message's writes to their end with the planning core.
+async fn deliver(
+    sink: &Sink,
+    topology: &Topology,
+    metrics: &Metrics,
+    mut d: Delivery,
+    mut sent: Sent,
+) {
+    let mut stuck = false;
+    loop {
+        let (writes, started) = match sent {
+            Sent::Done(s) => {
+                if stuck {
+                    metrics.stuck_writes.dec();
+                }
+                let cohort = s.cohort.map_or("-", |c| topology.cohorts[c].name.as_str());
+                metrics.published(cohort, s.records);
+                if let Some(code) = &s.quarantined {
+                    metrics.quarantine(cohort, code);
+                    if *code == weir_sdk::codes::Code::PayloadTooLarge {
+                        metrics.oversize.inc();
+                    }
+                }
+                return;
+            }
+            Sent::Waiting(w, started) => (w, started),
+        };
+        let mut results = Vec::with_capacity(writes.len());
+        for (kind, w, f) in writes {
+            let r = match f {
+                Ok(f) => match f.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(Failure::of(&e)),
+                    Err(_) => Err(Failure::Transient("the producer dropped the write".into())),
+                },
+                Err(f) => Err(f),
+            };
+            if let Err(f) = &r {
+                let kind_label = match kind {
+                    Kind::Raw => "raw",
+                    Kind::Record => "record",
+                    Kind::Quarantine => "quarantine",
+                };
+                metrics
+                    .write_retries
+                    .get_or_create(&KindLabel {
+                        kind: kind_label.into(),
+                    })
+                    .inc();
+                tracing::error!(kind = kind_label, topic = %w.topic, mqtt_topic = %d.input().message.topic, error = f.reason(), "Kafka did not accept a write");
+            }
+            results.push(((kind, w), r));
+        }
+        Metrics::observe(&metrics.produce_seconds, started.elapsed());
+        let next = d.settle(topology, results);
+        if let Next::Send {
+            stuck: now_stuck, ..
+        } = &next
+            && *now_stuck != stuck
+        {
+            if *now_stuck {
+                metrics.stuck_writes.inc();
+                tracing::error!(mqtt_topic = %d.input().message.topic, "a quarantine write keeps failing; the message stays unacknowledged and weir is not ready until Kafka takes it");
+            } else {
+                metrics.stuck_writes.dec();
+            }
+            stuck = *now_stuck;
+        }
+        sent = enqueue(sink, next).await;
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

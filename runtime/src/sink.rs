@@ -1,16 +1,24 @@
 //! The sink stage: an idempotent, acks=all Kafka producer (rdkafka). Writes are enqueued in
-//! arrival order; each returns a delivery future the ack stage waits on. Any librdkafka
-//! property can be set from config, except the two that the no-loss guarantee rests on.
+//! arrival order; each returns a delivery future the delivery task waits on. Any librdkafka
+//! property can be set from config, except those the no-loss guarantee rests on.
+//!
+//! Writes never expire (`message.timeout.ms=0`): while Kafka is down they wait, weir stops
+//! reading at its in-flight bound, and the MQTT broker keeps the backlog. A write that does
+//! fail is classified ([`Failure`]) so the planning core can decide what happens next.
 
 use crate::config::Kafka;
+use crate::metrics::Metrics;
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One Kafka write.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
     /// Topic.
     pub topic: String,
@@ -22,10 +30,52 @@ pub struct Write {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// Why a write failed, as far as what to do next is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The record is larger than Kafka accepts: writing it again cannot work, a smaller
+    /// one might.
+    TooLarge(String),
+    /// Kafka refuses this record for good (invalid, not authorised, no such topic).
+    Permanent(String),
+    /// Anything else: worth writing again.
+    Transient(String),
+}
+
+impl Failure {
+    /// Classify a Kafka error.
+    pub fn of(e: &KafkaError) -> Failure {
+        use RDKafkaErrorCode as C;
+        let why = e.to_string();
+        match e.rdkafka_error_code() {
+            Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => Failure::TooLarge(why),
+            Some(
+                C::InvalidMessage
+                | C::InvalidRecord
+                | C::TopicAuthorizationFailed
+                | C::InvalidTopic
+                | C::PolicyViolation
+                | C::UnknownTopic
+                | C::UnknownTopicOrPartition
+                | C::InvalidRequiredAcks,
+            ) => Failure::Permanent(why),
+            _ => Failure::Transient(why),
+        }
+    }
+
+    /// What Kafka said.
+    pub fn reason(&self) -> &str {
+        match self {
+            Failure::TooLarge(w) | Failure::Permanent(w) | Failure::Transient(w) => w,
+        }
+    }
+}
+
 /// The producer.
 #[derive(Clone)]
 pub struct Sink {
     producer: FutureProducer,
+    config: ClientConfig,
 }
 
 /// Sink errors.
@@ -37,26 +87,23 @@ pub enum SinkError {
     /// The setting would break the no-loss guarantee.
     #[error("kafka.properties.{0} cannot be changed: weir always produces with {0}={1}")]
     Forbidden(String, String),
-    /// A write was refused outright.
-    #[error("Kafka refused the write to {topic}: {error}")]
-    Refused {
-        /// Topic.
-        topic: String,
-        /// Why.
-        error: KafkaError,
-    },
+    /// A topic weir writes to is not usable.
+    #[error("{0}")]
+    Topic(String),
 }
 
+/// The producer's queue is bounded (so is weir's memory): at most this many KiB wait in
+/// librdkafka unless `queue.buffering.max.kbytes` is set.
+const QUEUE_KBYTES: &str = "65536";
+
 impl Sink {
-    /// A producer for `cfg`: `enable.idempotence=true`, `acks=all`, and no delivery timeout
-    /// (`message.timeout.ms=0`: while Kafka is down, writes wait rather than fail, and weir
-    /// stops reading once its in-flight bound is reached).
+    /// A producer for `cfg`: `enable.idempotence=true`, `acks=all`, and no delivery timeout.
     pub fn new(cfg: &Kafka) -> Result<Sink, SinkError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &cfg.bootstrap)
             .set("linger.ms", "5")
             .set("compression.type", "none")
-            .set("message.timeout.ms", "0");
+            .set("queue.buffering.max.kbytes", QUEUE_KBYTES);
         for (k, v) in &cfg.properties {
             let fixed = match k.as_str() {
                 "enable.idempotence" => Some("true"),
@@ -71,14 +118,110 @@ impl Sink {
             }
             c.set(k, v);
         }
-        c.set("enable.idempotence", "true").set("acks", "all");
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "0");
         let producer = c.create().map_err(SinkError::Create)?;
-        Ok(Sink { producer })
+        Ok(Sink {
+            producer,
+            config: c,
+        })
+    }
+
+    /// Check, with metadata requests, that every topic weir writes to exists or can be
+    /// created; create missing ones with the broker's defaults. Errors name the topic and
+    /// the fix.
+    pub async fn check_topics(&self, topics: &[(String, String)]) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
+        let missing = tokio::task::spawn_blocking(move || {
+            let mut missing = Vec::new();
+            for t in &names {
+                match producer
+                    .client()
+                    .fetch_metadata(Some(t), Duration::from_secs(10))
+                {
+                    Ok(md) => match md.topics().first() {
+                        Some(topic)
+                            if topic.error().is_none() && !topic.partitions().is_empty() => {}
+                        Some(topic) => missing.push((
+                            t.clone(),
+                            topic
+                                .error()
+                                .map(|e| format!("{:?}", RDKafkaErrorCode::from(e)))
+                                .unwrap_or_else(|| "no partitions".into()),
+                        )),
+                        None => missing.push((t.clone(), "not in the metadata".into())),
+                    },
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(missing)
+        })
+        .await
+        .map_err(|e| SinkError::Topic(e.to_string()))?
+        .map_err(|e| {
+            SinkError::Topic(format!(
+                "cannot read Kafka metadata: {e}; check kafka.bootstrap and that the brokers are up"
+            ))
+        })?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> =
+            self.config.create().map_err(SinkError::Create)?;
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|(t, _)| NewTopic::new(t, -1, TopicReplication::Fixed(-1)))
+            .collect();
+        let results = admin
+            .create_topics(&new, &AdminOptions::new())
+            .await
+            .map_err(|e| SinkError::Topic(format!("cannot create topics: {e}")))?;
+        for r in results {
+            if let Err((topic, code)) = &r
+                && *code != RDKafkaErrorCode::TopicAlreadyExists
+            {
+                let key = topics
+                    .iter()
+                    .find(|(t, _)| t == topic)
+                    .map_or("-", |(_, k)| k.as_str());
+                let was = missing
+                    .iter()
+                    .find(|(t, _)| t == topic)
+                    .map_or("", |(_, w)| w.as_str());
+                return Err(SinkError::Topic(format!(
+                    "{key}: Kafka topic {topic:?} does not exist ({was}) and cannot be created ({code:?}); create it, or grant weir's principal CREATE on it, or name a topic that exists"
+                )));
+            }
+            tracing::info!(topic = ?r.ok(), "created Kafka topic");
+        }
+        Ok(())
+    }
+
+    /// Probe Kafka with a metadata request every few seconds and record the result for
+    /// `/readyz`, until the returned guard is dropped.
+    pub fn watch(&self, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
+        let producer = self.producer.clone();
+        tokio::spawn(async move {
+            loop {
+                let p = producer.clone();
+                let ok = tokio::task::spawn_blocking(move || {
+                    p.client()
+                        .fetch_metadata(None, Duration::from_secs(3))
+                        .is_ok_and(|md| !md.brokers().is_empty())
+                })
+                .await
+                .unwrap_or(false);
+                metrics.set_kafka_ready(ok);
+                tokio::time::sleep(Duration::from_secs(if ok { 5 } else { 1 })).await;
+            }
+        })
     }
 
     /// Enqueue a write (waiting while the producer's queue is full); the future resolves
     /// when Kafka has acknowledged it.
-    pub async fn send(&self, w: &Write) -> Result<DeliveryFuture, SinkError> {
+    pub async fn send(&self, w: &Write) -> Result<DeliveryFuture, Failure> {
         let mut headers = OwnedHeaders::new_with_capacity(w.headers.len());
         for (k, v) in &w.headers {
             headers = headers.insert(Header {
@@ -99,21 +242,41 @@ impl Sink {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((error, _)) => {
-                    return Err(SinkError::Refused {
-                        topic: w.topic.clone(),
-                        error,
-                    });
-                }
+                Err((error, _)) => return Err(Failure::of(&error)),
             }
         }
     }
 
     /// Wait for everything enqueued to be delivered (bounded by `timeout`).
     pub fn flush(&self, timeout: Duration) {
-        use rdkafka::producer::Producer;
         if let Err(e) = self.producer.flush(timeout) {
             tracing::warn!(error = %e, "Kafka flush did not finish");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_classified() {
+        let e = |c| KafkaError::MessageProduction(c);
+        assert!(matches!(
+            Failure::of(&e(RDKafkaErrorCode::MessageSizeTooLarge)),
+            Failure::TooLarge(_)
+        ));
+        assert!(matches!(
+            Failure::of(&e(RDKafkaErrorCode::TopicAuthorizationFailed)),
+            Failure::Permanent(_)
+        ));
+        assert!(matches!(
+            Failure::of(&e(RDKafkaErrorCode::MessageTimedOut)),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(
+            Failure::of(&e(RDKafkaErrorCode::BrokerTransportFailure)),
+            Failure::Transient(_)
+        ));
     }
 }

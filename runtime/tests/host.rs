@@ -47,12 +47,12 @@ fn adversarial_messages_are_classified_and_healthy_ones_still_emit() {
         "reject",
         "d",
     ];
-    let batch: Vec<_> = payloads
+    let mut batch: Vec<_> = payloads
         .iter()
         .map(|p| message("t/x", p.as_bytes()))
         .collect();
     let started = Instant::now();
-    let out = p.process(&batch);
+    let out = p.process(&mut batch);
     let kinds: Vec<String> = out.iter().map(kind).collect();
     assert_eq!(
         kinds,
@@ -105,7 +105,7 @@ fn reserved_headers_cannot_be_set_by_plugins() {
     let out = plugin
         .configure(vec![], "adversarial")
         .unwrap()
-        .process(&[message("t", b"spoof")]);
+        .process(&mut [message("t", b"spoof")]);
     assert_eq!(kind(&out[0]), format!("fail:{}", codes::CONTRACT));
 }
 
@@ -114,7 +114,7 @@ fn a_lone_infinite_loop_is_stopped_at_its_deadline() {
     let plugin = host().load_file(&plugin_wasm("adversarial")).unwrap();
     let p = plugin.configure(vec![], "adversarial").unwrap();
     let started = Instant::now();
-    let out = p.process(&[message("t", b"loop")]);
+    let out = p.process(&mut [message("t", b"loop")]);
     assert_eq!(kind(&out[0]), format!("fail:{}", codes::TIMEOUT));
     // The deadline is 100 ms; allow generous scheduling slack on a loaded machine.
     assert!(
@@ -127,7 +127,7 @@ fn a_lone_infinite_loop_is_stopped_at_its_deadline() {
 #[test]
 fn output_is_deterministic_across_hosts() {
     let path = plugin_wasm("thermostat");
-    let batch: Vec<_> = (0..50)
+    let mut batch: Vec<_> = (0..50)
         .map(|i| {
             let payload = format!(
                 r#"{{"ts":{i},"temperature":{{"value":{},"unit":"F"}},"humidity":{{"value":40.5}}}}"#,
@@ -136,9 +136,9 @@ fn output_is_deterministic_across_hosts() {
             message(&format!("p/t-{i}"), payload.as_bytes())
         })
         .collect();
-    let run = || {
+    let mut run = || {
         let plugin = host().load_file(&path).unwrap();
-        plugin.configure(vec![], "t").unwrap().process(&batch)
+        plugin.configure(vec![], "t").unwrap().process(&mut batch)
     };
     let (a, b) = (run(), run());
     assert!(a.iter().all(|o| matches!(o, Outcome::Emit(_))));
@@ -155,7 +155,7 @@ fn config_is_passed_to_init_and_refusals_are_reported() {
     let narrow = plugin
         .configure(vec![("max_c".into(), "25".into())], "t")
         .unwrap();
-    let out = narrow.process(&[message("a/t-1", br#"{"temp_c":30}"#)]);
+    let out = narrow.process(&mut [message("a/t-1", br#"{"temp_c":30}"#)]);
     assert_eq!(kind(&out[0]), "reject:reading.out-of-range");
 }
 
@@ -185,11 +185,11 @@ fn precompiled_artifacts_are_cached_and_reused() {
     let a = first
         .configure(vec![], "m")
         .unwrap()
-        .process(&[message("m/1", &frame)]);
+        .process(&mut [message("m/1", &frame)]);
     let b = second
         .configure(vec![], "m")
         .unwrap()
-        .process(&[message("m/1", &frame)]);
+        .process(&mut [message("m/1", &frame)]);
     assert_eq!(a, b);
     assert_eq!(kind(&a[0]), "emit:1");
 }

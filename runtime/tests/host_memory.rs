@@ -16,7 +16,7 @@ fn host_memory_stays_bounded_over_thousands_of_bad_calls() {
             } else {
                 cycle[i % cycle.len()]
             };
-            let out = p.process(&[message("t", payload.as_bytes()), message("t", b"fine")]);
+            let out = p.process(&mut [message("t", payload.as_bytes()), message("t", b"fine")]);
             assert_eq!(kind(&out[1]), "emit:1", "healthy neighbour of {payload}");
         }
     };

@@ -39,6 +39,7 @@ pub mod bindings {
     });
 }
 
+pub mod codes;
 pub mod dryrun;
 pub mod testing;
 

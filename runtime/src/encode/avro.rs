@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 /// A schema the plugin declared, compiled for fast transcoding.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AvroSchema {
     nodes: Vec<Node>,
     root: usize,
@@ -42,7 +42,7 @@ pub enum SchemaError {
 #[error("{0}")]
 pub struct Violation(pub String);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Field {
     name: String,
     node: usize,
@@ -50,7 +50,7 @@ struct Field {
     default: Option<Vec<u8>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Node {
     Null,
     Boolean,

@@ -20,33 +20,37 @@
 mod cache;
 mod sandbox;
 
-pub use sandbox::{Limits, Message};
+pub use crate::message::Message;
+pub use sandbox::Limits;
 
 use crate::encode::avro::{AvroSchema, Violation};
-use sandbox::{CallError, Instance};
+use sandbox::{CallError, Instance, WitMessage};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
+use weir_sdk::codes::Code;
 
 /// Idle, initialised instances kept per configured plugin.
 pub const IDLE_INSTANCES: usize = 4;
 /// Calls an instance serves before it is replaced by a fresh one.
 pub const CALLS_PER_INSTANCE: u32 = 1000;
 
-/// Failure codes a message can get from this stage (beyond the plugin's own rejections).
+/// Failure codes a message can get from this stage (beyond the plugin's own rejections);
+/// the full list is [`weir_sdk::codes::Code`].
 pub mod codes {
+    use weir_sdk::codes::Code;
     /// The plugin trapped (panic, unreachable, out-of-bounds, stack overflow).
-    pub const TRAP: &str = "plugin.trap";
+    pub const TRAP: Code = Code::PluginTrap;
     /// The plugin ran past its CPU deadline.
-    pub const TIMEOUT: &str = "plugin.timeout";
+    pub const TIMEOUT: Code = Code::PluginTimeout;
     /// The plugin hit its memory cap.
-    pub const OOM: &str = "plugin.oom";
-    /// The plugin broke the contract (e.g. wrong number of outcomes).
-    pub const CONTRACT: &str = "plugin.contract";
+    pub const OOM: Code = Code::PluginOom;
+    /// The plugin broke the contract (e.g. wrong number of outcomes, a malformed code).
+    pub const CONTRACT: Code = Code::PluginContract;
     /// The plugin's output exceeded the size limits.
-    pub const OUTPUT_TOO_LARGE: &str = "plugin.output-too-large";
+    pub const OUTPUT_TOO_LARGE: Code = Code::PluginOutputTooLarge;
     /// A record did not match the declared schema.
-    pub const SCHEMA_VIOLATION: &str = "schema.violation";
+    pub const SCHEMA_VIOLATION: Code = Code::SchemaViolation;
 }
 
 /// Errors loading a plugin.
@@ -129,7 +133,7 @@ pub enum Outcome {
     /// The message failed in this stage; see [`codes`].
     Fail {
         /// One of [`codes`].
-        code: &'static str,
+        code: Code,
         /// What happened.
         reason: String,
     },
@@ -284,14 +288,32 @@ impl Configured {
         &self.plugin
     }
 
-    /// Transform a batch: exactly one outcome per message, in order.
-    pub fn process(&self, batch: &[Message]) -> Vec<Outcome> {
+    /// Transform a batch: exactly one outcome per message, in order. The messages are
+    /// lent to the plugin call without copying them (moved into the binding types and
+    /// back), hence `&mut`; they are unchanged afterwards.
+    pub fn process(&self, batch: &mut [Message]) -> Vec<Outcome> {
+        let wit: Vec<WitMessage> = batch
+            .iter_mut()
+            .map(|m| WitMessage {
+                topic: std::mem::take(&mut m.topic),
+                payload: std::mem::take(&mut m.payload),
+                properties: std::mem::take(&mut m.properties),
+                content_type: m.content_type.take(),
+                received_at_ms: m.received_at_ms,
+            })
+            .collect();
         let mut out = Vec::with_capacity(batch.len());
-        self.process_into(batch, &mut out);
+        self.process_into(&wit, &mut out);
+        for (m, w) in batch.iter_mut().zip(wit) {
+            m.topic = w.topic;
+            m.payload = w.payload;
+            m.properties = w.properties;
+            m.content_type = w.content_type;
+        }
         out
     }
 
-    fn process_into(&self, batch: &[Message], out: &mut Vec<Outcome>) {
+    fn process_into(&self, batch: &[WitMessage], out: &mut Vec<Outcome>) {
         if batch.is_empty() {
             return;
         }
@@ -319,7 +341,7 @@ impl Configured {
 
     /// One call of `process` on an initialised instance: an idle one, or a fresh one. The
     /// instance goes back to the idle list only if the call succeeded.
-    fn call(&self, batch: &[Message]) -> Result<Vec<sandbox::WitOutcome>, CallError> {
+    fn call(&self, batch: &[WitMessage]) -> Result<Vec<sandbox::WitOutcome>, CallError> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let (mut instance, calls) = match idle {
             Some(pair) => pair,
@@ -354,9 +376,18 @@ fn encode_outcome(schema: &AvroSchema, limits: &Limits, o: sandbox::WitOutcome) 
     use sandbox::WitOutcome as W;
     match o {
         W::Skip => Outcome::Skip,
-        W::Reject(r) => Outcome::Reject {
-            code: r.code,
-            reason: r.reason,
+        W::Reject(r) => match weir_sdk::codes::check_plugin_code(&r.code) {
+            Ok(()) => Outcome::Reject {
+                code: r.code,
+                reason: r.reason,
+            },
+            Err(why) => Outcome::Fail {
+                code: codes::CONTRACT,
+                reason: format!(
+                    "the plugin rejected the message with a malformed code: {why} (its reason: {})",
+                    r.reason
+                ),
+            },
         },
         W::Emit(records) => {
             if records.len() > limits.max_records_per_message {

@@ -16,7 +16,9 @@ mod bindings {
     });
 }
 
-pub use bindings::weir::transform::types::{Level, Message, Outcome as WitOutcome, PluginInfo};
+pub use bindings::weir::transform::types::{
+    Level, Message as WitMessage, Outcome as WitOutcome, PluginInfo,
+};
 
 /// Limits applied to every plugin call.
 #[derive(Debug, Clone)]
@@ -165,7 +167,10 @@ impl Sandbox {
 /// Per-store state: the memory limiter and the log of this call.
 pub(super) struct State {
     label: String,
+    /// One cap for the whole instance: every linear memory and table it grows counts.
     memory_cap: usize,
+    /// Bytes of memories and tables the instance holds now.
+    memory_used: usize,
     hit_memory_cap: bool,
     logged: usize,
     /// The last error-level line (a panic message, usually), to explain a trap.
@@ -175,24 +180,37 @@ pub(super) struct State {
 impl wasmtime::ResourceLimiter for State {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_cap {
-            self.hit_memory_cap = true;
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grow(current, desired))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(self.grow(current * TABLE_ELEMENT_BYTES, desired * TABLE_ELEMENT_BYTES))
+    }
+}
+
+/// What a table element is charged against the memory cap (a pointer-sized reference plus
+/// wasmtime's bookkeeping).
+const TABLE_ELEMENT_BYTES: usize = 16;
+
+impl State {
+    /// Charge growth from `current` to `desired` bytes against the instance's one cap.
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let after = self.memory_used - current.min(self.memory_used) + desired;
+        if after > self.memory_cap {
+            self.hit_memory_cap = true;
+            return false;
+        }
+        self.memory_used = after;
+        true
     }
 }
 
@@ -247,7 +265,7 @@ pub(super) enum CallError {
 }
 
 impl CallError {
-    pub(super) fn code(&self) -> &'static str {
+    pub(super) fn code(&self) -> weir_sdk::codes::Code {
         match self {
             CallError::Timeout(_) => codes::TIMEOUT,
             CallError::Oom(_) => codes::OOM,
@@ -269,6 +287,7 @@ impl Instance {
         let state = State {
             label: label.to_owned(),
             memory_cap: sandbox.0.limits.memory_bytes,
+            memory_used: 0,
             hit_memory_cap: false,
             logged: 0,
             last_error: None,
@@ -288,6 +307,7 @@ impl Instance {
     }
 
     fn arm(&mut self, messages: usize) {
+        self.store.data_mut().hit_memory_cap = false;
         self.store.data_mut().logged = 0;
         self.store.data_mut().last_error = None;
         self.store
@@ -354,7 +374,7 @@ impl Instance {
         }
     }
 
-    pub(super) fn process(&mut self, batch: &[Message]) -> Result<Vec<WitOutcome>, CallError> {
+    pub(super) fn process(&mut self, batch: &[WitMessage]) -> Result<Vec<WitOutcome>, CallError> {
         self.arm(batch.len());
         self.plugin
             .call_process(&mut self.store, batch)

@@ -64,6 +64,8 @@ bootstrap = "{kafka}"
 url = "{registry}"
 [output]
 quarantine_topic = "{p}.quarantine"
+[admin]
+listen = "127.0.0.1:0"
 [plugins]
 dir = "{dir}"
 [[cohort]]
@@ -101,11 +103,24 @@ output_topic = "{p}.chaos"
 pub struct Weir {
     pub child: Child,
     pub log: Arc<Mutex<String>>,
+    /// Its admin listener, `http://host:port`.
+    pub admin: String,
     dir: tempfile::TempDir,
 }
 
+/// GET `url`; the status and body, or `None` if nothing answered.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let resp = client.get(url).send().ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().unwrap_or_default()))
+}
+
 impl Weir {
-    /// Start weir on `config` (extra env applied) and wait until it has subscribed.
+    /// Start weir on `config` (extra env applied) and wait until `/readyz` says ready.
     pub fn start(config: &str, env: &[(&str, &str)]) -> Weir {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("weir.toml");
@@ -133,22 +148,53 @@ impl Weir {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("MQTT subscriptions acknowledged") {
-                    let _ = tx.send(());
+                if let Some(addr) = line.split("admin listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_owned());
                 }
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
             }
         });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let Ok(admin) = rx.recv_timeout(Duration::from_secs(60)) else {
             let _ = child.kill();
             panic!(
-                "weir did not subscribe within 60 s; its log:\n{}",
+                "weir did not open its admin listener within 60 s; its log:\n{}",
                 log.lock().unwrap()
             );
+        };
+        let weir = Weir {
+            child,
+            log,
+            admin,
+            dir,
+        };
+        weir.wait_ready(Duration::from_secs(60));
+        weir
+    }
+
+    /// Wait until `/readyz` answers 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some((200, _)) = http_get(&format!("{}/readyz", self.admin)) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "weir not ready within {timeout:?}: {:?}; its log:\n{}",
+                http_get(&format!("{}/readyz", self.admin)),
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
-        Weir { child, log, dir }
+    }
+
+    /// `/metrics`.
+    pub fn metrics(&self) -> String {
+        http_get(&format!("{}/metrics", self.admin))
+            .expect("weir's admin listener answers")
+            .1
     }
 
     /// SIGKILL.

@@ -1,0 +1,773 @@
+//! The source stage: weir's own MQTT 5 / 3.1.1 client connection, with a persistent
+//! session and manual acks, on top of rumqttc's packet codec ([`codec`]).
+//!
+//! weir owns the connection loop (rather than using rumqttc's event loop) because the
+//! guarantees live there:
+//! - **An ack goes out only on the connection its message arrived on.** Each message carries
+//!   an [`AckToken`] naming its connection; a token from an earlier connection is dropped,
+//!   because the broker redelivers that message on the new one and may have reused its
+//!   packet id. (A client event loop with its own request queue would send a PUBACK queued
+//!   during a reconnect on the next connection.)
+//! - **Bounded in-flight, arrival to PUBACK written.** A permit is taken before a PUBLISH
+//!   is handed on and released when its PUBACK is written (or its token dropped), so at
+//!   most `max_in_flight` messages exist inside weir. MQTT 5 brokers are also told this as
+//!   the receive maximum; a 3.1.1 broker is held back by TCP once weir stops reading.
+//! - **Any size.** No Maximum Packet Size is announced; a PUBLISH larger than weir holds
+//!   in memory is streamed: its payload is hashed and only a prefix kept, and the message
+//!   is handed on marked [`Oversize`] for quarantine.
+//! - **PUBACKs are batched**: every ack ready at once goes out in one write.
+//! - **Retained messages** are not re-fetched: MQTT 5 retain handling (default "new
+//!   subscription only"), and no re-subscribe on a reconnect that found the session.
+//! - **Refused subscriptions** stop start-up with the filter and the reason; after a
+//!   reconnect they are an error log and a metric.
+
+pub mod codec;
+
+use crate::config::{Mqtt, Protocol};
+use crate::message::Message;
+use crate::metrics::Metrics;
+use bytes::BytesMut;
+use codec::{ConnectOptions, Frame, Proto, ProtocolError, RetainHandling};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+
+/// Bytes of an oversize payload kept for its quarantine entry.
+pub const OVERSIZE_PREFIX: usize = 4096;
+/// Room for topic and properties on top of `max_message_bytes` before a PUBLISH is streamed
+/// instead of read whole.
+const HEADER_ROOM: usize = 128 << 10;
+/// Longest wait for the TCP connection and the CONNACK, and for the SUBACK.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Most PUBACKs written in one go.
+const ACK_BATCH: usize = 4096;
+
+/// A received message and what is needed to acknowledge it.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The message (for an oversize one, the payload is a prefix).
+    pub message: Message,
+    /// Redelivered by the broker (DUP flag).
+    pub dup: bool,
+    /// A retained message.
+    pub retain: bool,
+    /// Set when the payload was larger than `mqtt.max_message_bytes`.
+    pub oversize: Option<Oversize>,
+    /// The ack handle; it holds an in-flight permit until the PUBACK is written.
+    pub ack: AckToken,
+}
+
+/// The full size and digest of a payload too large to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversize {
+    /// Payload bytes.
+    pub size: u64,
+    /// sha256 of the whole payload, lowercase hex.
+    pub sha256: String,
+}
+
+/// Identifies a received PUBLISH for its PUBACK, and holds its in-flight permit.
+#[derive(Debug)]
+pub struct AckToken {
+    connection: u64,
+    /// 0 for QoS 0 (nothing to send).
+    pkid: u16,
+    arrived: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AckToken {
+    /// When the message arrived.
+    pub fn arrived(&self) -> Instant {
+        self.arrived
+    }
+}
+
+/// Source errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The URL is not usable.
+    #[error("mqtt.url {0:?}: {1}")]
+    Url(String, String),
+    /// The broker refused the connection in a way retrying cannot fix.
+    #[error(
+        "the MQTT broker refused the connection: {0}; check mqtt.client_id, mqtt.username and mqtt.password"
+    )]
+    Refused(String),
+    /// The broker refused a subscription.
+    #[error(
+        "the MQTT broker refused subscription {filter:?}: {reason}; check the filter and the broker's ACLs (or its shared-subscription support)"
+    )]
+    Subscription {
+        /// The topic filter.
+        filter: String,
+        /// The broker's reason.
+        reason: String,
+    },
+}
+
+fn host_port(url: &str) -> Result<(String, u16), SourceError> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| {
+            SourceError::Url(
+                url.into(),
+                "expected mqtt://host:port (TLS is not supported yet)".into(),
+            )
+        })?;
+    let rest = rest.trim_end_matches('/');
+    match rest.rsplit_once(':') {
+        Some((h, p)) => Ok((
+            h.to_owned(),
+            p.parse()
+                .map_err(|_| SourceError::Url(url.into(), format!("port {p:?} is not a number")))?,
+        )),
+        None => Ok((rest.to_owned(), 1883)),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Backoff before reconnect attempt `n` (from 0): exponential to 10 s, with ±50 % jitter so
+/// a fleet of weir processes does not reconnect in lockstep.
+fn backoff(n: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << n.min(7)).min(10_000);
+    let jitter = rand::random_range(base / 2..=base + base / 2);
+    Duration::from_millis(jitter)
+}
+
+/// The MQTT side as the pipeline sees it: acks go in, a stop comes in.
+#[derive(Clone)]
+pub struct Source {
+    acks: mpsc::UnboundedSender<AckToken>,
+    stop: watch::Sender<bool>,
+    permits: Arc<Semaphore>,
+    max_in_flight: u32,
+    done: Arc<tokio::sync::Notify>,
+    finished: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").finish_non_exhaustive()
+    }
+}
+
+impl Source {
+    /// Connect, subscribe, and hand messages on through the returned channel. Returns once
+    /// the first subscription is granted (retrying while the broker is unreachable); a
+    /// refused subscription or a refused login is an error.
+    pub async fn start(
+        cfg: &Mqtt,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
+        let (host, port) = host_port(&cfg.url)?;
+        let max_in_flight = u32::from(cfg.max_in_flight);
+        let (tx, rx) = mpsc::channel(usize::from(cfg.max_in_flight));
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let permits = Arc::new(Semaphore::new(usize::from(cfg.max_in_flight)));
+        let done = Arc::new(tokio::sync::Notify::new());
+        let finished = Arc::new(AtomicBool::new(false));
+        let session = Session {
+            addr: format!("{host}:{port}"),
+            proto: match cfg.protocol {
+                Protocol::V5 => Proto::V5,
+                Protocol::V311 => Proto::V311,
+            },
+            connect: ConnectOptions {
+                client_id: cfg.client_id.clone(),
+                keep_alive_s: cfg.keep_alive_s,
+                session_expiry_s: cfg.session_expiry_s,
+                receive_maximum: cfg.max_in_flight,
+                login: cfg
+                    .username
+                    .clone()
+                    .map(|u| (u, cfg.password.clone().unwrap_or_default())),
+            },
+            subs: cfg.subscriptions.clone(),
+            retain: cfg.retain_handling,
+            keep_alive: Duration::from_secs(cfg.keep_alive_s.into()),
+            max_message_bytes: cfg.max_message_bytes,
+            tx,
+            acks: ack_rx,
+            stop: stop_rx,
+            permits: permits.clone(),
+            metrics,
+            connection: Arc::new(AtomicU64::new(0)),
+            ready: Some(ready_tx),
+        };
+        {
+            let (done, finished) = (done.clone(), finished.clone());
+            tokio::spawn(async move {
+                session.run().await;
+                finished.store(true, Ordering::Release);
+                done.notify_waiters();
+            });
+        }
+        match ready_rx.await {
+            Ok(Ok(())) => Ok((
+                Source {
+                    acks: ack_tx,
+                    stop: stop_tx,
+                    permits,
+                    max_in_flight,
+                    done,
+                    finished,
+                },
+                rx,
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(SourceError::Refused(
+                "the MQTT session ended at start-up".into(),
+            )),
+        }
+    }
+
+    /// Acknowledge a message (PUBACK), on the connection it arrived on; a token from an
+    /// earlier connection is dropped (the broker redelivers that message).
+    pub fn ack(&self, token: AckToken) {
+        // If the session has ended the token is dropped, which releases its permit.
+        let _ = self.acks.send(token);
+    }
+
+    /// Messages inside weir: received and not yet acknowledged (or dropped).
+    pub fn in_flight(&self) -> u32 {
+        self.max_in_flight - self.permits.available_permits() as u32
+    }
+
+    /// Wait until every message handed on has been acknowledged or dropped.
+    pub async fn drained(&self) {
+        let _ = self.permits.acquire_many(self.max_in_flight).await;
+    }
+
+    /// Disconnect cleanly (the session, and anything unacknowledged, stays at the broker),
+    /// after writing the acks already given.
+    pub async fn disconnect(&self) {
+        let _ = self.stop.send(true);
+        let wait = self.done.notified();
+        if !self.finished.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(HANDSHAKE, wait).await;
+        }
+    }
+}
+
+/// What the reader tells the connection loop.
+enum Control {
+    SubAck(Vec<codec::Granted>),
+    PingResp,
+    Disconnect(String),
+    Closed(String),
+}
+
+/// One connection's reader: frames packets, hands PUBLISHes on (taking an in-flight permit
+/// first), and reports the rest to the connection loop.
+struct Reader {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    proto: Proto,
+    connection: u64,
+    max_message_bytes: usize,
+    tx: mpsc::Sender<Incoming>,
+    control: mpsc::Sender<Control>,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    /// Unix ms of the last byte read; while `waiting` the reader is held back by weir, not
+    /// by the broker.
+    last_read: Arc<AtomicU64>,
+    waiting: Arc<AtomicBool>,
+}
+
+impl Reader {
+    async fn fill(&mut self) -> Result<(), String> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(64 << 10);
+        }
+        match self.read.read_buf(&mut self.buf).await {
+            Ok(0) => Err("the broker closed the connection".into()),
+            Ok(_) => {
+                self.last_read.store(now_ms() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(format!("read failed: {e}")),
+        }
+    }
+
+    async fn run(mut self) {
+        let why = loop {
+            match self.next().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => break e,
+            }
+        };
+        let _ = self.control.send(Control::Closed(why)).await;
+    }
+
+    /// Read and dispatch one packet; `Ok(false)` when the pipeline is gone.
+    async fn next(&mut self) -> Result<bool, String> {
+        let fixed = loop {
+            match codec::fixed_header(&self.buf).map_err(|e| e.to_string())? {
+                Some(f) => break f,
+                None => self.fill().await?,
+            }
+        };
+        let stream = fixed.kind() == 3 && fixed.remaining > self.max_message_bytes + HEADER_ROOM;
+        let publish = if stream {
+            self.streamed(fixed).await.map_err(|e| e.to_string())?
+        } else {
+            let need = fixed.frame_len();
+            if self.buf.len() < need {
+                self.buf.reserve(need - self.buf.len());
+            }
+            while self.buf.len() < need {
+                self.fill().await?;
+            }
+            let frame = self
+                .proto
+                .decode(&mut self.buf)
+                .map_err(|e| e.to_string())?;
+            let control = match frame {
+                Frame::Publish(p) => {
+                    let oversize = (p.payload.len() > self.max_message_bytes).then(|| Oversize {
+                        size: p.payload.len() as u64,
+                        sha256: hex::encode(Sha256::digest(&p.payload)),
+                    });
+                    let mut p = p;
+                    if oversize.is_some() {
+                        p.payload.truncate(OVERSIZE_PREFIX);
+                        p.payload.shrink_to_fit();
+                    }
+                    return self.deliver(p, oversize).await;
+                }
+                Frame::SubAck { granted, .. } => Control::SubAck(granted),
+                Frame::PingResp => Control::PingResp,
+                Frame::Disconnect(why) => Control::Disconnect(why),
+                Frame::ConnAck { .. } => return Err("unexpected CONNACK".into()),
+                Frame::Other(kind) => {
+                    tracing::warn!(kind, "ignoring an unexpected MQTT packet");
+                    return Ok(true);
+                }
+            };
+            return Ok(self.control.send(control).await.is_ok());
+        };
+        let (p, oversize) = publish;
+        self.deliver(p, Some(oversize)).await
+    }
+
+    /// A PUBLISH too large to hold: decode its header, hash its payload as it streams past
+    /// and keep a prefix.
+    async fn streamed(
+        &mut self,
+        fixed: codec::Fixed,
+    ) -> Result<(codec::Publish, Oversize), ProtocolError> {
+        let header_len = loop {
+            if let Some(n) = self.proto.publish_header_len(&fixed, &self.buf)? {
+                break n;
+            }
+            self.fill().await.map_err(ProtocolError)?;
+        };
+        let head = fixed.header_len + header_len;
+        while self.buf.len() < head {
+            self.fill().await.map_err(ProtocolError)?;
+        }
+        let header = self.buf.split_to(head);
+        let mut publish = self.proto.decode_publish_header(&fixed, &header)?;
+        let mut left = fixed.remaining - header_len;
+        let size = left as u64;
+        let mut hash = Sha256::new();
+        let mut prefix = Vec::with_capacity(OVERSIZE_PREFIX);
+        loop {
+            let n = left.min(self.buf.len());
+            let chunk = self.buf.split_to(n);
+            hash.update(&chunk);
+            let keep = (OVERSIZE_PREFIX - prefix.len()).min(chunk.len());
+            prefix.extend_from_slice(&chunk[..keep]);
+            left -= n;
+            if left == 0 {
+                break;
+            }
+            self.fill().await.map_err(ProtocolError)?;
+        }
+        publish.payload = prefix;
+        Ok((
+            publish,
+            Oversize {
+                size,
+                sha256: hex::encode(hash.finalize()),
+            },
+        ))
+    }
+
+    async fn deliver(
+        &mut self,
+        p: codec::Publish,
+        oversize: Option<Oversize>,
+    ) -> Result<bool, String> {
+        if p.qos == 2 {
+            return Err(
+                "the broker sent a QoS 2 message on a QoS 1 subscription (a protocol violation)"
+                    .into(),
+            );
+        }
+        self.waiting.store(true, Ordering::Relaxed);
+        let permit = self.permits.clone().acquire_owned().await;
+        let Ok(permit) = permit else {
+            return Ok(false);
+        };
+        self.metrics.received.inc();
+        self.metrics.in_flight.inc();
+        if p.dup {
+            self.metrics.redelivered.inc();
+        }
+        if p.retain {
+            self.metrics.retained.inc();
+        }
+        let incoming = Incoming {
+            message: Message {
+                topic: p.topic,
+                payload: p.payload,
+                properties: p.properties,
+                content_type: p.content_type,
+                received_at_ms: now_ms(),
+            },
+            dup: p.dup,
+            retain: p.retain,
+            oversize,
+            ack: AckToken {
+                connection: self.connection,
+                pkid: if p.qos == 0 { 0 } else { p.pkid },
+                arrived: Instant::now(),
+                _permit: permit,
+            },
+        };
+        let sent = self.tx.send(incoming).await.is_ok();
+        self.waiting.store(false, Ordering::Relaxed);
+        Ok(sent)
+    }
+}
+
+/// The session: connects, subscribes, runs connections one after another until stopped.
+struct Session {
+    addr: String,
+    proto: Proto,
+    connect: ConnectOptions,
+    subs: Vec<String>,
+    retain: RetainHandling,
+    keep_alive: Duration,
+    max_message_bytes: usize,
+    tx: mpsc::Sender<Incoming>,
+    acks: mpsc::UnboundedReceiver<AckToken>,
+    stop: watch::Receiver<bool>,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    connection: Arc<AtomicU64>,
+    ready: Option<oneshot::Sender<Result<(), SourceError>>>,
+}
+
+/// How a connection ended.
+enum End {
+    /// Stop requested; DISCONNECT sent.
+    Stopped,
+    /// Lost (or refused in a way worth retrying).
+    Lost(String),
+    /// Cannot go on (refused login or subscription at start-up).
+    Fatal(SourceError),
+}
+
+impl Session {
+    async fn run(mut self) {
+        let mut failures = 0u32;
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let before = self.connection.load(Ordering::Acquire);
+            let end = self.connection().await;
+            if self.connection.load(Ordering::Acquire) != before {
+                failures = 0;
+            }
+            self.metrics.set_mqtt_ready(false);
+            match end {
+                End::Stopped => return,
+                End::Fatal(e) => {
+                    tracing::error!(error = %e, "MQTT: giving up");
+                    if let Some(ready) = self.ready.take() {
+                        let _ = ready.send(Err(e));
+                    }
+                    return;
+                }
+                End::Lost(why) => {
+                    let wait = backoff(failures);
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %why, retry_in = ?wait, "MQTT connection lost; reconnecting");
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connection(&mut self) -> End {
+        let stream = match tokio::time::timeout(HANDSHAKE, TcpStream::connect(&self.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return End::Lost(format!("cannot connect to {}: {e}", self.addr)),
+            Err(_) => return End::Lost(format!("connecting to {} timed out", self.addr)),
+        };
+        let _ = stream.set_nodelay(true);
+        let (read, mut write) = stream.into_split();
+        let mut out = BytesMut::with_capacity(4096);
+        if let Err(e) = self.proto.connect(&self.connect, &mut out) {
+            return End::Fatal(SourceError::Refused(e.to_string()));
+        }
+        if let Err(e) = write.write_all(&out).await {
+            return End::Lost(format!("write failed: {e}"));
+        }
+        out.clear();
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        let mut read = read;
+        let connack = tokio::time::timeout(HANDSHAKE, async {
+            loop {
+                if let Some(f) = codec::fixed_header(&buf).map_err(|e| e.to_string())?
+                    && buf.len() >= f.frame_len()
+                {
+                    return self.proto.decode(&mut buf).map_err(|e| e.to_string());
+                }
+                match read.read_buf(&mut buf).await {
+                    Ok(0) => return Err("the broker closed the connection".to_owned()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("read failed: {e}")),
+                }
+            }
+        })
+        .await;
+        let session_present = match connack {
+            Ok(Ok(Frame::ConnAck {
+                refused: None,
+                session_present,
+            })) => session_present,
+            Ok(Ok(Frame::ConnAck {
+                refused: Some((why, fatal)),
+                ..
+            })) => {
+                return if fatal {
+                    End::Fatal(SourceError::Refused(why))
+                } else {
+                    End::Lost(format!("connection refused: {why}"))
+                };
+            }
+            Ok(Ok(other)) => return End::Lost(format!("expected CONNACK, got {other:?}")),
+            Ok(Err(e)) => return End::Lost(e),
+            Err(_) => return End::Lost("no CONNACK within 10 s".into()),
+        };
+        let first = self.ready.is_some();
+        let n = self.connection.fetch_add(1, Ordering::AcqRel) + 1;
+        if !first {
+            self.metrics.reconnects.inc();
+        }
+        tracing::info!(connection = n, session_present, "MQTT connected");
+
+        let (control_tx, mut control) = mpsc::channel(16);
+        let last_read = Arc::new(AtomicU64::new(now_ms() as u64));
+        let waiting = Arc::new(AtomicBool::new(false));
+        let reader = Reader {
+            read,
+            buf,
+            proto: self.proto,
+            connection: n,
+            max_message_bytes: self.max_message_bytes,
+            tx: self.tx.clone(),
+            control: control_tx,
+            permits: self.permits.clone(),
+            metrics: self.metrics.clone(),
+            last_read: last_read.clone(),
+            waiting: waiting.clone(),
+        };
+        let reader = tokio::spawn(reader.run());
+        let _abort = AbortOnDrop(reader);
+
+        // Subscribe on the first connection (the config may have changed since the session
+        // was made) and whenever the broker lost the session; not on a reconnect that found
+        // it, which would fetch retained messages again under MQTT 3.1.1.
+        let mut suback_deadline = None;
+        if first || !session_present {
+            if let Err(e) = self.proto.subscribe(1, &self.subs, self.retain, &mut out) {
+                return End::Fatal(SourceError::Subscription {
+                    filter: self.subs.join(", "),
+                    reason: e.to_string(),
+                });
+            }
+            if let Err(e) = write.write_all(&out).await {
+                return End::Lost(format!("write failed: {e}"));
+            }
+            out.clear();
+            suback_deadline = Some(tokio::time::Instant::now() + HANDSHAKE);
+        } else {
+            tracing::info!("MQTT session resumed; subscriptions kept by the broker");
+            self.metrics.set_mqtt_ready(true);
+        }
+
+        let mut ping = tokio::time::interval(self.keep_alive);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut tokens = Vec::with_capacity(64);
+        loop {
+            let suback_wait = async {
+                match suback_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                got = self.acks.recv_many(&mut tokens, ACK_BATCH) => {
+                    if got == 0 {
+                        return End::Stopped;
+                    }
+                    for t in &tokens {
+                        if t.connection == n && t.pkid != 0 {
+                            self.proto.puback(t.pkid, &mut out);
+                        }
+                    }
+                    if !out.is_empty() {
+                        if let Err(e) = write.write_all(&out).await {
+                            return End::Lost(format!("write failed: {e}"));
+                        }
+                        out.clear();
+                    }
+                    let now = Instant::now();
+                    for t in tokens.drain(..) {
+                        if t.connection == n {
+                            self.metrics.acked.inc();
+                            Metrics::observe(&self.metrics.ack_seconds, now - t.arrived);
+                        }
+                        self.metrics.in_flight.dec();
+                    }
+                }
+                _ = ping.tick() => {
+                    let silent = now_ms() as u64 - last_read.load(Ordering::Relaxed);
+                    if !waiting.load(Ordering::Relaxed)
+                        && silent > 2 * self.keep_alive.as_millis() as u64
+                    {
+                        return End::Lost(format!("nothing from the broker for {silent} ms (keep-alive)"));
+                    }
+                    self.proto.pingreq(&mut out);
+                    if let Err(e) = write.write_all(&out).await {
+                        return End::Lost(format!("write failed: {e}"));
+                    }
+                    out.clear();
+                }
+                c = control.recv() => match c {
+                    Some(Control::SubAck(granted)) => {
+                        suback_deadline = None;
+                        let refused: Vec<(String, String)> = self
+                            .subs
+                            .iter()
+                            .zip(granted.iter().map(Some).chain(std::iter::repeat(None)))
+                            .filter_map(|(f, g)| match g {
+                                Some(Ok(q)) if *q >= 1 => None,
+                                Some(Ok(q)) => Some((f.clone(), format!("granted QoS {q}, weir needs QoS 1 to acknowledge after Kafka"))),
+                                Some(Err(why)) => Some((f.clone(), why.clone())),
+                                None => Some((f.clone(), "missing from the SUBACK".into())),
+                            })
+                            .collect();
+                        if let Some((filter, reason)) = refused.first() {
+                            self.metrics.subscriptions_refused.inc_by(refused.len() as u64);
+                            if self.ready.is_some() {
+                                let e = SourceError::Subscription { filter: filter.clone(), reason: reason.clone() };
+                                disconnect(self.proto, &mut write).await;
+                                return End::Fatal(e);
+                            }
+                            for (filter, reason) in &refused {
+                                tracing::error!(%filter, %reason, "MQTT subscription refused after reconnecting; messages on it are not received");
+                            }
+                        } else {
+                            tracing::info!(filters = self.subs.len(), "MQTT subscriptions acknowledged");
+                            self.metrics.set_mqtt_ready(true);
+                        }
+                        if let Some(ready) = self.ready.take() {
+                            let _ = ready.send(Ok(()));
+                        }
+                    }
+                    Some(Control::PingResp) => {}
+                    Some(Control::Disconnect(why)) => {
+                        tracing::warn!(reason = %why, "the broker disconnected weir");
+                    }
+                    Some(Control::Closed(why)) => return End::Lost(why),
+                    None => return End::Stopped,
+                },
+                () = suback_wait => {
+                    return End::Lost("no SUBACK within 10 s".into());
+                }
+                _ = self.stop.changed() => {
+                    // Write the acks already given, then leave.
+                    while let Ok(t) = self.acks.try_recv() {
+                        if t.connection == n && t.pkid != 0 {
+                            self.proto.puback(t.pkid, &mut out);
+                            self.metrics.acked.inc();
+                        }
+                        self.metrics.in_flight.dec();
+                    }
+                    if !out.is_empty() {
+                        let _ = write.write_all(&out).await;
+                        out.clear();
+                    }
+                    disconnect(self.proto, &mut write).await;
+                    return End::Stopped;
+                }
+            }
+        }
+    }
+}
+
+/// Say DISCONNECT (normal: the session stays) and close the write side.
+async fn disconnect(proto: Proto, write: &mut OwnedWriteHalf) {
+    let mut out = BytesMut::new();
+    proto.disconnect(&mut out);
+    let _ = write.write_all(&out).await;
+    let _ = write.shutdown().await;
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_backoff() {
+        assert_eq!(
+            host_port("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".into(), 1884)
+        );
+        assert_eq!(host_port("mqtt://broker").unwrap(), ("broker".into(), 1883));
+        assert!(host_port("mqtts://b:8883").is_err());
+        assert!(host_port("mqtt://b:port").is_err());
+        for n in 0..20 {
+            let d = backoff(n);
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_millis(15_000),
+                "{d:?}"
+            );
+        }
+    }
+}
