@@ -45,18 +45,27 @@ fn kafka_outage_loses_nothing() {
 
     testbed("kafka-stop");
     publish(&mut publisher, 200..500);
-    // While Kafka is down, weir holds these unacknowledged. Kill it: had it acknowledged any
-    // of them, the broker would not redeliver them and they would be lost.
-    std::thread::sleep(Duration::from_secs(3));
+    // While Kafka is down, weir holds these unacknowledged and says it is not ready. Kill
+    // it: had it acknowledged any of them, the broker would not redeliver them.
+    wait_not_ready(&weir, "Kafka not reachable");
+    let m = bed::parse_metrics(&weir.metrics());
+    assert!(
+        m["weir_acked_total{}"].as_f64().unwrap() <= 200.0,
+        "nothing acknowledged during the outage"
+    );
     let dir = weir.kill();
     testbed("kafka-start");
-    let weir = Weir::restart(dir, &[]);
-    // And an outage weir rides out without a restart.
+    // An outage longer than every timeout weir's producer is configured with (requests
+    // time out after 2 s here); writes never expire, so it ends with everything in Kafka.
+    let env = [("WEIR_KAFKA_PROPERTY_REQUEST_TIMEOUT_MS", "2000")];
+    let weir = Weir::restart(dir, &env);
     publish(&mut publisher, 500..600);
     testbed("kafka-stop");
     publish(&mut publisher, 600..700);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_not_ready(&weir, "Kafka not reachable");
+    std::thread::sleep(Duration::from_secs(10));
     testbed("kafka-start");
+    weir.wait_ready(Duration::from_secs(60));
 
     let records = consume(
         &topic,
@@ -77,8 +86,98 @@ fn kafka_outage_loses_nothing() {
         records.len(),
         records.len() - seen.len()
     );
+    // Acks flow again: everything is acknowledged.
+    let start = std::time::Instant::now();
+    while bed::parse_metrics(&weir.metrics())["weir_in_flight{}"]
+        .as_f64()
+        .unwrap()
+        > 0.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "acks did not resume"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
+}
+
+/// Wait until `/readyz` says not ready, for `why`.
+fn wait_not_ready(weir: &Weir, why: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some((503, body)) = http_get(&format!("{}/readyz", weir.admin))
+            && body.contains(why)
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "still ready: {:?}",
+            http_get(&format!("{}/readyz", weir.admin))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_during_a_kafka_outage_exits_within_its_timeout() {
+    let _bed = BED.lock().unwrap_or_else(|p| p.into_inner());
+    let p = unique("termout");
+    let config = config(&p).replace("[output]", "[output]\nshutdown_timeout_s = 3");
+    let weir = Weir::start(&config, &[]);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    testbed("kafka-stop");
+    for i in 0..50u32 {
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/t-1"),
+            format!(r#"{{"ts":{i},"temp_c":21}}"#),
+            &[],
+        );
+    }
+    publisher.flush();
+    wait_not_ready(&weir, "Kafka not reachable");
+    let started = std::time::Instant::now();
+    weir.sigterm();
+    let (status, log) = weir.wait_exit(Duration::from_secs(20));
+    let took = started.elapsed();
+    testbed("kafka-start");
+    let status =
+        status.unwrap_or_else(|| panic!("weir did not exit within 20 s of SIGTERM:\n{log}"));
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "exit code 3 = shutdown timeout: {log}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(log.contains("left unacknowledged with the broker"), "{log}");
+    // Nothing was acknowledged, so a new session gets all 50.
+    let weir = Weir::start(&config, &[]);
+    let records = consume(
+        &format!("{p}.thermostat"),
+        50,
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+    );
+    assert_eq!(ts_counts(&records).len(), 50);
+    // A second signal stops at once.
+    testbed("kafka-stop");
+    publisher.publish(
+        &format!("{p}/plant/1/thermostat/t-1"),
+        r#"{"ts":99,"temp_c":21}"#,
+        &[],
+    );
+    publisher.flush();
+    wait_not_ready(&weir, "Kafka not reachable");
+    let started = std::time::Instant::now();
+    weir.sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    weir.sigterm();
+    let (status, log) = weir.wait_exit(Duration::from_secs(20));
+    testbed("kafka-start");
+    assert_eq!(status.and_then(|s| s.code()), Some(130), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(3));
 }
 
 #[test]
@@ -103,6 +202,22 @@ fn weir_reconnects_after_an_mqtt_broker_restart() {
         consume(&topic, 100, Duration::from_secs(60), Duration::ZERO).len(),
         100
     );
+    // Restart the broker while a stream is in flight to weir.
+    let in_flight = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            let mut publisher = Publisher::new(&format!("{p}-pubf"));
+            for i in 200..2200u32 {
+                publisher.publish(
+                    &format!("{p}/plant/1/thermostat/t-1"),
+                    format!(r#"{{"ts":{i},"temp_c":21}}"#),
+                    &[],
+                );
+            }
+            publisher.flush();
+        })
+    };
+    in_flight.join().unwrap();
     testbed("mqtt-stop");
     testbed("mqtt-start");
     // weir's session (clean start off, session expiry) survives the broker's restart, so
@@ -110,14 +225,14 @@ fn weir_reconnects_after_an_mqtt_broker_restart() {
     publish(100..200);
     let records = consume(
         &topic,
-        200,
+        2200,
         Duration::from_secs(120),
         Duration::from_secs(2),
     );
     let seen = ts_counts(&records);
     assert_eq!(
         seen.len(),
-        200,
+        2200,
         "after the restart: {} of 200; weir's log:\n{}",
         seen.len(),
         weir.log.lock().unwrap()
@@ -128,6 +243,8 @@ fn weir_reconnects_after_an_mqtt_broker_restart() {
             .unwrap()
             .contains("MQTT connection lost; reconnecting")
     );
+    let m = bed::parse_metrics(&weir.metrics());
+    assert!(m["weir_mqtt_reconnects_total{}"].as_f64().unwrap() >= 1.0);
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
 }

@@ -155,3 +155,116 @@ fn config_and_deletions_survive_a_restart() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn a_second_registry_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, _) = serve(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("in use by another registry process"), "{err}");
+    assert!(err.contains("--data-dir"), "says the fix: {err}");
+}
+
+#[test]
+fn a_failed_append_is_rolled_back_and_every_acknowledged_schema_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 64 KiB file-size limit (SIGXFSZ ignored, so writes past it fail with EFBIG).
+    let mut child = Command::new("bash")
+        .args([
+            "-c",
+            r#"trap "" XFSZ; ulimit -f 64; exec "$0" registry serve --listen 127.0.0.1:0 --data-dir "$1""#,
+        ])
+        .arg(env!("CARGO_BIN_EXE_weir"))
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("schema registry listening on ")
+        .unwrap()
+        .to_owned();
+    let client = reqwest::blocking::Client::new();
+    let mut acked = Vec::new();
+    let mut failures = 0;
+    for i in 0..5000 {
+        let subject = format!("s{i}");
+        let r = client
+            .post(format!("{url}/subjects/{subject}/versions"))
+            .header("content-type", "application/json")
+            .body(schema(i))
+            .send()
+            .unwrap();
+        if r.status().is_success() {
+            assert_eq!(
+                failures, 0,
+                "a write succeeded after a failed one left damage"
+            );
+            acked.push((
+                subject,
+                r.json::<serde_json::Value>().unwrap()["id"]
+                    .as_u64()
+                    .unwrap(),
+            ));
+        } else {
+            assert_eq!(r.status().as_u16(), 500);
+            let body: serde_json::Value = r.json().unwrap();
+            assert_eq!(body["error_code"], 50001, "{body}");
+            failures += 1;
+            if failures == 3 {
+                break;
+            }
+        }
+    }
+    assert!(
+        failures == 3 && !acked.is_empty(),
+        "the limit was reached after {} writes",
+        acked.len()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let size = std::fs::metadata(dir.path().join("registry.log"))
+        .unwrap()
+        .len();
+    assert!(
+        size <= 64 * 1024,
+        "the failed appends were rolled back ({size} bytes)"
+    );
+
+    let (mut child, url) = serve(dir.path());
+    for (subject, id) in &acked {
+        let v: serde_json::Value = client
+            .get(format!("{url}/subjects/{subject}/versions/1"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(v["id"].as_u64(), Some(*id), "{subject}: {v}");
+    }
+    let r = client
+        .post(format!("{url}/subjects/later/versions"))
+        .header("content-type", "application/json")
+        .body(schema(777_777))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eprintln!(
+        "{} acknowledged registrations kept after failed appends",
+        acked.len()
+    );
+}

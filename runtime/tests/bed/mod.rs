@@ -197,6 +197,43 @@ impl Weir {
             .1
     }
 
+    /// Peak resident memory so far (VmHWM), bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    }
+
+    /// Send SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+    }
+
+    /// Wait for the process to exit, at most `timeout`; the status and the log.
+    pub fn wait_exit(mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if start.elapsed() > timeout {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log.lock().unwrap().clone();
+        (status, log)
+    }
+
     /// SIGKILL.
     pub fn kill(mut self) -> tempfile::TempDir {
         self.child.kill().unwrap();
@@ -251,6 +288,7 @@ impl Publisher {
         let (host, port) = hp.rsplit_once(':').unwrap();
         let mut o = rumqttc::v5::MqttOptions::new(id, host, port.parse().unwrap());
         o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(Some(64 << 20));
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(o, 1000);
         let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = acked.clone();
@@ -276,7 +314,16 @@ impl Publisher {
     }
 
     pub fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>, props: &[(&str, &str)]) {
-        let payload: Vec<u8> = payload.into();
+        self.publish_opts(topic, payload.into(), props, false);
+    }
+
+    pub fn publish_opts(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+        props: &[(&str, &str)],
+        retain: bool,
+    ) {
         let client = self.client.clone();
         let topic = topic.to_owned();
         let props: Vec<(String, String)> = props
@@ -286,14 +333,14 @@ impl Publisher {
         self.rt.block_on(async move {
             let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
             if props.is_empty() {
-                client.publish(topic, qos, false, payload).await.unwrap();
+                client.publish(topic, qos, retain, payload).await.unwrap();
             } else {
                 let p = rumqttc::v5::mqttbytes::v5::PublishProperties {
                     user_properties: props,
                     ..Default::default()
                 };
                 client
-                    .publish_with_properties(topic, qos, false, payload, p)
+                    .publish_with_properties(topic, qos, retain, payload, p)
                     .await
                     .unwrap();
             }
@@ -468,4 +515,95 @@ pub fn ts_counts(records: &[Rec]) -> HashMap<i64, usize> {
             .or_default() += 1;
     }
     seen
+}
+
+/// Run `weir run` on `config` expecting it to fail at start-up; its stderr.
+pub fn start_fails(config: &str, env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .env("WEIR_NO_CACHE", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "weir started: {err}");
+            return err;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("weir did not stop at start-up within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A v5 or 3.1.1 publisher that can also set the retain flag.
+pub fn publish_retained(id: &str, topic: &str, payload: &[u8]) {
+    let mut p = Publisher::new(id);
+    p.publish_opts(topic, payload.to_vec(), &[], true);
+    p.flush();
+}
+
+/// Every record on each of `topics` (from the beginning), read until `want` in all arrived
+/// and nothing more came for `settle`.
+pub fn consume_all(
+    topics: &[String],
+    want: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<Rec> {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    for t in topics {
+        let left = timeout.saturating_sub(start.elapsed());
+        out.extend(consume(t, 0, left.max(Duration::from_secs(5)), settle));
+        if out.len() >= want {
+            break;
+        }
+    }
+    out
+}
+
+/// Parse OpenMetrics text with the Python reference parser (prometheus_client), returning
+/// `{sample name{labels}: value}` as JSON.
+pub fn parse_metrics(text: &str) -> serde_json::Value {
+    let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        out[f"{s.name}{{{labels}}}"] = s.value
+print(json.dumps(out))
+"#;
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused weir's /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
