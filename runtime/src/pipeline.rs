@@ -300,14 +300,8 @@ pub async fn run(
         .await
         .map_err(|e| StartError::Other(format!("{}: {e}", p.file)))?;
     let _kafka_probe = AbortOnDrop(sink.watch(metrics.clone()));
-    let started = tokio::select! {
-        s = Source::start(&cfg.mqtt, metrics.clone()) => s,
-        _ = signals.recv() => {
-            tracing::info!("stopped before the MQTT session started");
-            return Ok(Stopped::Drained);
-        }
-    };
-    let (source, mut rx) = started.map_err(|e| StartError::Other(e.to_string()))?;
+    let (source, rx) =
+        Source::start(&cfg.mqtt, metrics.clone()).map_err(|e| StartError::Other(e.to_string()))?;
 
     // The acker: PUBACKs in arrival order, each after all its message's writes.
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckEvent>();
@@ -341,25 +335,50 @@ pub async fn run(
         })
     };
 
-    let batch_size = cfg.output.batch_size;
-    let batch_wait = Duration::from_millis(cfg.output.batch_wait_ms);
-    let plugins = Arc::new(p.plugins);
-    let mut next_seq = 0u64;
-    let mut report = tokio::time::interval(Duration::from_secs(10));
-    report.tick().await;
-    loop {
-        let batch = tokio::select! {
-            _ = signals.recv() => break,
-            _ = report.tick() => {
+    // The batcher owns the source's channel, so a batch is never half taken when the
+    // pipeline stops to do something else.
+    let (batch_tx, mut batches) = mpsc::channel::<Vec<Incoming>>(1);
+    let batcher = {
+        let (size, wait) = (
+            cfg.output.batch_size,
+            Duration::from_millis(cfg.output.batch_wait_ms),
+        );
+        let mut rx = rx;
+        AbortOnDrop(tokio::spawn(async move {
+            while let Some(b) = next_batch(&mut rx, size, wait).await {
+                if batch_tx.send(b).await.is_err() {
+                    break;
+                }
+            }
+        }))
+    };
+    let _progress = {
+        let (source, metrics) = (source.clone(), metrics.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            let mut report = tokio::time::interval(Duration::from_secs(10));
+            report.tick().await;
+            loop {
+                report.tick().await;
                 tracing::info!(
                     received = metrics.received.get(),
                     acked = metrics.acked.get(),
                     in_flight = source.in_flight(),
                     "progress"
                 );
-                continue;
             }
-            b = next_batch(&mut rx, batch_size, batch_wait) => b,
+        }))
+    };
+    let plugins = Arc::new(p.plugins);
+    let mut next_seq = 0u64;
+    let mut failure = None;
+    loop {
+        let batch = tokio::select! {
+            _ = signals.recv() => break,
+            why = source.failed() => {
+                failure = Some(why);
+                break;
+            }
+            b = batches.recv() => b,
         };
         let Some(batch) = batch else { break };
         let topology = p.topology.clone();
@@ -378,13 +397,21 @@ pub async fn run(
         let routes: Vec<Option<usize>> =
             inputs.iter().map(|i| topology.route(&i.message)).collect();
         let outcomes = transform(&topology, &plugins, &metrics, &mut inputs, &routes);
-        let mut deliveries = Vec::with_capacity(inputs.len());
-        for ((input, cohort), outcome) in inputs.into_iter().zip(routes).zip(outcomes) {
-            let mut d = topology.plan(input, cohort, outcome);
-            let next = d.start();
-            let sent = enqueue(&sink, next).await;
-            deliveries.push((d, sent));
-        }
+        // Enqueueing waits while the producer's queue is full; a signal must still stop it
+        // (what was not enqueued stays unacknowledged with the broker).
+        let enqueued = tokio::select! {
+            d = async {
+                let mut deliveries = Vec::with_capacity(inputs.len());
+                for ((input, cohort), outcome) in inputs.into_iter().zip(routes).zip(outcomes) {
+                    let mut d = topology.plan(input, cohort, outcome);
+                    let next = d.start();
+                    let sent = enqueue(&sink, next).await;
+                    deliveries.push((d, sent));
+                }
+                deliveries
+            } => d,
+            _ = signals.recv() => break,
+        };
         let (sink, metrics, ack_tx, topology) = (
             sink.clone(),
             metrics.clone(),
@@ -392,17 +419,20 @@ pub async fn run(
             topology.clone(),
         );
         tokio::spawn(async move {
-            for ((d, sent), seq) in deliveries.into_iter().zip(seqs) {
+            for ((d, sent), seq) in enqueued.into_iter().zip(seqs) {
                 deliver(&sink, &topology, &metrics, d, sent).await;
                 let _ = ack_tx.send(AckEvent::Done(seq));
             }
         });
     }
+    if let Some(why) = failure {
+        return Err(StartError::Other(why));
+    }
 
     // Stop reading: what the source has handed on but the pipeline has not taken goes back
     // to the broker (it is redelivered to the next session).
-    rx.close();
-    while rx.try_recv().is_ok() {}
+    drop(batcher);
+    drop(batches);
     let timeout = Duration::from_secs(cfg.output.shutdown_timeout_s);
     tracing::info!(
         in_flight = source.in_flight(),
@@ -421,8 +451,15 @@ pub async fn run(
         let _ = acker.await;
         sink.flush(Duration::from_secs(5));
         source.disconnect().await;
+    } else {
+        // Write the acks already released, then leave; the rest stays with the broker.
+        let grace = if matches!(stopped, Stopped::Interrupted { .. }) {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        };
+        let _ = tokio::time::timeout(grace, source.disconnect()).await;
     }
-    drop(rx);
     Ok(stopped)
 }
 

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 /// Bytes of an oversize payload kept for its quarantine entry.
 pub const OVERSIZE_PREFIX: usize = 4096;
@@ -44,6 +44,8 @@ pub const OVERSIZE_PREFIX: usize = 4096;
 const HEADER_ROOM: usize = 128 << 10;
 /// Longest wait for the TCP connection and the CONNACK, and for the SUBACK.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Largest packet other than PUBLISH weir buffers (a SUBACK, a DISCONNECT with a reason).
+const MAX_CONTROL_PACKET: usize = 1 << 20;
 /// Most PUBACKs written in one go.
 const ACK_BATCH: usize = 4096;
 
@@ -79,6 +81,14 @@ pub struct AckToken {
     pkid: u16,
     arrived: Instant,
     _permit: OwnedSemaphorePermit,
+    /// `weir_in_flight`, decremented when the token goes, however it goes.
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for AckToken {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 impl AckToken {
@@ -132,6 +142,17 @@ fn host_port(url: &str) -> Result<(String, u16), SourceError> {
     }
 }
 
+/// Milliseconds on a monotonic clock (keep-alive bookkeeping must not follow wall-clock
+/// steps).
+#[derive(Debug, Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -151,6 +172,7 @@ fn backoff(n: u32) -> Duration {
 pub struct Source {
     acks: mpsc::UnboundedSender<AckToken>,
     stop: watch::Sender<bool>,
+    fatal: watch::Receiver<Option<String>>,
     permits: Arc<Semaphore>,
     max_in_flight: u32,
     done: Arc<tokio::sync::Notify>,
@@ -164,10 +186,11 @@ impl std::fmt::Debug for Source {
 }
 
 impl Source {
-    /// Connect, subscribe, and hand messages on through the returned channel. Returns once
-    /// the first subscription is granted (retrying while the broker is unreachable); a
-    /// refused subscription or a refused login is an error.
-    pub async fn start(
+    /// Start the session: connect (retrying while the broker is unreachable), subscribe,
+    /// and hand messages on through the returned channel — from the first CONNACK on, since
+    /// a resumed session's backlog may arrive before the SUBACK. A refused login or
+    /// subscription ends the session: [`Source::failed`] says why.
+    pub fn start(
         cfg: &Mqtt,
         metrics: Arc<Metrics>,
     ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
@@ -176,7 +199,7 @@ impl Source {
         let (tx, rx) = mpsc::channel(usize::from(cfg.max_in_flight));
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (ready_tx, ready_rx) = oneshot::channel();
+        let (fatal_tx, fatal_rx) = watch::channel(None);
         let permits = Arc::new(Semaphore::new(usize::from(cfg.max_in_flight)));
         let done = Arc::new(tokio::sync::Notify::new());
         let finished = Arc::new(AtomicBool::new(false));
@@ -206,7 +229,8 @@ impl Source {
             permits: permits.clone(),
             metrics,
             connection: Arc::new(AtomicU64::new(0)),
-            ready: Some(ready_tx),
+            first: true,
+            fatal: fatal_tx,
         };
         {
             let (done, finished) = (done.clone(), finished.clone());
@@ -216,22 +240,27 @@ impl Source {
                 done.notify_waiters();
             });
         }
-        match ready_rx.await {
-            Ok(Ok(())) => Ok((
-                Source {
-                    acks: ack_tx,
-                    stop: stop_tx,
-                    permits,
-                    max_in_flight,
-                    done,
-                    finished,
-                },
-                rx,
-            )),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(SourceError::Refused(
-                "the MQTT session ended at start-up".into(),
-            )),
+        Ok((
+            Source {
+                acks: ack_tx,
+                stop: stop_tx,
+                fatal: fatal_rx,
+                permits,
+                max_in_flight,
+                done,
+                finished,
+            },
+            rx,
+        ))
+    }
+
+    /// Resolves when the session has ended for good (a refused login or subscription),
+    /// with the reason.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        match fatal.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
         }
     }
 
@@ -283,10 +312,11 @@ struct Reader {
     control: mpsc::Sender<Control>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
-    /// Unix ms of the last byte read; while `waiting` the reader is held back by weir, not
-    /// by the broker.
+    /// `clock` ms of the last byte read; while `waiting` the reader is held back by weir,
+    /// not by the broker.
     last_read: Arc<AtomicU64>,
     waiting: Arc<AtomicBool>,
+    clock: Clock,
 }
 
 impl Reader {
@@ -297,7 +327,7 @@ impl Reader {
         match self.read.read_buf(&mut self.buf).await {
             Ok(0) => Err("the broker closed the connection".into()),
             Ok(_) => {
-                self.last_read.store(now_ms() as u64, Ordering::Relaxed);
+                self.last_read.store(self.clock.ms(), Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => Err(format!("read failed: {e}")),
@@ -323,6 +353,13 @@ impl Reader {
                 None => self.fill().await?,
             }
         };
+        if fixed.kind() != 3 && fixed.remaining > MAX_CONTROL_PACKET {
+            return Err(format!(
+                "a control packet (type {}) of {} bytes; refusing to buffer it",
+                fixed.kind(),
+                fixed.remaining
+            ));
+        }
         let stream = fixed.kind() == 3 && fixed.remaining > self.max_message_bytes + HEADER_ROOM;
         let publish = if stream {
             self.streamed(fixed).await.map_err(|e| e.to_string())?
@@ -378,11 +415,39 @@ impl Reader {
             }
             self.fill().await.map_err(ProtocolError)?;
         };
-        let head = fixed.header_len + header_len;
+        // The topic and packet id always fit; MQTT 5 properties beyond HEADER_ROOM are
+        // skipped rather than buffered (the entry then lacks its user properties).
+        let base = {
+            let topic_len = usize::from(u16::from_be_bytes([
+                self.buf[fixed.header_len],
+                self.buf[fixed.header_len + 1],
+            ]));
+            2 + topic_len + if (fixed.byte1 >> 1) & 0b11 > 0 { 2 } else { 0 }
+        };
+        let keep = if header_len > HEADER_ROOM {
+            base
+        } else {
+            header_len
+        };
+        let head = fixed.header_len + keep;
         while self.buf.len() < head {
             self.fill().await.map_err(ProtocolError)?;
         }
-        let header = self.buf.split_to(head);
+        let mut header = self.buf.split_to(head);
+        if keep < header_len {
+            if self.proto == Proto::V5 {
+                header.extend_from_slice(&[0]);
+            }
+            let mut skip = header_len - keep;
+            while skip > 0 {
+                if self.buf.is_empty() {
+                    self.fill().await.map_err(ProtocolError)?;
+                }
+                let n = skip.min(self.buf.len());
+                let _ = self.buf.split_to(n);
+                skip -= n;
+            }
+        }
         let mut publish = self.proto.decode_publish_header(&fixed, &header)?;
         let mut left = fixed.remaining - header_len;
         let size = left as u64;
@@ -428,6 +493,7 @@ impl Reader {
         };
         self.metrics.received.inc();
         self.metrics.in_flight.inc();
+        self.last_read.store(self.clock.ms(), Ordering::Relaxed);
         if p.dup {
             self.metrics.redelivered.inc();
         }
@@ -450,11 +516,17 @@ impl Reader {
                 pkid: if p.qos == 0 { 0 } else { p.pkid },
                 arrived: Instant::now(),
                 _permit: permit,
+                gauge: self.metrics.in_flight.clone(),
             },
         };
-        let sent = self.tx.send(incoming).await.is_ok();
+        if self.tx.send(incoming).await.is_err() {
+            // The pipeline stopped taking messages (shutting down): read no more, and let
+            // the connection go on writing the acks of what is still in flight.
+            std::future::pending::<()>().await;
+        }
+        self.last_read.store(self.clock.ms(), Ordering::Relaxed);
         self.waiting.store(false, Ordering::Relaxed);
-        Ok(sent)
+        Ok(true)
     }
 }
 
@@ -473,7 +545,9 @@ struct Session {
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     connection: Arc<AtomicU64>,
-    ready: Option<oneshot::Sender<Result<(), SourceError>>>,
+    /// No subscription granted yet in this process: a refusal is fatal.
+    first: bool,
+    fatal: watch::Sender<Option<String>>,
 }
 
 /// How a connection ended.
@@ -503,9 +577,7 @@ impl Session {
                 End::Stopped => return,
                 End::Fatal(e) => {
                     tracing::error!(error = %e, "MQTT: giving up");
-                    if let Some(ready) = self.ready.take() {
-                        let _ = ready.send(Err(e));
-                    }
+                    let _ = self.fatal.send(Some(e.to_string()));
                     return;
                 }
                 End::Lost(why) => {
@@ -574,15 +646,16 @@ impl Session {
             Ok(Err(e)) => return End::Lost(e),
             Err(_) => return End::Lost("no CONNACK within 10 s".into()),
         };
-        let first = self.ready.is_some();
+        let first = self.first;
         let n = self.connection.fetch_add(1, Ordering::AcqRel) + 1;
-        if !first {
+        if n > 1 {
             self.metrics.reconnects.inc();
         }
         tracing::info!(connection = n, session_present, "MQTT connected");
 
         let (control_tx, mut control) = mpsc::channel(16);
-        let last_read = Arc::new(AtomicU64::new(now_ms() as u64));
+        let clock = Clock(Instant::now());
+        let last_read = Arc::new(AtomicU64::new(clock.ms()));
         let waiting = Arc::new(AtomicBool::new(false));
         let reader = Reader {
             read,
@@ -596,6 +669,7 @@ impl Session {
             metrics: self.metrics.clone(),
             last_read: last_read.clone(),
             waiting: waiting.clone(),
+            clock,
         };
         let reader = tokio::spawn(reader.run());
         let _abort = AbortOnDrop(reader);
@@ -643,8 +717,8 @@ impl Session {
                         }
                     }
                     if !out.is_empty() {
-                        if let Err(e) = write.write_all(&out).await {
-                            return End::Lost(format!("write failed: {e}"));
+                        if let Err(e) = write_within(&mut write, &out, self.keep_alive).await {
+                            return End::Lost(e);
                         }
                         out.clear();
                     }
@@ -654,19 +728,18 @@ impl Session {
                             self.metrics.acked.inc();
                             Metrics::observe(&self.metrics.ack_seconds, now - t.arrived);
                         }
-                        self.metrics.in_flight.dec();
                     }
                 }
                 _ = ping.tick() => {
-                    let silent = now_ms() as u64 - last_read.load(Ordering::Relaxed);
+                    let silent = clock.ms().saturating_sub(last_read.load(Ordering::Relaxed));
                     if !waiting.load(Ordering::Relaxed)
                         && silent > 2 * self.keep_alive.as_millis() as u64
                     {
                         return End::Lost(format!("nothing from the broker for {silent} ms (keep-alive)"));
                     }
                     self.proto.pingreq(&mut out);
-                    if let Err(e) = write.write_all(&out).await {
-                        return End::Lost(format!("write failed: {e}"));
+                    if let Err(e) = write_within(&mut write, &out, self.keep_alive).await {
+                        return End::Lost(e);
                     }
                     out.clear();
                 }
@@ -686,7 +759,7 @@ impl Session {
                             .collect();
                         if let Some((filter, reason)) = refused.first() {
                             self.metrics.subscriptions_refused.inc_by(refused.len() as u64);
-                            if self.ready.is_some() {
+                            if self.first {
                                 let e = SourceError::Subscription { filter: filter.clone(), reason: reason.clone() };
                                 disconnect(self.proto, &mut write).await;
                                 return End::Fatal(e);
@@ -698,18 +771,22 @@ impl Session {
                             tracing::info!(filters = self.subs.len(), "MQTT subscriptions acknowledged");
                             self.metrics.set_mqtt_ready(true);
                         }
-                        if let Some(ready) = self.ready.take() {
-                            let _ = ready.send(Ok(()));
-                        }
+                        self.first = false;
                     }
                     Some(Control::PingResp) => {}
                     Some(Control::Disconnect(why)) => {
                         tracing::warn!(reason = %why, "the broker disconnected weir");
                     }
                     Some(Control::Closed(why)) => return End::Lost(why),
-                    None => return End::Stopped,
+                    None => return End::Lost("the reader stopped".into()),
                 },
                 () = suback_wait => {
+                    if waiting.load(Ordering::Relaxed) {
+                        // Held back by weir (a session backlog ahead of the SUBACK), not
+                        // by the broker.
+                        suback_deadline = Some(tokio::time::Instant::now() + HANDSHAKE);
+                        continue;
+                    }
                     return End::Lost("no SUBACK within 10 s".into());
                 }
                 _ = self.stop.changed() => {
@@ -719,10 +796,9 @@ impl Session {
                             self.proto.puback(t.pkid, &mut out);
                             self.metrics.acked.inc();
                         }
-                        self.metrics.in_flight.dec();
                     }
                     if !out.is_empty() {
-                        let _ = write.write_all(&out).await;
+                        let _ = write_within(&mut write, &out, self.keep_alive).await;
                         out.clear();
                     }
                     disconnect(self.proto, &mut write).await;
@@ -733,11 +809,25 @@ impl Session {
     }
 }
 
+/// Write everything, or fail if the broker does not take it within `limit` (a peer that
+/// stops reading must not hold the connection loop).
+async fn write_within(
+    write: &mut OwnedWriteHalf,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, write.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write failed: {e}")),
+        Err(_) => Err(format!("the broker took no data for {limit:?}")),
+    }
+}
+
 /// Say DISCONNECT (normal: the session stays) and close the write side.
 async fn disconnect(proto: Proto, write: &mut OwnedWriteHalf) {
     let mut out = BytesMut::new();
     proto.disconnect(&mut out);
-    let _ = write.write_all(&out).await;
+    let _ = write_within(write, &out, HANDSHAKE).await;
     let _ = write.shutdown().await;
 }
 
