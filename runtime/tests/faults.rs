@@ -306,7 +306,11 @@ fn retained_messages_are_ingested_once_across_restarts() {
 #[test]
 fn a_backlog_far_larger_than_the_window_drains_within_the_memory_bound() {
     let p = unique("backlog");
-    let total = 100_000u32;
+    // WEIR_BACKLOG_MESSAGES=1000000 measures the README's figure.
+    let total: u32 = std::env::var("WEIR_BACKLOG_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     // Create the session, then leave: the broker keeps the backlog for it.
     let (status, log) = Weir::start(&config(&p), &[]).stop();
     assert_eq!(status.code(), Some(0), "{log}");
@@ -335,7 +339,7 @@ fn a_backlog_far_larger_than_the_window_drains_within_the_memory_bound() {
     );
     // max_in_flight = 500 messages of ~300 B, batch 64, the producer queue (64 MiB cap,
     // far from reached): the peak must not grow with the backlog.
-    assert!(peak < 200 << 20, "peak RSS {} MiB", peak >> 20);
+    assert!(peak < 128 << 20, "peak RSS {} MiB", peak >> 20);
     let m = parse_metrics(&weir.metrics());
     assert_eq!(m["weir_in_flight{}"], 0.0);
     assert!(m["weir_acked_total{}"].as_f64().unwrap() >= f64::from(total));

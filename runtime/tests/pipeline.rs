@@ -269,10 +269,10 @@ fn user_properties_become_headers_and_mqtt_311_works() {
 }
 
 #[test]
-fn sigkill_mid_stream_loses_nothing() {
+fn repeated_sigkill_mid_stream_loses_nothing() {
     let p = unique("kill");
-    let weir = Weir::start(&config(&p), &[]);
-    let total = 6000u32;
+    let mut weir = Weir::start(&config(&p), &[]);
+    let total = 20_000u32;
     let publisher_thread = {
         let p = p.clone();
         std::thread::spawn(move || {
@@ -283,26 +283,36 @@ fn sigkill_mid_stream_loses_nothing() {
                     format!(r#"{{"ts":{i},"temp_c":20}}"#),
                     &[],
                 );
+                // About 2,000 messages/s, so each kill lands mid-stream.
+                if i % 500 == 499 {
+                    publisher.flush();
+                    std::thread::sleep(Duration::from_millis(250));
+                }
             }
             publisher.flush();
         })
     };
-    // Kill weir once part of the stream is in Kafka.
+    // Kill weir three times, each once more of the stream is in Kafka.
     let topic = format!("{p}.thermostat");
     let started = std::time::Instant::now();
-    while consume(&topic, 1000, Duration::from_secs(30), Duration::ZERO).len() < 1000 {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "fewer than 1000 records reached Kafka in 180 s"
-        );
+    let mut kills = Vec::new();
+    for at in [2_000usize, 7_000, 12_000] {
+        while count(&topic, at, Duration::from_secs(30)) < at {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "fewer than {at} records reached Kafka in 300 s"
+            );
+        }
+        let before = count(&topic, usize::MAX, Duration::from_secs(2));
+        let dir = weir.kill();
+        kills.push(before);
+        weir = Weir::restart(dir, &[]);
     }
-    let dir = weir.kill();
     publisher_thread.join().unwrap();
-    let weir = Weir::restart(dir, &[]);
     let records = consume(
         &topic,
         total as usize,
-        Duration::from_secs(180),
+        Duration::from_secs(300),
         Duration::from_secs(3),
     );
     let seen = ts_counts(&records);
@@ -317,8 +327,9 @@ fn sigkill_mid_stream_loses_nothing() {
     );
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     eprintln!(
-        "sigkill test: {total} published, {} records, {duplicates} duplicates",
-        records.len()
+        "sigkill test: {total} published, 3 SIGKILLs (at {kills:?} records), {} records, {duplicates} duplicates ({:.0} per SIGKILL)",
+        records.len(),
+        duplicates as f64 / 3.0
     );
     drop(weir);
 }

@@ -651,7 +651,11 @@ impl Session {
         if n > 1 {
             self.metrics.reconnects.inc();
         }
-        tracing::info!(connection = n, session_present, "MQTT connected");
+        let version = match self.proto {
+            Proto::V5 => "5",
+            Proto::V311 => "3.1.1",
+        };
+        tracing::info!(connection = n, session_present, "MQTT {version} connected");
 
         let (control_tx, mut control) = mpsc::channel(16);
         let clock = Clock(Instant::now());
