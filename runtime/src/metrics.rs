@@ -84,8 +84,6 @@ pub struct Metrics {
     plugin_codes: Mutex<BTreeMap<String, BTreeSet<String>>>,
     mqtt_ready: AtomicBool,
     kafka_ready: AtomicBool,
-    /// Unix ms of the last successful Kafka metadata probe.
-    kafka_seen_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -129,7 +127,6 @@ impl Metrics {
             plugin_codes: Mutex::new(BTreeMap::new()),
             mqtt_ready: AtomicBool::new(false),
             kafka_ready: AtomicBool::new(false),
-            kafka_seen_ms: AtomicU64::new(0),
             registry: Registry::default(),
         };
         r.register("received", "MQTT messages received", m.received.clone());
@@ -262,9 +259,6 @@ impl Metrics {
     /// Kafka answered a metadata request.
     pub fn set_kafka_ready(&self, ready: bool) {
         self.kafka_ready.store(ready, Ordering::Release);
-        if ready {
-            self.kafka_seen_ms.store(now_ms(), Ordering::Release);
-        }
     }
 
     /// Why weir is not ready, or `None` when it is: MQTT connected and subscribed, Kafka
@@ -288,12 +282,6 @@ impl Metrics {
     pub fn observe(h: &Histogram, d: Duration) {
         h.observe(d.as_secs_f64());
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -262,11 +262,6 @@ fn clip(s: &str, max: usize) -> String {
 }
 
 impl Delivery {
-    /// The message's cohort.
-    pub fn cohort(&self) -> Option<usize> {
-        self.cohort
-    }
-
     /// The input it was planned from.
     pub fn input(&self) -> &Input {
         &self.input

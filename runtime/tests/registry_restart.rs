@@ -5,9 +5,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 fn serve(data: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["registry", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data);
+    spawn_serve(cmd)
+}
+
+/// Start a `registry serve` command; the child and the URL from its first line.
+fn spawn_serve(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -177,26 +183,14 @@ fn a_second_registry_on_the_same_data_dir_is_refused() {
 fn a_failed_append_is_rolled_back_and_every_acknowledged_schema_survives() {
     let dir = tempfile::tempdir().unwrap();
     // A 64 KiB file-size limit (SIGXFSZ ignored, so writes past it fail with EFBIG).
-    let mut child = Command::new("bash")
-        .args([
-            "-c",
-            r#"trap "" XFSZ; ulimit -f 64; exec "$0" registry serve --listen 127.0.0.1:0 --data-dir "$1""#,
-        ])
-        .arg(env!("CARGO_BIN_EXE_weir"))
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("schema registry listening on ")
-        .unwrap()
-        .to_owned();
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "-c",
+        r#"trap "" XFSZ; ulimit -f 64; exec "$0" registry serve --listen 127.0.0.1:0 --data-dir "$1""#,
+    ])
+    .arg(env!("CARGO_BIN_EXE_weir"))
+    .arg(dir.path());
+    let (mut child, url) = spawn_serve(cmd);
     let client = reqwest::blocking::Client::new();
     let mut acked = Vec::new();
     let mut failures = 0;

@@ -7,7 +7,7 @@
 //! when it is larger than weir will hold. The second is what lets one huge message go to
 //! quarantine instead of stopping the connection.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{BufMut, BytesMut};
 use rumqttc::v5::mqttbytes::v5;
 
 /// MQTT's largest remaining length (256 MiB − 1).
@@ -433,11 +433,6 @@ fn packet_kind_v5(p: &v5::Packet) -> u8 {
         v5::Packet::Auth(_) => 15,
         _ => 0,
     }
-}
-
-/// Skip `n` bytes of `buf` (used after a streamed payload's bytes were consumed).
-pub fn advance(buf: &mut BytesMut, n: usize) {
-    buf.advance(n);
 }
 
 #[cfg(test)]
