@@ -2,9 +2,9 @@
 //! Confluent Schema Registry applies to them. Every change is written to the log (fsynced)
 //! before it is applied in memory and acknowledged.
 
+use crate::compatibility;
 use crate::storage::{Event, Log, StorageError};
 use apache_avro::Schema;
-use apache_avro::schema_compatibility::SchemaCompatibility;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
@@ -323,23 +323,29 @@ impl State {
         let mut messages = Vec::new();
         for (n, v) in against.iter().rev() {
             let old = &self.schemas[&v.id].parsed;
-            if mode.backward()
-                && let Err(e) = SchemaCompatibility::can_read(old, new)
-            {
+            let mut report = |what: String, found: Vec<compatibility::Incompatibility>| {
+                if found.is_empty() {
+                    return;
+                }
+                let reasons: Vec<String> = found.iter().map(ToString::to_string).collect();
                 messages.push(format!(
-                    "{{oldSchemaVersion: {n}, oldSchema: '{}', compatibility: '{}', reason: 'the new schema cannot read data written with version {n}: {e}'}}",
+                    "{{oldSchemaVersion: {n}, oldSchema: '{}', compatibility: '{}', reason: '{what}: {}'}}",
                     self.schemas[&v.id].text,
-                    mode.name()
+                    mode.name(),
+                    reasons.join("; ")
                 ));
+            };
+            if mode.backward() {
+                report(
+                    format!("the new schema cannot read data written with version {n}"),
+                    compatibility::check(new, old),
+                );
             }
-            if mode.forward()
-                && let Err(e) = SchemaCompatibility::can_read(new, old)
-            {
-                messages.push(format!(
-                    "{{oldSchemaVersion: {n}, oldSchema: '{}', compatibility: '{}', reason: 'version {n} cannot read data written with the new schema: {e}'}}",
-                    self.schemas[&v.id].text,
-                    mode.name()
-                ));
+            if mode.forward() {
+                report(
+                    format!("version {n} cannot read data written with the new schema"),
+                    compatibility::check(old, new),
+                );
             }
         }
         messages
@@ -734,13 +740,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn apache_avro_detects_a_new_field_without_default() {
+    fn a_new_field_without_default_cannot_read_old_data() {
         let v1 = Schema::parse_str(
             r#"{"type":"record","name":"R","fields":[{"name":"id","type":"string"}]}"#,
         )
         .unwrap();
         let v3 = Schema::parse_str(r#"{"type":"record","name":"R","fields":[{"name":"id","type":"string"},{"name":"a","type":"int"}]}"#).unwrap();
-        assert!(SchemaCompatibility::can_read(&v1, &v3).is_err());
+        let found = compatibility::check(&v3, &v1);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].message.contains("field a has no default"),
+            "{}",
+            found[0]
+        );
+        assert!(compatibility::check(&v1, &v3).is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Conformance with independent clients: the Rust `schema_registry_converter` crate and
 //! Confluent's Python client (`tests/python_client.py`), against a real server on loopback.
 
-use avro_client::types::Value;
+use apache_avro::types::Value;
 use schema_registry_converter::blocking::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::blocking::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::{

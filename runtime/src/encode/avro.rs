@@ -9,6 +9,7 @@
 //! required. Missing record fields take the schema default; unknown fields are an error.
 
 use apache_avro::Schema;
+use apache_avro::schema::{DecimalSchema, InnerDecimalSchema, UuidSchema};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::collections::HashMap;
 use std::fmt;
@@ -129,13 +130,28 @@ impl Compiler {
             | Schema::LocalTimestampNanos => self.push(Node::Long),
             Schema::Float => self.push(Node::Float),
             Schema::Double => self.push(Node::Double),
-            Schema::Bytes | Schema::BigDecimal => self.push(Node::Bytes),
-            Schema::String | Schema::Uuid => self.push(Node::String),
-            Schema::Decimal(d) => self.compile(&d.inner)?,
-            Schema::Duration => self.push(Node::Fixed {
-                name: "duration".into(),
-                size: 12,
-            }),
+            Schema::Bytes
+            | Schema::BigDecimal
+            | Schema::Uuid(UuidSchema::Bytes)
+            | Schema::Decimal(DecimalSchema {
+                inner: InnerDecimalSchema::Bytes,
+                ..
+            }) => self.push(Node::Bytes),
+            Schema::String | Schema::Uuid(UuidSchema::String) => self.push(Node::String),
+            Schema::Fixed(f)
+            | Schema::Uuid(UuidSchema::Fixed(f))
+            | Schema::Duration(f)
+            | Schema::Decimal(DecimalSchema {
+                inner: InnerDecimalSchema::Fixed(f),
+                ..
+            }) => {
+                let id = self.push(Node::Fixed {
+                    name: f.name.fullname(None),
+                    size: f.size,
+                });
+                self.named.insert(f.name.fullname(None), id);
+                id
+            }
             Schema::Array(a) => {
                 let items = self.compile(&a.items)?;
                 self.push(Node::Array(items))
@@ -158,14 +174,6 @@ impl Compiler {
                     symbols: e.symbols.clone(),
                 });
                 self.named.insert(e.name.fullname(None), id);
-                id
-            }
-            Schema::Fixed(f) => {
-                let id = self.push(Node::Fixed {
-                    name: f.name.fullname(None),
-                    size: f.size,
-                });
-                self.named.insert(f.name.fullname(None), id);
                 id
             }
             Schema::Record(r) => {
