@@ -7,34 +7,10 @@ use schema_registry_converter::blocking::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
-use std::process::Command;
 
-/// A registry served from its own thread (the blocking clients cannot run inside tokio).
-struct Server {
-    url: String,
-    _dir: tempfile::TempDir,
-}
+mod support;
 
-fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_path_buf();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(format!("http://{}", listener.local_addr().unwrap()))
-                .unwrap();
-            weir_registry::serve(listener, &data, Default::default(), std::future::pending())
-                .await
-                .unwrap();
-        });
-    });
-    Server {
-        url: rx.recv().unwrap(),
-        _dir: dir,
-    }
-}
+use support::start;
 
 const V1: &str = r#"{"type":"record","name":"Reading","namespace":"io.weir.test","fields":[
     {"name":"device_id","type":"string"},{"name":"temperature_c","type":"double"}]}"#;
@@ -123,30 +99,14 @@ fn schema_registry_converter_round_trips() {
     );
 }
 
-/// Confluent's Python client. `scripts/test` installs it into a virtualenv and points
-/// `WEIR_TEST_PYTHON` at that interpreter.
+/// Confluent's Python client, as an application uses it (`tests/python_client.py`).
 #[test]
 fn confluent_python_client_conforms() {
-    let python = std::env::var("WEIR_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python)
-        .args(["-c", "import confluent_kafka.schema_registry.avro"])
-        .output();
-    assert!(
-        probe.as_ref().is_ok_and(|o| o.status.success()),
-        "{python} cannot import confluent_kafka: run the suite with scripts/test (it installs the client), or set WEIR_TEST_PYTHON to a Python with `confluent-kafka[avro,schemaregistry]`"
-    );
     let s = start();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python_client.py");
-    let out = Command::new(&python)
-        .arg(script)
-        .arg(&s.url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python client failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = support::run_python(
+        "python_client.py",
+        "confluent_kafka.schema_registry.avro",
+        &s,
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
+    assert!(out.contains("all checks passed"), "{out}");
 }

@@ -82,4 +82,40 @@ assert subject in client.get_subjects()
 assert client.delete_subject(subject) == [1, 2]
 assert subject not in client.get_subjects()
 
+# A record holding a decimal evolves under BACKWARD: a new optional field is accepted, and
+# records round-trip with their Decimal values through both versions.
+from decimal import Decimal
+
+meter_topic = "py-meters"
+meter_subject = f"{meter_topic}-value"
+meter_ctx = SerializationContext(meter_topic, MessageField.VALUE)
+METER_FIELDS = [
+    {"name": "meter_id", "type": "string"},
+    {"name": "kwh", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 3}},
+]
+METER_V1 = json.dumps({"type": "record", "name": "MeterReading", "namespace": "io.weir.meters", "fields": METER_FIELDS})
+METER_V2 = json.dumps({
+    "type": "record", "name": "MeterReading", "namespace": "io.weir.meters",
+    "fields": METER_FIELDS + [{"name": "tariff", "type": ["null", "string"], "default": None}],
+})
+assert client.get_compatibility() == "BACKWARD"
+meter1 = client.register_schema(meter_subject, Schema(METER_V1, "AVRO"))
+assert client.test_compatibility(meter_subject, Schema(METER_V2, "AVRO")) is True
+meter2 = client.register_schema(meter_subject, Schema(METER_V2, "AVRO"))
+assert meter2 != meter1 and client.get_versions(meter_subject) == [1, 2]
+reading1 = AvroSerializer(client, METER_V1, conf={"auto.register.schemas": False, "use.latest.version": False})(
+    {"meter_id": "m-1", "kwh": Decimal("1234.567")}, meter_ctx
+)
+reading2 = AvroSerializer(client, METER_V2, conf={"auto.register.schemas": False})(
+    {"meter_id": "m-2", "kwh": Decimal("0.001"), "tariff": "night"}, meter_ctx
+)
+assert de(reading1, meter_ctx) == {"meter_id": "m-1", "kwh": Decimal("1234.567")}
+assert de(reading2, meter_ctx) == {"meter_id": "m-2", "kwh": Decimal("0.001"), "tariff": "night"}
+# The decimal field turned into a double is refused.
+METER_BAD = json.dumps({
+    "type": "record", "name": "MeterReading", "namespace": "io.weir.meters",
+    "fields": [{"name": "meter_id", "type": "string"}, {"name": "kwh", "type": "double"}],
+})
+assert client.test_compatibility(meter_subject, Schema(METER_BAD, "AVRO")) is False
+
 print("python confluent-kafka client: all checks passed")

@@ -825,7 +825,11 @@ mod tests {
         let mut out = Vec::new();
         s.encode_json(json, &mut out).unwrap();
         let parsed = Schema::parse_str(schema).unwrap();
-        apache_avro::from_avro_datum(&parsed, &mut out.as_slice(), None).unwrap()
+        apache_avro::reader::datum::GenericDatumReader::builder(&parsed)
+            .build()
+            .unwrap()
+            .read_value(&mut out.as_slice())
+            .unwrap()
     }
 
     #[test]
