@@ -49,14 +49,14 @@ fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();
-    let wasm = root.join("target/plugins/thermostat.wasm");
+    let wasm = root.join("target/plugins/thermostat-1.0.0.wasm");
     let host = Host::new(Limits::default(), None).expect("engine");
     let plugin = host
         .load_file(&wasm)
         .unwrap_or_else(|e| panic!("{e} (run `cargo xtask plugins` first)"));
     let configured = plugin.configure(vec![], "bench").unwrap();
     let schema = AvroSchema::parse(thermostat::SCHEMA).unwrap();
-    let native = Thermostat::init(&Config::default()).unwrap();
+    let native: Thermostat = Thermostat::init(&Config::default()).unwrap();
 
     println!("thermostat transform, 300-byte payloads, median of {ROUNDS} interleaved rounds");
     println!(

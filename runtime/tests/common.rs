@@ -12,12 +12,35 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A plugin component built by `cargo xtask plugins`.
-pub fn plugin_wasm(name: &str) -> PathBuf {
+/// A plugin component built by `cargo xtask plugins`: `name@version`, or `name` for the
+/// crate's own (lowest) version.
+pub fn plugin_wasm(id: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    let path = target.join("plugins").join(format!("{name}.wasm"));
+    let dir = target.join("plugins");
+    let path = match id.split_once('@') {
+        Some((name, version)) => dir.join(format!("{name}-{version}.wasm")),
+        None => {
+            let prefix = format!("{id}-");
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_prefix(&prefix))
+                        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+                })
+                .collect();
+            found.sort();
+            found
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| dir.join(format!("{id}-?.wasm")))
+        }
+    };
     assert!(
         path.exists(),
         "{} is missing: build the plugins first with `cargo xtask plugins`",

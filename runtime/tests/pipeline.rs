@@ -10,7 +10,7 @@ use std::time::Duration;
 
 fn sha256_of(plugin: &str) -> String {
     hex::encode(Sha256::digest(
-        std::fs::read(plugins_dir().join(format!("{plugin}.wasm"))).unwrap(),
+        std::fs::read(plugins_dir().join(format!("{}.wasm", plugin.replace('@', "-")))).unwrap(),
     ))
 }
 
@@ -81,7 +81,7 @@ fn ten_thousand_messages_over_three_cohorts() {
     );
 
     let mut decoder = Decoder::new();
-    let thermo_sha = sha256_of("thermostat");
+    let thermo_sha = sha256_of("thermostat@1.0.0");
     let mut keys = BTreeMap::new();
     for r in &t {
         let v = decoder.decode(&r.value);

@@ -369,10 +369,15 @@ pub mod glue {
 /// Export a [`Plugin`] as the `weir:transform` world.
 ///
 /// `schema` is the path of the `.avsc` file, relative to the file that invokes the macro (as
-/// for `include_str!`). The name and version are the crate's `Cargo.toml` name and version.
+/// for `include_str!`). The name and version are the crate's `Cargo.toml` name and version;
+/// `version = "..."` overrides the version, for a crate that builds several versions of one
+/// plugin behind cargo features (see `plugins/thermostat`).
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty, schema = $schema:literal) => {
+        $crate::export_plugin!($plugin, schema = $schema, version = env!("CARGO_PKG_VERSION"));
+    };
+    ($plugin:ty, schema = $schema:literal, version = $version:expr) => {
         /// The Avro schema this plugin declares.
         pub const SCHEMA: &str = include_str!($schema);
 
@@ -387,7 +392,7 @@ macro_rules! export_plugin {
                 fn describe() -> $crate::bindings::weir::transform::types::PluginInfo {
                     $crate::glue::describe(
                         env!("CARGO_PKG_NAME"),
-                        env!("CARGO_PKG_VERSION"),
+                        $version,
                         super::SCHEMA,
                     )
                 }

@@ -1,5 +1,6 @@
 //! `cargo xtask plugins [--release-dir DIR]`: build every plugin in `plugins/` and
-//! `tests/plugins/` to a Wasm component in `target/plugins/<name>.wasm`.
+//! `tests/plugins/` to a Wasm component in `target/plugins/<name>-<version>.wasm` (and each
+//! extra version a crate lists in `[package.metadata.weir.versions]`, built with its feature).
 //!
 //! Plugins are compiled for `wasm32-unknown-unknown` and turned into components with
 //! `wit-component`, rather than built for `wasm32-wasip2`: a wasip2 binary imports a dozen
@@ -21,7 +22,7 @@ fn main() -> Result<()> {
         Some("plugins") => build_plugins(),
         _ => {
             eprintln!(
-                "usage: cargo xtask plugins\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>.wasm"
+                "usage: cargo xtask plugins\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>-<version>.wasm"
             );
             std::process::exit(2);
         }
@@ -35,9 +36,17 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Package names of every plugin crate.
-fn plugin_packages(root: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
+/// One plugin crate and the versions it builds.
+struct Package {
+    name: String,
+    /// `(version, cargo feature)`: the crate's own version (no feature), then any listed in
+    /// `[package.metadata.weir.versions]`.
+    versions: Vec<(String, Option<String>)>,
+}
+
+/// Every plugin crate in `plugins/` and `tests/plugins/`.
+fn plugin_packages(root: &Path) -> Result<Vec<Package>> {
+    let mut packages = Vec::new();
     for dir in ["plugins", "tests/plugins"] {
         let mut entries: Vec<_> = std::fs::read_dir(root.join(dir))
             .with_context(|| format!("reading {dir}/"))?
@@ -52,51 +61,98 @@ fn plugin_packages(root: &Path) -> Result<Vec<String>> {
             let doc: toml::Table = text
                 .parse()
                 .with_context(|| format!("parsing {}", manifest.display()))?;
-            let name = doc
+            let package = doc
                 .get("package")
-                .and_then(|p| p.get("name"))
-                .and_then(|n| n.as_str())
-                .with_context(|| format!("{} has no package.name", manifest.display()))?;
-            names.push(name.to_owned());
+                .with_context(|| format!("{} has no [package]", manifest.display()))?;
+            let field = |key: &str| {
+                package
+                    .get(key)
+                    .and_then(|n| n.as_str())
+                    .map(str::to_owned)
+                    .with_context(|| {
+                        format!("{} needs a literal package.{key}", manifest.display())
+                    })
+            };
+            let mut versions = vec![(field("version")?, None)];
+            if let Some(extra) = package
+                .get("metadata")
+                .and_then(|m| m.get("weir"))
+                .and_then(|w| w.get("versions"))
+                .and_then(|v| v.as_table())
+            {
+                for (version, feature) in extra {
+                    let feature = feature.as_str().with_context(|| {
+                        format!(
+                            "{}: package.metadata.weir.versions.\"{version}\" must name a cargo feature",
+                            manifest.display()
+                        )
+                    })?;
+                    versions.push((version.clone(), Some(feature.to_owned())));
+                }
+            }
+            packages.push(Package {
+                name: field("name")?,
+                versions,
+            });
         }
     }
-    Ok(names)
+    Ok(packages)
 }
 
 fn build_plugins() -> Result<()> {
     let root = workspace_root();
     let packages = plugin_packages(&root)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args(["build", "--target", TARGET, "--profile", PROFILE]);
-    for p in &packages {
-        cmd.args(["--package", p]);
-    }
-    let status = cmd.status().context("running cargo build")?;
-    if !status.success() {
-        bail!("building the plugins failed ({status})");
-    }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let out_dir = target_dir.join("plugins");
     std::fs::create_dir_all(&out_dir)?;
+    // Every crate's own version in one build; then each extra version, one feature at a
+    // time (they overwrite the crate's module, so each is encoded before the next build).
+    let mut builds: Vec<(Vec<&Package>, Option<(&str, &str)>)> =
+        vec![(packages.iter().collect(), None)];
     for p in &packages {
-        let core = target_dir
-            .join(TARGET)
-            .join(PROFILE)
-            .join(format!("{}.wasm", p.replace('-', "_")));
-        let module = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
-        let component = wit_component::ComponentEncoder::default()
-            .module(&module)
-            .with_context(|| format!("{p}: reading the module's component-type section"))?
-            .validate(true)
-            .encode()
-            .with_context(|| format!("{p}: encoding the component"))?;
-        let out = out_dir.join(format!("{p}.wasm"));
-        std::fs::write(&out, &component)?;
-        println!("{:>8} bytes  {}", component.len(), out.display());
+        for (version, feature) in &p.versions {
+            if let Some(f) = feature {
+                builds.push((vec![p], Some((version, f))));
+            }
+        }
+    }
+    for (members, variant) in builds {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&root)
+            .args(["build", "--target", TARGET, "--profile", PROFILE]);
+        for p in &members {
+            cmd.args(["--package", &p.name]);
+        }
+        if let Some((_, feature)) = variant {
+            cmd.args(["--features", feature]);
+        }
+        let status = cmd.status().context("running cargo build")?;
+        if !status.success() {
+            bail!("building the plugins failed ({status})");
+        }
+        for p in members {
+            let version = variant.map_or(p.versions[0].0.as_str(), |(v, _)| v);
+            let core = target_dir
+                .join(TARGET)
+                .join(PROFILE)
+                .join(format!("{}.wasm", p.name.replace('-', "_")));
+            let module =
+                std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
+            let component = wit_component::ComponentEncoder::default()
+                .module(&module)
+                .with_context(|| {
+                    format!("{}: reading the module's component-type section", p.name)
+                })?
+                .validate(true)
+                .encode()
+                .with_context(|| format!("{}: encoding the component", p.name))?;
+            let out = out_dir.join(format!("{}-{version}.wasm", p.name));
+            std::fs::write(&out, &component)?;
+            println!("{:>8} bytes  {}", component.len(), out.display());
+        }
     }
     Ok(())
 }

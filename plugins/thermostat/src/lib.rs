@@ -7,11 +7,20 @@
 //! The device id is the last topic level (`plant/7/thermostat/t-100`); a payload `device`
 //! field that disagrees with it is rejected. `{"heartbeat": true}` is skipped.
 //! Config: `min_c` / `max_c` bound a plausible reading (default -50 / 100).
+//!
+//! One crate, three published versions (the plugin lifecycle's examples), chosen by cargo
+//! feature and built by `cargo xtask plugins` as `thermostat-<version>.wasm`:
+//! - 1.0.0 (default): units C and F; any other unit is rejected with `reading.unit`.
+//! - 1.1.0 (`v1_1`): also Kelvin (`"K"`), and the record gains `source_unit` (optional,
+//!   default null) — a BACKWARD-compatible evolution (`thermostat-1.1.avsc`).
+//! - 2.0.0 (`v2`, for tests): `payload_version` becomes a string — incompatible
+//!   (`thermostat-2.avsc`).
 
 use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
 use weir_sdk::{Config, Emit, Message, Plugin, Rejection};
 
-/// The canonical record (schema: `thermostat.avsc`).
+/// The canonical record of 1.0.0 (schema: `thermostat.avsc`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Reading {
     pub device_id: String,
@@ -48,20 +57,108 @@ struct Payload {
     humidity: Option<Quantity>,
 }
 
-/// The plugin: plausible-range bounds from config.
-#[derive(Debug)]
-pub struct Thermostat {
-    min_c: f64,
-    max_c: f64,
+/// The record of 1.1.0 (schema: `thermostat-1.1.avsc`): 1.0.0's plus the unit the device sent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReadingV1_1 {
+    #[serde(flatten)]
+    pub reading: Reading,
+    /// `"C"`, `"F"` or `"K"` as the device sent it; null for firmware v1 (always Celsius).
+    pub source_unit: Option<String>,
 }
 
-fn to_celsius(q: &Quantity, what: &str) -> Result<Option<f64>, Rejection> {
+/// The record of 2.0.0 (schema: `thermostat-2.avsc`): `payload_version` as a string.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReadingV2 {
+    pub device_id: String,
+    pub ts_ms: i64,
+    pub temperature_c: f64,
+    pub setpoint_c: Option<f64>,
+    pub humidity_pct: Option<f64>,
+    pub payload_version: String,
+    pub firmware: Option<String>,
+}
+
+/// What differs between the published versions.
+pub trait Generation {
+    /// The record this version emits.
+    type Record: Serialize;
+    /// Whether Kelvin readings are understood.
+    const KELVIN: bool;
+    /// The version's record from the common reading and the unit the device sent.
+    fn record(reading: Reading, unit: Option<String>) -> Self::Record;
+}
+
+/// thermostat 1.0.0.
+#[derive(Debug)]
+pub struct V1_0;
+/// thermostat 1.1.0.
+#[derive(Debug)]
+pub struct V1_1;
+/// thermostat 2.0.0.
+#[derive(Debug)]
+pub struct V2;
+
+impl Generation for V1_0 {
+    type Record = Reading;
+    const KELVIN: bool = false;
+    fn record(reading: Reading, _: Option<String>) -> Reading {
+        reading
+    }
+}
+
+impl Generation for V1_1 {
+    type Record = ReadingV1_1;
+    const KELVIN: bool = true;
+    fn record(reading: Reading, source_unit: Option<String>) -> ReadingV1_1 {
+        ReadingV1_1 {
+            reading,
+            source_unit,
+        }
+    }
+}
+
+impl Generation for V2 {
+    type Record = ReadingV2;
+    const KELVIN: bool = true;
+    fn record(r: Reading, _: Option<String>) -> ReadingV2 {
+        ReadingV2 {
+            device_id: r.device_id,
+            ts_ms: r.ts_ms,
+            temperature_c: r.temperature_c,
+            setpoint_c: r.setpoint_c,
+            humidity_pct: r.humidity_pct,
+            payload_version: format!("v{}", r.payload_version),
+            firmware: r.firmware,
+        }
+    }
+}
+
+/// The plugin: plausible-range bounds from config; `G` is the published version.
+#[derive(Debug)]
+pub struct Thermostat<G = V1_0> {
+    min_c: f64,
+    max_c: f64,
+    generation: PhantomData<G>,
+}
+
+/// The unit a quantity is in: the device's, or Fahrenheit when it sent none.
+fn unit(q: &Quantity) -> &str {
+    q.unit.as_deref().unwrap_or("F")
+}
+
+fn to_celsius(q: &Quantity, what: &str, kelvin: bool) -> Result<Option<f64>, Rejection> {
     let Some(value) = q.value else {
         return Ok(None);
     };
-    match q.unit.as_deref().unwrap_or("F") {
+    let round = |c: f64| (c * 100.0).round() / 100.0;
+    match unit(q) {
         "C" | "c" | "°C" => Ok(Some(value)),
-        "F" | "f" | "°F" => Ok(Some(((value - 32.0) * 5.0 / 9.0 * 100.0).round() / 100.0)),
+        "F" | "f" | "°F" => Ok(Some(round((value - 32.0) * 5.0 / 9.0))),
+        "K" if kelvin => Ok(Some(round(value - 273.15))),
+        other if kelvin => Err(Rejection::new(
+            "reading.unit",
+            format!("{what} has unknown unit {other:?}; expected \"C\", \"F\" or \"K\""),
+        )),
         other => Err(Rejection::new(
             "reading.unit",
             format!("{what} has unknown unit {other:?}; expected \"C\" or \"F\""),
@@ -69,7 +166,7 @@ fn to_celsius(q: &Quantity, what: &str) -> Result<Option<f64>, Rejection> {
     }
 }
 
-impl Thermostat {
+impl<G> Thermostat<G> {
     fn check_range(&self, what: &str, c: f64) -> Result<f64, Rejection> {
         if c.is_finite() && (self.min_c..=self.max_c).contains(&c) {
             Ok(c)
@@ -85,8 +182,8 @@ impl Thermostat {
     }
 }
 
-impl Plugin for Thermostat {
-    type Record = Reading;
+impl<G: Generation> Plugin for Thermostat<G> {
+    type Record = G::Record;
 
     fn init(config: &Config) -> Result<Self, String> {
         let min_c = config.parse_or("min_c", -50.0)?;
@@ -94,10 +191,14 @@ impl Plugin for Thermostat {
         if min_c >= max_c {
             return Err(format!("min_c ({min_c}) must be below max_c ({max_c})"));
         }
-        Ok(Thermostat { min_c, max_c })
+        Ok(Thermostat {
+            min_c,
+            max_c,
+            generation: PhantomData,
+        })
     }
 
-    fn transform(&self, msg: &Message) -> weir_sdk::Result<Reading> {
+    fn transform(&self, msg: &Message) -> weir_sdk::Result<G::Record> {
         let device_id = msg.topic.rsplit('/').next().unwrap_or_default();
         if device_id.is_empty() {
             return Err(Rejection::new(
@@ -132,10 +233,11 @@ impl Plugin for Thermostat {
                 };
                 let setpoint = match &p.setpoint {
                     None => None,
-                    Some(s) => to_celsius(s, "setpoint")?,
+                    Some(s) => to_celsius(s, "setpoint", G::KELVIN)?,
                 };
                 let version = if p.humidity.is_some() { 3 } else { 2 };
-                (version, to_celsius(t, "temperature")?, setpoint, humidity)
+                let temperature = to_celsius(t, "temperature", G::KELVIN)?;
+                (version, temperature, setpoint, humidity)
             }
             (None, None) => (0, None, None, None),
         };
@@ -157,7 +259,8 @@ impl Plugin for Thermostat {
                 format!("humidity {h} % is outside 0 to 100 %"),
             ));
         }
-        Ok(Emit::one(Reading {
+        let source_unit = p.temperature.as_ref().map(|t| unit(t).to_owned());
+        let reading = Reading {
             device_id: device_id.to_owned(),
             ts_ms: p.ts.unwrap_or(msg.received_at_ms),
             temperature_c,
@@ -165,11 +268,25 @@ impl Plugin for Thermostat {
             humidity_pct: humidity,
             payload_version: version,
             firmware: p.fw,
-        }))
+        };
+        Ok(Emit::one(G::record(reading, source_unit)))
     }
 }
 
-weir_sdk::export_plugin!(Thermostat, schema = "../thermostat.avsc");
+#[cfg(not(any(feature = "v1_1", feature = "v2")))]
+weir_sdk::export_plugin!(Thermostat<V1_0>, schema = "../thermostat.avsc");
+#[cfg(all(feature = "v1_1", not(feature = "v2")))]
+weir_sdk::export_plugin!(
+    Thermostat<V1_1>,
+    schema = "../thermostat-1.1.avsc",
+    version = "1.1.0"
+);
+#[cfg(feature = "v2")]
+weir_sdk::export_plugin!(
+    Thermostat<V2>,
+    schema = "../thermostat-2.avsc",
+    version = "2.0.0"
+);
 
 #[cfg(test)]
 mod tests {
@@ -178,6 +295,10 @@ mod tests {
     use weir_sdk::testing::{check_fixtures, run};
 
     fn plugin() -> Thermostat {
+        Thermostat::init(&Config::default()).unwrap()
+    }
+
+    fn v1_1() -> Thermostat<V1_1> {
         Thermostat::init(&Config::default()).unwrap()
     }
 
@@ -262,6 +383,55 @@ mod tests {
     }
 
     #[test]
+    fn version_1_1_reads_kelvin_and_names_the_unit() {
+        let m = Message::new(
+            "plant/7/thermostat/t-100",
+            r#"{"ts":5,"temperature":{"value":294.65,"unit":"K"}}"#,
+        );
+        let Ok(Emit::Records(r)) = v1_1().transform(&m) else {
+            panic!("1.1.0 must accept Kelvin")
+        };
+        assert_eq!(r[0].value.reading.temperature_c, 21.5);
+        assert_eq!(r[0].value.source_unit.as_deref(), Some("K"));
+        let v1 = Message::new("plant/7/thermostat/t-100", r#"{"ts":5,"temp_c":20}"#);
+        let Ok(Emit::Records(r)) = v1_1().transform(&v1) else {
+            panic!("1.1.0 must read firmware v1")
+        };
+        assert_eq!(r[0].value.source_unit, None);
+        let bad = Message::new(
+            "plant/7/thermostat/t-100",
+            r#"{"temperature":{"value":1,"unit":"R"}}"#,
+        );
+        assert_eq!(v1_1().transform(&bad).unwrap_err().code, "reading.unit");
+    }
+
+    #[test]
+    fn version_1_1_emits_what_1_0_emits_plus_the_unit() {
+        for payload in [
+            r#"{"ts":5,"temp_c":21.5,"setpoint_c":21.0}"#,
+            r#"{"ts":5,"temperature":{"value":70.7,"unit":"F"},"setpoint":{"value":69.8}}"#,
+        ] {
+            let m = Message::new("plant/7/thermostat/t-100", payload);
+            let (Ok(Emit::Records(old)), Ok(Emit::Records(new))) =
+                (plugin().transform(&m), v1_1().transform(&m))
+            else {
+                panic!("both versions must emit {payload}")
+            };
+            assert_eq!(old[0].value, new[0].value.reading);
+        }
+    }
+
+    #[test]
+    fn version_2_reports_the_payload_version_as_text() {
+        let p: Thermostat<V2> = Thermostat::init(&Config::default()).unwrap();
+        let m = Message::new("plant/7/thermostat/t-100", r#"{"ts":5,"temp_c":20}"#);
+        let Ok(Emit::Records(r)) = p.transform(&m) else {
+            panic!()
+        };
+        assert_eq!(r[0].value.payload_version, "v1");
+    }
+
+    #[test]
     fn heartbeat_is_skipped() {
         let out = plugin().transform(&Message::new("a/t-100", r#"{"heartbeat":true}"#));
         assert_eq!(out, Ok(Emit::Skip));
@@ -271,12 +441,12 @@ mod tests {
     fn config_is_validated() {
         let cfg = |k: &str, v: &str| Config::new(vec![(k.into(), v.into())]);
         assert!(
-            Thermostat::init(&cfg("max_c", "warm"))
+            Thermostat::<V1_0>::init(&cfg("max_c", "warm"))
                 .unwrap_err()
                 .contains("max_c")
         );
-        assert!(Thermostat::init(&cfg("min_c", "200")).is_err());
-        let narrow = Thermostat::init(&cfg("max_c", "30")).unwrap();
+        assert!(Thermostat::<V1_0>::init(&cfg("min_c", "200")).is_err());
+        let narrow = Thermostat::<V1_0>::init(&cfg("max_c", "30")).unwrap();
         assert!(
             narrow
                 .transform(&Message::new("a/t", r#"{"temp_c":35}"#))
