@@ -99,6 +99,9 @@ fn plugin_packages(root: &Path) -> Result<Vec<Package>> {
     Ok(packages)
 }
 
+/// Crates built together, and the `(version, feature)` they are built as (none: their own).
+type Build<'a> = (Vec<&'a Package>, Option<(&'a str, &'a str)>);
+
 fn build_plugins() -> Result<()> {
     let root = workspace_root();
     let packages = plugin_packages(&root)?;
@@ -110,8 +113,7 @@ fn build_plugins() -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     // Every crate's own version in one build; then each extra version, one feature at a
     // time (they overwrite the crate's module, so each is encoded before the next build).
-    let mut builds: Vec<(Vec<&Package>, Option<(&str, &str)>)> =
-        vec![(packages.iter().collect(), None)];
+    let mut builds: Vec<Build> = vec![(packages.iter().collect(), None)];
     for p in &packages {
         for (version, feature) in &p.versions {
             if let Some(f) = feature {
