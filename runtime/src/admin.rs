@@ -1,43 +1,243 @@
-//! The admin listener (`[admin] listen`, default 127.0.0.1:9900): `/metrics` (OpenMetrics
-//! text, which Prometheus scrapes), `/healthz` (the process is alive) and `/readyz` (MQTT
-//! connected and subscribed, Kafka reachable, no write stuck; otherwise 503 and the
-//! reasons). Scripts and tests wait on `/readyz`.
+//! The admin listener (`[admin] listen`, default 127.0.0.1:9900).
+//!
+//! - `/metrics` (OpenMetrics text, which Prometheus scrapes), `/healthz` (the process is
+//!   alive), `/readyz` (MQTT connected and subscribed, Kafka reachable, no write stuck;
+//!   otherwise 503 and the reasons). Scripts and tests wait on `/readyz`.
+//! - `/v1/...`: the plugin lifecycle as JSON over HTTP (push, list, promote, rollback,
+//!   history), described by `/v1/openapi.json`. Every `/v1` request but the description
+//!   needs `Authorization: Bearer <token>` when tokens are configured (`WEIR_ADMIN_TOKEN`);
+//!   the token's name is recorded in the audit trail. Errors are `{"error": "..."}` with the
+//!   reason and the fix.
 
+use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::Metrics;
 use axum::Router;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::Extension;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
 use std::sync::Arc;
 
+/// What the handlers share.
+#[derive(Clone)]
+struct App {
+    metrics: Arc<Metrics>,
+    lifecycle: Option<Arc<Lifecycle>>,
+    tokens: Arc<Vec<(String, String)>>,
+}
+
+/// The name of the token a request was authorised with.
+#[derive(Clone)]
+struct Caller(String);
+
 /// The admin routes.
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub fn router(
+    metrics: Arc<Metrics>,
+    lifecycle: Option<Arc<Lifecycle>>,
+    tokens: Vec<(String, String)>,
+) -> Router {
+    let app = App {
+        metrics,
+        lifecycle,
+        tokens: Arc::new(tokens),
+    };
+    let api = Router::new()
+        .route("/v1/plugins", post(push).get(plugins))
+        .route("/v1/cohorts", get(cohorts))
+        .route("/v1/cohorts/{cohort}/promote", post(promote))
+        .route("/v1/cohorts/{cohort}/rollback", post(rollback))
+        .route("/v1/cohorts/{cohort}/history", get(history))
+        .layer(DefaultBodyLimit::max(4 << 20))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authorise));
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(metrics)
+        .route("/v1/openapi.json", get(openapi))
+        .merge(api)
+        .with_state(app)
 }
 
-async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn metrics_text(State(app): State<App>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        m.encode(),
+        app.metrics.encode(),
     )
 }
 
-async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    match m.not_ready() {
+async fn ready(State(app): State<App>) -> impl IntoResponse {
+    match app.metrics.not_ready() {
         None => (StatusCode::OK, "ready\n".to_owned()),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
         ),
     }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+/// Constant-time comparison, so a wrong token's timing says nothing about the right one.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorise(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    let caller = if app.tokens.is_empty() {
+        Some("anonymous".to_owned())
+    } else {
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|given| {
+                app.tokens
+                    .iter()
+                    .find(|(_, secret)| same(secret.as_bytes(), given.trim().as_bytes()))
+                    .map(|(name, _)| name.clone())
+            })
+    };
+    match caller {
+        Some(name) => {
+            req.extensions_mut().insert(Caller(name));
+            next.run(req).await
+        }
+        None => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token: send Authorization: Bearer <token> with a token from WEIR_ADMIN_TOKEN (weir plugin ... --token, or WEIR_ADMIN_TOKEN in the environment)",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+    }
+}
+
+fn lifecycle(app: &App) -> Result<&Arc<Lifecycle>, Response> {
+    app.lifecycle.as_ref().ok_or_else(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this process runs no pipeline",
+        )
+    })
+}
+
+fn refused(e: LifecycleError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(status, e.to_string())
+}
+
+async fn push(
+    State(app): State<App>,
+    Extension(Caller(by)): Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    let lc = match lifecycle(&app) {
+        Ok(l) => l.clone(),
+        Err(r) => return r,
+    };
+    if body.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "empty body: send the .wasm component's bytes (weir plugin push FILE.wasm)",
+        );
+    }
+    match lc.push(body.to_vec(), &by).await {
+        Ok(p) => (
+            if p.new {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            axum::Json(p),
+        )
+            .into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn plugins(State(app): State<App>) -> Response {
+    match lifecycle(&app) {
+        Ok(lc) => axum::Json(lc.plugins()).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn cohorts(State(app): State<App>) -> Response {
+    match lifecycle(&app) {
+        Ok(lc) => axum::Json(lc.cohorts()).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct PromoteBody {
+    plugin: String,
+}
+
+async fn promote(
+    State(app): State<App>,
+    Path(cohort): Path<String>,
+    Extension(Caller(by)): Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    let lc = match lifecycle(&app) {
+        Ok(l) => l.clone(),
+        Err(r) => return r,
+    };
+    let Ok(PromoteBody { plugin }) = serde_json::from_slice(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            r#"the body must be {"plugin": "NAME@VERSION"}"#,
+        );
+    };
+    match lc.promote(&cohort, &plugin, &by).await {
+        Ok(p) => axum::Json(p).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn rollback(
+    State(app): State<App>,
+    Path(cohort): Path<String>,
+    Extension(Caller(by)): Extension<Caller>,
+) -> Response {
+    let lc = match lifecycle(&app) {
+        Ok(l) => l.clone(),
+        Err(r) => return r,
+    };
+    match lc.rollback(&cohort, &by).await {
+        Ok(p) => axum::Json(p).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+async fn history(State(app): State<App>, Path(cohort): Path<String>) -> Response {
+    match lifecycle(&app).map(|lc| lc.history(&cohort)) {
+        Ok(Ok(h)) => axum::Json(h).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(r) => r,
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
 }
 
 /// Bind the admin address; the error names the address and the fix.
@@ -51,12 +251,14 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, String> {
 pub fn spawn(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    lifecycle: Option<Arc<Lifecycle>>,
+    tokens: Vec<(String, String)>,
 ) -> tokio::task::JoinHandle<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!("admin listening on http://{addr}");
     }
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(metrics)).await {
+        if let Err(e) = axum::serve(listener, router(metrics, lifecycle, tokens)).await {
             tracing::error!(error = %e, "admin listener stopped");
         }
     })

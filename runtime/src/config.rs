@@ -103,16 +103,38 @@ pub use crate::source::codec::RetainHandling;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, the `/v1` API).
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Bearer tokens of the `/v1` API: `SECRET` (named `admin`) or `NAME:SECRET,...`; the
+    /// name is recorded in the audit trail. Set it from the environment
+    /// (`WEIR_ADMIN_TOKEN`), not in the file. Required unless `listen` is a loopback address.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             listen: default_admin_listen(),
+            token: None,
         }
+    }
+}
+
+impl Admin {
+    /// The tokens as `(name, secret)`.
+    pub fn tokens(&self) -> Vec<(String, String)> {
+        self.token
+            .iter()
+            .flat_map(|t| t.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| match t.split_once(':') {
+                Some((name, secret)) => (name.to_owned(), secret.to_owned()),
+                None => ("admin".to_owned(), t.to_owned()),
+            })
+            .collect()
     }
 }
 
@@ -191,8 +213,23 @@ impl Default for Output {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plugins {
-    /// Directory of plugin `.wasm` components (relative to the config file).
+    /// Directory of plugin `.wasm` components (relative to the config file); every file in
+    /// it is put in the store at start-up.
     pub dir: PathBuf,
+    /// The plugin store: components by sha256 (relative to the config file).
+    #[serde(default = "default_store")]
+    pub store: PathBuf,
+    /// The compacted Kafka topic holding uploads, pins and the audit trail.
+    #[serde(default = "default_control_topic")]
+    pub control_topic: String,
+}
+
+fn default_store() -> PathBuf {
+    PathBuf::from("weir-store")
+}
+
+fn default_control_topic() -> String {
+    "weir.control".into()
 }
 
 /// One `[[cohort]]`.
@@ -323,9 +360,11 @@ impl Config {
         })?;
         let vars: Vec<(String, String)> = std::env::vars().collect();
         let mut config = Self::parse(&file, &text, &vars)?;
-        if config.plugins.dir.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
-            config.plugins.dir = base.join(&config.plugins.dir);
+        let base = path.parent().unwrap_or(Path::new("."));
+        for dir in [&mut config.plugins.dir, &mut config.plugins.store] {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
         }
         Ok(config)
     }
@@ -414,6 +453,29 @@ impl Config {
         }
         check_kafka_topic(&self.output.quarantine_topic)
             .map_err(|e| ("output.quarantine_topic".to_owned(), e))?;
+        check_kafka_topic(&self.plugins.control_topic)
+            .map_err(|e| ("plugins.control_topic".to_owned(), e))?;
+        let loopback = self
+            .admin
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+            || self.admin.listen.starts_with("localhost:");
+        if !loopback && self.admin.tokens().is_empty() {
+            return Err((
+                "admin.listen".into(),
+                format!(
+                    "{} is not a loopback address and no admin token is set: anyone who reaches it could replace plugins; set WEIR_ADMIN_TOKEN (NAME:SECRET), or listen on 127.0.0.1",
+                    self.admin.listen
+                ),
+            ));
+        }
+        if let Some((name, _)) = self.admin.tokens().iter().find(|(n, s)| n.is_empty() || s.len() < 16) {
+            return Err((
+                "admin.token".into(),
+                format!("the token named {name:?} is empty or shorter than 16 characters; use a long random secret"),
+            ));
+        }
         if let Some(raw) = &self.output.raw_topic {
             check_kafka_topic(raw).map_err(|e| ("output.raw_topic".to_owned(), e))?;
         }

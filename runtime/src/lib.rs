@@ -6,10 +6,13 @@
 
 pub mod ack;
 pub mod admin;
+pub mod admin_client;
 pub mod config;
+pub mod control;
 pub mod dryrun;
 pub mod encode;
 pub mod headers;
+pub mod lifecycle;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
@@ -17,4 +20,5 @@ pub mod plan;
 pub mod route;
 pub mod sink;
 pub mod source;
+pub mod store;
 pub mod transform;

@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Work with plugin files.
+    /// Inspect plugin files; push, promote and roll back versions in a running weir.
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// Dry-run a plugin over messages given as JSON lines; print one outcome per line.
@@ -69,6 +69,9 @@ enum Command {
     /// The built-in Confluent-compatible schema registry.
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// The cohorts of a running weir.
+    #[command(subcommand)]
+    Cohort(CohortCommand),
 }
 
 #[derive(Subcommand)]
@@ -98,8 +101,81 @@ enum RegistryCommand {
     },
 }
 
+/// Where the admin API is and how to authenticate.
+#[derive(Args)]
+struct AdminArgs {
+    /// The admin API of a running weir (its [admin] listen address).
+    #[arg(long, env = "WEIR_ADMIN_URL", default_value = "http://127.0.0.1:9900")]
+    admin: String,
+    /// Bearer token: the SECRET of one of the server's WEIR_ADMIN_TOKEN entries (NAME:SECRET
+    /// is accepted as well).
+    #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON answer instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AdminArgs {
+    fn client(&self) -> weir::admin_client::AdminClient {
+        weir::admin_client::AdminClient::new(&self.admin, self.token.as_deref())
+    }
+}
+
+#[derive(Subcommand)]
+enum CohortCommand {
+    /// Each cohort, the plugin version it runs (name@version and sha256), since when and by
+    /// which token.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Validate a plugin (world, imports, describe, schema, size) and store it in a running
+    /// weir; prints name@version and sha256. A version is immutable: other bytes under a
+    /// stored name@version are refused.
+    Push {
+        /// The plugin's .wasm component (`cargo xtask plugins` builds them).
+        file: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stored plugin versions and the cohorts that run them.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Gate a stored version, then swap it in for a cohort with no restart and no loss.
+    ///
+    /// The gate: the version's schema must be accepted under the cohort's subject at its
+    /// compatibility level (the registry's reason is printed if not), and its `init` must
+    /// accept the cohort's config. Then the pin is written to the control topic and every
+    /// weir process reading it switches between two batches. Prints the cutover.
+    Promote {
+        /// The cohort (a [[cohort]] name).
+        cohort: String,
+        /// The version, NAME@VERSION.
+        plugin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Pin the version the cohort ran before its current pin.
+    Rollback {
+        /// The cohort.
+        cohort: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The cohort's audit trail: pushes, promotes, rollbacks and cutovers.
+    History {
+        /// The cohort.
+        cohort: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Print a plugin's name, version, sha256, contract version and declared schema.
     Inspect {
         /// The plugin's .wasm component.
@@ -207,6 +283,71 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Call the admin API; print its answer as JSON (`--json`) or as `text` makes it.
+fn lifecycle_call<F, Fut>(
+    admin: &AdminArgs,
+    call: F,
+    text: impl FnOnce(&serde_json::Value) -> String,
+) -> Result<ExitCode>
+where
+    F: FnOnce(weir::admin_client::AdminClient) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, weir::admin_client::ClientError>>,
+{
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match rt.block_on(call(admin.client())) {
+        Ok(v) if admin.json => println!("{v}"),
+        Ok(v) => println!("{}", text(&v)),
+        Err(e) => {
+            eprintln!("refused: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn str_of(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+/// One line per element of a JSON array.
+fn table(v: &serde_json::Value, line: impl Fn(&serde_json::Value) -> String) -> String {
+    let lines: Vec<String> = v.as_array().into_iter().flatten().map(line).collect();
+    if lines.is_empty() {
+        "(none)".into()
+    } else {
+        lines.join("\n")
+    }
+}
+
+/// Milliseconds since the Unix epoch (what the audit trail stores) as RFC 3339, UTC.
+fn timestamp(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn describe_change(v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{}: {}@{} → {}@{} (sha256 {}); gate {} ms, live in {} ms",
+        str_of(&v["cohort"]),
+        str_of(&v["from"]["name"]),
+        str_of(&v["from"]["version"]),
+        str_of(&v["to"]["name"]),
+        str_of(&v["to"]["version"]),
+        str_of(&v["to"]["sha256"]),
+        v["gate_ms"],
+        v["swap_ms"],
+    );
+    match v["cutover"].as_object() {
+        Some(c) => out.push_str(&format!(
+            "\ncutover: first message on {} at {}",
+            c.get("first_topic").and_then(|t| t.as_str()).unwrap_or("-"),
+            timestamp(c.get("at_ms").and_then(|t| t.as_i64()).unwrap_or(0))
+        )),
+        None => out.push_str("\ncutover: with the cohort's next message"),
+    }
+    out
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -255,6 +396,85 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("schema:\n{}", serde_json::to_string_pretty(&schema)?);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Push { file, admin }) => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            lifecycle_call(&admin, |c| async move { c.push(bytes).await }, |v| {
+                let verb = if v["new"] == true { "stored" } else { "already stored" };
+                format!("{} {} ({verb}, {} bytes)", str_of(&v["plugin"]), str_of(&v["sha256"]), v["size"])
+            })
+        }
+        Command::Plugin(PluginCommand::List { admin }) => {
+            lifecycle_call(&admin, |c| async move { c.plugins().await }, |v| {
+                table(v, |p| {
+                    let cohorts: Vec<&str> = p["cohorts"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
+                        .unwrap_or_default();
+                    format!(
+                        "{}@{}  {}  {:>8} B  by {}  {}",
+                        str_of(&p["name"]),
+                        str_of(&p["version"]),
+                        str_of(&p["sha256"]),
+                        p["size"],
+                        str_of(&p["by"]),
+                        if cohorts.is_empty() { "-".to_owned() } else { format!("live in {}", cohorts.join(", ")) }
+                    )
+                })
+            })
+        }
+        Command::Cohort(CohortCommand::List { admin }) => {
+            lifecycle_call(&admin, |c| async move { c.cohorts().await }, |v| {
+                table(v, |c| {
+                    format!(
+                        "{}  {}@{}  {}  {}",
+                        str_of(&c["cohort"]),
+                        str_of(&c["plugin"]["name"]),
+                        str_of(&c["plugin"]["version"]),
+                        str_of(&c["plugin"]["sha256"]),
+                        match c["since_ms"].as_i64() {
+                            Some(ms) => format!("since {} by {}", timestamp(ms), str_of(&c["by"])),
+                            None => "pinned by weir.toml".to_owned(),
+                        }
+                    )
+                })
+            })
+        }
+        Command::Plugin(PluginCommand::Promote { cohort, plugin, admin }) => lifecycle_call(
+            &admin,
+            |c| async move { c.promote(&cohort, &plugin).await },
+            describe_change,
+        ),
+        Command::Plugin(PluginCommand::Rollback { cohort, admin }) => lifecycle_call(
+            &admin,
+            |c| async move { c.rollback(&cohort).await },
+            describe_change,
+        ),
+        Command::Plugin(PluginCommand::History { cohort, admin }) => {
+            lifecycle_call(&admin, |c| async move { c.history(&cohort).await }, |v| {
+                table(v, |a| {
+                    let what = match a["action"].as_str() {
+                        Some("cutover") => format!(
+                            "{} switched at message on {}",
+                            str_of(&a["cutover"]["process"]),
+                            str_of(&a["cutover"]["first_topic"])
+                        ),
+                        _ => format!(
+                            "{} → {}",
+                            a["old_sha256"].as_str().map_or("-", |s| &s[..s.len().min(12)]),
+                            str_of(&a["new_sha256"]).chars().take(12).collect::<String>()
+                        ),
+                    };
+                    format!(
+                        "{}  {:<8}  {}  by {}  {what}",
+                        timestamp(a["at_ms"].as_i64().unwrap_or(0)),
+                        str_of(&a["action"]),
+                        str_of(&a["plugin"]),
+                        str_of(&a["by"]),
+                    )
+                })
+            })
         }
         Command::Run { config, engine } => {
             let file = config.display().to_string();

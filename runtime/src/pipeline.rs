@@ -17,14 +17,14 @@
 use crate::ack::AckQueue;
 use crate::admin;
 use crate::config::Config;
-use crate::encode::{self, avro::AvroSchema, registry::RegistryClient};
+use crate::control::Control;
+use crate::lifecycle::{Lifecycle, LifecycleError, Switched};
 use crate::metrics::{CohortLabel, KindLabel, Metrics};
-use crate::plan::{CohortPlan, Delivery, Input, Kind, Next, Topology};
-use crate::route::{KeyTemplate, Rule};
+use crate::plan::{Delivery, Input, Kind, Next, Topology};
 use crate::sink::{Failure, Sink};
 use crate::source::{AckToken, Incoming, Source};
+use crate::store::Store;
 use crate::transform::{Configured, Host, Limits, Message, Outcome, Plugin};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,12 +48,8 @@ pub enum StartError {
     Other(String),
 }
 
-/// Load every `.wasm` in `dir`, indexed by `name@version`.
-fn load_plugins(
-    host: &Host,
-    dir: &Path,
-    file: &str,
-) -> Result<HashMap<String, Plugin>, StartError> {
+/// Load every `.wasm` in `dir` (the store's seeds), with its bytes.
+fn load_seeds(host: &Host, dir: &Path, file: &str) -> Result<Vec<(Plugin, Vec<u8>)>, StartError> {
     let entries = std::fs::read_dir(dir).map_err(|e| StartError::Config {
         file: file.into(),
         key: "plugins.dir".into(),
@@ -62,17 +58,20 @@ fn load_plugins(
             dir.display()
         ),
     })?;
-    let mut plugins: HashMap<String, Plugin> = HashMap::new();
+    let mut seeds: Vec<(Plugin, Vec<u8>)> = Vec::new();
     let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
     {
-        match host.load_file(&path) {
-            Ok(p) => {
+        let loaded = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| host.load(&bytes).map(|p| (p, bytes)).map_err(|e| e.to_string()));
+        match loaded {
+            Ok((p, bytes)) => {
                 let id = p.info().id();
-                if let Some(other) = plugins.get(&id)
+                if let Some((other, _)) = seeds.iter().find(|(o, _)| o.info().id() == id)
                     && other.info().sha256 != p.info().sha256
                 {
                     return Err(StartError::Config {
@@ -86,48 +85,25 @@ fn load_plugins(
                     });
                 }
                 tracing::info!(plugin = %id, sha256 = %p.info().sha256, path = %path.display(), "plugin loaded");
-                plugins.insert(id, p);
+                seeds.push((p, bytes));
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "skipping a file that is not a usable plugin")
             }
         }
     }
-    Ok(plugins)
-}
-
-/// Register (or look up) a schema, retrying while the registry is unreachable.
-async fn schema_id(
-    client: &RegistryClient,
-    subject: &str,
-    schema: &str,
-    register: bool,
-) -> Result<u32, StartError> {
-    let mut attempt = 0u32;
-    loop {
-        match client.schema_id(subject, schema, register).await {
-            Ok(id) => return Ok(id),
-            Err(e) if e.is_transient() => {
-                attempt += 1;
-                let wait = Duration::from_millis(200 * u64::from(attempt.min(25)));
-                tracing::warn!(error = %e, attempt, retry_in = ?wait, "schema registry unavailable at start-up; retrying");
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) => return Err(StartError::Other(e.to_string())),
-        }
-    }
+    Ok(seeds)
 }
 
 /// Everything `run` needs, built and checked at start-up.
 pub struct Prepared {
     config: Config,
     file: String,
-    topology: Arc<Topology>,
-    plugins: Vec<Configured>,
+    lifecycle: Arc<Lifecycle>,
 }
 
-/// Build the cohorts: resolve each pinned plugin to its sha256, check its config, and get
-/// its schema id from the registry.
+/// Open the plugin store and the control topic, and build every cohort at its pin: resolve
+/// the plugin to its sha256, check its config, and get its schema id from the registry.
 pub async fn prepare(
     config: Config,
     file: &str,
@@ -135,91 +111,40 @@ pub async fn prepare(
     cache: Option<&Path>,
 ) -> Result<Prepared, StartError> {
     let host = Host::new(limits, cache).map_err(|e| StartError::Other(e.to_string()))?;
-    let plugins = load_plugins(&host, &config.plugins.dir, file)?;
-    let registry = RegistryClient::new(&config.registry.url);
-    let mut cohorts = Vec::new();
-    let mut rules = Vec::new();
-    let mut configured = Vec::new();
-    for (i, c) in config.cohorts.iter().enumerate() {
-        let plugin = plugins.get(&c.plugin).ok_or_else(|| {
-            let mut found: Vec<&String> = plugins.keys().collect();
-            found.sort();
-            StartError::Config {
-                file: file.into(),
-                key: format!("cohort[{i}].plugin"),
-                problem: format!(
-                    "{} is not in {} (found: {:?}); build it or pin a version that is there",
-                    c.plugin,
-                    config.plugins.dir.display(),
-                    found
-                ),
-            }
+    let seeds = load_seeds(&host, &config.plugins.dir, file)?;
+    let store = Store::open(&config.plugins.store).map_err(|e| StartError::Config {
+        file: file.into(),
+        key: "plugins.store".into(),
+        problem: e.to_string(),
+    })?;
+    let control = Control::open(&config.kafka, &config.plugins.control_topic, store.clone())
+        .await
+        .map_err(|e| StartError::Config {
+            file: file.into(),
+            key: "plugins.control_topic".into(),
+            problem: e.to_string(),
         })?;
-        let settings: Vec<(String, String)> = c
-            .config
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        configured.push(
-            plugin
-                .configure(settings, format!("{}:{}", c.name, c.plugin))
-                .map_err(|e| StartError::Config {
+    let lifecycle = Lifecycle::start(config.clone(), Arc::new(host), store, control, seeds)
+        .await
+        .map_err(|e| match e {
+            LifecycleError::NotFound(problem) | LifecycleError::Invalid(problem) => {
+                let (key, problem) = problem
+                    .split_once(": ")
+                    .map(|(k, p)| (k.to_owned(), p.to_owned()))
+                    .filter(|(k, _)| k.starts_with("cohort["))
+                    .unwrap_or(("plugins".into(), problem));
+                StartError::Config {
                     file: file.into(),
-                    key: format!("cohort[{i}].config"),
-                    problem: format!("{} refused its config: {e}", c.plugin),
-                })?,
-        );
-        let info = plugin.info();
-        let record_name =
-            encode::registry::record_full_name(&info.schema).unwrap_or_else(|| info.name.clone());
-        let subject = encode::registry::subject(
-            config.registry.subject_strategy,
-            &c.output_topic,
-            &record_name,
-        );
-        let schema_id = schema_id(
-            &registry,
-            &subject,
-            &info.schema,
-            config.registry.auto_register,
-        )
-        .await?;
-        tracing::info!(cohort = %c.name, plugin = %c.plugin, sha256 = %info.sha256, %subject, schema_id, "cohort ready");
-        cohorts.push(CohortPlan {
-            name: c.name.clone(),
-            output_topic: c.output_topic.clone(),
-            key: KeyTemplate::parse(&c.key).map_err(StartError::Other)?,
-            schema_id,
-            schema: AvroSchema::clone(plugin.schema()),
-            identity: vec![
-                (crate::headers::PLUGIN.into(), info.id().into_bytes()),
-                (
-                    crate::headers::PLUGIN_SHA256.into(),
-                    info.sha256.clone().into_bytes(),
-                ),
-                (crate::headers::COHORT.into(), c.name.clone().into_bytes()),
-            ],
-        });
-        rules.push(Rule {
-            filter: c.topic.clone(),
-            properties: c
-                .properties
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        });
-    }
-    let topology = Topology {
-        cohorts,
-        rules,
-        quarantine_topic: config.output.quarantine_topic.clone(),
-        raw_topic: config.output.raw_topic.clone(),
-    };
+                    key,
+                    problem,
+                }
+            }
+            other => StartError::Other(other.to_string()),
+        })?;
     Ok(Prepared {
         config,
         file: file.to_owned(),
-        topology: Arc::new(topology),
-        plugins: configured,
+        lifecycle,
     })
 }
 
@@ -280,7 +205,12 @@ pub async fn run(
     let admin = admin::bind(&cfg.admin.listen)
         .await
         .map_err(StartError::Other)?;
-    let _admin = admin::spawn(admin, metrics.clone());
+    let _admin = admin::spawn(
+        admin,
+        metrics.clone(),
+        Some(p.lifecycle.clone()),
+        cfg.admin.tokens(),
+    );
     let sink = Sink::new(&cfg.kafka).map_err(|e| StartError::Config {
         file: p.file.clone(),
         key: "kafka".into(),
@@ -368,7 +298,16 @@ pub async fn run(
             }
         }))
     };
-    let plugins = Arc::new(p.plugins);
+    let mut live_rx = p.lifecycle.live();
+    let (switched_tx, switched_rx) = mpsc::unbounded_channel::<Switched>();
+    let _follower = AbortOnDrop(tokio::spawn(p.lifecycle.clone().follow(switched_rx)));
+    // The version each cohort's last message went through, to report cutovers.
+    let mut seen: Vec<String> = live_rx
+        .borrow()
+        .versions
+        .iter()
+        .map(|v| v.sha256.clone())
+        .collect();
     let mut next_seq = 0u64;
     let mut failure = None;
     loop {
@@ -381,7 +320,9 @@ pub async fn run(
             b = batches.recv() => b,
         };
         let Some(batch) = batch else { break };
-        let topology = p.topology.clone();
+        // One live set for the whole batch: a swap lands between batches.
+        let live = live_rx.borrow_and_update().clone();
+        let topology = live.topology.clone();
         let mut inputs = Vec::with_capacity(batch.len());
         let mut seqs = Vec::with_capacity(batch.len());
         for inc in batch {
@@ -396,7 +337,20 @@ pub async fn run(
         }
         let routes: Vec<Option<usize>> =
             inputs.iter().map(|i| topology.route(&i.message)).collect();
-        let outcomes = transform(&topology, &plugins, &metrics, &mut inputs, &routes);
+        for (ci, version) in live.versions.iter().enumerate() {
+            if seen[ci] == version.sha256 {
+                continue;
+            }
+            if let Some(first) = routes.iter().position(|r| *r == Some(ci)) {
+                seen[ci] = version.sha256.clone();
+                let _ = switched_tx.send(Switched {
+                    cohort: ci,
+                    version: version.clone(),
+                    first_topic: inputs[first].message.topic.clone(),
+                });
+            }
+        }
+        let outcomes = transform(&topology, &live.plugins, &metrics, &mut inputs, &routes);
         // Enqueueing waits while the producer's queue is full; a signal must still stop it
         // (what was not enqueued stays unacknowledged with the broker).
         let enqueued = tokio::select! {
@@ -467,7 +421,7 @@ pub async fn run(
 /// transformed (unrouted, oversize).
 fn transform(
     topology: &Topology,
-    plugins: &[Configured],
+    plugins: &[Arc<Configured>],
     metrics: &Metrics,
     inputs: &mut [Input],
     routes: &[Option<usize>],

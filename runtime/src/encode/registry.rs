@@ -148,6 +148,46 @@ impl RegistryClient {
     }
 
     /// The schema with global id `id`.
+    /// Would `schema` be accepted under `subject` at the subject's compatibility level?
+    /// `Ok(Err(reasons))` when the registry says no; a subject with no version accepts
+    /// anything.
+    pub async fn check_compatible(
+        &self,
+        subject: &str,
+        schema: &str,
+    ) -> Result<Result<(), Vec<String>>, RegistryClientError> {
+        let url = format!(
+            "{}/compatibility/subjects/{}/versions/latest?verbose=true",
+            self.base,
+            urlencode(subject)
+        );
+        let answer = self
+            .call(
+                format!("checking the schema's compatibility under subject {subject:?}"),
+                self.http
+                    .post(url)
+                    .body(json!({"schema": schema}).to_string()),
+            )
+            .await;
+        let body = match answer {
+            Ok(body) => body,
+            Err(RegistryClientError::Refused { code: 40401, .. }) => return Ok(Ok(())),
+            Err(e) => return Err(e),
+        };
+        if body["is_compatible"].as_bool() == Some(true) {
+            return Ok(Ok(()));
+        }
+        let reasons = body["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Err(reasons))
+    }
+
     pub async fn schema_by_id(&self, id: u32) -> Result<String, RegistryClientError> {
         let body = self
             .call(

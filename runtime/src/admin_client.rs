@@ -1,0 +1,142 @@
+//! The admin API's client, behind `weir plugin push|list|promote|rollback|history` and
+//! `weir cohort list`.
+
+use serde_json::Value;
+use std::time::Duration;
+
+/// Errors talking to the admin API; each is one line that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The API could not be reached.
+    #[error("cannot reach the weir admin API at {url}: {reason}; is `weir run` up, and is --admin (WEIR_ADMIN_URL) its [admin] listen address?")]
+    Unreachable {
+        /// The base URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The API refused the request.
+    #[error("{status}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The API's reason.
+        message: String,
+    },
+}
+
+/// A client for one weir process's admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// A client for `base` (`http://host:port`); `token` is the bearer secret, or
+    /// `NAME:SECRET` as `WEIR_ADMIN_TOKEN` holds it on the server.
+    pub fn new(base: &str, token: Option<&str>) -> AdminClient {
+        AdminClient {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token
+                .map(|t| t.split_once(':').map_or(t, |(_, secret)| secret).to_owned()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("HTTP client"),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> Result<Value, ClientError> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some((bytes, content_type)) = body {
+            req = req.header("content-type", content_type).body(bytes);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status >= 300 {
+            let message = body["error"]
+                .as_str()
+                .map_or_else(|| body.to_string(), str::to_owned);
+            return Err(ClientError::Refused { status, message });
+        }
+        Ok(body)
+    }
+
+    /// Upload a component.
+    pub async fn push(&self, bytes: Vec<u8>) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/plugins",
+            Some((bytes, "application/wasm")),
+        )
+        .await
+    }
+
+    /// Stored versions.
+    pub async fn plugins(&self) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/plugins", None).await
+    }
+
+    /// Cohorts and their pins.
+    pub async fn cohorts(&self) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/cohorts", None).await
+    }
+
+    /// Promote `plugin` (`name@version`) to `cohort`.
+    pub async fn promote(&self, cohort: &str, plugin: &str) -> Result<Value, ClientError> {
+        let body = serde_json::json!({ "plugin": plugin }).to_string().into_bytes();
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/cohorts/{}/promote", path_segment(cohort)),
+            Some((body, "application/json")),
+        )
+        .await
+    }
+
+    /// Roll `cohort` back to its previous pin.
+    pub async fn rollback(&self, cohort: &str) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/cohorts/{}/rollback", path_segment(cohort)),
+            None,
+        )
+        .await
+    }
+
+    /// `cohort`'s audit entries.
+    pub async fn history(&self, cohort: &str) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/cohorts/{}/history", path_segment(cohort)),
+            None,
+        )
+        .await
+    }
+}
+
+/// Percent-encode a path segment.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,407 @@
+//! The control topic (`[plugins] control_topic`, default `weir.control`): plugin uploads,
+//! the pin of every cohort, and an audit entry for every change, in one compacted
+//! single-partition Kafka topic.
+//!
+//! Kafka is weir's shared state: every weir process reads the topic from the beginning at
+//! start-up and follows it while it runs, so a restart keeps the promoted version and N
+//! processes sharing a `$share` subscription converge on the same pin. One partition keeps
+//! one order for every change. Keys decide what compaction keeps:
+//!
+//! | key                      | value                                   | kept            |
+//! |--------------------------|-----------------------------------------|-----------------|
+//! | `wasm/<sha256>`          | the component's bytes                   | one per sha256  |
+//! | `upload/<name>@<version>`| [`Upload`] (JSON)                       | one per version |
+//! | `pin/<cohort>`           | [`Pin`] (JSON)                          | the latest      |
+//! | `audit/<cohort>/<unique>`| [`Audit`] (JSON)                        | all             |
+
+use crate::config::Kafka;
+use crate::store::Store;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Errors reading or writing the control topic.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Kafka refused or is unreachable.
+    #[error("control topic {topic}: {problem}")]
+    Kafka {
+        /// The topic.
+        topic: String,
+        /// What, and the fix.
+        problem: String,
+    },
+}
+
+/// A plugin version as pinned: what every record it produces is attributed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Declared name.
+    pub name: String,
+    /// Declared version.
+    pub version: String,
+    /// sha256 of the component.
+    pub sha256: String,
+}
+
+impl Version {
+    /// `name@version`.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// A stored plugin version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    /// Which version.
+    #[serde(flatten)]
+    pub plugin: Version,
+    /// Size of the component, bytes.
+    pub size: u64,
+    /// Its declared Avro schema.
+    pub schema: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The admin token's name, or `seed` for a file from `[plugins] dir`.
+    pub by: String,
+}
+
+/// Which version a cohort runs, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The cohort.
+    pub cohort: String,
+    /// The version it runs.
+    pub plugin: Version,
+    /// The version it ran before (what `rollback` returns to).
+    pub previous: Option<Version>,
+    /// When the pin was written, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// The admin token's name.
+    pub by: String,
+}
+
+/// Where a process switched a cohort to a new version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cutover {
+    /// The weir process (its MQTT client id).
+    pub process: String,
+    /// When its first message went through the new version, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// That message's MQTT topic.
+    pub first_topic: String,
+}
+
+/// One change, for `weir plugin history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    /// The cohort (none for a push).
+    pub cohort: Option<String>,
+    /// `push`, `promote`, `rollback` or `cutover`.
+    pub action: String,
+    /// The version pushed or pinned (`name@version`).
+    pub plugin: String,
+    /// The sha256 pinned before.
+    pub old_sha256: Option<String>,
+    /// The sha256 pushed or pinned.
+    pub new_sha256: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The admin token's name (or the process, for a cutover).
+    pub by: String,
+    /// For `cutover`: where the process switched.
+    pub cutover: Option<Cutover>,
+}
+
+/// What the control topic says, as far as it has been read.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// Stored versions by `name@version`.
+    pub uploads: BTreeMap<String, Upload>,
+    /// Pins by cohort.
+    pub pins: BTreeMap<String, Pin>,
+    /// Every change, oldest first.
+    pub audit: Vec<Audit>,
+    /// The next offset to read: everything before it is applied.
+    pub next_offset: i64,
+}
+
+impl State {
+    fn apply(&mut self, key: &str, value: Option<&[u8]>, store: &Store) {
+        let Some(value) = value else { return };
+        let parsed = |what: &str| {
+            tracing::warn!(key, "control topic: ignoring an entry that is not a valid {what}");
+        };
+        if let Some(sha) = key.strip_prefix("wasm/") {
+            match store.put(value) {
+                Ok(got) if got == sha => {}
+                Ok(got) => {
+                    tracing::warn!(key, sha256 = %got, "control topic: component bytes do not match their key; ignored")
+                }
+                Err(e) => tracing::error!(error = %e, "control topic: cannot store a component"),
+            }
+        } else if key.starts_with("upload/") {
+            match serde_json::from_slice::<Upload>(value) {
+                Ok(u) => {
+                    self.uploads.entry(u.plugin.id()).or_insert(u);
+                }
+                Err(_) => parsed("upload"),
+            }
+        } else if key.starts_with("pin/") {
+            match serde_json::from_slice::<Pin>(value) {
+                Ok(p) => {
+                    self.pins.insert(p.cohort.clone(), p);
+                }
+                Err(_) => parsed("pin"),
+            }
+        } else if key.starts_with("audit/") {
+            match serde_json::from_slice::<Audit>(value) {
+                Ok(a) => self.audit.push(a),
+                Err(_) => parsed("audit entry"),
+            }
+        }
+    }
+}
+
+/// The control topic: a producer for changes and a follower that applies every entry.
+pub struct Control {
+    topic: String,
+    producer: FutureProducer,
+    state: watch::Receiver<Arc<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn client_config(kafka: &Kafka) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap);
+    for (k, v) in &kafka.properties {
+        // Security and connection settings apply to the control clients too; producer
+        // tuning does not matter for a handful of small writes.
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+            c.set(k, v);
+        }
+    }
+    c
+}
+
+impl Control {
+    /// Create the topic if it is missing, read it to its end (so the state is complete
+    /// before start-up goes on), then follow it on a thread of its own. Components found
+    /// in it are written to `store`.
+    pub async fn open(kafka: &Kafka, topic: &str, store: Store) -> Result<Control, ControlError> {
+        let err = |problem: String| ControlError::Kafka {
+            topic: topic.to_owned(),
+            problem,
+        };
+        let base = client_config(kafka);
+        ensure_topic(&base, topic).await.map_err(err)?;
+        let mut pc = base.clone();
+        pc.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.max.bytes", "4194304");
+        let producer: FutureProducer = pc
+            .create()
+            .map_err(|e| err(format!("cannot create a producer: {e}")))?;
+        let mut cc = base;
+        cc.set("group.id", format!("weir-control-{}", rand::random::<u64>()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("fetch.message.max.bytes", "4194304");
+        let consumer: BaseConsumer = cc
+            .create()
+            .map_err(|e| err(format!("cannot create a consumer: {e}")))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .map_err(|e| err(e.to_string()))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| err(format!("cannot read partition 0: {e}")))?;
+        let (topic_owned, store_c) = (topic.to_owned(), store.clone());
+        let (consumer, state) = tokio::task::spawn_blocking(move || {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic_owned, 0, Duration::from_secs(10))
+                .map_err(|e| {
+                    format!("cannot read its end offset: {e}; check kafka.bootstrap and that the brokers are up")
+                })?;
+            let mut state = State::default();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while state.next_offset < high {
+                if std::time::Instant::now() > deadline {
+                    return Err(format!(
+                        "read only to offset {} of {high} in 60 s",
+                        state.next_offset
+                    ));
+                }
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                        state.apply(&key, m.payload(), &store_c);
+                        state.next_offset = m.offset() + 1;
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "control topic: read error; retrying"),
+                    None => {}
+                }
+            }
+            Ok((consumer, state))
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(err)?;
+        tracing::info!(
+            topic,
+            uploads = state.uploads.len(),
+            pins = state.pins.len(),
+            entries = state.next_offset,
+            "control topic read"
+        );
+        let (tx, rx) = watch::channel(Arc::new(state));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_c = stop.clone();
+        std::thread::Builder::new()
+            .name("weir-control".into())
+            .spawn(move || follow(consumer, tx, store, stop_c))
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Control {
+            topic: topic.to_owned(),
+            producer,
+            state: rx,
+            stop,
+        })
+    }
+
+    /// The state as far as it has been read.
+    pub fn state(&self) -> Arc<State> {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every new state.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        self.state.clone()
+    }
+
+    /// Write entries, in order, and wait until this process has applied them.
+    pub async fn append(&self, entries: Vec<(String, Vec<u8>)>) -> Result<(), ControlError> {
+        let mut last = -1;
+        for (key, value) in entries {
+            let delivered = self
+                .producer
+                .send(
+                    FutureRecord::to(&self.topic).key(&key).payload(&value).partition(0),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| ControlError::Kafka {
+                    topic: self.topic.clone(),
+                    problem: format!("cannot write {key}: {e}"),
+                })?;
+            last = delivered.offset;
+        }
+        let mut rx = self.state.clone();
+        let applied = rx.wait_for(|s| s.next_offset > last);
+        tokio::time::timeout(Duration::from_secs(30), applied)
+            .await
+            .map_err(|_| ControlError::Kafka {
+                topic: self.topic.clone(),
+                problem: "written, but not read back within 30 s".into(),
+            })?
+            .map_err(|_| ControlError::Kafka {
+                topic: self.topic.clone(),
+                problem: "the follower stopped".into(),
+            })?;
+        Ok(())
+    }
+
+    /// Append an audit entry.
+    pub async fn audit(&self, a: &Audit) -> Result<(), ControlError> {
+        let key = format!(
+            "audit/{}/{}-{:016x}",
+            a.cohort.as_deref().unwrap_or("-"),
+            a.at_ms,
+            rand::random::<u64>()
+        );
+        self.append(vec![(key, serde_json::to_vec(a).expect("serialisable"))])
+            .await
+    }
+}
+
+fn follow(
+    consumer: BaseConsumer,
+    tx: watch::Sender<Arc<State>>,
+    store: Store,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let (payload, offset) = (m.payload().map(<[u8]>::to_vec), m.offset());
+                tx.send_modify(|s| {
+                    let s = Arc::make_mut(s);
+                    s.apply(&key, payload.as_deref(), &store);
+                    s.next_offset = offset + 1;
+                });
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "control topic: read error; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            None => {}
+        }
+    }
+}
+
+/// Create the control topic (compacted, one partition) if it does not exist.
+async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = base
+        .create()
+        .map_err(|e| format!("cannot create an admin client: {e}"))?;
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
+        .set("cleanup.policy", "compact");
+    let results = admin
+        .create_topics(&[new], &AdminOptions::new())
+        .await
+        .map_err(|e| {
+            format!("cannot create it: {e}; check kafka.bootstrap and that the brokers are up")
+        })?;
+    for r in results {
+        if let Err((_, code)) = r
+            && code != RDKafkaErrorCode::TopicAlreadyExists
+        {
+            return Err(format!(
+                "does not exist and cannot be created ({code:?}); create it compacted with one partition, or grant weir's principal CREATE on it"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,823 @@
+//! The plugin lifecycle: push a version into the store, promote it to a cohort behind a
+//! gate, roll back, and keep every process's live plugins equal to the control topic's pins.
+//!
+//! The live set ([`Live`]) is one value the pipeline reads at the start of every batch, so
+//! a swap happens between batches: every message is processed entirely by one version and
+//! its records carry that version's sha256. A new version is loaded, compiled and
+//! initialised off the data path, then swapped in; the pipeline reports the first message
+//! each new version took (the cutover), which is written to the audit trail.
+//!
+//! A promote writes the pin to the control topic; every process (this one included)
+//! installs it when it reads it, so N processes converge on the same pin and a restart
+//! keeps it. The pin in `weir.toml` is only the pin a cohort starts with.
+
+use crate::config::Config;
+use crate::control::{Audit, Control, Cutover, Pin, Upload, Version, now_ms};
+use crate::encode::{self, avro::AvroSchema, registry::RegistryClient};
+use crate::plan::{CohortPlan, Topology};
+use crate::route::KeyTemplate;
+use crate::store::Store;
+use crate::transform::{Configured, Host, Plugin};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// What the pipeline runs: a topology and one configured plugin per cohort, swapped as one.
+pub struct Live {
+    /// Routing, output topics, schema ids and the identity headers of every cohort.
+    pub topology: Arc<Topology>,
+    /// The configured plugin of each cohort, by cohort index.
+    pub plugins: Vec<Arc<Configured>>,
+    /// The version each cohort runs, by cohort index.
+    pub versions: Vec<Version>,
+}
+
+/// A version the pipeline started using: the cohort, the version and the first message's
+/// MQTT topic.
+#[derive(Debug, Clone)]
+pub struct Switched {
+    /// Cohort index.
+    pub cohort: usize,
+    /// The version now live.
+    pub version: Version,
+    /// The MQTT topic of the first message it processed.
+    pub first_topic: String,
+}
+
+/// Why a lifecycle request was refused; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// Something named does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with what is stored or live (409): an immutable version, an
+    /// incompatible schema, nothing to roll back to.
+    #[error("{0}")]
+    Conflict(String),
+    /// The plugin or its config is unusable (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// Kafka, the registry or the store failed (503); retry when it is back.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl LifecycleError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            LifecycleError::NotFound(_) => 404,
+            LifecycleError::Conflict(_) => 409,
+            LifecycleError::Invalid(_) => 422,
+            LifecycleError::Unavailable(_) => 503,
+        }
+    }
+}
+
+/// The answer to a push.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pushed {
+    /// `name@version`.
+    pub plugin: String,
+    /// sha256 of the component.
+    pub sha256: String,
+    /// Size, bytes.
+    pub size: u64,
+    /// False when exactly these bytes were already stored under this version.
+    pub new: bool,
+}
+
+/// The answer to a promote or a rollback.
+#[derive(Debug, Clone, Serialize)]
+pub struct Promoted {
+    /// The cohort.
+    pub cohort: String,
+    /// The version it ran.
+    pub from: Version,
+    /// The version it runs now.
+    pub to: Version,
+    /// Gate (registry check, load, compile, init) duration, ms.
+    pub gate_ms: u64,
+    /// From the request to the new version being live in this process, ms.
+    pub swap_ms: u64,
+    /// Where this process switched, when a message arrived within a second of the swap.
+    pub cutover: Option<Cutover>,
+}
+
+/// A cohort as `weir cohort list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CohortView {
+    /// The cohort.
+    pub cohort: String,
+    /// The version live in this process.
+    pub plugin: Version,
+    /// When it was pinned (none: the pin from weir.toml).
+    pub since_ms: Option<i64>,
+    /// Which admin token pinned it (none: weir.toml).
+    pub by: Option<String>,
+    /// Its Kafka topic.
+    pub output_topic: String,
+}
+
+/// A stored version as `weir plugin list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginView {
+    /// The upload.
+    #[serde(flatten)]
+    pub upload: Upload,
+    /// Cohorts that run it in this process.
+    pub cohorts: Vec<String>,
+}
+
+/// Built and initialised off the data path, ready to swap in.
+struct Built {
+    plan: CohortPlan,
+    configured: Arc<Configured>,
+}
+
+/// The lifecycle of one weir process.
+pub struct Lifecycle {
+    config: Config,
+    host: Arc<Host>,
+    store: Store,
+    control: Control,
+    registry: RegistryClient,
+    process: String,
+    live: watch::Sender<Arc<Live>>,
+    /// Versions the gate built, taken by the install that follows.
+    built: Mutex<HashMap<(usize, String), Built>>,
+    /// One change at a time.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("process", &self.process)
+            .finish()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LifecycleError {
+    LifecycleError::Unavailable(e.to_string())
+}
+
+impl Lifecycle {
+    /// Seed the store from `[plugins] dir`, read the control topic, and build every cohort
+    /// at its pin (the control topic's, else weir.toml's).
+    pub async fn start(
+        config: Config,
+        host: Arc<Host>,
+        store: Store,
+        control: Control,
+        seeds: Vec<(Plugin, Vec<u8>)>,
+    ) -> Result<Arc<Lifecycle>, LifecycleError> {
+        let registry = RegistryClient::new(&config.registry.url);
+        let placeholder = Arc::new(Live {
+            topology: Arc::new(Topology {
+                cohorts: vec![],
+                rules: vec![],
+                quarantine_topic: config.output.quarantine_topic.clone(),
+                raw_topic: config.output.raw_topic.clone(),
+            }),
+            plugins: vec![],
+            versions: vec![],
+        });
+        let (live, _) = watch::channel(placeholder);
+        let lc = Lifecycle {
+            process: config.mqtt.client_id.clone(),
+            config,
+            host,
+            store,
+            control,
+            registry,
+            live,
+            built: Mutex::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        };
+        for (plugin, bytes) in seeds {
+            lc.seed(&plugin, &bytes).await?;
+        }
+        lc.mirror_index();
+        let state = lc.control.state();
+        let mut plans = Vec::new();
+        let mut plugins = Vec::new();
+        let mut versions = Vec::new();
+        for (ci, c) in lc.config.cohorts.iter().enumerate() {
+            let version = match state.pins.get(&c.name) {
+                Some(pin) => {
+                    tracing::info!(cohort = %c.name, plugin = %pin.plugin.id(), by = %pin.by, "pinned by the control topic (weir.toml's pin is only the first)");
+                    pin.plugin.clone()
+                }
+                None => match state.uploads.get(&c.plugin) {
+                    Some(u) => u.plugin.clone(),
+                    None => {
+                        return Err(LifecycleError::NotFound(format!(
+                            "cohort[{ci}].plugin: {} is not in {} nor in the plugin store (found: {:?}); build it, push it, or pin a version that is there",
+                            c.plugin,
+                            lc.config.plugins.dir.display(),
+                            state.uploads.keys().collect::<Vec<_>>()
+                        )));
+                    }
+                },
+            };
+            let built = lc
+                .build(ci, &version, lc.config.registry.auto_register)
+                .await?;
+            plans.push(built.plan);
+            plugins.push(built.configured);
+            versions.push(version);
+        }
+        let rules = lc
+            .config
+            .cohorts
+            .iter()
+            .map(|c| crate::route::Rule {
+                filter: c.topic.clone(),
+                properties: c
+                    .properties
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .collect();
+        lc.live.send_replace(Arc::new(Live {
+            topology: Arc::new(Topology {
+                cohorts: plans,
+                rules,
+                quarantine_topic: lc.config.output.quarantine_topic.clone(),
+                raw_topic: lc.config.output.raw_topic.clone(),
+            }),
+            plugins,
+            versions,
+        }));
+        Ok(Arc::new(lc))
+    }
+
+    /// A receiver of the live set; the pipeline reads it once per batch.
+    pub fn live(&self) -> watch::Receiver<Arc<Live>> {
+        self.live.subscribe()
+    }
+
+    /// The config this process runs.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Put a file from `[plugins] dir` into the store and, if the control topic does not
+    /// have its version yet, upload it; a version the control topic has with other bytes
+    /// is skipped with a warning (a version is immutable, the topic is the record).
+    async fn seed(&self, plugin: &Plugin, bytes: &[u8]) -> Result<(), LifecycleError> {
+        let info = plugin.info();
+        self.store.put(bytes).map_err(unavailable)?;
+        match self.control.state().uploads.get(&info.id()) {
+            Some(u) if u.plugin.sha256 == info.sha256 => Ok(()),
+            Some(u) => {
+                tracing::warn!(plugin = %info.id(), file_sha256 = %info.sha256, stored_sha256 = %u.plugin.sha256, "a file in plugins.dir differs from the stored version of the same name@version; the stored one is used (bump the file's version)");
+                Ok(())
+            }
+            None => self.upload(plugin, bytes, "seed").await.map(|_| ()),
+        }
+    }
+
+    async fn upload(
+        &self,
+        plugin: &Plugin,
+        bytes: &[u8],
+        by: &str,
+    ) -> Result<Upload, LifecycleError> {
+        let info = plugin.info();
+        let upload = Upload {
+            plugin: Version {
+                name: info.name.clone(),
+                version: info.version.clone(),
+                sha256: info.sha256.clone(),
+            },
+            size: bytes.len() as u64,
+            schema: info.schema.clone(),
+            at_ms: now_ms(),
+            by: by.to_owned(),
+        };
+        self.control
+            .append(vec![
+                (format!("wasm/{}", info.sha256), bytes.to_vec()),
+                (
+                    format!("upload/{}", info.id()),
+                    serde_json::to_vec(&upload).expect("serialisable"),
+                ),
+            ])
+            .await
+            .map_err(unavailable)?;
+        Ok(upload)
+    }
+
+    fn mirror_index(&self) {
+        let index = self
+            .control
+            .state()
+            .uploads
+            .iter()
+            .map(|(id, u)| (id.clone(), u.plugin.sha256.clone()))
+            .collect();
+        if let Err(e) = self.store.write_index(&index) {
+            tracing::warn!(error = %e, "cannot mirror the plugin index");
+        }
+    }
+
+    /// Validate a component (world, imports, `describe`, schema) and store it.
+    pub async fn push(&self, bytes: Vec<u8>, by: &str) -> Result<Pushed, LifecycleError> {
+        const MAX: usize = 3 << 20;
+        if bytes.len() > MAX {
+            return Err(LifecycleError::Invalid(format!(
+                "the component is {} bytes; the store takes up to {MAX} (it travels in one control-topic record)",
+                bytes.len()
+            )));
+        }
+        let plugin = self.load(bytes.clone()).await?;
+        let _one = self.changes.lock().await;
+        let info = plugin.info();
+        let pushed = |new| Pushed {
+            plugin: info.id(),
+            sha256: info.sha256.clone(),
+            size: bytes.len() as u64,
+            new,
+        };
+        if let Some(u) = self.control.state().uploads.get(&info.id()) {
+            if u.plugin.sha256 == info.sha256 {
+                return Ok(pushed(false));
+            }
+            return Err(LifecycleError::Conflict(format!(
+                "{} is already stored with sha256 {}; a version is immutable — bump the plugin's version and push again",
+                info.id(),
+                u.plugin.sha256
+            )));
+        }
+        self.store.put(&bytes).map_err(unavailable)?;
+        self.upload(&plugin, &bytes, by).await?;
+        self.control
+            .audit(&Audit {
+                cohort: None,
+                action: "push".into(),
+                plugin: info.id(),
+                old_sha256: None,
+                new_sha256: info.sha256.clone(),
+                at_ms: now_ms(),
+                by: by.to_owned(),
+                cutover: None,
+            })
+            .await
+            .map_err(unavailable)?;
+        self.mirror_index();
+        tracing::info!(plugin = %info.id(), sha256 = %info.sha256, by, "plugin pushed");
+        Ok(pushed(true))
+    }
+
+    async fn load(&self, bytes: Vec<u8>) -> Result<Plugin, LifecycleError> {
+        let host = self.host.clone();
+        tokio::task::spawn_blocking(move || host.load(&bytes))
+            .await
+            .map_err(unavailable)?
+            .map_err(|e| LifecycleError::Invalid(e.to_string()))
+    }
+
+    fn cohort_index(&self, cohort: &str) -> Result<usize, LifecycleError> {
+        self.config
+            .cohorts
+            .iter()
+            .position(|c| c.name == cohort)
+            .ok_or_else(|| {
+                LifecycleError::NotFound(format!(
+                    "no cohort {cohort:?}; cohorts: {:?}",
+                    self.config
+                        .cohorts
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                ))
+            })
+    }
+
+    fn subject(&self, ci: usize, plugin: &Plugin) -> String {
+        let info = plugin.info();
+        let record_name =
+            encode::registry::record_full_name(&info.schema).unwrap_or_else(|| info.name.clone());
+        encode::registry::subject(
+            self.config.registry.subject_strategy,
+            &self.config.cohorts[ci].output_topic,
+            &record_name,
+        )
+    }
+
+    /// Load, compile and initialise `version` for cohort `ci`, and get its schema id.
+    async fn build(
+        &self,
+        ci: usize,
+        version: &Version,
+        register: bool,
+    ) -> Result<Built, LifecycleError> {
+        let c = &self.config.cohorts[ci];
+        let bytes = self
+            .store
+            .get(&version.sha256)
+            .map_err(unavailable)?
+            .ok_or_else(|| {
+                LifecycleError::Unavailable(format!(
+                    "{} (sha256 {}) is not in the plugin store {}",
+                    version.id(),
+                    version.sha256,
+                    self.store.dir().display()
+                ))
+            })?;
+        let plugin = self.load(bytes).await?;
+        let info = plugin.info().clone();
+        if info.name != version.name || info.version != version.version {
+            return Err(LifecycleError::Invalid(format!(
+                "sha256 {} describes itself as {}, not {}",
+                version.sha256,
+                info.id(),
+                version.id()
+            )));
+        }
+        let settings: Vec<(String, String)> = c
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let label = format!("{}:{}", c.name, info.id());
+        let p = plugin.clone();
+        let configured = tokio::task::spawn_blocking(move || p.configure(settings, label))
+            .await
+            .map_err(unavailable)?
+            .map_err(|e| {
+                LifecycleError::Invalid(format!(
+                    "{} refused cohort {:?}'s config: {e}",
+                    info.id(),
+                    c.name
+                ))
+            })?;
+        let subject = self.subject(ci, &plugin);
+        let schema_id = self.schema_id(&subject, &info.schema, register).await?;
+        tracing::info!(cohort = %c.name, plugin = %info.id(), sha256 = %info.sha256, %subject, schema_id, "cohort ready");
+        let plan = CohortPlan {
+            name: c.name.clone(),
+            output_topic: c.output_topic.clone(),
+            key: KeyTemplate::parse(&c.key).map_err(LifecycleError::Invalid)?,
+            schema_id,
+            schema: AvroSchema::clone(plugin.schema()),
+            identity: vec![
+                (crate::headers::PLUGIN.into(), info.id().into_bytes()),
+                (
+                    crate::headers::PLUGIN_SHA256.into(),
+                    info.sha256.clone().into_bytes(),
+                ),
+                (crate::headers::COHORT.into(), c.name.clone().into_bytes()),
+            ],
+        };
+        Ok(Built {
+            plan,
+            configured: Arc::new(configured),
+        })
+    }
+
+    /// Register (or look up) a schema, retrying for a while when the registry is away.
+    async fn schema_id(
+        &self,
+        subject: &str,
+        schema: &str,
+        register: bool,
+    ) -> Result<u32, LifecycleError> {
+        let mut attempt = 0u32;
+        loop {
+            match self.registry.schema_id(subject, schema, register).await {
+                Ok(id) => return Ok(id),
+                Err(e) if e.is_transient() && attempt < 25 => {
+                    attempt += 1;
+                    let wait = Duration::from_millis(200 * u64::from(attempt));
+                    tracing::warn!(error = %e, attempt, retry_in = ?wait, "schema registry unavailable; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) if e.is_transient() => return Err(unavailable(e)),
+                Err(e) => return Err(LifecycleError::Conflict(e.to_string())),
+            }
+        }
+    }
+
+    /// Gate `id` for `cohort`, then pin it and wait until this process runs it.
+    pub async fn promote(
+        &self,
+        cohort: &str,
+        id: &str,
+        by: &str,
+    ) -> Result<Promoted, LifecycleError> {
+        let ci = self.cohort_index(cohort)?;
+        let upload = self
+            .control
+            .state()
+            .uploads
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                LifecycleError::NotFound(format!(
+                    "{id} is not in the plugin store; push it first: weir plugin push FILE.wasm"
+                ))
+            })?;
+        self.change(ci, upload.plugin, by, "promote", true).await
+    }
+
+    /// Pin the version the cohort ran before its current pin.
+    pub async fn rollback(&self, cohort: &str, by: &str) -> Result<Promoted, LifecycleError> {
+        let ci = self.cohort_index(cohort)?;
+        let previous = self
+            .control
+            .state()
+            .pins
+            .get(cohort)
+            .and_then(|p| p.previous.clone())
+            .ok_or_else(|| {
+                LifecycleError::Conflict(format!(
+                    "cohort {cohort:?} runs the pin it started with; there is nothing to roll back to"
+                ))
+            })?;
+        // The version ran before, so its schema is in the subject's history: no
+        // compatibility gate (the registry answers an existing schema with its id).
+        self.change(ci, previous, by, "rollback", false).await
+    }
+
+    async fn change(
+        &self,
+        ci: usize,
+        to: Version,
+        by: &str,
+        action: &str,
+        check_compatibility: bool,
+    ) -> Result<Promoted, LifecycleError> {
+        let _one = self.changes.lock().await;
+        let started = Instant::now();
+        let cohort = self.config.cohorts[ci].name.clone();
+        let from = self.live.borrow().versions[ci].clone();
+        if from.sha256 == to.sha256 {
+            return Err(LifecycleError::Conflict(format!(
+                "cohort {cohort:?} already runs {} (sha256 {})",
+                to.id(),
+                to.sha256
+            )));
+        }
+        if check_compatibility {
+            let bytes = self
+                .store
+                .get(&to.sha256)
+                .map_err(unavailable)?
+                .ok_or_else(|| unavailable(format!("{} is not in the store", to.id())))?;
+            let plugin = self.load(bytes).await?;
+            let subject = self.subject(ci, &plugin);
+            match self
+                .registry
+                .check_compatible(&subject, &plugin.info().schema)
+                .await
+                .map_err(unavailable)?
+            {
+                Ok(()) => {}
+                Err(reasons) => {
+                    return Err(LifecycleError::Conflict(format!(
+                        "the schema registry refuses {}'s schema under subject {subject:?}: {}; publish an evolution the subject's compatibility level accepts, or a new cohort and topic",
+                        to.id(),
+                        if reasons.is_empty() {
+                            "incompatible".to_owned()
+                        } else {
+                            reasons.join("; ")
+                        }
+                    )));
+                }
+            }
+        }
+        let built = self
+            .build(ci, &to, self.config.registry.auto_register)
+            .await?;
+        let gate_ms = started.elapsed().as_millis() as u64;
+        self.built
+            .lock()
+            .expect("not poisoned")
+            .insert((ci, to.sha256.clone()), built);
+        let at_ms = now_ms();
+        let pin = Pin {
+            cohort: cohort.clone(),
+            plugin: to.clone(),
+            previous: Some(from.clone()),
+            at_ms,
+            by: by.to_owned(),
+        };
+        let audit = Audit {
+            cohort: Some(cohort.clone()),
+            action: action.to_owned(),
+            plugin: to.id(),
+            old_sha256: Some(from.sha256.clone()),
+            new_sha256: to.sha256.clone(),
+            at_ms,
+            by: by.to_owned(),
+            cutover: None,
+        };
+        self.control
+            .append(vec![(
+                format!("pin/{cohort}"),
+                serde_json::to_vec(&pin).expect("serialisable"),
+            )])
+            .await
+            .map_err(unavailable)?;
+        self.control.audit(&audit).await.map_err(unavailable)?;
+        let mut live = self.live.subscribe();
+        let sha = to.sha256.clone();
+        let swapped = tokio::time::timeout(
+            Duration::from_secs(30),
+            live.wait_for(|l| l.versions.get(ci).is_some_and(|v| v.sha256 == sha)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !swapped {
+            return Err(LifecycleError::Unavailable(format!(
+                "{} is pinned but this process did not switch to it within 30 s; see its log",
+                to.id()
+            )));
+        }
+        let swap_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(%cohort, from = %from.id(), to = %to.id(), by, gate_ms, swap_ms, "{action}: new version live");
+        let cutover = self.cutover(&cohort, &to.sha256, Duration::from_secs(1)).await;
+        Ok(Promoted {
+            cohort,
+            from,
+            to,
+            gate_ms,
+            swap_ms,
+            cutover,
+        })
+    }
+
+    /// This process's cutover to `sha256` for `cohort`, waiting up to `wait` for it.
+    async fn cutover(&self, cohort: &str, sha256: &str, wait: Duration) -> Option<Cutover> {
+        let mut rx = self.control.subscribe();
+        let find = |s: &crate::control::State| {
+            s.audit
+                .iter()
+                .rev()
+                .find(|a| {
+                    a.action == "cutover"
+                        && a.cohort.as_deref() == Some(cohort)
+                        && a.new_sha256 == sha256
+                        && a.cutover.as_ref().is_some_and(|c| c.process == self.process)
+                })
+                .and_then(|a| a.cutover.clone())
+        };
+        match tokio::time::timeout(wait, rx.wait_for(|s| find(s).is_some())).await {
+            Ok(Ok(s)) => find(&s),
+            _ => None,
+        }
+    }
+
+    /// Keep the live set equal to the control topic's pins, and record cutovers the
+    /// pipeline reports. Runs until the pipeline's channel closes.
+    pub async fn follow(self: Arc<Self>, mut switched: mpsc::UnboundedReceiver<Switched>) {
+        let mut state = self.control.subscribe();
+        let mut retry = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return },
+                s = switched.recv() => match s {
+                    Some(s) => { self.record_cutover(s).await; continue }
+                    None => return,
+                },
+                _ = retry.tick() => {}
+            }
+            self.mirror_index();
+            self.converge().await;
+        }
+    }
+
+    async fn record_cutover(&self, s: Switched) {
+        let cohort = self.config.cohorts[s.cohort].name.clone();
+        let at_ms = now_ms();
+        tracing::info!(%cohort, plugin = %s.version.id(), first_topic = %s.first_topic, "cutover: first message through the new version");
+        let audit = Audit {
+            cohort: Some(cohort),
+            action: "cutover".into(),
+            plugin: s.version.id(),
+            old_sha256: None,
+            new_sha256: s.version.sha256.clone(),
+            at_ms,
+            by: self.process.clone(),
+            cutover: Some(Cutover {
+                process: self.process.clone(),
+                at_ms,
+                first_topic: s.first_topic,
+            }),
+        };
+        if let Err(e) = self.control.audit(&audit).await {
+            tracing::error!(error = %e, "cannot record a cutover in the control topic");
+        }
+    }
+
+    /// Install every pin this process does not run yet.
+    async fn converge(&self) {
+        let state = self.control.state();
+        for (ci, c) in self.config.cohorts.iter().enumerate() {
+            let Some(pin) = state.pins.get(&c.name) else {
+                continue;
+            };
+            if self.live.borrow().versions[ci].sha256 == pin.plugin.sha256 {
+                continue;
+            }
+            let prebuilt = self
+                .built
+                .lock()
+                .expect("not poisoned")
+                .remove(&(ci, pin.plugin.sha256.clone()));
+            let built = match prebuilt {
+                Some(b) => b,
+                None => match self.build(ci, &pin.plugin, false).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(cohort = %c.name, plugin = %pin.plugin.id(), error = %e, "cannot switch to the pinned version; retrying");
+                        continue;
+                    }
+                },
+            };
+            self.live.send_modify(|live| {
+                let mut cohorts = live.topology.cohorts.clone();
+                cohorts[ci] = built.plan;
+                let mut plugins = live.plugins.clone();
+                plugins[ci] = built.configured;
+                let mut versions = live.versions.clone();
+                versions[ci] = pin.plugin.clone();
+                *live = Arc::new(Live {
+                    topology: Arc::new(Topology {
+                        cohorts,
+                        rules: live.topology.rules.clone(),
+                        quarantine_topic: live.topology.quarantine_topic.clone(),
+                        raw_topic: live.topology.raw_topic.clone(),
+                    }),
+                    plugins,
+                    versions,
+                });
+            });
+            tracing::info!(cohort = %c.name, plugin = %pin.plugin.id(), sha256 = %pin.plugin.sha256, "switched to the pinned version; the next batch uses it");
+        }
+    }
+
+    /// Every cohort and the version it runs here.
+    pub fn cohorts(&self) -> Vec<CohortView> {
+        let state = self.control.state();
+        let live = self.live.borrow().clone();
+        self.config
+            .cohorts
+            .iter()
+            .enumerate()
+            .map(|(ci, c)| {
+                let pin = state
+                    .pins
+                    .get(&c.name)
+                    .filter(|p| p.plugin.sha256 == live.versions[ci].sha256);
+                CohortView {
+                    cohort: c.name.clone(),
+                    plugin: live.versions[ci].clone(),
+                    since_ms: pin.map(|p| p.at_ms),
+                    by: pin.map(|p| p.by.clone()),
+                    output_topic: c.output_topic.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Every stored version and the cohorts that run it here.
+    pub fn plugins(&self) -> Vec<PluginView> {
+        let live = self.live.borrow().clone();
+        self.control
+            .state()
+            .uploads
+            .values()
+            .map(|u| PluginView {
+                upload: u.clone(),
+                cohorts: self
+                    .config
+                    .cohorts
+                    .iter()
+                    .zip(&live.versions)
+                    .filter(|(_, v)| v.sha256 == u.plugin.sha256)
+                    .map(|(c, _)| c.name.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The audit entries of a cohort, oldest first.
+    pub fn history(&self, cohort: &str) -> Result<Vec<Audit>, LifecycleError> {
+        self.cohort_index(cohort)?;
+        Ok(self
+            .control
+            .state()
+            .audit
+            .iter()
+            .filter(|a| a.cohort.as_deref() == Some(cohort))
+            .cloned()
+            .collect())
+    }
+}
