@@ -182,6 +182,7 @@ quarantine_topic = "{run}.quarantine"
 batch_size = 100
 [plugins]
 dir = "{plugins}"
+control_topic = "{run}.control"
 [[cohort]]
 name = "thermostats"
 topic = "{run}/plant/+/thermostat/+"

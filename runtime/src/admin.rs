@@ -11,9 +11,9 @@
 
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::Metrics;
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
-use axum::Extension;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};

@@ -8,7 +8,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The API could not be reached.
-    #[error("cannot reach the weir admin API at {url}: {reason}; is `weir run` up, and is --admin (WEIR_ADMIN_URL) its [admin] listen address?")]
+    #[error(
+        "cannot reach the weir admin API at {url}: {reason}; is `weir run` up, and is --admin (WEIR_ADMIN_URL) its [admin] listen address?"
+    )]
     Unreachable {
         /// The base URL.
         url: String,
@@ -39,8 +41,7 @@ impl AdminClient {
     pub fn new(base: &str, token: Option<&str>) -> AdminClient {
         AdminClient {
             base: base.trim_end_matches('/').to_owned(),
-            token: token
-                .map(|t| t.split_once(':').map_or(t, |(_, secret)| secret).to_owned()),
+            token: token.map(|t| t.split_once(':').map_or(t, |(_, secret)| secret).to_owned()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()
@@ -99,7 +100,9 @@ impl AdminClient {
 
     /// Promote `plugin` (`name@version`) to `cohort`.
     pub async fn promote(&self, cohort: &str, plugin: &str) -> Result<Value, ClientError> {
-        let body = serde_json::json!({ "plugin": plugin }).to_string().into_bytes();
+        let body = serde_json::json!({ "plugin": plugin })
+            .to_string()
+            .into_bytes();
         self.call(
             reqwest::Method::POST,
             &format!("/v1/cohorts/{}/promote", path_segment(cohort)),

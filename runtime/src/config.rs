@@ -470,10 +470,17 @@ impl Config {
                 ),
             ));
         }
-        if let Some((name, _)) = self.admin.tokens().iter().find(|(n, s)| n.is_empty() || s.len() < 16) {
+        if let Some((name, _)) = self
+            .admin
+            .tokens()
+            .iter()
+            .find(|(n, s)| n.is_empty() || s.len() < 16)
+        {
             return Err((
                 "admin.token".into(),
-                format!("the token named {name:?} is empty or shorter than 16 characters; use a long random secret"),
+                format!(
+                    "the token named {name:?} is empty or shorter than 16 characters; use a long random secret"
+                ),
             ));
         }
         if let Some(raw) = &self.output.raw_topic {

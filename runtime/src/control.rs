@@ -83,8 +83,11 @@ pub struct Pin {
     pub cohort: String,
     /// The version it runs.
     pub plugin: Version,
-    /// The version it ran before (what `rollback` returns to).
+    /// The version it ran before this pin.
     pub previous: Option<Version>,
+    /// Earlier pins, oldest first: `rollback` returns to the last and drops it.
+    #[serde(default)]
+    pub rollback_to: Vec<Version>,
     /// When the pin was written, ms since the Unix epoch.
     pub at_ms: i64,
     /// The admin token's name.
@@ -140,7 +143,10 @@ impl State {
     fn apply(&mut self, key: &str, value: Option<&[u8]>, store: &Store) {
         let Some(value) = value else { return };
         let parsed = |what: &str| {
-            tracing::warn!(key, "control topic: ignoring an entry that is not a valid {what}");
+            tracing::warn!(
+                key,
+                "control topic: ignoring an entry that is not a valid {what}"
+            );
         };
         if let Some(sha) = key.strip_prefix("wasm/") {
             match store.put(value) {
@@ -229,15 +235,20 @@ impl Control {
         let mut pc = base.clone();
         pc.set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.max.bytes", "4194304");
+            .set("message.max.bytes", "4194304")
+            .set("linger.ms", "0");
         let producer: FutureProducer = pc
             .create()
             .map_err(|e| err(format!("cannot create a producer: {e}")))?;
         let mut cc = base;
-        cc.set("group.id", format!("weir-control-{}", rand::random::<u64>()))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("fetch.message.max.bytes", "4194304");
+        cc.set(
+            "group.id",
+            format!("weir-control-{}", rand::random::<u64>()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.message.max.bytes", "4194304")
+        .set("fetch.wait.max.ms", "100");
         let consumer: BaseConsumer = cc
             .create()
             .map_err(|e| err(format!("cannot create a consumer: {e}")))?;
@@ -317,7 +328,10 @@ impl Control {
             let delivered = self
                 .producer
                 .send(
-                    FutureRecord::to(&self.topic).key(&key).payload(&value).partition(0),
+                    FutureRecord::to(&self.topic)
+                        .key(&key)
+                        .payload(&value)
+                        .partition(0),
                     Duration::from_secs(30),
                 )
                 .await
@@ -386,8 +400,7 @@ async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = base
         .create()
         .map_err(|e| format!("cannot create an admin client: {e}"))?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
-        .set("cleanup.policy", "compact");
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
     let results = admin
         .create_topics(&[new], &AdminOptions::new())
         .await

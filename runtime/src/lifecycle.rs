@@ -526,7 +526,8 @@ impl Lifecycle {
         self.change(ci, upload.plugin, by, "promote", true).await
     }
 
-    /// Pin the version the cohort ran before its current pin.
+    /// Pin the version the cohort ran before its current pin (each rollback goes one pin
+    /// further back).
     pub async fn rollback(&self, cohort: &str, by: &str) -> Result<Promoted, LifecycleError> {
         let ci = self.cohort_index(cohort)?;
         let previous = self
@@ -534,10 +535,10 @@ impl Lifecycle {
             .state()
             .pins
             .get(cohort)
-            .and_then(|p| p.previous.clone())
+            .and_then(|p| p.rollback_to.last().cloned())
             .ok_or_else(|| {
                 LifecycleError::Conflict(format!(
-                    "cohort {cohort:?} runs the pin it started with; there is nothing to roll back to"
+                    "cohort {cohort:?} runs the first version it was pinned to; there is nothing to roll back to"
                 ))
             })?;
         // The version ran before, so its schema is in the subject's history: no
@@ -601,10 +602,23 @@ impl Lifecycle {
             .expect("not poisoned")
             .insert((ci, to.sha256.clone()), built);
         let at_ms = now_ms();
+        let mut rollback_to = self
+            .control
+            .state()
+            .pins
+            .get(&cohort)
+            .map(|p| p.rollback_to.clone())
+            .unwrap_or_default();
+        if action == "rollback" {
+            rollback_to.pop();
+        } else {
+            rollback_to.push(from.clone());
+        }
         let pin = Pin {
             cohort: cohort.clone(),
             plugin: to.clone(),
             previous: Some(from.clone()),
+            rollback_to,
             at_ms,
             by: by.to_owned(),
         };
@@ -642,7 +656,9 @@ impl Lifecycle {
         }
         let swap_ms = started.elapsed().as_millis() as u64;
         tracing::info!(%cohort, from = %from.id(), to = %to.id(), by, gate_ms, swap_ms, "{action}: new version live");
-        let cutover = self.cutover(&cohort, &to.sha256, Duration::from_secs(1)).await;
+        let cutover = self
+            .cutover(&cohort, &to.sha256, Duration::from_secs(1))
+            .await;
         Ok(Promoted {
             cohort,
             from,
@@ -664,7 +680,9 @@ impl Lifecycle {
                     a.action == "cutover"
                         && a.cohort.as_deref() == Some(cohort)
                         && a.new_sha256 == sha256
-                        && a.cutover.as_ref().is_some_and(|c| c.process == self.process)
+                        && a.cutover
+                            .as_ref()
+                            .is_some_and(|c| c.process == self.process)
                 })
                 .and_then(|a| a.cutover.clone())
         };

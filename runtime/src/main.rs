@@ -400,13 +400,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plugin(PluginCommand::Push { file, admin }) => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            lifecycle_call(&admin, |c| async move { c.push(bytes).await }, |v| {
-                let verb = if v["new"] == true { "stored" } else { "already stored" };
-                format!("{} {} ({verb}, {} bytes)", str_of(&v["plugin"]), str_of(&v["sha256"]), v["size"])
-            })
+            lifecycle_call(
+                &admin,
+                |c| async move { c.push(bytes).await },
+                |v| {
+                    let verb = if v["new"] == true {
+                        "stored"
+                    } else {
+                        "already stored"
+                    };
+                    format!(
+                        "{} {} ({verb}, {} bytes)",
+                        str_of(&v["plugin"]),
+                        str_of(&v["sha256"]),
+                        v["size"]
+                    )
+                },
+            )
         }
-        Command::Plugin(PluginCommand::List { admin }) => {
-            lifecycle_call(&admin, |c| async move { c.plugins().await }, |v| {
+        Command::Plugin(PluginCommand::List { admin }) => lifecycle_call(
+            &admin,
+            |c| async move { c.plugins().await },
+            |v| {
                 table(v, |p| {
                     let cohorts: Vec<&str> = p["cohorts"]
                         .as_array()
@@ -419,13 +434,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         str_of(&p["sha256"]),
                         p["size"],
                         str_of(&p["by"]),
-                        if cohorts.is_empty() { "-".to_owned() } else { format!("live in {}", cohorts.join(", ")) }
+                        if cohorts.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            format!("live in {}", cohorts.join(", "))
+                        }
                     )
                 })
-            })
-        }
-        Command::Cohort(CohortCommand::List { admin }) => {
-            lifecycle_call(&admin, |c| async move { c.cohorts().await }, |v| {
+            },
+        ),
+        Command::Cohort(CohortCommand::List { admin }) => lifecycle_call(
+            &admin,
+            |c| async move { c.cohorts().await },
+            |v| {
                 table(v, |c| {
                     format!(
                         "{}  {}@{}  {}  {}",
@@ -439,9 +460,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         }
                     )
                 })
-            })
-        }
-        Command::Plugin(PluginCommand::Promote { cohort, plugin, admin }) => lifecycle_call(
+            },
+        ),
+        Command::Plugin(PluginCommand::Promote {
+            cohort,
+            plugin,
+            admin,
+        }) => lifecycle_call(
             &admin,
             |c| async move { c.promote(&cohort, &plugin).await },
             describe_change,
@@ -451,8 +476,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             |c| async move { c.rollback(&cohort).await },
             describe_change,
         ),
-        Command::Plugin(PluginCommand::History { cohort, admin }) => {
-            lifecycle_call(&admin, |c| async move { c.history(&cohort).await }, |v| {
+        Command::Plugin(PluginCommand::History { cohort, admin }) => lifecycle_call(
+            &admin,
+            |c| async move { c.history(&cohort).await },
+            |v| {
                 table(v, |a| {
                     let what = match a["action"].as_str() {
                         Some("cutover") => format!(
@@ -462,8 +489,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         ),
                         _ => format!(
                             "{} → {}",
-                            a["old_sha256"].as_str().map_or("-", |s| &s[..s.len().min(12)]),
-                            str_of(&a["new_sha256"]).chars().take(12).collect::<String>()
+                            a["old_sha256"]
+                                .as_str()
+                                .map_or("-", |s| &s[..s.len().min(12)]),
+                            str_of(&a["new_sha256"])
+                                .chars()
+                                .take(12)
+                                .collect::<String>()
                         ),
                     };
                     format!(
@@ -474,8 +506,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         str_of(&a["by"]),
                     )
                 })
-            })
-        }
+            },
+        ),
         Command::Run { config, engine } => {
             let file = config.display().to_string();
             let cfg = weir::config::Config::load(&config)?;

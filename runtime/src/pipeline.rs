@@ -67,7 +67,11 @@ fn load_seeds(host: &Host, dir: &Path, file: &str) -> Result<Vec<(Plugin, Vec<u8
     {
         let loaded = std::fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| host.load(&bytes).map(|p| (p, bytes)).map_err(|e| e.to_string()));
+            .and_then(|bytes| {
+                host.load(&bytes)
+                    .map(|p| (p, bytes))
+                    .map_err(|e| e.to_string())
+            });
         match loaded {
             Ok((p, bytes)) => {
                 let id = p.info().id();

@@ -68,6 +68,7 @@ quarantine_topic = "{p}.quarantine"
 listen = "127.0.0.1:0"
 [plugins]
 dir = "{dir}"
+control_topic = "{p}.control"
 [[cohort]]
 name = "thermostats"
 topic = "{p}/plant/+/thermostat/+"

@@ -1,0 +1,411 @@
+//! The plugin lifecycle against the real test bed: push, promote while devices publish,
+//! the registry's gate, tokens, rollback, restart, and two processes converging through
+//! the control topic. Uses the `weir plugin` / `weir cohort` commands as an operator would.
+
+mod bed;
+
+use bed::*;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "ops:0123456789abcdef-lifecycle";
+
+fn sha256_file(id: &str) -> String {
+    let path = plugins_dir().join(format!("{}.wasm", id.replace('@', "-")));
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Run `weir ARGS --admin URL --json` with `token`; exit success, stdout, stderr.
+fn cli(weir: &Weir, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(args)
+        .args(["--admin", &weir.admin, "--json"])
+        .env_remove("WEIR_ADMIN_TOKEN");
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// The version `cohort` runs in `weir`.
+fn running(weir: &Weir, cohort: &str) -> String {
+    let (ok, out, err) = cli(weir, Some(TOKEN), &["cohort", "list"]);
+    assert!(ok, "{err}");
+    let list = json(&out);
+    let c = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cohort"] == cohort)
+        .unwrap();
+    format!(
+        "{}@{}",
+        c["plugin"]["name"].as_str().unwrap(),
+        c["plugin"]["version"].as_str().unwrap()
+    )
+}
+
+fn wait_running(weir: &Weir, cohort: &str, want: &str) {
+    let start = Instant::now();
+    while running(weir, cohort) != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{cohort} did not switch to {want}; log:\n{}",
+            weir.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Publishes thermostat readings (firmware v1, `ts` = a per-device sequence) to `devices`
+/// devices until stopped; returns how many per device.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Load {
+    fn start(p: &str, id: &str, devices: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (stop_c, sent_c, p, id) = (stop.clone(), sent.clone(), p.to_owned(), id.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut publisher = Publisher::new(&id);
+            let mut rounds = 0usize;
+            while !stop_c.load(Ordering::Relaxed) {
+                for d in 0..devices {
+                    publisher.publish(
+                        &format!("{p}/plant/1/thermostat/d{d}"),
+                        format!(r#"{{"ts":{rounds},"temp_c":20.5}}"#),
+                        &[],
+                    );
+                    sent_c.fetch_add(1, Ordering::Relaxed);
+                }
+                rounds += 1;
+                if rounds % 20 == 0 {
+                    publisher.flush();
+                }
+            }
+            publisher.flush();
+            rounds
+        });
+        Load { stop, sent, thread }
+    }
+
+    fn wait_sent(&self, n: usize) {
+        let start = Instant::now();
+        while self.sent.load(Ordering::Relaxed) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "publisher stalled"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Every device's records in Kafka order: each message once, in order, and its version
+/// switching once from `old` to `new`.
+fn check_cutover(records: &[Rec], devices: usize, rounds: usize, old: &str, new: &str) {
+    let mut by_device: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    let mut decoder = Decoder::new();
+    for r in records {
+        let v = decoder.decode(&r.value);
+        by_device
+            .entry(v["device_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                v["ts_ms"].as_i64().unwrap(),
+                r.header("weir.plugin.sha256").to_owned(),
+            ));
+    }
+    assert_eq!(by_device.len(), devices);
+    let (mut before, mut after) = (0, 0);
+    for (device, seq) in &by_device {
+        let ts: Vec<i64> = seq.iter().map(|(t, _)| *t).collect();
+        let want: Vec<i64> = (0..rounds as i64).collect();
+        assert_eq!(ts, want, "{device}: every reading once, in order");
+        let shas: Vec<&str> = seq.iter().map(|(_, s)| s.as_str()).collect();
+        let switch = shas.iter().position(|s| *s == new).unwrap_or(shas.len());
+        assert!(
+            shas[..switch].iter().all(|s| *s == old) && shas[switch..].iter().all(|s| *s == new),
+            "{device}: versions must switch once, old then new: {shas:?}"
+        );
+        before += switch;
+        after += shas.len() - switch;
+    }
+    assert!(
+        before > 0 && after > 0,
+        "the promote landed mid-stream ({before} before, {after} after)"
+    );
+}
+
+#[test]
+fn promote_under_load_then_refusals_leave_the_live_version_alone() {
+    let p = unique("promote");
+    let weir = Weir::start(&config(&p), &[("WEIR_ADMIN_TOKEN", TOKEN)]);
+    let (old, new) = (
+        sha256_file("thermostat@1.0.0"),
+        sha256_file("thermostat@1.1.0"),
+    );
+    let devices = 5;
+    let load = Load::start(&p, &format!("{p}-pub"), devices);
+    load.wait_sent(500);
+
+    let (ok, out, err) = cli(
+        &weir,
+        Some(TOKEN),
+        &["plugin", "promote", "thermostats", "thermostat@1.1.0"],
+    );
+    assert!(ok, "promote failed: {err}");
+    let promoted = json(&out);
+    assert_eq!(promoted["to"]["sha256"], new.as_str());
+    assert_eq!(promoted["from"]["sha256"], old.as_str());
+    eprintln!(
+        "promote: gate {} ms, live in {} ms",
+        promoted["gate_ms"], promoted["swap_ms"]
+    );
+    load.wait_sent(load.sent.load(Ordering::Relaxed) + 500);
+    let rounds = load.finish();
+    let total = rounds * devices;
+    let records = consume(
+        &format!("{p}.thermostat"),
+        total,
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+    );
+    assert_eq!(records.len(), total, "every message published exactly once");
+    check_cutover(&records, devices, rounds, &old, &new);
+
+    // The cutover is in the history, with the first message through 1.1.0.
+    let (ok, out, err) = cli(&weir, Some(TOKEN), &["plugin", "history", "thermostats"]);
+    assert!(ok, "{err}");
+    let history = json(&out);
+    let actions: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["promote", "cutover"], "{history}");
+    assert_eq!(history[0]["by"], "ops");
+    assert_eq!(history[0]["old_sha256"], old.as_str());
+    assert!(
+        history[1]["cutover"]["first_topic"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{p}/plant/1/thermostat/d"))
+    );
+
+    // 2.0.0 changes a field's type: the registry's reason, and 1.1.0 stays live.
+    let (ok, _, err) = cli(
+        &weir,
+        Some(TOKEN),
+        &["plugin", "promote", "thermostats", "thermostat@2.0.0"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("409") && err.contains("payload_version") && err.contains("registry"),
+        "{err}"
+    );
+    assert_eq!(running(&weir, "thermostats"), "thermostat@1.1.0");
+
+    // A wrong token: 401, and nothing changes.
+    let (ok, _, err) = cli(
+        &weir,
+        Some("ops:wrong-token-0123456789"),
+        &["plugin", "rollback", "thermostats"],
+    );
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, _, err) = cli(&weir, None, &["plugin", "list"]);
+    assert!(!ok && err.contains("401"), "{err}");
+    assert_eq!(running(&weir, "thermostats"), "thermostat@1.1.0");
+
+    // Other bytes under a stored name@version: refused.
+    let mut tampered = std::fs::read(plugins_dir().join("thermostat-1.1.0.wasm")).unwrap();
+    tampered.extend_from_slice(&[0, 6, 5, b'n', b'o', b't', b'e', b'!']);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &tampered).unwrap();
+    let (ok, _, err) = cli(
+        &weir,
+        Some(TOKEN),
+        &["plugin", "push", file.path().to_str().unwrap()],
+    );
+    assert!(
+        !ok && err.contains("409") && err.contains("immutable"),
+        "{err}"
+    );
+    // The same bytes again are fine; a file that is not a plugin is refused.
+    let (ok, out, err) = cli(
+        &weir,
+        Some(TOKEN),
+        &[
+            "plugin",
+            "push",
+            plugins_dir()
+                .join("thermostat-1.1.0.wasm")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["sha256"], new.as_str());
+    std::fs::write(file.path(), b"not wasm").unwrap();
+    let (ok, _, err) = cli(
+        &weir,
+        Some(TOKEN),
+        &["plugin", "push", file.path().to_str().unwrap()],
+    );
+    assert!(!ok && err.contains("422"), "{err}");
+}
+
+#[test]
+fn the_pin_survives_a_restart_and_rolls_back() {
+    let p = unique("pin");
+    let weir = Weir::start(&config(&p), &[]);
+    let (ok, _, err) = cli(
+        &weir,
+        None,
+        &["plugin", "promote", "thermostats", "thermostat@1.1.0"],
+    );
+    assert!(ok, "{err}");
+    let dir = weir.kill();
+    let weir = Weir::restart(dir, &[]);
+    assert_eq!(
+        running(&weir, "thermostats"),
+        "thermostat@1.1.0",
+        "the control topic's pin outlives weir.toml's"
+    );
+
+    // 1.1.0 emits Kelvin readings that 1.0.0 rejects; after the rollback they quarantine.
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    let kelvin = r#"{"ts":1,"temperature":{"value":294.65,"unit":"K"}}"#;
+    publisher.publish(&format!("{p}/plant/1/thermostat/k1"), kelvin, &[]);
+    publisher.flush();
+    assert_eq!(
+        count(&format!("{p}.thermostat"), 1, Duration::from_secs(60)),
+        1
+    );
+    let (ok, out, err) = cli(&weir, None, &["plugin", "rollback", "thermostats"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        json(&out)["to"]["sha256"],
+        sha256_file("thermostat@1.0.0").as_str()
+    );
+    assert_eq!(running(&weir, "thermostats"), "thermostat@1.0.0");
+    publisher.publish(&format!("{p}/plant/1/thermostat/k2"), kelvin, &[]);
+    publisher.flush();
+    let q = consume(
+        &format!("{p}.quarantine"),
+        1,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    );
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].header("weir.error.code"), "reading.unit");
+    // Back at the first pin: nothing further to roll back to.
+    let (ok, _, err) = cli(&weir, None, &["plugin", "rollback", "thermostats"]);
+    assert!(
+        !ok && err.contains("409") && err.contains("nothing to roll back"),
+        "{err}"
+    );
+    // The restarted process started on 1.1.0, so its only cutover is the rollback's.
+    let (ok, out, _) = cli(&weir, None, &["plugin", "history", "thermostats"]);
+    assert!(ok);
+    let actions: Vec<String> = json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["promote", "rollback", "cutover"]);
+}
+
+#[test]
+fn two_processes_on_a_shared_subscription_converge() {
+    let p = unique("share");
+    let shared = |n: usize| {
+        config(&p)
+            .replace(
+                &format!("subscriptions = [\"{p}/#\"]"),
+                &format!("subscriptions = [\"$share/{p}/{p}/#\"]"),
+            )
+            .replace(
+                &format!("client_id = \"{p}-weir\""),
+                &format!("client_id = \"{p}-weir{n}\""),
+            )
+    };
+    let a = Weir::start(&shared(1), &[]);
+    let b = Weir::start(&shared(2), &[]);
+    let devices = 4;
+    let load = Load::start(&p, &format!("{p}-pub"), devices);
+    load.wait_sent(400);
+    let (ok, _, err) = cli(
+        &a,
+        None,
+        &["plugin", "promote", "thermostats", "thermostat@1.1.0"],
+    );
+    assert!(ok, "{err}");
+    wait_running(&b, "thermostats", "thermostat@1.1.0");
+    load.wait_sent(load.sent.load(Ordering::Relaxed) + 400);
+    let rounds = load.finish();
+    let total = rounds * devices;
+    let records = consume(
+        &format!("{p}.thermostat"),
+        total,
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+    );
+    // Each message once (the broker gives each to one of the two), each with one version.
+    let mut seen: HashMap<(String, i64), usize> = HashMap::new();
+    let mut decoder = Decoder::new();
+    let mut versions: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        let v = decoder.decode(&r.value);
+        *seen
+            .entry((
+                v["device_id"].as_str().unwrap().to_owned(),
+                v["ts_ms"].as_i64().unwrap(),
+            ))
+            .or_default() += 1;
+        *versions
+            .entry(r.header("weir.plugin").to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), total, "nothing lost");
+    assert!(seen.values().all(|n| *n == 1), "nothing duplicated");
+    assert!(versions.contains_key("thermostat@1.1.0"), "{versions:?}");
+    // Both processes recorded their own cutover.
+    let (ok, out, _) = cli(&b, None, &["plugin", "history", "thermostats"]);
+    assert!(ok);
+    let cutovers: Vec<String> = json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "cutover")
+        .map(|a| a["cutover"]["process"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        cutovers.contains(&format!("{p}-weir1")) && cutovers.contains(&format!("{p}-weir2")),
+        "{cutovers:?}"
+    );
+}
