@@ -126,13 +126,11 @@ async fn authorise(State(app): State<App>, mut req: Request, next: Next) -> Resp
     }
 }
 
-fn lifecycle(app: &App) -> Result<&Arc<Lifecycle>, Response> {
-    app.lifecycle.as_ref().ok_or_else(|| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this process runs no pipeline",
-        )
-    })
+fn no_pipeline() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this process runs no pipeline",
+    )
 }
 
 fn refused(e: LifecycleError) -> Response {
@@ -145,9 +143,8 @@ async fn push(
     Extension(Caller(by)): Extension<Caller>,
     body: Bytes,
 ) -> Response {
-    let lc = match lifecycle(&app) {
-        Ok(l) => l.clone(),
-        Err(r) => return r,
+    let Some(lc) = app.lifecycle.clone() else {
+        return no_pipeline();
     };
     if body.is_empty() {
         return error(
@@ -170,16 +167,16 @@ async fn push(
 }
 
 async fn plugins(State(app): State<App>) -> Response {
-    match lifecycle(&app) {
-        Ok(lc) => axum::Json(lc.plugins()).into_response(),
-        Err(r) => r,
+    match &app.lifecycle {
+        Some(lc) => axum::Json(lc.plugins()).into_response(),
+        None => no_pipeline(),
     }
 }
 
 async fn cohorts(State(app): State<App>) -> Response {
-    match lifecycle(&app) {
-        Ok(lc) => axum::Json(lc.cohorts()).into_response(),
-        Err(r) => r,
+    match &app.lifecycle {
+        Some(lc) => axum::Json(lc.cohorts()).into_response(),
+        None => no_pipeline(),
     }
 }
 
@@ -194,9 +191,8 @@ async fn promote(
     Extension(Caller(by)): Extension<Caller>,
     body: Bytes,
 ) -> Response {
-    let lc = match lifecycle(&app) {
-        Ok(l) => l.clone(),
-        Err(r) => return r,
+    let Some(lc) = app.lifecycle.clone() else {
+        return no_pipeline();
     };
     let Ok(PromoteBody { plugin }) = serde_json::from_slice(&body) else {
         return error(
@@ -215,9 +211,8 @@ async fn rollback(
     Path(cohort): Path<String>,
     Extension(Caller(by)): Extension<Caller>,
 ) -> Response {
-    let lc = match lifecycle(&app) {
-        Ok(l) => l.clone(),
-        Err(r) => return r,
+    let Some(lc) = app.lifecycle.clone() else {
+        return no_pipeline();
     };
     match lc.rollback(&cohort, &by).await {
         Ok(p) => axum::Json(p).into_response(),
@@ -226,10 +221,10 @@ async fn rollback(
 }
 
 async fn history(State(app): State<App>, Path(cohort): Path<String>) -> Response {
-    match lifecycle(&app).map(|lc| lc.history(&cohort)) {
-        Ok(Ok(h)) => axum::Json(h).into_response(),
-        Ok(Err(e)) => refused(e),
-        Err(r) => r,
+    match app.lifecycle.as_ref().map(|lc| lc.history(&cohort)) {
+        Some(Ok(h)) => axum::Json(h).into_response(),
+        Some(Err(e)) => refused(e),
+        None => no_pipeline(),
     }
 }
 

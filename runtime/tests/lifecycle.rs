@@ -96,7 +96,7 @@ impl Load {
                     sent_c.fetch_add(1, Ordering::Relaxed);
                 }
                 rounds += 1;
-                if rounds % 20 == 0 {
+                if rounds.is_multiple_of(20) {
                     publisher.flush();
                 }
             }
