@@ -52,6 +52,7 @@ pub fn router(
         .route("/v1/cohorts/{cohort}/promote", post(promote))
         .route("/v1/cohorts/{cohort}/rollback", post(rollback))
         .route("/v1/cohorts/{cohort}/history", get(history))
+        .route("/v1/cohorts/{cohort}/shadow", post(shadow))
         .layer(DefaultBodyLimit::max(4 << 20))
         .route_layer(middleware::from_fn_with_state(app.clone(), authorise));
     Router::new()
@@ -216,6 +217,44 @@ async fn rollback(
     };
     match lc.rollback(&cohort, &by).await {
         Ok(p) => axum::Json(p).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ShadowBody {
+    plugin: String,
+    messages: Option<u64>,
+    for_ms: Option<u64>,
+}
+
+async fn shadow(State(app): State<App>, Path(cohort): Path<String>, body: Bytes) -> Response {
+    let Some(lc) = app.lifecycle.clone() else {
+        return no_pipeline();
+    };
+    let limit = match serde_json::from_slice::<ShadowBody>(&body) {
+        Ok(ShadowBody {
+            plugin,
+            messages: Some(n),
+            for_ms: None,
+        }) if n > 0 => (plugin, crate::shadow::Limit::Messages(n)),
+        Ok(ShadowBody {
+            plugin,
+            messages: None,
+            for_ms: Some(ms),
+        }) if ms > 0 => (
+            plugin,
+            crate::shadow::Limit::For(std::time::Duration::from_millis(ms)),
+        ),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                r#"the body must be {"plugin": "NAME@VERSION", "messages": N} or {"plugin": "NAME@VERSION", "for_ms": MS}"#,
+            );
+        }
+    };
+    match lc.shadow(&cohort, &limit.0, limit.1).await {
+        Ok(r) => axum::Json(r).into_response(),
         Err(e) => refused(e),
     }
 }

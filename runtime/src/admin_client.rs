@@ -43,7 +43,7 @@ impl AdminClient {
             base: base.trim_end_matches('/').to_owned(),
             token: token.map(|t| t.split_once(':').map_or(t, |(_, secret)| secret).to_owned()),
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
+                .timeout(Duration::from_secs(660))
                 .build()
                 .expect("HTTP client"),
         }
@@ -117,6 +117,25 @@ impl AdminClient {
             reqwest::Method::POST,
             &format!("/v1/cohorts/{}/rollback", path_segment(cohort)),
             None,
+        )
+        .await
+    }
+
+    /// Shadow `plugin` beside `cohort`'s live version: `messages` or `for_ms`.
+    pub async fn shadow(
+        &self,
+        cohort: &str,
+        plugin: &str,
+        messages: Option<u64>,
+        for_ms: Option<u64>,
+    ) -> Result<Value, ClientError> {
+        let body = serde_json::json!({ "plugin": plugin, "messages": messages, "for_ms": for_ms })
+            .to_string()
+            .into_bytes();
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/cohorts/{}/shadow", path_segment(cohort)),
+            Some((body, "application/json")),
         )
         .await
     }

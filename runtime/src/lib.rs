@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod route;
+pub mod shadow;
 pub mod sink;
 pub mod source;
 pub mod store;

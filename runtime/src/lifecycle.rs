@@ -16,6 +16,7 @@ use crate::control::{Audit, Control, Cutover, Pin, Upload, Version, now_ms};
 use crate::encode::{self, avro::AvroSchema, registry::RegistryClient};
 use crate::plan::{CohortPlan, Topology};
 use crate::route::KeyTemplate;
+use crate::shadow::{Limit, Report, Shadow, Tap};
 use crate::store::Store;
 use crate::transform::{Configured, Host, Plugin};
 use serde::Serialize;
@@ -131,6 +132,20 @@ pub struct PluginView {
     pub cohorts: Vec<String>,
 }
 
+/// The answer to a shadow run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowReport {
+    /// The cohort.
+    pub cohort: String,
+    /// The version that was live.
+    pub live: Version,
+    /// The version shadowed.
+    pub candidate: Version,
+    /// What was found.
+    #[serde(flatten)]
+    pub report: Report,
+}
+
 /// Built and initialised off the data path, ready to swap in.
 struct Built {
     plan: CohortPlan,
@@ -150,6 +165,8 @@ pub struct Lifecycle {
     built: Mutex<HashMap<(usize, String), Built>>,
     /// One change at a time.
     changes: tokio::sync::Mutex<()>,
+    /// Shadow runs the pipeline feeds.
+    taps: Mutex<Vec<Arc<Tap>>>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -196,6 +213,7 @@ impl Lifecycle {
             live,
             built: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
+            taps: Mutex::new(Vec::new()),
         };
         for (plugin, bytes) in seeds {
             lc.seed(&plugin, &bytes).await?;
@@ -779,6 +797,86 @@ impl Lifecycle {
             });
             tracing::info!(cohort = %c.name, plugin = %pin.plugin.id(), sha256 = %pin.plugin.sha256, "switched to the pinned version; the next batch uses it");
         }
+    }
+
+    /// The shadow runs the pipeline should feed (usually none).
+    pub fn taps(&self) -> Vec<Arc<Tap>> {
+        self.taps.lock().expect("not poisoned").clone()
+    }
+
+    /// Run stored version `id` beside `cohort`'s live version on a copy of its messages
+    /// until `limit` (at most 10 minutes); nothing is published.
+    pub async fn shadow(
+        &self,
+        cohort: &str,
+        id: &str,
+        limit: Limit,
+    ) -> Result<ShadowReport, LifecycleError> {
+        const CAP: Duration = Duration::from_secs(600);
+        let ci = self.cohort_index(cohort)?;
+        let upload = self
+            .control
+            .state()
+            .uploads
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                LifecycleError::NotFound(format!(
+                    "{id} is not in the plugin store; push it first: weir plugin push FILE.wasm"
+                ))
+            })?;
+        let bytes = self
+            .store
+            .get(&upload.plugin.sha256)
+            .map_err(unavailable)?
+            .ok_or_else(|| unavailable(format!("{id} is not in the local store yet")))?;
+        let plugin = self.load(bytes).await?;
+        let c = &self.config.cohorts[ci];
+        let settings: Vec<(String, String)> = c
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let label = format!("{}:shadow:{id}", c.name);
+        let candidate = tokio::task::spawn_blocking(move || plugin.configure(settings, label))
+            .await
+            .map_err(unavailable)?
+            .map_err(|e| {
+                LifecycleError::Invalid(format!("{id} refused cohort {cohort:?}'s config: {e}"))
+            })?;
+        let (live, live_version) = {
+            let l = self.live.borrow();
+            (l.plugins[ci].clone(), l.versions[ci].clone())
+        };
+        let shadow = Shadow::new(ci);
+        let tap = shadow.tap.clone();
+        self.taps.lock().expect("not poisoned").push(tap.clone());
+        tracing::info!(cohort, candidate = id, live = %live_version.id(), ?limit, "shadow run started");
+        let report =
+            tokio::task::spawn_blocking(move || shadow.run(&live, &candidate, limit, CAP)).await;
+        self.taps
+            .lock()
+            .expect("not poisoned")
+            .retain(|t| !Arc::ptr_eq(t, &tap));
+        let report = report.map_err(unavailable)?;
+        tracing::info!(
+            cohort,
+            candidate = id,
+            messages = report.messages,
+            identical = report.identical,
+            different = report.different,
+            live_rejected = report.live_rejected,
+            candidate_rejected = report.candidate_rejected,
+            candidate_failed = report.candidate_failed,
+            skipped = report.skipped,
+            "shadow run finished"
+        );
+        Ok(ShadowReport {
+            cohort: cohort.to_owned(),
+            live: live_version,
+            candidate: upload.plugin,
+            report,
+        })
     }
 
     /// Every cohort and the version it runs here.

@@ -169,6 +169,26 @@ enum PluginCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Run a stored version beside a cohort's live one, on a copy of its live messages;
+    /// nothing is published. Reports, per message, whether the outcomes and record bytes
+    /// are identical, different, rejected by one side or failed in the candidate, with the
+    /// first differences as field-level diffs. The candidate gets a tenth of a core; copies
+    /// it cannot keep up with are skipped (and counted), never waited for.
+    #[command(group = clap::ArgGroup::new("limit").required(true))]
+    Shadow {
+        /// The cohort.
+        cohort: String,
+        /// The candidate, NAME@VERSION (pushed first).
+        plugin: String,
+        /// Stop after this many messages.
+        #[arg(long, group = "limit")]
+        messages: Option<u64>,
+        /// Stop after this long, e.g. 30s or 5m (at most 10 minutes).
+        #[arg(long = "for", group = "limit", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// The cohort's audit trail: pushes, promotes, rollbacks and cutovers.
     History {
         /// The cohort.
@@ -348,6 +368,53 @@ fn describe_change(v: &serde_json::Value) -> String {
     out
 }
 
+fn describe_shadow(v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{}: {}@{} (live) vs {}@{} over {} messages{}\n  identical {}  different {}  live-rejected {}  candidate-rejected {}  candidate-failed {}  skipped {}",
+        str_of(&v["cohort"]),
+        str_of(&v["live"]["name"]),
+        str_of(&v["live"]["version"]),
+        str_of(&v["candidate"]["name"]),
+        str_of(&v["candidate"]["version"]),
+        v["messages"],
+        if v["complete"] == true {
+            ""
+        } else {
+            " (cut short at 10 minutes)"
+        },
+        v["identical"],
+        v["different"],
+        v["live_rejected"],
+        v["candidate_rejected"],
+        v["candidate_failed"],
+        v["skipped"],
+    );
+    for e in v["examples"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n{}: live {} / candidate {}",
+            str_of(&e["topic"]),
+            str_of(&e["live"]["outcome"]),
+            str_of(&e["candidate"]["outcome"]),
+        ));
+        for d in e["diff"].as_array().into_iter().flatten() {
+            let show =
+                |x: Option<&serde_json::Value>| x.map_or("(absent)".to_owned(), |x| x.to_string());
+            out.push_str(&format!(
+                "\n    {}: {} → {}",
+                str_of(&d["field"]),
+                show(d.get("live")),
+                show(d.get("candidate")),
+            ));
+        }
+        for (side, o) in [("live", &e["live"]), ("candidate", &e["candidate"])] {
+            if let Some(code) = o["code"].as_str() {
+                out.push_str(&format!("\n    {side}: {code}: {}", str_of(&o["reason"])));
+            }
+        }
+    }
+    out
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -476,6 +543,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             |c| async move { c.rollback(&cohort).await },
             describe_change,
         ),
+        Command::Plugin(PluginCommand::Shadow {
+            cohort,
+            plugin,
+            messages,
+            duration,
+            admin,
+        }) => {
+            let for_ms = duration.map(|d| d.as_millis().max(1) as u64);
+            lifecycle_call(
+                &admin,
+                |c| async move { c.shadow(&cohort, &plugin, messages, for_ms).await },
+                describe_shadow,
+            )
+        }
         Command::Plugin(PluginCommand::History { cohort, admin }) => lifecycle_call(
             &admin,
             |c| async move { c.history(&cohort).await },

@@ -355,6 +355,15 @@ pub async fn run(
             }
         }
         let outcomes = transform(&topology, &live.plugins, &metrics, &mut inputs, &routes);
+        for tap in p.lifecycle.taps() {
+            for ((input, route), outcome) in inputs.iter().zip(&routes).zip(&outcomes) {
+                if let (Some(ci), Some(o)) = (route, outcome)
+                    && *ci == tap.cohort
+                {
+                    tap.offer(&input.message, o);
+                }
+            }
+        }
         // Enqueueing waits while the producer's queue is full; a signal must still stop it
         // (what was not enqueued stays unacknowledged with the broker).
         let enqueued = tokio::select! {

@@ -409,3 +409,112 @@ fn two_processes_on_a_shared_subscription_converge() {
         "{cutovers:?}"
     );
 }
+
+#[test]
+fn shadow_reports_kelvin_as_live_rejected_and_publishes_nothing() {
+    let p = unique("shadow");
+    let weir = Weir::start(&config(&p), &[]);
+    let admin = weir.admin.clone();
+    let shadow = std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "plugin",
+                "shadow",
+                "thermostats",
+                "thermostat@1.1.0",
+                "--messages",
+                "40",
+                "--json",
+                "--admin",
+                &admin,
+            ])
+            .env_remove("WEIR_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    });
+    let round = [
+        r#"{"ts":1,"temp_c":21.5}"#,
+        r#"{"ts":1,"temperature":{"value":70.7,"unit":"F"}}"#,
+        r#"{"ts":1,"temperature":{"value":294.65,"unit":"K"}}"#,
+        r#"{"heartbeat":true}"#,
+        "not json",
+    ];
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    let mut rounds = 0;
+    let start = Instant::now();
+    while !shadow.is_finished() {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "shadow never finished"
+        );
+        for payload in round {
+            publisher.publish(&format!("{p}/plant/1/thermostat/t{rounds}"), payload, &[]);
+        }
+        publisher.flush();
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = shadow.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r["messages"], 40, "{r}");
+    assert_eq!(r["complete"], true);
+    let n = |k: &str| r[k].as_u64().unwrap();
+    assert_eq!(
+        n("identical") + n("different") + n("live_rejected"),
+        40,
+        "1.1.0 fails and rejects nothing 1.0.0 accepts: {r}"
+    );
+    assert_eq!(n("candidate_rejected") + n("candidate_failed"), 0, "{r}");
+    // Kelvin: rejected live, emitted by the candidate. Readings: different (the new
+    // field). Heartbeats and malformed payloads: identical.
+    assert!(
+        n("live_rejected") >= 6 && n("different") >= 12 && n("identical") >= 12,
+        "{r}"
+    );
+    let examples = r["examples"].as_array().unwrap();
+    let kelvin = examples
+        .iter()
+        .find(|e| e["live"]["outcome"] == "reject")
+        .expect("a Kelvin example");
+    assert_eq!(kelvin["live"]["code"], "reading.unit");
+    assert_eq!(kelvin["candidate"]["records"][0]["source_unit"], "K");
+    let changed = examples
+        .iter()
+        .find(|e| e["live"]["outcome"] == "emit")
+        .expect("a different record");
+    let fields: Vec<&str> = changed["diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["source_unit"], "{changed}");
+    assert!(changed["diff"][0].get("live").is_none());
+
+    // Only the live version published: two records and two quarantined per round.
+    let records = consume(
+        &format!("{p}.thermostat"),
+        2 * rounds,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
+    assert_eq!(records.len(), 2 * rounds);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.header("weir.plugin") == "thermostat@1.0.0")
+    );
+    assert_eq!(
+        count(
+            &format!("{p}.quarantine"),
+            2 * rounds,
+            Duration::from_secs(60)
+        ),
+        2 * rounds
+    );
+}
