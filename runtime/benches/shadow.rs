@@ -100,7 +100,11 @@ key = "{{topic[4]}}"
                 r#"{{"ts":{i},"temperature":{{"value":{:.1},"unit":"F"}},"humidity":{{"value":41.5,"unit":"%"}},"fw":"3.1.0"}}"#,
                 60.0 + (i % 20) as f64
             );
-            publisher.publish(&format!("{run}/plant/1/thermostat/t-{}", i % 100), payload, &[]);
+            publisher.publish(
+                &format!("{run}/plant/1/thermostat/t-{}", i % 100),
+                payload,
+                &[],
+            );
             if i % 1000 == 999 {
                 publisher.flush();
             }
@@ -143,8 +147,8 @@ key = "{{topic[4]}}"
     );
     let promote = cli(&["plugin", "promote", "thermostats", "thermostat@1.1.0"]);
     let answer: serde_json::Value = serde_json::from_slice(&promote.stdout).unwrap_or_default();
-    let size = std::fs::metadata(root.join("target/plugins/thermostat-1.1.0.wasm"))
-        .map_or(0, |m| m.len());
+    let size =
+        std::fs::metadata(root.join("target/plugins/thermostat-1.1.0.wasm")).map_or(0, |m| m.len());
     println!(
         "promote of a {} KB plugin, cache off: gate {} ms, live in {} ms",
         size / 1000,

@@ -48,6 +48,10 @@ pub fn router(
     };
     let api = Router::new()
         .route("/v1/plugins", post(push).get(plugins))
+        .route(
+            "/v1/plugins/{plugin}/fixtures",
+            axum::routing::put(put_fixtures),
+        )
         .route("/v1/cohorts", get(cohorts))
         .route("/v1/cohorts/{cohort}/promote", post(promote))
         .route("/v1/cohorts/{cohort}/rollback", post(rollback))
@@ -163,6 +167,33 @@ async fn push(
             axum::Json(p),
         )
             .into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct FixturesBody {
+    input: String,
+    expected: String,
+}
+
+async fn put_fixtures(
+    State(app): State<App>,
+    Path(plugin): Path<String>,
+    Extension(Caller(by)): Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    let Some(lc) = app.lifecycle.clone() else {
+        return no_pipeline();
+    };
+    let Ok(FixturesBody { input, expected }) = serde_json::from_slice(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            r#"the body must be {"input": "<input.jsonl>", "expected": "<expected.jsonl>"}"#,
+        );
+    };
+    match lc.put_fixtures(&plugin, input, expected, &by).await {
+        Ok(()) => axum::Json(json!({"plugin": plugin, "fixtures": "stored"})).into_response(),
         Err(e) => refused(e),
     }
 }

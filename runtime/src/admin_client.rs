@@ -88,6 +88,24 @@ impl AdminClient {
         .await
     }
 
+    /// Store fixtures (`input.jsonl`, `expected.jsonl` contents) for `plugin`.
+    pub async fn put_fixtures(
+        &self,
+        plugin: &str,
+        input: String,
+        expected: String,
+    ) -> Result<Value, ClientError> {
+        let body = serde_json::json!({ "input": input, "expected": expected })
+            .to_string()
+            .into_bytes();
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/v1/plugins/{}/fixtures", path_segment(plugin)),
+            Some((body, "application/json")),
+        )
+        .await
+    }
+
     /// Stored versions.
     pub async fn plugins(&self) -> Result<Value, ClientError> {
         self.call(reqwest::Method::GET, "/v1/plugins", None).await

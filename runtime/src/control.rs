@@ -11,6 +11,7 @@
 //! |--------------------------|-----------------------------------------|-----------------|
 //! | `wasm/<sha256>`          | the component's bytes                   | one per sha256  |
 //! | `upload/<name>@<version>`| [`Upload`] (JSON)                       | one per version |
+//! | `fixtures/<name>@<version>` | [`Fixtures`] (JSON)                  | the latest      |
 //! | `pin/<cohort>`           | [`Pin`] (JSON)                          | the latest      |
 //! | `audit/<cohort>/<unique>`| [`Audit`] (JSON)                        | all             |
 
@@ -76,6 +77,22 @@ pub struct Upload {
     pub by: String,
 }
 
+/// Fixtures pushed with a version: JSON-lines input and the outcomes expected (the
+/// `weir transform` formats); the promote gate runs them with the cohort's config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fixtures {
+    /// `name@version`.
+    pub plugin: String,
+    /// Input lines.
+    pub input: String,
+    /// Expected outcome lines, one per input line.
+    pub expected: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The admin token's name.
+    pub by: String,
+}
+
 /// Which version a cohort runs, and since when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pin {
@@ -131,6 +148,8 @@ pub struct Audit {
 pub struct State {
     /// Stored versions by `name@version`.
     pub uploads: BTreeMap<String, Upload>,
+    /// Fixtures by `name@version`.
+    pub fixtures: BTreeMap<String, Fixtures>,
     /// Pins by cohort.
     pub pins: BTreeMap<String, Pin>,
     /// Every change, oldest first.
@@ -162,6 +181,13 @@ impl State {
                     self.uploads.entry(u.plugin.id()).or_insert(u);
                 }
                 Err(_) => parsed("upload"),
+            }
+        } else if key.starts_with("fixtures/") {
+            match serde_json::from_slice::<Fixtures>(value) {
+                Ok(f) => {
+                    self.fixtures.insert(f.plugin.clone(), f);
+                }
+                Err(_) => parsed("fixtures entry"),
             }
         } else if key.starts_with("pin/") {
             match serde_json::from_slice::<Pin>(value) {

@@ -12,7 +12,7 @@
 //! keeps it. The pin in `weir.toml` is only the pin a cohort starts with.
 
 use crate::config::Config;
-use crate::control::{Audit, Control, Cutover, Pin, Upload, Version, now_ms};
+use crate::control::{Audit, Control, Cutover, Fixtures, Pin, Upload, Version, now_ms};
 use crate::encode::{self, avro::AvroSchema, registry::RegistryClient};
 use crate::plan::{CohortPlan, Topology};
 use crate::route::KeyTemplate;
@@ -150,6 +150,9 @@ pub struct ShadowReport {
 struct Built {
     plan: CohortPlan,
     configured: Arc<Configured>,
+    /// The cohort's subject for this version, and the version's schema.
+    subject: String,
+    schema: String,
 }
 
 /// The lifecycle of one weir process.
@@ -242,7 +245,7 @@ impl Lifecycle {
                 },
             };
             let built = lc
-                .build(ci, &version, lc.config.registry.auto_register)
+                .build(ci, &version, Some(lc.config.registry.auto_register))
                 .await?;
             plans.push(built.plan);
             plugins.push(built.configured);
@@ -392,6 +395,76 @@ impl Lifecycle {
         Ok(pushed(true))
     }
 
+    /// Store fixtures for a stored version (replacing earlier ones); the promote gate runs
+    /// them. Input and expected must have as many non-empty lines.
+    pub async fn put_fixtures(
+        &self,
+        id: &str,
+        input: String,
+        expected: String,
+        by: &str,
+    ) -> Result<(), LifecycleError> {
+        if !self.control.state().uploads.contains_key(id) {
+            return Err(LifecycleError::NotFound(format!(
+                "{id} is not in the plugin store; push it first: weir plugin push FILE.wasm"
+            )));
+        }
+        let count = |t: &str| t.lines().filter(|l| !l.trim().is_empty()).count();
+        if count(&input) != count(&expected) || count(&input) == 0 {
+            return Err(LifecycleError::Invalid(format!(
+                "fixtures need one expected line per input line: input has {}, expected {}",
+                count(&input),
+                count(&expected)
+            )));
+        }
+        let f = Fixtures {
+            plugin: id.to_owned(),
+            input,
+            expected,
+            at_ms: now_ms(),
+            by: by.to_owned(),
+        };
+        self.control
+            .append(vec![(
+                format!("fixtures/{id}"),
+                serde_json::to_vec(&f).expect("serialisable"),
+            )])
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Run `id`'s fixtures, if it has any, on `configured`; the first mismatch refuses.
+    async fn check_fixtures(
+        &self,
+        id: &str,
+        configured: Arc<Configured>,
+    ) -> Result<(), LifecycleError> {
+        let Some(f) = self.control.state().fixtures.get(id).cloned() else {
+            return Ok(());
+        };
+        let out = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            crate::dryrun::run(&configured, f.input.as_bytes(), &mut out, 64).map(|_| (f, out))
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+        let (f, got) = out;
+        let got = String::from_utf8_lossy(&got);
+        let expected = f.expected.lines().filter(|l| !l.trim().is_empty());
+        let inputs = f.input.lines().filter(|l| !l.trim().is_empty());
+        for (n, ((got, want), input)) in got.lines().zip(expected).zip(inputs).enumerate() {
+            let parse = |l: &str| serde_json::from_str::<weir_sdk::dryrun::LineOutcome>(l).ok();
+            if parse(got).is_none() || parse(got) != parse(want) {
+                return Err(LifecycleError::Invalid(format!(
+                    "{id} fails its fixture line {}: input {input}; got {got}; expected {want}. Fix the plugin or push corrected fixtures (weir plugin push FILE --fixtures DIR)",
+                    n + 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn load(&self, bytes: Vec<u8>) -> Result<Plugin, LifecycleError> {
         let host = self.host.clone();
         tokio::task::spawn_blocking(move || host.load(&bytes))
@@ -428,12 +501,13 @@ impl Lifecycle {
         )
     }
 
-    /// Load, compile and initialise `version` for cohort `ci`, and get its schema id.
+    /// Load, compile and initialise `version` for cohort `ci`, and get its schema id
+    /// (registering it when `register` is `Some(true)`; `None` leaves the id to the caller).
     async fn build(
         &self,
         ci: usize,
         version: &Version,
-        register: bool,
+        register: Option<bool>,
     ) -> Result<Built, LifecycleError> {
         let c = &self.config.cohorts[ci];
         let bytes = self
@@ -476,8 +550,14 @@ impl Lifecycle {
                 ))
             })?;
         let subject = self.subject(ci, &plugin);
-        let schema_id = self.schema_id(&subject, &info.schema, register).await?;
-        tracing::info!(cohort = %c.name, plugin = %info.id(), sha256 = %info.sha256, %subject, schema_id, "cohort ready");
+        let schema_id = match register {
+            Some(register) => {
+                let id = self.schema_id(&subject, &info.schema, register).await?;
+                tracing::info!(cohort = %c.name, plugin = %info.id(), sha256 = %info.sha256, %subject, schema_id = id, "cohort ready");
+                id
+            }
+            None => 0,
+        };
         let plan = CohortPlan {
             name: c.name.clone(),
             output_topic: c.output_topic.clone(),
@@ -496,6 +576,8 @@ impl Lifecycle {
         Ok(Built {
             plan,
             configured: Arc::new(configured),
+            subject,
+            schema: info.schema,
         })
     }
 
@@ -583,36 +665,36 @@ impl Lifecycle {
                 to.sha256
             )));
         }
+        let mut built = self.build(ci, &to, None).await?;
         if check_compatibility {
-            let bytes = self
-                .store
-                .get(&to.sha256)
-                .map_err(unavailable)?
-                .ok_or_else(|| unavailable(format!("{} is not in the store", to.id())))?;
-            let plugin = self.load(bytes).await?;
-            let subject = self.subject(ci, &plugin);
-            match self
+            let subject = &built.subject;
+            if let Err(reasons) = self
                 .registry
-                .check_compatible(&subject, &plugin.info().schema)
+                .check_compatible(subject, &built.schema)
                 .await
                 .map_err(unavailable)?
             {
-                Ok(()) => {}
-                Err(reasons) => {
-                    return Err(LifecycleError::Conflict(format!(
-                        "the schema registry refuses {}'s schema under subject {subject:?}: {}; publish an evolution the subject's compatibility level accepts, or a new cohort and topic",
-                        to.id(),
-                        if reasons.is_empty() {
-                            "incompatible".to_owned()
-                        } else {
-                            reasons.join("; ")
-                        }
-                    )));
-                }
+                return Err(LifecycleError::Conflict(format!(
+                    "the schema registry refuses {}'s schema under subject {subject:?}: {}; publish an evolution the subject's compatibility level accepts, or a new cohort and topic",
+                    to.id(),
+                    if reasons.is_empty() {
+                        "incompatible".to_owned()
+                    } else {
+                        reasons.join("; ")
+                    }
+                )));
             }
+            self.check_fixtures(&to.id(), built.configured.clone())
+                .await?;
         }
-        let built = self
-            .build(ci, &to, self.config.registry.auto_register)
+        // The gate passed: only now register the schema (a refused promote leaves the
+        // subject as it was).
+        built.plan.schema_id = self
+            .schema_id(
+                &built.subject,
+                &built.schema,
+                self.config.registry.auto_register,
+            )
             .await?;
         let gate_ms = started.elapsed().as_millis() as u64;
         self.built
@@ -769,7 +851,7 @@ impl Lifecycle {
                 .remove(&(ci, pin.plugin.sha256.clone()));
             let built = match prebuilt {
                 Some(b) => b,
-                None => match self.build(ci, &pin.plugin, false).await {
+                None => match self.build(ci, &pin.plugin, Some(false)).await {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::error!(cohort = %c.name, plugin = %pin.plugin.id(), error = %e, "cannot switch to the pinned version; retrying");

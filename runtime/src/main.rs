@@ -140,6 +140,10 @@ enum PluginCommand {
     Push {
         /// The plugin's .wasm component (`cargo xtask plugins` builds them).
         file: PathBuf,
+        /// A fixtures directory (input.jsonl, expected.jsonl, as for `weir transform`): the
+        /// promote gate runs them with the cohort's config and refuses on a mismatch.
+        #[arg(long, value_name = "DIR")]
+        fixtures: Option<PathBuf>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -464,12 +468,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin(PluginCommand::Push { file, admin }) => {
+        Command::Plugin(PluginCommand::Push {
+            file,
+            fixtures,
+            admin,
+        }) => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let fixtures = match fixtures {
+                Some(dir) => {
+                    let read = |name: &str| {
+                        let path = dir.join(name);
+                        std::fs::read_to_string(&path)
+                            .with_context(|| format!("cannot read {}", path.display()))
+                    };
+                    Some((read("input.jsonl")?, read("expected.jsonl")?))
+                }
+                None => None,
+            };
             lifecycle_call(
                 &admin,
-                |c| async move { c.push(bytes).await },
+                |c| async move {
+                    let pushed = c.push(bytes).await?;
+                    if let Some((input, expected)) = fixtures {
+                        let id = str_of(&pushed["plugin"]).to_owned();
+                        c.put_fixtures(&id, input, expected).await?;
+                    }
+                    Ok(pushed)
+                },
                 |v| {
                     let verb = if v["new"] == true {
                         "stored"

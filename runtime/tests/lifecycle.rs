@@ -282,6 +282,56 @@ fn promote_under_load_then_refusals_leave_the_live_version_alone() {
 fn the_pin_survives_a_restart_and_rolls_back() {
     let p = unique("pin");
     let weir = Weir::start(&config(&p), &[]);
+    let wasm = plugins_dir().join("thermostat-1.1.0.wasm");
+    let wasm = wasm.to_str().unwrap();
+    // 1.0.0's fixtures do not hold for 1.1.0 (its records gain source_unit): the gate
+    // refuses and nothing changes.
+    let old_fixtures = root().join("plugins/thermostat/fixtures");
+    let (ok, _, err) = cli(
+        &weir,
+        None,
+        &[
+            "plugin",
+            "push",
+            wasm,
+            "--fixtures",
+            old_fixtures.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &weir,
+        None,
+        &["plugin", "promote", "thermostats", "thermostat@1.1.0"],
+    );
+    assert!(
+        !ok && err.contains("422") && err.contains("fixture line 1"),
+        "{err}"
+    );
+    assert_eq!(running(&weir, "thermostats"), "thermostat@1.0.0");
+    // Fixtures written from 1.1.0's own output pass.
+    let fixtures = tempfile::tempdir().unwrap();
+    let input = old_fixtures.join("input.jsonl");
+    std::fs::copy(&input, fixtures.path().join("input.jsonl")).unwrap();
+    let expected = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["transform", "--plugin", wasm, "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(expected.status.success());
+    std::fs::write(fixtures.path().join("expected.jsonl"), &expected.stdout).unwrap();
+    let (ok, _, err) = cli(
+        &weir,
+        None,
+        &[
+            "plugin",
+            "push",
+            wasm,
+            "--fixtures",
+            fixtures.path().to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
     let (ok, _, err) = cli(
         &weir,
         None,
