@@ -10,7 +10,6 @@
 //! Run: `scripts/bench-pipeline shadow` (brings the bed up with in-memory Kafka storage).
 
 #[path = "../tests/bed/mod.rs"]
-#[allow(dead_code)]
 mod bed;
 
 use std::io::{BufRead, BufReader};
