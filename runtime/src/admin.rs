@@ -98,6 +98,27 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn authorise(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    // A change must say what it sends: a browser cannot send these types across origins
+    // without a preflight, which this API never answers, so a web page cannot drive it.
+    if req.method() != axum::http::Method::GET {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let kind = ct.split(';').next().unwrap_or_default().trim();
+        if !matches!(
+            kind,
+            "application/json" | "application/wasm" | "application/octet-stream"
+        ) {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Type {ct:?}: send application/json (or application/wasm for a component)"
+                ),
+            );
+        }
+    }
     let caller = if app.tokens.is_empty() {
         Some("anonymous".to_owned())
     } else {
@@ -157,7 +178,8 @@ async fn push(
             "empty body: send the .wasm component's bytes (weir plugin push FILE.wasm)",
         );
     }
-    match lc.push(body.to_vec(), &by).await {
+    let pushed = tokio::spawn(async move { lc.push(body.to_vec(), &by).await }).await;
+    match pushed.unwrap_or_else(|e| Err(LifecycleError::Unavailable(e.to_string()))) {
         Ok(p) => (
             if p.new {
                 StatusCode::CREATED
@@ -192,7 +214,10 @@ async fn put_fixtures(
             r#"the body must be {"input": "<input.jsonl>", "expected": "<expected.jsonl>"}"#,
         );
     };
-    match lc.put_fixtures(&plugin, input, expected, &by).await {
+    let id = plugin.clone();
+    let stored =
+        tokio::spawn(async move { lc.put_fixtures(&id, input, expected, &by).await }).await;
+    match stored.unwrap_or_else(|e| Err(LifecycleError::Unavailable(e.to_string()))) {
         Ok(()) => axum::Json(json!({"plugin": plugin, "fixtures": "stored"})).into_response(),
         Err(e) => refused(e),
     }
@@ -232,7 +257,8 @@ async fn promote(
             r#"the body must be {"plugin": "NAME@VERSION"}"#,
         );
     };
-    match lc.promote(&cohort, &plugin, &by).await {
+    let promoted = tokio::spawn(async move { lc.promote(&cohort, &plugin, &by).await }).await;
+    match promoted.unwrap_or_else(|e| Err(LifecycleError::Unavailable(e.to_string()))) {
         Ok(p) => axum::Json(p).into_response(),
         Err(e) => refused(e),
     }
@@ -246,7 +272,8 @@ async fn rollback(
     let Some(lc) = app.lifecycle.clone() else {
         return no_pipeline();
     };
-    match lc.rollback(&cohort, &by).await {
+    let rolled = tokio::spawn(async move { lc.rollback(&cohort, &by).await }).await;
+    match rolled.unwrap_or_else(|e| Err(LifecycleError::Unavailable(e.to_string()))) {
         Ok(p) => axum::Json(p).into_response(),
         Err(e) => refused(e),
     }
@@ -284,7 +311,8 @@ async fn shadow(State(app): State<App>, Path(cohort): Path<String>, body: Bytes)
             );
         }
     };
-    match lc.shadow(&cohort, &limit.0, limit.1).await {
+    let report = tokio::spawn(async move { lc.shadow(&cohort, &limit.0, limit.1).await }).await;
+    match report.unwrap_or_else(|e| Err(LifecycleError::Unavailable(e.to_string()))) {
         Ok(r) => axum::Json(r).into_response(),
         Err(e) => refused(e),
     }

@@ -134,7 +134,7 @@ impl AdminClient {
         self.call(
             reqwest::Method::POST,
             &format!("/v1/cohorts/{}/rollback", path_segment(cohort)),
-            None,
+            Some((b"{}".to_vec(), "application/json")),
         )
         .await
     }

@@ -105,6 +105,9 @@ pub struct Pin {
     /// Earlier pins, oldest first: `rollback` returns to the last and drops it.
     #[serde(default)]
     pub rollback_to: Vec<Version>,
+    /// The sha256 of the pin this one was decided against (none: the cohort had no pin).
+    #[serde(default)]
+    pub replaces: Option<String>,
     /// When the pin was written, ms since the Unix epoch.
     pub at_ms: i64,
     /// The admin token's name.
@@ -159,7 +162,7 @@ pub struct State {
 }
 
 impl State {
-    fn apply(&mut self, key: &str, value: Option<&[u8]>, store: &Store) {
+    fn apply(&mut self, key: &str, value: Option<&[u8]>) {
         let Some(value) = value else { return };
         let parsed = |what: &str| {
             tracing::warn!(
@@ -167,15 +170,9 @@ impl State {
                 "control topic: ignoring an entry that is not a valid {what}"
             );
         };
-        if let Some(sha) = key.strip_prefix("wasm/") {
-            match store.put(value) {
-                Ok(got) if got == sha => {}
-                Ok(got) => {
-                    tracing::warn!(key, sha256 = %got, "control topic: component bytes do not match their key; ignored")
-                }
-                Err(e) => tracing::error!(error = %e, "control topic: cannot store a component"),
-            }
-        } else if key.starts_with("upload/") {
+        if key.starts_with("upload/") {
+            // Keyed by name@version and sha256, so compaction keeps every claim and the
+            // first one (by offset) wins in every process: a version is immutable.
             match serde_json::from_slice::<Upload>(value) {
                 Ok(u) => {
                     self.uploads.entry(u.plugin.id()).or_insert(u);
@@ -191,9 +188,16 @@ impl State {
             }
         } else if key.starts_with("pin/") {
             match serde_json::from_slice::<Pin>(value) {
-                Ok(p) => {
-                    self.pins.insert(p.cohort.clone(), p);
-                }
+                // A pin applies only over the pin it was decided against, so of two
+                // concurrent promotes the first written wins, in every process alike.
+                Ok(p) => match self.pins.get(&p.cohort) {
+                    Some(current) if Some(&current.plugin.sha256) != p.replaces.as_ref() => {
+                        tracing::warn!(cohort = %p.cohort, plugin = %p.plugin.id(), "control topic: a pin decided against an older pin lost to a concurrent change; ignored")
+                    }
+                    _ => {
+                        self.pins.insert(p.cohort.clone(), p);
+                    }
+                },
                 Err(_) => parsed("pin"),
             }
         } else if key.starts_with("audit/") {
@@ -261,6 +265,7 @@ impl Control {
         let mut pc = base.clone();
         pc.set("enable.idempotence", "true")
             .set("acks", "all")
+            .set("message.timeout.ms", "30000")
             .set("message.max.bytes", "4194304")
             .set("linger.ms", "0");
         let producer: FutureProducer = pc
@@ -303,10 +308,14 @@ impl Control {
                 match consumer.poll(Duration::from_millis(200)) {
                     Some(Ok(m)) => {
                         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                        state.apply(&key, m.payload(), &store_c);
+                        store_component(&store_c, &key, m.payload());
+                        state.apply(&key, m.payload());
                         state.next_offset = m.offset() + 1;
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "control topic: read error; retrying"),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "control topic: read error; retrying");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
                     None => {}
                 }
             }
@@ -384,14 +393,11 @@ impl Control {
 
     /// Append an audit entry.
     pub async fn audit(&self, a: &Audit) -> Result<(), ControlError> {
-        let key = format!(
-            "audit/{}/{}-{:016x}",
-            a.cohort.as_deref().unwrap_or("-"),
-            a.at_ms,
-            rand::random::<u64>()
-        );
-        self.append(vec![(key, serde_json::to_vec(a).expect("serialisable"))])
-            .await
+        self.append(vec![(
+            audit_key(a),
+            serde_json::to_vec(a).expect("serialisable"),
+        )])
+        .await
     }
 }
 
@@ -406,9 +412,10 @@ fn follow(
             Some(Ok(m)) => {
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                 let (payload, offset) = (m.payload().map(<[u8]>::to_vec), m.offset());
+                store_component(&store, &key, payload.as_deref());
                 tx.send_modify(|s| {
                     let s = Arc::make_mut(s);
-                    s.apply(&key, payload.as_deref(), &store);
+                    s.apply(&key, payload.as_deref());
                     s.next_offset = offset + 1;
                 });
             }
@@ -418,6 +425,30 @@ fn follow(
             }
             None => {}
         }
+    }
+}
+
+/// A key compaction keeps for every audit entry.
+pub fn audit_key(a: &Audit) -> String {
+    format!(
+        "audit/{}/{}-{:016x}",
+        a.cohort.as_deref().unwrap_or("-"),
+        a.at_ms,
+        rand::random::<u64>()
+    )
+}
+
+/// A `wasm/<sha256>` entry goes to the store (outside the state update: it is disk I/O).
+fn store_component(store: &Store, key: &str, value: Option<&[u8]>) {
+    let (Some(sha), Some(value)) = (key.strip_prefix("wasm/"), value) else {
+        return;
+    };
+    match store.put(value) {
+        Ok(got) if got == sha => {}
+        Ok(got) => {
+            tracing::warn!(key, sha256 = %got, "control topic: component bytes do not match their key; ignored")
+        }
+        Err(e) => tracing::error!(error = %e, "control topic: cannot store a component"),
     }
 }
 

@@ -244,9 +244,26 @@ impl Lifecycle {
                     }
                 },
             };
-            let built = lc
-                .build(ci, &version, Some(lc.config.registry.auto_register))
-                .await?;
+            let register = Some(lc.config.registry.auto_register);
+            let built = match lc.build(ci, &version, register).await {
+                Ok(b) => b,
+                Err(e) if state.pins.contains_key(&c.name) => {
+                    // The promoted version no longer starts (its config or the registry
+                    // changed): run weir.toml's pin rather than not at all.
+                    tracing::error!(cohort = %c.name, plugin = %version.id(), error = %e, "the control topic's pin does not start; running weir.toml's pin instead — promote a working version");
+                    let first = state
+                        .uploads
+                        .get(&c.plugin)
+                        .map(|u| u.plugin.clone())
+                        .ok_or(e)?;
+                    let b = lc.build(ci, &first, register).await?;
+                    versions.push(first);
+                    plans.push(b.plan);
+                    plugins.push(b.configured);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             plans.push(built.plan);
             plugins.push(built.configured);
             versions.push(version);
@@ -325,13 +342,21 @@ impl Lifecycle {
             .append(vec![
                 (format!("wasm/{}", info.sha256), bytes.to_vec()),
                 (
-                    format!("upload/{}", info.id()),
+                    format!("upload/{}/{}", info.id(), info.sha256),
                     serde_json::to_vec(&upload).expect("serialisable"),
                 ),
             ])
             .await
             .map_err(unavailable)?;
-        Ok(upload)
+        // Another process may have claimed the version first with other bytes.
+        match self.control.state().uploads.get(&info.id()) {
+            Some(u) if u.plugin.sha256 != info.sha256 => Err(LifecycleError::Conflict(format!(
+                "{} was stored concurrently with sha256 {}; a version is immutable — bump the plugin's version and push again",
+                info.id(),
+                u.plugin.sha256
+            ))),
+            _ => Ok(upload),
+        }
     }
 
     fn mirror_index(&self) {
@@ -635,7 +660,13 @@ impl Lifecycle {
             .state()
             .pins
             .get(cohort)
-            .and_then(|p| p.rollback_to.last().cloned())
+            .and_then(|p| {
+                p.rollback_to
+                    .iter()
+                    .rev()
+                    .find(|v| v.sha256 != p.plugin.sha256)
+                    .cloned()
+            })
             .ok_or_else(|| {
                 LifecycleError::Conflict(format!(
                     "cohort {cohort:?} runs the first version it was pinned to; there is nothing to roll back to"
@@ -657,7 +688,11 @@ impl Lifecycle {
         let _one = self.changes.lock().await;
         let started = Instant::now();
         let cohort = self.config.cohorts[ci].name.clone();
-        let from = self.live.borrow().versions[ci].clone();
+        let current = self.control.state().pins.get(&cohort).cloned();
+        let from = match &current {
+            Some(pin) => pin.plugin.clone(),
+            None => self.live.borrow().versions[ci].clone(),
+        };
         if from.sha256 == to.sha256 {
             return Err(LifecycleError::Conflict(format!(
                 "cohort {cohort:?} already runs {} (sha256 {})",
@@ -702,15 +737,14 @@ impl Lifecycle {
             .expect("not poisoned")
             .insert((ci, to.sha256.clone()), built);
         let at_ms = now_ms();
-        let mut rollback_to = self
-            .control
-            .state()
-            .pins
-            .get(&cohort)
+        let mut rollback_to = current
+            .as_ref()
             .map(|p| p.rollback_to.clone())
             .unwrap_or_default();
         if action == "rollback" {
-            rollback_to.pop();
+            if let Some(i) = rollback_to.iter().rposition(|v| v.sha256 == to.sha256) {
+                rollback_to.truncate(i);
+            }
         } else {
             rollback_to.push(from.clone());
         }
@@ -719,6 +753,7 @@ impl Lifecycle {
             plugin: to.clone(),
             previous: Some(from.clone()),
             rollback_to,
+            replaces: current.as_ref().map(|p| p.plugin.sha256.clone()),
             at_ms,
             by: by.to_owned(),
         };
@@ -732,14 +767,32 @@ impl Lifecycle {
             by: by.to_owned(),
             cutover: None,
         };
-        self.control
-            .append(vec![(
-                format!("pin/{cohort}"),
-                serde_json::to_vec(&pin).expect("serialisable"),
-            )])
-            .await
-            .map_err(unavailable)?;
-        self.control.audit(&audit).await.map_err(unavailable)?;
+        let written = self
+            .control
+            .append(vec![
+                (
+                    format!("pin/{cohort}"),
+                    serde_json::to_vec(&pin).expect("serialisable"),
+                ),
+                (
+                    crate::control::audit_key(&audit),
+                    serde_json::to_vec(&audit).expect("serialisable"),
+                ),
+            ])
+            .await;
+        let won = self.control.state().pins.get(&cohort) == Some(&pin);
+        if written.is_err() || !won {
+            self.built
+                .lock()
+                .expect("not poisoned")
+                .remove(&(ci, to.sha256.clone()));
+        }
+        written.map_err(unavailable)?;
+        if !won {
+            return Err(LifecycleError::Conflict(format!(
+                "another change to cohort {cohort:?} was written first; see `weir plugin history {cohort}` and try again"
+            )));
+        }
         let mut live = self.live.subscribe();
         let sha = to.sha256.clone();
         let swapped = tokio::time::timeout(
@@ -801,7 +854,11 @@ impl Lifecycle {
             tokio::select! {
                 changed = state.changed() => if changed.is_err() { return },
                 s = switched.recv() => match s {
-                    Some(s) => { self.record_cutover(s).await; continue }
+                    Some(s) => {
+                        let me = self.clone();
+                        tokio::spawn(async move { me.record_cutover(s).await });
+                        continue
+                    }
                     None => return,
                 },
                 _ = retry.tick() => {}
@@ -859,6 +916,15 @@ impl Lifecycle {
                     }
                 },
             };
+            let still = self
+                .control
+                .state()
+                .pins
+                .get(&c.name)
+                .is_some_and(|p| p.plugin.sha256 == pin.plugin.sha256);
+            if !still {
+                continue;
+            }
             self.live.send_modify(|live| {
                 let mut cohorts = live.topology.cohorts.clone();
                 cohorts[ci] = built.plan;
@@ -932,7 +998,15 @@ impl Lifecycle {
         };
         let shadow = Shadow::new(ci);
         let tap = shadow.tap.clone();
-        self.taps.lock().expect("not poisoned").push(tap.clone());
+        {
+            let mut taps = self.taps.lock().expect("not poisoned");
+            if taps.iter().any(|t| t.cohort == ci) {
+                return Err(LifecycleError::Conflict(format!(
+                    "a shadow run of cohort {cohort:?} is in progress; wait for it to finish"
+                )));
+            }
+            taps.push(tap.clone());
+        }
         tracing::info!(cohort, candidate = id, live = %live_version.id(), ?limit, "shadow run started");
         let report =
             tokio::task::spawn_blocking(move || shadow.run(&live, &candidate, limit, CAP)).await;

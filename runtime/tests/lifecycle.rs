@@ -238,6 +238,16 @@ fn promote_under_load_then_refusals_leave_the_live_version_alone() {
     assert!(!ok && err.contains("401"), "{err}");
     let (ok, _, err) = cli(&weir, None, &["plugin", "list"]);
     assert!(!ok && err.contains("401"), "{err}");
+    // A change a web page could send (text/plain, no preflight) is refused too.
+    let status = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/cohorts/thermostats/rollback", weir.admin))
+        .bearer_auth(TOKEN.split_once(':').unwrap().1)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 415);
     assert_eq!(running(&weir, "thermostats"), "thermostat@1.1.0");
 
     // Other bytes under a stored name@version: refused.
