@@ -239,7 +239,9 @@ struct EngineArgs {
     /// CPU budget per message in a call, milliseconds (a call gets at least 100 ms).
     #[arg(long, env = "WEIR_PLUGIN_TIME_MS", default_value_t = 20)]
     plugin_time_ms: u64,
-    /// Directory for precompiled plugins (default: $XDG_CACHE_HOME/weir or ~/.cache/weir).
+    /// Directory for precompiled plugins (default: `weir run` keeps them beside the plugin
+    /// store, in <plugins.store>/compiled; other commands in $XDG_CACHE_HOME/weir or
+    /// ~/.cache/weir).
     #[arg(long, env = "WEIR_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
     /// Compile plugins on every load instead of caching the result.
@@ -621,7 +623,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let stopped = rt.block_on(async move {
                 let signals = signals()?;
-                let cache = engine.cache();
+                // Precompiled plugins live beside the store unless --cache-dir says otherwise.
+                let cache = match (&engine.cache_dir, engine.no_cache) {
+                    (_, true) => None,
+                    (Some(dir), false) => Some(dir.clone()),
+                    (None, false) => Some(cfg.plugins.store.join("compiled")),
+                };
                 let prepared =
                     weir::pipeline::prepare(cfg, &file, engine.limits(), cache.as_deref()).await?;
                 anyhow::Ok(weir::pipeline::run(prepared, signals).await?)

@@ -316,14 +316,21 @@ pub async fn run(
     let mut failure = None;
     loop {
         let batch = tokio::select! {
-            _ = signals.recv() => break,
+            biased;
             why = source.failed() => {
                 failure = Some(why);
                 break;
             }
+            _ = signals.recv() => break,
             b = batches.recv() => b,
         };
-        let Some(batch) = batch else { break };
+        let Some(batch) = batch else {
+            // The source's channel closed: it stopped, and a failure says why.
+            if let Ok(why) = tokio::time::timeout(Duration::from_secs(1), source.failed()).await {
+                failure = Some(why);
+            }
+            break;
+        };
         // One live set for the whole batch: a swap lands between batches.
         let live = live_rx.borrow_and_update().clone();
         let topology = live.topology.clone();
