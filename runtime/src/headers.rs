@@ -7,6 +7,9 @@ pub const PLUGIN: &str = "weir.plugin";
 pub const PLUGIN_SHA256: &str = "weir.plugin.sha256";
 /// The cohort.
 pub const COHORT: &str = "weir.cohort";
+/// The message's id: unique per message taken in, and the same on its raw capture, its
+/// records and its quarantine entry (what replay and verify join on).
+pub const MESSAGE_ID: &str = "weir.message.id";
 /// The MQTT topic the message arrived on.
 pub const MQTT_TOPIC: &str = "weir.mqtt.topic";
 /// When weir received the message, Unix milliseconds.

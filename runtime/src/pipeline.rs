@@ -313,6 +313,9 @@ pub async fn run(
         .map(|v| v.sha256.clone())
         .collect();
     let mut next_seq = 0u64;
+    // Message ids: this run's random prefix and the arrival sequence; unique across runs
+    // and processes without coordination.
+    let run_id = format!("{:016x}", rand::random::<u64>());
     let mut failure = None;
     loop {
         let batch = tokio::select! {
@@ -341,6 +344,7 @@ pub async fn run(
             seqs.push(next_seq);
             next_seq += 1;
             inputs.push(Input {
+                id: format!("{run_id}-{seq:x}", seq = next_seq - 1),
                 message: inc.message,
                 retained: inc.retain,
                 oversize: inc.oversize,

@@ -64,6 +64,8 @@ pub struct Topology {
 /// A message as it arrived, with what the source learnt about it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Input {
+    /// The message's id (`weir.message.id` on every write of it).
+    pub id: String,
     /// The message (for an oversize one the payload is a prefix).
     pub message: Message,
     /// A retained message.
@@ -170,13 +172,19 @@ impl Topology {
             return d;
         }
         if let Some(raw) = &self.raw_topic {
+            // The raw capture records which cohort and version processed the message, so
+            // replay knows the version instead of inferring it.
+            let mut headers = message_headers(&d.input);
+            if let Some(ci) = cohort {
+                headers.extend(self.cohorts[ci].identity.iter().cloned());
+            }
             d.first.push((
                 Kind::Raw,
                 Write {
                     topic: raw.clone(),
                     key: Some(m.topic.clone().into_bytes()),
                     value: m.payload.clone(),
-                    headers: message_headers(&d.input),
+                    headers,
                 },
             ));
         }
@@ -227,11 +235,12 @@ impl Topology {
     }
 }
 
-/// Headers every write of a message carries: MQTT topic, receive time, retained flag,
-/// user properties.
+/// Headers every write of a message carries: its id, MQTT topic, receive time, retained
+/// flag, user properties.
 fn message_headers(input: &Input) -> Vec<(String, Vec<u8>)> {
     let m = &input.message;
-    let mut out = Vec::with_capacity(3 + m.properties.len());
+    let mut out = Vec::with_capacity(4 + m.properties.len());
+    out.push((h::MESSAGE_ID.to_owned(), input.id.clone().into_bytes()));
     out.push((h::MQTT_TOPIC.to_owned(), m.topic.clone().into_bytes()));
     out.push((
         h::RECEIVED_AT.to_owned(),
@@ -474,6 +483,7 @@ mod tests {
 
     fn input(topic: &str, payload: &[u8]) -> Input {
         Input {
+            id: "m-1".into(),
             message: Message {
                 topic: topic.into(),
                 payload: payload.to_vec(),
@@ -515,6 +525,39 @@ mod tests {
 
     fn all_ok(writes: Vec<(Kind, Write)>) -> Vec<((Kind, Write), Result<(), Failure>)> {
         writes.into_iter().map(|w| (w, Ok(()))).collect()
+    }
+
+    #[test]
+    fn every_write_of_a_message_carries_its_id_and_the_raw_capture_its_version() {
+        let t = topo(true);
+        let inp = input("d/1", b"{}");
+        let ci = t.route(&inp.message);
+        let mut d = t.plan(inp, ci, Some(Outcome::Emit(vec![record("a")])));
+        let writes = sent(d.start());
+        assert!(
+            writes
+                .iter()
+                .all(|(_, w)| header(w, h::MESSAGE_ID) == Some("m-1"))
+        );
+        let (kind, raw) = &writes[0];
+        assert_eq!(*kind, Kind::Raw);
+        assert_eq!(
+            header(raw, h::COHORT),
+            Some("c"),
+            "raw → cohort is recorded"
+        );
+        let mut rejected = t.plan(
+            input("d/2", b"{}"),
+            ci,
+            Some(Outcome::Reject {
+                code: "bad".into(),
+                reason: "no".into(),
+            }),
+        );
+        let writes = sent(rejected.start());
+        let (kind, q) = writes.last().unwrap();
+        assert_eq!(*kind, Kind::Quarantine);
+        assert_eq!(header(q, h::MESSAGE_ID), Some("m-1"));
     }
 
     #[test]
