@@ -12,6 +12,8 @@ pub const COHORT: &str = "weir.cohort";
 pub const MESSAGE_ID: &str = "weir.message.id";
 /// The MQTT topic the message arrived on.
 pub const MQTT_TOPIC: &str = "weir.mqtt.topic";
+/// The MQTT 5 content type, when the message had one.
+pub const MQTT_CONTENT_TYPE: &str = "weir.mqtt.content-type";
 /// When weir received the message, Unix milliseconds.
 pub const RECEIVED_AT: &str = "weir.received_at";
 /// Prefix for MQTT 5 user properties (`mqtt.<name>`).

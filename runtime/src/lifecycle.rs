@@ -155,6 +155,32 @@ struct Built {
     schema: String,
 }
 
+/// What the planning core needs to run cohort `c` on `plugin`, writing to `output_topic`
+/// with `schema_id`: every record carries the plugin's name@version, sha256 and the cohort.
+pub fn cohort_plan(
+    c: &crate::config::Cohort,
+    plugin: &Plugin,
+    schema_id: u32,
+    output_topic: &str,
+) -> Result<CohortPlan, String> {
+    let info = plugin.info();
+    Ok(CohortPlan {
+        name: c.name.clone(),
+        output_topic: output_topic.to_owned(),
+        key: KeyTemplate::parse(&c.key)?,
+        schema_id,
+        schema: AvroSchema::clone(plugin.schema()),
+        identity: vec![
+            (crate::headers::PLUGIN.into(), info.id().into_bytes()),
+            (
+                crate::headers::PLUGIN_SHA256.into(),
+                info.sha256.clone().into_bytes(),
+            ),
+            (crate::headers::COHORT.into(), c.name.clone().into_bytes()),
+        ],
+    })
+}
+
 /// The lifecycle of one weir process.
 pub struct Lifecycle {
     config: Config,
@@ -583,21 +609,8 @@ impl Lifecycle {
             }
             None => 0,
         };
-        let plan = CohortPlan {
-            name: c.name.clone(),
-            output_topic: c.output_topic.clone(),
-            key: KeyTemplate::parse(&c.key).map_err(LifecycleError::Invalid)?,
-            schema_id,
-            schema: AvroSchema::clone(plugin.schema()),
-            identity: vec![
-                (crate::headers::PLUGIN.into(), info.id().into_bytes()),
-                (
-                    crate::headers::PLUGIN_SHA256.into(),
-                    info.sha256.clone().into_bytes(),
-                ),
-                (crate::headers::COHORT.into(), c.name.clone().into_bytes()),
-            ],
-        };
+        let plan =
+            cohort_plan(c, &plugin, schema_id, &c.output_topic).map_err(LifecycleError::Invalid)?;
         Ok(Built {
             plan,
             configured: Arc::new(configured),

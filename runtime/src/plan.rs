@@ -249,6 +249,9 @@ fn message_headers(input: &Input) -> Vec<(String, Vec<u8>)> {
     if input.retained {
         out.push((h::MQTT_RETAINED.to_owned(), b"true".to_vec()));
     }
+    if let Some(ct) = &m.content_type {
+        out.push((h::MQTT_CONTENT_TYPE.to_owned(), ct.clone().into_bytes()));
+    }
     for (k, v) in &m.properties {
         out.push((
             format!("{}{k}", h::USER_PROPERTY_PREFIX),
