@@ -66,6 +66,17 @@ enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Re-run a range of the raw-capture topic through the exact plugin version that first
+    /// processed each message (recorded on its raw capture), or --through a named one.
+    ///
+    /// --to TOPIC writes the results to TOPIC in the same wire format (quarantine outcomes
+    /// to --quarantine-to, or only counted). --verify writes nothing and compares with what
+    /// was published under each message's id (weir.message.id): the same version must give
+    /// byte-identical records, so any difference or missing record exits 1 with examples.
+    /// Every version the range needs must be in the plugin store; a missing one is an error
+    /// before any work. Reads config (Kafka, registry, store, cohorts) from --config.
+    #[command(group = clap::ArgGroup::new("mode").required(true))]
+    Replay(ReplayArgs),
     /// The built-in Confluent-compatible schema registry.
     #[command(subcommand)]
     Registry(RegistryCommand),
@@ -230,6 +241,48 @@ struct TransformArgs {
     engine: EngineArgs,
 }
 
+#[derive(Args)]
+struct ReplayArgs {
+    /// The config the messages were processed under.
+    #[arg(long, env = "WEIR_CONFIG", default_value = "weir.toml")]
+    config: PathBuf,
+    /// The raw-capture topic (output.raw_topic).
+    #[arg(long)]
+    from: String,
+    /// Write the replayed records to this topic.
+    #[arg(long, group = "mode")]
+    to: Option<String>,
+    /// Compare with what was published instead of writing.
+    #[arg(long, group = "mode")]
+    verify: bool,
+    /// With --to: write quarantine outcomes here (otherwise they are only counted).
+    #[arg(long, requires = "to")]
+    quarantine_to: Option<String>,
+    /// Replay every message through this stored version instead of its own.
+    #[arg(long, value_name = "NAME@VERSION")]
+    through: Option<String>,
+    /// Only this partition of --from.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// First offset (inclusive).
+    #[arg(long)]
+    start_offset: Option<i64>,
+    /// Last offset (exclusive).
+    #[arg(long)]
+    end_offset: Option<i64>,
+    /// Records at or after this time (RFC 3339, e.g. 2026-11-25T10:00:00Z).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    since: Option<std::time::SystemTime>,
+    /// Records before this time (RFC 3339).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    until: Option<std::time::SystemTime>,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
 /// Sandbox limits and the compiled-plugin cache.
 #[derive(Args)]
 struct EngineArgs {
@@ -307,6 +360,95 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let cfg = weir::config::Config::load(&args.config)?;
+    let ms = |t: Option<std::time::SystemTime>| {
+        t.map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        })
+    };
+    let range = weir::replay::Range {
+        partition: args.partition,
+        start_offset: args.start_offset,
+        end_offset: args.end_offset,
+        since_ms: ms(args.since),
+        until_ms: ms(args.until),
+    };
+    let mode = match args.to {
+        Some(to) => weir::replay::Mode::To(to, args.quarantine_to),
+        None => weir::replay::Mode::Verify,
+    };
+    let host = args.engine.host()?;
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let mut progress = |done: u64, total: u64| {
+        if !tty && last.elapsed() < Duration::from_secs(5) && done < total {
+            return;
+        }
+        last = std::time::Instant::now();
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+        let eta = if rate > 0.0 {
+            (total.saturating_sub(done)) as f64 / rate
+        } else {
+            0.0
+        };
+        let line = format!("{done}/{total} messages, {rate:.0} msg/s, ETA {eta:.0} s");
+        if tty {
+            eprint!("\r{line}   ");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let summary = rt.block_on(weir::replay::run(
+        &cfg,
+        host,
+        &args.from,
+        &range,
+        mode,
+        args.through.as_deref(),
+        &mut progress,
+    ))?;
+    if tty {
+        eprintln!();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "replayed {}  identical {}  different {}  missing {}  failed {}  written {}  quarantined {}  unrouted {}",
+            summary.replayed,
+            summary.identical,
+            summary.different,
+            summary.missing,
+            summary.failed,
+            summary.written,
+            summary.quarantined,
+            summary.unrouted
+        );
+        for e in &summary.examples {
+            println!(
+                "{}[{}] message {} through {}:\n  published: {}\n  replayed:  {}",
+                args.from, e.partition, e.message_id, e.replayed_with, e.published, e.replayed
+            );
+        }
+    }
+    let bad = summary.failed
+        + if args.verify {
+            summary.different + summary.missing
+        } else {
+            0
+        };
+    Ok(if bad > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Call the admin API; print its answer as JSON (`--json`) or as `text` makes it.
@@ -617,6 +759,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 })
             },
         ),
+        Command::Replay(args) => replay(args),
         Command::Run { config, engine } => {
             let file = config.display().to_string();
             let cfg = weir::config::Config::load(&config)?;

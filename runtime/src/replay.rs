@@ -1,0 +1,683 @@
+//! `weir replay`: re-run a range of the raw-capture topic through the exact plugin version
+//! that first processed each message (recorded on its raw capture), or a named one, and
+//! either write the results to a topic or verify them against what was published.
+//!
+//! Verify joins on `weir.message.id`: for each replayed message, the governed records with
+//! its id (from the cohorts' output topics) or its quarantine entry are the original
+//! outcome. The same sha256 must give byte-identical records; anything else is reported
+//! loudly. Every version the range needs is looked up in the plugin store before any work.
+
+use crate::config::{Cohort, Config};
+use crate::control::{Control, State};
+use crate::encode::registry::RegistryClient;
+use crate::headers as h;
+use crate::lifecycle::cohort_plan;
+use crate::plan::{Input, Kind, Topology};
+use crate::sink::{Sink, Write};
+use crate::store::Store;
+use crate::transform::{Configured, Host, Message, Outcome, Plugin};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Why a replay cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The range needs a version the store does not have.
+    #[error(
+        "the range needs {what} (sha256 {sha256}), which is not in the plugin store {store}; push that exact file (weir plugin push) or run with --through NAME@VERSION"
+    )]
+    MissingVersion {
+        /// name@version, or the cohort it was recorded for.
+        what: String,
+        /// The sha256 recorded on the raw capture.
+        sha256: String,
+        /// The store.
+        store: String,
+    },
+    /// Anything else, with its cause and fix.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn other(e: impl std::fmt::Display) -> ReplayError {
+    ReplayError::Other(e.to_string())
+}
+
+/// Which records of the raw topic to replay.
+#[derive(Debug, Clone, Default)]
+pub struct Range {
+    /// One partition, or all.
+    pub partition: Option<i32>,
+    /// First offset (inclusive).
+    pub start_offset: Option<i64>,
+    /// Last offset (exclusive).
+    pub end_offset: Option<i64>,
+    /// Records at or after this time, ms since the Unix epoch.
+    pub since_ms: Option<i64>,
+    /// Records before this time.
+    pub until_ms: Option<i64>,
+}
+
+/// What to do with the replayed outcomes.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Write records to this topic (quarantine outcomes to the second, or only count them).
+    To(String, Option<String>),
+    /// Compare with what was published.
+    Verify,
+}
+
+/// One message whose replay differs from what was published.
+#[derive(Debug, Clone, Serialize)]
+pub struct Difference {
+    /// The message id.
+    pub message_id: String,
+    /// Raw-topic partition and offset.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// The version the replay ran.
+    pub replayed_with: String,
+    /// What was published: `N record(s)` with their decoded values, or the quarantine code.
+    pub published: serde_json::Value,
+    /// What the replay produced.
+    pub replayed: serde_json::Value,
+}
+
+/// The final summary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Raw messages replayed.
+    pub replayed: u64,
+    /// Verify: same records byte for byte, or the same quarantine code, or both nothing.
+    pub identical: u64,
+    /// Verify: the outcome differs.
+    pub different: u64,
+    /// Verify: nothing was published with this message id.
+    pub missing: u64,
+    /// Replays that failed in the sandbox (trap, timeout, ...) or could not be written.
+    pub failed: u64,
+    /// `--to`: records written.
+    pub written: u64,
+    /// `--to`: quarantine outcomes (written to `--quarantine-to`, or only counted).
+    pub quarantined: u64,
+    /// Raw records skipped: not routed to a cohort when captured (no version recorded).
+    pub unrouted: u64,
+    /// The first differences.
+    pub examples: Vec<Difference>,
+}
+
+const EXAMPLES: usize = 5;
+
+/// A raw-capture record, as replay needs it.
+struct Raw {
+    partition: i32,
+    offset: i64,
+    id: String,
+    cohort: Option<String>,
+    sha256: Option<String>,
+    message: Message,
+    retained: bool,
+}
+
+fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+}
+
+fn header_str(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+    header(m, name).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn raw_of(m: &BorrowedMessage<'_>) -> Raw {
+    let properties = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .filter_map(|hd| {
+                    let name = hd.key.strip_prefix(h::USER_PROPERTY_PREFIX)?;
+                    Some((
+                        name.to_owned(),
+                        String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let topic = header_str(m, h::MQTT_TOPIC)
+        .or_else(|| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
+        .unwrap_or_default();
+    Raw {
+        partition: m.partition(),
+        offset: m.offset(),
+        id: header_str(m, h::MESSAGE_ID)
+            .unwrap_or_else(|| format!("{}:{}", m.partition(), m.offset())),
+        cohort: header_str(m, h::COHORT),
+        sha256: header_str(m, h::PLUGIN_SHA256),
+        retained: header(m, h::MQTT_RETAINED).is_some(),
+        message: Message {
+            topic,
+            payload: m.payload().unwrap_or_default().to_vec(),
+            properties,
+            content_type: header_str(m, h::MQTT_CONTENT_TYPE),
+            received_at_ms: header_str(m, h::RECEIVED_AT)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_default(),
+        },
+    }
+}
+
+fn consumer(config: &Config) -> Result<BaseConsumer, ReplayError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.bootstrap)
+        .set("group.id", format!("weir-replay-{}", rand::random::<u64>()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.message.max.bytes", "4194304");
+    for (k, v) in &config.kafka.properties {
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+            c.set(k, v);
+        }
+    }
+    c.create()
+        .map_err(|e| other(format!("cannot create a Kafka consumer: {e}")))
+}
+
+/// The `[start, end)` offsets of each partition of `topic` the range covers.
+fn offsets(
+    consumer: &BaseConsumer,
+    topic: &str,
+    range: &Range,
+) -> Result<Vec<(i32, i64, i64)>, ReplayError> {
+    let timeout = Duration::from_secs(10);
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
+        other(format!(
+            "cannot read the metadata of {topic}: {e}; check kafka.bootstrap"
+        ))
+    })?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if partitions.is_empty() {
+        return Err(other(format!(
+            "topic {topic} does not exist (or has no partitions); is it the raw-capture topic (output.raw_topic)?"
+        )));
+    }
+    let at_time = |ms: i64| -> Result<HashMap<i32, i64>, ReplayError> {
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(ms))
+                .map_err(other)?;
+        }
+        let found = consumer
+            .offsets_for_times(tpl, timeout)
+            .map_err(|e| other(format!("cannot find offsets by time in {topic}: {e}")))?;
+        Ok(found
+            .elements()
+            .iter()
+            .map(|e| {
+                (
+                    e.partition(),
+                    match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => i64::MAX,
+                    },
+                )
+            })
+            .collect())
+    };
+    let since = range.since_ms.map(at_time).transpose()?;
+    let until = range.until_ms.map(at_time).transpose()?;
+    let mut out = Vec::new();
+    for p in partitions {
+        if range.partition.is_some_and(|want| want != p) {
+            continue;
+        }
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(|e| other(format!("cannot read the offsets of {topic}[{p}]: {e}")))?;
+        let mut start = low.max(range.start_offset.unwrap_or(low));
+        let mut end = high.min(range.end_offset.unwrap_or(high));
+        if let Some(s) = since.as_ref().and_then(|m| m.get(&p)) {
+            start = start.max(*s);
+        }
+        if let Some(u) = until.as_ref().and_then(|m| m.get(&p)) {
+            end = end.min(*u);
+        }
+        if start < end {
+            out.push((p, start, end));
+        }
+    }
+    if let Some(p) = range.partition
+        && !out.iter().any(|(q, _, _)| *q == p)
+        && range.start_offset.is_none()
+    {
+        return Err(other(format!(
+            "{topic} has no partition {p}, or it is empty"
+        )));
+    }
+    Ok(out)
+}
+
+/// Read `[start, end)` of every listed partition, calling `f` on each record in order.
+fn read(
+    consumer: &BaseConsumer,
+    topic: &str,
+    bounds: &[(i32, i64, i64)],
+    mut f: impl FnMut(&BorrowedMessage<'_>) -> Result<(), ReplayError>,
+) -> Result<(), ReplayError> {
+    for &(p, start, end) in bounds {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, Offset::Offset(start))
+            .map_err(other)?;
+        consumer.assign(&tpl).map_err(other)?;
+        let mut next = start;
+        let mut idle = std::time::Instant::now();
+        while next < end {
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    next = m.offset() + 1;
+                    idle = std::time::Instant::now();
+                    if m.offset() < end {
+                        f(&m)?;
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(other(format!("reading {topic}[{p}] at offset {next}: {e}")));
+                }
+                None if idle.elapsed() > Duration::from_secs(60) => {
+                    return Err(other(format!(
+                        "reading {topic}[{p}]: nothing arrived for 60 s at offset {next} of {end}"
+                    )));
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What was published for a message: its records' Avro datums, in order, or its quarantine
+/// code.
+#[derive(Default)]
+struct Published {
+    records: Vec<Vec<u8>>,
+    quarantine: Option<String>,
+}
+
+/// A version ready to replay through, per cohort.
+struct Runner {
+    configured: Configured,
+    plugin: Plugin,
+    cohort: usize,
+}
+
+/// Run a replay. `progress` is called with (messages done, messages total).
+pub async fn run(
+    config: &Config,
+    host: Host,
+    from: &str,
+    range: &Range,
+    mode: Mode,
+    through: Option<&str>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Summary, ReplayError> {
+    let store = Store::open(&config.plugins.store).map_err(other)?;
+    let control = Control::open(&config.kafka, &config.plugins.control_topic, store.clone())
+        .await
+        .map_err(other)?;
+    let state: std::sync::Arc<State> = control.state();
+    let consumer = consumer(config)?;
+    let bounds = offsets(&consumer, from, range)?;
+    let total: i64 = bounds.iter().map(|(_, s, e)| e - s).sum();
+
+    // Pass 1: which (cohort, version) pairs the range needs; all must be there before work.
+    let mut needed: BTreeMap<(String, String), ()> = BTreeMap::new();
+    let through = match through {
+        Some(id) => Some(
+            state
+                .uploads
+                .get(id)
+                .map(|u| u.plugin.sha256.clone())
+                .ok_or_else(|| {
+                    other(format!(
+                        "{id} is not in the plugin store; push it first (weir plugin push FILE.wasm)"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    read(&consumer, from, &bounds, |m| {
+        if let (Some(cohort), Some(sha)) =
+            (header_str(m, h::COHORT), header_str(m, h::PLUGIN_SHA256))
+        {
+            needed.insert((cohort, through.clone().unwrap_or(sha)), ());
+        }
+        Ok(())
+    })?;
+    let registry = RegistryClient::new(&config.registry.url);
+    let mut runners: HashMap<(String, String), Runner> = HashMap::new();
+    for (cohort, sha) in needed.keys() {
+        let ci = config
+            .cohorts
+            .iter()
+            .position(|c| &c.name == cohort)
+            .ok_or_else(|| {
+                other(format!(
+                    "the range holds messages of cohort {cohort:?}, which {} does not define; replay with the config the messages were processed under",
+                    "the config"
+                ))
+            })?;
+        let bytes = store.get(sha).map_err(other)?.ok_or_else(|| {
+            let what = state
+                .uploads
+                .values()
+                .find(|u| &u.plugin.sha256 == sha)
+                .map_or_else(
+                    || format!("the version cohort {cohort:?} ran"),
+                    |u| u.plugin.id(),
+                );
+            ReplayError::MissingVersion {
+                what,
+                sha256: sha.clone(),
+                store: store.dir().display().to_string(),
+            }
+        })?;
+        let plugin = host.load(&bytes).map_err(other)?;
+        let c: &Cohort = &config.cohorts[ci];
+        let settings = c
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let configured = plugin
+            .configure(settings, format!("replay:{cohort}:{}", plugin.info().id()))
+            .map_err(|e| {
+                other(format!(
+                    "{} refused cohort {cohort:?}'s config: {e}",
+                    plugin.info().id()
+                ))
+            })?;
+        runners.insert(
+            (cohort.clone(), sha.clone()),
+            Runner {
+                configured,
+                plugin,
+                cohort: ci,
+            },
+        );
+    }
+
+    // Verify: what was published, by message id.
+    let mut published: HashMap<String, Published> = HashMap::new();
+    if matches!(mode, Mode::Verify) {
+        let mut topics: Vec<String> = runners
+            .values()
+            .map(|r| config.cohorts[r.cohort].output_topic.clone())
+            .collect();
+        topics.sort();
+        topics.dedup();
+        for t in &topics {
+            let b = offsets(&consumer, t, &Range::default()).unwrap_or_default();
+            read(&consumer, t, &b, |m| {
+                if let Some(id) = header_str(m, h::MESSAGE_ID) {
+                    let v = m.payload().unwrap_or_default();
+                    let datum = v.get(5..).unwrap_or_default().to_vec();
+                    published.entry(id).or_default().records.push(datum);
+                }
+                Ok(())
+            })?;
+        }
+        let q = &config.output.quarantine_topic;
+        let b = offsets(&consumer, q, &Range::default()).unwrap_or_default();
+        read(&consumer, q, &b, |m| {
+            if let (Some(id), Some(code)) =
+                (header_str(m, h::MESSAGE_ID), header_str(m, h::ERROR_CODE))
+            {
+                published.entry(id).or_default().quarantine = Some(code);
+            }
+            Ok(())
+        })?;
+    }
+
+    // --to: one topology per runner writing to the target topic.
+    let mut sink = None;
+    let mut topologies: HashMap<(String, String), Topology> = HashMap::new();
+    if let Mode::To(to, quarantine_to) = &mode {
+        let s = Sink::new(&config.kafka).map_err(other)?;
+        let mut topics = vec![(to.clone(), "--to".to_owned())];
+        if let Some(q) = quarantine_to {
+            topics.push((q.clone(), "--quarantine-to".to_owned()));
+        }
+        s.check_topics(&topics).await.map_err(other)?;
+        for (key, r) in &runners {
+            let info = r.plugin.info();
+            let record_name = crate::encode::registry::record_full_name(&info.schema)
+                .unwrap_or_else(|| info.name.clone());
+            let subject = crate::encode::registry::subject(
+                config.registry.subject_strategy,
+                to,
+                &record_name,
+            );
+            let schema_id = registry
+                .schema_id(&subject, &info.schema, config.registry.auto_register)
+                .await
+                .map_err(other)?;
+            let c = &config.cohorts[r.cohort];
+            let plan = cohort_plan(c, &r.plugin, schema_id, to).map_err(other)?;
+            topologies.insert(
+                key.clone(),
+                Topology {
+                    cohorts: vec![plan],
+                    rules: vec![],
+                    quarantine_topic: quarantine_to.clone().unwrap_or_default(),
+                    raw_topic: None,
+                },
+            );
+        }
+        sink = Some(s);
+    }
+
+    // Pass 2: replay.
+    let mut summary = Summary::default();
+    let mut batch: Vec<Raw> = Vec::with_capacity(64);
+    let mut pending = Vec::new();
+    let mut done = 0u64;
+    let mut flush = |batch: &mut Vec<Raw>,
+                     summary: &mut Summary,
+                     pending: &mut Vec<_>|
+     -> Result<(), ReplayError> {
+        for raw in batch.drain(..) {
+            done += 1;
+            let (Some(cohort), Some(sha)) = (raw.cohort.clone(), raw.sha256.clone()) else {
+                summary.unrouted += 1;
+                continue;
+            };
+            let key = (cohort, through.clone().unwrap_or(sha));
+            let r = &runners[&key];
+            let mut msgs = vec![raw.message.clone()];
+            let outcome = r
+                .configured
+                .process(&mut msgs)
+                .pop()
+                .expect("one outcome per message");
+            summary.replayed += 1;
+            if let Outcome::Fail { .. } = &outcome {
+                summary.failed += 1;
+            }
+            match &mode {
+                Mode::Verify => verify(summary, &published, &raw, r, &outcome),
+                Mode::To(_, quarantine_to) => {
+                    if matches!(outcome, Outcome::Reject { .. } | Outcome::Fail { .. }) {
+                        summary.quarantined += 1;
+                        if quarantine_to.is_none() {
+                            continue;
+                        }
+                    }
+                    let topo = &topologies[&key];
+                    let input = Input {
+                        id: raw.id.clone(),
+                        message: raw.message.clone(),
+                        retained: raw.retained,
+                        oversize: None,
+                    };
+                    let mut d = topo.plan(input, Some(0), Some(outcome));
+                    if let crate::plan::Next::Send { writes, .. } = d.start() {
+                        for (kind, w) in writes {
+                            if kind == Kind::Record {
+                                summary.written += 1;
+                            }
+                            pending.push(w);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    // Writes are sent a batch at a time and awaited, so memory stays bounded and Kafka's
+    // pace sets the replay's.
+    let handle = tokio::runtime::Handle::current();
+    let send = |pending: &mut Vec<Write>, summary: &mut Summary| {
+        let Some(sink) = &sink else { return };
+        let failed = tokio::task::block_in_place(|| handle.block_on(send_all(sink, pending)));
+        summary.failed += failed;
+        pending.clear();
+    };
+    read(&consumer, from, &bounds, |m| {
+        batch.push(raw_of(m));
+        if batch.len() >= 64 {
+            flush(&mut batch, &mut summary, &mut pending)?;
+            send(&mut pending, &mut summary);
+            progress(summary.replayed + summary.unrouted, total as u64);
+        }
+        Ok(())
+    })?;
+    flush(&mut batch, &mut summary, &mut pending)?;
+    send(&mut pending, &mut summary);
+    progress(summary.replayed + summary.unrouted, total as u64);
+    if let Some(sink) = &sink {
+        sink.flush(Duration::from_secs(30));
+    }
+    Ok(summary)
+}
+
+/// Send writes and wait for Kafka's answers; how many failed.
+async fn send_all(sink: &Sink, writes: &[Write]) -> u64 {
+    let mut futures = Vec::with_capacity(writes.len());
+    for w in writes {
+        futures.push(sink.send(w).await);
+    }
+    let mut failed = 0;
+    for f in futures {
+        match f {
+            Ok(f) => {
+                if !matches!(f.await, Ok(Ok(_))) {
+                    failed += 1;
+                }
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    failed
+}
+
+fn digest(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+fn verify(
+    summary: &mut Summary,
+    published: &HashMap<String, Published>,
+    raw: &Raw,
+    r: &Runner,
+    outcome: &Outcome,
+) {
+    let replayed: Vec<&[u8]> = match outcome {
+        Outcome::Emit(records) => records.iter().map(|r| r.value.as_slice()).collect(),
+        _ => Vec::new(),
+    };
+    let code = match outcome {
+        Outcome::Reject { code, .. } => Some(code.clone()),
+        Outcome::Fail { code, .. } => Some(code.to_string()),
+        _ => None,
+    };
+    let Some(p) = published.get(&raw.id) else {
+        if replayed.is_empty() && code.is_none() {
+            // Skipped then and now: nothing was published and nothing would be.
+            summary.identical += 1;
+        } else {
+            summary.missing += 1;
+            example(
+                summary,
+                raw,
+                r,
+                serde_json::json!("nothing with this message id"),
+                outcome,
+            );
+        }
+        return;
+    };
+    let same = p.quarantine.is_none()
+        && code.is_none()
+        && p.records.len() == replayed.len()
+        && p.records
+            .iter()
+            .zip(&replayed)
+            .all(|(a, b)| a.as_slice() == *b)
+        || (p.records.is_empty() && p.quarantine.is_some() && p.quarantine == code);
+    if same {
+        summary.identical += 1;
+    } else {
+        summary.different += 1;
+        let shown = match &p.quarantine {
+            Some(c) if p.records.is_empty() => serde_json::json!({"quarantined": c}),
+            _ => serde_json::json!({"records": p.records.iter().map(|d| {
+                r.plugin.schema().decode_to_json(d).unwrap_or_else(|_| serde_json::json!({"undecodable": digest(d)}))
+            }).collect::<Vec<_>>()}),
+        };
+        example(summary, raw, r, shown, outcome);
+    }
+}
+
+fn example(
+    summary: &mut Summary,
+    raw: &Raw,
+    r: &Runner,
+    published: serde_json::Value,
+    outcome: &Outcome,
+) {
+    if summary.examples.len() >= EXAMPLES {
+        return;
+    }
+    let replayed = match outcome {
+        Outcome::Emit(records) => serde_json::json!({"records": records.iter().map(|rec| {
+            r.plugin.schema().decode_to_json(&rec.value).unwrap_or_default()
+        }).collect::<Vec<_>>()}),
+        Outcome::Reject { code, reason } => {
+            serde_json::json!({"quarantined": code, "reason": reason})
+        }
+        Outcome::Fail { code, reason } => {
+            serde_json::json!({"failed": code.to_string(), "reason": reason})
+        }
+        Outcome::Skip => serde_json::json!("skipped"),
+    };
+    summary.examples.push(Difference {
+        message_id: raw.id.clone(),
+        partition: raw.partition,
+        offset: raw.offset,
+        replayed_with: r.plugin.info().id(),
+        published,
+        replayed,
+    });
+}
