@@ -458,12 +458,21 @@ async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
         .create()
         .map_err(|e| format!("cannot create an admin client: {e}"))?;
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
-    let results = admin
-        .create_topics(&[new], &AdminOptions::new())
-        .await
-        .map_err(|e| {
-            format!("cannot create it: {e}; check kafka.bootstrap and that the brokers are up")
-        })?;
+    let options = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(10)))
+        .operation_timeout(Some(Duration::from_secs(10)));
+    let results = tokio::time::timeout(
+        Duration::from_secs(15),
+        admin.create_topics(&[new], &options),
+    )
+    .await
+    .map_err(|_| {
+        "Kafka did not answer within 15 s; check kafka.bootstrap and that the brokers are up"
+            .to_owned()
+    })?
+    .map_err(|e| {
+        format!("cannot create it: {e}; check kafka.bootstrap and that the brokers are up")
+    })?;
     for r in results {
         if let Err((_, code)) = r
             && code != RDKafkaErrorCode::TopicAlreadyExists

@@ -17,6 +17,7 @@ pub mod message;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
+pub mod quarantine;
 pub mod replay;
 pub mod route;
 pub mod shadow;

@@ -167,3 +167,122 @@ fn a_range_spanning_a_promote_replays_identically_through_its_own_versions() {
     );
     assert_eq!(count(&format!("{p}.never"), 1, Duration::from_secs(3)), 0);
 }
+
+fn weir_json(config: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .arg("--json")
+        .env("WEIR_NO_CACHE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn quarantine_redrive_publishes_with_provenance_once_and_never_loops() {
+    let p = unique("redrive");
+    let cfg = config(&p);
+    let _weir = Weir::start(&cfg, &[]);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    for i in 0..6 {
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/k{i}"),
+            format!(r#"{{"ts":{i},"temperature":{{"value":294.65,"unit":"K"}}}}"#),
+            &[],
+        );
+    }
+    for i in 0..2 {
+        publisher.publish(&format!("{p}/plant/1/thermostat/m{i}"), "not json", &[]);
+    }
+    publisher.flush();
+    let q = format!("{p}.quarantine");
+    assert_eq!(count(&q, 8, Duration::from_secs(60)), 8);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, &cfg).unwrap();
+
+    let listing = weir_json(&path, &["quarantine", "list"]);
+    assert_eq!(
+        listing["groups"]["thermostats"]["reading.unit"], 6,
+        "{listing}"
+    );
+    assert_eq!(listing["groups"]["thermostats"]["payload.malformed"], 2);
+    let shown = weir_json(
+        &path,
+        &[
+            "quarantine",
+            "show",
+            "--code",
+            "reading.unit",
+            "--limit",
+            "1",
+        ],
+    );
+    assert_eq!(shown.as_array().unwrap().len(), 1);
+    assert_eq!(shown[0]["headers"]["weir.error.code"], "reading.unit");
+    assert!(shown[0]["payload"].as_str().unwrap().contains("294.65"));
+
+    // Through 1.1.0 the Kelvin readings succeed: published with their provenance.
+    let redrive = [
+        "quarantine",
+        "redrive",
+        "--code",
+        "reading.unit",
+        "--through",
+        "thermostat@1.1.0",
+    ];
+    let done = weir_json(&path, &redrive);
+    assert_eq!(done["published"], 6, "{done}");
+    let records = consume(
+        &format!("{p}.thermostat"),
+        6,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
+    assert_eq!(records.len(), 6);
+    for r in &records {
+        assert_eq!(r.header("weir.plugin"), "thermostat@1.1.0");
+        let (part, offset) = r.header("weir.redrive.from").split_once(':').unwrap();
+        assert!(part.parse::<i32>().is_ok() && offset.parse::<i64>().is_ok());
+        assert!(!r.header("weir.message.id").is_empty());
+    }
+    // A second redrive finds nothing left.
+    assert_eq!(weir_json(&path, &redrive)["selected"], 0);
+
+    // What keeps failing goes back with its count, and stops at --max-redrives.
+    let again = [
+        "quarantine",
+        "redrive",
+        "--code",
+        "payload.malformed",
+        "--max-redrives",
+        "2",
+    ];
+    let first = weir_json(&path, &again);
+    assert_eq!(
+        (first["selected"].as_u64(), first["requarantined"].as_u64()),
+        (Some(2), Some(2)),
+        "{first}"
+    );
+    let second = weir_json(&path, &again);
+    assert_eq!(second["requarantined"], 2, "{second}");
+    let third = weir_json(&path, &again);
+    assert_eq!(
+        (third["selected"].as_u64(), third["refused"].as_u64()),
+        (Some(2), Some(2)),
+        "{third}"
+    );
+    assert_eq!(weir_json(&path, &again)["selected"], 0);
+    assert_eq!(
+        count(&q, 12, Duration::from_secs(30)),
+        12,
+        "8 first + 2 + 2 requarantined"
+    );
+}
