@@ -358,6 +358,10 @@ struct ReplayArgs {
     /// Records before this time (RFC 3339).
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     until: Option<std::time::SystemTime>,
+    /// Keep progress in a consumer group named after this replay, and go on from where an
+    /// interrupted run of the same replay stopped (records it wrote are not written again).
+    #[arg(long)]
+    resume: bool,
     /// Print the final summary as JSON.
     #[arg(long)]
     json: bool,
@@ -468,10 +472,13 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let mut last = std::time::Instant::now();
+    let mut printed = 0u64;
     let mut progress = |done: u64, total: u64| {
-        if !tty && last.elapsed() < Duration::from_secs(5) && done < total {
+        if !tty && last.elapsed() < Duration::from_secs(5) && done < total && done < printed + 1000
+        {
             return;
         }
+        printed = done;
         last = std::time::Instant::now();
         let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
         let eta = if rate > 0.0 {
@@ -487,6 +494,16 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         }
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let control = weir::replay::RunControl {
+        resume: args.resume,
+        stop: Default::default(),
+    };
+    // SIGINT/SIGTERM: finish the batch in hand, record progress, print the summary.
+    let stop = control.stop.clone();
+    rt.spawn(async move {
+        shutdown_signal().await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
     let summary = rt.block_on(weir::replay::run(
         &cfg,
         host,
@@ -494,6 +511,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         &range,
         mode,
         args.through.as_deref(),
+        control,
         &mut progress,
     ))?;
     if tty {
@@ -519,6 +537,17 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
                 args.from, e.partition, e.message_id, e.replayed_with, e.published, e.replayed
             );
         }
+    }
+    if summary.interrupted {
+        eprintln!(
+            "interrupted: {}",
+            if args.resume {
+                "run the same command again to go on"
+            } else {
+                "add --resume to make a replay resumable"
+            }
+        );
+        return Ok(ExitCode::from(130));
     }
     let bad = summary.failed
         + if args.verify {

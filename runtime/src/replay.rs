@@ -39,6 +39,9 @@ pub enum ReplayError {
         /// The store.
         store: String,
     },
+    /// Stopped by a signal (internal: the summary says `interrupted`).
+    #[error("interrupted")]
+    Interrupted,
     /// Anything else, with its cause and fix.
     #[error("{0}")]
     Other(String),
@@ -110,6 +113,9 @@ pub struct Summary {
     pub unrouted: u64,
     /// The first differences.
     pub examples: Vec<Difference>,
+    /// Stopped by a signal before the end of the range (with --resume, the next run goes on
+    /// from where this one stopped).
+    pub interrupted: bool,
 }
 
 const EXAMPLES: usize = 5;
@@ -174,10 +180,14 @@ fn raw_of(m: &BorrowedMessage<'_>) -> Raw {
     }
 }
 
-fn consumer(config: &Config) -> Result<BaseConsumer, ReplayError> {
+fn consumer(config: &Config, group: Option<&str>) -> Result<BaseConsumer, ReplayError> {
     let mut c = ClientConfig::new();
+    let group = group.map_or_else(
+        || format!("weir-replay-{}", rand::random::<u64>()),
+        str::to_owned,
+    );
     c.set("bootstrap.servers", &config.kafka.bootstrap)
-        .set("group.id", format!("weir-replay-{}", rand::random::<u64>()))
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.message.max.bytes", "4194304");
@@ -322,6 +332,23 @@ struct Runner {
     cohort: usize,
 }
 
+/// Resuming and stopping a replay.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// Keep progress in a consumer group named after the replay (source, target, version,
+    /// range), and start where the last run of the same replay stopped.
+    pub resume: bool,
+    /// Set (by a signal) to stop after the batch in hand: it is written and its progress
+    /// recorded, then the summary says `interrupted`.
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The consumer group of a resumable replay.
+fn resume_group(from: &str, mode: &Mode, through: Option<&str>, range: &Range) -> String {
+    let key = format!("{from}|{mode:?}|{through:?}|{range:?}");
+    format!("weir-replay-{}", &hex::encode(Sha256::digest(key))[..16])
+}
+
 /// Run a replay. `progress` is called with (messages done, messages total).
 pub async fn run(
     config: &Config,
@@ -330,6 +357,7 @@ pub async fn run(
     range: &Range,
     mode: Mode,
     through: Option<&str>,
+    run_control: RunControl,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Summary, ReplayError> {
     let store = Store::open(&config.plugins.store).map_err(other)?;
@@ -337,8 +365,30 @@ pub async fn run(
         .await
         .map_err(other)?;
     let state: std::sync::Arc<State> = control.state();
-    let consumer = consumer(config)?;
-    let bounds = offsets(&consumer, from, range)?;
+    let group = run_control
+        .resume
+        .then(|| resume_group(from, &mode, through, range));
+    let consumer = consumer(config, group.as_deref())?;
+    let mut bounds = offsets(&consumer, from, range)?;
+    if group.is_some() {
+        // Start where the last run of this replay stopped.
+        let mut tpl = TopicPartitionList::new();
+        for (p, _, _) in &bounds {
+            tpl.add_partition(from, *p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .map_err(|e| other(format!("cannot read the replay's progress: {e}")))?;
+        for e in committed.elements() {
+            if let (Offset::Offset(o), Some(b)) = (
+                e.offset(),
+                bounds.iter_mut().find(|(p, _, _)| *p == e.partition()),
+            ) {
+                b.1 = b.1.max(o);
+            }
+        }
+        bounds.retain(|(_, s, e)| s < e);
+    }
     let total: i64 = bounds.iter().map(|(_, s, e)| e - s).sum();
 
     // Pass 1: which (cohort, version) pairs the range needs; all must be there before work.
@@ -554,17 +604,44 @@ pub async fn run(
         summary.failed += failed;
         pending.clear();
     };
-    read(&consumer, from, &bounds, |m| {
+    // Done up to (exclusive) per partition, recorded after each batch is written.
+    let mut done_to: BTreeMap<i32, i64> = BTreeMap::new();
+    let record = |done_to: &BTreeMap<i32, i64>| -> Result<(), ReplayError> {
+        if group.is_none() || done_to.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in done_to {
+            tpl.add_partition_offset(from, *p, Offset::Offset(*o))
+                .map_err(other)?;
+        }
+        consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .map_err(|e| other(format!("cannot record the replay's progress: {e}")))
+    };
+    let read_result = read(&consumer, from, &bounds, |m| {
+        done_to.insert(m.partition(), m.offset() + 1);
         batch.push(raw_of(m));
-        if batch.len() >= 64 {
+        let stop = run_control.stop.load(std::sync::atomic::Ordering::Relaxed);
+        if batch.len() >= 64 || stop {
             flush(&mut batch, &mut summary, &mut pending)?;
             send(&mut pending, &mut summary);
+            record(&done_to)?;
             progress(summary.replayed + summary.unrouted, total as u64);
         }
+        if stop {
+            return Err(ReplayError::Interrupted);
+        }
         Ok(())
-    })?;
+    });
+    match read_result {
+        Ok(()) => {}
+        Err(ReplayError::Interrupted) => summary.interrupted = true,
+        Err(e) => return Err(e),
+    }
     flush(&mut batch, &mut summary, &mut pending)?;
     send(&mut pending, &mut summary);
+    record(&done_to)?;
     progress(summary.replayed + summary.unrouted, total as u64);
     if let Some(sink) = &sink {
         sink.flush(Duration::from_secs(30));
