@@ -504,16 +504,14 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         shutdown_signal().await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    let summary = rt.block_on(weir::replay::run(
-        &cfg,
-        host,
-        &args.from,
-        &range,
+    let job = weir::replay::Job {
+        from: args.from.clone(),
+        range,
         mode,
-        args.through.as_deref(),
+        through: args.through.clone(),
         control,
-        &mut progress,
-    ))?;
+    };
+    let summary = rt.block_on(weir::replay::run(&cfg, host, job, &mut progress))?;
     if tty {
         eprintln!();
     }

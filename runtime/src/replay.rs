@@ -349,17 +349,36 @@ fn resume_group(from: &str, mode: &Mode, through: Option<&str>, range: &Range) -
     format!("weir-replay-{}", &hex::encode(Sha256::digest(key))[..16])
 }
 
+/// One replay: from where, which range, what to do, through which version.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The raw-capture topic.
+    pub from: String,
+    /// The range of it.
+    pub range: Range,
+    /// Write or verify.
+    pub mode: Mode,
+    /// A stored version (`name@version`) to run every message through instead of its own.
+    pub through: Option<String>,
+    /// Resuming and stopping.
+    pub control: RunControl,
+}
+
 /// Run a replay. `progress` is called with (messages done, messages total).
 pub async fn run(
     config: &Config,
     host: Host,
-    from: &str,
-    range: &Range,
-    mode: Mode,
-    through: Option<&str>,
-    run_control: RunControl,
+    job: Job,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Summary, ReplayError> {
+    let Job {
+        from,
+        range,
+        mode,
+        through,
+        control: run_control,
+    } = job;
+    let (from, range, through) = (from.as_str(), &range, through.as_deref());
     let store = Store::open(&config.plugins.store).map_err(other)?;
     let control = Control::open(&config.kafka, &config.plugins.control_topic, store.clone())
         .await

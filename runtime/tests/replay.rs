@@ -359,7 +359,10 @@ fn an_interrupted_resumable_replay_finishes_without_duplicates() {
         .collect();
     assert_eq!(ids.len(), n, "every message replayed");
     assert_eq!(records.len(), n, "none twice");
-    eprintln!("first run: exit {first:?}; the second replayed {}", second["replayed"]);
+    eprintln!(
+        "first run: exit {first:?}; the second replayed {}",
+        second["replayed"]
+    );
     if first == Some(130) {
         assert!(second["replayed"].as_u64().unwrap() < n as u64, "{second}");
     }
