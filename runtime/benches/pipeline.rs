@@ -4,7 +4,9 @@
 //! - raw MQTT: a plain rumqttc subscriber's receive rate for the publisher's stream;
 //! - raw Kafka: a plain rdkafka producer (idempotent, acks=all) writing the same bytes;
 //! - weir: publish → weir → Kafka, timed from the first publish to the last record read
-//!   back; weir's CPU time (utime+stime from /proc) per message and its peak RSS.
+//!   back; weir's CPU time (utime+stime from /proc) per message and its peak RSS;
+//! - replay: `weir replay --from <raw capture> --to <topic>` over the same messages, timed
+//!   from start to exit, against the live rate.
 //!
 //! Run: `scripts/bench-pipeline` (brings the bed up with in-memory Kafka storage).
 
@@ -179,6 +181,7 @@ bootstrap = "{kafka}"
 url = "{registry}"
 [output]
 quarantine_topic = "{run}.quarantine"
+raw_topic = "{run}.raw"
 batch_size = 100
 [plugins]
 dir = "{plugins}"
@@ -246,5 +249,33 @@ key = "{{topic[4]}}"
     println!(
         "weir peak RSS:                                  {:>9.1} MiB",
         peak_rss as f64 / (1 << 20) as f64
+    );
+
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["replay", "--config"])
+        .arg(&path)
+        .args([
+            "--from",
+            &format!("{run}.raw"),
+            "--to",
+            &format!("{run}.replayed"),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let replay_elapsed = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["written"], n, "{summary}");
+    let replay_rate = n as f64 / replay_elapsed.as_secs_f64();
+    println!("weir replay (raw capture → topic, no MQTT):     {replay_rate:>9.0} msg/s");
+    println!(
+        "replay / live:                                  {:>9.2}",
+        replay_rate / e2e
     );
 }
