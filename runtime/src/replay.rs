@@ -18,6 +18,7 @@ use crate::store::Store;
 use crate::transform::{Configured, Host, Message, Outcome, Plugin};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::producer::DeliveryFuture;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -566,20 +567,34 @@ pub async fn run(
                      summary: &mut Summary,
                      pending: &mut Vec<_>|
      -> Result<(), ReplayError> {
-        for raw in batch.drain(..) {
+        // One plugin call per version for the whole batch, as live.
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        let mut groups: BTreeMap<&(String, String), Vec<usize>> = BTreeMap::new();
+        let keys: Vec<Option<(String, String)>> = batch
+            .iter()
+            .map(|raw| match (&raw.cohort, &raw.sha256) {
+                (Some(c), Some(sha)) => Some((c.clone(), through.clone().unwrap_or(sha.clone()))),
+                _ => None,
+            })
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            if let Some(k) = k {
+                groups.entry(k).or_default().push(i);
+            }
+        }
+        for (k, idx) in groups {
+            let mut msgs: Vec<Message> = idx.iter().map(|&i| batch[i].message.clone()).collect();
+            for (i, o) in idx.iter().zip(runners[k].configured.process(&mut msgs)) {
+                outcomes[*i] = Some(o);
+            }
+        }
+        for ((raw, key), outcome) in batch.drain(..).zip(keys).zip(outcomes) {
             done += 1;
-            let (Some(cohort), Some(sha)) = (raw.cohort.clone(), raw.sha256.clone()) else {
+            let (Some(key), Some(outcome)) = (key, outcome) else {
                 summary.unrouted += 1;
                 continue;
             };
-            let key = (cohort, through.clone().unwrap_or(sha));
             let r = &runners[&key];
-            let mut msgs = vec![raw.message.clone()];
-            let outcome = r
-                .configured
-                .process(&mut msgs)
-                .pop()
-                .expect("one outcome per message");
             summary.replayed += 1;
             if let Outcome::Fail { .. } = &outcome {
                 summary.failed += 1;
@@ -614,14 +629,31 @@ pub async fn run(
         }
         Ok(())
     };
-    // Writes are sent a batch at a time and awaited, so memory stays bounded and Kafka's
-    // pace sets the replay's.
+    // Writes are enqueued as they are made and their answers awaited once more than
+    // IN_FLIGHT wait (and before progress is recorded), so memory stays bounded, Kafka's
+    // pace sets the replay's, and the producer is never waited on one batch at a time.
+    const IN_FLIGHT: usize = 20_000;
     let handle = tokio::runtime::Handle::current();
-    let send = |pending: &mut Vec<Write>, summary: &mut Summary| {
+    let mut inflight: std::collections::VecDeque<DeliveryFuture> = Default::default();
+    let mut send = |pending: &mut Vec<Write>, summary: &mut Summary, drain: bool| {
         let Some(sink) = &sink else { return };
-        let failed = tokio::task::block_in_place(|| handle.block_on(send_all(sink, pending)));
-        summary.failed += failed;
-        pending.clear();
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                for w in pending.drain(..) {
+                    match sink.send(&w).await {
+                        Ok(f) => inflight.push_back(f),
+                        Err(_) => summary.failed += 1,
+                    }
+                }
+                let keep = if drain { 0 } else { IN_FLIGHT };
+                while inflight.len() > keep {
+                    let f = inflight.pop_front().expect("non-empty");
+                    if !matches!(f.await, Ok(Ok(_))) {
+                        summary.failed += 1;
+                    }
+                }
+            })
+        });
     };
     // Done up to (exclusive) per partition, recorded after each batch is written.
     let mut done_to: BTreeMap<i32, i64> = BTreeMap::new();
@@ -638,14 +670,21 @@ pub async fn run(
             .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
             .map_err(|e| other(format!("cannot record the replay's progress: {e}")))
     };
+    let mut since_recorded = 0usize;
     let read_result = read(&consumer, from, &bounds, |m| {
         done_to.insert(m.partition(), m.offset() + 1);
         batch.push(raw_of(m));
         let stop = run_control.stop.load(std::sync::atomic::Ordering::Relaxed);
-        if batch.len() >= 64 || stop {
+        if batch.len() >= 100 || stop {
+            since_recorded += batch.len();
             flush(&mut batch, &mut summary, &mut pending)?;
-            send(&mut pending, &mut summary);
-            record(&done_to)?;
+            // Progress is recorded only once everything before it is written.
+            let checkpoint = group.is_some() && (since_recorded >= 5_000 || stop);
+            send(&mut pending, &mut summary, checkpoint);
+            if checkpoint {
+                record(&done_to)?;
+                since_recorded = 0;
+            }
             progress(summary.replayed + summary.unrouted, total as u64);
         }
         if stop {
@@ -659,33 +698,13 @@ pub async fn run(
         Err(e) => return Err(e),
     }
     flush(&mut batch, &mut summary, &mut pending)?;
-    send(&mut pending, &mut summary);
+    send(&mut pending, &mut summary, true);
     record(&done_to)?;
     progress(summary.replayed + summary.unrouted, total as u64);
     if let Some(sink) = &sink {
         sink.flush(Duration::from_secs(30));
     }
     Ok(summary)
-}
-
-/// Send writes and wait for Kafka's answers; how many failed.
-async fn send_all(sink: &Sink, writes: &[Write]) -> u64 {
-    let mut futures = Vec::with_capacity(writes.len());
-    for w in writes {
-        futures.push(sink.send(w).await);
-    }
-    let mut failed = 0;
-    for f in futures {
-        match f {
-            Ok(f) => {
-                if !matches!(f.await, Ok(Ok(_))) {
-                    failed += 1;
-                }
-            }
-            Err(_) => failed += 1,
-        }
-    }
-    failed
 }
 
 fn digest(bytes: &[u8]) -> String {
