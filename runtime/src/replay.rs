@@ -583,9 +583,15 @@ pub async fn run(
             }
         }
         for (k, idx) in groups {
-            let mut msgs: Vec<Message> = idx.iter().map(|&i| batch[i].message.clone()).collect();
-            for (i, o) in idx.iter().zip(runners[k].configured.process(&mut msgs)) {
+            // Lent to the plugin and given back (process leaves them unchanged).
+            let mut msgs: Vec<Message> = idx
+                .iter()
+                .map(|&i| std::mem::take(&mut batch[i].message))
+                .collect();
+            let results = runners[k].configured.process(&mut msgs);
+            for ((i, o), m) in idx.iter().zip(results).zip(msgs) {
                 outcomes[*i] = Some(o);
+                batch[*i].message = m;
             }
         }
         for ((raw, key), outcome) in batch.drain(..).zip(keys).zip(outcomes) {
@@ -610,8 +616,8 @@ pub async fn run(
                     }
                     let topo = &topologies[&key];
                     let input = Input {
-                        id: raw.id.clone(),
-                        message: raw.message.clone(),
+                        id: raw.id,
+                        message: raw.message,
                         retained: raw.retained,
                         oversize: None,
                     };
