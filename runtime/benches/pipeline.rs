@@ -165,39 +165,8 @@ fn main() {
     let kafka_rate = rt.block_on(raw_kafka(n, &run));
     println!("raw Kafka leg (plain idempotent producer):      {kafka_rate:>9.0} msg/s");
 
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"[mqtt]
-url = "{mqtt}"
-client_id = "{run}-weir"
-subscriptions = ["{run}/plant/#"]
-max_in_flight = 5000
-[kafka]
-bootstrap = "{kafka}"
-[registry]
-url = "{registry}"
-[output]
-quarantine_topic = "{run}.quarantine"
-raw_topic = "{run}.raw"
-batch_size = 100
-[plugins]
-dir = "{plugins}"
-control_topic = "{run}.control"
-[[cohort]]
-name = "thermostats"
-topic = "{run}/plant/+/thermostat/+"
-plugin = "thermostat@1.0.0"
-output_topic = "{run}.thermostat"
-key = "{{topic[4]}}"
-"#,
-        mqtt = env("WEIR_MQTT_URL", "mqtt://127.0.0.1:1883"),
-        kafka = env("WEIR_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        registry = env("WEIR_REGISTRY_URL", "http://127.0.0.1:8081"),
-        plugins = root.join("target/plugins").display(),
-    );
+    let config = bed::bench_config(&run);
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, config).unwrap();
     let mut weir = Command::new(env!("CARGO_BIN_EXE_weir"))

@@ -12,8 +12,7 @@
 #[path = "../tests/bed/mod.rs"]
 mod bed;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn env(name: &str, default: &str) -> String {
@@ -23,62 +22,8 @@ fn env(name: &str, default: &str) -> String {
 fn main() {
     let n: usize = env("WEIR_BENCH_MESSAGES", "50000").parse().unwrap();
     let run = format!("shadowbench{}", std::process::id());
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"[mqtt]
-url = "{mqtt}"
-client_id = "{run}-weir"
-subscriptions = ["{run}/plant/#"]
-max_in_flight = 5000
-[kafka]
-bootstrap = "{kafka}"
-[registry]
-url = "{registry}"
-[output]
-quarantine_topic = "{run}.quarantine"
-batch_size = 100
-[admin]
-listen = "127.0.0.1:0"
-[plugins]
-dir = "{plugins}"
-control_topic = "{run}.control"
-[[cohort]]
-name = "thermostats"
-topic = "{run}/plant/+/thermostat/+"
-plugin = "thermostat@1.0.0"
-output_topic = "{run}.thermostat"
-key = "{{topic[4]}}"
-"#,
-        mqtt = env("WEIR_MQTT_URL", "mqtt://127.0.0.1:1883"),
-        kafka = env("WEIR_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        registry = env("WEIR_REGISTRY_URL", "http://127.0.0.1:8081"),
-        plugins = root.join("target/plugins").display(),
-    );
-    let path = dir.path().join("weir.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut weir = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("WEIR_LOG", "info")
-        .env("WEIR_NO_CACHE", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(weir.stderr.take().unwrap()).lines();
-    let mut admin = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(a) = line.split("admin listening on ").nth(1) {
-            admin = a.trim().to_owned();
-        }
-        if line.contains("MQTT subscriptions acknowledged") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let weir = bed::Weir::start(&bed::bench_config(&run), &[]);
+    let admin = weir.admin.clone();
     let cli = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(args)
@@ -147,18 +92,13 @@ key = "{{topic[4]}}"
     let promote = cli(&["plugin", "promote", "thermostats", "thermostat@1.1.0"]);
     let answer: serde_json::Value = serde_json::from_slice(&promote.stdout).unwrap_or_default();
     let size =
-        std::fs::metadata(root.join("target/plugins/thermostat-1.1.0.wasm")).map_or(0, |m| m.len());
+        std::fs::metadata(bed::plugins_dir().join("thermostat-1.1.0.wasm")).map_or(0, |m| m.len());
     println!(
         "promote of a {} KB plugin, cache off: gate {} ms, live in {} ms",
         size / 1000,
         answer["gate_ms"],
         answer["swap_ms"]
     );
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(weir.id().to_string())
-        .status()
-        .unwrap();
-    weir.wait().unwrap();
+    weir.stop();
     drop(shadow);
 }

@@ -256,6 +256,16 @@ pub struct Cohort {
     pub config: BTreeMap<String, String>,
 }
 
+impl Cohort {
+    /// The cohort's `config` table as the plugin's `init` receives it.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
 fn default_client_id() -> String {
     "weir".into()
 }

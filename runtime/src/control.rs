@@ -238,19 +238,6 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn client_config(kafka: &Kafka) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.bootstrap);
-    for (k, v) in &kafka.properties {
-        // Security and connection settings apply to the control clients too; producer
-        // tuning does not matter for a handful of small writes.
-        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
-            c.set(k, v);
-        }
-    }
-    c
-}
-
 impl Control {
     /// Create the topic if it is missing, read it to its end (so the state is complete
     /// before start-up goes on), then follow it on a thread of its own. Components found
@@ -260,7 +247,7 @@ impl Control {
             topic: topic.to_owned(),
             problem,
         };
-        let base = client_config(kafka);
+        let base = crate::capture::connection(kafka);
         ensure_topic(&base, topic).await.map_err(err)?;
         let mut pc = base.clone();
         pc.set("enable.idempotence", "true")

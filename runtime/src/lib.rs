@@ -7,6 +7,7 @@
 pub mod ack;
 pub mod admin;
 pub mod admin_client;
+pub mod capture;
 pub mod config;
 pub mod control;
 pub mod dryrun;

@@ -455,11 +455,7 @@ impl Lifecycle {
         expected: String,
         by: &str,
     ) -> Result<(), LifecycleError> {
-        if !self.control.state().uploads.contains_key(id) {
-            return Err(LifecycleError::NotFound(format!(
-                "{id} is not in the plugin store; push it first: weir plugin push FILE.wasm"
-            )));
-        }
+        self.stored(id)?;
         let count = |t: &str| t.lines().filter(|l| !l.trim().is_empty()).count();
         if count(&input) != count(&expected) || count(&input) == 0 {
             return Err(LifecycleError::Invalid(format!(
@@ -506,7 +502,8 @@ impl Lifecycle {
         let inputs = f.input.lines().filter(|l| !l.trim().is_empty());
         for (n, ((got, want), input)) in got.lines().zip(expected).zip(inputs).enumerate() {
             let parse = |l: &str| serde_json::from_str::<weir_sdk::dryrun::LineOutcome>(l).ok();
-            if parse(got).is_none() || parse(got) != parse(want) {
+            let got_outcome = parse(got);
+            if got_outcome.is_none() || got_outcome != parse(want) {
                 return Err(LifecycleError::Invalid(format!(
                     "{id} fails its fixture line {}: input {input}; got {got}; expected {want}. Fix the plugin or push corrected fixtures (weir plugin push FILE --fixtures DIR)",
                     n + 1
@@ -514,6 +511,41 @@ impl Lifecycle {
             }
         }
         Ok(())
+    }
+
+    /// The stored version `id` (`name@version`).
+    fn stored(&self, id: &str) -> Result<Upload, LifecycleError> {
+        self.control
+            .state()
+            .uploads
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                LifecycleError::NotFound(format!(
+                    "{id} is not in the plugin store; push it first: weir plugin push FILE.wasm"
+                ))
+            })
+    }
+
+    /// Initialise `plugin` with cohort `ci`'s config, off the async threads.
+    async fn configure(
+        &self,
+        ci: usize,
+        plugin: &Plugin,
+        label: String,
+    ) -> Result<Configured, LifecycleError> {
+        let c = &self.config.cohorts[ci];
+        let (p, settings) = (plugin.clone(), c.settings());
+        tokio::task::spawn_blocking(move || p.configure(settings, label))
+            .await
+            .map_err(unavailable)?
+            .map_err(|e| {
+                LifecycleError::Invalid(format!(
+                    "{} refused cohort {:?}'s config: {e}",
+                    plugin.info().id(),
+                    c.name
+                ))
+            })
     }
 
     async fn load(&self, bytes: Vec<u8>) -> Result<Plugin, LifecycleError> {
@@ -583,23 +615,9 @@ impl Lifecycle {
                 version.id()
             )));
         }
-        let settings: Vec<(String, String)> = c
-            .config
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let label = format!("{}:{}", c.name, info.id());
-        let p = plugin.clone();
-        let configured = tokio::task::spawn_blocking(move || p.configure(settings, label))
-            .await
-            .map_err(unavailable)?
-            .map_err(|e| {
-                LifecycleError::Invalid(format!(
-                    "{} refused cohort {:?}'s config: {e}",
-                    info.id(),
-                    c.name
-                ))
-            })?;
+        let configured = self
+            .configure(ci, &plugin, format!("{}:{}", c.name, info.id()))
+            .await?;
         let subject = self.subject(ci, &plugin);
         let schema_id = match register {
             Some(register) => {
@@ -650,18 +668,8 @@ impl Lifecycle {
         by: &str,
     ) -> Result<Promoted, LifecycleError> {
         let ci = self.cohort_index(cohort)?;
-        let upload = self
-            .control
-            .state()
-            .uploads
-            .get(id)
-            .cloned()
-            .ok_or_else(|| {
-                LifecycleError::NotFound(format!(
-                    "{id} is not in the plugin store; push it first: weir plugin push FILE.wasm"
-                ))
-            })?;
-        self.change(ci, upload.plugin, by, "promote", true).await
+        let upload = self.stored(id)?;
+        self.change(ci, upload.plugin, by, "promote").await
     }
 
     /// Pin the version the cohort ran before its current pin (each rollback goes one pin
@@ -687,7 +695,7 @@ impl Lifecycle {
             })?;
         // The version ran before, so its schema is in the subject's history: no
         // compatibility gate (the registry answers an existing schema with its id).
-        self.change(ci, previous, by, "rollback", false).await
+        self.change(ci, previous, by, "rollback").await
     }
 
     async fn change(
@@ -696,8 +704,10 @@ impl Lifecycle {
         to: Version,
         by: &str,
         action: &str,
-        check_compatibility: bool,
     ) -> Result<Promoted, LifecycleError> {
+        // A promote is gated; a rollback returns to a version whose schema is already in
+        // the subject's history and which ran with this config before.
+        let gated = action == "promote";
         let _one = self.changes.lock().await;
         let started = Instant::now();
         let cohort = self.config.cohorts[ci].name.clone();
@@ -714,7 +724,7 @@ impl Lifecycle {
             )));
         }
         let mut built = self.build(ci, &to, None).await?;
-        if check_compatibility {
+        if gated {
             let subject = &built.subject;
             if let Err(reasons) = self
                 .registry
@@ -975,36 +985,15 @@ impl Lifecycle {
     ) -> Result<ShadowReport, LifecycleError> {
         const CAP: Duration = Duration::from_secs(600);
         let ci = self.cohort_index(cohort)?;
-        let upload = self
-            .control
-            .state()
-            .uploads
-            .get(id)
-            .cloned()
-            .ok_or_else(|| {
-                LifecycleError::NotFound(format!(
-                    "{id} is not in the plugin store; push it first: weir plugin push FILE.wasm"
-                ))
-            })?;
+        let upload = self.stored(id)?;
         let bytes = self
             .store
             .get(&upload.plugin.sha256)
             .map_err(unavailable)?
             .ok_or_else(|| unavailable(format!("{id} is not in the local store yet")))?;
         let plugin = self.load(bytes).await?;
-        let c = &self.config.cohorts[ci];
-        let settings: Vec<(String, String)> = c
-            .config
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let label = format!("{}:shadow:{id}", c.name);
-        let candidate = tokio::task::spawn_blocking(move || plugin.configure(settings, label))
-            .await
-            .map_err(unavailable)?
-            .map_err(|e| {
-                LifecycleError::Invalid(format!("{id} refused cohort {cohort:?}'s config: {e}"))
-            })?;
+        let label = format!("{}:shadow:{id}", self.config.cohorts[ci].name);
+        let candidate = self.configure(ci, &plugin, label).await?;
         let (live, live_version) = {
             let l = self.live.borrow();
             (l.plugins[ci].clone(), l.versions[ci].clone())

@@ -8,6 +8,7 @@
 //! after the selection, so a redrive resumes where the last one stopped and a second run
 //! finds only what was quarantined since.
 
+use crate::capture::{self, Captured, Range};
 use crate::config::Config;
 use crate::control::Control;
 use crate::encode::registry::RegistryClient;
@@ -16,10 +17,10 @@ use crate::lifecycle::cohort_plan;
 use crate::plan::{Input, Kind, Next, Topology};
 use crate::sink::{Sink, Write};
 use crate::store::Store;
-use crate::transform::{Host, Message, Outcome};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use crate::transform::{Host, Outcome};
+use rdkafka::Message as _;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -84,154 +85,84 @@ pub struct Redriven {
     pub skipped: u64,
 }
 
-fn hdr(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
-    m.headers()?
-        .iter()
-        .find(|x| x.key == name)
-        .and_then(|x| x.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
 fn matches(m: &BorrowedMessage<'_>, f: &Filter) -> bool {
     let ts = m.timestamp().to_millis();
     f.cohort
         .as_ref()
-        .is_none_or(|c| hdr(m, h::COHORT).as_ref() == Some(c))
+        .is_none_or(|c| capture::header(m, h::COHORT).as_ref() == Some(c))
         && f.code
             .as_ref()
-            .is_none_or(|c| hdr(m, h::ERROR_CODE).as_ref() == Some(c))
+            .is_none_or(|c| capture::header(m, h::ERROR_CODE).as_ref() == Some(c))
         && f.since_ms.is_none_or(|s| ts.is_some_and(|t| t >= s))
         && f.until_ms.is_none_or(|u| ts.is_some_and(|t| t < u))
 }
 
-fn consumer(config: &Config, group: &str) -> Result<BaseConsumer, String> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("fetch.message.max.bytes", "4194304");
-    c.create()
-        .map_err(|e| format!("cannot create a Kafka consumer: {e}"))
-}
-
-/// Read the quarantine topic from `start` (per partition) to its current end.
+/// Read the quarantine topic to its current end — from where the consumer group's last run
+/// stopped when `resume` — calling `f` on each entry; where it ended, per partition.
 fn scan(
     consumer: &BaseConsumer,
     topic: &str,
-    start: impl Fn(i32) -> i64,
-    mut f: impl FnMut(&BorrowedMessage<'_>) -> Result<(), String>,
+    resume: bool,
+    f: impl FnMut(&BorrowedMessage<'_>) -> Result<(), String>,
 ) -> Result<Vec<(i32, i64)>, String> {
-    let timeout = Duration::from_secs(10);
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| format!("cannot read the metadata of {topic}: {e}; check kafka.bootstrap"))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    let mut ends = Vec::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .map_err(|e| format!("cannot read the offsets of {topic}[{p}]: {e}"))?;
-        let from = start(p).max(low);
-        ends.push((p, high));
-        if from >= high {
-            continue;
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Offset(from))
-            .map_err(|e| e.to_string())?;
-        consumer.assign(&tpl).map_err(|e| e.to_string())?;
-        let mut next = from;
-        let mut idle = std::time::Instant::now();
-        while next < high {
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    next = m.offset() + 1;
-                    idle = std::time::Instant::now();
-                    if m.offset() < high {
-                        f(&m)?;
-                    }
-                }
-                Some(Err(e)) => return Err(format!("reading {topic}[{p}]: {e}")),
-                None if idle.elapsed() > Duration::from_secs(60) => {
-                    return Err(format!("reading {topic}[{p}]: nothing for 60 s at {next}"));
-                }
-                None => {}
-            }
-        }
+    let mut bounds = capture::offsets(consumer, topic, &Range::default())?;
+    let ends = bounds.iter().map(|(p, _, end)| (*p, *end)).collect();
+    if resume {
+        capture::resume_from(consumer, topic, &mut bounds)?;
     }
+    capture::read(consumer, topic, &bounds, f)?;
     Ok(ends)
 }
 
 /// Counts of matching entries by cohort and code.
 pub fn list(config: &Config, filter: &Filter) -> Result<Listing, String> {
-    let c = consumer(
-        config,
-        &format!("weir-quarantine-list-{}", rand::random::<u64>()),
-    )?;
+    let c = capture::consumer(&config.kafka, None)?;
     let mut out = Listing::default();
-    scan(
-        &c,
-        &config.output.quarantine_topic,
-        |_| 0,
-        |m| {
-            if matches(m, filter) {
-                out.total += 1;
-                *out.groups
-                    .entry(hdr(m, h::COHORT).unwrap_or_else(|| "-".into()))
-                    .or_default()
-                    .entry(hdr(m, h::ERROR_CODE).unwrap_or_else(|| "-".into()))
-                    .or_default() += 1;
-            }
-            Ok(())
-        },
-    )?;
+    scan(&c, &config.output.quarantine_topic, false, |m| {
+        if matches(m, filter) {
+            out.total += 1;
+            *out.groups
+                .entry(capture::header(m, h::COHORT).unwrap_or_else(|| "-".into()))
+                .or_default()
+                .entry(capture::header(m, h::ERROR_CODE).unwrap_or_else(|| "-".into()))
+                .or_default() += 1;
+        }
+        Ok(())
+    })?;
     Ok(out)
 }
 
 /// Matching entries, at most `limit`.
 pub fn show(config: &Config, filter: &Filter, limit: usize) -> Result<Vec<Entry>, String> {
-    let c = consumer(
-        config,
-        &format!("weir-quarantine-show-{}", rand::random::<u64>()),
-    )?;
+    let c = capture::consumer(&config.kafka, None)?;
     let mut out = Vec::new();
-    scan(
-        &c,
-        &config.output.quarantine_topic,
-        |_| 0,
-        |m| {
-            if out.len() < limit && matches(m, filter) {
-                let payload = m.payload().unwrap_or_default();
-                out.push(Entry {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp_ms: m.timestamp().to_millis(),
-                    headers: m
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|x| {
-                                    (
-                                        x.key.to_owned(),
-                                        String::from_utf8_lossy(x.value.unwrap_or_default())
-                                            .into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    payload: String::from_utf8_lossy(payload).into_owned(),
-                    size: payload.len(),
-                });
-            }
-            Ok(())
-        },
-    )?;
+    scan(&c, &config.output.quarantine_topic, false, |m| {
+        if out.len() < limit && matches(m, filter) {
+            let payload = m.payload().unwrap_or_default();
+            out.push(Entry {
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|x| {
+                                (
+                                    x.key.to_owned(),
+                                    String::from_utf8_lossy(x.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                payload: String::from_utf8_lossy(payload).into_owned(),
+                size: payload.len(),
+            });
+        }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -296,11 +227,7 @@ pub async fn redrive(
                 )
             })?;
         let plugin = host.load(&bytes).map_err(|e| e.to_string())?;
-        let settings = c
-            .config
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let settings = c.settings();
         let configured = plugin
             .configure(settings, format!("redrive:{}:{id}", c.name))
             .map_err(|e| format!("{id} refused cohort {:?}'s config: {e}", c.name))?;
@@ -332,31 +259,7 @@ pub async fn redrive(
 
     let topic = config.output.quarantine_topic.clone();
     let group_id = group(config, filter, through);
-    let c = consumer(config, &group_id)?;
-    // Where this selection's last redrive stopped.
-    let committed: BTreeMap<i32, i64> = {
-        let md = c
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        let mut tpl = TopicPartitionList::new();
-        for p in md
-            .topics()
-            .first()
-            .map(|t| t.partitions())
-            .unwrap_or_default()
-        {
-            tpl.add_partition(&topic, p.id());
-        }
-        c.committed_offsets(tpl, Duration::from_secs(10))
-            .map_err(|e| format!("cannot read the redrive's progress: {e}"))?
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect()
-    };
+    let c = capture::consumer(&config.kafka, Some(&group_id))?;
     let sink = if dry_run {
         None
     } else {
@@ -364,88 +267,67 @@ pub async fn redrive(
     };
     let mut out = Redriven::default();
     let mut writes: Vec<Write> = Vec::new();
-    let ends = scan(
-        &c,
-        &topic,
-        |p| committed.get(&p).copied().unwrap_or(0),
-        |m| {
-            if !matches(m, filter) {
-                return Ok(());
-            }
-            out.selected += 1;
-            let Some((_, topo, configured)) = hdr(m, h::COHORT).and_then(|c| plans.get(&c)) else {
-                out.skipped += 1;
-                return Ok(());
-            };
-            let count: u32 = hdr(m, REDRIVE_COUNT)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            if count >= max_redrives {
-                out.refused += 1;
-                return Ok(());
-            }
-            if hdr(m, h::PAYLOAD_TRUNCATED).is_some() {
-                out.skipped += 1;
-                return Ok(());
-            }
-            let properties = m
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .filter_map(|x| {
-                            let n = x.key.strip_prefix(h::USER_PROPERTY_PREFIX)?;
-                            Some((
-                                n.to_owned(),
-                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                            ))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let message = Message {
-                topic: hdr(m, h::MQTT_TOPIC).unwrap_or_default(),
-                payload: m.payload().unwrap_or_default().to_vec(),
-                properties,
-                content_type: hdr(m, h::MQTT_CONTENT_TYPE),
-                received_at_ms: hdr(m, h::RECEIVED_AT)
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or_default(),
-            };
-            let mut batch = vec![message.clone()];
-            let outcome = configured.process(&mut batch).pop().expect("one outcome");
-            let succeeded = matches!(outcome, Outcome::Emit(_) | Outcome::Skip);
-            if succeeded {
-                out.published += 1;
-            } else {
-                out.requarantined += 1;
-            }
-            if dry_run {
-                return Ok(());
-            }
-            let input = Input {
-                id: hdr(m, h::MESSAGE_ID).unwrap_or_default(),
-                message,
-                retained: hdr(m, h::MQTT_RETAINED).is_some(),
-                oversize: None,
-            };
-            let mut d = topo.plan(input, Some(0), Some(outcome));
-            if let Next::Send { writes: ws, .. } = d.start() {
-                let from = format!("{}:{}", m.partition(), m.offset());
-                for (kind, mut w) in ws {
-                    w.headers
-                        .push((REDRIVE_FROM.to_owned(), from.clone().into_bytes()));
-                    if kind == Kind::Quarantine {
-                        w.headers.push((
-                            REDRIVE_COUNT.to_owned(),
-                            (count + 1).to_string().into_bytes(),
-                        ));
-                    }
-                    writes.push(w);
+    let ends = scan(&c, &topic, true, |m| {
+        if !matches(m, filter) {
+            return Ok(());
+        }
+        out.selected += 1;
+        let Some((_, topo, configured)) = capture::header(m, h::COHORT).and_then(|c| plans.get(&c))
+        else {
+            out.skipped += 1;
+            return Ok(());
+        };
+        let count: u32 = capture::header(m, REDRIVE_COUNT)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if count >= max_redrives {
+            out.refused += 1;
+            return Ok(());
+        }
+        if capture::header(m, h::PAYLOAD_TRUNCATED).is_some() {
+            out.skipped += 1;
+            return Ok(());
+        }
+        let Captured {
+            id,
+            message,
+            retained,
+            ..
+        } = capture::captured(m);
+        let mut batch = vec![message.clone()];
+        let outcome = configured.process(&mut batch).pop().expect("one outcome");
+        let succeeded = matches!(outcome, Outcome::Emit(_) | Outcome::Skip);
+        if succeeded {
+            out.published += 1;
+        } else {
+            out.requarantined += 1;
+        }
+        if dry_run {
+            return Ok(());
+        }
+        let input = Input {
+            id,
+            message,
+            retained,
+            oversize: None,
+        };
+        let mut d = topo.plan(input, Some(0), Some(outcome));
+        if let Next::Send { writes: ws, .. } = d.start() {
+            let from = format!("{}:{}", m.partition(), m.offset());
+            for (kind, mut w) in ws {
+                w.headers
+                    .push((REDRIVE_FROM.to_owned(), from.clone().into_bytes()));
+                if kind == Kind::Quarantine {
+                    w.headers.push((
+                        REDRIVE_COUNT.to_owned(),
+                        (count + 1).to_string().into_bytes(),
+                    ));
                 }
+                writes.push(w);
             }
-            Ok(())
-        },
-    )?;
+        }
+        Ok(())
+    })?;
     if let Some(sink) = &sink {
         let mut futures = Vec::with_capacity(writes.len());
         for w in &writes {
@@ -462,13 +344,7 @@ pub async fn redrive(
         }
         sink.flush(Duration::from_secs(30));
         // Done up to where the scan began its read: the next redrive starts there.
-        let mut tpl = TopicPartitionList::new();
-        for (p, end) in ends {
-            tpl.add_partition_offset(&topic, p, Offset::Offset(end))
-                .map_err(|e| e.to_string())?;
-        }
-        c.commit(&tpl, CommitMode::Sync)
-            .map_err(|e| format!("cannot record the redrive's progress: {e}"))?;
+        capture::record_progress(&c, &topic, ends.iter().map(|(p, e)| (p, e)))?;
     }
     Ok(out)
 }

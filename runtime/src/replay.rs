@@ -7,6 +7,7 @@
 //! outcome. The same sha256 must give byte-identical records; anything else is reported
 //! loudly. Every version the range needs is looked up in the plugin store before any work.
 
+use crate::capture::{self, Captured};
 use crate::config::{Cohort, Config};
 use crate::control::{Control, State};
 use crate::encode::registry::RegistryClient;
@@ -16,10 +17,8 @@ use crate::plan::{Input, Kind, Topology};
 use crate::sink::{Sink, Write};
 use crate::store::Store;
 use crate::transform::{Configured, Host, Message, Outcome, Plugin};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::Message as _;
 use rdkafka::producer::DeliveryFuture;
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -52,20 +51,13 @@ fn other(e: impl std::fmt::Display) -> ReplayError {
     ReplayError::Other(e.to_string())
 }
 
-/// Which records of the raw topic to replay.
-#[derive(Debug, Clone, Default)]
-pub struct Range {
-    /// One partition, or all.
-    pub partition: Option<i32>,
-    /// First offset (inclusive).
-    pub start_offset: Option<i64>,
-    /// Last offset (exclusive).
-    pub end_offset: Option<i64>,
-    /// Records at or after this time, ms since the Unix epoch.
-    pub since_ms: Option<i64>,
-    /// Records before this time.
-    pub until_ms: Option<i64>,
+impl From<String> for ReplayError {
+    fn from(e: String) -> Self {
+        ReplayError::Other(e)
+    }
 }
+
+pub use crate::capture::Range;
 
 /// What to do with the replayed outcomes.
 #[derive(Debug, Clone)]
@@ -120,203 +112,6 @@ pub struct Summary {
 }
 
 const EXAMPLES: usize = 5;
-
-/// A raw-capture record, as replay needs it.
-struct Raw {
-    partition: i32,
-    offset: i64,
-    id: String,
-    cohort: Option<String>,
-    sha256: Option<String>,
-    message: Message,
-    retained: bool,
-}
-
-fn header<'a>(m: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-}
-
-fn header_str(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
-    header(m, name).map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
-fn raw_of(m: &BorrowedMessage<'_>) -> Raw {
-    let properties = m
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .filter_map(|hd| {
-                    let name = hd.key.strip_prefix(h::USER_PROPERTY_PREFIX)?;
-                    Some((
-                        name.to_owned(),
-                        String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let topic = header_str(m, h::MQTT_TOPIC)
-        .or_else(|| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
-        .unwrap_or_default();
-    Raw {
-        partition: m.partition(),
-        offset: m.offset(),
-        id: header_str(m, h::MESSAGE_ID)
-            .unwrap_or_else(|| format!("{}:{}", m.partition(), m.offset())),
-        cohort: header_str(m, h::COHORT),
-        sha256: header_str(m, h::PLUGIN_SHA256),
-        retained: header(m, h::MQTT_RETAINED).is_some(),
-        message: Message {
-            topic,
-            payload: m.payload().unwrap_or_default().to_vec(),
-            properties,
-            content_type: header_str(m, h::MQTT_CONTENT_TYPE),
-            received_at_ms: header_str(m, h::RECEIVED_AT)
-                .and_then(|t| t.parse().ok())
-                .unwrap_or_default(),
-        },
-    }
-}
-
-fn consumer(config: &Config, group: Option<&str>) -> Result<BaseConsumer, ReplayError> {
-    let mut c = ClientConfig::new();
-    let group = group.map_or_else(
-        || format!("weir-replay-{}", rand::random::<u64>()),
-        str::to_owned,
-    );
-    c.set("bootstrap.servers", &config.kafka.bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("fetch.message.max.bytes", "4194304");
-    for (k, v) in &config.kafka.properties {
-        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
-            c.set(k, v);
-        }
-    }
-    c.create()
-        .map_err(|e| other(format!("cannot create a Kafka consumer: {e}")))
-}
-
-/// The `[start, end)` offsets of each partition of `topic` the range covers.
-fn offsets(
-    consumer: &BaseConsumer,
-    topic: &str,
-    range: &Range,
-) -> Result<Vec<(i32, i64, i64)>, ReplayError> {
-    let timeout = Duration::from_secs(10);
-    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
-        other(format!(
-            "cannot read the metadata of {topic}: {e}; check kafka.bootstrap"
-        ))
-    })?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if partitions.is_empty() {
-        return Err(other(format!(
-            "topic {topic} does not exist (or has no partitions); is it the raw-capture topic (output.raw_topic)?"
-        )));
-    }
-    let at_time = |ms: i64| -> Result<HashMap<i32, i64>, ReplayError> {
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition_offset(topic, *p, Offset::Offset(ms))
-                .map_err(other)?;
-        }
-        let found = consumer
-            .offsets_for_times(tpl, timeout)
-            .map_err(|e| other(format!("cannot find offsets by time in {topic}: {e}")))?;
-        Ok(found
-            .elements()
-            .iter()
-            .map(|e| {
-                (
-                    e.partition(),
-                    match e.offset() {
-                        Offset::Offset(o) => o,
-                        _ => i64::MAX,
-                    },
-                )
-            })
-            .collect())
-    };
-    let since = range.since_ms.map(at_time).transpose()?;
-    let until = range.until_ms.map(at_time).transpose()?;
-    let mut out = Vec::new();
-    for p in partitions {
-        if range.partition.is_some_and(|want| want != p) {
-            continue;
-        }
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
-            .map_err(|e| other(format!("cannot read the offsets of {topic}[{p}]: {e}")))?;
-        let mut start = low.max(range.start_offset.unwrap_or(low));
-        let mut end = high.min(range.end_offset.unwrap_or(high));
-        if let Some(s) = since.as_ref().and_then(|m| m.get(&p)) {
-            start = start.max(*s);
-        }
-        if let Some(u) = until.as_ref().and_then(|m| m.get(&p)) {
-            end = end.min(*u);
-        }
-        if start < end {
-            out.push((p, start, end));
-        }
-    }
-    if let Some(p) = range.partition
-        && !out.iter().any(|(q, _, _)| *q == p)
-        && range.start_offset.is_none()
-    {
-        return Err(other(format!(
-            "{topic} has no partition {p}, or it is empty"
-        )));
-    }
-    Ok(out)
-}
-
-/// Read `[start, end)` of every listed partition, calling `f` on each record in order.
-fn read(
-    consumer: &BaseConsumer,
-    topic: &str,
-    bounds: &[(i32, i64, i64)],
-    mut f: impl FnMut(&BorrowedMessage<'_>) -> Result<(), ReplayError>,
-) -> Result<(), ReplayError> {
-    for &(p, start, end) in bounds {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Offset(start))
-            .map_err(other)?;
-        consumer.assign(&tpl).map_err(other)?;
-        let mut next = start;
-        let mut idle = std::time::Instant::now();
-        while next < end {
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    next = m.offset() + 1;
-                    idle = std::time::Instant::now();
-                    if m.offset() < end {
-                        f(&m)?;
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(other(format!("reading {topic}[{p}] at offset {next}: {e}")));
-                }
-                None if idle.elapsed() > Duration::from_secs(60) => {
-                    return Err(other(format!(
-                        "reading {topic}[{p}]: nothing arrived for 60 s at offset {next} of {end}"
-                    )));
-                }
-                None => {}
-            }
-        }
-    }
-    Ok(())
-}
 
 /// What was published for a message: its records' Avro datums, in order, or its quarantine
 /// code.
@@ -388,26 +183,16 @@ pub async fn run(
     let group = run_control
         .resume
         .then(|| resume_group(from, &mode, through, range));
-    let consumer = consumer(config, group.as_deref())?;
-    let mut bounds = offsets(&consumer, from, range)?;
+    let consumer = capture::consumer(&config.kafka, group.as_deref())?;
+    let mut bounds = capture::offsets(&consumer, from, range)?;
+    if bounds.is_empty() && capture::offsets(&consumer, from, &Range::default())?.is_empty() {
+        return Err(other(format!(
+            "topic {from} does not exist or is empty; is it the raw-capture topic (output.raw_topic)?"
+        )));
+    }
     if group.is_some() {
         // Start where the last run of this replay stopped.
-        let mut tpl = TopicPartitionList::new();
-        for (p, _, _) in &bounds {
-            tpl.add_partition(from, *p);
-        }
-        let committed = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .map_err(|e| other(format!("cannot read the replay's progress: {e}")))?;
-        for e in committed.elements() {
-            if let (Offset::Offset(o), Some(b)) = (
-                e.offset(),
-                bounds.iter_mut().find(|(p, _, _)| *p == e.partition()),
-            ) {
-                b.1 = b.1.max(o);
-            }
-        }
-        bounds.retain(|(_, s, e)| s < e);
+        capture::resume_from(&consumer, from, &mut bounds)?;
     }
     let total: i64 = bounds.iter().map(|(_, s, e)| e - s).sum();
 
@@ -427,10 +212,11 @@ pub async fn run(
         ),
         None => None,
     };
-    read(&consumer, from, &bounds, |m| {
-        if let (Some(cohort), Some(sha)) =
-            (header_str(m, h::COHORT), header_str(m, h::PLUGIN_SHA256))
-        {
+    capture::read::<ReplayError>(&consumer, from, &bounds, |m| {
+        if let (Some(cohort), Some(sha)) = (
+            capture::header(m, h::COHORT),
+            capture::header(m, h::PLUGIN_SHA256),
+        ) {
             needed.insert((cohort, through.clone().unwrap_or(sha)), ());
         }
         Ok(())
@@ -465,11 +251,7 @@ pub async fn run(
         })?;
         let plugin = host.load(&bytes).map_err(other)?;
         let c: &Cohort = &config.cohorts[ci];
-        let settings = c
-            .config
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let settings = c.settings();
         let configured = plugin
             .configure(settings, format!("replay:{cohort}:{}", plugin.info().id()))
             .map_err(|e| {
@@ -498,9 +280,9 @@ pub async fn run(
         topics.sort();
         topics.dedup();
         for t in &topics {
-            let b = offsets(&consumer, t, &Range::default()).unwrap_or_default();
-            read(&consumer, t, &b, |m| {
-                if let Some(id) = header_str(m, h::MESSAGE_ID) {
+            let b = capture::offsets(&consumer, t, &Range::default())?;
+            capture::read::<ReplayError>(&consumer, t, &b, |m| {
+                if let Some(id) = capture::header(m, h::MESSAGE_ID) {
                     let v = m.payload().unwrap_or_default();
                     let datum = v.get(5..).unwrap_or_default().to_vec();
                     published.entry(id).or_default().records.push(datum);
@@ -509,11 +291,12 @@ pub async fn run(
             })?;
         }
         let q = &config.output.quarantine_topic;
-        let b = offsets(&consumer, q, &Range::default()).unwrap_or_default();
-        read(&consumer, q, &b, |m| {
-            if let (Some(id), Some(code)) =
-                (header_str(m, h::MESSAGE_ID), header_str(m, h::ERROR_CODE))
-            {
+        let b = capture::offsets(&consumer, q, &Range::default())?;
+        capture::read::<ReplayError>(&consumer, q, &b, |m| {
+            if let (Some(id), Some(code)) = (
+                capture::header(m, h::MESSAGE_ID),
+                capture::header(m, h::ERROR_CODE),
+            ) {
                 published.entry(id).or_default().quarantine = Some(code);
             }
             Ok(())
@@ -560,10 +343,10 @@ pub async fn run(
 
     // Pass 2: replay.
     let mut summary = Summary::default();
-    let mut batch: Vec<Raw> = Vec::with_capacity(64);
+    let mut batch: Vec<Captured> = Vec::with_capacity(64);
     let mut pending = Vec::new();
     let mut done = 0u64;
-    let mut flush = |batch: &mut Vec<Raw>,
+    let mut flush = |batch: &mut Vec<Captured>,
                      summary: &mut Summary,
                      pending: &mut Vec<_>|
      -> Result<(), ReplayError> {
@@ -664,22 +447,15 @@ pub async fn run(
     // Done up to (exclusive) per partition, recorded after each batch is written.
     let mut done_to: BTreeMap<i32, i64> = BTreeMap::new();
     let record = |done_to: &BTreeMap<i32, i64>| -> Result<(), ReplayError> {
-        if group.is_none() || done_to.is_empty() {
+        if group.is_none() {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in done_to {
-            tpl.add_partition_offset(from, *p, Offset::Offset(*o))
-                .map_err(other)?;
-        }
-        consumer
-            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
-            .map_err(|e| other(format!("cannot record the replay's progress: {e}")))
+        capture::record_progress(&consumer, from, done_to).map_err(ReplayError::Other)
     };
     let mut since_recorded = 0usize;
-    let read_result = read(&consumer, from, &bounds, |m| {
+    let read_result = capture::read(&consumer, from, &bounds, |m| {
         done_to.insert(m.partition(), m.offset() + 1);
-        batch.push(raw_of(m));
+        batch.push(capture::captured(m));
         let stop = run_control.stop.load(std::sync::atomic::Ordering::Relaxed);
         if batch.len() >= 100 || stop {
             since_recorded += batch.len();
@@ -720,7 +496,7 @@ fn digest(bytes: &[u8]) -> String {
 fn verify(
     summary: &mut Summary,
     published: &HashMap<String, Published>,
-    raw: &Raw,
+    raw: &Captured,
     r: &Runner,
     outcome: &Outcome,
 ) {
@@ -773,7 +549,7 @@ fn verify(
 
 fn example(
     summary: &mut Summary,
-    raw: &Raw,
+    raw: &Captured,
     r: &Runner,
     published: serde_json::Value,
     outcome: &Outcome,

@@ -203,24 +203,21 @@ fn compare(
     c: &Outcome,
 ) {
     report.messages += 1;
-    let counter = match (l, c) {
-        (_, Outcome::Fail { .. }) => &mut report.candidate_failed,
-        (Outcome::Emit(a), Outcome::Emit(b)) if a == b => &mut report.identical,
-        (Outcome::Emit(_), Outcome::Emit(_)) => &mut report.different,
-        (Outcome::Emit(_), _) => &mut report.candidate_rejected,
+    let (counter, same) = match (l, c) {
+        (_, Outcome::Fail { .. }) => (&mut report.candidate_failed, false),
+        (Outcome::Emit(a), Outcome::Emit(b)) if a == b => (&mut report.identical, true),
+        (Outcome::Emit(_), Outcome::Emit(_)) => (&mut report.different, false),
+        (Outcome::Emit(_), _) => (&mut report.candidate_rejected, false),
         (Outcome::Reject { .. } | Outcome::Fail { .. }, Outcome::Emit(_)) => {
-            &mut report.live_rejected
+            (&mut report.live_rejected, false)
         }
         (Outcome::Reject { code: a, .. }, Outcome::Reject { code: b, .. }) if a == b => {
-            &mut report.identical
+            (&mut report.identical, true)
         }
-        (Outcome::Skip, Outcome::Skip) => &mut report.identical,
-        _ => &mut report.different,
+        (Outcome::Skip, Outcome::Skip) => (&mut report.identical, true),
+        _ => (&mut report.different, false),
     };
     *counter += 1;
-    let same = matches!((l, c), (Outcome::Emit(a), Outcome::Emit(b)) if a == b)
-        || matches!((l, c), (Outcome::Reject { code: a, .. }, Outcome::Reject { code: b, .. }) if a == b)
-        || matches!((l, c), (Outcome::Skip, Outcome::Skip));
     if !same && report.examples.len() < EXAMPLES {
         let (lv, cv) = (render(live, l), render(candidate, c));
         let diff = match (first_record(&lv), first_record(&cv)) {

@@ -58,6 +58,20 @@ fn running(weir: &Weir, cohort: &str) -> String {
     )
 }
 
+/// The cohort's audit trail and its actions in order.
+fn history(weir: &Weir, token: Option<&str>, cohort: &str) -> (serde_json::Value, Vec<String>) {
+    let (ok, out, err) = cli(weir, token, &["plugin", "history", cohort]);
+    assert!(ok, "{err}");
+    let history = json(&out);
+    let actions = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap().to_owned())
+        .collect();
+    (history, actions)
+}
+
 fn wait_running(weir: &Weir, cohort: &str, want: &str) {
     let start = Instant::now();
     while running(weir, cohort) != want {
@@ -120,6 +134,20 @@ impl Load {
     fn finish(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap()
+    }
+
+    /// Publish `more` messages, stop, and read back every record of `p`'s thermostat
+    /// topic; the rounds each device published, and the records.
+    fn finish_after(self, more: usize, p: &str, devices: usize) -> (usize, Vec<Rec>) {
+        self.wait_sent(self.sent.load(Ordering::Relaxed) + more);
+        let rounds = self.finish();
+        let records = consume(
+            &format!("{p}.thermostat"),
+            rounds * devices,
+            Duration::from_secs(120),
+            Duration::from_secs(2),
+        );
+        (rounds, records)
     }
 }
 
@@ -184,28 +212,16 @@ fn promote_under_load_then_refusals_leave_the_live_version_alone() {
         "promote: gate {} ms, live in {} ms",
         promoted["gate_ms"], promoted["swap_ms"]
     );
-    load.wait_sent(load.sent.load(Ordering::Relaxed) + 500);
-    let rounds = load.finish();
-    let total = rounds * devices;
-    let records = consume(
-        &format!("{p}.thermostat"),
-        total,
-        Duration::from_secs(120),
-        Duration::from_secs(2),
+    let (rounds, records) = load.finish_after(500, &p, devices);
+    assert_eq!(
+        records.len(),
+        rounds * devices,
+        "every message published exactly once"
     );
-    assert_eq!(records.len(), total, "every message published exactly once");
     check_cutover(&records, devices, rounds, &old, &new);
 
     // The cutover is in the history, with the first message through 1.1.0.
-    let (ok, out, err) = cli(&weir, Some(TOKEN), &["plugin", "history", "thermostats"]);
-    assert!(ok, "{err}");
-    let history = json(&out);
-    let actions: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["action"].as_str().unwrap())
-        .collect();
+    let (history, actions) = history(&weir, Some(TOKEN), "thermostats");
     assert_eq!(actions, ["promote", "cutover"], "{history}");
     assert_eq!(history[0]["by"], "ops");
     assert_eq!(history[0]["old_sha256"], old.as_str());
@@ -389,14 +405,7 @@ fn the_pin_survives_a_restart_and_rolls_back() {
         "{err}"
     );
     // The restarted process started on 1.1.0, so its only cutover is the rollback's.
-    let (ok, out, _) = cli(&weir, None, &["plugin", "history", "thermostats"]);
-    assert!(ok);
-    let actions: Vec<String> = json(&out)
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["action"].as_str().unwrap().to_owned())
-        .collect();
+    let (_, actions) = history(&weir, None, "thermostats");
     assert_eq!(actions, ["promote", "rollback", "cutover"]);
 }
 
@@ -426,15 +435,8 @@ fn two_processes_on_a_shared_subscription_converge() {
     );
     assert!(ok, "{err}");
     wait_running(&b, "thermostats", "thermostat@1.1.0");
-    load.wait_sent(load.sent.load(Ordering::Relaxed) + 400);
-    let rounds = load.finish();
+    let (rounds, records) = load.finish_after(400, &p, devices);
     let total = rounds * devices;
-    let records = consume(
-        &format!("{p}.thermostat"),
-        total,
-        Duration::from_secs(120),
-        Duration::from_secs(2),
-    );
     // Each message once (the broker gives each to one of the two), each with one version.
     let mut seen: HashMap<(String, i64), usize> = HashMap::new();
     let mut decoder = Decoder::new();
@@ -455,9 +457,8 @@ fn two_processes_on_a_shared_subscription_converge() {
     assert!(seen.values().all(|n| *n == 1), "nothing duplicated");
     assert!(versions.contains_key("thermostat@1.1.0"), "{versions:?}");
     // Both processes recorded their own cutover.
-    let (ok, out, _) = cli(&b, None, &["plugin", "history", "thermostats"]);
-    assert!(ok);
-    let cutovers: Vec<String> = json(&out)
+    let (entries, _) = history(&b, None, "thermostats");
+    let cutovers: Vec<String> = entries
         .as_array()
         .unwrap()
         .iter()

@@ -100,6 +100,42 @@ output_topic = "{p}.chaos"
     )
 }
 
+/// The benchmarks' config: one thermostat cohort under `run/`, raw capture on, batches of
+/// 100, a window of 5,000 messages, the admin listener on a free port.
+pub fn bench_config(run: &str) -> String {
+    format!(
+        r#"[mqtt]
+url = "{mqtt}"
+client_id = "{run}-weir"
+subscriptions = ["{run}/plant/#"]
+max_in_flight = 5000
+[kafka]
+bootstrap = "{kafka}"
+[registry]
+url = "{registry}"
+[output]
+quarantine_topic = "{run}.quarantine"
+raw_topic = "{run}.raw"
+batch_size = 100
+[admin]
+listen = "127.0.0.1:0"
+[plugins]
+dir = "{dir}"
+control_topic = "{run}.control"
+[[cohort]]
+name = "thermostats"
+topic = "{run}/plant/+/thermostat/+"
+plugin = "thermostat@1.0.0"
+output_topic = "{run}.thermostat"
+key = "{{topic[4]}}"
+"#,
+        mqtt = mqtt_url(),
+        kafka = kafka(),
+        registry = registry(),
+        dir = plugins_dir().display(),
+    )
+}
+
 /// A running `weir run`.
 pub struct Weir {
     pub child: Child,

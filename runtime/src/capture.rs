@@ -1,0 +1,266 @@
+//! Reading back what weir wrote to Kafka: offset ranges of a topic, records read in order,
+//! and a captured message (raw capture or quarantine entry) rebuilt from its headers, as
+//! replay and quarantine redrive need them.
+
+use crate::config::Kafka;
+use crate::headers as h;
+use crate::transform::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client config with the brokers and the connection's security settings of `kafka`
+/// (producer tuning does not apply to weir's readers and small control writes).
+pub fn connection(kafka: &Kafka) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap);
+    for (k, v) in &kafka.properties {
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+            c.set(k, v);
+        }
+    }
+    c
+}
+
+/// A consumer that only reads what it is assigned and commits only when told, in consumer
+/// group `group` (a fresh one if none).
+pub fn consumer(kafka: &Kafka, group: Option<&str>) -> Result<BaseConsumer, String> {
+    let group = group.map_or_else(
+        || format!("weir-reader-{}", rand::random::<u64>()),
+        str::to_owned,
+    );
+    connection(kafka)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.message.max.bytes", "4194304")
+        .create()
+        .map_err(|e| format!("cannot create a Kafka consumer: {e}"))
+}
+
+/// A header's value as text.
+pub fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .find(|x| x.key == name)
+        .and_then(|x| x.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A message as weir captured it (raw capture or quarantine entry).
+pub struct Captured {
+    /// Where it was read.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// `weir.message.id` (`partition:offset` for records written before ids existed).
+    pub id: String,
+    /// The cohort that processed it, if it was routed.
+    pub cohort: Option<String>,
+    /// The sha256 of the version that processed it.
+    pub sha256: Option<String>,
+    /// It was a retained message.
+    pub retained: bool,
+    /// The message as the plugin saw it.
+    pub message: Message,
+}
+
+/// Rebuild a captured message from its value and headers.
+pub fn captured(m: &BorrowedMessage<'_>) -> Captured {
+    let properties = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .filter_map(|x| {
+                    let name = x.key.strip_prefix(h::USER_PROPERTY_PREFIX)?;
+                    Some((
+                        name.to_owned(),
+                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let topic = header(m, h::MQTT_TOPIC)
+        .or_else(|| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
+        .unwrap_or_default();
+    Captured {
+        partition: m.partition(),
+        offset: m.offset(),
+        id: header(m, h::MESSAGE_ID).unwrap_or_else(|| format!("{}:{}", m.partition(), m.offset())),
+        cohort: header(m, h::COHORT),
+        sha256: header(m, h::PLUGIN_SHA256),
+        retained: header(m, h::MQTT_RETAINED).is_some(),
+        message: Message {
+            topic,
+            payload: m.payload().unwrap_or_default().to_vec(),
+            properties,
+            content_type: header(m, h::MQTT_CONTENT_TYPE),
+            received_at_ms: header(m, h::RECEIVED_AT)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_default(),
+        },
+    }
+}
+
+/// Which records of a topic.
+#[derive(Debug, Clone, Default)]
+pub struct Range {
+    /// One partition, or all.
+    pub partition: Option<i32>,
+    /// First offset (inclusive).
+    pub start_offset: Option<i64>,
+    /// Last offset (exclusive).
+    pub end_offset: Option<i64>,
+    /// Records at or after this time, ms since the Unix epoch.
+    pub since_ms: Option<i64>,
+    /// Records before this time.
+    pub until_ms: Option<i64>,
+}
+
+/// `(partition, first offset, end offset)` of each non-empty part of a range.
+pub type Bounds = Vec<(i32, i64, i64)>;
+
+/// The parts of `topic` that `range` covers, as it stands now; empty if the topic does not
+/// exist.
+pub fn offsets(consumer: &BaseConsumer, topic: &str, range: &Range) -> Result<Bounds, String> {
+    let md = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(|e| format!("cannot read the metadata of {topic}: {e}; check kafka.bootstrap"))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    let at_time = |ms: i64| -> Result<HashMap<i32, i64>, String> {
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(ms))
+                .map_err(|e| e.to_string())?;
+        }
+        let found = consumer
+            .offsets_for_times(tpl, TIMEOUT)
+            .map_err(|e| format!("cannot find offsets by time in {topic}: {e}"))?;
+        Ok(found
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => (e.partition(), o),
+                _ => (e.partition(), i64::MAX),
+            })
+            .collect())
+    };
+    let since = range.since_ms.map(at_time).transpose()?;
+    let until = range.until_ms.map(at_time).transpose()?;
+    let mut out = Vec::new();
+    for p in partitions {
+        if range.partition.is_some_and(|want| want != p) {
+            continue;
+        }
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, TIMEOUT)
+            .map_err(|e| format!("cannot read the offsets of {topic}[{p}]: {e}"))?;
+        let mut start = low.max(range.start_offset.unwrap_or(low));
+        let mut end = high.min(range.end_offset.unwrap_or(high));
+        if let Some(s) = since.as_ref().and_then(|m| m.get(&p)) {
+            start = start.max(*s);
+        }
+        if let Some(u) = until.as_ref().and_then(|m| m.get(&p)) {
+            end = end.min(*u);
+        }
+        if start < end {
+            out.push((p, start, end));
+        }
+    }
+    Ok(out)
+}
+
+/// Read each part of `bounds` in order, calling `f` on every record; an error from `f`
+/// stops the read and is returned.
+pub fn read<E: From<String>>(
+    consumer: &BaseConsumer,
+    topic: &str,
+    bounds: &[(i32, i64, i64)],
+    mut f: impl FnMut(&BorrowedMessage<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    for &(p, start, end) in bounds {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, Offset::Offset(start))
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let mut next = start;
+        let mut idle = Instant::now();
+        while next < end {
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    next = m.offset() + 1;
+                    idle = Instant::now();
+                    if m.offset() < end {
+                        f(&m)?;
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(format!("reading {topic}[{p}] at offset {next}: {e}").into());
+                }
+                None if idle.elapsed() > Duration::from_secs(60) => {
+                    return Err(format!(
+                        "reading {topic}[{p}]: nothing arrived for 60 s at offset {next} of {end}; is the broker up?"
+                    )
+                    .into());
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Move each part of `bounds` past what consumer group of `consumer` recorded as done (see
+/// [`record_progress`]), dropping parts already finished.
+pub fn resume_from(
+    consumer: &BaseConsumer,
+    topic: &str,
+    bounds: &mut Bounds,
+) -> Result<(), String> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, _, _) in bounds.iter() {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, TIMEOUT)
+        .map_err(|e| format!("cannot read the recorded progress in {topic}: {e}"))?;
+    for e in committed.elements() {
+        if let (Offset::Offset(o), Some(b)) = (
+            e.offset(),
+            bounds.iter_mut().find(|(p, _, _)| *p == e.partition()),
+        ) {
+            b.1 = b.1.max(o);
+        }
+    }
+    bounds.retain(|(_, s, e)| s < e);
+    Ok(())
+}
+
+/// Record in the consumer group that `topic` is done up to (exclusive) these offsets.
+pub fn record_progress<'a>(
+    consumer: &BaseConsumer,
+    topic: &str,
+    done_to: impl IntoIterator<Item = (&'a i32, &'a i64)>,
+) -> Result<(), String> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in done_to {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .map_err(|e| e.to_string())?;
+    }
+    if tpl.count() == 0 {
+        return Ok(());
+    }
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .map_err(|e| format!("cannot record progress in {topic}: {e}"))
+}
