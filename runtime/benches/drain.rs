@@ -1,0 +1,375 @@
+//! Draining a reconnect-storm backlog: N QoS 1 messages of ~300 B JSON (default 200,000)
+//! wait in a persistent MQTT session; how fast does each consumer empty it, and at what CPU
+//! cost? All legs in one run, on the same test bed:
+//!
+//! - raw MQTT drain: a plain rumqttc client (acks each message at once) resumes its session
+//!   and receives the backlog; its process CPU per message;
+//! - raw Kafka produce: a plain idempotent, acks=all producer writing the same bytes;
+//! - weir drain: `weir run` resumes its session, and thermostat → Avro → Kafka → PUBACK
+//!   empties it; timed from its MQTT connection to its last PUBACK (`weir_acked_total`),
+//!   weir's CPU over the same span, peak RSS;
+//! - latency: then, at half of weir's drain rate, publish-arrival-to-PUBACK p50 / p99 from
+//!   weir's `weir_ack_seconds` histogram (the broker hop on loopback is not included).
+//!
+//! Run: `scripts/bench-drain` (WEIR_BENCH_MESSAGES, default 200000; 1000000 for the RSS
+//! target).
+
+#[path = "../tests/bed/mod.rs"]
+mod bed;
+
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn payload(i: usize) -> Vec<u8> {
+    let p = format!(
+        r#"{{"device":"t-{d}","ts":{ts},"temperature":{{"value":{v:.1},"unit":"F"}},"setpoint":{{"value":68.0,"unit":"F"}},"humidity":{{"value":41.5,"unit":"%"}},"fw":"3.1.0","site":"plant-7","line":"line-2","model":"TX-300","rssi":-61,"uptime_s":{i},"battery":{{"value":3.61,"unit":"V"}}}}"#,
+        d = i % 100,
+        ts = 1_700_000_000_000u64 + i as u64,
+        v = 60.0 + (i % 20) as f64
+    );
+    format!("{p:<300}").into_bytes()
+}
+
+fn options(id: &str, persistent: bool) -> MqttOptions {
+    let url = bed::mqtt_url();
+    let (host, port) = url.trim_start_matches("mqtt://").rsplit_once(':').unwrap();
+    let mut o = MqttOptions::new(id, host, port.parse().unwrap());
+    o.set_keep_alive(Duration::from_secs(60));
+    if persistent {
+        o.set_clean_start(false);
+        let mut props = ConnectProperties::new();
+        props.session_expiry_interval = Some(3600);
+        props.receive_maximum = Some(u16::MAX);
+        o.set_connect_properties(props);
+    }
+    o
+}
+
+/// Publish `n` messages (QoS 1) at full speed, or paced to `rate` msg/s, and wait for the
+/// broker's PUBACKs.
+async fn publish(id: &str, n: usize, rate: Option<f64>, topic: impl Fn(usize) -> String) {
+    let (client, mut eventloop) = AsyncClient::new(options(id, false), 10_000);
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < n {
+            if let Ok(Event::Incoming(Packet::PubAck(_))) = eventloop.poll().await {
+                acked += 1;
+            }
+        }
+    });
+    let start = Instant::now();
+    for i in 0..n {
+        if let Some(rate) = rate
+            && i % 50 == 0
+        {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        client
+            .publish(topic(i), QoS::AtLeastOnce, false, payload(i))
+            .await
+            .unwrap();
+    }
+    acks.await.unwrap();
+    let _ = client.disconnect().await;
+}
+
+/// Make a persistent session subscribed to `filter`, then leave it.
+async fn make_session(id: &str, filter: &str) {
+    let (client, mut eventloop) = AsyncClient::new(options(id, true), 100);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await.unwrap() {
+            break;
+        }
+    }
+    client.disconnect().await.unwrap();
+    while eventloop.poll().await.is_ok() {}
+}
+
+/// User+system CPU seconds of this process.
+fn own_cpu() -> f64 {
+    proc_cpu(std::process::id())
+}
+
+fn proc_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// (msg/s, CPU µs per message) of a plain rumqttc client draining its session's backlog.
+async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
+    let id = format!("{run}-rawdrain");
+    make_session(&id, &format!("{run}/raw/#")).await;
+    publish(&format!("{run}-rawpub"), n, None, |i| {
+        format!("{run}/raw/t-{}", i % 100)
+    })
+    .await;
+    let cpu = own_cpu();
+    let start = Instant::now();
+    let (client, mut eventloop) = AsyncClient::new(options(&id, true), 10_000);
+    let mut got = 0;
+    while got < n {
+        if let Event::Incoming(Packet::Publish(_)) = eventloop.poll().await.unwrap() {
+            got += 1;
+        }
+    }
+    let elapsed = start.elapsed();
+    let cpu = own_cpu() - cpu;
+    // Leave nothing behind: end the session.
+    let _ = client.disconnect().await;
+    (n as f64 / elapsed.as_secs_f64(), cpu * 1e6 / n as f64)
+}
+
+/// msg/s of a plain idempotent producer writing the same bytes.
+fn raw_kafka(n: usize, run: &str) -> f64 {
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bed::kafka())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let topic = format!("{run}.rawkafka");
+    let start = Instant::now();
+    for i in 0..n {
+        let p = payload(i);
+        let key = format!("t-{}", i % 100);
+        let mut record = BaseRecord::to(&topic).payload(&p).key(&key);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A running `weir run`, its log followed for the MQTT connection and the admin address.
+struct Weir {
+    child: std::process::Child,
+    admin: String,
+    connected: std::sync::mpsc::Receiver<(Instant, f64)>,
+}
+
+fn start_weir(config: &std::path::Path) -> Weir {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("WEIR_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (admin_tx, admin_rx) = std::sync::mpsc::channel();
+    let (conn_tx, connected) = std::sync::mpsc::channel();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(addr) = line.split("admin listening on ").nth(1) {
+                let _ = admin_tx.send(addr.trim().to_owned());
+            }
+            if line.contains("MQTT 5 connected") {
+                let _ = conn_tx.send((Instant::now(), proc_cpu(pid)));
+            }
+        }
+    });
+    let admin = admin_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("weir opens its admin listener");
+    Weir {
+        child,
+        admin,
+        connected,
+    }
+}
+
+impl Weir {
+    /// `weir_acked_total` (a line lookup: this is polled while weir works).
+    fn acked(&self) -> u64 {
+        let (_, text) = bed::http_get(&format!("{}/metrics", self.admin)).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("weir_acked_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    }
+
+    fn stop(mut self) {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// Cumulative `weir_ack_seconds` buckets: (upper bound, count).
+fn ack_buckets(admin: &str) -> Vec<(f64, f64)> {
+    let (_, text) = bed::http_get(&format!("{admin}/metrics")).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("weir_ack_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The q-quantile of the observations between two bucket snapshots (linear within a bucket).
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .zip(before)
+        .map(|((le, a), (_, b))| (*le, a - b))
+        .collect();
+    let total = counts.last().map_or(0.0, |c| c.1);
+    let want = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, c) in &counts {
+        if c >= want {
+            if le.is_infinite() {
+                return lower.0;
+            }
+            let span = (c - lower.1).max(1.0);
+            return lower.0 + (le - lower.0) * ((want - lower.1) / span);
+        }
+        lower = (le, c);
+    }
+    lower.0
+}
+
+fn main() {
+    let n: usize = std::env::var("WEIR_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let run = format!("drain{}", std::process::id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    println!(
+        "draining a backlog of {n} QoS 1 messages of 300 B from a persistent session (one run)"
+    );
+
+    let (mqtt_rate, mqtt_cpu) = rt.block_on(raw_mqtt_drain(n, &run));
+    println!(
+        "raw MQTT drain (rumqttc, ack each at once):     {mqtt_rate:>9.0} msg/s {mqtt_cpu:>6.2} µs CPU/msg"
+    );
+    let kafka_rate = raw_kafka(n, &run);
+    println!("raw Kafka produce (idempotent, acks=all):       {kafka_rate:>9.0} msg/s");
+
+    // weir's session: made by a first start, then the backlog published while it is away.
+    let dir = tempfile::tempdir().unwrap();
+    let config = bed::bench_config(&run).replace(&format!("raw_topic = \"{run}.raw\"\n"), "");
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, config).unwrap();
+    let weir = start_weir(&path);
+    weir.connected
+        .recv_timeout(Duration::from_secs(120))
+        .expect("weir connects");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bed::http_get(&format!("{}/readyz", weir.admin)).map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "weir subscribes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    weir.stop();
+    rt.block_on(publish(&format!("{run}-pub"), n, None, |i| {
+        format!("{run}/plant/1/thermostat/t-{}", i % 100)
+    }));
+
+    let weir = start_weir(&path);
+    let (start, cpu_start) = weir
+        .connected
+        .recv_timeout(Duration::from_secs(120))
+        .expect("weir connects");
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    let end = loop {
+        let a = weir.acked();
+        if a >= n as u64 {
+            break Instant::now();
+        }
+        if a != last {
+            (last, last_change) = (a, Instant::now());
+        }
+        assert!(
+            last_change.elapsed() < Duration::from_secs(120),
+            "weir stopped draining at {a} of {n}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let cpu = proc_cpu(weir.child.id()) - cpu_start;
+    let elapsed = end - start;
+    let rate = n as f64 / elapsed.as_secs_f64();
+    let cpu_per = cpu * 1e6 / n as f64;
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", weir.child.id())).unwrap_or_default();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    println!(
+        "weir drain (thermostat, Avro, acks after Kafka): {rate:>8.0} msg/s {cpu_per:>6.2} µs CPU/msg"
+    );
+    println!(
+        "weir / raw MQTT drain:                          {:>9.2}",
+        rate / mqtt_rate
+    );
+    println!(
+        "weir / raw Kafka produce:                       {:>9.2}",
+        rate / kafka_rate
+    );
+    println!(
+        "weir peak RSS:                                  {:>9.1} MiB",
+        rss_kib / 1024.0
+    );
+
+    // Latency at half of the drain rate, for about five seconds.
+    let half = rate / 2.0;
+    let m = (half * 5.0) as usize;
+    let before = ack_buckets(&weir.admin);
+    let target = n as u64 + m as u64;
+    rt.block_on(publish(&format!("{run}-lat"), m, Some(half), |i| {
+        format!("{run}/plant/1/thermostat/t-{}", i % 100)
+    }));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while weir.acked() < target {
+        assert!(Instant::now() < deadline, "weir acks the paced messages");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = ack_buckets(&weir.admin);
+    println!(
+        "arrival → PUBACK at {half:.0} msg/s:          p50 {:>6.2} ms  p99 {:>6.2} ms",
+        quantile(&before, &after, 0.5) * 1e3,
+        quantile(&before, &after, 0.99) * 1e3
+    );
+    weir.stop();
+    let got = bed::count(
+        &format!("{run}.thermostat"),
+        n + m,
+        Duration::from_secs(120),
+    );
+    assert_eq!(got, n + m, "every message reaches Kafka");
+}
