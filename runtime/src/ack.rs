@@ -36,19 +36,18 @@ impl<T> AckQueue<T> {
         self.head + self.slots.len() as u64 - 1
     }
 
-    /// Mark `seq` fully written; returns the tokens now ready to ack, in arrival order.
-    pub fn done(&mut self, seq: u64) -> Vec<T> {
+    /// Mark `seq` fully written; appends the tokens now ready to ack to `ready`, in
+    /// arrival order.
+    pub fn done(&mut self, seq: u64, ready: &mut Vec<T>) {
         if let Some(i) = seq.checked_sub(self.head)
             && let Some(slot) = self.slots.get_mut(i as usize)
         {
             slot.done = true;
         }
-        let mut ready = Vec::new();
         while self.slots.front().is_some_and(|s| s.done) {
             ready.push(self.slots.pop_front().expect("front exists").token);
             self.head += 1;
         }
-        ready
     }
 
     /// The oldest message not yet acknowledged.
@@ -69,18 +68,23 @@ mod tests {
     #[test]
     fn acks_leave_in_arrival_order_whatever_order_kafka_completes() {
         let mut q = AckQueue::default();
+        let done = |q: &mut AckQueue<i32>, seq| {
+            let mut ready = Vec::new();
+            q.done(seq, &mut ready);
+            ready
+        };
         let seqs: Vec<u64> = (0..5).map(|i| q.arrived(i)).collect();
         assert_eq!(seqs, [0, 1, 2, 3, 4]);
-        assert!(q.done(2).is_empty());
-        assert!(q.done(1).is_empty());
-        assert_eq!(q.done(0), [0, 1, 2]);
+        assert!(done(&mut q, 2).is_empty());
+        assert!(done(&mut q, 1).is_empty());
+        assert_eq!(done(&mut q, 0), [0, 1, 2]);
         assert_eq!(q.pending(), 2);
-        assert!(q.done(4).is_empty());
-        assert_eq!(q.done(3), [3, 4]);
+        assert!(done(&mut q, 4).is_empty());
+        assert_eq!(done(&mut q, 3), [3, 4]);
         assert_eq!(q.arrived(9), 5);
-        assert_eq!(q.done(5), [9]);
+        assert_eq!(done(&mut q, 5), [9]);
         assert!(
-            q.done(99).is_empty(),
+            done(&mut q, 99).is_empty(),
             "unknown sequence numbers are ignored"
         );
     }

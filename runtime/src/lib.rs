@@ -10,6 +10,7 @@ pub mod admin_client;
 pub mod capture;
 pub mod config;
 pub mod control;
+pub mod deliver;
 pub mod dryrun;
 pub mod encode;
 pub mod headers;

@@ -171,12 +171,12 @@ pub fn cohort_plan(
         schema_id,
         schema: AvroSchema::clone(plugin.schema()),
         identity: vec![
-            (crate::headers::PLUGIN.into(), info.id().into_bytes()),
+            (crate::headers::PLUGIN.into(), info.id().into()),
             (
                 crate::headers::PLUGIN_SHA256.into(),
-                info.sha256.clone().into_bytes(),
+                info.sha256.clone().into(),
             ),
-            (crate::headers::COHORT.into(), c.name.clone().into_bytes()),
+            (crate::headers::COHORT.into(), c.name.clone().into()),
         ],
     })
 }

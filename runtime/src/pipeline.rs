@@ -4,24 +4,24 @@
 //!   out.
 //! - The **pipeline task** routes the batch, runs each cohort's plugin on its share, asks
 //!   the planning core ([`crate::plan`]) for each message's writes and enqueues them in
-//!   arrival order.
-//! - A **delivery task** per batch waits for Kafka's answers and feeds them back to the
-//!   core, which says acknowledge, write again, or quarantine instead.
-//! - The **acker** releases acknowledgements in arrival order (the watermark in
-//!   [`crate::ack`]) to the source, which writes the PUBACKs.
+//!   arrival order. Between batches it takes Kafka's answers in bulk and hands them to the
+//!   **courier** ([`crate::deliver`]), which feeds them back to the core (acknowledge,
+//!   write again, or quarantine instead) and releases acknowledgements in arrival order
+//!   (the watermark in [`crate::ack`]) to the source, which writes the PUBACKs. One task,
+//!   no future or task per message.
 //!
 //! Memory is bounded by `mqtt.max_in_flight`: the source takes an in-flight permit before
 //! it hands a message on and releases it when the PUBACK is written. When Kafka stalls, the
 //! source stops reading and the broker keeps the backlog in the session.
 
-use crate::ack::AckQueue;
 use crate::admin;
 use crate::config::Config;
 use crate::control::Control;
 use crate::lifecycle::{Lifecycle, LifecycleError, Switched};
-use crate::metrics::{CohortLabel, KindLabel, Metrics};
-use crate::plan::{Delivery, Input, Kind, Next, Topology};
-use crate::sink::{Failure, Sink};
+use crate::deliver::Courier;
+use crate::metrics::{CohortLabel, Metrics};
+use crate::plan::{Input, Topology};
+use crate::sink::Sink;
 use crate::source::{AckToken, Incoming, Source};
 use crate::store::Store;
 use crate::transform::{Configured, Host, Limits, Message, Outcome, Plugin};
@@ -170,12 +170,6 @@ pub enum Stopped {
     },
 }
 
-/// What the acker is told.
-enum AckEvent {
-    Arrived(u64, AckToken),
-    Done(u64),
-}
-
 /// Take the next batch: wait for the first message, then take more until `size` or `wait`.
 async fn next_batch(
     rx: &mut mpsc::Receiver<Incoming>,
@@ -237,36 +231,17 @@ pub async fn run(
     let (source, rx) =
         Source::start(&cfg.mqtt, metrics.clone()).map_err(|e| StartError::Other(e.to_string()))?;
 
-    // The acker: PUBACKs in arrival order, each after all its message's writes.
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckEvent>();
-    let acker = {
-        let (source, metrics) = (source.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let mut queue: AckQueue<AckToken> = AckQueue::default();
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                let ev = tokio::select! {
-                    ev = ack_rx.recv() => ev,
-                    _ = tick.tick() => {
-                        let age = queue.oldest().map_or(0.0, |t| t.arrived().elapsed().as_secs_f64());
-                        metrics.oldest_unacked_seconds.set(age);
-                        continue;
-                    }
-                };
-                match ev {
-                    Some(AckEvent::Arrived(seq, t)) => {
-                        let got = queue.arrived(t);
-                        debug_assert_eq!(got, seq);
-                    }
-                    Some(AckEvent::Done(seq)) => {
-                        for token in queue.done(seq) {
-                            source.ack(token);
-                        }
-                    }
-                    None => break,
-                }
-            }
-        })
+    // Delivery, on its own task so that transforming one batch overlaps writing the one
+    // before: each message's writes driven to their end, PUBACKs in arrival order.
+    let (work_tx, work_rx) = mpsc::channel::<Work>(4);
+    let courier = {
+        let courier = Courier::new(sink.clone(), source.clone(), metrics.clone());
+        AbortOnDrop(tokio::spawn(deliver(
+            courier,
+            sink.clone(),
+            metrics.clone(),
+            work_rx,
+        )))
     };
 
     // The batcher owns the source's channel, so a batch is never half taken when the
@@ -312,10 +287,10 @@ pub async fn run(
         .iter()
         .map(|v| v.sha256.clone())
         .collect();
-    let mut next_seq = 0u64;
     // Message ids: this run's random prefix and the arrival sequence; unique across runs
     // and processes without coordination.
     let run_id = format!("{:016x}", rand::random::<u64>());
+    let mut next_id = 0u64;
     let mut failure = None;
     loop {
         let batch = tokio::select! {
@@ -338,17 +313,16 @@ pub async fn run(
         let live = live_rx.borrow_and_update().clone();
         let topology = live.topology.clone();
         let mut inputs = Vec::with_capacity(batch.len());
-        let mut seqs = Vec::with_capacity(batch.len());
+        let mut tokens = Vec::with_capacity(batch.len());
         for inc in batch {
-            let _ = ack_tx.send(AckEvent::Arrived(next_seq, inc.ack));
-            seqs.push(next_seq);
-            next_seq += 1;
+            tokens.push(inc.ack);
             inputs.push(Input {
-                id: format!("{run_id}-{seq:x}", seq = next_seq - 1),
+                id: format!("{run_id}-{next_id:x}"),
                 message: inc.message,
                 retained: inc.retain,
                 oversize: inc.oversize,
             });
+            next_id += 1;
         }
         let routes: Vec<Option<usize>> =
             inputs.iter().map(|i| topology.route(&i.message)).collect();
@@ -375,33 +349,23 @@ pub async fn run(
                 }
             }
         }
-        // Enqueueing waits while the producer's queue is full; a signal must still stop it
-        // (what was not enqueued stays unacknowledged with the broker).
-        let enqueued = tokio::select! {
-            d = async {
-                let mut deliveries = Vec::with_capacity(inputs.len());
-                for ((input, cohort), outcome) in inputs.into_iter().zip(routes).zip(outcomes) {
-                    let mut d = topology.plan(input, cohort, outcome);
-                    let next = d.start();
-                    let sent = enqueue(&sink, next).await;
-                    deliveries.push((d, sent));
-                }
-                deliveries
-            } => d,
-            _ = signals.recv() => break,
+        let work = Work {
+            topology,
+            messages: tokens
+                .into_iter()
+                .zip(inputs)
+                .zip(routes)
+                .zip(outcomes)
+                .map(|(((t, i), r), o)| (t, i, r, o))
+                .collect(),
         };
-        let (sink, metrics, ack_tx, topology) = (
-            sink.clone(),
-            metrics.clone(),
-            ack_tx.clone(),
-            topology.clone(),
-        );
-        tokio::spawn(async move {
-            for ((d, sent), seq) in enqueued.into_iter().zip(seqs) {
-                deliver(&sink, &topology, &metrics, d, sent).await;
-                let _ = ack_tx.send(AckEvent::Done(seq));
-            }
-        });
+        // Handing over waits while the courier is behind (Kafka slow or away); a signal
+        // must still stop it (what was not handed over stays unacknowledged with the
+        // broker).
+        tokio::select! {
+            r = work_tx.send(work) => if r.is_err() { break },
+            _ = signals.recv() => break,
+        }
     }
     if let Some(why) = failure {
         return Err(StartError::Other(why));
@@ -411,22 +375,30 @@ pub async fn run(
     // to the broker (it is redelivered to the next session).
     drop(batcher);
     drop(batches);
+    drop(work_tx);
     let timeout = Duration::from_secs(cfg.output.shutdown_timeout_s);
+    let deadline = tokio::time::Instant::now() + timeout;
     tracing::info!(
         in_flight = source.in_flight(),
         timeout_s = timeout.as_secs(),
         "stopping: finishing in-flight messages"
     );
+    // The courier finishes every message handed over, then ends; then the source has
+    // written the last PUBACKs.
+    let mut courier = courier;
     let stopped = tokio::select! {
-        r = tokio::time::timeout(timeout, source.drained()) => match r {
+        r = tokio::time::timeout_at(deadline, async {
+            let _ = (&mut courier.0).await;
+            source.drained().await;
+        }) => match r {
             Ok(()) => Stopped::Drained,
             Err(_) => Stopped::TimedOut { left: source.in_flight() },
         },
         _ = signals.recv() => Stopped::Interrupted { left: source.in_flight() },
     };
+    // An unfinished courier is stopped: what it held stays unacknowledged.
+    drop(courier);
     if stopped == Stopped::Drained {
-        drop(ack_tx);
-        let _ = acker.await;
         sink.flush(Duration::from_secs(5));
         source.disconnect().await;
     } else {
@@ -439,6 +411,57 @@ pub async fn run(
         let _ = tokio::time::timeout(grace, source.disconnect()).await;
     }
     Ok(stopped)
+}
+
+/// A transformed batch handed to the courier: per message its ack, the message, its
+/// cohort and its transform outcome, planned against `topology`.
+struct Work {
+    topology: Arc<Topology>,
+    messages: Vec<(AckToken, Input, Option<usize>, Option<Outcome>)>,
+}
+
+/// The courier's task: plan and start each message handed over, feed Kafka's answers
+/// back, send retries when due; when the pipeline stops handing over, finish what was
+/// started and end.
+async fn deliver(
+    mut courier: Courier,
+    sink: Sink,
+    metrics: Arc<Metrics>,
+    mut work: mpsc::Receiver<Work>,
+) {
+    let mut answers = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut open = true;
+    while open || courier.in_progress() > 0 {
+        let retry = courier.next_retry();
+        tokio::select! {
+            () = sink.answers(&mut answers) => courier.answered(&mut answers).await,
+            () = sleep_until(retry) => courier.retry_due().await,
+            _ = tick.tick() => {
+                let age = courier.oldest().map_or(0.0, |t| t.elapsed().as_secs_f64());
+                metrics.oldest_unacked_seconds.set(age);
+            }
+            w = work.recv(), if open => match w {
+                Some(w) => {
+                    for (token, input, cohort, outcome) in w.messages {
+                        let seq = courier.arrived(token);
+                        let d = w.topology.plan(input, cohort, outcome);
+                        courier.start(seq, d, w.topology.clone()).await;
+                    }
+                    courier.release();
+                }
+                None => open = false,
+            },
+        }
+    }
+}
+
+/// Sleep until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Run each cohort's plugin over its share of the batch; `None` for messages that are not
@@ -476,109 +499,6 @@ fn transform(
         }
     }
     outcomes
-}
-
-/// Writes enqueued with Kafka, or the message's end if it needs none.
-enum Sent {
-    Waiting(
-        Vec<(
-            Kind,
-            crate::sink::Write,
-            Result<rdkafka::producer::DeliveryFuture, Failure>,
-        )>,
-        Instant,
-    ),
-    Done(crate::plan::Settled),
-}
-
-/// Enqueue a step's writes (after its backoff).
-async fn enqueue(sink: &Sink, next: Next) -> Sent {
-    match next {
-        Next::Done(s) => Sent::Done(s),
-        Next::Send { writes, after, .. } => {
-            if !after.is_zero() {
-                tokio::time::sleep(after).await;
-            }
-            let mut out = Vec::with_capacity(writes.len());
-            for (kind, w) in writes {
-                let f = sink.send(&w).await;
-                out.push((kind, w, f));
-            }
-            Sent::Waiting(out, Instant::now())
-        }
-    }
-}
-
-/// Drive one message's writes to their end with the planning core.
-async fn deliver(
-    sink: &Sink,
-    topology: &Topology,
-    metrics: &Metrics,
-    mut d: Delivery,
-    mut sent: Sent,
-) {
-    let mut stuck = false;
-    loop {
-        let (writes, started) = match sent {
-            Sent::Done(s) => {
-                if stuck {
-                    metrics.stuck_writes.dec();
-                }
-                let cohort = s.cohort.map_or("-", |c| topology.cohorts[c].name.as_str());
-                metrics.published(cohort, s.records);
-                if let Some(code) = &s.quarantined {
-                    metrics.quarantine(cohort, code);
-                    if *code == weir_sdk::codes::Code::PayloadTooLarge {
-                        metrics.oversize.inc();
-                    }
-                }
-                return;
-            }
-            Sent::Waiting(w, started) => (w, started),
-        };
-        let mut results = Vec::with_capacity(writes.len());
-        for (kind, w, f) in writes {
-            let r = match f {
-                Ok(f) => match f.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(Failure::of(&e)),
-                    Err(_) => Err(Failure::Transient("the producer dropped the write".into())),
-                },
-                Err(f) => Err(f),
-            };
-            if let Err(f) = &r {
-                let kind_label = match kind {
-                    Kind::Raw => "raw",
-                    Kind::Record => "record",
-                    Kind::Quarantine => "quarantine",
-                };
-                metrics
-                    .write_retries
-                    .get_or_create(&KindLabel {
-                        kind: kind_label.into(),
-                    })
-                    .inc();
-                tracing::error!(kind = kind_label, topic = %w.topic, mqtt_topic = %d.input().message.topic, error = f.reason(), "Kafka did not accept a write");
-            }
-            results.push(((kind, w), r));
-        }
-        Metrics::observe(&metrics.produce_seconds, started.elapsed());
-        let next = d.settle(topology, results);
-        if let Next::Send {
-            stuck: now_stuck, ..
-        } = &next
-            && *now_stuck != stuck
-        {
-            if *now_stuck {
-                metrics.stuck_writes.inc();
-                tracing::error!(mqtt_topic = %d.input().message.topic, "a quarantine write keeps failing; the message stays unacknowledged and weir is not ready until Kafka takes it");
-            } else {
-                metrics.stuck_writes.dec();
-            }
-            stuck = *now_stuck;
-        }
-        sent = enqueue(sink, next).await;
-    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

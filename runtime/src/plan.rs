@@ -20,10 +20,12 @@ use crate::encode::{self, avro::AvroSchema};
 use crate::headers as h;
 use crate::message::Message;
 use crate::route::{self, KeyTemplate, Rule};
-use crate::sink::{Failure, Write};
+use crate::sink::{Failure, HeaderField, Write};
 use crate::source::{OVERSIZE_PREFIX, Oversize};
 use crate::transform::Outcome;
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::time::Duration;
 use weir_sdk::codes::{Code, Stage};
 
@@ -44,7 +46,7 @@ pub struct CohortPlan {
     /// The plugin's schema (to read fields for `{field.NAME}` keys).
     pub schema: AvroSchema,
     /// `weir.plugin`, `weir.plugin.sha256`, `weir.cohort`.
-    pub identity: Vec<(String, Vec<u8>)>,
+    pub identity: Vec<HeaderField>,
 }
 
 /// Routing rules, cohorts and topics: everything a plan depends on. Immutable; a new
@@ -218,7 +220,11 @@ impl Topology {
                         Vec::with_capacity(c.identity.len() + base.len() + r.headers.len());
                     headers.extend(c.identity.iter().cloned());
                     headers.extend(base.iter().cloned());
-                    headers.extend(r.headers.into_iter().map(|(k, v)| (k, v.into_bytes())));
+                    headers.extend(
+                        r.headers
+                            .into_iter()
+                            .map(|(k, v)| (Cow::Owned(k), Bytes::from(v))),
+                    );
                     d.first.push((
                         Kind::Record,
                         Write {
@@ -237,25 +243,25 @@ impl Topology {
 
 /// Headers every write of a message carries: its id, MQTT topic, receive time, retained
 /// flag, user properties.
-fn message_headers(input: &Input) -> Vec<(String, Vec<u8>)> {
+fn message_headers(input: &Input) -> Vec<HeaderField> {
     let m = &input.message;
     let mut out = Vec::with_capacity(4 + m.properties.len());
-    out.push((h::MESSAGE_ID.to_owned(), input.id.clone().into_bytes()));
-    out.push((h::MQTT_TOPIC.to_owned(), m.topic.clone().into_bytes()));
+    out.push((h::MESSAGE_ID.into(), Bytes::from(input.id.clone())));
+    out.push((h::MQTT_TOPIC.into(), Bytes::from(m.topic.clone())));
     out.push((
-        h::RECEIVED_AT.to_owned(),
-        m.received_at_ms.to_string().into_bytes(),
+        h::RECEIVED_AT.into(),
+        Bytes::from(m.received_at_ms.to_string()),
     ));
     if input.retained {
-        out.push((h::MQTT_RETAINED.to_owned(), b"true".to_vec()));
+        out.push((h::MQTT_RETAINED.into(), Bytes::from_static(b"true")));
     }
     if let Some(ct) = &m.content_type {
-        out.push((h::MQTT_CONTENT_TYPE.to_owned(), ct.clone().into_bytes()));
+        out.push((h::MQTT_CONTENT_TYPE.into(), Bytes::from(ct.clone())));
     }
     for (k, v) in &m.properties {
         out.push((
-            format!("{}{k}", h::USER_PROPERTY_PREFIX),
-            v.clone().into_bytes(),
+            Cow::Owned(format!("{}{k}", h::USER_PROPERTY_PREFIX)),
+            Bytes::from(v.clone()),
         ));
     }
     out
@@ -301,22 +307,22 @@ impl Delivery {
     ) -> Write {
         let m = &self.input.message;
         let stage: Stage = code.stage();
-        let mut headers = vec![
+        let mut headers: Vec<HeaderField> = vec![
             (
-                h::ERROR_STAGE.to_owned(),
-                stage.as_str().as_bytes().to_vec(),
+                h::ERROR_STAGE.into(),
+                Bytes::copy_from_slice(stage.as_str().as_bytes()),
             ),
-            (h::ERROR_CODE.to_owned(), code.as_str().as_bytes().to_vec()),
             (
-                h::ERROR_MESSAGE.to_owned(),
-                clip(why, MAX_ERROR_MESSAGE).into_bytes(),
+                h::ERROR_CODE.into(),
+                Bytes::copy_from_slice(code.as_str().as_bytes()),
+            ),
+            (
+                h::ERROR_MESSAGE.into(),
+                Bytes::from(clip(why, MAX_ERROR_MESSAGE)),
             ),
         ];
         if let Some(n) = records_published {
-            headers.push((
-                h::ERROR_RECORDS_PUBLISHED.to_owned(),
-                n.to_string().into_bytes(),
-            ));
+            headers.push((h::ERROR_RECORDS_PUBLISHED.into(), Bytes::from(n.to_string())));
         }
         if let Some(ci) = self.cohort {
             headers.extend(topo.cohorts[ci].identity.iter().cloned());
@@ -452,10 +458,13 @@ impl Delivery {
     }
 }
 
-fn push_truncation(headers: &mut Vec<(String, Vec<u8>)>, size: u64, sha256: &str) {
-    headers.push((h::PAYLOAD_TRUNCATED.to_owned(), b"true".to_vec()));
-    headers.push((h::PAYLOAD_SIZE.to_owned(), size.to_string().into_bytes()));
-    headers.push((h::PAYLOAD_SHA256.to_owned(), sha256.as_bytes().to_vec()));
+fn push_truncation(headers: &mut Vec<HeaderField>, size: u64, sha256: &str) {
+    headers.push((h::PAYLOAD_TRUNCATED.into(), Bytes::from_static(b"true")));
+    headers.push((h::PAYLOAD_SIZE.into(), Bytes::from(size.to_string())));
+    headers.push((
+        h::PAYLOAD_SHA256.into(),
+        Bytes::copy_from_slice(sha256.as_bytes()),
+    ));
 }
 
 #[cfg(test)]
@@ -473,7 +482,7 @@ mod tests {
                 key: KeyTemplate::parse("{field.id}").unwrap(),
                 schema_id: 7,
                 schema: AvroSchema::parse(SCHEMA).unwrap(),
-                identity: vec![(h::COHORT.into(), b"c".to_vec())],
+                identity: vec![(h::COHORT.into(), Bytes::from_static(b"c"))],
             }],
             rules: vec![Rule {
                 filter: "d/#".into(),

@@ -316,11 +316,11 @@ pub async fn redrive(
             let from = format!("{}:{}", m.partition(), m.offset());
             for (kind, mut w) in ws {
                 w.headers
-                    .push((REDRIVE_FROM.to_owned(), from.clone().into_bytes()));
+                    .push((REDRIVE_FROM.into(), from.clone().into()));
                 if kind == Kind::Quarantine {
                     w.headers.push((
-                        REDRIVE_COUNT.to_owned(),
-                        (count + 1).to_string().into_bytes(),
+                        REDRIVE_COUNT.into(),
+                        (count + 1).to_string().into(),
                     ));
                 }
                 writes.push(w);
@@ -329,18 +329,14 @@ pub async fn redrive(
         Ok(())
     })?;
     if let Some(sink) = &sink {
-        let mut futures = Vec::with_capacity(writes.len());
+        let refused = "Kafka did not take a redriven write; nothing was marked done — run the redrive again";
+        let mut outstanding = 0;
         for w in &writes {
-            futures.push(sink.send(w).await);
+            sink.send(w, 0).await.map_err(|_| refused.to_owned())?;
+            outstanding += 1;
         }
-        for f in futures {
-            let ok = match f {
-                Ok(f) => matches!(f.await, Ok(Ok(_))),
-                Err(_) => false,
-            };
-            if !ok {
-                return Err("Kafka did not take a redriven write; nothing was marked done — run the redrive again".into());
-            }
+        if sink.settle(&mut outstanding, 0).await > 0 {
+            return Err(refused.into());
         }
         sink.flush(Duration::from_secs(30));
         // Done up to where the scan began its read: the next redrive starts there.

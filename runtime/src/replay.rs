@@ -18,7 +18,6 @@ use crate::sink::{Sink, Write};
 use crate::store::Store;
 use crate::transform::{Configured, Host, Message, Outcome, Plugin};
 use rdkafka::Message as _;
-use rdkafka::producer::DeliveryFuture;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -423,24 +422,19 @@ pub async fn run(
     // pace sets the replay's, and the producer is never waited on one batch at a time.
     const IN_FLIGHT: usize = 20_000;
     let handle = tokio::runtime::Handle::current();
-    let mut inflight: std::collections::VecDeque<DeliveryFuture> = Default::default();
+    let mut inflight = 0usize;
     let mut send = |pending: &mut Vec<Write>, summary: &mut Summary, drain: bool| {
         let Some(sink) = &sink else { return };
         tokio::task::block_in_place(|| {
             handle.block_on(async {
                 for w in pending.drain(..) {
-                    match sink.send(&w).await {
-                        Ok(f) => inflight.push_back(f),
+                    match sink.send(&w, 0).await {
+                        Ok(()) => inflight += 1,
                         Err(_) => summary.failed += 1,
                     }
                 }
                 let keep = if drain { 0 } else { IN_FLIGHT };
-                while inflight.len() > keep {
-                    let f = inflight.pop_front().expect("non-empty");
-                    if !matches!(f.await, Ok(Ok(_))) {
-                        summary.failed += 1;
-                    }
-                }
+                summary.failed += sink.settle(&mut inflight, keep).await as u64;
             })
         });
     };

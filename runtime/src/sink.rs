@@ -1,6 +1,8 @@
 //! The sink stage: an idempotent, acks=all Kafka producer (rdkafka). Writes are enqueued in
-//! arrival order; each returns a delivery future the delivery task waits on. Any librdkafka
-//! property can be set from config, except those the no-loss guarantee rests on.
+//! arrival order, each with a caller's [`Tag`]; Kafka's answers come back as tagged
+//! [`Answer`]s, collected by the producer's delivery callback and taken in bulk (one wake-up
+//! for many answers, no future per write). Any librdkafka property can be set from config,
+//! except those the no-loss guarantee rests on.
 //!
 //! Writes never expire (`message.timeout.ms=0`): while Kafka is down they wait, weir stops
 //! reading at its in-flight bound, and the MQTT broker keeps the backlog. A write that does
@@ -8,14 +10,64 @@
 
 use crate::config::Kafka;
 use crate::metrics::Metrics;
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use std::sync::Arc;
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
+use bytes::Bytes;
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The caller's name for a write, handed back with Kafka's answer.
+pub type Tag = usize;
+
+/// Kafka's answer to one write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The tag the write was sent with.
+    pub tag: Tag,
+    /// Acknowledged, or why not.
+    pub result: Result<(), Failure>,
+}
+
+/// Answers delivered and not yet taken, and the wake-up for whoever waits on them.
+#[derive(Default)]
+struct Answers {
+    queue: Mutex<Vec<Answer>>,
+    ready: tokio::sync::Notify,
+}
+
+/// The producer's context: its delivery callback (on the producer's polling thread) files
+/// each answer.
+struct Context {
+    answers: Arc<Answers>,
+}
+
+impl ClientContext for Context {}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = Tag;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: Tag) {
+        let result = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(Failure::of(e)),
+        };
+        self.answers
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Answer { tag, result });
+        self.answers.ready.notify_one();
+    }
+}
+
+/// One Kafka header. weir's own names are static and user-property names owned; values
+/// are shared bytes, so a cohort's identity goes onto every record without a copy.
+pub type HeaderField = (Cow<'static, str>, Bytes);
 
 /// One Kafka write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +79,7 @@ pub struct Write {
     /// Value bytes.
     pub value: Vec<u8>,
     /// Headers.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<HeaderField>,
 }
 
 /// Why a write failed, as far as what to do next is concerned.
@@ -71,10 +123,11 @@ impl Failure {
     }
 }
 
-/// The producer.
+/// The producer. One owner takes its answers ([`Sink::answers`]); clones share them.
 #[derive(Clone)]
 pub struct Sink {
-    producer: FutureProducer,
+    producer: ThreadedProducer<Context>,
+    answers: Arc<Answers>,
     config: ClientConfig,
 }
 
@@ -121,9 +174,15 @@ impl Sink {
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "0");
-        let producer = c.create().map_err(SinkError::Create)?;
+        let answers = Arc::new(Answers::default());
+        let producer = c
+            .create_with_context(Context {
+                answers: answers.clone(),
+            })
+            .map_err(SinkError::Create)?;
         Ok(Sink {
             producer,
+            answers,
             config: c,
         })
     }
@@ -219,25 +278,26 @@ impl Sink {
         })
     }
 
-    /// Enqueue a write (waiting while the producer's queue is full); the future resolves
-    /// when Kafka has acknowledged it.
-    pub async fn send(&self, w: &Write) -> Result<DeliveryFuture, Failure> {
+    /// Enqueue a write (waiting while the producer's queue is full). Its answer comes back
+    /// through [`Sink::answers`] with `tag`; an error here means it was not enqueued and no
+    /// answer will come.
+    pub async fn send(&self, w: &Write, tag: Tag) -> Result<(), Failure> {
         let mut headers = OwnedHeaders::new_with_capacity(w.headers.len());
         for (k, v) in &w.headers {
             headers = headers.insert(Header {
                 key: k,
-                value: Some(v),
+                value: Some(v.as_ref()),
             });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&w.topic)
+        let mut record: BaseRecord<'_, [u8], [u8], Tag> = BaseRecord::with_opaque_to(&w.topic, tag)
             .payload(w.value.as_slice())
             .headers(headers);
         if let Some(k) = &w.key {
             record = record.key(k.as_slice());
         }
         loop {
-            match self.producer.send_result(record) {
-                Ok(f) => return Ok(f),
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -245,6 +305,40 @@ impl Sink {
                 Err((error, _)) => return Err(Failure::of(&error)),
             }
         }
+    }
+
+    /// Wait until Kafka has answered at least one write, then move every answer waiting
+    /// into `out`.
+    pub async fn answers(&self, out: &mut Vec<Answer>) {
+        loop {
+            {
+                let mut q = self
+                    .answers
+                    .queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !q.is_empty() {
+                    out.append(&mut q);
+                    return;
+                }
+            }
+            // A notification between the check and here is kept as a permit.
+            self.answers.ready.notified().await;
+        }
+    }
+
+    /// Wait until at most `keep` of `outstanding` writes are unanswered; returns how many
+    /// of those answered failed. For callers that count writes rather than track each.
+    pub async fn settle(&self, outstanding: &mut usize, keep: usize) -> usize {
+        let mut failed = 0;
+        let mut got = Vec::new();
+        while *outstanding > keep {
+            self.answers(&mut got).await;
+            *outstanding = outstanding.saturating_sub(got.len());
+            failed += got.iter().filter(|a| a.result.is_err()).count();
+            got.clear();
+        }
+        failed
     }
 
     /// Wait for everything enqueued to be delivered (bounded by `timeout`).

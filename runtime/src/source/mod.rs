@@ -46,7 +46,7 @@ const HEADER_ROOM: usize = 128 << 10;
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Largest packet other than PUBLISH weir buffers (a SUBACK, a DISCONNECT with a reason).
 const MAX_CONTROL_PACKET: usize = 1 << 20;
-/// Most PUBACKs written in one go.
+/// Most hand-overs of acks (each a run of them, in order) taken for one write.
 const ACK_BATCH: usize = 4096;
 
 /// A received message and what is needed to acknowledge it.
@@ -170,7 +170,7 @@ fn backoff(n: u32) -> Duration {
 /// The MQTT side as the pipeline sees it: acks go in, a stop comes in.
 #[derive(Clone)]
 pub struct Source {
-    acks: mpsc::UnboundedSender<AckToken>,
+    acks: mpsc::UnboundedSender<Vec<AckToken>>,
     stop: watch::Sender<bool>,
     fatal: watch::Receiver<Option<String>>,
     permits: Arc<Semaphore>,
@@ -264,11 +264,14 @@ impl Source {
         }
     }
 
-    /// Acknowledge a message (PUBACK), on the connection it arrived on; a token from an
-    /// earlier connection is dropped (the broker redelivers that message).
-    pub fn ack(&self, token: AckToken) {
-        // If the session has ended the token is dropped, which releases its permit.
-        let _ = self.acks.send(token);
+    /// Acknowledge messages (PUBACKs, in this order), each on the connection it arrived
+    /// on; a token from an earlier connection is dropped (the broker redelivers that
+    /// message).
+    pub fn ack(&self, tokens: Vec<AckToken>) {
+        // If the session has ended the tokens are dropped, which releases their permits.
+        if !tokens.is_empty() {
+            let _ = self.acks.send(tokens);
+        }
     }
 
     /// Messages inside weir: received and not yet acknowledged (or dropped).
@@ -540,7 +543,7 @@ struct Session {
     keep_alive: Duration,
     max_message_bytes: usize,
     tx: mpsc::Sender<Incoming>,
-    acks: mpsc::UnboundedReceiver<AckToken>,
+    acks: mpsc::UnboundedReceiver<Vec<AckToken>>,
     stop: watch::Receiver<bool>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -702,7 +705,8 @@ impl Session {
         let mut ping = tokio::time::interval(self.keep_alive);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let mut tokens = Vec::with_capacity(64);
+        let mut given = Vec::with_capacity(64);
+        let mut tokens = Vec::with_capacity(1024);
         loop {
             let suback_wait = async {
                 match suback_deadline {
@@ -711,10 +715,11 @@ impl Session {
                 }
             };
             tokio::select! {
-                got = self.acks.recv_many(&mut tokens, ACK_BATCH) => {
+                got = self.acks.recv_many(&mut given, ACK_BATCH) => {
                     if got == 0 {
                         return End::Stopped;
                     }
+                    tokens.extend(given.drain(..).flatten());
                     for t in &tokens {
                         if t.connection == n && t.pkid != 0 {
                             self.proto.puback(t.pkid, &mut out);
@@ -795,8 +800,8 @@ impl Session {
                 }
                 _ = self.stop.changed() => {
                     // Write the acks already given, then leave.
-                    while let Ok(t) = self.acks.try_recv() {
-                        if t.connection == n && t.pkid != 0 {
+                    while let Ok(given) = self.acks.try_recv() {
+                        for t in given.into_iter().filter(|t| t.connection == n && t.pkid != 0) {
                             self.proto.puback(t.pkid, &mut out);
                             self.metrics.acked.inc();
                         }
