@@ -1,5 +1,5 @@
 //! Wasm vs native, end to end of the transform stage: the thermostat plugin on 300-byte
-//! payloads at batch sizes 1, 10 and 100.
+//! payloads at batch sizes 1, 10, 64 and 100.
 //!
 //! - native: the plugin's Rust code called directly, its records serialised to JSON and
 //!   validated + encoded to Avro by the same code the host uses;
@@ -63,7 +63,7 @@ fn main() {
         "{:>6} {:>12} {:>12} {:>10} {:>14}",
         "batch", "native ns/msg", "wasm ns/msg", "wasm/native", "overhead ns/msg"
     );
-    for size in [1usize, 10, 100] {
+    for size in [1usize, 10, 64, 100] {
         let mut batch: Vec<Message> = (0..size)
             .map(|i| Message {
                 topic: format!("plant/7/thermostat/t-{i:04}"),

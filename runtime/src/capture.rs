@@ -44,11 +44,15 @@ pub fn consumer(kafka: &Kafka, group: Option<&str>) -> Result<BaseConsumer, Stri
 
 /// A header's value as text.
 pub fn header(m: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+    header_bytes(m, name).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A header's value, borrowed (for scans that look at every message).
+pub fn header_bytes<'m>(m: &'m BorrowedMessage<'_>, name: &str) -> Option<&'m [u8]> {
     m.headers()?
         .iter()
         .find(|x| x.key == name)
         .and_then(|x| x.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// A message as weir captured it (raw capture or quarantine entry).

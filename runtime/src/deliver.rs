@@ -12,6 +12,7 @@ use crate::metrics::{KindLabel, Metrics};
 use crate::plan::{Delivery, Kind, Next, Settled, Topology};
 use crate::sink::{Answer, Failure, Sink, Write};
 use crate::source::{AckToken, Source};
+use prometheus_client::metrics::counter::Counter;
 use slab::Slab;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,6 +44,8 @@ pub struct Courier {
     retries: Vec<(tokio::time::Instant, usize, Vec<(Kind, Write)>)>,
     /// Acks released and not yet handed to the source.
     ready: Vec<AckToken>,
+    /// Records-published counters by cohort name (few cohorts: a short list).
+    records: Vec<(String, Counter)>,
 }
 
 impl Courier {
@@ -57,6 +60,7 @@ impl Courier {
             tags: Slab::new(),
             retries: Vec::new(),
             ready: Vec::new(),
+            records: Vec::new(),
         }
     }
 
@@ -241,7 +245,17 @@ impl Courier {
         let cohort = s
             .cohort
             .map_or("-", |c| f.topology.cohorts[c].name.as_str());
-        self.metrics.published(cohort, s.records);
+        if s.records > 0 {
+            let counter = match self.records.iter().find(|(c, _)| c == cohort) {
+                Some((_, counter)) => counter,
+                None => {
+                    let counter = self.metrics.records_of(cohort);
+                    self.records.push((cohort.to_owned(), counter));
+                    &self.records[self.records.len() - 1].1
+                }
+            };
+            counter.inc_by(s.records);
+        }
         if let Some(code) = &s.quarantined {
             self.metrics.quarantine(cohort, code);
             if *code == weir_sdk::codes::Code::PayloadTooLarge {

@@ -240,6 +240,16 @@ impl Metrics {
             .inc();
     }
 
+    /// The records-published counter of a cohort, to keep (one label lookup instead of
+    /// one per message).
+    pub fn records_of(&self, cohort: &str) -> Counter {
+        self.records
+            .get_or_create(&CohortLabel {
+                cohort: cohort.to_owned(),
+            })
+            .clone()
+    }
+
     /// Record `n` published records for a cohort.
     pub fn published(&self, cohort: &str, n: u64) {
         if n > 0 {

@@ -17,8 +17,8 @@
 use crate::admin;
 use crate::config::Config;
 use crate::control::Control;
-use crate::lifecycle::{Lifecycle, LifecycleError, Switched};
 use crate::deliver::Courier;
+use crate::lifecycle::{Lifecycle, LifecycleError, Switched};
 use crate::metrics::{CohortLabel, Metrics};
 use crate::plan::{Input, Topology};
 use crate::sink::Sink;

@@ -322,7 +322,10 @@ impl Delivery {
             ),
         ];
         if let Some(n) = records_published {
-            headers.push((h::ERROR_RECORDS_PUBLISHED.into(), Bytes::from(n.to_string())));
+            headers.push((
+                h::ERROR_RECORDS_PUBLISHED.into(),
+                Bytes::from(n.to_string()),
+            ));
         }
         if let Some(ci) = self.cohort {
             headers.extend(topo.cohorts[ci].identity.iter().cloned());

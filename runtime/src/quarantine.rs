@@ -315,13 +315,10 @@ pub async fn redrive(
         if let Next::Send { writes: ws, .. } = d.start() {
             let from = format!("{}:{}", m.partition(), m.offset());
             for (kind, mut w) in ws {
-                w.headers
-                    .push((REDRIVE_FROM.into(), from.clone().into()));
+                w.headers.push((REDRIVE_FROM.into(), from.clone().into()));
                 if kind == Kind::Quarantine {
-                    w.headers.push((
-                        REDRIVE_COUNT.into(),
-                        (count + 1).to_string().into(),
-                    ));
+                    w.headers
+                        .push((REDRIVE_COUNT.into(), (count + 1).to_string().into()));
                 }
                 writes.push(w);
             }
@@ -329,7 +326,8 @@ pub async fn redrive(
         Ok(())
     })?;
     if let Some(sink) = &sink {
-        let refused = "Kafka did not take a redriven write; nothing was marked done — run the redrive again";
+        let refused =
+            "Kafka did not take a redriven write; nothing was marked done — run the redrive again";
         let mut outstanding = 0;
         for w in &writes {
             sink.send(w, 0).await.map_err(|_| refused.to_owned())?;

@@ -211,11 +211,17 @@ pub async fn run(
         ),
         None => None,
     };
+    // A range is long runs of one version: only a change of pair is looked at closely.
+    let mut last: (Vec<u8>, Vec<u8>) = Default::default();
     capture::read::<ReplayError>(&consumer, from, &bounds, |m| {
         if let (Some(cohort), Some(sha)) = (
-            capture::header(m, h::COHORT),
-            capture::header(m, h::PLUGIN_SHA256),
-        ) {
+            capture::header_bytes(m, h::COHORT),
+            capture::header_bytes(m, h::PLUGIN_SHA256),
+        ) && (cohort, sha) != (last.0.as_slice(), last.1.as_slice())
+        {
+            last = (cohort.to_vec(), sha.to_vec());
+            let cohort = String::from_utf8_lossy(cohort).into_owned();
+            let sha = String::from_utf8_lossy(sha).into_owned();
             needed.insert((cohort, through.clone().unwrap_or(sha)), ());
         }
         Ok(())

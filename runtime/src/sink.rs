@@ -10,13 +10,13 @@
 
 use crate::config::Kafka;
 use crate::metrics::Metrics;
+use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
-use bytes::Bytes;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
