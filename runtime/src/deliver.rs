@@ -31,6 +31,9 @@ struct Flight {
     stuck: bool,
 }
 
+/// A step waiting out a backoff: when, which flight, its writes.
+type Retry = (tokio::time::Instant, usize, Vec<(Kind, Write)>);
+
 /// The delivery driver of `weir run`.
 pub struct Courier {
     sink: Sink,
@@ -40,8 +43,8 @@ pub struct Courier {
     flights: Slab<Flight>,
     /// Write tag → (flight, index of the write in its step).
     tags: Slab<(usize, usize)>,
-    /// Steps waiting out a backoff: when, which flight, its writes.
-    retries: Vec<(tokio::time::Instant, usize, Vec<(Kind, Write)>)>,
+    /// Steps waiting out a backoff.
+    retries: Vec<Retry>,
     /// Acks released and not yet handed to the source.
     ready: Vec<AckToken>,
     /// Records-published counters by cohort name (few cohorts: a short list).
