@@ -38,6 +38,9 @@ pub fn consumer(kafka: &Kafka, group: Option<&str>) -> Result<BaseConsumer, Stri
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.message.max.bytes", "4194304")
+        // Reads stop at a known end: a fetch parked at the end of a partition would only
+        // delay the next assignment (the next pass, the next partition).
+        .set("fetch.wait.max.ms", "20")
         .create()
         .map_err(|e| format!("cannot create a Kafka consumer: {e}"))
 }
@@ -73,42 +76,49 @@ pub struct Captured {
     pub message: Message,
 }
 
-/// Rebuild a captured message from its value and headers.
+/// Rebuild a captured message from its value and headers (read once, in one pass).
 pub fn captured(m: &BorrowedMessage<'_>) -> Captured {
-    let properties = m
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .filter_map(|x| {
-                    let name = x.key.strip_prefix(h::USER_PROPERTY_PREFIX)?;
-                    Some((
-                        name.to_owned(),
-                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let topic = header(m, h::MQTT_TOPIC)
-        .or_else(|| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
-        .unwrap_or_default();
-    Captured {
+    let text = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or_default()).into_owned();
+    let mut c = Captured {
         partition: m.partition(),
         offset: m.offset(),
-        id: header(m, h::MESSAGE_ID).unwrap_or_else(|| format!("{}:{}", m.partition(), m.offset())),
-        cohort: header(m, h::COHORT),
-        sha256: header(m, h::PLUGIN_SHA256),
-        retained: header(m, h::MQTT_RETAINED).is_some(),
+        id: String::new(),
+        cohort: None,
+        sha256: None,
+        retained: false,
         message: Message {
-            topic,
             payload: m.payload().unwrap_or_default().to_vec(),
-            properties,
-            content_type: header(m, h::MQTT_CONTENT_TYPE),
-            received_at_ms: header(m, h::RECEIVED_AT)
-                .and_then(|t| t.parse().ok())
-                .unwrap_or_default(),
+            ..Message::default()
         },
+    };
+    let mut topic = None;
+    if let Some(hs) = m.headers() {
+        for x in hs.iter() {
+            match x.key {
+                h::MESSAGE_ID => c.id = text(x.value),
+                h::COHORT => c.cohort = Some(text(x.value)),
+                h::PLUGIN_SHA256 => c.sha256 = Some(text(x.value)),
+                h::MQTT_RETAINED => c.retained = true,
+                h::MQTT_TOPIC => topic = Some(text(x.value)),
+                h::MQTT_CONTENT_TYPE => c.message.content_type = Some(text(x.value)),
+                h::RECEIVED_AT => {
+                    c.message.received_at_ms = text(x.value).parse().unwrap_or_default();
+                }
+                key => {
+                    if let Some(name) = key.strip_prefix(h::USER_PROPERTY_PREFIX) {
+                        c.message.properties.push((name.to_owned(), text(x.value)));
+                    }
+                }
+            }
+        }
     }
+    if c.id.is_empty() {
+        c.id = format!("{}:{}", m.partition(), m.offset());
+    }
+    c.message.topic = topic
+        .or_else(|| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
+        .unwrap_or_default();
+    c
 }
 
 /// Which records of a topic.
