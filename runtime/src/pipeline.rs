@@ -2,13 +2,14 @@
 //!
 //! - The **batcher** takes messages from the source until a batch is full or its wait ran
 //!   out.
-//! - The **pipeline task** routes the batch, runs each cohort's plugin on its share, asks
-//!   the planning core ([`crate::plan`]) for each message's writes and enqueues them in
-//!   arrival order. Between batches it takes Kafka's answers in bulk and hands them to the
-//!   **courier** ([`crate::deliver`]), which feeds them back to the core (acknowledge,
-//!   write again, or quarantine instead) and releases acknowledgements in arrival order
-//!   (the watermark in [`crate::ack`]) to the source, which writes the PUBACKs. One task,
-//!   no future or task per message.
+//! - The **pipeline task** routes the batch, runs each cohort's plugin on its share, and
+//!   hands the batch over in arrival order to
+//! - the **courier task** ([`crate::deliver`]), which asks the planning core
+//!   ([`crate::plan`]) for each message's writes, enqueues them, takes Kafka's answers in
+//!   bulk and feeds them back to the core (acknowledge, write again, or quarantine
+//!   instead), and releases acknowledgements in arrival order (the watermark in
+//!   [`crate::ack`]) to the source, which writes the PUBACKs. No future or task per
+//!   message; transforming one batch overlaps writing the one before.
 //!
 //! Memory is bounded by `mqtt.max_in_flight`: the source takes an in-flight permit before
 //! it hands a message on and releases it when the PUBACK is written. When Kafka stalls, the
