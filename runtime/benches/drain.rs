@@ -25,16 +25,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn payload(i: usize) -> Vec<u8> {
-    let p = format!(
-        r#"{{"device":"t-{d}","ts":{ts},"temperature":{{"value":{v:.1},"unit":"F"}},"setpoint":{{"value":68.0,"unit":"F"}},"humidity":{{"value":41.5,"unit":"%"}},"fw":"3.1.0","site":"plant-7","line":"line-2","model":"TX-300","rssi":-61,"uptime_s":{i},"battery":{{"value":3.61,"unit":"V"}}}}"#,
-        d = i % 100,
-        ts = 1_700_000_000_000u64 + i as u64,
-        v = 60.0 + (i % 20) as f64
-    );
-    format!("{p:<300}").into_bytes()
-}
-
 fn options(id: &str, persistent: bool) -> MqttOptions {
     let url = bed::mqtt_url();
     let (host, port) = url.trim_start_matches("mqtt://").rsplit_once(':').unwrap();
@@ -71,7 +61,7 @@ async fn publish(id: &str, n: usize, rate: Option<f64>, topic: impl Fn(usize) ->
             tokio::time::sleep_until(due.into()).await;
         }
         client
-            .publish(topic(i), QoS::AtLeastOnce, false, payload(i))
+            .publish(topic(i), QoS::AtLeastOnce, false, bed::bench_payload(i))
             .await
             .unwrap();
     }
@@ -92,23 +82,6 @@ async fn make_session(id: &str, filter: &str) {
     while eventloop.poll().await.is_ok() {}
 }
 
-/// User+system CPU seconds of this process.
-fn own_cpu() -> f64 {
-    proc_cpu(std::process::id())
-}
-
-fn proc_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
-}
-
 /// (msg/s, CPU µs per message) of a plain rumqttc client draining its session's backlog.
 async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
     let id = format!("{run}-rawdrain");
@@ -117,7 +90,7 @@ async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
         format!("{run}/raw/t-{}", i % 100)
     })
     .await;
-    let cpu = own_cpu();
+    let cpu = bed::proc_usage(std::process::id()).0;
     let start = Instant::now();
     let (client, mut eventloop) = AsyncClient::new(options(&id, true), 10_000);
     let mut got = 0;
@@ -127,7 +100,7 @@ async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
         }
     }
     let elapsed = start.elapsed();
-    let cpu = own_cpu() - cpu;
+    let cpu = bed::proc_usage(std::process::id()).0 - cpu;
     // Leave nothing behind: end the session.
     let _ = client.disconnect().await;
     (n as f64 / elapsed.as_secs_f64(), cpu * 1e6 / n as f64)
@@ -145,7 +118,7 @@ fn raw_kafka(n: usize, run: &str) -> f64 {
     let topic = format!("{run}.rawkafka");
     let start = Instant::now();
     for i in 0..n {
-        let p = payload(i);
+        let p = bed::bench_payload(i);
         let key = format!("t-{}", i % 100);
         let mut record = BaseRecord::to(&topic).payload(&p).key(&key);
         loop {
@@ -187,7 +160,7 @@ fn start_weir(config: &std::path::Path) -> Weir {
                 let _ = admin_tx.send(addr.trim().to_owned());
             }
             if line.contains("MQTT 5 connected") {
-                let _ = conn_tx.send((Instant::now(), proc_cpu(pid)));
+                let _ = conn_tx.send((Instant::now(), bed::proc_usage(pid).0));
             }
         }
     });
@@ -319,17 +292,11 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let cpu = proc_cpu(weir.child.id()) - cpu_start;
+    let (cpu_end, peak_rss) = bed::proc_usage(weir.child.id());
+    let cpu = cpu_end - cpu_start;
     let elapsed = end - start;
     let rate = n as f64 / elapsed.as_secs_f64();
     let cpu_per = cpu * 1e6 / n as f64;
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", weir.child.id())).unwrap_or_default();
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
     println!(
         "weir drain (thermostat, Avro, acks after Kafka): {rate:>8.0} msg/s {cpu_per:>6.2} µs CPU/msg"
     );
@@ -343,7 +310,7 @@ fn main() {
     );
     println!(
         "weir peak RSS:                                  {:>9.1} MiB",
-        rss_kib / 1024.0
+        peak_rss as f64 / (1 << 20) as f64
     );
 
     // Latency at half of the drain rate, for about five seconds.

@@ -25,16 +25,6 @@ fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.into())
 }
 
-fn payload(i: usize) -> Vec<u8> {
-    let p = format!(
-        r#"{{"device":"t-{d}","ts":{ts},"temperature":{{"value":{v:.1},"unit":"F"}},"setpoint":{{"value":68.0,"unit":"F"}},"humidity":{{"value":41.5,"unit":"%"}},"fw":"3.1.0","site":"plant-7","line":"line-2","model":"TX-300","rssi":-61,"uptime_s":{i},"battery":{{"value":3.61,"unit":"V"}}}}"#,
-        d = i % 100,
-        ts = 1_700_000_000_000u64 + i as u64,
-        v = 60.0 + (i % 20) as f64
-    );
-    format!("{p:<300}").into_bytes()
-}
-
 fn mqtt_options(id: &str) -> rumqttc::v5::MqttOptions {
     let url = env("WEIR_MQTT_URL", "mqtt://127.0.0.1:1883");
     let (host, port) = url.trim_start_matches("mqtt://").rsplit_once(':').unwrap();
@@ -62,7 +52,7 @@ async fn publish(id: &str, n: usize, topic: impl Fn(usize) -> String) {
                 topic(i),
                 rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
                 false,
-                payload(i),
+                bed::bench_payload(i),
             )
             .await
             .unwrap();
@@ -119,7 +109,7 @@ async fn raw_kafka(n: usize, run: &str) -> f64 {
     let start = Instant::now();
     let mut futures = Vec::with_capacity(n);
     for i in 0..n {
-        let p = payload(i);
+        let p = bed::bench_payload(i);
         let key = format!("t-{}", i % 100);
         loop {
             match producer.send_result(FutureRecord::to(&topic).payload(&p).key(&key)) {
@@ -135,25 +125,6 @@ async fn raw_kafka(n: usize, run: &str) -> f64 {
         f.await.unwrap().unwrap();
     }
     n as f64 / start.elapsed().as_secs_f64()
-}
-
-/// (user+system CPU seconds, peak RSS bytes) of a process.
-fn proc_usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hwm: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    (ticks as f64 / 100.0, hwm * 1024)
 }
 
 fn main() {
@@ -186,7 +157,7 @@ fn main() {
     }
     std::thread::spawn(move || for _ in lines {});
     let pid = weir.id();
-    let (cpu_before, _) = proc_usage(pid);
+    let (cpu_before, _) = bed::proc_usage(pid);
     let start = Instant::now();
     let topic = format!("{run}.thermostat");
     let counter = {
@@ -198,7 +169,7 @@ fn main() {
     }));
     let got = counter.join().unwrap();
     let elapsed = start.elapsed();
-    let (cpu_after, peak_rss) = proc_usage(pid);
+    let (cpu_after, peak_rss) = bed::proc_usage(pid);
     Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())

@@ -644,3 +644,33 @@ print(json.dumps(out))
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The benchmarks' message `i`: a thermostat reading of 100 devices, padded to 300 bytes.
+pub fn bench_payload(i: usize) -> Vec<u8> {
+    let p = format!(
+        r#"{{"device":"t-{d}","ts":{ts},"temperature":{{"value":{v:.1},"unit":"F"}},"setpoint":{{"value":68.0,"unit":"F"}},"humidity":{{"value":41.5,"unit":"%"}},"fw":"3.1.0","site":"plant-7","line":"line-2","model":"TX-300","rssi":-61,"uptime_s":{i},"battery":{{"value":3.61,"unit":"V"}}}}"#,
+        d = i % 100,
+        ts = 1_700_000_000_000u64 + i as u64,
+        v = 60.0 + (i % 20) as f64
+    );
+    format!("{p:<300}").into_bytes()
+}
+
+/// (user+system CPU seconds, peak RSS bytes) of a process, from /proc.
+pub fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (ticks as f64 / 100.0, hwm * 1024)
+}
