@@ -9,7 +9,12 @@
 //!   empties it; timed from its MQTT connection to its last PUBACK (`weir_acked_total`),
 //!   weir's CPU over the same span, peak RSS;
 //! - latency: then, at half of weir's drain rate, publish-arrival-to-PUBACK p50 / p99 from
-//!   weir's `weir_ack_seconds` histogram (the broker hop on loopback is not included).
+//!   weir's `weir_ack_seconds` histogram (the broker hop on loopback is not included), the
+//!   part of it spent waiting on Kafka (`weir_produce_seconds`), and, for comparison, a raw
+//!   producer's send-to-answer latency at the same rate.
+//!
+//! `WEIR_BENCH_CONFIG` is appended to weir's config, e.g. `[kafka.properties]` to try a
+//! producer setting.
 //!
 //! Run: `scripts/bench-drain` (WEIR_BENCH_MESSAGES, default 200000; 1000000 for the RSS
 //! target).
@@ -17,12 +22,17 @@
 #[path = "../tests/bed/mod.rs"]
 mod bed;
 
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientContext;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, Producer, ProducerContext, ThreadedProducer,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn options(id: &str, persistent: bool) -> MqttOptions {
@@ -135,6 +145,58 @@ fn raw_kafka(n: usize, run: &str) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Collects each record's send-to-answer time.
+#[derive(Clone, Default)]
+struct Timed(Arc<Mutex<Vec<f64>>>);
+
+impl ClientContext for Timed {}
+
+impl ProducerContext for Timed {
+    type DeliveryOpaque = Box<Instant>;
+    fn delivery(&self, r: &DeliveryResult<'_>, sent: Box<Instant>) {
+        assert!(r.is_ok(), "raw Kafka write failed");
+        self.0.lock().unwrap().push(sent.elapsed().as_secs_f64());
+    }
+}
+
+/// (p50, p99) seconds from a raw idempotent producer's send to Kafka's answer, paced to
+/// `rate` msg/s for `n` records: the broker's own share of weir's latency.
+fn raw_kafka_latency(n: usize, rate: f64, run: &str) -> (f64, f64) {
+    let timed = Timed::default();
+    let producer: ThreadedProducer<Timed> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bed::kafka())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create_with_context(timed.clone())
+        .unwrap();
+    let topic = format!("{run}.rawkafka");
+    // Connected, with its producer id and the topic's metadata, before the clock starts.
+    let warm = BaseRecord::<str, str, _>::with_opaque_to(&topic, Box::new(Instant::now()))
+        .payload("warm-up");
+    producer.send(warm).map_err(|(e, _)| e).unwrap();
+    producer.flush(Duration::from_secs(60)).unwrap();
+    timed.0.lock().unwrap().clear();
+    let start = Instant::now();
+    for i in 0..n {
+        if i % 50 == 0 {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        let p = bed::bench_payload(i);
+        let key = format!("t-{}", i % 100);
+        let record = BaseRecord::with_opaque_to(&topic, Box::new(Instant::now()))
+            .payload(&p)
+            .key(&key);
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    let mut t = std::mem::take(&mut *timed.0.lock().unwrap());
+    t.sort_by(f64::total_cmp);
+    let at = |q: f64| t[((t.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99))
+}
+
 /// A running `weir run`, its log followed for the MQTT connection and the admin address.
 struct Weir {
     child: std::process::Child,
@@ -194,11 +256,12 @@ impl Weir {
     }
 }
 
-/// Cumulative `weir_ack_seconds` buckets: (upper bound, count).
-fn ack_buckets(admin: &str) -> Vec<(f64, f64)> {
+/// Cumulative buckets of the histogram `weir_{name}_seconds`: (upper bound, count).
+fn buckets(admin: &str, name: &str) -> Vec<(f64, f64)> {
     let (_, text) = bed::http_get(&format!("{admin}/metrics")).unwrap();
+    let prefix = format!("weir_{name}_seconds_bucket{{le=\"");
     text.lines()
-        .filter_map(|l| l.strip_prefix("weir_ack_seconds_bucket{le=\""))
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
         .filter_map(|l| {
             let (le, rest) = l.split_once("\"}")?;
             let le = if le == "+Inf" {
@@ -254,7 +317,10 @@ fn main() {
 
     // weir's session: made by a first start, then the backlog published while it is away.
     let dir = tempfile::tempdir().unwrap();
-    let config = bed::bench_config(&run).replace(&format!("raw_topic = \"{run}.raw\"\n"), "");
+    let mut config = bed::bench_config(&run).replace(&format!("raw_topic = \"{run}.raw\"\n"), "");
+    if let Ok(extra) = std::env::var("WEIR_BENCH_CONFIG") {
+        config.push_str(&extra);
+    }
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, config).unwrap();
     let weir = start_weir(&path);
@@ -316,7 +382,8 @@ fn main() {
     // Latency at half of the drain rate, for about five seconds.
     let half = rate / 2.0;
     let m = (half * 5.0) as usize;
-    let before = ack_buckets(&weir.admin);
+    let stages = ["ack", "handover", "produce"];
+    let before = stages.map(|s| buckets(&weir.admin, s));
     let target = n as u64 + m as u64;
     rt.block_on(publish(&format!("{run}-lat"), m, Some(half), |i| {
         format!("{run}/plant/1/thermostat/t-{}", i % 100)
@@ -326,11 +393,27 @@ fn main() {
         assert!(Instant::now() < deadline, "weir acks the paced messages");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let after = ack_buckets(&weir.admin);
+    let after = stages.map(|s| buckets(&weir.admin, s));
     println!(
         "arrival → PUBACK at {half:.0} msg/s:          p50 {:>6.2} ms  p99 {:>6.2} ms",
-        quantile(&before, &after, 0.5) * 1e3,
-        quantile(&before, &after, 0.99) * 1e3
+        quantile(&before[0], &after[0], 0.5) * 1e3,
+        quantile(&before[0], &after[0], 0.99) * 1e3
+    );
+    println!(
+        "  arrival → writes started:                  p50 {:>6.2} ms  p99 {:>6.2} ms",
+        quantile(&before[1], &after[1], 0.5) * 1e3,
+        quantile(&before[1], &after[1], 0.99) * 1e3
+    );
+    println!(
+        "  writes started → Kafka's answer:           p50 {:>6.2} ms  p99 {:>6.2} ms",
+        quantile(&before[2], &after[2], 0.5) * 1e3,
+        quantile(&before[2], &after[2], 0.99) * 1e3
+    );
+    let (p50, p99) = raw_kafka_latency(m, half, &run);
+    println!(
+        "raw producer, send → Kafka's answer, same rate: p50 {:>6.2} ms  p99 {:>6.2} ms",
+        p50 * 1e3,
+        p99 * 1e3
     );
     weir.stop();
     let got = bed::count(

@@ -67,6 +67,9 @@ pub struct Metrics {
     pub quarantined: Family<QuarantineLabel, Counter>,
     /// Plugin call latency per batch, seconds.
     pub transform_seconds: Family<CohortLabel, Histogram>,
+    /// MQTT arrival to the message's writes being started (batching, transform and the
+    /// wait for the courier), seconds.
+    pub handover_seconds: Histogram,
     /// Kafka enqueue-to-acknowledgement latency per message, seconds.
     pub produce_seconds: Histogram,
     /// MQTT arrival to PUBACK written, seconds.
@@ -117,6 +120,7 @@ impl Metrics {
             records: Family::default(),
             quarantined: Family::default(),
             transform_seconds: Family::new_with_constructor(latency),
+            handover_seconds: latency(),
             produce_seconds: latency(),
             ack_seconds: latency(),
             reconnects: Counter::default(),
@@ -169,6 +173,11 @@ impl Metrics {
             "transform_seconds",
             "Plugin call time per batch",
             m.transform_seconds.clone(),
+        );
+        r.register(
+            "handover_seconds",
+            "MQTT arrival to the message's Kafka writes being started (batching, transform, queueing), seconds",
+            m.handover_seconds.clone(),
         );
         r.register(
             "produce_seconds",

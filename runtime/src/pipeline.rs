@@ -444,7 +444,9 @@ async fn deliver(
             }
             w = work.recv(), if open => match w {
                 Some(w) => {
+                    let now = Instant::now();
                     for (token, input, cohort, outcome) in w.messages {
+                        Metrics::observe(&metrics.handover_seconds, now - token.arrived());
                         let seq = courier.arrived(token);
                         let d = w.topology.plan(input, cohort, outcome);
                         courier.start(seq, d, w.topology.clone()).await;
