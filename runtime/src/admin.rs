@@ -8,7 +8,9 @@
 //!   needs `Authorization: Bearer <token>` when tokens are configured (`WEIR_ADMIN_TOKEN`);
 //!   the token's name is recorded in the audit trail. Errors are `{"error": "..."}` with the
 //!   reason and the fix.
+//! - With `[admin.tls]` the listener speaks HTTPS only.
 
+use crate::config::Tls;
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::Metrics;
 use axum::Extension;
@@ -340,19 +342,113 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, String> {
     })
 }
 
-/// Serve until the task is dropped.
+/// Serve (HTTPS with `tls`) until the task is dropped; an error names the TLS file at fault.
 pub fn spawn(
     listener: tokio::net::TcpListener,
+    tls: Option<&Tls>,
     metrics: Arc<Metrics>,
     lifecycle: Option<Arc<Lifecycle>>,
     tokens: Vec<(String, String)>,
-) -> tokio::task::JoinHandle<()> {
-    if let Ok(addr) = listener.local_addr() {
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let app = router(metrics, lifecycle, tokens);
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("admin.listen: {e}"))?;
+    let Some(tls) = tls else {
         tracing::info!("admin listening on http://{addr}");
-    }
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(metrics, lifecycle, tokens)).await {
+        return Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "admin listener stopped");
+            }
+        }));
+    };
+    let acceptor = server_tls(tls)?;
+    tracing::info!("admin listening on https://{addr}");
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    Ok(tokio::spawn(async move {
+        // Handshakes run on tasks of their own: a slow or silent client holds up no one.
+        let handshakes = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin: TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%peer, "admin: TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        let _stop = AbortOnDrop(handshakes);
+        if let Err(e) = axum::serve(TlsListener { rx, addr }, app).await {
             tracing::error!(error = %e, "admin listener stopped");
         }
-    })
+    }))
+}
+
+/// Longest a client may take over its TLS handshake.
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The HTTPS acceptor of `[admin.tls]`.
+fn server_tls(tls: &Tls) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+        return Err("admin.tls: set cert_file and key_file".into());
+    };
+    let chain = crate::source::tls::read_certs(cert, "admin.tls.cert_file")?;
+    let key_der = crate::source::tls::read_key(key, "admin.tls.key_file")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            format!(
+                "admin.tls.key_file: {} does not fit admin.tls.cert_file {}: {e}",
+                key.display(),
+                cert.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Connections whose handshake is done, for axum.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    addr: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -17,6 +17,14 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// `--admin-ca` cannot be used.
+    #[error("--admin-ca (WEIR_ADMIN_CA) {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The API refused the request.
     #[error("{status}: {message}")]
     Refused {
@@ -36,17 +44,39 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client for `base` (`http://host:port`); `token` is the bearer secret, or
-    /// `NAME:SECRET` as `WEIR_ADMIN_TOKEN` holds it on the server.
-    pub fn new(base: &str, token: Option<&str>) -> AdminClient {
-        AdminClient {
+    /// A client for `base` (`http://host:port`, or `https://` when the server has
+    /// `[admin.tls]`); `token` is the bearer secret, or `NAME:SECRET` as `WEIR_ADMIN_TOKEN`
+    /// holds it on the server; `ca` a PEM file of the CA that issued the server's
+    /// certificate, when the system does not trust it.
+    pub fn new(
+        base: &str,
+        token: Option<&str>,
+        ca: Option<&std::path::Path>,
+    ) -> Result<AdminClient, ClientError> {
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(660));
+        if let Some(path) = ca {
+            let err = |reason: String| ClientError::Ca {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| err(format!("not a PEM certificate bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(err("holds no PEM certificate".into()));
+            }
+            for c in certs {
+                http = http.add_root_certificate(c);
+            }
+        }
+        Ok(AdminClient {
             base: base.trim_end_matches('/').to_owned(),
             token: token.map(|t| t.split_once(':').map_or(t, |(_, secret)| secret).to_owned()),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(660))
-                .build()
-                .expect("HTTP client"),
-        }
+            http: http.build().map_err(|e| ClientError::Unreachable {
+                url: base.to_owned(),
+                reason: e.to_string(),
+            })?,
+        })
     }
 
     async fn call(

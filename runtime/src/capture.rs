@@ -15,15 +15,12 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client config with the brokers and the connection's security settings of `kafka`
 /// (producer tuning does not apply to weir's readers and small control writes).
-pub fn connection(kafka: &Kafka) -> ClientConfig {
+pub fn connection(kafka: &Kafka) -> Result<ClientConfig, String> {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.bootstrap);
-    for (k, v) in &kafka.properties {
-        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
-            c.set(k, v);
-        }
+    for (k, v) in kafka.connection_properties()? {
+        c.set(k, v);
     }
-    c
+    Ok(c)
 }
 
 /// A consumer that only reads what it is assigned and commits only when told, in consumer
@@ -33,7 +30,7 @@ pub fn consumer(kafka: &Kafka, group: Option<&str>) -> Result<BaseConsumer, Stri
         || format!("weir-reader-{}", rand::random::<u64>()),
         str::to_owned,
     );
-    connection(kafka)
+    connection(kafka)?
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -61,7 +61,7 @@ pub enum Protocol {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mqtt {
-    /// `mqtt://host:port`.
+    /// `mqtt://host:port`, or `mqtts://host:port` for TLS (port 8883 when left out).
     pub url: String,
     /// Client id; the broker keeps the persistent session under it.
     #[serde(default = "default_client_id")]
@@ -83,9 +83,16 @@ pub struct Mqtt {
     /// Username, if the broker wants one.
     #[serde(default)]
     pub username: Option<String>,
-    /// Password.
+    /// Password; better from the environment (`WEIR_MQTT_PASSWORD`) or `password_file`.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
+    /// A file holding the password (a trailing newline is ignored); read at every
+    /// connection, so a rotated password is used from the next reconnect on.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// TLS settings for an `mqtts://` URL.
+    #[serde(default)]
+    pub tls: Option<Tls>,
     /// MQTT 5 retain handling for weir's subscriptions: `new-subscription` (default:
     /// retained messages only when a subscription is new), `always` or `never`.
     #[serde(default = "default_retain", deserialize_with = "de_retain")]
@@ -99,6 +106,123 @@ pub struct Mqtt {
 
 pub use crate::source::codec::RetainHandling;
 
+impl Mqtt {
+    /// The password to log in with: `password_file` (read now), else `password`.
+    pub fn password(&self) -> Result<Option<Secret>, String> {
+        match &self.password_file {
+            Some(f) => read_secret(f, "mqtt.password_file").map(Some),
+            None => Ok(self.password.clone()),
+        }
+    }
+}
+
+/// A secret (password, token): its `Debug` never shows it, so it cannot reach a log line or
+/// an error message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret from its text.
+    pub fn new(text: impl Into<String>) -> Secret {
+        Secret(text.into())
+    }
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    /// A string, or a number written without quotes (serde's error for a wrong type would
+    /// quote the value).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Read a secret file (one trailing newline ignored); the error names `key` and the file,
+/// never the content.
+pub fn read_secret(path: &Path, key: &str) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
+    let text = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if text.is_empty() {
+        return Err(format!("{key}: {} is empty", path.display()));
+    }
+    Ok(Secret(text.to_owned()))
+}
+
+/// A `[mqtt.tls]` or `[kafka.tls]` table: whom to trust, and who weir is.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file of the CA certificates to trust; default: the system's trust store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// weir's certificate chain (PEM) for mutual TLS; needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PEM: PKCS#8, SEC1 or RSA).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// MQTT only: the name the broker's certificate must carry; default: the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl Tls {
+    fn check(&self, table: &str) -> Result<(), (String, String)> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => Err((
+                format!("{table}.key_file"),
+                "cert_file is set without key_file: add the client certificate's private key"
+                    .into(),
+            )),
+            (None, Some(_)) => Err((
+                format!("{table}.cert_file"),
+                "key_file is set without cert_file: add the client certificate".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        for f in [&mut self.ca_file, &mut self.cert_file, &mut self.key_file]
+            .into_iter()
+            .flatten()
+        {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
+    }
+}
+
 /// The `[admin]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,7 +234,11 @@ pub struct Admin {
     /// name is recorded in the audit trail. Set it from the environment
     /// (`WEIR_ADMIN_TOKEN`), not in the file. Required unless `listen` is a loopback address.
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
+    /// Serve HTTPS: `cert_file` and `key_file` (PEM) of the listener; `ca_file` and
+    /// `server_name` do not apply.
+    #[serde(default)]
+    pub tls: Option<Tls>,
 }
 
 impl Default for Admin {
@@ -118,6 +246,7 @@ impl Default for Admin {
         Admin {
             listen: default_admin_listen(),
             token: None,
+            tls: None,
         }
     }
 }
@@ -127,7 +256,7 @@ impl Admin {
     pub fn tokens(&self) -> Vec<(String, String)> {
         self.token
             .iter()
-            .flat_map(|t| t.split(','))
+            .flat_map(|t| t.expose().split(','))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(|t| match t.split_once(':') {
@@ -147,6 +276,107 @@ pub struct Kafka {
     /// Any librdkafka producer property (idempotence and acks=all are always on).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// TLS to the brokers (`security.protocol` SSL, or SASL_SSL with `sasl`).
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// SASL authentication.
+    #[serde(default)]
+    pub sasl: Option<Sasl>,
+}
+
+/// The `[kafka.sasl]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sasl {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: SaslMechanism,
+    /// The Kafka principal's name.
+    pub username: String,
+    /// Its password; better from the environment (`WEIR_KAFKA_SASL_PASSWORD`) or
+    /// `password_file`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file holding the password (trailing newline ignored), read when a Kafka client is
+    /// created.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// A SASL mechanism librdkafka speaks without extra libraries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    /// Name and password in the clear (use it over TLS only).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// Salted challenge-response, SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge-response, SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+/// librdkafka properties `kafka.tls` and `kafka.sasl` set; in `kafka.properties` they
+/// would contradict them.
+const SECURITY_PROPERTIES: [&str; 3] = ["security.protocol", "ssl.", "sasl."];
+
+impl Kafka {
+    /// The librdkafka properties of a connection to the brokers: `bootstrap.servers`, then
+    /// what `tls` and `sasl` say (reading the SASL password file now), then the
+    /// `properties` that concern the connection (`security.*`, `ssl.*`, `sasl.*`). Every
+    /// client weir makes (producer, readers, control) connects this way.
+    pub fn connection_properties(&self) -> Result<Vec<(String, String)>, String> {
+        let mut out = vec![("bootstrap.servers".to_owned(), self.bootstrap.clone())];
+        let protocol = match (&self.tls, &self.sasl) {
+            (None, None) => None,
+            (Some(_), None) => Some("SSL"),
+            (None, Some(_)) => Some("SASL_PLAINTEXT"),
+            (Some(_), Some(_)) => Some("SASL_SSL"),
+        };
+        if let Some(p) = protocol {
+            out.push(("security.protocol".into(), p.into()));
+        }
+        if let Some(tls) = &self.tls {
+            let files = [
+                ("ssl.ca.location", &tls.ca_file),
+                ("ssl.certificate.location", &tls.cert_file),
+                ("ssl.key.location", &tls.key_file),
+            ];
+            for (prop, file) in files {
+                if let Some(f) = file {
+                    out.push((prop.into(), f.display().to_string()));
+                }
+            }
+            if tls.ca_file.is_none() {
+                out.push(("ssl.ca.location".into(), "probe".into()));
+            }
+        }
+        if let Some(sasl) = &self.sasl {
+            let mechanism = match sasl.mechanism {
+                SaslMechanism::Plain => "PLAIN",
+                SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+                SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            };
+            let password = match &sasl.password_file {
+                Some(f) => read_secret(f, "kafka.sasl.password_file")?,
+                None => sasl.password.clone().ok_or(
+                    "kafka.sasl: no password: set WEIR_KAFKA_SASL_PASSWORD or kafka.sasl.password_file",
+                )?,
+            };
+            out.push(("sasl.mechanism".into(), mechanism.into()));
+            out.push(("sasl.username".into(), sasl.username.clone()));
+            out.push(("sasl.password".into(), password.expose().to_owned()));
+        }
+        out.extend(
+            self.properties
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.")
+                })
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        Ok(out)
+    }
 }
 
 /// Subject naming strategy, as Confluent names them.
@@ -358,6 +588,13 @@ fn de_protocol<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Protocol, D::Er
 }
 
 const OVERRIDABLE: [&str; 6] = ["mqtt", "kafka", "registry", "output", "plugins", "admin"];
+/// Tables inside those, overridden as `WEIR_<TABLE>_<SUB>_<KEY>` (`WEIR_KAFKA_SASL_PASSWORD`).
+const NESTED: [(&str, &str); 4] = [
+    ("mqtt", "tls"),
+    ("kafka", "tls"),
+    ("kafka", "sasl"),
+    ("admin", "tls"),
+];
 
 impl Config {
     /// Read, apply environment overrides, parse and check a config file.
@@ -374,6 +611,31 @@ impl Config {
         for dir in [&mut config.plugins.dir, &mut config.plugins.store] {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
+            }
+        }
+        for tls in [
+            &mut config.mqtt.tls,
+            &mut config.kafka.tls,
+            &mut config.admin.tls,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tls.resolve(base);
+        }
+        for f in [
+            config.mqtt.password_file.as_mut(),
+            config
+                .kafka
+                .sasl
+                .as_mut()
+                .and_then(|s| s.password_file.as_mut()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if f.is_relative() {
+                *f = base.join(&*f);
             }
         }
         Ok(config)
@@ -406,11 +668,81 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), (String, String)> {
-        if !self.mqtt.url.starts_with("mqtt://") && !self.mqtt.url.starts_with("tcp://") {
+        let tls_url = self.mqtt.url.starts_with("mqtts://");
+        if !tls_url && !self.mqtt.url.starts_with("mqtt://") && !self.mqtt.url.starts_with("tcp://")
+        {
             return Err((
                 "mqtt.url".into(),
-                format!("{:?} is not an mqtt://host:port URL", self.mqtt.url),
+                format!(
+                    "{:?} is not an mqtt://host:port or mqtts://host:port URL",
+                    self.mqtt.url
+                ),
             ));
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            if !tls_url {
+                return Err((
+                    "mqtt.tls".into(),
+                    format!(
+                        "TLS is configured but mqtt.url {:?} is not mqtts://: use mqtts://host:port, or remove [mqtt.tls]",
+                        self.mqtt.url
+                    ),
+                ));
+            }
+            tls.check("mqtt.tls")?;
+        }
+        if self.mqtt.password.is_some() && self.mqtt.password_file.is_some() {
+            return Err((
+                "mqtt.password_file".into(),
+                "both mqtt.password and mqtt.password_file are set: keep one".into(),
+            ));
+        }
+        if let Some(tls) = &self.kafka.tls {
+            tls.check("kafka.tls")?;
+            if tls.server_name.is_some() {
+                return Err((
+                    "kafka.tls.server_name".into(),
+                    "not supported for Kafka: librdkafka checks each broker's certificate against the host name the cluster advertises".into(),
+                ));
+            }
+        }
+        if let Some(sasl) = &self.kafka.sasl {
+            match (&sasl.password, &sasl.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err((
+                        "kafka.sasl.password_file".into(),
+                        "both kafka.sasl.password and kafka.sasl.password_file are set: keep one"
+                            .into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err((
+                        "kafka.sasl.password".into(),
+                        "no password: set WEIR_KAFKA_SASL_PASSWORD or kafka.sasl.password_file"
+                            .into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if self.kafka.tls.is_some() || self.kafka.sasl.is_some() {
+            for k in self.kafka.properties.keys() {
+                if SECURITY_PROPERTIES.iter().any(|p| k.starts_with(p)) {
+                    return Err((
+                        format!("kafka.properties.{k}"),
+                        "contradicts [kafka.tls] / [kafka.sasl]: configure the connection's security in one place".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(tls) = &self.admin.tls {
+            if tls.cert_file.is_none() {
+                return Err((
+                    "admin.tls.cert_file".into(),
+                    "HTTPS needs the listener's certificate (cert_file) and key (key_file)".into(),
+                ));
+            }
+            tls.check("admin.tls")?;
         }
         if self.mqtt.subscriptions.is_empty() {
             return Err((
@@ -607,6 +939,29 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (S
             }
             continue;
         }
+        // A secret stays text, whatever it looks like.
+        let value = if rest.ends_with("password") || rest.ends_with("token") {
+            toml::Value::String(value.clone())
+        } else {
+            toml_value(value)
+        };
+        if let Some((section, sub, key)) = NESTED.iter().find_map(|(section, sub)| {
+            let key = rest.strip_prefix(&format!("{section}_{sub}_"))?;
+            Some((section, sub, key))
+        }) {
+            let t = table
+                .entry(*section)
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            if let Some(t) = t.as_table_mut() {
+                let t = t
+                    .entry(*sub)
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+                if let Some(t) = t.as_table_mut() {
+                    t.insert(key.to_owned(), value);
+                }
+            }
+            continue;
+        }
         for section in OVERRIDABLE {
             let Some(key) = rest.strip_prefix(section).and_then(|k| k.strip_prefix('_')) else {
                 continue;
@@ -615,7 +970,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (S
                 .entry(section)
                 .or_insert_with(|| toml::Value::Table(Default::default()));
             if let Some(t) = entry.as_table_mut() {
-                t.insert(key.to_owned(), toml_value(value));
+                t.insert(key.to_owned(), value.clone());
             }
         }
     }
@@ -743,5 +1098,87 @@ key = "{topic[3]}"
         assert_eq!(e.key, "admin.listen");
         let e = parse(MINIMAL, &[("WEIR_MQTT_MAX_MESSAGE_BYTES", "10")]).unwrap_err();
         assert_eq!(e.key, "mqtt.max_message_bytes");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_and_never_show() {
+        let text = MINIMAL.replace(
+            "bootstrap = \"127.0.0.1:9092\"",
+            "bootstrap = \"127.0.0.1:9092\"\n[kafka.tls]\nca_file = \"/ca.pem\"\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"weir\"",
+        );
+        let c = parse(
+            &text,
+            &[
+                ("WEIR_KAFKA_SASL_PASSWORD", "0815"),
+                ("WEIR_MQTT_PASSWORD", "12345"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.password, Some(Secret::new("12345")));
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("12345") && !debug.contains("0815"),
+            "{debug}"
+        );
+        let props = c.kafka.connection_properties().unwrap();
+        let get = |k: &str| {
+            props
+                .iter()
+                .find(|(p, _)| p == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap()
+        };
+        assert_eq!(get("security.protocol"), "SASL_SSL");
+        assert_eq!(get("sasl.mechanism"), "SCRAM-SHA-512");
+        assert_eq!(get("sasl.password"), "0815");
+        assert_eq!(get("ssl.ca.location"), "/ca.pem");
+
+        // No password anywhere: a start-up error naming where to put it.
+        let e = parse(&text, &[]).unwrap_err();
+        assert_eq!(e.key, "kafka.sasl.password");
+        // Security in two places contradicts itself.
+        let e = parse(
+            &text,
+            &[
+                ("WEIR_KAFKA_SASL_PASSWORD", "x"),
+                ("WEIR_KAFKA_PROPERTY_SECURITY_PROTOCOL", "PLAINTEXT"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "kafka.properties.security.protocol");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_at_start_up() {
+        let e = parse(MINIMAL, &[("WEIR_MQTT_TLS_CA_FILE", "/ca.pem")]).unwrap_err();
+        assert_eq!(e.key, "mqtt.tls");
+        assert!(e.problem.contains("mqtts://"), "{}", e.problem);
+        let tls = [
+            ("WEIR_MQTT_URL", "mqtts://broker:8883"),
+            ("WEIR_MQTT_TLS_CERT_FILE", "/client.pem"),
+        ];
+        let e = parse(MINIMAL, &tls).unwrap_err();
+        assert_eq!(e.key, "mqtt.tls.key_file");
+        let c = parse(MINIMAL, &[("WEIR_MQTT_URL", "mqtts://broker:8883")]).unwrap();
+        assert!(c.mqtt.tls.is_none(), "mqtts:// alone uses the system's CAs");
+        let e = parse(MINIMAL, &[("WEIR_ADMIN_TLS_KEY_FILE", "/k.pem")]).unwrap_err();
+        assert_eq!(e.key, "admin.tls.cert_file");
+    }
+
+    #[test]
+    fn a_password_file_is_read_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let c = parse(MINIMAL, &[("WEIR_MQTT_PASSWORD_FILE", f.to_str().unwrap())]).unwrap();
+        assert_eq!(c.mqtt.password().unwrap(), Some(Secret::new("s3cret")));
+        std::fs::write(&f, "rotated").unwrap();
+        assert_eq!(c.mqtt.password().unwrap(), Some(Secret::new("rotated")));
+        std::fs::write(&f, "").unwrap();
+        let e = c.mqtt.password().unwrap_err();
+        assert!(
+            e.contains("mqtt.password_file") && e.contains("empty"),
+            "{e}"
+        );
     }
 }

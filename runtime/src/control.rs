@@ -247,7 +247,7 @@ impl Control {
             topic: topic.to_owned(),
             problem,
         };
-        let base = crate::capture::connection(kafka);
+        let base = crate::capture::connection(kafka).map_err(err)?;
         ensure_topic(&base, topic).await.map_err(err)?;
         let mut pc = base.clone();
         pc.set("enable.idempotence", "true")

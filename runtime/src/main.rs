@@ -125,14 +125,22 @@ struct AdminArgs {
     /// is accepted as well).
     #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM file of the CA that issued the admin listener's certificate, for an https://
+    /// --admin whose certificate the system does not trust.
+    #[arg(long, env = "WEIR_ADMIN_CA")]
+    admin_ca: Option<PathBuf>,
     /// Print the API's JSON answer instead of text.
     #[arg(long)]
     json: bool,
 }
 
 impl AdminArgs {
-    fn client(&self) -> weir::admin_client::AdminClient {
-        weir::admin_client::AdminClient::new(&self.admin, self.token.as_deref())
+    fn client(&self) -> Result<weir::admin_client::AdminClient, weir::admin_client::ClientError> {
+        weir::admin_client::AdminClient::new(
+            &self.admin,
+            self.token.as_deref(),
+            self.admin_ca.as_deref(),
+        )
     }
 }
 
@@ -571,7 +579,14 @@ where
     Fut: std::future::Future<Output = Result<serde_json::Value, weir::admin_client::ClientError>>,
 {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    match rt.block_on(call(admin.client())) {
+    let client = match admin.client() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match rt.block_on(call(client)) {
         Ok(v) if admin.json => println!("{v}"),
         Ok(v) => println!("{}", text(&v)),
         Err(e) => {

@@ -206,10 +206,12 @@ pub async fn run(
         .map_err(StartError::Other)?;
     let _admin = admin::spawn(
         admin,
+        cfg.admin.tls.as_ref(),
         metrics.clone(),
         Some(p.lifecycle.clone()),
         cfg.admin.tokens(),
-    );
+    )
+    .map_err(StartError::Other)?;
     let sink = Sink::new(&cfg.kafka).map_err(|e| StartError::Config {
         file: p.file.clone(),
         key: "kafka".into(),

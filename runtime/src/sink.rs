@@ -140,6 +140,9 @@ pub enum SinkError {
     /// The setting would break the no-loss guarantee.
     #[error("kafka.properties.{0} cannot be changed: weir always produces with {0}={1}")]
     Forbidden(String, String),
+    /// The connection's security settings cannot be applied (a secret file unreadable).
+    #[error("{0}")]
+    Security(String),
     /// A topic weir writes to is not usable.
     #[error("{0}")]
     Topic(String),
@@ -152,9 +155,8 @@ const QUEUE_KBYTES: &str = "65536";
 impl Sink {
     /// A producer for `cfg`: `enable.idempotence=true`, `acks=all`, and no delivery timeout.
     pub fn new(cfg: &Kafka) -> Result<Sink, SinkError> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &cfg.bootstrap)
-            .set("linger.ms", "5")
+        let mut c = crate::capture::connection(cfg).map_err(SinkError::Security)?;
+        c.set("linger.ms", "5")
             .set("compression.type", "none")
             .set("queue.buffering.max.kbytes", QUEUE_KBYTES);
         for (k, v) in &cfg.properties {

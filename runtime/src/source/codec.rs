@@ -45,7 +45,7 @@ pub struct ConnectOptions {
     /// Receive maximum (MQTT 5).
     pub receive_maximum: u16,
     /// Credentials.
-    pub login: Option<(String, String)>,
+    pub login: Option<(String, crate::config::Secret)>,
 }
 
 /// The fixed header: packet type and flags, and the remaining length.
@@ -166,7 +166,7 @@ impl Proto {
                     clean_start: false,
                     properties: Some(props),
                 };
-                let login = o.login.as_ref().map(|(u, p)| v5::Login::new(u, p));
+                let login = o.login.as_ref().map(|(u, p)| v5::Login::new(u, p.expose()));
                 v5::Packet::Connect(connect, None, login)
                     .write(out, None)
                     .map_err(err)?;
@@ -176,7 +176,7 @@ impl Proto {
                 connect.keep_alive = o.keep_alive_s;
                 connect.clean_session = false;
                 if let Some((u, p)) = &o.login {
-                    connect.set_login(u, p);
+                    connect.set_login(u, p.expose());
                 }
                 connect
                     .write(out)
@@ -528,7 +528,7 @@ mod tests {
             keep_alive_s: 30,
             session_expiry_s: 60,
             receive_maximum: 100,
-            login: Some(("u".into(), "p".into())),
+            login: Some(("u".into(), crate::config::Secret::new("p"))),
         };
         for proto in [Proto::V5, Proto::V311] {
             let mut out = BytesMut::new();

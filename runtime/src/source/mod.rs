@@ -22,8 +22,9 @@
 //!   reconnect they are an error log and a metric.
 
 pub mod codec;
+pub mod tls;
 
-use crate::config::{Mqtt, Protocol};
+use crate::config::{Mqtt, Protocol, Secret};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use bytes::BytesMut;
@@ -32,9 +33,8 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 /// Bytes of an oversize payload kept for its quarantine entry.
@@ -119,26 +119,45 @@ pub enum SourceError {
         /// The broker's reason.
         reason: String,
     },
+    /// TLS cannot work as configured (a file, a certificate the broker or weir rejects).
+    #[error("MQTT {0}")]
+    Tls(String),
+    /// The password cannot be read.
+    #[error("{0}")]
+    Password(String),
 }
 
-fn host_port(url: &str) -> Result<(String, u16), SourceError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| {
-            SourceError::Url(
-                url.into(),
-                "expected mqtt://host:port (TLS is not supported yet)".into(),
-            )
-        })?;
+/// The read side of a connection, plain or TLS.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write side of a connection, plain or TLS.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// (host, port, TLS) of an `mqtt://` or `mqtts://` URL.
+fn host_port(url: &str) -> Result<(String, u16, bool), SourceError> {
+    let (rest, tls) = match url.strip_prefix("mqtts://") {
+        Some(rest) => (rest, true),
+        None => (
+            url.strip_prefix("mqtt://")
+                .or_else(|| url.strip_prefix("tcp://"))
+                .ok_or_else(|| {
+                    SourceError::Url(
+                        url.into(),
+                        "expected mqtt://host:port or mqtts://host:port".into(),
+                    )
+                })?,
+            false,
+        ),
+    };
     let rest = rest.trim_end_matches('/');
+    let default = if tls { 8883 } else { 1883 };
     match rest.rsplit_once(':') {
-        Some((h, p)) => Ok((
+        Some((h, p)) if !p.ends_with(']') => Ok((
             h.to_owned(),
             p.parse()
                 .map_err(|_| SourceError::Url(url.into(), format!("port {p:?} is not a number")))?,
+            tls,
         )),
-        None => Ok((rest.to_owned(), 1883)),
+        _ => Ok((rest.to_owned(), default, tls)),
     }
 }
 
@@ -194,7 +213,14 @@ impl Source {
         cfg: &Mqtt,
         metrics: Arc<Metrics>,
     ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
-        let (host, port) = host_port(&cfg.url)?;
+        let (host, port, tls) = host_port(&cfg.url)?;
+        let tls = if tls {
+            let name = host.trim_start_matches('[').trim_end_matches(']');
+            Some(tls::Settings::new(cfg.tls.as_ref(), name).map_err(SourceError::Tls)?)
+        } else {
+            None
+        };
+        cfg.password().map_err(SourceError::Password)?;
         let max_in_flight = u32::from(cfg.max_in_flight);
         let (tx, rx) = mpsc::channel(usize::from(cfg.max_in_flight));
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -214,11 +240,10 @@ impl Source {
                 keep_alive_s: cfg.keep_alive_s,
                 session_expiry_s: cfg.session_expiry_s,
                 receive_maximum: cfg.max_in_flight,
-                login: cfg
-                    .username
-                    .clone()
-                    .map(|u| (u, cfg.password.clone().unwrap_or_default())),
+                login: None,
             },
+            mqtt: cfg.clone(),
+            tls,
             subs: cfg.subscriptions.clone(),
             retain: cfg.retain_handling,
             keep_alive: Duration::from_secs(cfg.keep_alive_s.into()),
@@ -306,7 +331,7 @@ enum Control {
 /// One connection's reader: frames packets, hands PUBLISHes on (taking an in-flight permit
 /// first), and reports the rest to the connection loop.
 struct Reader {
-    read: OwnedReadHalf,
+    read: ReadHalf,
     buf: BytesMut,
     proto: Proto,
     connection: u64,
@@ -537,7 +562,11 @@ impl Reader {
 struct Session {
     addr: String,
     proto: Proto,
+    /// CONNECT's options; the login is filled in for each connection.
     connect: ConnectOptions,
+    /// The config, for what is read again at each connection (the password file).
+    mqtt: Mqtt,
+    tls: Option<tls::Settings>,
     subs: Vec<String>,
     retain: RetainHandling,
     keep_alive: Duration,
@@ -597,35 +626,96 @@ impl Session {
         }
     }
 
-    async fn connection(&mut self) -> End {
+    /// A TLS failure: fatal when weir has not connected yet (the config is wrong), else
+    /// worth retrying (the broker's certificate may be changing).
+    fn tls_failure(&self, e: &std::io::Error) -> End {
+        let what = self.tls.as_ref().and_then(|t| t.explain(e));
+        match what {
+            Some(why) if self.first => End::Fatal(SourceError::Tls(why)),
+            Some(why) => End::Lost(why),
+            None => End::Lost(format!("TLS with {} failed: {e}", self.addr)),
+        }
+    }
+
+    /// An I/O failure during the handshake: explained when TLS says why.
+    fn tls_failure_or(&self, e: &std::io::Error, what: &str) -> End {
+        match self.tls.as_ref().and_then(|t| t.explain(e)) {
+            Some(_) => self.tls_failure(e),
+            None => End::Lost(format!("{what}: {e}")),
+        }
+    }
+
+    /// TCP (and TLS) to the broker.
+    async fn open(&mut self) -> Result<(ReadHalf, WriteHalf), End> {
         let stream = match tokio::time::timeout(HANDSHAKE, TcpStream::connect(&self.addr)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return End::Lost(format!("cannot connect to {}: {e}", self.addr)),
-            Err(_) => return End::Lost(format!("connecting to {} timed out", self.addr)),
+            Ok(Err(e)) => return Err(End::Lost(format!("cannot connect to {}: {e}", self.addr))),
+            Err(_) => return Err(End::Lost(format!("connecting to {} timed out", self.addr))),
         };
         let _ = stream.set_nodelay(true);
-        let (read, mut write) = stream.into_split();
+        let Some(tls) = &self.tls else {
+            let (read, write) = stream.into_split();
+            return Ok((Box::new(read), Box::new(write)));
+        };
+        let connector = tls.connector().map_err(|e| {
+            if self.first {
+                End::Fatal(SourceError::Tls(e))
+            } else {
+                End::Lost(format!("TLS: {e}"))
+            }
+        })?;
+        let name = tls.name();
+        let stream = match tokio::time::timeout(HANDSHAKE, connector.connect(name, stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(self.tls_failure(&e)),
+            Err(_) => {
+                return Err(End::Lost(format!(
+                    "the TLS handshake with {} took longer than {HANDSHAKE:?}",
+                    self.addr
+                )));
+            }
+        };
+        let (read, write) = tokio::io::split(stream);
+        Ok((Box::new(read), Box::new(write)))
+    }
+
+    async fn connection(&mut self) -> End {
+        match self.mqtt.password() {
+            Ok(password) => {
+                self.connect.login = self
+                    .mqtt
+                    .username
+                    .clone()
+                    .map(|u| (u, password.unwrap_or_else(|| Secret::new(""))));
+            }
+            Err(e) if self.first => return End::Fatal(SourceError::Password(e)),
+            Err(e) => return End::Lost(e),
+        }
+        let (read, mut write) = match self.open().await {
+            Ok(halves) => halves,
+            Err(end) => return end,
+        };
         let mut out = BytesMut::with_capacity(4096);
         if let Err(e) = self.proto.connect(&self.connect, &mut out) {
             return End::Fatal(SourceError::Refused(e.to_string()));
         }
-        if let Err(e) = write.write_all(&out).await {
-            return End::Lost(format!("write failed: {e}"));
+        if let Err(e) = send(&mut write, &out).await {
+            return self.tls_failure_or(&e, "write failed");
         }
         out.clear();
         let mut buf = BytesMut::with_capacity(64 << 10);
         let mut read = read;
         let connack = tokio::time::timeout(HANDSHAKE, async {
             loop {
-                if let Some(f) = codec::fixed_header(&buf).map_err(|e| e.to_string())?
+                if let Some(f) = codec::fixed_header(&buf).map_err(|e| Err(e.to_string()))?
                     && buf.len() >= f.frame_len()
                 {
-                    return self.proto.decode(&mut buf).map_err(|e| e.to_string());
+                    return self.proto.decode(&mut buf).map_err(|e| Err(e.to_string()));
                 }
                 match read.read_buf(&mut buf).await {
-                    Ok(0) => return Err("the broker closed the connection".to_owned()),
+                    Ok(0) => return Err(Err("the broker closed the connection".to_owned())),
                     Ok(_) => {}
-                    Err(e) => return Err(format!("read failed: {e}")),
+                    Err(e) => return Err(Ok(e)),
                 }
             }
         })
@@ -646,7 +736,8 @@ impl Session {
                 };
             }
             Ok(Ok(other)) => return End::Lost(format!("expected CONNACK, got {other:?}")),
-            Ok(Err(e)) => return End::Lost(e),
+            Ok(Err(Ok(e))) => return self.tls_failure_or(&e, "read failed"),
+            Ok(Err(Err(e))) => return End::Lost(e),
             Err(_) => return End::Lost("no CONNACK within 10 s".into()),
         };
         let first = self.first;
@@ -692,7 +783,7 @@ impl Session {
                     reason: e.to_string(),
                 });
             }
-            if let Err(e) = write.write_all(&out).await {
+            if let Err(e) = send(&mut write, &out).await {
                 return End::Lost(format!("write failed: {e}"));
             }
             out.clear();
@@ -820,20 +911,22 @@ impl Session {
 
 /// Write everything, or fail if the broker does not take it within `limit` (a peer that
 /// stops reading must not hold the connection loop).
-async fn write_within(
-    write: &mut OwnedWriteHalf,
-    bytes: &[u8],
-    limit: Duration,
-) -> Result<(), String> {
-    match tokio::time::timeout(limit, write.write_all(bytes)).await {
+async fn write_within(write: &mut WriteHalf, bytes: &[u8], limit: Duration) -> Result<(), String> {
+    match tokio::time::timeout(limit, send(write, bytes)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("write failed: {e}")),
         Err(_) => Err(format!("the broker took no data for {limit:?}")),
     }
 }
 
+/// Write everything and flush it (TLS holds written data until flushed).
+async fn send(write: &mut WriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    write.write_all(bytes).await?;
+    write.flush().await
+}
+
 /// Say DISCONNECT (normal: the session stays) and close the write side.
-async fn disconnect(proto: Proto, write: &mut OwnedWriteHalf) {
+async fn disconnect(proto: Proto, write: &mut WriteHalf) {
     let mut out = BytesMut::new();
     proto.disconnect(&mut out);
     let _ = write_within(write, &out, HANDSHAKE).await;
@@ -856,10 +949,25 @@ mod tests {
     fn urls_and_backoff() {
         assert_eq!(
             host_port("mqtt://127.0.0.1:1884").unwrap(),
-            ("127.0.0.1".into(), 1884)
+            ("127.0.0.1".into(), 1884, false)
         );
-        assert_eq!(host_port("mqtt://broker").unwrap(), ("broker".into(), 1883));
-        assert!(host_port("mqtts://b:8883").is_err());
+        assert_eq!(
+            host_port("mqtt://broker").unwrap(),
+            ("broker".into(), 1883, false)
+        );
+        assert_eq!(
+            host_port("mqtts://broker").unwrap(),
+            ("broker".into(), 8883, true)
+        );
+        assert_eq!(
+            host_port("mqtts://[::1]:8884").unwrap(),
+            ("[::1]".into(), 8884, true)
+        );
+        assert_eq!(
+            host_port("mqtts://[::1]").unwrap(),
+            ("[::1]".into(), 8883, true)
+        );
+        assert!(host_port("ws://b:8883").is_err());
         assert!(host_port("mqtt://b:port").is_err());
         for n in 0..20 {
             let d = backoff(n);

@@ -165,7 +165,21 @@ impl Weir {
         Self::start_at(dir, &path, env)
     }
 
+    /// Start weir on `config` and return once its admin listener is open, ready or not.
+    pub fn launch(config: &str, env: &[(&str, &str)]) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::spawn_at(dir, &path, env)
+    }
+
     fn start_at(dir: tempfile::TempDir, path: &Path, env: &[(&str, &str)]) -> Weir {
+        let weir = Self::spawn_at(dir, path, env);
+        weir.wait_ready(Duration::from_secs(60));
+        weir
+    }
+
+    fn spawn_at(dir: tempfile::TempDir, path: &Path, env: &[(&str, &str)]) -> Weir {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
         cmd.args(["run", "--config"])
             .arg(path)
@@ -200,14 +214,12 @@ impl Weir {
                 log.lock().unwrap()
             );
         };
-        let weir = Weir {
+        Weir {
             child,
             log,
             admin,
             dir,
-        };
-        weir.wait_ready(Duration::from_secs(60));
-        weir
+        }
     }
 
     /// Wait until `/readyz` answers 200.
@@ -315,12 +327,16 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(id: &str) -> Publisher {
+        Self::at(&mqtt_url(), id)
+    }
+
+    /// A publisher to the broker at `url` (`mqtt://host:port`).
+    pub fn at(url: &str, id: &str) -> Publisher {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let url = mqtt_url();
         let hp = url.trim_start_matches("mqtt://");
         let (host, port) = hp.rsplit_once(':').unwrap();
         let mut o = rumqttc::v5::MqttOptions::new(id, host, port.parse().unwrap());
@@ -581,7 +597,10 @@ pub fn start_fails(config: &str, env: &[(&str, &str)]) -> String {
         }
         if start.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
-            panic!("weir did not stop at start-up within 60 s");
+            let _ = child.wait();
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+            panic!("weir did not stop at start-up within 60 s; its log:\n{err}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -1,0 +1,366 @@
+//! TLS and secrets against real brokers. Each test makes its own CA and certificates
+//! (rcgen) and runs a mosquitto of its own: a plain listener for the test's publisher, a
+//! TLS listener that requires client certificates, and one whose certificate has expired.
+//! Kafka and the registry are the test bed's.
+
+mod bed;
+
+use bed::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A CA that can sign certificates.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca {
+            issuer: Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// (certificate PEM, key PEM) for `names`; expired when `expired`.
+    fn issue(&self, cn: &str, names: &[&str], expired: bool) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// The files of one test's PKI.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// CA, server certificate (localhost, 127.0.0.1), expired server certificate, client
+    /// certificate, and a second CA with a client certificate of its own.
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki { dir };
+        let ca = Ca::new("weir test CA");
+        let rogue = Ca::new("someone else's CA");
+        pki.write("ca.pem", &ca.pem);
+        pki.write("rogue-ca.pem", &rogue.pem);
+        let pairs = [
+            (
+                "server",
+                ca.issue("broker", &["localhost", "127.0.0.1"], false),
+            ),
+            (
+                "expired",
+                ca.issue("broker", &["localhost", "127.0.0.1"], true),
+            ),
+            ("client", ca.issue("weir", &["weir"], false)),
+            ("rogue-client", rogue.issue("weir", &["weir"], false)),
+        ];
+        for (name, (cert, key)) in pairs {
+            pki.write(&format!("{name}.pem"), &cert);
+            pki.write(&format!("{name}.key"), &key);
+        }
+        // mosquitto, started as root, drops to its own user: let it read the files.
+        chmod(pki.dir.path(), 0o755);
+        pki
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        chmod(&path, 0o644);
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A mosquitto of the test's own; killed when dropped.
+struct Mosquitto {
+    child: Child,
+    plain: u16,
+    tls: u16,
+    expired: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Listeners: plain (anonymous), TLS requiring a client certificate from the test CA,
+    /// TLS with an expired certificate. `extra` is added to the global settings.
+    fn start(pki: &Pki, extra: &str) -> Mosquitto {
+        Self::start_on(pki, extra, free_port())
+    }
+
+    /// As [`Mosquitto::start`], with the client-certificate TLS listener on `tls`.
+    fn start_on(pki: &Pki, extra: &str, tls: u16) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        chmod(dir.path(), 0o755);
+        let (plain, expired) = (free_port(), free_port());
+        let p = |n: &str| pki.path(n).display().to_string();
+        let conf = format!(
+            "per_listener_settings false\n{extra}\nlog_dest stderr\nlog_type error\nlog_type warning\n\
+             listener {plain} 127.0.0.1\n\
+             listener {tls} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\n\
+             listener {expired} 127.0.0.1\ncafile {ca}\ncertfile {xcert}\nkeyfile {xkey}\n",
+            ca = p("ca.pem"),
+            cert = p("server.pem"),
+            key = p("server.key"),
+            xcert = p("expired.pem"),
+            xkey = p("expired.key"),
+        );
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        chmod(&path, 0o644);
+        let bin = if Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto runs");
+        let m = Mosquitto {
+            child,
+            plain,
+            tls,
+            expired,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        for port in [plain, tls, expired] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "mosquitto listens on {port}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        m
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The standard test config with `[mqtt.tls]` set to `tls`. The broker's URL is given to
+/// weir as `WEIR_MQTT_URL` (which the test bed's environment sets for every test).
+fn tls_config(p: &str, tls: &str) -> String {
+    format!("{}\n[mqtt.tls]\n{tls}\n", config(p))
+}
+
+fn client_files(pki: &Pki, ca: &str, client: &str) -> String {
+    format!(
+        "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}",
+        pki.path(ca),
+        pki.path(&format!("{client}.pem")),
+        pki.path(&format!("{client}.key"))
+    )
+}
+
+#[test]
+fn mutual_tls_carries_messages() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, "allow_anonymous true");
+    let p = unique("tls");
+    let url = format!("mqtts://localhost:{}", broker.tls);
+    let weir = Weir::start(
+        &tls_config(&p, &client_files(&pki, "ca.pem", "client")),
+        &[("WEIR_MQTT_URL", &url)],
+    );
+    let mut publisher = Publisher::at(
+        &format!("mqtt://127.0.0.1:{}", broker.plain),
+        &format!("{p}-pub"),
+    );
+    for i in 0..20 {
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/t-{i}"),
+            format!(r#"{{"ts":{i},"temp_c":21}}"#),
+            &[],
+        );
+    }
+    publisher.flush();
+    let got = count(&format!("{p}.thermostat"), 20, Duration::from_secs(60));
+    assert_eq!(got, 20, "every message went through weir's TLS session");
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn tls_failures_stop_start_up_with_the_cause() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, "allow_anonymous true");
+    let p = unique("tlsbad");
+    let good = format!("mqtts://localhost:{}", broker.tls);
+    let cases = [
+        (
+            "a CA that did not issue the broker's certificate",
+            good.clone(),
+            client_files(&pki, "rogue-ca.pem", "client"),
+            "not signed by a CA in mqtt.tls.ca_file",
+        ),
+        (
+            "a name the certificate does not carry",
+            good.clone(),
+            format!(
+                "{}\nserver_name = \"broker.example.com\"",
+                client_files(&pki, "ca.pem", "client")
+            ),
+            "not valid for \"broker.example.com\"",
+        ),
+        (
+            "an expired broker certificate",
+            format!("mqtts://localhost:{}", broker.expired),
+            client_files(&pki, "ca.pem", "client"),
+            "has expired",
+        ),
+        (
+            "a client certificate from another CA",
+            good.clone(),
+            client_files(&pki, "ca.pem", "rogue-client"),
+            "refused weir's client certificate",
+        ),
+        (
+            "no client certificate",
+            good.clone(),
+            format!("ca_file = {:?}", pki.path("ca.pem")),
+            "set mqtt.tls.cert_file and mqtt.tls.key_file",
+        ),
+        (
+            "a plain listener",
+            format!("mqtts://localhost:{}", broker.plain),
+            client_files(&pki, "ca.pem", "client"),
+            "TLS listener",
+        ),
+        (
+            "a key that does not fit the certificate",
+            good.clone(),
+            format!(
+                "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}",
+                pki.path("ca.pem"),
+                pki.path("client.pem"),
+                pki.path("rogue-client.key")
+            ),
+            "does not fit mqtt.tls.cert_file",
+        ),
+    ];
+    for (what, url, tls, want) in cases {
+        let err = start_fails(&tls_config(&p, &tls), &[("WEIR_MQTT_URL", &url)]);
+        assert!(err.contains(want), "{what}: expected {want:?} in:\n{err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+    }
+}
+
+/// A password file's content is what weir logs in with, read again at every connection:
+/// rotated on both sides, weir gets back in on its next reconnect; the password is never
+/// in weir's output. (The broker wants a password from everyone here, so nothing is
+/// published: being ready again means logged in and subscribed.)
+#[test]
+fn password_file_is_read_at_every_connection_and_never_shown() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o755);
+    let passwd = dir.path().join("passwd");
+    let set_broker_password = |pw: &str| {
+        let ok = Command::new("mosquitto_passwd")
+            .args(["-c", "-b"])
+            .arg(&passwd)
+            .args(["weir", pw])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mosquitto_passwd");
+        chmod(&passwd, 0o644);
+    };
+    let (first, second) = ("first-Secret-4711", "second-Secret-0815");
+    set_broker_password(first);
+    let extra = format!("allow_anonymous false\npassword_file {}", passwd.display());
+    let broker = Mosquitto::start(&pki, &extra);
+    let p = unique("secret");
+    let secret_file = dir.path().join("mqtt-password");
+    std::fs::write(&secret_file, format!("{first}\n")).unwrap();
+    let url = format!("mqtts://localhost:{}", broker.tls);
+    let env = [("WEIR_MQTT_URL", url.as_str())];
+    let config = tls_config(&p, &client_files(&pki, "ca.pem", "client")).replace(
+        "keep_alive_s = 10",
+        &format!(
+            "keep_alive_s = 10\nusername = \"weir\"\npassword_file = {:?}",
+            secret_file
+        ),
+    );
+
+    // A wrong password stops start-up, without showing either password.
+    std::fs::write(&secret_file, "wrong-Secret-1234\n").unwrap();
+    let err = start_fails(&config, &env);
+    assert!(err.contains("refused the connection"), "{err}");
+    assert!(!err.contains("wrong-Secret-1234"), "{err}");
+
+    std::fs::write(&secret_file, format!("{first}\n")).unwrap();
+    let weir = Weir::start(&config, &env);
+    // Rotate: the broker restarts with the new password, weir's file has it too.
+    set_broker_password(second);
+    std::fs::write(&secret_file, format!("{second}\n")).unwrap();
+    let port = broker.tls;
+    drop(broker);
+    let _broker = Mosquitto::start_on(&pki, &extra, port);
+    let reconnects = |weir: &Weir| {
+        weir.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_mqtt_reconnects_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let start = Instant::now();
+    while reconnects(&weir) < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "weir did not reconnect with the rotated password; its log:\n{}",
+            weir.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Ready again: logged in with the new password and subscribed.
+    weir.wait_ready(Duration::from_secs(30));
+    let (_, log) = weir.stop();
+    for pw in [first, second] {
+        assert!(!log.contains(pw), "a password reached the log:\n{log}");
+    }
+}
