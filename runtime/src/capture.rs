@@ -23,6 +23,103 @@ pub fn connection(kafka: &Kafka) -> Result<ClientConfig, String> {
     Ok(c)
 }
 
+/// The last error librdkafka reported for a client (it reports failed logins and TLS
+/// handshakes there, not to the request that was waiting).
+#[derive(Clone, Default)]
+struct LastError(
+    std::sync::Arc<std::sync::Mutex<Option<(rdkafka::types::RDKafkaErrorCode, String)>>>,
+);
+
+impl rdkafka::producer::ProducerContext for LastError {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+impl rdkafka::ClientContext for LastError {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if let Some(code) = error.rdkafka_error_code() {
+            self.seen(code, reason);
+        }
+    }
+
+    /// A failed TLS handshake reaches the log, not always the error callback.
+    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        if fac != "FAIL" {
+            return;
+        }
+        if message.contains("SSL") {
+            self.seen(Code::SSL, message);
+        } else if message.contains("SASL") || message.contains("uthentication") {
+            self.seen(Code::Authentication, message);
+        }
+    }
+}
+
+impl LastError {
+    fn seen(&self, code: rdkafka::types::RDKafkaErrorCode, reason: &str) {
+        if let Ok(mut last) = self.0.lock() {
+            // A specific cause is not overwritten by the generic failures that follow it.
+            let specific = |c: &rdkafka::types::RDKafkaErrorCode| {
+                matches!(
+                    c,
+                    rdkafka::types::RDKafkaErrorCode::SSL
+                        | rdkafka::types::RDKafkaErrorCode::Authentication
+                )
+            };
+            if last.as_ref().is_some_and(|(c, _)| specific(c)) && !specific(&code) {
+                return;
+            }
+            *last = Some((code, reason.to_owned()));
+        }
+    }
+}
+
+/// Reach the brokers once (cluster metadata, at most 10 s), so that a refused login, a
+/// failed TLS handshake or a wrong address stops start-up with its cause and the key to fix.
+pub async fn probe(kafka: &Kafka) -> Result<(), String> {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let config = connection(kafka)?;
+    let bootstrap = kafka.bootstrap.clone();
+    let seen = LastError::default();
+    let ctx = seen.clone();
+    tokio::task::spawn_blocking(move || {
+        let client: rdkafka::producer::BaseProducer<LastError> = config
+            .create_with_context(ctx)
+            .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+        let start = Instant::now();
+        loop {
+            use rdkafka::producer::Producer as _;
+            let result = client.client().fetch_metadata(None, Duration::from_secs(1));
+            // Serves the error callback.
+            client.poll(Duration::ZERO);
+            let last = seen.0.lock().ok().and_then(|l| l.clone());
+            match (result, last) {
+                (Ok(_), _) => return Ok(()),
+                (Err(_), Some((Code::Authentication, why))) => {
+                    return Err(format!(
+                        "Kafka refused weir's login: {why}; check kafka.sasl (mechanism, username, password)"
+                    ));
+                }
+                (Err(_), Some((Code::SSL, why))) => {
+                    return Err(format!(
+                        "TLS with Kafka failed: {why}; check kafka.tls.ca_file (the CA that issued the brokers' certificates) and that the brokers speak TLS"
+                    ));
+                }
+                (Err(e), last) if start.elapsed() >= Duration::from_secs(10) => {
+                    let detail = last.map(|(_, why)| format!(" ({why})")).unwrap_or_default();
+                    return Err(format!(
+                        "cannot reach Kafka at {bootstrap}: {e}{detail}; check kafka.bootstrap, that the brokers are up, and kafka.tls / kafka.sasl"
+                    ));
+                }
+                (Err(_), _) => {}
+            }
+        }
+    })
+    .await
+    .map_err(|e| format!("probing Kafka: {e}"))?
+}
+
 /// A consumer that only reads what it is assigned and commits only when told, in consumer
 /// group `group` (a fresh one if none).
 pub fn consumer(kafka: &Kafka, group: Option<&str>) -> Result<BaseConsumer, String> {

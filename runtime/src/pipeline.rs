@@ -117,6 +117,13 @@ pub async fn prepare(
 ) -> Result<Prepared, StartError> {
     let host = Host::new(limits, cache).map_err(|e| StartError::Other(e.to_string()))?;
     let seeds = load_seeds(&host, &config.plugins.dir, file)?;
+    crate::capture::probe(&config.kafka)
+        .await
+        .map_err(|problem| StartError::Config {
+            file: file.into(),
+            key: "kafka".into(),
+            problem,
+        })?;
     let store = Store::open(&config.plugins.store).map_err(|e| StartError::Config {
         file: file.into(),
         key: "plugins.store".into(),

@@ -364,3 +364,219 @@ fn password_file_is_read_at_every_connection_and_never_shown() {
         assert!(!log.contains(pw), "a password reached the log:\n{log}");
     }
 }
+
+/// A Kafka-protocol broker of the test's own (nisshi), killed when dropped.
+struct Nisshi {
+    child: Child,
+    port: u16,
+}
+
+impl Nisshi {
+    /// A broker on `dir`'s storage; `args` adds TLS or authentication.
+    fn start(dir: &Path, args: &[&str]) -> Nisshi {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://localhost:{port}");
+        let child = Command::new("nisshi")
+            .current_dir(dir)
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
+            .args(["--storage-engine", "sqlite://nisshi.db", "--silent"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nisshi runs (scripts/testbed installs it)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nisshi listens on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nisshi { child, port }
+    }
+}
+
+impl Drop for Nisshi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// weir writes to a Kafka that speaks only TLS and wants SCRAM-SHA-512 logins: the
+/// records arrive; a wrong password or an untrusted broker certificate stops start-up
+/// with the cause.
+#[test]
+fn kafka_over_tls_with_scram() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (user, password) = ("weir", "kafka-Secret-2718");
+    {
+        // Users live in the broker's storage: made on a plain broker, used by a secured one.
+        let plain = Nisshi::start(dir.path(), &[]);
+        let ok = Command::new("nisshi")
+            .args(["user", "create", "--mechanism", "scram512"])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", plain.port)])
+            .args([user, password])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "nisshi user create");
+    }
+    let cert = pki.path("server.pem").display().to_string();
+    let key = pki.path("server.key").display().to_string();
+    let broker = Nisshi::start(
+        dir.path(),
+        &["--authentication", "--cert", &cert, "--key", &key],
+    );
+    let bootstrap = format!("localhost:{}", broker.port);
+    let p = unique("ksec");
+    let security = |ca: &str| {
+        format!(
+            "\n[kafka.tls]\nca_file = {:?}\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"{user}\"\n",
+            pki.path(ca)
+        )
+    };
+    let config = format!("{}{}", config(&p), security("ca.pem"));
+
+    // A wrong password: start-up stops, saying Kafka refused the login; no password shown.
+    let err = start_fails(
+        &config,
+        &[
+            ("WEIR_KAFKA_BOOTSTRAP", &bootstrap),
+            ("WEIR_KAFKA_SASL_PASSWORD", "not-the-Secret"),
+        ],
+    );
+    assert!(
+        err.contains("SASL") && err.contains("authentication"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-Secret"), "{err}");
+    // A CA that did not issue the broker's certificate.
+    let err = start_fails(
+        &format!("{}{}", bed::config(&p), security("rogue-ca.pem")),
+        &[
+            ("WEIR_KAFKA_BOOTSTRAP", &bootstrap),
+            ("WEIR_KAFKA_SASL_PASSWORD", password),
+        ],
+    );
+    assert!(
+        err.contains("TLS with Kafka failed") && err.contains("certificate verify failed"),
+        "{err}"
+    );
+
+    let weir = Weir::start(
+        &config,
+        &[
+            ("WEIR_KAFKA_BOOTSTRAP", &bootstrap),
+            ("WEIR_KAFKA_SASL_PASSWORD", password),
+        ],
+    );
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    for i in 0..10 {
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/t-{i}"),
+            format!(r#"{{"ts":{i},"temp_c":21}}"#),
+            &[],
+        );
+    }
+    publisher.flush();
+    let ca = pki.path("ca.pem").display().to_string();
+    let reader = [
+        ("bootstrap.servers", bootstrap.as_str()),
+        ("security.protocol", "SASL_SSL"),
+        ("ssl.ca.location", ca.as_str()),
+        ("sasl.mechanism", "SCRAM-SHA-512"),
+        ("sasl.username", user),
+        ("sasl.password", password),
+    ];
+    let got = count_with(
+        &format!("{p}.thermostat"),
+        10,
+        Duration::from_secs(60),
+        &reader,
+    );
+    assert_eq!(got, 10, "the records are in the secured Kafka");
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(password), "the password reached the log");
+}
+
+/// `[admin.tls]`: the admin listener speaks HTTPS with the configured certificate, and the
+/// CLI reaches it with `--admin-ca`.
+#[test]
+fn admin_listener_serves_https() {
+    let pki = Pki::new();
+    let p = unique("adm");
+    let config = format!(
+        "{}\n[admin.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        config(&p).replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\ntoken = \"ops:adm-Secret-42-long-enough\""
+        ),
+        pki.path("server.pem"),
+        pki.path("server.key")
+    );
+    let weir = Weir::launch(&config, &[]);
+    let addr = weir
+        .admin
+        .strip_prefix("https://")
+        .expect("the admin listener says https://")
+        .to_owned();
+    let url = format!("https://localhost:{}", addr.rsplit_once(':').unwrap().1);
+    let ca = reqwest::Certificate::from_pem(
+        pki.path("ca.pem")
+            .to_str()
+            .map(std::fs::read)
+            .unwrap()
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let status = client
+            .get(format!("{url}/readyz"))
+            .send()
+            .map(|r| r.status().as_u16());
+        if status.as_ref().is_ok_and(|s| *s == 200) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "HTTPS /readyz: {status:?}; log:\n{}",
+            weir.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Plain HTTP gets no answer from the HTTPS listener.
+    assert!(http_get(&format!("http://{addr}/readyz")).is_none_or(|(s, _)| s != 200));
+    // The CLI, trusting the CA.
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["cohort", "list", "--admin", &url, "--admin-ca"])
+        .arg(pki.path("ca.pem"))
+        .env("WEIR_ADMIN_TOKEN", "adm-Secret-42-long-enough")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("thermostats"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the CA the CLI refuses the unknown certificate.
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["cohort", "list", "--admin", &url])
+        .env("WEIR_ADMIN_TOKEN", "adm-Secret-42-long-enough")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

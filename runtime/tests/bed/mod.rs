@@ -436,14 +436,26 @@ impl Rec {
 /// A consumer assigned every partition of `topic` from the beginning (no consumer group
 /// rebalance to wait for); `None` if the topic did not appear within `timeout`.
 pub fn assigned_consumer(topic: &str, timeout: Duration) -> Option<BaseConsumer> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+    assigned_consumer_with(topic, timeout, &[])
+}
+
+/// As [`assigned_consumer`], with client properties `extra` (another broker, security).
+pub fn assigned_consumer_with(
+    topic: &str,
+    timeout: Duration,
+    extra: &[(&str, &str)],
+) -> Option<BaseConsumer> {
+    let mut config = rdkafka::ClientConfig::new();
+    config
         .set("bootstrap.servers", kafka())
         .set("group.id", unique("g"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
+        .set("session.timeout.ms", "6000");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
     let start = Instant::now();
     let partitions = loop {
         if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
@@ -469,8 +481,13 @@ pub fn assigned_consumer(topic: &str, timeout: Duration) -> Option<BaseConsumer>
 
 /// Count records on `topic` until `n` arrived or `timeout` passed.
 pub fn count(topic: &str, n: usize, timeout: Duration) -> usize {
+    count_with(topic, n, timeout, &[])
+}
+
+/// As [`count`], with client properties `extra`.
+pub fn count_with(topic: &str, n: usize, timeout: Duration, extra: &[(&str, &str)]) -> usize {
     let start = Instant::now();
-    let Some(consumer) = assigned_consumer(topic, timeout) else {
+    let Some(consumer) = assigned_consumer_with(topic, timeout, extra) else {
         return 0;
     };
     let mut got = 0;
