@@ -1181,4 +1181,16 @@ key = "{topic[3]}"
             "{e}"
         );
     }
+
+    #[test]
+    fn the_secured_example_is_valid() {
+        let text = include_str!("../../examples/weir-secure.toml");
+        let c = parse(
+            text,
+            &[("WEIR_ADMIN_TOKEN", "ops:0123456789abcdef0123456789abcdef")],
+        )
+        .unwrap();
+        assert!(c.mqtt.url.starts_with("mqtts://") && c.mqtt.tls.is_some());
+        assert!(c.kafka.sasl.is_some() && c.kafka.tls.is_some() && c.admin.tls.is_some());
+    }
 }

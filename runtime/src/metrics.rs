@@ -214,6 +214,10 @@ impl Metrics {
             "Messages over mqtt.max_message_bytes",
             m.oversize.clone(),
         );
+        // Every kind of write from zero, so rates and alerts see the first retry.
+        for kind in ["raw", "record", "quarantine"] {
+            m.write_retries.get_or_create(&KindLabel { kind: kind.into() });
+        }
         Metrics { registry: r, ..m }
     }
 

@@ -220,6 +220,37 @@ fn bad_messages_are_quarantined_with_codes_and_original_bytes() {
             .is_empty()
         );
     }
+    // Every series the shipped Grafana dashboard and alert rules query is exported.
+    let metrics = weir.metrics();
+    for file in ["grafana-dashboard.json", "prometheus-alerts.yml"] {
+        let text = std::fs::read_to_string(root().join("examples/monitoring").join(file)).unwrap();
+        let mut names: Vec<&str> = text
+            .match_indices("weir_")
+            .map(|(i, _)| {
+                let rest = &text[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        names.dedup();
+        assert!(names.len() > 5, "{file} queries weir's metrics");
+        for name in names {
+            // A labelled family without series yet still declares its type.
+            let family = ["_total", "_bucket"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            let declared = format!("# TYPE {family} ");
+            assert!(
+                metrics
+                    .lines()
+                    .any(|l| l.starts_with(name) || l.starts_with(&declared)),
+                "{file} queries {name}, which /metrics does not have:\n{metrics}"
+            );
+        }
+    }
     drop(weir);
 }
 
