@@ -216,7 +216,9 @@ impl Metrics {
         );
         // Every kind of write from zero, so rates and alerts see the first retry.
         for kind in ["raw", "record", "quarantine"] {
-            m.write_retries.get_or_create(&KindLabel { kind: kind.into() });
+            let _ = m
+                .write_retries
+                .get_or_create(&KindLabel { kind: kind.into() });
         }
         Metrics { registry: r, ..m }
     }

@@ -471,6 +471,96 @@ fn two_processes_on_a_shared_subscription_converge() {
     );
 }
 
+/// `weir_acked_total` of a process.
+fn acked(weir: &Weir) -> f64 {
+    weir.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_acked_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Three processes on one shared subscription; one is killed (SIGKILL) mid-stream. The
+/// other two take the whole stream while it is down, a promote made meanwhile reaches every
+/// process through the control topic (the killed one when it comes back), and once it is
+/// back under its client id its session's unacknowledged messages arrive: nothing is lost.
+#[test]
+fn three_processes_absorb_one_killed_and_lose_nothing() {
+    let p = unique("three");
+    let shared = |n: usize| {
+        config(&p)
+            .replace(
+                &format!("subscriptions = [\"{p}/#\"]"),
+                &format!("subscriptions = [\"$share/{p}/{p}/#\"]"),
+            )
+            .replace(
+                &format!("client_id = \"{p}-weir\""),
+                &format!("client_id = \"{p}-weir{n}\""),
+            )
+    };
+    let a = Weir::start(&shared(1), &[]);
+    let b = Weir::start(&shared(2), &[]);
+    let c = Weir::start(&shared(3), &[]);
+    let devices = 6;
+    let load = Load::start(&p, &format!("{p}-pub"), devices);
+    load.wait_sent(600);
+    for w in [&a, &b, &c] {
+        let start = Instant::now();
+        while acked(w) == 0.0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "every process gets a share"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let b_dir = b.kill();
+    let before = acked(&a) + acked(&c);
+    let sent_at_kill = load.sent.load(Ordering::Relaxed);
+    let (ok, _, err) = cli(
+        &a,
+        None,
+        &["plugin", "promote", "thermostats", "thermostat@1.1.0"],
+    );
+    assert!(ok, "{err}");
+    wait_running(&c, "thermostats", "thermostat@1.1.0");
+    load.wait_sent(sent_at_kill + 900);
+    // While b is down, a and c take what is published: nearly all of it, not two thirds.
+    let start = Instant::now();
+    let published = (load.sent.load(Ordering::Relaxed) - sent_at_kill) as f64;
+    loop {
+        let absorbed = acked(&a) + acked(&c) - before;
+        if absorbed >= 0.9 * published {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a and c acknowledged {absorbed} of the {published} published while b was down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let b = Weir::restart(b_dir, &[]);
+    wait_running(&b, "thermostats", "thermostat@1.1.0");
+    let (rounds, records) = load.finish_after(300, &p, devices);
+    let mut seen: HashMap<(String, i64), usize> = HashMap::new();
+    let mut decoder = Decoder::new();
+    for r in &records {
+        let v = decoder.decode(&r.value);
+        *seen
+            .entry((
+                v["device_id"].as_str().unwrap().to_owned(),
+                v["ts_ms"].as_i64().unwrap(),
+            ))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        rounds * devices,
+        "nothing lost (a message b wrote but did not acknowledge may come twice)"
+    );
+    assert!(acked(&b) > 0.0, "b is back in the group");
+}
+
 #[test]
 fn shadow_reports_kelvin_as_live_rejected_and_publishes_nothing() {
     let p = unique("shadow");
