@@ -8,6 +8,7 @@
 //!   needs `Authorization: Bearer <token>` when tokens are configured (`WEIR_ADMIN_TOKEN`);
 //!   the token's name is recorded in the audit trail. Errors are `{"error": "..."}` with the
 //!   reason and the fix.
+//! - `/`: the status page ([`crate::status`]).
 //! - With `[admin.tls]` the listener speaks HTTPS only.
 
 use crate::config::Tls;
@@ -31,6 +32,7 @@ struct App {
     metrics: Arc<Metrics>,
     lifecycle: Option<Arc<Lifecycle>>,
     tokens: Arc<Vec<(String, String)>>,
+    rates: Arc<crate::status::Rates>,
 }
 
 /// The name of the token a request was authorised with.
@@ -47,6 +49,7 @@ pub fn router(
         metrics,
         lifecycle,
         tokens: Arc::new(tokens),
+        rates: Arc::default(),
     };
     let api = Router::new()
         .route("/v1/plugins", post(push).get(plugins))
@@ -62,6 +65,7 @@ pub fn router(
         .layer(DefaultBodyLimit::max(4 << 20))
         .route_layer(middleware::from_fn_with_state(app.clone(), authorise));
     Router::new()
+        .route("/", get(status_page))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -77,6 +81,28 @@ async fn metrics_text(State(app): State<App>) -> impl IntoResponse {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         app.metrics.encode(),
+    )
+}
+
+/// The status page (see [`crate::status`]).
+async fn status_page(State(app): State<App>) -> impl IntoResponse {
+    let (cohorts, changes, process) = match &app.lifecycle {
+        Some(lc) => (
+            lc.cohorts(),
+            lc.recent_changes(10),
+            lc.config().mqtt.client_id.clone(),
+        ),
+        None => (Vec::new(), Vec::new(), "weir".to_owned()),
+    };
+    let page = crate::status::Page {
+        process: &process,
+        not_ready: app.metrics.not_ready(),
+        cohorts: &cohorts,
+        changes: &changes,
+    };
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        app.rates.render(&page, &app.metrics.encode()),
     )
 }
 

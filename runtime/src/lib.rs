@@ -25,5 +25,6 @@ pub mod route;
 pub mod shadow;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod transform;

@@ -1082,6 +1082,20 @@ impl Lifecycle {
             .collect()
     }
 
+    /// The last `n` promotes and rollbacks of any cohort, oldest first.
+    pub fn recent_changes(&self, n: usize) -> Vec<Audit> {
+        let state = self.control.state();
+        let changes: Vec<&Audit> = state
+            .audit
+            .iter()
+            .filter(|a| a.action == "promote" || a.action == "rollback")
+            .collect();
+        changes[changes.len().saturating_sub(n)..]
+            .iter()
+            .map(|a| (*a).clone())
+            .collect()
+    }
+
     /// The audit entries of a cohort, oldest first.
     pub fn history(&self, cohort: &str) -> Result<Vec<Audit>, LifecycleError> {
         self.cohort_index(cohort)?;

@@ -1,0 +1,298 @@
+//! The status page (`/` on the admin listener): one self-contained HTML page, no scripts,
+//! that reloads itself every 5 s. Its numbers are read from the same OpenMetrics text
+//! `/metrics` serves, so the page and Prometheus never disagree; rates are the change
+//! since the page was last rendered.
+
+use crate::control::Audit;
+use crate::lifecycle::CohortView;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// How often the page reloads itself, seconds.
+pub const REFRESH_S: u32 = 5;
+
+/// One sample's counters, for rates.
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    received: f64,
+    acked: f64,
+    records: BTreeMap<String, f64>,
+}
+
+/// The last rendering's counters.
+#[derive(Debug, Default)]
+pub struct Rates {
+    last: Mutex<Option<Sample>>,
+}
+
+/// Series of an OpenMetrics text: (name, labels) → value.
+#[derive(Debug, Default)]
+pub struct Series(Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Series {
+    /// Parse the exposition (comments and unparsable lines are skipped).
+    pub fn parse(text: &str) -> Series {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let Some((head, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = match head.split_once('{') {
+                Some((name, rest)) => (name, labels(rest.trim_end_matches('}'))),
+                None => (head, BTreeMap::new()),
+            };
+            out.push((name.to_owned(), labels, value));
+        }
+        Series(out)
+    }
+
+    /// The value of an unlabelled series (0 when absent).
+    pub fn get(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .find(|(n, l, _)| n == name && l.is_empty())
+            .map_or(0.0, |s| s.2)
+    }
+
+    /// Every series named `name`, with its labels.
+    pub fn all<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a BTreeMap<String, String>, f64)> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _, _)| n == name)
+            .map(|(_, l, v)| (l, *v))
+    }
+}
+
+/// `k="v",k2="v2"` (values without escaped quotes, which weir's labels never have).
+fn labels(text: &str) -> BTreeMap<String, String> {
+    text.split("\",")
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once("=\"")?;
+            Some((k.trim().to_owned(), v.trim_end_matches('"').to_owned()))
+        })
+        .collect()
+}
+
+/// Text for HTML.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A count as the page shows it (integers without decimals).
+fn num(v: f64) -> String {
+    // An empty sum is -0.
+    let v = v + 0.0;
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn when(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+    )
+    .to_string()
+}
+
+/// What the page shows besides the metrics.
+#[derive(Debug)]
+pub struct Page<'a> {
+    /// The MQTT client id (names the process).
+    pub process: &'a str,
+    /// `None` when ready, else why not.
+    pub not_ready: Option<String>,
+    /// Cohorts and their live versions.
+    pub cohorts: &'a [CohortView],
+    /// Recent promotes and rollbacks, newest last.
+    pub changes: &'a [Audit],
+}
+
+impl Rates {
+    /// Render the page from the metrics text `metrics`.
+    pub fn render(&self, page: &Page<'_>, metrics: &str) -> String {
+        let s = Series::parse(metrics);
+        let now = Sample {
+            at: Instant::now(),
+            received: s.get("weir_received_total"),
+            acked: s.get("weir_acked_total"),
+            records: s
+                .all("weir_records_total")
+                .filter_map(|(l, v)| Some((l.get("cohort")?.clone(), v)))
+                .collect(),
+        };
+        let previous = self
+            .last
+            .lock()
+            .ok()
+            .and_then(|mut last| last.replace(now.clone()));
+        let rate = |f: &dyn Fn(&Sample) -> f64| -> String {
+            match &previous {
+                Some(p) if now.at > p.at => {
+                    let dt = (now.at - p.at).as_secs_f64();
+                    format!("{:.1}/s", ((f(&now) - f(p)) / dt).max(0.0))
+                }
+                _ => "–".to_owned(),
+            }
+        };
+        let mut h = String::with_capacity(8 << 10);
+        let _ = write!(
+            h,
+            "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"{REFRESH_S}\"><title>weir · {process}</title><style>\
+             body{{font:14px system-ui,sans-serif;margin:1.5em;color:#222}}h1{{font-size:1.3em}}h2{{font-size:1.05em;margin-top:1.5em}}\
+             table{{border-collapse:collapse}}td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}td.n{{text-align:right;font-variant-numeric:tabular-nums}}\
+             .ok{{color:#186a3b}}.bad{{color:#a93226;font-weight:bold}}code{{font-size:.9em}}</style></head><body>",
+            process = esc(page.process)
+        );
+        let state = match &page.not_ready {
+            None => "<span class=\"ok\" id=\"ready\">ready</span>".to_owned(),
+            Some(why) => format!(
+                "<span class=\"bad\" id=\"ready\">not ready: {}</span>",
+                esc(why)
+            ),
+        };
+        let _ = write!(
+            h,
+            "<h1>weir <code>{}</code> — {state}</h1><p>Reloads every {REFRESH_S} s; the numbers are those of <a href=\"/metrics\">/metrics</a>.</p>",
+            esc(page.process)
+        );
+        let oldest = s.get("weir_oldest_unacked_seconds");
+        let stuck = s.get("weir_kafka_stuck_writes");
+        let rows = [
+            (
+                "received",
+                "received",
+                num(now.received),
+                rate(&|x| x.received),
+            ),
+            ("acked", "acknowledged", num(now.acked), rate(&|x| x.acked)),
+            (
+                "in_flight",
+                "in flight",
+                num(s.get("weir_in_flight")),
+                String::new(),
+            ),
+            (
+                "oldest_unacked",
+                "oldest unacknowledged, s",
+                num(oldest),
+                String::new(),
+            ),
+            (
+                "reconnects",
+                "MQTT reconnects",
+                num(s.get("weir_mqtt_reconnects_total")),
+                String::new(),
+            ),
+            ("stuck", "Kafka writes stuck", num(stuck), String::new()),
+        ];
+        h.push_str("<h2>Messages</h2><table>");
+        for (id, label, value, rate) in rows {
+            let _ = write!(
+                h,
+                "<tr><th>{label}</th><td class=\"n\" id=\"{id}\">{value}</td><td class=\"n\">{rate}</td></tr>"
+            );
+        }
+        h.push_str("</table>");
+
+        h.push_str("<h2>Cohorts</h2><table><tr><th>cohort</th><th>version</th><th>sha256</th><th>pinned</th><th>records</th><th>rate</th><th>quarantined</th><th>output topic</th></tr>");
+        for c in page.cohorts {
+            let records = now.records.get(&c.cohort).copied().unwrap_or(0.0);
+            let quarantined: f64 = s
+                .all("weir_quarantined_total")
+                .filter(|(l, _)| l.get("cohort") == Some(&c.cohort))
+                .map(|(_, v)| v)
+                .sum();
+            let pinned = match (&c.since_ms, &c.by) {
+                (Some(ms), Some(by)) => format!("{} by {}", when(*ms), esc(by)),
+                _ => "weir.toml".to_owned(),
+            };
+            let name = esc(&c.cohort);
+            let cohort_rate = rate(&|x| x.records.get(&c.cohort).copied().unwrap_or(0.0));
+            let _ = write!(
+                h,
+                "<tr><td>{name}</td><td id=\"version-{name}\">{}</td><td><code>{}</code></td><td>{pinned}</td><td class=\"n\" id=\"records-{name}\">{}</td><td class=\"n\">{cohort_rate}</td><td class=\"n\" id=\"quarantined-{name}\">{}</td><td>{}</td></tr>",
+                esc(&format!("{}@{}", c.plugin.name, c.plugin.version)),
+                esc(c.plugin.sha256.get(..12).unwrap_or(&c.plugin.sha256)),
+                num(records),
+                num(quarantined),
+                esc(&c.output_topic),
+            );
+        }
+        h.push_str("</table>");
+
+        h.push_str("<h2>Quarantined by code</h2><table><tr><th>cohort</th><th>code</th><th>stage</th><th>count</th></tr>");
+        let mut any = false;
+        for (l, v) in s.all("weir_quarantined_total") {
+            any = true;
+            let get = |k: &str| esc(l.get(k).map_or("-", String::as_str));
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\" id=\"q-{}-{}\">{}</td></tr>",
+                get("cohort"),
+                get("code"),
+                get("stage"),
+                get("cohort"),
+                get("code"),
+                num(v)
+            );
+        }
+        if !any {
+            h.push_str("<tr><td colspan=\"4\">nothing quarantined</td></tr>");
+        }
+        h.push_str("</table>");
+
+        h.push_str("<h2>Recent promotes and rollbacks</h2><table><tr><th>when</th><th>cohort</th><th>action</th><th>version</th><th>by</th></tr>");
+        if page.changes.is_empty() {
+            h.push_str("<tr><td colspan=\"5\">none</td></tr>");
+        }
+        for a in page.changes.iter().rev() {
+            let _ = write!(
+                h,
+                "<tr class=\"change\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                when(a.at_ms),
+                esc(a.cohort.as_deref().unwrap_or("-")),
+                esc(&a.action),
+                esc(&a.plugin),
+                esc(&a.by)
+            );
+        }
+        h.push_str("</table></body></html>\n");
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_read_from_the_exposition() {
+        let s = Series::parse(
+            "# TYPE weir_received counter\nweir_received_total 12\nweir_quarantined_total{cohort=\"t\",code=\"payload.malformed\",stage=\"transform\"} 3\n# EOF\n",
+        );
+        assert_eq!(s.get("weir_received_total"), 12.0);
+        let q: Vec<_> = s.all("weir_quarantined_total").collect();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].0["code"], "payload.malformed");
+        assert_eq!(q[0].0["stage"], "transform");
+        assert_eq!(q[0].1, 3.0);
+        assert_eq!(esc("<a&\"b\">"), "&lt;a&amp;&quot;b&quot;&gt;");
+    }
+}
