@@ -393,13 +393,26 @@ pub fn spawn(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     Ok(tokio::spawn(async move {
         // Handshakes run on tasks of their own: a slow or silent client holds up no one.
+        // At most this many at once: connections that never handshake cannot use up the
+        // process's file descriptors.
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let handshakes = tokio::spawn(async move {
             loop {
-                let Ok((tcp, peer)) = listener.accept().await else {
-                    continue;
+                let Ok(permit) = pending.clone().acquire_owned().await else {
+                    return;
+                };
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait rather than spin.
+                        tracing::warn!(error = %e, "admin: cannot accept a connection");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    }
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, peer)).await;
@@ -418,6 +431,9 @@ pub fn spawn(
         }
     }))
 }
+
+/// TLS handshakes in progress on the admin listener, at most.
+const MAX_HANDSHAKES: usize = 64;
 
 /// Longest a client may take over its TLS handshake.
 const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -139,23 +139,38 @@ impl std::fmt::Debug for Secret {
 }
 
 impl<'de> Deserialize<'de> for Secret {
-    /// A string, or a number written without quotes (serde's error for a wrong type would
-    /// quote the value).
+    /// A string. Anything else is refused without quoting it (serde's own error for a
+    /// wrong type would show the value).
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
         struct V;
-        impl serde::de::Visitor<'_> for V {
+        fn refuse<E: serde::de::Error>() -> E {
+            E::custom("a secret must be a quoted string")
+        }
+        impl<'de> serde::de::Visitor<'de> for V {
             type Value = Secret;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
+                f.write_str("a quoted string")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
                 Ok(Secret(v.to_owned()))
             }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(refuse())
             }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
-                Ok(Secret(v.to_string()))
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(refuse())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(refuse())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(refuse())
             }
         }
         d.deserialize_any(V)
@@ -588,6 +603,17 @@ fn de_protocol<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Protocol, D::Er
 }
 
 const OVERRIDABLE: [&str; 6] = ["mqtt", "kafka", "registry", "output", "plugins", "admin"];
+/// Environment variables of other commands' flags (`weir plugin --admin`, `weir registry
+/// serve`) that look like overrides but are not config keys: a shell that sets them for
+/// the CLI can still start `weir run`.
+const CLI_ONLY: [&str; 6] = [
+    "WEIR_ADMIN_URL",
+    "WEIR_ADMIN_CA",
+    "WEIR_REGISTRY_LISTEN",
+    "WEIR_REGISTRY_DATA_DIR",
+    "WEIR_REGISTRY_MAX_BODY",
+    "WEIR_REGISTRY_MAX_CONCURRENT",
+];
 /// Tables inside those, overridden as `WEIR_<TABLE>_<SUB>_<KEY>` (`WEIR_KAFKA_SASL_PASSWORD`).
 const NESTED: [(&str, &str); 4] = [
     ("mqtt", "tls"),
@@ -707,6 +733,12 @@ impl Config {
             }
         }
         if let Some(sasl) = &self.kafka.sasl {
+            if sasl.mechanism == SaslMechanism::Plain && self.kafka.tls.is_none() {
+                return Err((
+                    "kafka.sasl.mechanism".into(),
+                    "PLAIN without [kafka.tls] would send the password in the clear: add [kafka.tls], or use SCRAM-SHA-256/512".into(),
+                ));
+            }
             match (&sasl.password, &sasl.password_file) {
                 (Some(_), Some(_)) => {
                     return Err((
@@ -900,6 +932,9 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (S
         let Some(rest) = name.strip_prefix("WEIR_") else {
             continue;
         };
+        if CLI_ONLY.contains(&name.as_str()) {
+            continue;
+        }
         let rest = rest.to_ascii_lowercase();
         if let Some(prop) = rest.strip_prefix("kafka_property_") {
             let kafka = table
@@ -1192,5 +1227,36 @@ key = "{topic[3]}"
         .unwrap();
         assert!(c.mqtt.url.starts_with("mqtts://") && c.mqtt.tls.is_some());
         assert!(c.kafka.sasl.is_some() && c.kafka.tls.is_some() && c.admin.tls.is_some());
+    }
+
+    #[test]
+    fn secrets_are_strings_and_plain_needs_tls() {
+        let text = MINIMAL.replace(
+            "subscriptions = [\"plant/#\"]",
+            "subscriptions = [\"plant/#\"]\npassword = 31415.9",
+        );
+        let e = parse(&text, &[]).unwrap_err();
+        assert_eq!(e.key, "-");
+        assert!(
+            e.problem.contains("quoted string") && !e.problem.contains("31415"),
+            "{}",
+            e.problem
+        );
+        let plain = MINIMAL.replace(
+            "bootstrap = \"127.0.0.1:9092\"",
+            "bootstrap = \"127.0.0.1:9092\"\n[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"",
+        );
+        let e = parse(&plain, &[("WEIR_KAFKA_SASL_PASSWORD", "x")]).unwrap_err();
+        assert_eq!(e.key, "kafka.sasl.mechanism");
+        // The CLI's own variables do not get in the way of `weir run`.
+        parse(
+            MINIMAL,
+            &[
+                ("WEIR_ADMIN_URL", "http://127.0.0.1:9900"),
+                ("WEIR_ADMIN_CA", "/ca.pem"),
+                ("WEIR_REGISTRY_LISTEN", "127.0.0.1:8081"),
+            ],
+        )
+        .unwrap();
     }
 }

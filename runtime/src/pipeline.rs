@@ -453,9 +453,8 @@ async fn deliver(
             }
             w = work.recv(), if open => match w {
                 Some(w) => {
-                    let now = Instant::now();
                     for (token, input, cohort, outcome) in w.messages {
-                        Metrics::observe(&metrics.handover_seconds, now - token.arrived());
+                        Metrics::observe(&metrics.handover_seconds, token.arrived().elapsed());
                         let seq = courier.arrived(token);
                         let d = w.topology.plan(input, cohort, outcome);
                         courier.start(seq, d, w.topology.clone()).await;

@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tls::Certain;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -629,10 +630,9 @@ impl Session {
     /// A TLS failure: fatal when weir has not connected yet (the config is wrong), else
     /// worth retrying (the broker's certificate may be changing).
     fn tls_failure(&self, e: &std::io::Error) -> End {
-        let what = self.tls.as_ref().and_then(|t| t.explain(e));
-        match what {
-            Some(why) if self.first => End::Fatal(SourceError::Tls(why)),
-            Some(why) => End::Lost(why),
+        match self.tls.as_ref().and_then(|t| t.explain(e)) {
+            Some((why, Certain::Yes)) if self.first => End::Fatal(SourceError::Tls(why)),
+            Some((why, _)) => End::Lost(why),
             None => End::Lost(format!("TLS with {} failed: {e}", self.addr)),
         }
     }

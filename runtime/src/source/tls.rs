@@ -23,10 +23,14 @@ impl Settings {
     /// Settings for a broker at `host`; reads the files once to check them.
     pub fn new(tls: Option<&Tls>, host: &str) -> Result<Settings, String> {
         let tls = tls.cloned().unwrap_or_default();
+        let key = if tls.server_name.is_some() {
+            "mqtt.tls.server_name"
+        } else {
+            "mqtt.url"
+        };
         let text = tls.server_name.clone().unwrap_or_else(|| host.to_owned());
-        let name = ServerName::try_from(text.clone()).map_err(|_| {
-            format!("mqtt.tls.server_name: {text:?} is not a DNS name or an IP address")
-        })?;
+        let name = ServerName::try_from(text.clone())
+            .map_err(|_| format!("{key}: {text:?} is not a DNS name or an IP address"))?;
         let s = Settings { tls, name };
         s.connector()?;
         Ok(s)
@@ -81,9 +85,10 @@ impl Settings {
         Ok(TlsConnector::from(Arc::new(config)))
     }
 
-    /// What a TLS failure means and what to do about it; `None` when it is not a
-    /// certificate problem (a retry may help).
-    pub fn explain(&self, e: &std::io::Error) -> Option<String> {
+    /// What a TLS failure means and what to do about it, and whether that is certain (a
+    /// certificate or an alert says so) or a guess (the broker hung up, which a proxy
+    /// whose backend is down does too); `None` when TLS has nothing to say.
+    pub fn explain(&self, e: &std::io::Error) -> Option<(String, Certain)> {
         let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
             // Hanging up without an alert: what OpenSSL brokers (mosquitto) do to a client
             // without a certificate, and what a plain MQTT listener does to a ClientHello.
@@ -97,7 +102,10 @@ impl Settings {
                 "is this port a TLS listener (use mqtt:// for a plain one), and does the broker trust mqtt.tls.cert_file?"
             };
             return hung_up.then(|| {
-                format!("TLS: the broker hung up during the handshake without saying why; {hint}")
+                (
+                    format!("TLS: the broker hung up without saying why; {hint}"),
+                    Certain::No,
+                )
             });
         };
         let name = match &self.name {
@@ -146,10 +154,22 @@ impl Settings {
             rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
                 "the broker did not answer with TLS: is this port a TLS listener? (use mqtt:// for a plain one)".to_owned()
             }
+            rustls::Error::PeerIncompatible(p) => format!(
+                "the broker and weir share no TLS version or cipher suite ({p:?}); weir speaks TLS 1.2 and 1.3"
+            ),
             _ => return None,
         };
-        Some(format!("TLS: {why}"))
+        Some((format!("TLS: {why}"), Certain::Yes))
     }
+}
+
+/// Whether an explanation is certain enough to stop start-up for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Certain {
+    /// A certificate or an alert said so: retrying cannot help.
+    Yes,
+    /// A guess from a hang-up: retried, and logged with the hint.
+    No,
 }
 
 /// The private key in a PEM file.
