@@ -499,9 +499,25 @@ pub struct Cohort {
     /// Plugin config, passed to its `init`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// This cohort's plugin time budget per message, ms (default: the host's,
+    /// `--plugin-time-ms`). A message over it is quarantined as `plugin.timeout`.
+    #[serde(default)]
+    pub plugin_time_ms: Option<u64>,
+    /// This cohort's plugin memory cap, MiB; at most the host's (`--plugin-memory-mib`).
+    #[serde(default)]
+    pub plugin_memory_mib: Option<usize>,
 }
 
 impl Cohort {
+    /// The cohort's own plugin limits (replay and redrive apply the same ones, so a
+    /// replayed message meets the limits it met live).
+    pub fn limits(&self) -> crate::transform::CallLimits {
+        crate::transform::CallLimits {
+            time_per_message: self.plugin_time_ms.map(std::time::Duration::from_millis),
+            memory_bytes: self.plugin_memory_mib.map(|m| m << 20),
+        }
+    }
+
     /// The cohort's `config` table as the plugin's `init` receives it.
     pub fn settings(&self) -> Vec<(String, String)> {
         self.config
@@ -911,6 +927,15 @@ impl Config {
             }
             check_kafka_topic(&c.output_topic).map_err(|e| (at("output_topic"), e))?;
             crate::route::KeyTemplate::parse(&c.key).map_err(|e| (at("key"), e))?;
+            if c.plugin_time_ms.is_some_and(|t| !(1..=60_000).contains(&t)) {
+                return Err((
+                    at("plugin_time_ms"),
+                    "out of range: use 1 to 60000 ms per message".into(),
+                ));
+            }
+            if c.plugin_memory_mib == Some(0) {
+                return Err((at("plugin_memory_mib"), "must be at least 1".into()));
+            }
         }
         Ok(())
     }
@@ -1258,5 +1283,27 @@ key = "{topic[3]}"
             ],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn cohort_limits_are_checked() {
+        let c = parse(
+            MINIMAL,
+            &[
+                ("WEIR_COHORT_0_PLUGIN_TIME_MS", "5"),
+                ("WEIR_COHORT_0_PLUGIN_MEMORY_MIB", "16"),
+            ],
+        )
+        .unwrap();
+        let l = c.cohorts[0].limits();
+        assert_eq!(
+            l.time_per_message,
+            Some(std::time::Duration::from_millis(5))
+        );
+        assert_eq!(l.memory_bytes, Some(16 << 20));
+        let e = parse(MINIMAL, &[("WEIR_COHORT_0_PLUGIN_TIME_MS", "0")]).unwrap_err();
+        assert_eq!(e.key, "cohort[0].plugin_time_ms");
+        let e = parse(MINIMAL, &[("WEIR_COHORT_0_PLUGIN_MEMORY_MIB", "0")]).unwrap_err();
+        assert_eq!(e.key, "cohort[0].plugin_memory_mib");
     }
 }

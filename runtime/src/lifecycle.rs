@@ -535,8 +535,8 @@ impl Lifecycle {
         label: String,
     ) -> Result<Configured, LifecycleError> {
         let c = &self.config.cohorts[ci];
-        let (p, settings) = (plugin.clone(), c.settings());
-        tokio::task::spawn_blocking(move || p.configure(settings, label))
+        let (p, settings, limits) = (plugin.clone(), c.settings(), c.limits());
+        tokio::task::spawn_blocking(move || p.configure_with(settings, label, limits))
             .await
             .map_err(unavailable)?
             .map_err(|e| {

@@ -115,6 +115,20 @@ pub async fn prepare(
     limits: Limits,
     cache: Option<&Path>,
 ) -> Result<Prepared, StartError> {
+    for (i, c) in config.cohorts.iter().enumerate() {
+        if let Some(mib) = c.plugin_memory_mib
+            && mib << 20 > limits.memory_bytes
+        {
+            return Err(StartError::Config {
+                file: file.into(),
+                key: format!("cohort[{i}].plugin_memory_mib"),
+                problem: format!(
+                    "{mib} MiB is more than the host's cap of {} MiB: raise --plugin-memory-mib (WEIR_PLUGIN_MEMORY_MIB) or lower this",
+                    limits.memory_bytes >> 20
+                ),
+            });
+        }
+    }
     let host = Host::new(limits, cache).map_err(|e| StartError::Other(e.to_string()))?;
     let seeds = load_seeds(&host, &config.plugins.dir, file)?;
     crate::capture::probe(&config.kafka)

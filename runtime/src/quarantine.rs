@@ -229,7 +229,7 @@ pub async fn redrive(
         let plugin = host.load(&bytes).map_err(|e| e.to_string())?;
         let settings = c.settings();
         let configured = plugin
-            .configure(settings, format!("redrive:{}:{id}", c.name))
+            .configure_with(settings, format!("redrive:{}:{id}", c.name), c.limits())
             .map_err(|e| format!("{id} refused cohort {:?}'s config: {e}", c.name))?;
         let info = plugin.info();
         let record_name = crate::encode::registry::record_full_name(&info.schema)

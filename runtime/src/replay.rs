@@ -258,7 +258,11 @@ pub async fn run(
         let c: &Cohort = &config.cohorts[ci];
         let settings = c.settings();
         let configured = plugin
-            .configure(settings, format!("replay:{cohort}:{}", plugin.info().id()))
+            .configure_with(
+                settings,
+                format!("replay:{cohort}:{}", plugin.info().id()),
+                c.limits(),
+            )
             .map_err(|e| {
                 other(format!(
                     "{} refused cohort {cohort:?}'s config: {e}",

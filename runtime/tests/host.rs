@@ -239,3 +239,36 @@ fn files_that_are_not_plugins_are_refused_clearly() {
         "{e}"
     );
 }
+
+/// A cohort's own limits (`plugin_memory_mib`, `plugin_time_ms`) hold its plugin to other
+/// bounds than the host's, without touching other cohorts of the same plugin.
+#[test]
+fn a_cohort_can_have_its_own_limits() {
+    let (plugin, host_wide) = adversarial(64);
+    let own = weir::transform::CallLimits {
+        memory_bytes: Some(16 << 20),
+        time_per_message: Some(Duration::from_millis(200)),
+    };
+    let tight = plugin.configure_with(vec![], "tight", own).unwrap();
+    let fail = |p: &weir::transform::Configured, payload: &[u8]| {
+        let out = p.process(&mut [message("t/x", payload)]);
+        match &out[0] {
+            Outcome::Fail { reason, .. } => (kind(&out[0]), reason.clone()),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    };
+    let (k, why) = fail(&tight, b"bomb");
+    assert_eq!(k, format!("fail:{}", codes::OOM));
+    assert!(why.contains("16 MiB"), "{why}");
+    let (_, why) = fail(&host_wide, b"bomb");
+    assert!(why.contains("64 MiB"), "{why}");
+    // One message: the deadline is the cohort's 200 ms, not the host's 100 ms minimum.
+    let (k, why) = fail(&tight, b"loop");
+    assert_eq!(k, format!("fail:{}", codes::TIMEOUT));
+    assert!(why.contains("205ms"), "{why}");
+    let (_, why) = fail(&host_wide, b"loop");
+    assert!(why.contains("105ms"), "{why}");
+    // Within its limits the plugin works as before.
+    let out = tight.process(&mut [message("t/x", b"fine")]);
+    assert!(!kind(&out[0]).starts_with("fail"), "{}", kind(&out[0]));
+}

@@ -21,7 +21,7 @@ mod cache;
 mod sandbox;
 
 pub use crate::message::Message;
-pub use sandbox::Limits;
+pub use sandbox::{CallLimits, Limits};
 
 use crate::encode::avro::{AvroSchema, Violation};
 use sandbox::{CallError, Instance, WitMessage};
@@ -172,7 +172,7 @@ impl Host {
             None => self.sandbox.compile(bytes)?,
         };
         let pre = self.sandbox.prepare(&component)?;
-        let described = Instance::new(&self.sandbox, &pre, "describe")
+        let described = Instance::new(&self.sandbox, &pre, "describe", CallLimits::default())
             .and_then(|mut i| i.describe())
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let schema =
@@ -239,6 +239,7 @@ pub struct Configured {
     plugin: Plugin,
     config: Vec<(String, String)>,
     label: String,
+    limits: CallLimits,
     /// Initialised instances ready for a call, with the calls each has served.
     idle: std::sync::Mutex<Vec<(Instance, u32)>>,
 }
@@ -260,14 +261,25 @@ impl Plugin {
         config: Vec<(String, String)>,
         label: impl Into<String>,
     ) -> Result<Configured, String> {
+        self.configure_with(config, label, CallLimits::default())
+    }
+
+    /// As [`Plugin::configure`], under a cohort's own limits.
+    pub fn configure_with(
+        &self,
+        config: Vec<(String, String)>,
+        label: impl Into<String>,
+        limits: CallLimits,
+    ) -> Result<Configured, String> {
         let label = label.into();
-        let mut instance = Instance::new(&self.inner.sandbox, &self.inner.pre, &label)
+        let mut instance = Instance::new(&self.inner.sandbox, &self.inner.pre, &label, limits)
             .map_err(|e| e.to_string())?;
         instance.init(&config).map_err(|e| e.to_string())?;
         Ok(Configured {
             plugin: self.clone(),
             config,
             label,
+            limits,
             idle: std::sync::Mutex::new(vec![(instance, 0)]),
         })
     }
@@ -347,7 +359,8 @@ impl Configured {
             Some(pair) => pair,
             None => {
                 let inner = &self.plugin.inner;
-                let mut instance = Instance::new(&inner.sandbox, &inner.pre, &self.label)?;
+                let mut instance =
+                    Instance::new(&inner.sandbox, &inner.pre, &self.label, self.limits)?;
                 instance.init(&self.config)?;
                 (instance, 0)
             }

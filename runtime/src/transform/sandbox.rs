@@ -53,6 +53,16 @@ impl Default for Limits {
     }
 }
 
+/// A cohort's own, tighter limits (`plugin_time_ms`, `plugin_memory_mib` in its config):
+/// unset fields take the host's [`Limits`]. A noisy cohort can be held to less than others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Budget per message in a call.
+    pub time_per_message: Option<Duration>,
+    /// Linear-memory cap per instance, bytes (at most the host's).
+    pub memory_bytes: Option<usize>,
+}
+
 /// How often the epoch advances; deadlines are whole ticks.
 const TICK: Duration = Duration::from_millis(5);
 /// Log lines kept per call; more are counted and dropped so a chatty plugin cannot flood.
@@ -157,9 +167,10 @@ impl Sandbox {
         bindings::PluginPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
     }
 
-    fn deadline_ticks(&self, messages: usize) -> u64 {
+    fn deadline_ticks(&self, messages: usize, own: &CallLimits) -> u64 {
         let l = &self.0.limits;
-        let budget = (l.time_per_message * messages as u32).max(l.min_call_time);
+        let per_message = own.time_per_message.unwrap_or(l.time_per_message);
+        let budget = (per_message * messages as u32).max(l.min_call_time);
         (budget.as_millis() / TICK.as_millis()).max(1) as u64 + 1
     }
 }
@@ -280,13 +291,20 @@ pub(super) struct Instance {
     store: Store<State>,
     plugin: bindings::Plugin,
     sandbox: Sandbox,
+    limits: CallLimits,
 }
 
 impl Instance {
-    pub(super) fn new(sandbox: &Sandbox, pre: &Pre, label: &str) -> Result<Self, CallError> {
+    pub(super) fn new(
+        sandbox: &Sandbox,
+        pre: &Pre,
+        label: &str,
+        limits: CallLimits,
+    ) -> Result<Self, CallError> {
+        let host = sandbox.0.limits.memory_bytes;
         let state = State {
             label: label.to_owned(),
-            memory_cap: sandbox.0.limits.memory_bytes,
+            memory_cap: limits.memory_bytes.map_or(host, |m| m.min(host)),
             memory_used: 0,
             hit_memory_cap: false,
             logged: 0,
@@ -295,7 +313,7 @@ impl Instance {
         let mut store = Store::new(&sandbox.0.engine, state);
         store.limiter(|s| s);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(sandbox.deadline_ticks(1));
+        store.set_epoch_deadline(sandbox.deadline_ticks(1, &limits));
         let plugin = pre
             .instantiate(&mut store)
             .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
@@ -303,6 +321,7 @@ impl Instance {
             store,
             plugin,
             sandbox: sandbox.clone(),
+            limits,
         })
     }
 
@@ -311,7 +330,7 @@ impl Instance {
         self.store.data_mut().logged = 0;
         self.store.data_mut().last_error = None;
         self.store
-            .set_epoch_deadline(self.sandbox.deadline_ticks(messages));
+            .set_epoch_deadline(self.sandbox.deadline_ticks(messages, &self.limits));
     }
 
     fn classify(&mut self, err: wasmtime::Error, messages: usize) -> CallError {
@@ -328,7 +347,7 @@ impl Instance {
         }
         match err.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => {
-                let ticks = self.sandbox.deadline_ticks(messages);
+                let ticks = self.sandbox.deadline_ticks(messages, &self.limits);
                 CallError::Timeout(TICK * ticks as u32)
             }
             Some(trap) => {
