@@ -409,20 +409,39 @@ fn the_pin_survives_a_restart_and_rolls_back() {
     assert_eq!(actions, ["promote", "rollback", "cutover"]);
 }
 
+/// Process `n` of several on one `$share` subscription of `p`'s topics.
+fn shared_config(p: &str, n: usize) -> String {
+    config(p)
+        .replace(
+            &format!("subscriptions = [\"{p}/#\"]"),
+            &format!("subscriptions = [\"$share/{p}/{p}/#\"]"),
+        )
+        .replace(
+            &format!("client_id = \"{p}-weir\""),
+            &format!("client_id = \"{p}-weir{n}\""),
+        )
+}
+
+/// How many records each (device, reading) has.
+fn readings(records: &[Rec]) -> HashMap<(String, i64), usize> {
+    let mut seen: HashMap<(String, i64), usize> = HashMap::new();
+    let mut decoder = Decoder::new();
+    for r in records {
+        let v = decoder.decode(&r.value);
+        *seen
+            .entry((
+                v["device_id"].as_str().unwrap().to_owned(),
+                v["ts_ms"].as_i64().unwrap(),
+            ))
+            .or_default() += 1;
+    }
+    seen
+}
+
 #[test]
 fn two_processes_on_a_shared_subscription_converge() {
     let p = unique("share");
-    let shared = |n: usize| {
-        config(&p)
-            .replace(
-                &format!("subscriptions = [\"{p}/#\"]"),
-                &format!("subscriptions = [\"$share/{p}/{p}/#\"]"),
-            )
-            .replace(
-                &format!("client_id = \"{p}-weir\""),
-                &format!("client_id = \"{p}-weir{n}\""),
-            )
-    };
+    let shared = |n: usize| shared_config(&p, n);
     let a = Weir::start(&shared(1), &[]);
     let b = Weir::start(&shared(2), &[]);
     let devices = 4;
@@ -438,17 +457,9 @@ fn two_processes_on_a_shared_subscription_converge() {
     let (rounds, records) = load.finish_after(400, &p, devices);
     let total = rounds * devices;
     // Each message once (the broker gives each to one of the two), each with one version.
-    let mut seen: HashMap<(String, i64), usize> = HashMap::new();
-    let mut decoder = Decoder::new();
+    let seen = readings(&records);
     let mut versions: HashMap<String, usize> = HashMap::new();
     for r in &records {
-        let v = decoder.decode(&r.value);
-        *seen
-            .entry((
-                v["device_id"].as_str().unwrap().to_owned(),
-                v["ts_ms"].as_i64().unwrap(),
-            ))
-            .or_default() += 1;
         *versions
             .entry(r.header("weir.plugin").to_owned())
             .or_default() += 1;
@@ -487,17 +498,7 @@ fn acked(weir: &Weir) -> f64 {
 #[test]
 fn three_processes_absorb_one_killed_and_lose_nothing() {
     let p = unique("three");
-    let shared = |n: usize| {
-        config(&p)
-            .replace(
-                &format!("subscriptions = [\"{p}/#\"]"),
-                &format!("subscriptions = [\"$share/{p}/{p}/#\"]"),
-            )
-            .replace(
-                &format!("client_id = \"{p}-weir\""),
-                &format!("client_id = \"{p}-weir{n}\""),
-            )
-    };
+    let shared = |n: usize| shared_config(&p, n);
     let a = Weir::start(&shared(1), &[]);
     let b = Weir::start(&shared(2), &[]);
     let c = Weir::start(&shared(3), &[]);
@@ -542,17 +543,7 @@ fn three_processes_absorb_one_killed_and_lose_nothing() {
     let b = Weir::restart(b_dir, &[]);
     wait_running(&b, "thermostats", "thermostat@1.1.0");
     let (rounds, records) = load.finish_after(300, &p, devices);
-    let mut seen: HashMap<(String, i64), usize> = HashMap::new();
-    let mut decoder = Decoder::new();
-    for r in &records {
-        let v = decoder.decode(&r.value);
-        *seen
-            .entry((
-                v["device_id"].as_str().unwrap().to_owned(),
-                v["ts_ms"].as_i64().unwrap(),
-            ))
-            .or_default() += 1;
-    }
+    let seen = readings(&records);
     assert_eq!(
         seen.len(),
         rounds * devices,
