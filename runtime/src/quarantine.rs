@@ -190,6 +190,7 @@ pub async fn redrive(
     dry_run: bool,
 ) -> Result<Redriven, String> {
     let store = Store::open(&config.plugins.store).map_err(|e| e.to_string())?;
+    crate::capture::probe(&config.kafka).await?;
     let control = Control::open(&config.kafka, &config.plugins.control_topic, store.clone())
         .await
         .map_err(|e| e.to_string())?;

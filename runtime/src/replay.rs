@@ -175,6 +175,7 @@ pub async fn run(
     } = job;
     let (from, range, through) = (from.as_str(), &range, through.as_deref());
     let store = Store::open(&config.plugins.store).map_err(other)?;
+    crate::capture::probe(&config.kafka).await.map_err(other)?;
     let control = Control::open(&config.kafka, &config.plugins.control_topic, store.clone())
         .await
         .map_err(other)?;
