@@ -1,7 +1,7 @@
 //! The status page (`/` on the admin listener): one self-contained HTML page, no scripts,
 //! that reloads itself every 5 s. Its numbers are read from the same OpenMetrics text
-//! `/metrics` serves, so the page and Prometheus never disagree; rates are the change
-//! since the page was last rendered.
+//! `/metrics` serves, so the page and Prometheus never disagree. Rates are taken over at
+//! least [`RATE_WINDOW`] between renderings (a second viewer does not shorten it).
 
 use crate::control::Audit;
 use crate::lifecycle::CohortView;
@@ -22,10 +22,33 @@ struct Sample {
     records: BTreeMap<String, f64>,
 }
 
-/// The last rendering's counters.
+/// Shortest span a rate is taken over.
+pub const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Counters of recent renderings, oldest first.
 #[derive(Debug, Default)]
 pub struct Rates {
-    last: Mutex<Option<Sample>>,
+    samples: Mutex<std::collections::VecDeque<Sample>>,
+}
+
+impl Rates {
+    /// Keep `now`; the sample to take rates against: the newest at least [`RATE_WINDOW`]
+    /// old, else the oldest there is.
+    fn base(&self, now: &Sample) -> Option<Sample> {
+        let mut samples = self.samples.lock().ok()?;
+        let base = samples
+            .iter()
+            .rev()
+            .find(|s| now.at.duration_since(s.at) >= RATE_WINDOW)
+            .or(samples.front())
+            .cloned();
+        // Older than what any rate needs: drop, keeping the newest such one.
+        while samples.len() > 1 && now.at.duration_since(samples[1].at) >= RATE_WINDOW {
+            samples.pop_front();
+        }
+        samples.push_back(now.clone());
+        base
+    }
 }
 
 /// Series of an OpenMetrics text: (name, labels) → value.
@@ -137,11 +160,7 @@ impl Rates {
                 .filter_map(|(l, v)| Some((l.get("cohort")?.clone(), v)))
                 .collect(),
         };
-        let previous = self
-            .last
-            .lock()
-            .ok()
-            .and_then(|mut last| last.replace(now.clone()));
+        let previous = self.base(&now);
         let rate = |f: &dyn Fn(&Sample) -> f64| -> String {
             match &previous {
                 Some(p) if now.at > p.at => {
@@ -281,6 +300,26 @@ impl Rates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_span_at_least_the_window() {
+        let rates = Rates::default();
+        let t0 = Instant::now();
+        let at = |s: u64, received: f64| Sample {
+            at: t0 + std::time::Duration::from_secs(s),
+            received,
+            acked: 0.0,
+            records: BTreeMap::new(),
+        };
+        assert!(rates.base(&at(0, 0.0)).is_none());
+        // One second later, the only sample there is.
+        assert_eq!(rates.base(&at(1, 10.0)).unwrap().received, 0.0);
+        // Five seconds in: the newest sample at least four seconds old.
+        assert_eq!(rates.base(&at(5, 50.0)).unwrap().received, 10.0);
+        assert_eq!(rates.base(&at(6, 60.0)).unwrap().received, 10.0);
+        assert_eq!(rates.base(&at(10, 100.0)).unwrap().received, 60.0);
+        assert!(rates.samples.lock().unwrap().len() <= 3);
+    }
 
     #[test]
     fn series_are_read_from_the_exposition() {
