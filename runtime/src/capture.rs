@@ -88,31 +88,50 @@ pub async fn probe(kafka: &Kafka) -> Result<(), String> {
             .create_with_context(ctx)
             .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
         let start = Instant::now();
+        // Failed attempts with a login or TLS cause: two make it the answer (one may be a
+        // broker restarting mid-handshake). librdkafka may not repeat an identical error,
+        // so an attempt with no news keeps the count.
+        let (mut strikes, mut cause) = (0, None::<(Code, String)>);
         loop {
             use rdkafka::producer::Producer as _;
             let result = client.client().fetch_metadata(None, Duration::from_secs(1));
             // Serves the error callback.
             client.poll(Duration::ZERO);
-            let last = seen.0.lock().ok().and_then(|l| l.clone());
-            match (result, last) {
-                (Ok(_), _) => return Ok(()),
-                (Err(_), Some((Code::Authentication, why))) => {
+            match seen.0.lock().ok().and_then(|mut l| l.take()) {
+                Some((code, why)) if matches!(code, Code::Authentication | Code::SSL) => {
+                    strikes += 1;
+                    cause = Some((code, why));
+                }
+                Some(other) => {
+                    strikes = 0;
+                    cause = Some(other);
+                }
+                None => {}
+            }
+            let e = match result {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            match &cause {
+                Some((Code::Authentication, why)) if strikes >= 2 => {
                     return Err(format!(
                         "Kafka refused weir's login: {why}; check kafka.sasl (mechanism, username, password)"
                     ));
                 }
-                (Err(_), Some((Code::SSL, why))) => {
+                Some((Code::SSL, why)) if strikes >= 2 => {
                     return Err(format!(
                         "TLS with Kafka failed: {why}; check kafka.tls.ca_file (the CA that issued the brokers' certificates) and that the brokers speak TLS"
                     ));
                 }
-                (Err(e), last) if start.elapsed() >= Duration::from_secs(10) => {
-                    let detail = last.map(|(_, why)| format!(" ({why})")).unwrap_or_default();
+                _ if start.elapsed() >= Duration::from_secs(10) => {
+                    let detail = cause
+                        .map(|(_, why)| format!(" ({why})"))
+                        .unwrap_or_default();
                     return Err(format!(
                         "cannot reach Kafka at {bootstrap}: {e}{detail}; check kafka.bootstrap, that the brokers are up, and kafka.tls / kafka.sasl"
                     ));
                 }
-                (Err(_), _) => {}
+                _ => {}
             }
         }
     })
