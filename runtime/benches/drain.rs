@@ -4,7 +4,8 @@
 //!
 //! - raw MQTT drain: a plain rumqttc client (acks each message at once) resumes its session
 //!   and receives the backlog; its process CPU per message;
-//! - raw Kafka produce: a plain idempotent, acks=all producer writing the same bytes;
+//! - raw Kafka produce: a plain idempotent, acks=all producer writing the same bytes
+//!   (connected before the clock starts);
 //! - weir drain: `weir run` resumes its session, and thermostat → Avro → Kafka → PUBACK
 //!   empties it; timed from its MQTT connection to its last PUBACK (`weir_acked_total`),
 //!   weir's CPU over the same span, peak RSS;
@@ -24,9 +25,7 @@ mod bed;
 
 use rdkafka::ClientContext;
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{
-    BaseRecord, DefaultProducerContext, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -116,35 +115,6 @@ async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
     (n as f64 / elapsed.as_secs_f64(), cpu * 1e6 / n as f64)
 }
 
-/// msg/s of a plain idempotent producer writing the same bytes.
-fn raw_kafka(n: usize, run: &str) -> f64 {
-    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bed::kafka())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let topic = format!("{run}.rawkafka");
-    let start = Instant::now();
-    for i in 0..n {
-        let p = bed::bench_payload(i);
-        let key = format!("t-{}", i % 100);
-        let mut record = BaseRecord::to(&topic).payload(&p).key(&key);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120)).unwrap();
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
 /// Collects each record's send-to-answer time.
 #[derive(Clone, Default)]
 struct Timed(Arc<Mutex<Vec<f64>>>);
@@ -159,24 +129,51 @@ impl ProducerContext for Timed {
     }
 }
 
-/// (p50, p99) seconds from a raw idempotent producer's send to Kafka's answer, paced to
-/// `rate` msg/s for `n` records: the broker's own share of weir's latency.
-fn raw_kafka_latency(n: usize, rate: f64, run: &str) -> (f64, f64) {
+/// A plain idempotent producer to `topic`, connected, with its producer id and the topic's
+/// metadata, so that neither raw leg times its start-up.
+fn raw_producer(topic: &str) -> (ThreadedProducer<Timed>, Timed) {
     let timed = Timed::default();
-    let producer: ThreadedProducer<Timed> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bed::kafka())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
+    let producer: ThreadedProducer<Timed> = bed::raw_producer_config()
         .create_with_context(timed.clone())
         .unwrap();
-    let topic = format!("{run}.rawkafka");
-    // Connected, with its producer id and the topic's metadata, before the clock starts.
-    let warm = BaseRecord::<str, str, _>::with_opaque_to(&topic, Box::new(Instant::now()))
+    let warm = BaseRecord::<str, str, _>::with_opaque_to(topic, Box::new(Instant::now()))
         .payload("warm-up");
     producer.send(warm).map_err(|(e, _)| e).unwrap();
     producer.flush(Duration::from_secs(60)).unwrap();
     timed.0.lock().unwrap().clear();
+    (producer, timed)
+}
+
+/// msg/s of a plain idempotent producer writing the same bytes.
+fn raw_kafka(n: usize, run: &str) -> f64 {
+    let topic = format!("{run}.rawkafka");
+    let (producer, _) = raw_producer(&topic);
+    let start = Instant::now();
+    for i in 0..n {
+        let p = bed::bench_payload(i);
+        let key = format!("t-{}", i % 100);
+        let mut record = BaseRecord::with_opaque_to(&topic, Box::new(Instant::now()))
+            .payload(&p)
+            .key(&key);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// (p50, p99) seconds from a raw idempotent producer's send to Kafka's answer, paced to
+/// `rate` msg/s for `n` records: the broker's own share of weir's latency.
+fn raw_kafka_latency(n: usize, rate: f64, run: &str) -> (f64, f64) {
+    let topic = format!("{run}.rawkafka");
+    let (producer, timed) = raw_producer(&topic);
     let start = Instant::now();
     for i in 0..n {
         if i % 50 == 0 {

@@ -94,16 +94,7 @@ async fn raw_mqtt(n: usize, run: &str) -> f64 {
 }
 
 async fn raw_kafka(n: usize, run: &str) -> f64 {
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set(
-            "bootstrap.servers",
-            env("WEIR_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-        )
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+    let producer: FutureProducer = bed::raw_producer_config().create().unwrap();
     // Not the raw-capture topic: replay reads that one.
     let topic = format!("{run}.rawkafka");
     let start = Instant::now();

@@ -56,18 +56,18 @@ impl rdkafka::ClientContext for LastError {
     }
 }
 
+/// A failed login or TLS handshake: a cause start-up can name, unlike the generic
+/// transport failures that follow it.
+fn is_specific(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(code, Code::SSL | Code::Authentication)
+}
+
 impl LastError {
     fn seen(&self, code: rdkafka::types::RDKafkaErrorCode, reason: &str) {
         if let Ok(mut last) = self.0.lock() {
             // A specific cause is not overwritten by the generic failures that follow it.
-            let specific = |c: &rdkafka::types::RDKafkaErrorCode| {
-                matches!(
-                    c,
-                    rdkafka::types::RDKafkaErrorCode::SSL
-                        | rdkafka::types::RDKafkaErrorCode::Authentication
-                )
-            };
-            if last.as_ref().is_some_and(|(c, _)| specific(c)) && !specific(&code) {
+            if last.as_ref().is_some_and(|(c, _)| is_specific(*c)) && !is_specific(code) {
                 return;
             }
             *last = Some((code, reason.to_owned()));
@@ -98,7 +98,7 @@ pub async fn probe(kafka: &Kafka) -> Result<(), String> {
             // Serves the error callback.
             client.poll(Duration::ZERO);
             match seen.0.lock().ok().and_then(|mut l| l.take()) {
-                Some((code, why)) if matches!(code, Code::Authentication | Code::SSL) => {
+                Some((code, why)) if is_specific(code) => {
                     strikes += 1;
                     cause = Some((code, why));
                 }

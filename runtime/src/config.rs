@@ -231,9 +231,7 @@ impl Tls {
             .into_iter()
             .flatten()
         {
-            if f.is_relative() {
-                *f = base.join(&*f);
-            }
+            anchor(f, base);
         }
     }
 }
@@ -331,9 +329,21 @@ pub enum SaslMechanism {
     ScramSha512,
 }
 
-/// librdkafka properties `kafka.tls` and `kafka.sasl` set; in `kafka.properties` they
-/// would contradict them.
-const SECURITY_PROPERTIES: [&str; 3] = ["security.protocol", "ssl.", "sasl."];
+/// Prefixes of the librdkafka properties that concern the connection rather than producing:
+/// every client weir makes takes them, and `kafka.tls` / `kafka.sasl` set them (so in
+/// `kafka.properties` as well they would contradict those tables).
+const SECURITY_PREFIXES: [&str; 3] = ["security.", "ssl.", "sasl."];
+
+fn is_security_property(key: &str) -> bool {
+    SECURITY_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// A path from the config, relative to the config file's directory unless absolute.
+fn anchor(path: &mut PathBuf, base: &Path) {
+    if path.is_relative() {
+        *path = base.join(&*path);
+    }
+}
 
 impl Kafka {
     /// The librdkafka properties of a connection to the brokers: `bootstrap.servers`, then
@@ -385,9 +395,7 @@ impl Kafka {
         out.extend(
             self.properties
                 .iter()
-                .filter(|(k, _)| {
-                    k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.")
-                })
+                .filter(|(k, _)| is_security_property(k))
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
         Ok(out)
@@ -650,35 +658,27 @@ impl Config {
         let vars: Vec<(String, String)> = std::env::vars().collect();
         let mut config = Self::parse(&file, &text, &vars)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for dir in [&mut config.plugins.dir, &mut config.plugins.store] {
-            if dir.is_relative() {
-                *dir = base.join(&*dir);
-            }
+        let Config {
+            plugins,
+            mqtt,
+            kafka,
+            admin,
+            ..
+        } = &mut config;
+        let files = [
+            Some(&mut plugins.dir),
+            Some(&mut plugins.store),
+            mqtt.password_file.as_mut(),
+            kafka.sasl.as_mut().and_then(|s| s.password_file.as_mut()),
+        ];
+        for f in files.into_iter().flatten() {
+            anchor(f, base);
         }
-        for tls in [
-            &mut config.mqtt.tls,
-            &mut config.kafka.tls,
-            &mut config.admin.tls,
-        ]
-        .into_iter()
-        .flatten()
+        for tls in [&mut mqtt.tls, &mut kafka.tls, &mut admin.tls]
+            .into_iter()
+            .flatten()
         {
             tls.resolve(base);
-        }
-        for f in [
-            config.mqtt.password_file.as_mut(),
-            config
-                .kafka
-                .sasl
-                .as_mut()
-                .and_then(|s| s.password_file.as_mut()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if f.is_relative() {
-                *f = base.join(&*f);
-            }
         }
         Ok(config)
     }
@@ -775,7 +775,7 @@ impl Config {
         }
         if self.kafka.tls.is_some() || self.kafka.sasl.is_some() {
             for k in self.kafka.properties.keys() {
-                if SECURITY_PROPERTIES.iter().any(|p| k.starts_with(p)) {
+                if is_security_property(k) {
                     return Err((
                         format!("kafka.properties.{k}"),
                         "contradicts [kafka.tls] / [kafka.sasl]: configure the connection's security in one place".into(),

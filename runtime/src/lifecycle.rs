@@ -1084,16 +1084,18 @@ impl Lifecycle {
 
     /// The last `n` promotes and rollbacks of any cohort, oldest first.
     pub fn recent_changes(&self, n: usize) -> Vec<Audit> {
-        let state = self.control.state();
-        let changes: Vec<&Audit> = state
+        let mut changes: Vec<Audit> = self
+            .control
+            .state()
             .audit
             .iter()
+            .rev()
             .filter(|a| a.action == "promote" || a.action == "rollback")
+            .take(n)
+            .cloned()
             .collect();
-        changes[changes.len().saturating_sub(n)..]
-            .iter()
-            .map(|a| (*a).clone())
-            .collect()
+        changes.reverse();
+        changes
     }
 
     /// The audit entries of a cohort, oldest first.

@@ -136,6 +136,17 @@ key = "{{topic[4]}}"
     )
 }
 
+/// The benchmarks' raw Kafka legs: a plain producer with weir's guarantees (idempotent,
+/// acks=all) and its linger, nothing else.
+pub fn raw_producer_config() -> rdkafka::ClientConfig {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", kafka())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5");
+    c
+}
+
 /// A running `weir run`.
 pub struct Weir {
     pub child: Child,
