@@ -253,45 +253,16 @@ impl Weir {
     }
 }
 
-/// Cumulative buckets of the histogram `weir_{name}_seconds`: (upper bound, count).
+/// Cumulative buckets of the histogram `weir_{name}_seconds` (the default group's, for
+/// the per-group ack histogram).
 fn buckets(admin: &str, name: &str) -> Vec<(f64, f64)> {
     let (_, text) = bed::http_get(&format!("{admin}/metrics")).unwrap();
-    let prefix = format!("weir_{name}_seconds_bucket{{le=\"");
-    text.lines()
-        .filter_map(|l| l.strip_prefix(prefix.as_str()))
-        .filter_map(|l| {
-            let (le, rest) = l.split_once("\"}")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, rest.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// The q-quantile of the observations between two bucket snapshots (linear within a bucket).
-fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
-    let counts: Vec<(f64, f64)> = after
-        .iter()
-        .zip(before)
-        .map(|((le, a), (_, b))| (*le, a - b))
-        .collect();
-    let total = counts.last().map_or(0.0, |c| c.1);
-    let want = q * total;
-    let mut lower = (0.0, 0.0);
-    for &(le, c) in &counts {
-        if c >= want {
-            if le.is_infinite() {
-                return lower.0;
-            }
-            let span = (c - lower.1).max(1.0);
-            return lower.0 + (le - lower.0) * ((want - lower.1) / span);
-        }
-        lower = (le, c);
-    }
-    lower.0
+    let labels = if name == "ack" {
+        r#"group="default""#
+    } else {
+        ""
+    };
+    bed::buckets(&text, &format!("weir_{name}_seconds"), labels)
 }
 
 fn main() {
@@ -393,18 +364,18 @@ fn main() {
     let after = stages.map(|s| buckets(&weir.admin, s));
     println!(
         "arrival → PUBACK at {half:.0} msg/s:          p50 {:>6.2} ms  p99 {:>6.2} ms",
-        quantile(&before[0], &after[0], 0.5) * 1e3,
-        quantile(&before[0], &after[0], 0.99) * 1e3
+        bed::quantile(&before[0], &after[0], 0.5) * 1e3,
+        bed::quantile(&before[0], &after[0], 0.99) * 1e3
     );
     println!(
         "  arrival → writes started:                  p50 {:>6.2} ms  p99 {:>6.2} ms",
-        quantile(&before[1], &after[1], 0.5) * 1e3,
-        quantile(&before[1], &after[1], 0.99) * 1e3
+        bed::quantile(&before[1], &after[1], 0.5) * 1e3,
+        bed::quantile(&before[1], &after[1], 0.99) * 1e3
     );
     println!(
         "  writes started → Kafka's answer:           p50 {:>6.2} ms  p99 {:>6.2} ms",
-        quantile(&before[2], &after[2], 0.5) * 1e3,
-        quantile(&before[2], &after[2], 0.99) * 1e3
+        bed::quantile(&before[2], &after[2], 0.5) * 1e3,
+        bed::quantile(&before[2], &after[2], 0.99) * 1e3
     );
     let (p50, p99) = raw_kafka_latency(m, half, &run);
     println!(

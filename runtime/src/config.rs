@@ -3,7 +3,8 @@
 //! `output` and `plugins` tables can be overridden from the environment as
 //! `WEIR_<TABLE>_<KEY>` (e.g. `WEIR_MQTT_URL`, `WEIR_KAFKA_BOOTSTRAP`,
 //! `WEIR_REGISTRY_URL`, `WEIR_OUTPUT_QUARANTINE_TOPIC`); a key of the N-th `[[cohort]]`
-//! (from 0) as `WEIR_COHORT_<N>_<KEY>` (`WEIR_COHORT_0_PLUGIN=thermostat@1.1.0`); Kafka
+//! (from 0) as `WEIR_COHORT_<N>_<KEY>` (`WEIR_COHORT_0_PLUGIN=thermostat@1.1.0`), of the
+//! N-th `[[group]]` as `WEIR_GROUP_<N>_<KEY>`; Kafka
 //! client properties as `WEIR_KAFKA_PROPERTY_<NAME>` with `_` for `.`
 //! (`WEIR_KAFKA_PROPERTY_LINGER_MS=5`).
 //!
@@ -46,6 +47,44 @@ pub struct Config {
     /// Device cohorts, matched in order; the first match wins.
     #[serde(rename = "cohort", default)]
     pub cohorts: Vec<Cohort>,
+    /// Isolation groups: cohorts whose MQTT session, in-flight budget and transform worker
+    /// are kept apart from everyone else's. Cohorts without a `group` are in
+    /// [`DEFAULT_GROUP`], which uses `[mqtt]`'s client id and subscriptions.
+    #[serde(rename = "group", default)]
+    pub groups: Vec<Group>,
+}
+
+/// The group of cohorts that name no `group`: `[mqtt]`'s own session.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// One `[[group]]`: an isolation group. Its cohorts get their own MQTT session (client id
+/// `<mqtt.client_id>-<name>`, the group's subscriptions), their own in-flight budget and
+/// their own transform worker, so a group whose plugin spins or whose devices flood
+/// cannot hold back another group's acknowledgements: PUBACKs leave in arrival order per
+/// session, and each group is its own session.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// Name: letters, digits, `-` and `_`; the session's client id suffix and the metrics'
+    /// `group` label.
+    pub name: String,
+    /// Topic filters of this group's session; they must not overlap another group's (a
+    /// message taken by two sessions would be written twice).
+    pub subscriptions: Vec<String>,
+    /// Most of this group's messages in flight (default: `mqtt.max_in_flight`).
+    #[serde(default)]
+    pub max_in_flight: Option<u16>,
+}
+
+/// A group as `weir run` runs it: its session's settings and its cohorts.
+#[derive(Debug, Clone)]
+pub struct GroupPlan {
+    /// The group's name ([`DEFAULT_GROUP`] for `[mqtt]`'s own session).
+    pub name: String,
+    /// The session: `[mqtt]` with the group's client id, subscriptions and budget.
+    pub mqtt: Mqtt,
+    /// Indexes into [`Config::cohorts`] of the group's cohorts, in config order.
+    pub cohorts: Vec<usize>,
 }
 
 /// MQTT protocol version.
@@ -69,7 +108,9 @@ pub struct Mqtt {
     /// `5` or `"3.1.1"`.
     #[serde(default = "default_protocol", deserialize_with = "de_protocol")]
     pub protocol: Protocol,
-    /// Topic filters to subscribe to (`$share/<group>/...` for scale-out).
+    /// Topic filters to subscribe to (`$share/<group>/...` for scale-out): the default
+    /// group's session. May be left out when every cohort names a `[[group]]`.
+    #[serde(default)]
     pub subscriptions: Vec<String>,
     /// How long the broker keeps the session (and its backlog) while weir is away, seconds.
     #[serde(default = "default_session_expiry")]
@@ -514,6 +555,9 @@ pub struct Cohort {
     /// This cohort's plugin memory cap, MiB; at most the host's (`--plugin-memory-mib`).
     #[serde(default)]
     pub plugin_memory_mib: Option<usize>,
+    /// The `[[group]]` this cohort belongs to (default: [`DEFAULT_GROUP`]).
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 impl Cohort {
@@ -792,24 +836,20 @@ impl Config {
             }
             tls.check("admin.tls")?;
         }
-        if self.mqtt.subscriptions.is_empty() {
+        if self.mqtt.subscriptions.is_empty() && self.groups.is_empty() {
             return Err((
                 "mqtt.subscriptions".into(),
                 "no subscriptions: add at least one topic filter".into(),
             ));
         }
         for (i, s) in self.mqtt.subscriptions.iter().enumerate() {
-            if let Err(e) = crate::route::check_filter(
-                s.strip_prefix("$share/")
-                    .and_then(|r| r.split_once('/').map(|(_, f)| f))
-                    .unwrap_or(s),
-            ) {
-                return Err((format!("mqtt.subscriptions[{i}]"), e));
-            }
+            crate::route::check_filter(unshared(s))
+                .map_err(|e| (format!("mqtt.subscriptions[{i}]"), e))?;
         }
         if self.mqtt.max_in_flight == 0 {
             return Err(("mqtt.max_in_flight".into(), "must be at least 1".into()));
         }
+        self.check_groups()?;
         if self.mqtt.keep_alive_s < 5 {
             return Err((
                 "mqtt.keep_alive_s".into(),
@@ -832,14 +872,17 @@ impl Config {
         if self.output.batch_size == 0 {
             return Err(("output.batch_size".into(), "must be at least 1".into()));
         }
-        if self.output.batch_size > usize::from(self.mqtt.max_in_flight) {
-            return Err((
-                "output.batch_size".into(),
-                format!(
-                    "{} is larger than mqtt.max_in_flight ({}): a batch can never fill; lower output.batch_size or raise mqtt.max_in_flight",
-                    self.output.batch_size, self.mqtt.max_in_flight
-                ),
-            ));
+        for g in self.group_plans() {
+            if self.output.batch_size > usize::from(g.mqtt.max_in_flight) {
+                let key = self.group_key(&g.name, "max_in_flight");
+                return Err((
+                    "output.batch_size".into(),
+                    format!(
+                        "{} is larger than {key} ({}): a batch can never fill; lower output.batch_size or raise {key}",
+                        self.output.batch_size, g.mqtt.max_in_flight
+                    ),
+                ));
+            }
         }
         check_kafka_topic(&self.output.quarantine_topic)
             .map_err(|e| ("output.quarantine_topic".to_owned(), e))?;
@@ -941,6 +984,184 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The groups `weir run` runs, each with its session settings and cohorts: the default
+    /// group (when `mqtt.subscriptions` is set) and every `[[group]]`, in config order.
+    pub fn group_plans(&self) -> Vec<GroupPlan> {
+        let members = |name: Option<&str>| -> Vec<usize> {
+            self.cohorts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.group.as_deref() == name)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let mut plans = Vec::with_capacity(self.groups.len() + 1);
+        if !self.mqtt.subscriptions.is_empty() {
+            plans.push(GroupPlan {
+                name: DEFAULT_GROUP.into(),
+                mqtt: self.mqtt.clone(),
+                cohorts: members(None),
+            });
+        }
+        for g in &self.groups {
+            let mut mqtt = self.mqtt.clone();
+            mqtt.client_id = format!("{}-{}", self.mqtt.client_id, g.name);
+            mqtt.subscriptions = g.subscriptions.clone();
+            mqtt.max_in_flight = g.max_in_flight.unwrap_or(self.mqtt.max_in_flight);
+            plans.push(GroupPlan {
+                name: g.name.clone(),
+                mqtt,
+                cohorts: members(Some(&g.name)),
+            });
+        }
+        plans
+    }
+
+    fn check_groups(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            let at = |k: &str| format!("group[{i}].{k}");
+            if g.name.is_empty()
+                || g.name.len() > 64
+                || !g
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err((
+                    at("name"),
+                    format!(
+                        "{:?}: use 1 to 64 letters, digits, `-` and `_` (it becomes the MQTT client id's suffix)",
+                        g.name
+                    ),
+                ));
+            }
+            if g.name == DEFAULT_GROUP {
+                return Err((
+                    at("name"),
+                    format!(
+                        "{DEFAULT_GROUP:?} is the group of cohorts that name none ([mqtt]'s own session); choose another name"
+                    ),
+                ));
+            }
+            if !names.insert(&g.name) {
+                return Err((at("name"), format!("group name {:?} is used twice", g.name)));
+            }
+            if g.subscriptions.is_empty() {
+                return Err((
+                    at("subscriptions"),
+                    "no subscriptions: a group's session needs at least one topic filter".into(),
+                ));
+            }
+            for (j, s) in g.subscriptions.iter().enumerate() {
+                crate::route::check_filter(unshared(s))
+                    .map_err(|e| (at(&format!("subscriptions[{j}]")), e))?;
+            }
+            if g.max_in_flight == Some(0) {
+                return Err((at("max_in_flight"), "must be at least 1".into()));
+            }
+            if !self
+                .cohorts
+                .iter()
+                .any(|c| c.group.as_deref() == Some(&g.name))
+            {
+                return Err((
+                    at("name"),
+                    format!(
+                        "no cohort is in group {:?}: everything its session receives would be quarantined as unrouted; add `group = {:?}` to its cohorts, or remove the group",
+                        g.name, g.name
+                    ),
+                ));
+            }
+        }
+        for (i, c) in self.cohorts.iter().enumerate() {
+            match &c.group {
+                Some(g) if !names.contains(g) => {
+                    let known: Vec<&str> = self.groups.iter().map(|g| g.name.as_str()).collect();
+                    return Err((
+                        format!("cohort[{i}].group"),
+                        format!(
+                            "there is no [[group]] named {g:?} (groups: {}); add it, or leave `group` out for the default group",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                }
+                None if self.mqtt.subscriptions.is_empty() => {
+                    return Err((
+                        format!("cohort[{i}].group"),
+                        "this cohort is in the default group, whose session subscribes to nothing (mqtt.subscriptions is empty): name its group, or set mqtt.subscriptions".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let plans = self.group_plans();
+        for (a, ga) in plans.iter().enumerate() {
+            for gb in &plans[a + 1..] {
+                for fa in &ga.mqtt.subscriptions {
+                    if let Some(fb) = gb
+                        .mqtt
+                        .subscriptions
+                        .iter()
+                        .find(|fb| crate::route::filters_overlap(unshared(fa), unshared(fb)))
+                    {
+                        return Err((
+                            self.group_key(&gb.name, "subscriptions"),
+                            format!(
+                                "{fb:?} overlaps group {:?}'s {fa:?}: a message on both would be taken by both sessions and written twice; give each group its own topics",
+                                ga.name
+                            ),
+                        ));
+                    }
+                }
+            }
+            for &ci in &ga.cohorts {
+                let c = &self.cohorts[ci];
+                if !ga
+                    .mqtt
+                    .subscriptions
+                    .iter()
+                    .any(|f| crate::route::filters_overlap(unshared(f), &c.topic))
+                {
+                    return Err((
+                        format!("cohort[{ci}].topic"),
+                        format!(
+                            "{:?} is not covered by any of group {:?}'s subscriptions ({}): its messages would never arrive; subscribe to it in {}",
+                            c.topic,
+                            ga.name,
+                            ga.mqtt.subscriptions.join(", "),
+                            self.group_key(&ga.name, "subscriptions")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Where a group's `key` lives in the file: `mqtt.KEY` or `group[N].KEY`.
+    fn group_key(&self, group: &str, key: &str) -> String {
+        match self.groups.iter().position(|g| g.name == group) {
+            Some(i) => format!("group[{i}].{key}"),
+            None => format!("mqtt.{key}"),
+        }
+    }
+}
+
+/// The topic filter of a subscription, without a `$share/<name>/` prefix.
+fn unshared(s: &str) -> &str {
+    s.strip_prefix("$share/")
+        .and_then(|r| r.split_once('/').map(|(_, f)| f))
+        .unwrap_or(s)
+}
+
 /// An environment value as TOML would read it (numbers, booleans, arrays), else a string.
 fn toml_value(value: &str) -> toml::Value {
     format!("v = {value}")
@@ -975,24 +1196,26 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (S
             }
             continue;
         }
-        if let Some(rest) = rest.strip_prefix("cohort_")
+        if let Some((array, rest)) = ["cohort", "group"]
+            .into_iter()
+            .find_map(|a| Some((a, rest.strip_prefix(a)?.strip_prefix('_')?)))
             && let Some((index, key)) = rest.split_once('_')
             && let Ok(index) = index.parse::<usize>()
         {
-            let cohorts = table.get_mut("cohort").and_then(|c| c.as_array_mut());
-            let count = cohorts.as_ref().map_or(0, |a| a.len());
-            match cohorts
+            let items = table.get_mut(array).and_then(|c| c.as_array_mut());
+            let count = items.as_ref().map_or(0, |a| a.len());
+            match items
                 .and_then(|a| a.get_mut(index))
                 .and_then(|c| c.as_table_mut())
             {
-                Some(cohort) => {
-                    cohort.insert(key.to_owned(), toml_value(value));
+                Some(item) => {
+                    item.insert(key.to_owned(), toml_value(value));
                 }
                 None => {
                     return Err((
                         name.clone(),
                         format!(
-                            "there is no cohort {index} to override (the file has {count}, numbered from 0)"
+                            "there is no {array} {index} to override (the file has {count}, numbered from 0)"
                         ),
                     ));
                 }

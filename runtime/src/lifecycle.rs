@@ -120,6 +120,8 @@ pub struct CohortView {
     pub by: Option<String>,
     /// Its Kafka topic.
     pub output_topic: String,
+    /// The isolation group it runs in.
+    pub group: String,
 }
 
 /// A stored version as `weir plugin list` shows it.
@@ -1056,6 +1058,10 @@ impl Lifecycle {
                     since_ms: pin.map(|p| p.at_ms),
                     by: pin.map(|p| p.by.clone()),
                     output_topic: c.output_topic.clone(),
+                    group: c
+                        .group
+                        .clone()
+                        .unwrap_or_else(|| crate::config::DEFAULT_GROUP.into()),
                 }
             })
             .collect()

@@ -39,6 +39,34 @@ pub struct QuarantineLabel {
     pub stage: String,
 }
 
+/// An isolation group.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    /// Group name (`default` for cohorts that name none).
+    pub group: String,
+}
+
+/// One isolation group's own series, handed to its session and its courier.
+#[derive(Clone, Debug)]
+pub struct GroupMetrics {
+    /// The group's name.
+    pub name: String,
+    /// Its messages received and not yet acknowledged.
+    pub in_flight: Gauge,
+    /// Age of its oldest unacknowledged message, seconds.
+    pub oldest_unacked_seconds: Gauge<f64, AtomicU64>,
+    /// Its MQTT arrival to PUBACK written, seconds.
+    pub ack_seconds: Histogram,
+    ready: Gauge,
+}
+
+impl GroupMetrics {
+    /// The group's session is connected and every subscription granted (or not).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+}
+
 /// A Kafka write kind that is being retried.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -72,8 +100,14 @@ pub struct Metrics {
     pub handover_seconds: Histogram,
     /// Kafka enqueue-to-acknowledgement latency per message, seconds.
     pub produce_seconds: Histogram,
-    /// MQTT arrival to PUBACK written, seconds.
-    pub ack_seconds: Histogram,
+    /// MQTT arrival to PUBACK written, per group, seconds.
+    pub ack_seconds: Family<GroupLabel, Histogram>,
+    /// Messages received and not yet acknowledged, per group.
+    pub group_in_flight: Family<GroupLabel, Gauge>,
+    /// Age of the oldest unacknowledged message, per group.
+    pub group_oldest_unacked_seconds: Family<GroupLabel, Gauge<f64, AtomicU64>>,
+    /// 1 when the group's MQTT session is connected and subscribed.
+    pub group_ready: Family<GroupLabel, Gauge>,
     /// MQTT connections made after the first.
     pub reconnects: Counter,
     /// Subscriptions the broker refused (SUBACK failure or QoS 0).
@@ -85,7 +119,8 @@ pub struct Metrics {
     /// Quarantined because the payload was too large (also in `quarantined`).
     pub oversize: Counter,
     plugin_codes: Mutex<BTreeMap<String, BTreeSet<String>>>,
-    mqtt_ready: AtomicBool,
+    /// Every group's handle, for readiness and the overall oldest-unacknowledged age.
+    groups: Mutex<Vec<GroupMetrics>>,
     kafka_ready: AtomicBool,
 }
 
@@ -122,14 +157,17 @@ impl Metrics {
             transform_seconds: Family::new_with_constructor(latency),
             handover_seconds: latency(),
             produce_seconds: latency(),
-            ack_seconds: latency(),
+            ack_seconds: Family::new_with_constructor(latency),
+            group_in_flight: Family::default(),
+            group_oldest_unacked_seconds: Family::default(),
+            group_ready: Family::default(),
             reconnects: Counter::default(),
             subscriptions_refused: Counter::default(),
             write_retries: Family::default(),
             stuck_writes: Gauge::default(),
             oversize: Counter::default(),
             plugin_codes: Mutex::new(BTreeMap::new()),
-            mqtt_ready: AtomicBool::new(false),
+            groups: Mutex::new(Vec::new()),
             kafka_ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -186,8 +224,23 @@ impl Metrics {
         );
         r.register(
             "ack_seconds",
-            "Time from MQTT arrival to PUBACK written",
+            "Time from MQTT arrival to PUBACK written, per isolation group",
             m.ack_seconds.clone(),
+        );
+        r.register(
+            "group_in_flight",
+            "Messages received and not yet acknowledged, per isolation group",
+            m.group_in_flight.clone(),
+        );
+        r.register(
+            "group_oldest_unacked_seconds",
+            "Age of the oldest unacknowledged message, per isolation group",
+            m.group_oldest_unacked_seconds.clone(),
+        );
+        r.register(
+            "group_ready",
+            "1 when the isolation group's MQTT session is connected and subscribed",
+            m.group_ready.clone(),
         );
         r.register(
             "mqtt_reconnects",
@@ -276,9 +329,37 @@ impl Metrics {
         }
     }
 
-    /// MQTT connected and every subscription granted.
-    pub fn set_mqtt_ready(&self, ready: bool) {
-        self.mqtt_ready.store(ready, Ordering::Release);
+    /// The series of group `name` (created on first use, exported from then on).
+    pub fn group(&self, name: &str) -> GroupMetrics {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = groups.iter().find(|g| g.name == name) {
+            return g.clone();
+        }
+        let label = GroupLabel {
+            group: name.to_owned(),
+        };
+        let g = GroupMetrics {
+            name: name.to_owned(),
+            in_flight: self.group_in_flight.get_or_create(&label).clone(),
+            oldest_unacked_seconds: self
+                .group_oldest_unacked_seconds
+                .get_or_create(&label)
+                .clone(),
+            ack_seconds: self.ack_seconds.get_or_create(&label).clone(),
+            ready: self.group_ready.get_or_create(&label).clone(),
+        };
+        groups.push(g.clone());
+        g
+    }
+
+    /// Set the overall oldest-unacknowledged age: the oldest of any group's.
+    pub fn refresh_oldest(&self) {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = groups
+            .iter()
+            .map(|g| g.oldest_unacked_seconds.get())
+            .fold(0.0, f64::max);
+        self.oldest_unacked_seconds.set(oldest);
     }
 
     /// Kafka answered a metadata request.
@@ -290,8 +371,24 @@ impl Metrics {
     /// reachable, no write stuck.
     pub fn not_ready(&self) -> Option<String> {
         let mut why = Vec::new();
-        if !self.mqtt_ready.load(Ordering::Acquire) {
-            why.push("MQTT not connected and subscribed".to_owned());
+        {
+            let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            let down: Vec<&str> = groups
+                .iter()
+                .filter(|g| g.ready.get() == 0)
+                .map(|g| g.name.as_str())
+                .collect();
+            match down.as_slice() {
+                _ if groups.is_empty() => why.push("MQTT not connected and subscribed".to_owned()),
+                [] => {}
+                [only] if *only == crate::config::DEFAULT_GROUP => {
+                    why.push("MQTT not connected and subscribed".to_owned())
+                }
+                names => why.push(format!(
+                    "MQTT session of group(s) {} not connected and subscribed",
+                    names.join(", ")
+                )),
+            }
         }
         if !self.kafka_ready.load(Ordering::Acquire) {
             why.push("Kafka not reachable".to_owned());
@@ -338,10 +435,30 @@ mod tests {
         let m = Metrics::new();
         let why = m.not_ready().unwrap();
         assert!(why.contains("MQTT") && why.contains("Kafka"), "{why}");
-        m.set_mqtt_ready(true);
+        let (a, b) = (m.group("a"), m.group("b"));
+        a.set_ready(true);
         m.set_kafka_ready(true);
+        assert_eq!(
+            m.not_ready().unwrap(),
+            "MQTT session of group(s) b not connected and subscribed"
+        );
+        b.set_ready(true);
         assert_eq!(m.not_ready(), None);
+        assert!(m.encode().contains(r#"weir_group_ready{group="b"} 1"#));
         m.stuck_writes.inc();
         assert!(m.not_ready().unwrap().contains("being retried"));
+    }
+
+    #[test]
+    fn the_overall_oldest_age_is_the_oldest_groups() {
+        let m = Metrics::new();
+        m.group("a").oldest_unacked_seconds.set(2.5);
+        m.group("b").oldest_unacked_seconds.set(7.0);
+        m.refresh_oldest();
+        assert_eq!(m.oldest_unacked_seconds.get(), 7.0);
+        assert!(
+            m.encode()
+                .contains(r#"weir_group_oldest_unacked_seconds{group="a"} 2.5"#)
+        );
     }
 }

@@ -16,20 +16,20 @@
 //! source stops reading and the broker keeps the backlog in the session.
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{Config, GroupPlan};
 use crate::control::Control;
 use crate::deliver::Courier;
-use crate::lifecycle::{Lifecycle, LifecycleError, Switched};
-use crate::metrics::{CohortLabel, Metrics};
+use crate::lifecycle::{Lifecycle, LifecycleError, Live, Switched};
+use crate::metrics::{CohortLabel, GroupMetrics, Metrics};
 use crate::plan::{Input, Topology};
 use crate::sink::Sink;
 use crate::source::{AckToken, Incoming, Source};
 use crate::store::Store;
-use crate::transform::{Configured, Host, Limits, Message, Outcome, Plugin};
+use crate::transform::{Host, Limits, Message, Outcome, Plugin};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Start-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +216,9 @@ async fn next_batch(
 
 /// Run until the first message on `signals`; then stop reading, finish what is in flight
 /// for at most `output.shutdown_timeout_s` (a second signal stops at once), disconnect.
+///
+/// Each isolation group runs as its own lane (see [`Lane`]); they share the admin
+/// listener, the plugin lifecycle and the control topic.
 pub async fn run(
     p: Prepared,
     mut signals: mpsc::UnboundedReceiver<()>,
@@ -233,11 +236,14 @@ pub async fn run(
         cfg.admin.tokens(),
     )
     .map_err(StartError::Other)?;
-    let sink = Sink::new(&cfg.kafka).map_err(|e| StartError::Config {
-        file: p.file.clone(),
-        key: "kafka".into(),
-        problem: e.to_string(),
-    })?;
+    let new_sink = || {
+        Sink::new(&cfg.kafka).map_err(|e| StartError::Config {
+            file: p.file.clone(),
+            key: "kafka".into(),
+            problem: e.to_string(),
+        })
+    };
+    let sink = new_sink()?;
     let mut topics = vec![(
         cfg.output.quarantine_topic.clone(),
         "output.quarantine_topic".to_owned(),
@@ -252,41 +258,34 @@ pub async fn run(
         .await
         .map_err(|e| StartError::Other(format!("{}: {e}", p.file)))?;
     let _kafka_probe = AbortOnDrop(sink.watch(metrics.clone()));
-    let (source, rx) =
-        Source::start(&cfg.mqtt, metrics.clone()).map_err(|e| StartError::Other(e.to_string()))?;
 
-    // Delivery, on its own task so that transforming one batch overlaps writing the one
-    // before: each message's writes driven to their end, PUBACKs in arrival order.
-    let (work_tx, work_rx) = mpsc::channel::<Work>(4);
-    let courier = {
-        let courier = Courier::new(sink.clone(), source.clone(), metrics.clone());
-        AbortOnDrop(tokio::spawn(deliver(
-            courier,
-            sink.clone(),
+    let (switched_tx, switched_rx) = mpsc::unbounded_channel::<Switched>();
+    let _follower = AbortOnDrop(tokio::spawn(p.lifecycle.clone().follow(switched_rx)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ended_tx, mut ended) = mpsc::unbounded_channel::<Option<String>>();
+    let mut lanes = Vec::new();
+    let mut sink = Some(sink);
+    for plan in cfg.group_plans() {
+        // One producer per group: a group's writes never queue behind another's.
+        let sink = match sink.take() {
+            Some(s) => s,
+            None => new_sink()?,
+        };
+        lanes.push(Lane::start(
+            plan,
+            cfg,
+            sink,
             metrics.clone(),
-            work_rx,
-        )))
-    };
-
-    // The batcher owns the source's channel, so a batch is never half taken when the
-    // pipeline stops to do something else.
-    let (batch_tx, mut batches) = mpsc::channel::<Vec<Incoming>>(1);
-    let batcher = {
-        let (size, wait) = (
-            cfg.output.batch_size,
-            Duration::from_millis(cfg.output.batch_wait_ms),
-        );
-        let mut rx = rx;
-        AbortOnDrop(tokio::spawn(async move {
-            while let Some(b) = next_batch(&mut rx, size, wait).await {
-                if batch_tx.send(b).await.is_err() {
-                    break;
-                }
-            }
-        }))
-    };
+            &p.lifecycle,
+            switched_tx.clone(),
+            stop_rx.clone(),
+            ended_tx.clone(),
+        )?);
+    }
+    drop((switched_tx, ended_tx));
+    let in_flight = |lanes: &[Lane]| lanes.iter().map(|l| l.source.in_flight()).sum::<u32>();
     let _progress = {
-        let (source, metrics) = (source.clone(), metrics.clone());
+        let metrics = metrics.clone();
         AbortOnDrop(tokio::spawn(async move {
             let mut report = tokio::time::interval(Duration::from_secs(10));
             report.tick().await;
@@ -295,136 +294,62 @@ pub async fn run(
                 tracing::info!(
                     received = metrics.received.get(),
                     acked = metrics.acked.get(),
-                    in_flight = source.in_flight(),
+                    in_flight = metrics.in_flight.get(),
                     "progress"
                 );
             }
         }))
     };
-    let mut live_rx = p.lifecycle.live();
-    let (switched_tx, switched_rx) = mpsc::unbounded_channel::<Switched>();
-    let _follower = AbortOnDrop(tokio::spawn(p.lifecycle.clone().follow(switched_rx)));
-    // The version each cohort's last message went through, to report cutovers.
-    let mut seen: Vec<String> = live_rx
-        .borrow()
-        .versions
-        .iter()
-        .map(|v| v.sha256.clone())
-        .collect();
-    // Message ids: this run's random prefix and the arrival sequence; unique across runs
-    // and processes without coordination.
-    let run_id = format!("{:016x}", rand::random::<u64>());
-    let mut next_id = 0u64;
-    let mut failure = None;
-    loop {
-        let batch = tokio::select! {
-            biased;
-            why = source.failed() => {
-                failure = Some(why);
-                break;
-            }
-            _ = signals.recv() => break,
-            b = batches.recv() => b,
-        };
-        let Some(batch) = batch else {
-            // The source's channel closed: it stopped, and a failure says why.
-            if let Ok(why) = tokio::time::timeout(Duration::from_secs(1), source.failed()).await {
-                failure = Some(why);
-            }
-            break;
-        };
-        // One live set for the whole batch: a swap lands between batches.
-        let live = live_rx.borrow_and_update().clone();
-        let topology = live.topology.clone();
-        let mut inputs = Vec::with_capacity(batch.len());
-        let mut tokens = Vec::with_capacity(batch.len());
-        for inc in batch {
-            tokens.push(inc.ack);
-            inputs.push(Input {
-                id: format!("{run_id}-{next_id:x}"),
-                message: inc.message,
-                retained: inc.retain,
-                oversize: inc.oversize,
-            });
-            next_id += 1;
-        }
-        let routes: Vec<Option<usize>> =
-            inputs.iter().map(|i| topology.route(&i.message)).collect();
-        for (ci, version) in live.versions.iter().enumerate() {
-            if seen[ci] == version.sha256 {
-                continue;
-            }
-            if let Some(first) = routes.iter().position(|r| *r == Some(ci)) {
-                seen[ci] = version.sha256.clone();
-                let _ = switched_tx.send(Switched {
-                    cohort: ci,
-                    version: version.clone(),
-                    first_topic: inputs[first].message.topic.clone(),
-                });
-            }
-        }
-        let outcomes = transform(&topology, &live.plugins, &metrics, &mut inputs, &routes);
-        for tap in p.lifecycle.taps() {
-            for ((input, route), outcome) in inputs.iter().zip(&routes).zip(&outcomes) {
-                if let (Some(ci), Some(o)) = (route, outcome)
-                    && *ci == tap.cohort
-                {
-                    tap.offer(&input.message, o);
-                }
-            }
-        }
-        let work = Work {
-            topology,
-            messages: tokens
-                .into_iter()
-                .zip(inputs)
-                .zip(routes)
-                .zip(outcomes)
-                .map(|(((t, i), r), o)| (t, i, r, o))
-                .collect(),
-        };
-        // Handing over waits while the courier is behind (Kafka slow or away); a signal
-        // must still stop it (what was not handed over stays unacknowledged with the
-        // broker).
-        tokio::select! {
-            r = work_tx.send(work) => if r.is_err() { break },
-            _ = signals.recv() => break,
-        }
+
+    // Run until a signal, or until a lane ends (its session failed or closed).
+    let failure = tokio::select! {
+        _ = signals.recv() => None,
+        Some(why) = ended.recv() => why,
+    };
+    let _ = stop_tx.send(true);
+    for lane in &mut lanes {
+        let _ = (&mut lane.task.0).await;
     }
     if let Some(why) = failure {
         return Err(StartError::Other(why));
     }
 
-    // Stop reading: what the source has handed on but the pipeline has not taken goes back
-    // to the broker (it is redelivered to the next session).
-    drop(batcher);
-    drop(batches);
-    drop(work_tx);
+    // Stop reading: what the sources have handed on but the lanes have not taken goes
+    // back to the broker (it is redelivered to the next session).
+    for lane in &mut lanes {
+        lane.batcher.take();
+    }
     let timeout = Duration::from_secs(cfg.output.shutdown_timeout_s);
     let deadline = tokio::time::Instant::now() + timeout;
     tracing::info!(
-        in_flight = source.in_flight(),
+        in_flight = in_flight(&lanes),
         timeout_s = timeout.as_secs(),
         "stopping: finishing in-flight messages"
     );
-    // The courier finishes every message handed over, then ends; then the source has
+    // Each courier finishes every message handed over, then ends; then its source has
     // written the last PUBACKs.
-    let mut courier = courier;
+    let finished = futures::future::join_all(lanes.iter_mut().map(|l| async {
+        if let Some(c) = &mut l.courier {
+            let _ = (&mut c.0).await;
+        }
+        l.source.drained().await;
+    }));
     let stopped = tokio::select! {
-        r = tokio::time::timeout_at(deadline, async {
-            let _ = (&mut courier.0).await;
-            source.drained().await;
-        }) => match r {
-            Ok(()) => Stopped::Drained,
-            Err(_) => Stopped::TimedOut { left: source.in_flight() },
+        r = tokio::time::timeout_at(deadline, finished) => match r {
+            Ok(_) => Stopped::Drained,
+            Err(_) => Stopped::TimedOut { left: in_flight(&lanes) },
         },
-        _ = signals.recv() => Stopped::Interrupted { left: source.in_flight() },
+        _ = signals.recv() => Stopped::Interrupted { left: in_flight(&lanes) },
     };
     // An unfinished courier is stopped: what it held stays unacknowledged.
-    drop(courier);
+    for lane in &mut lanes {
+        lane.courier.take();
+    }
     if stopped == Stopped::Drained {
-        sink.flush(Duration::from_secs(5));
-        source.disconnect().await;
+        for lane in &lanes {
+            lane.sink.flush(Duration::from_secs(5));
+        }
+        futures::future::join_all(lanes.iter().map(|l| l.source.disconnect())).await;
     } else {
         // Write the acks already released, then leave; the rest stays with the broker.
         let grace = if matches!(stopped, Stopped::Interrupted { .. }) {
@@ -432,9 +357,308 @@ pub async fn run(
         } else {
             Duration::from_secs(5)
         };
-        let _ = tokio::time::timeout(grace, source.disconnect()).await;
+        let _ = tokio::time::timeout(
+            grace,
+            futures::future::join_all(lanes.iter().map(|l| l.source.disconnect())),
+        )
+        .await;
     }
     Ok(stopped)
+}
+
+/// One isolation group at work: its own MQTT session ([`Source`]), batcher, transform
+/// worker thread, Kafka producer and courier. Nothing in one lane waits on another's: a
+/// plugin spinning to its deadline holds only its own lane's worker, and a flood fills only
+/// its own lane's in-flight budget, while PUBACKs on the other sessions go on leaving.
+struct Lane {
+    source: Source,
+    sink: Sink,
+    courier: Option<AbortOnDrop>,
+    batcher: Option<AbortOnDrop>,
+    /// Routes, transforms and hands over batches; when it ends it says so, with the
+    /// session's failure if there was one.
+    task: AbortOnDrop,
+}
+
+impl Lane {
+    fn start(
+        plan: GroupPlan,
+        cfg: &Config,
+        sink: Sink,
+        metrics: Arc<Metrics>,
+        lifecycle: &Arc<Lifecycle>,
+        switched: mpsc::UnboundedSender<Switched>,
+        stop: watch::Receiver<bool>,
+        ended: mpsc::UnboundedSender<Option<String>>,
+    ) -> Result<Lane, StartError> {
+        let group = metrics.group(&plan.name);
+        let (source, rx) = Source::start(&plan.mqtt, metrics.clone(), group.clone())
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let worker = Worker::start(&plan.name).map_err(StartError::Other)?;
+
+        // Delivery, on its own task so that transforming one batch overlaps writing the
+        // one before: each message's writes driven to their end, PUBACKs in arrival order.
+        let (work_tx, work_rx) = mpsc::channel::<Work>(4);
+        let courier = Courier::new(sink.clone(), source.clone(), metrics.clone());
+        let courier = AbortOnDrop(tokio::spawn(deliver(
+            courier,
+            sink.clone(),
+            metrics.clone(),
+            group,
+            work_rx,
+        )));
+
+        // The batcher owns the source's channel, so a batch is never half taken when the
+        // lane stops to do something else.
+        let (batch_tx, batches) = mpsc::channel::<Vec<Incoming>>(1);
+        let (size, wait) = (
+            cfg.output.batch_size,
+            Duration::from_millis(cfg.output.batch_wait_ms),
+        );
+        let batcher = AbortOnDrop(tokio::spawn(async move {
+            let mut rx = rx;
+            while let Some(b) = next_batch(&mut rx, size, wait).await {
+                if batch_tx.send(b).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        let work = LaneWork {
+            cohorts: plan.cohorts,
+            source: source.clone(),
+            metrics,
+            lifecycle: lifecycle.clone(),
+            switched,
+            worker,
+        };
+        let task = AbortOnDrop(tokio::spawn(async move {
+            let why = work.run(batches, work_tx, stop).await;
+            let _ = ended.send(why);
+        }));
+        Ok(Lane {
+            source,
+            sink,
+            courier: Some(courier),
+            batcher: Some(batcher),
+            task,
+        })
+    }
+}
+
+/// What a lane's task needs to route, transform and hand over its batches.
+struct LaneWork {
+    /// The group's cohorts (indexes into the config's), ascending.
+    cohorts: Vec<usize>,
+    source: Source,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+    switched: mpsc::UnboundedSender<Switched>,
+    worker: Worker,
+}
+
+impl LaneWork {
+    /// Take batches until `stop`; returns the session's failure if it failed.
+    async fn run(
+        mut self,
+        mut batches: mpsc::Receiver<Vec<Incoming>>,
+        work_tx: mpsc::Sender<Work>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Option<String> {
+        let mut live_rx = self.lifecycle.live();
+        // The version each cohort's last message went through, to report cutovers.
+        let mut seen: Vec<String> = live_rx
+            .borrow()
+            .versions
+            .iter()
+            .map(|v| v.sha256.clone())
+            .collect();
+        // Message ids: a random prefix per lane and run, and the arrival sequence; unique
+        // across runs and processes without coordination.
+        let run_id = format!("{:016x}", rand::random::<u64>());
+        let mut next_id = 0u64;
+        loop {
+            let batch = tokio::select! {
+                biased;
+                why = self.source.failed() => return Some(why),
+                _ = stop.wait_for(|s| *s) => return None,
+                b = batches.recv() => b,
+            };
+            let Some(batch) = batch else {
+                // The source's channel closed: it stopped, and a failure says why.
+                return tokio::time::timeout(Duration::from_secs(1), self.source.failed())
+                    .await
+                    .ok();
+            };
+            // One live set for the whole batch: a swap lands between batches.
+            let live = live_rx.borrow_and_update().clone();
+            let topology = live.topology.clone();
+            let mut inputs = Vec::with_capacity(batch.len());
+            let mut tokens = Vec::with_capacity(batch.len());
+            for inc in batch {
+                tokens.push(inc.ack);
+                inputs.push(Input {
+                    id: format!("{run_id}-{next_id:x}"),
+                    message: inc.message,
+                    retained: inc.retain,
+                    oversize: inc.oversize,
+                });
+                next_id += 1;
+            }
+            let routes: Vec<Option<usize>> = inputs
+                .iter()
+                .map(|i| topology.route_among(&i.message, &self.cohorts))
+                .collect();
+            for (ci, version) in live.versions.iter().enumerate() {
+                if seen[ci] == version.sha256 {
+                    continue;
+                }
+                if let Some(first) = routes.iter().position(|r| *r == Some(ci)) {
+                    seen[ci] = version.sha256.clone();
+                    let _ = self.switched.send(Switched {
+                        cohort: ci,
+                        version: version.clone(),
+                        first_topic: inputs[first].message.topic.clone(),
+                    });
+                }
+            }
+            // The plugins run on the lane's own worker thread; a signal does not wait for
+            // them (what was not handed over stays unacknowledged with the broker).
+            let job = Job {
+                live: live.clone(),
+                metrics: self.metrics.clone(),
+                inputs,
+                routes,
+            };
+            let Done {
+                inputs,
+                routes,
+                outcomes,
+                ..
+            } = tokio::select! {
+                done = self.worker.run(job) => match done {
+                    Some(done) => done,
+                    None => return Some("a transform worker stopped unexpectedly".into()),
+                },
+                _ = stop.wait_for(|s| *s) => return None,
+            };
+            for tap in self.lifecycle.taps() {
+                for ((input, route), outcome) in inputs.iter().zip(&routes).zip(&outcomes) {
+                    if let (Some(ci), Some(o)) = (route, outcome)
+                        && *ci == tap.cohort
+                    {
+                        tap.offer(&input.message, o);
+                    }
+                }
+            }
+            let work = Work {
+                topology,
+                messages: tokens
+                    .into_iter()
+                    .zip(inputs)
+                    .zip(routes)
+                    .zip(outcomes)
+                    .map(|(((t, i), r), o)| (t, i, r, o))
+                    .collect(),
+            };
+            // Handing over waits while the courier is behind (Kafka slow or away); a
+            // signal must still stop it.
+            tokio::select! {
+                r = work_tx.send(work) => if r.is_err() { return None },
+                _ = stop.wait_for(|s| *s) => return None,
+            }
+        }
+    }
+}
+
+/// A batch for the worker: the live set it is transformed with, its messages and routes.
+struct Job {
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    inputs: Vec<Input>,
+    routes: Vec<Option<usize>>,
+}
+
+/// A transformed batch: the messages (lent to the plugins and back), routes, outcomes.
+struct Done {
+    inputs: Vec<Input>,
+    routes: Vec<Option<usize>>,
+    outcomes: Vec<Option<Outcome>>,
+    /// The worker ran at the penalty priority and this batch was clean: it has ended, and
+    /// the lane starts a fresh one at normal priority.
+    retired: bool,
+}
+
+/// Nice value of a worker whose plugin timed out. A plugin that spins to its deadline
+/// burns a core for nothing; at the lowest priority it gets the CPU only when nothing
+/// else wants it, so the other groups' I/O, the broker and Kafka on the same host are not
+/// slowed by it. (An unprivileged thread cannot raise its priority again, so a worker
+/// that recovers is replaced by a new thread.)
+const PENALTY_NICE: i32 = 19;
+
+/// A lane's transform worker: one OS thread running its plugins, so that a plugin
+/// spinning until its deadline occupies this thread, not the runtime's, and not another
+/// group's worker.
+struct Worker {
+    group: String,
+    jobs: std::sync::mpsc::Sender<(Job, oneshot::Sender<Done>)>,
+}
+
+impl Worker {
+    fn start(group: &str) -> Result<Worker, String> {
+        let (jobs, rx) = std::sync::mpsc::channel::<(Job, oneshot::Sender<Done>)>();
+        let name = group.to_owned();
+        std::thread::Builder::new()
+            .name(format!("weir-{group}"))
+            .spawn(move || {
+                let mut penalised = false;
+                // Ends when the lane drops its sender, or once it recovered from a penalty.
+                while let Ok((mut job, done)) = rx.recv() {
+                    let outcomes = transform(&job.live, &job.metrics, &mut job.inputs, &job.routes);
+                    let timed_out = outcomes.iter().any(|o| {
+                        matches!(o, Some(Outcome::Fail { code, .. }) if *code == crate::transform::codes::TIMEOUT)
+                    });
+                    if timed_out && !penalised {
+                        penalised = lower_priority();
+                        tracing::warn!(group = %name, lowered = penalised, "a plugin of this group ran past its deadline: its worker runs at the lowest CPU priority until a batch runs clean");
+                    }
+                    let retired = penalised && !timed_out;
+                    let _ = done.send(Done {
+                        inputs: job.inputs,
+                        routes: job.routes,
+                        outcomes,
+                        retired,
+                    });
+                    if retired {
+                        tracing::info!(group = %name, "the group's plugins run clean again: back to normal priority");
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start group {group:?}'s transform worker: {e}"))?;
+        Ok(Worker {
+            group: group.to_owned(),
+            jobs,
+        })
+    }
+
+    /// Transform a batch on the worker; `None` if the worker is gone. A worker that
+    /// retired after a penalty is replaced.
+    async fn run(&mut self, job: Job) -> Option<Done> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send((job, tx)).ok()?;
+        let done = rx.await.ok()?;
+        if done.retired {
+            *self = Worker::start(&self.group).ok()?;
+        }
+        Some(done)
+    }
+}
+
+/// Lower the calling thread's CPU priority to [`PENALTY_NICE`]; whether it worked.
+fn lower_priority() -> bool {
+    // On Linux the nice value is per thread: PRIO_PROCESS with a thread id sets that
+    // thread's alone.
+    rustix::process::setpriority_process(Some(rustix::thread::gettid()), PENALTY_NICE).is_ok()
 }
 
 /// A transformed batch handed to the courier: per message its ack, the message, its
@@ -451,6 +675,7 @@ async fn deliver(
     mut courier: Courier,
     sink: Sink,
     metrics: Arc<Metrics>,
+    group: GroupMetrics,
     mut work: mpsc::Receiver<Work>,
 ) {
     let mut answers = Vec::new();
@@ -463,7 +688,8 @@ async fn deliver(
             () = sleep_until(retry) => courier.retry_due().await,
             _ = tick.tick() => {
                 let age = courier.oldest().map_or(0.0, |t| t.elapsed().as_secs_f64());
-                metrics.oldest_unacked_seconds.set(age);
+                group.oldest_unacked_seconds.set(age);
+                metrics.refresh_oldest();
             }
             w = work.recv(), if open => match w {
                 Some(w) => {
@@ -492,14 +718,13 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// Run each cohort's plugin over its share of the batch; `None` for messages that are not
 /// transformed (unrouted, oversize).
 fn transform(
-    topology: &Topology,
-    plugins: &[Arc<Configured>],
+    live: &Live,
     metrics: &Metrics,
     inputs: &mut [Input],
     routes: &[Option<usize>],
 ) -> Vec<Option<Outcome>> {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; inputs.len()];
-    for (ci, plugin) in plugins.iter().enumerate() {
+    for (ci, plugin) in live.plugins.iter().enumerate() {
         let idx: Vec<usize> = (0..inputs.len())
             .filter(|&i| routes[i] == Some(ci) && inputs[i].oversize.is_none())
             .collect();
@@ -511,10 +736,10 @@ fn transform(
             .map(|&i| std::mem::take(&mut inputs[i].message))
             .collect();
         let started = Instant::now();
-        let results = tokio::task::block_in_place(|| plugin.process(&mut group));
+        let results = plugin.process(&mut group);
         Metrics::observe(
             &metrics.transform_seconds.get_or_create(&CohortLabel {
-                cohort: topology.cohorts[ci].name.clone(),
+                cohort: live.topology.cohorts[ci].name.clone(),
             }),
             started.elapsed(),
         );

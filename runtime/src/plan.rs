@@ -149,6 +149,15 @@ impl Topology {
         route::route(&self.rules, &m.topic, &m.properties)
     }
 
+    /// The cohort a message belongs to among `cohorts` (one group's, ascending): the first
+    /// of their rules that matches.
+    pub fn route_among(&self, m: &Message, cohorts: &[usize]) -> Option<usize> {
+        cohorts
+            .iter()
+            .copied()
+            .find(|&i| self.rules[i].matches(&m.topic, &m.properties))
+    }
+
     /// Plan a message's writes from its cohort and its transform outcome (`None` for a
     /// message that was not transformed: unrouted or oversize).
     pub fn plan(&self, input: Input, cohort: Option<usize>, outcome: Option<Outcome>) -> Delivery {

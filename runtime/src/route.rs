@@ -20,6 +20,19 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Could one topic match both filters? (Two groups' subscriptions must not overlap, and a
+/// cohort's topic must overlap one of its group's.)
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let (mut x, mut y) = (a.split('/'), b.split('/'));
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
+            (Some(p), Some(q)) if p == "+" || q == "+" || p == q => {}
+            _ => return false,
+        }
+    }
+}
+
 /// Does `topic` match `filter` (MQTT wildcards)? Topics starting with `$` do not match
 /// filters starting with a wildcard (MQTT-4.7.2-1).
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
@@ -172,6 +185,30 @@ impl KeyTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_overlap() {
+        for (a, b) in [
+            ("a/b", "a/b"),
+            ("a/+", "a/b"),
+            ("a/#", "a"),
+            ("#", "x/y/z"),
+            ("+/b/#", "a/+/c"),
+            ("a/b", "a/b/#"),
+        ] {
+            assert!(filters_overlap(a, b), "{a} {b}");
+            assert!(filters_overlap(b, a), "{b} {a}");
+        }
+        for (a, b) in [
+            ("a/b", "a/c"),
+            ("a", "a/+"),
+            ("a/+/c", "a/b/d"),
+            ("+", "a/b"),
+        ] {
+            assert!(!filters_overlap(a, b), "{a} {b}");
+            assert!(!filters_overlap(b, a), "{b} {a}");
+        }
+    }
 
     #[test]
     fn topic_filters() {

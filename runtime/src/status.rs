@@ -20,6 +20,8 @@ struct Sample {
     received: f64,
     acked: f64,
     records: BTreeMap<String, f64>,
+    /// Acknowledged per isolation group.
+    group_acked: BTreeMap<String, f64>,
 }
 
 /// Shortest span a rate is taken over.
@@ -98,6 +100,13 @@ impl Series {
     }
 }
 
+/// Every series `name` by the value of its label `label`.
+fn by_label(s: &Series, name: &str, label: &str) -> BTreeMap<String, f64> {
+    s.all(name)
+        .filter_map(|(l, v)| Some((l.get(label)?.clone(), v)))
+        .collect()
+}
+
 /// `k="v",k2="v2"` (values without escaped quotes, which weir's labels never have).
 fn labels(text: &str) -> BTreeMap<String, String> {
     text.split("\",")
@@ -155,10 +164,8 @@ impl Rates {
             at: Instant::now(),
             received: s.get("weir_received_total"),
             acked: s.get("weir_acked_total"),
-            records: s
-                .all("weir_records_total")
-                .filter_map(|(l, v)| Some((l.get("cohort")?.clone(), v)))
-                .collect(),
+            records: by_label(&s, "weir_records_total", "cohort"),
+            group_acked: by_label(&s, "weir_ack_seconds_count", "group"),
         };
         let previous = self.base(&now);
         let rate = |f: &dyn Fn(&Sample) -> f64| -> String {
@@ -230,7 +237,35 @@ impl Rates {
         }
         h.push_str("</table>");
 
-        h.push_str("<h2>Cohorts</h2><table><tr><th>cohort</th><th>version</th><th>sha256</th><th>pinned</th><th>records</th><th>rate</th><th>quarantined</th><th>output topic</th></tr>");
+        h.push_str("<h2>Isolation groups</h2><table><tr><th>group</th><th>MQTT session</th><th>in flight</th><th>oldest unacknowledged, s</th><th>acknowledged</th><th>rate</th></tr>");
+        let of = |name: &str, group: &str| {
+            s.all(name)
+                .find(|(l, _)| l.get("group").map(String::as_str) == Some(group))
+                .map_or(0.0, |(_, v)| v)
+        };
+        for (l, ready) in s.all("weir_group_ready") {
+            let Some(group) = l.get("group") else {
+                continue;
+            };
+            let name = esc(group);
+            let session = if ready == 1.0 {
+                "<span class=\"ok\">connected</span>"
+            } else {
+                "<span class=\"bad\">not connected and subscribed</span>"
+            };
+            let acked = now.group_acked.get(group).copied().unwrap_or(0.0);
+            let group_rate = rate(&|x| x.group_acked.get(group).copied().unwrap_or(0.0));
+            let _ = write!(
+                h,
+                "<tr><td>{name}</td><td id=\"session-{name}\">{session}</td><td class=\"n\" id=\"in_flight-{name}\">{}</td><td class=\"n\" id=\"oldest-{name}\">{}</td><td class=\"n\" id=\"acked-{name}\">{}</td><td class=\"n\">{group_rate}</td></tr>",
+                num(of("weir_group_in_flight", group)),
+                num(of("weir_group_oldest_unacked_seconds", group)),
+                num(acked),
+            );
+        }
+        h.push_str("</table>");
+
+        h.push_str("<h2>Cohorts</h2><table><tr><th>cohort</th><th>group</th><th>version</th><th>sha256</th><th>pinned</th><th>records</th><th>rate</th><th>quarantined</th><th>output topic</th></tr>");
         for c in page.cohorts {
             let records = now.records.get(&c.cohort).copied().unwrap_or(0.0);
             let quarantined: f64 = s
@@ -246,7 +281,8 @@ impl Rates {
             let cohort_rate = rate(&|x| x.records.get(&c.cohort).copied().unwrap_or(0.0));
             let _ = write!(
                 h,
-                "<tr><td>{name}</td><td id=\"version-{name}\">{}</td><td><code>{}</code></td><td>{pinned}</td><td class=\"n\" id=\"records-{name}\">{}</td><td class=\"n\">{cohort_rate}</td><td class=\"n\" id=\"quarantined-{name}\">{}</td><td>{}</td></tr>",
+                "<tr><td>{name}</td><td>{}</td><td id=\"version-{name}\">{}</td><td><code>{}</code></td><td>{pinned}</td><td class=\"n\" id=\"records-{name}\">{}</td><td class=\"n\">{cohort_rate}</td><td class=\"n\" id=\"quarantined-{name}\">{}</td><td>{}</td></tr>",
+                esc(&c.group),
                 esc(&format!("{}@{}", c.plugin.name, c.plugin.version)),
                 esc(c.plugin.sha256.get(..12).unwrap_or(&c.plugin.sha256)),
                 num(records),
@@ -310,6 +346,7 @@ mod tests {
             received,
             acked: 0.0,
             records: BTreeMap::new(),
+            group_acked: BTreeMap::new(),
         };
         assert!(rates.base(&at(0, 0.0)).is_none());
         // One second later, the only sample there is.

@@ -417,7 +417,7 @@ fn metrics_agree_with_what_kafka_holds() {
         kafka_codes("payload.malformed") + kafka_codes("route.unmatched"),
         150.0
     );
-    assert!(m["weir_ack_seconds_count{}"].as_f64().unwrap() >= 300.0);
+    assert!(m["weir_ack_seconds_count{group=default}"].as_f64().unwrap() >= 300.0);
     assert!(
         m.as_object()
             .unwrap()

@@ -97,14 +97,6 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A mosquitto of the test's own; killed when dropped.
 struct Mosquitto {
     child: Child,
@@ -387,47 +379,6 @@ fn password_file_is_read_at_every_connection_and_never_shown() {
     }
 }
 
-/// A Kafka-protocol broker of the test's own (nisshi), killed when dropped.
-struct Nisshi {
-    child: Child,
-    port: u16,
-}
-
-impl Nisshi {
-    /// A broker on `dir`'s storage; `args` adds TLS or authentication.
-    fn start(dir: &Path, args: &[&str]) -> Nisshi {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let advertised = format!("tcp://localhost:{port}");
-        let child = Command::new("nisshi")
-            .current_dir(dir)
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &advertised])
-            .args(["--storage-engine", "sqlite://nisshi.db", "--silent"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nisshi runs (scripts/testbed installs it)");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "nisshi listens on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nisshi { child, port }
-    }
-}
-
-impl Drop for Nisshi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// weir writes to a Kafka that speaks only TLS and wants SCRAM-SHA-512 logins: the
 /// records arrive; a wrong password or an untrusted broker certificate stops start-up
 /// with the cause.
@@ -438,7 +389,7 @@ fn kafka_over_tls_with_scram() {
     let (user, password) = ("weir", "kafka-Secret-2718");
     {
         // Users live in the broker's storage: made on a plain broker, used by a secured one.
-        let plain = Nisshi::start(dir.path(), &[]);
+        let plain = Nisshi::start(dir.path(), "sqlite://nisshi.db", &[]);
         let ok = Command::new("nisshi")
             .args(["user", "create", "--mechanism", "scram512"])
             .args(["--broker", &format!("tcp://127.0.0.1:{}", plain.port)])
@@ -452,6 +403,7 @@ fn kafka_over_tls_with_scram() {
     let key = pki.path("server.key").display().to_string();
     let broker = Nisshi::start(
         dir.path(),
+        "sqlite://nisshi.db",
         &["--authentication", "--cert", &cert, "--key", &key],
     );
     let bootstrap = format!("localhost:{}", broker.port);

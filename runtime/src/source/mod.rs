@@ -26,7 +26,7 @@ pub mod tls;
 
 use crate::config::{Mqtt, Protocol, Secret};
 use crate::message::Message;
-use crate::metrics::Metrics;
+use crate::metrics::{GroupMetrics, Metrics};
 use bytes::BytesMut;
 use codec::{ConnectOptions, Frame, Proto, ProtocolError, RetainHandling};
 use sha2::{Digest, Sha256};
@@ -82,13 +82,15 @@ pub struct AckToken {
     pkid: u16,
     arrived: Instant,
     _permit: OwnedSemaphorePermit,
-    /// `weir_in_flight`, decremented when the token goes, however it goes.
-    gauge: prometheus_client::metrics::gauge::Gauge,
+    /// `weir_in_flight` and its group's, decremented when the token goes, however it goes.
+    gauges: [prometheus_client::metrics::gauge::Gauge; 2],
 }
 
 impl Drop for AckToken {
     fn drop(&mut self) {
-        self.gauge.dec();
+        for g in &self.gauges {
+            g.dec();
+        }
     }
 }
 
@@ -213,6 +215,7 @@ impl Source {
     pub fn start(
         cfg: &Mqtt,
         metrics: Arc<Metrics>,
+        group: GroupMetrics,
     ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
         let (host, port, tls) = host_port(&cfg.url)?;
         let tls = if tls {
@@ -254,6 +257,7 @@ impl Source {
             stop: stop_rx,
             permits: permits.clone(),
             metrics,
+            group,
             connection: Arc::new(AtomicU64::new(0)),
             first: true,
             fatal: fatal_tx,
@@ -284,8 +288,12 @@ impl Source {
     /// with the reason.
     pub async fn failed(&self) -> String {
         let mut fatal = self.fatal.clone();
-        match fatal.wait_for(Option::is_some).await {
-            Ok(why) => why.clone().unwrap_or_default(),
+        let why = fatal
+            .wait_for(Option::is_some)
+            .await
+            .map(|why| why.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
             Err(_) => std::future::pending().await,
         }
     }
@@ -341,6 +349,7 @@ struct Reader {
     control: mpsc::Sender<Control>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    group: GroupMetrics,
     /// `clock` ms of the last byte read; while `waiting` the reader is held back by weir,
     /// not by the broker.
     last_read: Arc<AtomicU64>,
@@ -522,6 +531,7 @@ impl Reader {
         };
         self.metrics.received.inc();
         self.metrics.in_flight.inc();
+        self.group.in_flight.inc();
         self.last_read.store(self.clock.ms(), Ordering::Relaxed);
         if p.dup {
             self.metrics.redelivered.inc();
@@ -545,7 +555,7 @@ impl Reader {
                 pkid: if p.qos == 0 { 0 } else { p.pkid },
                 arrived: Instant::now(),
                 _permit: permit,
-                gauge: self.metrics.in_flight.clone(),
+                gauges: [self.metrics.in_flight.clone(), self.group.in_flight.clone()],
             },
         };
         if self.tx.send(incoming).await.is_err() {
@@ -577,6 +587,7 @@ struct Session {
     stop: watch::Receiver<bool>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    group: GroupMetrics,
     connection: Arc<AtomicU64>,
     /// No subscription granted yet in this process: a refusal is fatal.
     first: bool,
@@ -605,7 +616,7 @@ impl Session {
             if self.connection.load(Ordering::Acquire) != before {
                 failures = 0;
             }
-            self.metrics.set_mqtt_ready(false);
+            self.group.set_ready(false);
             match end {
                 End::Stopped => return,
                 End::Fatal(e) => {
@@ -765,6 +776,7 @@ impl Session {
             control: control_tx,
             permits: self.permits.clone(),
             metrics: self.metrics.clone(),
+            group: self.group.clone(),
             last_read: last_read.clone(),
             waiting: waiting.clone(),
             clock,
@@ -790,7 +802,7 @@ impl Session {
             suback_deadline = Some(tokio::time::Instant::now() + HANDSHAKE);
         } else {
             tracing::info!("MQTT session resumed; subscriptions kept by the broker");
-            self.metrics.set_mqtt_ready(true);
+            self.group.set_ready(true);
         }
 
         let mut ping = tokio::time::interval(self.keep_alive);
@@ -826,7 +838,7 @@ impl Session {
                     for t in tokens.drain(..) {
                         if t.connection == n {
                             self.metrics.acked.inc();
-                            Metrics::observe(&self.metrics.ack_seconds, now - t.arrived);
+                            Metrics::observe(&self.group.ack_seconds, now - t.arrived);
                         }
                     }
                 }
@@ -869,7 +881,7 @@ impl Session {
                             }
                         } else {
                             tracing::info!(filters = self.subs.len(), "MQTT subscriptions acknowledged");
-                            self.metrics.set_mqtt_ready(true);
+                            self.group.set_ready(true);
                         }
                         self.first = false;
                     }
@@ -895,6 +907,7 @@ impl Session {
                         for t in given.into_iter().filter(|t| t.connection == n && t.pkid != 0) {
                             self.proto.puback(t.pkid, &mut out);
                             self.metrics.acked.inc();
+                            Metrics::observe(&self.group.ack_seconds, t.arrived.elapsed());
                         }
                     }
                     if !out.is_empty() {

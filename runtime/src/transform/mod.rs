@@ -6,8 +6,9 @@
 //! - [`Plugin`] is one loaded Wasm file: its identity (name, version, sha256), its declared
 //!   schema, and a pre-instantiated component.
 //! - [`Configured::process`] runs a batch on an initialised instance. If the batch traps, it
-//!   bisects, on instances that have not failed, until the guilty message(s) are isolated, so healthy
-//!   messages in the same batch still emit.
+//!   bisects, on instances that have not failed, until the guilty message(s) are isolated,
+//!   so healthy messages in the same batch still emit; a batch that timed out is run one
+//!   message at a time instead (bisecting would re-run the spin at every level).
 //!
 //! Instances are reused: measured here, a fresh instance + `init` per batch cost ≈40 µs,
 //! which at batch 1 was 20x the plugin's own work. Reuse cannot break replay for a plugin
@@ -342,6 +343,15 @@ impl Configured {
                 code: e.code(),
                 reason: e.to_string(),
             }),
+            Err(CallError::Timeout(_)) => {
+                // Not bisected: halving would run the spinning message again at every
+                // level (2n - 1 calls to their deadlines). Each message runs alone against
+                // its own budget, so a batch costs at most twice its budget.
+                tracing::debug!(plugin = %self.label, size = batch.len(), "batch timed out; running its messages one by one");
+                for one in batch.chunks(1) {
+                    self.process_into(one, out);
+                }
+            }
             Err(e) => {
                 tracing::debug!(plugin = %self.label, size = batch.len(), error = %e, "batch failed; bisecting to isolate the failing message(s)");
                 let (left, right) = batch.split_at(batch.len() / 2);

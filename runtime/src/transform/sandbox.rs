@@ -55,6 +55,8 @@ impl Default for Limits {
 
 /// A cohort's own, tighter limits (`plugin_time_ms`, `plugin_memory_mib` in its config):
 /// unset fields take the host's [`Limits`]. A noisy cohort can be held to less than others.
+/// A cohort's time budget applies as given (the host's `min_call_time` floor is for its
+/// default budget only): a cohort held to 5 ms per message gets 5 ms, not the floor.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallLimits {
     /// Budget per message in a call.
@@ -167,10 +169,21 @@ impl Sandbox {
         bindings::PluginPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
     }
 
+    /// The deadline of instantiation, `describe` and `init`: the host's floor at least,
+    /// whatever a cohort's budget per message.
+    fn setup_ticks(&self, own: &CallLimits) -> u64 {
+        self.deadline_ticks(1, own)
+            .max(self.deadline_ticks(1, &CallLimits::default()))
+    }
+
+    /// The deadline of a `process` call of `messages` messages, in ticks.
     fn deadline_ticks(&self, messages: usize, own: &CallLimits) -> u64 {
         let l = &self.0.limits;
-        let per_message = own.time_per_message.unwrap_or(l.time_per_message);
-        let budget = (per_message * messages as u32).max(l.min_call_time);
+        // A cohort's own budget is exact; the host's default has a floor for short calls.
+        let budget = match own.time_per_message {
+            Some(t) => t * messages as u32,
+            None => (l.time_per_message * messages as u32).max(l.min_call_time),
+        };
         (budget.as_millis() / TICK.as_millis()).max(1) as u64 + 1
     }
 }
@@ -313,7 +326,7 @@ impl Instance {
         let mut store = Store::new(&sandbox.0.engine, state);
         store.limiter(|s| s);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(sandbox.deadline_ticks(1, &limits));
+        store.set_epoch_deadline(sandbox.setup_ticks(&limits));
         let plugin = pre
             .instantiate(&mut store)
             .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
@@ -325,15 +338,15 @@ impl Instance {
         })
     }
 
-    fn arm(&mut self, messages: usize) {
+    /// Reset the call's state and set its deadline, `ticks` from now.
+    fn arm(&mut self, ticks: u64) {
         self.store.data_mut().hit_memory_cap = false;
         self.store.data_mut().logged = 0;
         self.store.data_mut().last_error = None;
-        self.store
-            .set_epoch_deadline(self.sandbox.deadline_ticks(messages, &self.limits));
+        self.store.set_epoch_deadline(ticks);
     }
 
-    fn classify(&mut self, err: wasmtime::Error, messages: usize) -> CallError {
+    fn classify(&mut self, err: wasmtime::Error, ticks: u64) -> CallError {
         let state = self.store.data_mut();
         if state.hit_memory_cap {
             let mut why = format!(
@@ -346,10 +359,7 @@ impl Instance {
             return CallError::Oom(why);
         }
         match err.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => {
-                let ticks = self.sandbox.deadline_ticks(messages, &self.limits);
-                CallError::Timeout(TICK * ticks as u32)
-            }
+            Some(wasmtime::Trap::Interrupt) => CallError::Timeout(TICK * ticks as u32),
             Some(trap) => {
                 let mut why = match state.last_error.take() {
                     Some(logged) => format!("{logged} ({trap})"),
@@ -378,25 +388,28 @@ impl Instance {
     }
 
     pub(super) fn describe(&mut self) -> Result<PluginInfo, CallError> {
-        self.arm(1);
+        let ticks = self.sandbox.setup_ticks(&self.limits);
+        self.arm(ticks);
         self.plugin
             .call_describe(&mut self.store)
-            .map_err(|e| self.classify(e, 1))
+            .map_err(|e| self.classify(e, ticks))
     }
 
     pub(super) fn init(&mut self, config: &[(String, String)]) -> Result<(), CallError> {
-        self.arm(1);
+        let ticks = self.sandbox.setup_ticks(&self.limits);
+        self.arm(ticks);
         match self.plugin.call_init(&mut self.store, config) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(CallError::Config(msg)),
-            Err(e) => Err(self.classify(e, 1)),
+            Err(e) => Err(self.classify(e, ticks)),
         }
     }
 
     pub(super) fn process(&mut self, batch: &[WitMessage]) -> Result<Vec<WitOutcome>, CallError> {
-        self.arm(batch.len());
+        let ticks = self.sandbox.deadline_ticks(batch.len(), &self.limits);
+        self.arm(ticks);
         self.plugin
             .call_process(&mut self.store, batch)
-            .map_err(|e| self.classify(e, batch.len()))
+            .map_err(|e| self.classify(e, ticks))
     }
 }

@@ -721,3 +721,156 @@ pub fn proc_usage(pid: u32) -> (f64, u64) {
         .unwrap();
     (ticks as f64 / 100.0, hwm * 1024)
 }
+
+/// CPU seconds (user + system) the threads of process `pid` named `name` have used.
+pub fn thread_cpu(pid: u32, name: &str) -> f64 {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let path = task.path();
+        if std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == name)
+            && let Ok(stat) = std::fs::read_to_string(path.join("stat"))
+            && let Some((_, rest)) = stat.rsplit_once(')')
+        {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    ticks as f64 / 100.0
+}
+
+/// Cumulative buckets of histogram `name` whose labels, besides `le`, are exactly
+/// `labels` (as written in the exposition, e.g. `group="a"`; empty for none): (upper
+/// bound, count).
+pub fn buckets(text: &str, name: &str, labels: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .filter_map(|l| {
+            let (set, count) = l.split_once("} ")?;
+            let mut le = None;
+            let mut rest = Vec::new();
+            for kv in set.split(',') {
+                match kv.strip_prefix("le=") {
+                    Some(v) => le = Some(v.trim_matches('"')),
+                    None => rest.push(kv),
+                }
+            }
+            if rest.join(",") != labels {
+                return None;
+            }
+            let le = match le? {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().ok()?,
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The q-quantile of the observations between two bucket snapshots (linear within a
+/// bucket, as Prometheus's `histogram_quantile`).
+pub fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .zip(before)
+        .map(|((le, a), (_, b))| (*le, a - b))
+        .collect();
+    let total = counts.last().map_or(0.0, |c| c.1);
+    let want = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, c) in &counts {
+        if c >= want {
+            if le.is_infinite() {
+                return lower.0;
+            }
+            let span = (c - lower.1).max(1.0);
+            return lower.0 + (le - lower.0) * ((want - lower.1) / span);
+        }
+        lower = (le, c);
+    }
+    lower.0
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Kafka-protocol broker of the test's own (nisshi), killed when dropped.
+pub struct Nisshi {
+    child: Child,
+    pub port: u16,
+}
+
+impl Nisshi {
+    /// A broker working in `dir` on `storage` (`sqlite://nisshi.db`, or `memory://x/` for
+    /// one that never waits on a disk); `args` adds TLS or authentication.
+    pub fn start(dir: &Path, storage: &str, args: &[&str]) -> Nisshi {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://localhost:{port}");
+        let child = Command::new("nisshi")
+            .current_dir(dir)
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
+            .args(["--storage-engine", storage, "--silent"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nisshi runs (scripts/testbed installs it)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nisshi listens on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nisshi { child, port }
+    }
+}
+
+impl Drop for Nisshi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Create `topics` with one partition each on the broker at `bootstrap` (a topic that
+/// exists is left as it is).
+pub fn create_topics(bootstrap: &str, topics: &[&str]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .unwrap();
+    for r in results {
+        if let Err((t, e)) = r {
+            assert_eq!(
+                e,
+                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                "creating {t}"
+            );
+        }
+    }
+}
