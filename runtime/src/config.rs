@@ -71,7 +71,8 @@ pub struct Group {
     /// Topic filters of this group's session; they must not overlap another group's (a
     /// message taken by two sessions would be written twice).
     pub subscriptions: Vec<String>,
-    /// Most of this group's messages in flight (default: `mqtt.max_in_flight`).
+    /// Most of this group's messages in flight (default: `mqtt.max_in_flight`); its batches
+    /// are at most this large.
     #[serde(default)]
     pub max_in_flight: Option<u16>,
 }
@@ -872,17 +873,16 @@ impl Config {
         if self.output.batch_size == 0 {
             return Err(("output.batch_size".into(), "must be at least 1".into()));
         }
-        for g in self.group_plans() {
-            if self.output.batch_size > usize::from(g.mqtt.max_in_flight) {
-                let key = self.group_key(&g.name, "max_in_flight");
-                return Err((
-                    "output.batch_size".into(),
-                    format!(
-                        "{} is larger than {key} ({}): a batch can never fill; lower output.batch_size or raise {key}",
-                        self.output.batch_size, g.mqtt.max_in_flight
-                    ),
-                ));
-            }
+        // A `[[group]]` with a smaller budget takes smaller batches; `[mqtt]`'s own must
+        // hold a whole batch.
+        if self.output.batch_size > usize::from(self.mqtt.max_in_flight) {
+            return Err((
+                "output.batch_size".into(),
+                format!(
+                    "{} is larger than mqtt.max_in_flight ({}): a batch can never fill; lower output.batch_size or raise mqtt.max_in_flight",
+                    self.output.batch_size, self.mqtt.max_in_flight
+                ),
+            ));
         }
         check_kafka_topic(&self.output.quarantine_topic)
             .map_err(|e| ("output.quarantine_topic".to_owned(), e))?;
@@ -1528,5 +1528,39 @@ key = "{topic[3]}"
         assert_eq!(e.key, "cohort[0].plugin_time_ms");
         let e = parse(MINIMAL, &[("WEIR_COHORT_0_PLUGIN_MEMORY_MIB", "0")]).unwrap_err();
         assert_eq!(e.key, "cohort[0].plugin_memory_mib");
+    }
+
+    #[test]
+    fn groups_get_their_own_sessions_and_bad_ones_are_refused() {
+        let groups = MINIMAL.replace("subscriptions = [\"plant/#\"]\n", "")
+            + "group = \"plant\"\n[[group]]\nname = \"plant\"\nsubscriptions = [\"plant/#\"]\nmax_in_flight = 8\n";
+        let c = parse(&groups, &[]).unwrap();
+        let plans = c.group_plans();
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].name, "plant");
+        assert_eq!(plans[0].mqtt.client_id, "weir-plant");
+        assert_eq!(plans[0].mqtt.max_in_flight, 8);
+        assert_eq!(plans[0].cohorts, vec![0]);
+        // Two sessions taking the same messages would write them twice.
+        let overlap = format!(
+            "{}[[group]]\nname = \"other\"\nsubscriptions = [\"plant/+/thermostat/#\"]\n[[cohort]]\nname = \"o\"\ngroup = \"other\"\ntopic = \"plant/+/thermostat/x\"\nplugin = \"a@1\"\noutput_topic = \"o\"\n",
+            groups
+        );
+        let e = parse(&overlap, &[]).unwrap_err();
+        assert_eq!(e.key, "group[1].subscriptions");
+        assert!(e.problem.contains("written twice"), "{e}");
+        let unknown = MINIMAL.to_owned() + "group = \"nope\"\n";
+        let e = parse(&unknown, &[]).unwrap_err();
+        assert_eq!(e.key, "cohort[0].group");
+        assert!(e.problem.contains("no [[group]] named \"nope\""), "{e}");
+        let reserved = groups.replace("name = \"plant\"", "name = \"default\"");
+        assert_eq!(parse(&reserved, &[]).unwrap_err().key, "group[0].name");
+        let uncovered = groups.replace(
+            "subscriptions = [\"plant/#\"]",
+            "subscriptions = [\"yard/#\"]",
+        );
+        assert_eq!(parse(&uncovered, &[]).unwrap_err().key, "cohort[0].topic");
+        let env = parse(&groups, &[("WEIR_GROUP_0_MAX_IN_FLIGHT", "4")]).unwrap();
+        assert_eq!(env.groups[0].max_in_flight, Some(4));
     }
 }

@@ -278,8 +278,7 @@ pub async fn run(
             metrics.clone(),
             &p.lifecycle,
             switched_tx.clone(),
-            stop_rx.clone(),
-            ended_tx.clone(),
+            (stop_rx.clone(), ended_tx.clone()),
         )?);
     }
     drop((switched_tx, ended_tx));
@@ -388,8 +387,7 @@ impl Lane {
         metrics: Arc<Metrics>,
         lifecycle: &Arc<Lifecycle>,
         switched: mpsc::UnboundedSender<Switched>,
-        stop: watch::Receiver<bool>,
-        ended: mpsc::UnboundedSender<Option<String>>,
+        (stop, ended): (watch::Receiver<bool>, mpsc::UnboundedSender<Option<String>>),
     ) -> Result<Lane, StartError> {
         let group = metrics.group(&plan.name);
         let (source, rx) = Source::start(&plan.mqtt, metrics.clone(), group.clone())
@@ -411,8 +409,11 @@ impl Lane {
         // The batcher owns the source's channel, so a batch is never half taken when the
         // lane stops to do something else.
         let (batch_tx, batches) = mpsc::channel::<Vec<Incoming>>(1);
+        // A batch never holds more than the group's in-flight budget.
         let (size, wait) = (
-            cfg.output.batch_size,
+            cfg.output
+                .batch_size
+                .min(usize::from(plan.mqtt.max_in_flight)),
             Duration::from_millis(cfg.output.batch_wait_ms),
         );
         let batcher = AbortOnDrop(tokio::spawn(async move {
@@ -594,6 +595,12 @@ struct Done {
 /// slowed by it. (An unprivileged thread cannot raise its priority again, so a worker
 /// that recovers is replaced by a new thread.)
 const PENALTY_NICE: i32 = 19;
+/// After a batch in which a plugin timed out, the worker rests this many times as long as
+/// the batch took before it takes the next: a group whose plugin spins on every message
+/// uses at most a quarter of a core. Priority alone is not enough: on a host whose cores
+/// share execution units (SMT, a VM's vCPUs) a spinning thread slows its neighbours
+/// whatever its priority. The group's own backlog waits at its broker session.
+const PENALTY_REST: u32 = 3;
 
 /// A lane's transform worker: one OS thread running its plugins, so that a plugin
 /// spinning until its deadline occupies this thread, not the runtime's, and not another
@@ -613,7 +620,9 @@ impl Worker {
                 let mut penalised = false;
                 // Ends when the lane drops its sender, or once it recovered from a penalty.
                 while let Ok((mut job, done)) = rx.recv() {
+                    let started = Instant::now();
                     let outcomes = transform(&job.live, &job.metrics, &mut job.inputs, &job.routes);
+                    let took = started.elapsed();
                     let timed_out = outcomes.iter().any(|o| {
                         matches!(o, Some(Outcome::Fail { code, .. }) if *code == crate::transform::codes::TIMEOUT)
                     });
@@ -631,6 +640,9 @@ impl Worker {
                     if retired {
                         tracing::info!(group = %name, "the group's plugins run clean again: back to normal priority");
                         return;
+                    }
+                    if timed_out {
+                        std::thread::sleep(took * PENALTY_REST);
                     }
                 }
             })

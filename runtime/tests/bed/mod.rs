@@ -874,3 +874,16 @@ pub fn create_topics(bootstrap: &str, topics: &[&str]) {
         }
     }
 }
+
+/// The end offset of partition 0 of `topic` on the broker at `bootstrap`.
+pub fn end_offset(bootstrap: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("offsets"))
+        .create()
+        .unwrap();
+    consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap()
+        .1
+}
