@@ -537,8 +537,8 @@ impl LaneWork {
                 ..
             } = tokio::select! {
                 done = self.worker.run(job) => match done {
-                    Some(done) => done,
-                    None => return Some("a transform worker stopped unexpectedly".into()),
+                    Ok(done) => done,
+                    Err(why) => return Some(why),
                 },
                 _ = stop.wait_for(|s| *s) => return None,
             };
@@ -646,23 +646,29 @@ impl Worker {
                     }
                 }
             })
-            .map_err(|e| format!("cannot start group {group:?}'s transform worker: {e}"))?;
+            .map_err(|e| format!("cannot start group {group:?}'s transform worker: {e}; the host is out of threads or memory (check ulimit -u and the memory limit)"))?;
         Ok(Worker {
             group: group.to_owned(),
             jobs,
         })
     }
 
-    /// Transform a batch on the worker; `None` if the worker is gone. A worker that
+    /// Transform a batch on the worker; why not if the worker is gone. A worker that
     /// retired after a penalty is replaced.
-    async fn run(&mut self, job: Job) -> Option<Done> {
+    async fn run(&mut self, job: Job) -> Result<Done, String> {
+        let gone = || {
+            format!(
+                "group {:?}'s transform worker ended while transforming a batch (a panic, see the log above); weir stops, the broker redelivers what was not acknowledged — restart weir, and report the log",
+                self.group
+            )
+        };
         let (tx, rx) = oneshot::channel();
-        self.jobs.send((job, tx)).ok()?;
-        let done = rx.await.ok()?;
+        self.jobs.send((job, tx)).map_err(|_| gone())?;
+        let done = rx.await.map_err(|_| gone())?;
         if done.retired {
-            *self = Worker::start(&self.group).ok()?;
+            *self = Worker::start(&self.group)?;
         }
-        Some(done)
+        Ok(done)
     }
 }
 
