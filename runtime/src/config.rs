@@ -75,6 +75,12 @@ pub struct Group {
     /// are at most this large.
     #[serde(default)]
     pub max_in_flight: Option<u16>,
+    /// Most messages per second this group takes from its session (default:
+    /// `mqtt.max_messages_per_s`, none). A storm beyond it waits at the broker, in the
+    /// group's own session, instead of taking CPU, broker and Kafka capacity from the
+    /// other groups.
+    #[serde(default)]
+    pub max_messages_per_s: Option<u32>,
 }
 
 /// A group as `weir run` runs it: its session's settings and its cohorts.
@@ -119,6 +125,10 @@ pub struct Mqtt {
     /// Most messages in flight (received, not yet acknowledged); MQTT 5 receive maximum.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: u16,
+    /// Most messages per second taken from the session (default: no limit); the rest wait
+    /// at the broker. The default for every `[[group]]` that sets none.
+    #[serde(default)]
+    pub max_messages_per_s: Option<u32>,
     /// Keep-alive, seconds.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u16,
@@ -589,6 +599,10 @@ fn default_protocol() -> Protocol {
 fn default_session_expiry() -> u32 {
     24 * 3600
 }
+/// The problem with a rate limit of 0.
+const NO_ZERO_RATE: &str =
+    "must be at least 1 (0 would never take a message); leave it out for no limit";
+
 fn default_in_flight() -> u16 {
     1000
 }
@@ -850,6 +864,9 @@ impl Config {
         if self.mqtt.max_in_flight == 0 {
             return Err(("mqtt.max_in_flight".into(), "must be at least 1".into()));
         }
+        if self.mqtt.max_messages_per_s == Some(0) {
+            return Err(("mqtt.max_messages_per_s".into(), NO_ZERO_RATE.into()));
+        }
         self.check_groups()?;
         if self.mqtt.keep_alive_s < 5 {
             return Err((
@@ -1009,6 +1026,7 @@ impl Config {
             mqtt.client_id = format!("{}-{}", self.mqtt.client_id, g.name);
             mqtt.subscriptions = g.subscriptions.clone();
             mqtt.max_in_flight = g.max_in_flight.unwrap_or(self.mqtt.max_in_flight);
+            mqtt.max_messages_per_s = g.max_messages_per_s.or(self.mqtt.max_messages_per_s);
             plans.push(GroupPlan {
                 name: g.name.clone(),
                 mqtt,
@@ -1060,6 +1078,9 @@ impl Config {
             }
             if g.max_in_flight == Some(0) {
                 return Err((at("max_in_flight"), "must be at least 1".into()));
+            }
+            if g.max_messages_per_s == Some(0) {
+                return Err((at("max_messages_per_s"), NO_ZERO_RATE.into()));
             }
             if !self
                 .cohorts
@@ -1562,5 +1583,23 @@ key = "{topic[3]}"
         assert_eq!(parse(&uncovered, &[]).unwrap_err().key, "cohort[0].topic");
         let env = parse(&groups, &[("WEIR_GROUP_0_MAX_IN_FLIGHT", "4")]).unwrap();
         assert_eq!(env.groups[0].max_in_flight, Some(4));
+        // A rate limit: the group's own, else [mqtt]'s, else none; never 0.
+        assert_eq!(plans[0].mqtt.max_messages_per_s, None);
+        let limited = parse(&groups, &[("WEIR_MQTT_MAX_MESSAGES_PER_S", "500")]).unwrap();
+        assert_eq!(limited.group_plans()[0].mqtt.max_messages_per_s, Some(500));
+        let own = parse(
+            &groups,
+            &[
+                ("WEIR_MQTT_MAX_MESSAGES_PER_S", "500"),
+                ("WEIR_GROUP_0_MAX_MESSAGES_PER_S", "20"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(own.group_plans()[0].mqtt.max_messages_per_s, Some(20));
+        let e = parse(&groups, &[("WEIR_GROUP_0_MAX_MESSAGES_PER_S", "0")]).unwrap_err();
+        assert_eq!(e.key, "group[0].max_messages_per_s");
+        assert!(e.problem.contains("leave it out for no limit"), "{e}");
+        let e = parse(&groups, &[("WEIR_MQTT_MAX_MESSAGES_PER_S", "0")]).unwrap_err();
+        assert_eq!(e.key, "mqtt.max_messages_per_s");
     }
 }

@@ -57,6 +57,8 @@ pub struct GroupMetrics {
     pub oldest_unacked_seconds: Gauge<f64, AtomicU64>,
     /// Its MQTT arrival to PUBACK written, seconds.
     pub ack_seconds: Histogram,
+    /// Time its lane held batches back to keep to its `max_messages_per_s`, seconds.
+    pub throttled_seconds: Counter<f64, AtomicU64>,
     ready: Gauge,
 }
 
@@ -108,6 +110,8 @@ pub struct Metrics {
     pub group_oldest_unacked_seconds: Family<GroupLabel, Gauge<f64, AtomicU64>>,
     /// 1 when the group's MQTT session is connected and subscribed.
     pub group_ready: Family<GroupLabel, Gauge>,
+    /// Time a group's lane held batches back to keep to its rate limit, seconds.
+    pub group_throttled_seconds: Family<GroupLabel, Counter<f64, AtomicU64>>,
     /// MQTT connections made after the first.
     pub reconnects: Counter,
     /// Subscriptions the broker refused (SUBACK failure or QoS 0).
@@ -135,6 +139,13 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
+/// Buckets for arrival-to-PUBACK, the latency an operator sets objectives on: four per
+/// doubling (each ~19 % wide), 1 ms .. ~65 s. With twice-as-wide buckets a p99 read from
+/// them is off by up to half its value, and moves far more than the latency does.
+fn ack_latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2f64.powf(0.25), 65))
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -157,10 +168,11 @@ impl Metrics {
             transform_seconds: Family::new_with_constructor(latency),
             handover_seconds: latency(),
             produce_seconds: latency(),
-            ack_seconds: Family::new_with_constructor(latency),
+            ack_seconds: Family::new_with_constructor(ack_latency),
             group_in_flight: Family::default(),
             group_oldest_unacked_seconds: Family::default(),
             group_ready: Family::default(),
+            group_throttled_seconds: Family::default(),
             reconnects: Counter::default(),
             subscriptions_refused: Counter::default(),
             write_retries: Family::default(),
@@ -241,6 +253,11 @@ impl Metrics {
             "group_ready",
             "1 when the isolation group's MQTT session is connected and subscribed",
             m.group_ready.clone(),
+        );
+        r.register(
+            "group_throttled_seconds",
+            "Time an isolation group's batches were held back to keep to its max_messages_per_s",
+            m.group_throttled_seconds.clone(),
         );
         r.register(
             "mqtt_reconnects",
@@ -346,6 +363,7 @@ impl Metrics {
                 .get_or_create(&label)
                 .clone(),
             ack_seconds: self.ack_seconds.get_or_create(&label).clone(),
+            throttled_seconds: self.group_throttled_seconds.get_or_create(&label).clone(),
             ready: self.group_ready.get_or_create(&label).clone(),
         };
         groups.push(g.clone());

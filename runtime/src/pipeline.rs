@@ -1,7 +1,7 @@
 //! `weir run`: wires the stages — source → route → transform → encode → sink → ack.
 //!
 //! - The **batcher** takes messages from the source until a batch is full or its wait ran
-//!   out.
+//!   out, and holds it back as long as the group's rate limit says ([`Pace`]).
 //! - The **pipeline task** routes the batch, runs each cohort's plugin on its share, and
 //!   hands the batch over in arrival order to
 //! - the **courier task** ([`crate::deliver`]), which asks the planning core
@@ -190,6 +190,34 @@ pub enum Stopped {
         /// Messages left unacknowledged.
         left: u32,
     },
+}
+
+/// A group's rate limit (`max_messages_per_s`), kept by spacing batches: a batch of `n`
+/// may go no sooner than `n / rate` after the one before. Over any stretch the group takes
+/// at most its rate, plus one batch; what it does not take waits at the broker in its own
+/// session (the source's receive maximum stops the flow), so a storm costs the other
+/// groups neither CPU nor broker and Kafka capacity. An idle group starts at once.
+#[derive(Debug)]
+struct Pace {
+    per_message: Duration,
+    /// When the next batch may go.
+    next: Option<tokio::time::Instant>,
+}
+
+impl Pace {
+    fn new(per_second: u32) -> Pace {
+        Pace {
+            per_message: Duration::from_secs(1) / per_second.max(1),
+            next: None,
+        }
+    }
+
+    /// When a batch of `n` taken at `now` may go; books its share of the rate.
+    fn admit(&mut self, now: tokio::time::Instant, n: usize) -> tokio::time::Instant {
+        let at = self.next.map_or(now, |next| next.max(now));
+        self.next = Some(at + self.per_message * u32::try_from(n).unwrap_or(u32::MAX));
+        at
+    }
 }
 
 /// Take the next batch: wait for the first message, then take more until `size` or `wait`.
@@ -390,6 +418,7 @@ impl Lane {
         (stop, ended): (watch::Receiver<bool>, mpsc::UnboundedSender<Option<String>>),
     ) -> Result<Lane, StartError> {
         let group = metrics.group(&plan.name);
+        let throttled = group.throttled_seconds.clone();
         let (source, rx) = Source::start(&plan.mqtt, metrics.clone(), group.clone())
             .map_err(|e| StartError::Other(e.to_string()))?;
         let worker = Worker::start(&plan.name).map_err(StartError::Other)?;
@@ -416,9 +445,18 @@ impl Lane {
                 .min(usize::from(plan.mqtt.max_in_flight)),
             Duration::from_millis(cfg.output.batch_wait_ms),
         );
+        let mut pace = plan.mqtt.max_messages_per_s.map(Pace::new);
         let batcher = AbortOnDrop(tokio::spawn(async move {
             let mut rx = rx;
             while let Some(b) = next_batch(&mut rx, size, wait).await {
+                if let Some(pace) = &mut pace {
+                    let now = tokio::time::Instant::now();
+                    let at = pace.admit(now, b.len());
+                    if at > now {
+                        tokio::time::sleep_until(at).await;
+                        throttled.inc_by((at - now).as_secs_f64());
+                    }
+                }
                 if batch_tx.send(b).await.is_err() {
                     break;
                 }
@@ -774,5 +812,31 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_spaces_batches_and_an_idle_group_starts_at_once() {
+        let t0 = tokio::time::Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        let mut pace = Pace::new(100);
+        // The first batch goes at once; the next waits for the first's share (10 ms each).
+        assert_eq!(pace.admit(t0, 5), t0);
+        assert_eq!(pace.admit(t0 + ms(1), 20), t0 + ms(50));
+        assert_eq!(pace.admit(t0 + ms(60), 1), t0 + ms(250));
+        // Idle past its booking: no debt, no credit either.
+        assert_eq!(pace.admit(t0 + ms(1000), 3), t0 + ms(1000));
+        assert_eq!(pace.admit(t0 + ms(1000), 1), t0 + ms(1030));
+        // Over a stretch it takes at most its rate plus one batch.
+        let mut pace = Pace::new(1000);
+        let mut taken = 0;
+        while pace.admit(t0, 64) < t0 + Duration::from_secs(2) {
+            taken += 64;
+        }
+        assert!((2000..=2000 + 64).contains(&taken), "{taken}");
     }
 }

@@ -1,7 +1,8 @@
 //! Isolation groups against the real test bed: a healthy group beside a group whose plugin
-//! spins to its deadline on every message. The healthy group's acknowledgements must not
-//! wait on the broken one: its throughput and p99 arrival-to-PUBACK latency beside it stay
-//! within 10 % of running alone.
+//! spins to its deadline on every message, and beside a group whose devices storm (held to
+//! its `max_messages_per_s`). The healthy group's acknowledgements must not wait on the
+//! other one: its throughput and p99 arrival-to-PUBACK latency beside it stay within 10 %
+//! of running alone.
 
 mod bed;
 
@@ -15,7 +16,8 @@ const PHASE: Duration = Duration::from_secs(4);
 /// (its batch times out, then each message runs alone to its deadline).
 const SPIN_MS: u64 = 20;
 
-fn config(p: &str, kafka: &str) -> String {
+/// The healthy group's part of the config; `other` adds the neighbour's group and cohort.
+fn config(p: &str, kafka: &str, other: &str) -> String {
     format!(
         r#"
 [mqtt]
@@ -39,11 +41,6 @@ control_topic = "{p}.control"
 name = "healthy"
 subscriptions = ["{p}/healthy/#"]
 
-[[group]]
-name = "broken"
-subscriptions = ["{p}/broken/#"]
-max_in_flight = 8
-
 [[cohort]]
 name = "thermostats"
 group = "healthy"
@@ -51,15 +48,7 @@ topic = "{p}/healthy/plant/+/thermostat/+"
 plugin = "thermostat@1.0.0"
 output_topic = "{p}.thermostat"
 key = "{{topic[5]}}"
-
-[[cohort]]
-name = "spin"
-group = "broken"
-topic = "{p}/broken/#"
-plugin = "adversarial@0.1.0"
-output_topic = "{p}.spin"
-plugin_time_ms = {SPIN_MS}
-"#,
+{other}"#,
         mqtt = mqtt_url(),
         registry = registry(),
         dir = plugins_dir().display(),
@@ -82,6 +71,10 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+fn healthy_acked(w: &Weir) -> f64 {
+    metric(&w.metrics(), r#"weir_ack_seconds_count{group="healthy"} "#)
+}
+
 /// What one phase measured for the healthy group.
 struct Phase {
     /// Messages acknowledged per second, first publish to last PUBACK.
@@ -89,43 +82,40 @@ struct Phase {
     /// Its ack-latency buckets before and after.
     before: Vec<(f64, f64)>,
     after: Vec<(f64, f64)>,
-    /// CPU seconds the broken group's worker used during the phase.
-    spin_s: f64,
+    /// What the neighbour did during the phase (see [`Neighbour::end`]).
+    other: f64,
 }
 
-#[test]
-fn a_spinning_group_does_not_delay_a_healthy_groups_acks() {
-    let p = unique("iso");
-    let kafka = kafka();
-    // One partition per topic: the broker answers a write spread over partitions with a
-    // tail of its own (tens of ms for four), alone or not, which only adds noise here.
-    create_topics(
-        &kafka,
-        &[
-            &format!("{p}.thermostat"),
-            &format!("{p}.spin"),
-            &format!("{p}.quarantine"),
-        ],
-    );
-    let weir = Weir::start(&config(&p, &kafka), &[]);
+/// What runs beside the healthy group in half of the phases.
+trait Neighbour {
+    /// What it is, for messages.
+    fn name(&self) -> &'static str;
+    /// Before a phase beside it.
+    fn begin(&mut self, weir: &Weir);
+    /// Every 10 ms of a phase beside it.
+    fn tick(&mut self) {}
+    /// After the phase (the healthy group's messages acknowledged): a measure of the work
+    /// the neighbour did during it.
+    fn end(&mut self, weir: &Weir) -> f64;
+    /// Wait until the neighbour is quiet again, before a phase alone.
+    fn settle(&mut self, weir: &Weir);
+}
+
+/// The healthy group's results: (median throughput, median p99 ms) alone and beside, and
+/// each phase beside's neighbour measure.
+struct Compared {
+    tp_alone: f64,
+    tp_beside: f64,
+    p99_alone: f64,
+    p99_beside: f64,
+    other: Vec<f64>,
+}
+
+/// Run the healthy group at [`RATE`] through 8 alternating phases, half of them beside
+/// `other`, and check that nothing of the healthy group's was lost.
+fn compare(p: &str, kafka: &str, weir: &Weir, other: &mut dyn Neighbour) -> Compared {
     let mut healthy = Publisher::new(&format!("{p}-pub-healthy"));
-    let mut broken = Publisher::new(&format!("{p}-pub-broken"));
-    let healthy_acked =
-        |w: &Weir| metric(&w.metrics(), r#"weir_ack_seconds_count{group="healthy"} "#);
-    let spun = |w: &Weir| {
-        metric(
-            &w.metrics(),
-            r#"weir_transform_seconds_sum{cohort="spin"} "#,
-        )
-    };
-    let spin_quarantined = |w: &Weir| {
-        metric(
-            &w.metrics(),
-            r#"weir_quarantined_total{cohort="spin",code="plugin.timeout",stage="transform"} "#,
-        )
-    };
     let mut sent = 0usize;
-    let mut spins = 0usize;
     // Warm up: the healthy path connected to Kafka, its instances made.
     for i in 0..200 {
         healthy.publish(
@@ -137,26 +127,17 @@ fn a_spinning_group_does_not_delay_a_healthy_groups_acks() {
     }
     healthy.flush();
     wait_for("warm-up acknowledged", Duration::from_secs(60), || {
-        healthy_acked(&weir) >= sent as f64
+        healthy_acked(weir) >= sent as f64
     });
 
     let mut alone = Vec::new();
     let mut beside = Vec::new();
     // Alternate, so that drift on a shared machine falls on both sides.
-    for storm in [false, true, true, false, false, true, true, false] {
-        if storm {
-            // Enough spinning messages to keep the broken worker at work through the
-            // phase: each costs about twice its budget, and a worker whose plugin times
-            // out rests three times as long as it spun.
-            let n = (PHASE.as_millis() as u64 / (8 * SPIN_MS)) as usize + 8;
-            for i in 0..n {
-                broken.publish(&format!("{p}/broken/d{i}"), "loop", &[]);
-            }
-            spins += n;
-            broken.flush();
+    for with in [false, true, true, false, false, true, true, false] {
+        if with {
+            other.begin(weir);
         }
         let before = buckets(&weir.metrics(), "weir_ack_seconds", r#"group="healthy""#);
-        let spin_before = spun(&weir);
         let started = Instant::now();
         let per_tick = RATE / 100;
         let ticks = (PHASE.as_millis() / 10) as usize;
@@ -170,6 +151,9 @@ fn a_spinning_group_does_not_delay_a_healthy_groups_acks() {
                 );
             }
             sent += per_tick;
+            if with {
+                other.tick();
+            }
             let next = started + Duration::from_millis(10 * (t as u64 + 1));
             if let Some(wait) = next.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
@@ -178,23 +162,19 @@ fn a_spinning_group_does_not_delay_a_healthy_groups_acks() {
         wait_for(
             "the healthy group's messages acknowledged",
             Duration::from_secs(60),
-            || healthy_acked(&weir) >= sent as f64,
+            || healthy_acked(weir) >= sent as f64,
         );
         let elapsed = started.elapsed().as_secs_f64();
-        let text = weir.metrics();
-        let phase = Phase {
+        let mut phase = Phase {
             throughput: (ticks * per_tick) as f64 / elapsed,
             before,
-            after: buckets(&text, "weir_ack_seconds", r#"group="healthy""#),
-            spin_s: spun(&weir) - spin_before,
+            after: buckets(&weir.metrics(), "weir_ack_seconds", r#"group="healthy""#),
+            other: 0.0,
         };
-        if storm {
-            // Back to "alone" only once the broken group has quarantined every message.
-            wait_for(
-                "the broken group's messages quarantined",
-                Duration::from_secs(120),
-                || spin_quarantined(&weir) >= spins as f64,
-            );
+        if with {
+            phase.other = other.end(weir);
+            // Back to "alone" only once the neighbour is quiet.
+            other.settle(weir);
             beside.push(phase);
         } else {
             alone.push(phase);
@@ -216,38 +196,27 @@ fn a_spinning_group_does_not_delay_a_healthy_groups_acks() {
         )
     };
     let tp = |phases: &[Phase]| median(phases.iter().map(|ph| ph.throughput).collect());
-    let (p99_alone, p99_beside) = (p99(&alone), p99(&beside));
-    let (tp_alone, tp_beside) = (tp(&alone), tp(&beside));
-    let spin: Vec<f64> = beside.iter().map(|ph| ph.spin_s).collect();
-    eprintln!(
-        "healthy group, median of {} phases each: alone {tp_alone:.0} msg/s, p99 {p99_alone:.2} ms; beside the broken group {tp_beside:.0} msg/s, p99 {p99_beside:.2} ms ({:+.1} %); the broken worker's CPU per phase beside it: {spin:.2?} s",
-        alone.len(),
-        (p99_beside / p99_alone - 1.0) * 100.0
-    );
-    // The broken group really was at work through every phase beside it.
-    for s in &spin {
-        assert!(
-            *s >= 0.15 * PHASE.as_secs_f64(),
-            "the broken plugin ran only {s:.2} s of a {PHASE:?} phase"
-        );
-    }
-    assert!(
-        tp_beside >= 0.9 * tp_alone,
-        "throughput {tp_beside:.0} beside vs {tp_alone:.0} msg/s alone"
-    );
-    // The target is 10 %, and the last run here measured +0.1 % (p99 25.5 ms). But the
-    // healthy group's p99 alone moves by tens of per cent between runs on two shared
-    // cores (the broker's answer is most of it), so CI holds it to twice alone: without
-    // isolation its acks waited seconds behind the spinning messages.
-    assert!(
-        p99_beside <= 2.0 * p99_alone,
-        "p99 {p99_beside:.2} ms beside vs {p99_alone:.2} ms alone"
-    );
+    let compared = Compared {
+        tp_alone: tp(&alone),
+        tp_beside: tp(&beside),
+        p99_alone: p99(&alone),
+        p99_beside: p99(&beside),
+        other: beside.iter().map(|ph| ph.other).collect(),
+    };
+    compared.report(other.name());
+    nothing_lost(weir, kafka, "thermostats", &format!("{p}.thermostat"), sent);
+    compared
+}
 
-    // Nothing lost: every healthy message is a record, every spinning one quarantined.
+/// Every message of `cohort` is a record in `topic`: counted by weir as written, and by
+/// the topic's end offset (one partition, an idempotent producer).
+fn nothing_lost(weir: &Weir, kafka: &str, cohort: &str, topic: &str, sent: usize) {
     let text = weir.metrics();
     assert_eq!(
-        metric(&text, r#"weir_records_total{cohort="thermostats"} "#),
+        metric(
+            &text,
+            &format!("weir_records_total{{cohort=\"{cohort}\"}} ")
+        ),
         sent as f64,
         "{}",
         text.lines()
@@ -255,8 +224,284 @@ fn a_spinning_group_does_not_delay_a_healthy_groups_acks() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    // (One partition, an idempotent producer: its end offset is the records written.)
-    assert_eq!(end_offset(&kafka, &format!("{p}.thermostat")), sent as i64);
+    assert_eq!(end_offset(kafka, topic), sent as i64);
+}
+
+impl Compared {
+    fn report(&self, beside: &str) {
+        eprintln!(
+            "healthy group, median of 4 phases each: alone {:.0} msg/s, p99 {:.2} ms; beside {beside} {:.0} msg/s, p99 {:.2} ms ({:+.1} %)",
+            self.tp_alone,
+            self.p99_alone,
+            self.tp_beside,
+            self.p99_beside,
+            (self.p99_beside / self.p99_alone - 1.0) * 100.0
+        );
+    }
+
+    /// Hold the figures to the bounds CI can keep.
+    fn check(&self, beside: &str) {
+        let Compared {
+            tp_alone,
+            tp_beside,
+            p99_alone,
+            p99_beside,
+            ..
+        } = *self;
+        assert!(
+            tp_beside >= 0.9 * tp_alone,
+            "throughput {tp_beside:.0} beside {beside} vs {tp_alone:.0} msg/s alone"
+        );
+        // The target is 10 %, and runs here measured +0.1 % and +9.5 % beside a spinning
+        // group. But the healthy group's p99 alone moves by tens of per cent between runs
+        // on two shared cores (the broker's answer is most of it), so CI holds it to twice
+        // alone: without isolation its acks waited seconds behind the neighbour.
+        assert!(
+            p99_beside <= 2.0 * p99_alone,
+            "p99 {p99_beside:.2} ms beside {beside} vs {p99_alone:.2} ms alone"
+        );
+    }
+}
+
+/// A group whose plugin spins to its deadline on every message.
+struct Spinning {
+    p: String,
+    publisher: Publisher,
+    sent: usize,
+    cpu_before: f64,
+}
+
+fn spin_seconds(w: &Weir) -> f64 {
+    metric(
+        &w.metrics(),
+        r#"weir_transform_seconds_sum{cohort="spin"} "#,
+    )
+}
+
+fn spin_quarantined(w: &Weir) -> f64 {
+    metric(
+        &w.metrics(),
+        r#"weir_quarantined_total{cohort="spin",code="plugin.timeout",stage="transform"} "#,
+    )
+}
+
+impl Neighbour for Spinning {
+    fn name(&self) -> &'static str {
+        "the spinning group"
+    }
+
+    fn begin(&mut self, weir: &Weir) {
+        // Enough spinning messages to keep the broken worker at work through the phase:
+        // each costs about twice its budget, and a worker whose plugin timed out rests
+        // three times as long as it spun.
+        let n = (PHASE.as_millis() as u64 / (8 * SPIN_MS)) as usize + 8;
+        for i in 0..n {
+            self.publisher
+                .publish(&format!("{}/broken/d{i}", self.p), "loop", &[]);
+        }
+        self.sent += n;
+        self.publisher.flush();
+        self.cpu_before = spin_seconds(weir);
+    }
+
+    fn end(&mut self, weir: &Weir) -> f64 {
+        spin_seconds(weir) - self.cpu_before
+    }
+
+    fn settle(&mut self, weir: &Weir) {
+        wait_for(
+            "the broken group's messages quarantined",
+            Duration::from_secs(120),
+            || spin_quarantined(weir) >= self.sent as f64,
+        );
+    }
+}
+
+#[test]
+fn a_spinning_group_does_not_delay_a_healthy_groups_acks() {
+    let p = unique("iso");
+    let kafka = kafka();
+    // One partition per topic: the broker answers a write spread over partitions with a
+    // tail of its own (tens of ms for four), alone or not, which only adds noise here.
+    create_topics(
+        &kafka,
+        &[
+            &format!("{p}.thermostat"),
+            &format!("{p}.spin"),
+            &format!("{p}.quarantine"),
+        ],
+    );
+    let broken = format!(
+        r#"
+[[group]]
+name = "broken"
+subscriptions = ["{p}/broken/#"]
+max_in_flight = 8
+
+[[cohort]]
+name = "spin"
+group = "broken"
+topic = "{p}/broken/#"
+plugin = "adversarial@0.1.0"
+output_topic = "{p}.spin"
+plugin_time_ms = {SPIN_MS}
+"#
+    );
+    let weir = Weir::start(&config(&p, &kafka, &broken), &[]);
+    let mut spinning = Spinning {
+        publisher: Publisher::new(&format!("{p}-pub-broken")),
+        p: p.clone(),
+        sent: 0,
+        cpu_before: 0.0,
+    };
+    let c = compare(&p, &kafka, &weir, &mut spinning);
+    c.check(spinning.name());
+    eprintln!(
+        "the broken worker's CPU per phase beside it: {:.2?} s",
+        c.other
+    );
+    // The broken group really was at work through every phase beside it.
+    for s in &c.other {
+        assert!(
+            *s >= 0.15 * PHASE.as_secs_f64(),
+            "the broken plugin ran only {s:.2} s of a {PHASE:?} phase"
+        );
+    }
+    // Every spinning message quarantined, none lost.
+    assert_eq!(spin_quarantined(&weir), spinning.sent as f64);
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// A group whose devices publish valid messages three times faster than its rate limit
+/// lets weir take them.
+struct Storming {
+    p: String,
+    publisher: Publisher,
+    sent: usize,
+    acked_before: f64,
+    started: Instant,
+    /// Per phase beside the healthy group: the storm's messages acknowledged per second.
+    rates: Vec<f64>,
+}
+
+/// The storming devices' offered load, messages per 10 ms tick, and the rate limit of
+/// their group, messages per second.
+const STORM_PER_TICK: usize = 15;
+const STORM_LIMIT: usize = 500;
+/// The storming group's in-flight budget, and so its largest batch.
+const STORM_IN_FLIGHT: usize = 64;
+
+fn storm_acked(w: &Weir) -> f64 {
+    metric(&w.metrics(), r#"weir_ack_seconds_count{group="storm"} "#)
+}
+
+impl Neighbour for Storming {
+    fn name(&self) -> &'static str {
+        "the storming group"
+    }
+
+    fn begin(&mut self, weir: &Weir) {
+        self.acked_before = storm_acked(weir);
+        self.started = Instant::now();
+    }
+
+    fn tick(&mut self) {
+        for _ in 0..STORM_PER_TICK {
+            let i = self.sent;
+            self.publisher.publish(
+                &format!("{}/storm/plant/p2/thermostat/t-{}", self.p, i % 100),
+                bench_payload(i),
+                &[],
+            );
+            self.sent += 1;
+        }
+    }
+
+    fn end(&mut self, weir: &Weir) -> f64 {
+        let acked = storm_acked(weir) - self.acked_before;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        // Held to its limit: at most the rate over the phase, plus one batch.
+        assert!(
+            acked <= STORM_LIMIT as f64 * elapsed + STORM_IN_FLIGHT as f64,
+            "the storming group took {acked} messages in {elapsed:.2} s, limit {STORM_LIMIT}/s"
+        );
+        self.rates.push(acked / elapsed);
+        acked
+    }
+
+    fn settle(&mut self, weir: &Weir) {
+        // The backlog waited at the broker; it drains at the limit.
+        self.publisher.flush();
+        wait_for(
+            "the storming group's backlog acknowledged",
+            Duration::from_secs(120),
+            || storm_acked(weir) >= self.sent as f64,
+        );
+    }
+}
+
+#[test]
+fn a_storming_group_is_held_to_its_rate_and_does_not_delay_a_healthy_groups_acks() {
+    let p = unique("storm");
+    let kafka = kafka();
+    create_topics(
+        &kafka,
+        &[
+            &format!("{p}.thermostat"),
+            &format!("{p}.storm"),
+            &format!("{p}.quarantine"),
+        ],
+    );
+    let storm = format!(
+        r#"
+[[group]]
+name = "storm"
+subscriptions = ["{p}/storm/#"]
+max_in_flight = {STORM_IN_FLIGHT}
+max_messages_per_s = {STORM_LIMIT}
+
+[[cohort]]
+name = "storm"
+group = "storm"
+topic = "{p}/storm/plant/+/thermostat/+"
+plugin = "thermostat@1.0.0"
+output_topic = "{p}.storm"
+key = "{{topic[5]}}"
+"#
+    );
+    let weir = Weir::start(&config(&p, &kafka, &storm), &[]);
+    let mut storming = Storming {
+        publisher: Publisher::new(&format!("{p}-pub-storm")),
+        p: p.clone(),
+        sent: 0,
+        acked_before: 0.0,
+        started: Instant::now(),
+        rates: Vec::new(),
+    };
+    let c = compare(&p, &kafka, &weir, &mut storming);
+    eprintln!(
+        "the storming group, offered {} msg/s, limited to {STORM_LIMIT}: took {:.0?} msg/s in the phases beside the healthy one",
+        STORM_PER_TICK * 100,
+        storming.rates
+    );
+    c.check(storming.name());
+    // The storm really was at its limit through each phase (its backlog kept it busy).
+    for r in &storming.rates {
+        assert!(
+            *r >= 0.8 * STORM_LIMIT as f64,
+            "the storming group took only {r:.0} msg/s"
+        );
+    }
+    let text = weir.metrics();
+    assert!(
+        metric(
+            &text,
+            r#"weir_group_throttled_seconds_total{group="storm"} "#
+        ) > 0.0
+    );
+    // Nothing of the storm lost either: every message a record, in its topic.
+    nothing_lost(&weir, &kafka, "storm", &format!("{p}.storm"), storming.sent);
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
 }
