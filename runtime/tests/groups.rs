@@ -9,6 +9,9 @@ mod bed;
 use bed::*;
 use std::time::{Duration, Instant};
 
+/// The tests measure latency: one at a time, or each would be the other's neighbour.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Offered load of the healthy group, messages per second, and how long each phase lasts.
 const RATE: usize = 1000;
 const PHASE: Duration = Duration::from_secs(4);
@@ -90,6 +93,9 @@ struct Phase {
 trait Neighbour {
     /// What it is, for messages.
     fn name(&self) -> &'static str;
+    /// Make it ready before the first phase (its instances made, its producer connected),
+    /// so that its start-up does not fall into a phase.
+    fn warm_up(&mut self, weir: &Weir);
     /// Before a phase beside it.
     fn begin(&mut self, weir: &Weir);
     /// Every 10 ms of a phase beside it.
@@ -129,6 +135,7 @@ fn compare(p: &str, kafka: &str, weir: &Weir, other: &mut dyn Neighbour) -> Comp
     wait_for("warm-up acknowledged", Duration::from_secs(60), || {
         healthy_acked(weir) >= sent as f64
     });
+    other.warm_up(weir);
 
     let mut alone = Vec::new();
     let mut beside = Vec::new();
@@ -290,6 +297,13 @@ impl Neighbour for Spinning {
         "the spinning group"
     }
 
+    fn warm_up(&mut self, weir: &Weir) {
+        self.publisher
+            .publish(&format!("{}/broken/warm", self.p), "loop", &[]);
+        self.sent += 1;
+        self.settle(weir);
+    }
+
     fn begin(&mut self, weir: &Weir) {
         // Enough spinning messages to keep the broken worker at work through the phase:
         // each costs about twice its budget, and a worker whose plugin timed out rests
@@ -319,6 +333,7 @@ impl Neighbour for Spinning {
 
 #[test]
 fn a_spinning_group_does_not_delay_a_healthy_groups_acks() {
+    let _one = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let p = unique("iso");
     let kafka = kafka();
     // One partition per topic: the broker answers a write spread over partitions with a
@@ -401,6 +416,11 @@ impl Neighbour for Storming {
         "the storming group"
     }
 
+    fn warm_up(&mut self, weir: &Weir) {
+        self.tick();
+        self.settle(weir);
+    }
+
     fn begin(&mut self, weir: &Weir) {
         self.acked_before = storm_acked(weir);
         self.started = Instant::now();
@@ -443,6 +463,7 @@ impl Neighbour for Storming {
 
 #[test]
 fn a_storming_group_is_held_to_its_rate_and_does_not_delay_a_healthy_groups_acks() {
+    let _one = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let p = unique("storm");
     let kafka = kafka();
     create_topics(

@@ -861,17 +861,26 @@ pub fn create_topics(bootstrap: &str, topics: &[&str]) {
         .enable_all()
         .build()
         .unwrap();
-    let results = rt
-        .block_on(admin.create_topics(&new, &AdminOptions::new()))
-        .unwrap();
-    for r in results {
-        if let Err((t, e)) = r {
-            assert_eq!(
-                e,
-                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
-                "creating {t}"
-            );
+    // A broker that has just started may answer its first requests with an error; ask
+    // again for a while.
+    let start = Instant::now();
+    loop {
+        let results = rt
+            .block_on(admin.create_topics(&new, &AdminOptions::new()))
+            .unwrap();
+        let failed: Vec<(String, rdkafka::types::RDKafkaErrorCode)> = results
+            .into_iter()
+            .filter_map(Result::err)
+            .filter(|(_, e)| *e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)
+            .collect();
+        if failed.is_empty() {
+            return;
         }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "creating topics: {failed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
