@@ -77,8 +77,8 @@ pub struct Group {
     pub max_in_flight: Option<u16>,
     /// Most messages per second this group takes from its session (default:
     /// `mqtt.max_messages_per_s`, none). A storm beyond it waits at the broker, in the
-    /// group's own session, instead of taking CPU, broker and Kafka capacity from the
-    /// other groups.
+    /// group's own session: what it takes of the CPU, the broker's delivery and Kafka's
+    /// capacity, which the other groups share, is bounded by the limit.
     #[serde(default)]
     pub max_messages_per_s: Option<u32>,
 }

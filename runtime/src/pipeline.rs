@@ -195,8 +195,9 @@ pub enum Stopped {
 /// A group's rate limit (`max_messages_per_s`), kept by spacing batches: a batch of `n`
 /// may go no sooner than `n / rate` after the one before. Over any stretch the group takes
 /// at most its rate, plus one batch; what it does not take waits at the broker in its own
-/// session (the source's receive maximum stops the flow), so a storm costs the other
-/// groups neither CPU nor broker and Kafka capacity. An idle group starts at once.
+/// session (the source's receive maximum stops the flow), so the CPU, broker delivery and
+/// Kafka capacity a storm takes from the other groups is bounded by the limit. An idle
+/// group starts at once.
 #[derive(Debug)]
 struct Pace {
     per_message: Duration,
