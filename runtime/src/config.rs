@@ -81,7 +81,18 @@ pub struct Group {
     /// capacity, which the other groups share, is bounded by the limit.
     #[serde(default)]
     pub max_messages_per_s: Option<u32>,
+    /// How far below weir's own CPU priority this group runs, as a nice increment (0 to
+    /// 19, default 0): its threads — MQTT and Kafka I/O, transform worker, Kafka producer
+    /// — run at weir's nice value plus this. When the CPU is short, a thread at +10 gets
+    /// about a tenth of what one at +0 gets, so the groups that must keep their latency
+    /// win over a group allowed to storm or running an expensive plugin. When the CPU is
+    /// not short, it changes nothing.
+    #[serde(default)]
+    pub nice: u8,
 }
+
+/// The lowest CPU priority Linux has: nice 19.
+pub const MAX_NICE: u8 = 19;
 
 /// A group as `weir run` runs it: its session's settings and its cohorts.
 #[derive(Debug, Clone)]
@@ -92,6 +103,9 @@ pub struct GroupPlan {
     pub mqtt: Mqtt,
     /// Indexes into [`Config::cohorts`] of the group's cohorts, in config order.
     pub cohorts: Vec<usize>,
+    /// How far below weir's CPU priority the group's threads run (`[[group]] nice`; 0 for
+    /// the default group).
+    pub nice: u8,
 }
 
 /// MQTT protocol version.
@@ -1019,6 +1033,7 @@ impl Config {
                 name: DEFAULT_GROUP.into(),
                 mqtt: self.mqtt.clone(),
                 cohorts: members(None),
+                nice: 0,
             });
         }
         for g in &self.groups {
@@ -1031,6 +1046,7 @@ impl Config {
                 name: g.name.clone(),
                 mqtt,
                 cohorts: members(Some(&g.name)),
+                nice: g.nice,
             });
         }
         plans
@@ -1081,6 +1097,15 @@ impl Config {
             }
             if g.max_messages_per_s == Some(0) {
                 return Err((at("max_messages_per_s"), NO_ZERO_RATE.into()));
+            }
+            if g.nice > MAX_NICE {
+                return Err((
+                    at("nice"),
+                    format!(
+                        "{} is past {MAX_NICE}, the lowest CPU priority there is; use 0 (as weir) to {MAX_NICE} (only what the others leave)",
+                        g.nice
+                    ),
+                ));
             }
             if !self
                 .cohorts
@@ -1601,5 +1626,12 @@ key = "{topic[3]}"
         assert!(e.problem.contains("leave it out for no limit"), "{e}");
         let e = parse(&groups, &[("WEIR_MQTT_MAX_MESSAGES_PER_S", "0")]).unwrap_err();
         assert_eq!(e.key, "mqtt.max_messages_per_s");
+        // A CPU priority below weir's: 0 unless set, at most 19.
+        assert_eq!(plans[0].nice, 0);
+        let niced = parse(&groups, &[("WEIR_GROUP_0_NICE", "10")]).unwrap();
+        assert_eq!(niced.group_plans()[0].nice, 10);
+        let e = parse(&groups, &[("WEIR_GROUP_0_NICE", "20")]).unwrap_err();
+        assert_eq!(e.key, "group[0].nice");
+        assert!(e.problem.contains("use 0 (as weir) to 19"), "{e}");
     }
 }

@@ -265,14 +265,13 @@ pub async fn run(
         cfg.admin.tokens(),
     )
     .map_err(StartError::Other)?;
-    let new_sink = || {
-        Sink::new(&cfg.kafka).map_err(|e| StartError::Config {
-            file: p.file.clone(),
-            key: "kafka".into(),
-            problem: e.to_string(),
-        })
-    };
-    let sink = new_sink()?;
+    // This producer checks the topics and watches Kafka's reachability; each group writes
+    // with its own.
+    let sink = Sink::new(&cfg.kafka).map_err(|e| StartError::Config {
+        file: p.file.clone(),
+        key: "kafka".into(),
+        problem: e.to_string(),
+    })?;
     let mut topics = vec![(
         cfg.output.quarantine_topic.clone(),
         "output.quarantine_topic".to_owned(),
@@ -292,18 +291,45 @@ pub async fn run(
     let _follower = AbortOnDrop(tokio::spawn(p.lifecycle.clone().follow(switched_rx)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<Option<String>>();
+    let plans = cfg.group_plans();
+    // Every group counts towards readiness from the start, not from when its lane starts:
+    // weir is not ready while a group is still being set up.
+    for plan in &plans {
+        metrics.group(&plan.name);
+    }
     let mut lanes = Vec::new();
-    let mut sink = Some(sink);
-    for plan in cfg.group_plans() {
-        // One producer per group: a group's writes never queue behind another's.
-        let sink = match sink.take() {
-            Some(s) => s,
-            None => new_sink()?,
-        };
+    for plan in plans {
+        let runtime = lane_runtime(&plan.name, group_nice(plan.nice))?;
+        // One producer per group, so that a group's writes never queue behind another's,
+        // made on one of the group's threads: librdkafka's threads take their creator's
+        // CPU priority.
+        let kafka = cfg.kafka.clone();
+        let group_sink = runtime
+            .get()
+            .spawn_blocking(move || Sink::new(&kafka))
+            .await
+            .map_err(|e| {
+                StartError::Other(format!(
+                    "creating group {:?}'s Kafka producer failed: {e}",
+                    plan.name
+                ))
+            })?
+            .map_err(|e| StartError::Config {
+                file: p.file.clone(),
+                key: "kafka".into(),
+                problem: e.to_string(),
+            })?;
+        // Connected (and, idempotent, given its producer id) before the session brings
+        // the first messages, which would otherwise wait for it.
+        group_sink
+            .check_topics(&topics)
+            .await
+            .map_err(|e| StartError::Other(format!("{}: {e}", p.file)))?;
         lanes.push(Lane::start(
             plan,
+            runtime,
             cfg,
-            sink,
+            group_sink,
             metrics.clone(),
             &p.lifecycle,
             switched_tx.clone(),
@@ -395,10 +421,14 @@ pub async fn run(
 }
 
 /// One isolation group at work: its own MQTT session ([`Source`]), batcher, transform
-/// worker thread, Kafka producer and courier. Nothing in one lane waits on another's: a
-/// plugin spinning to its deadline holds only its own lane's worker, and a flood fills only
-/// its own lane's in-flight budget, while PUBACKs on the other sessions go on leaving.
+/// worker thread, Kafka producer and courier, on threads of its own. Nothing in one lane
+/// waits on another's: a plugin spinning to its deadline holds only its own lane's worker,
+/// a flood fills only its own lane's in-flight budget, and the operating system, not a
+/// shared task queue, shares the CPU between lanes (by their `nice`), while PUBACKs on the
+/// other sessions go on leaving.
 struct Lane {
+    /// The group's I/O threads: its session, batcher, pipeline task and courier run here.
+    _runtime: LaneRuntime,
     source: Source,
     sink: Sink,
     courier: Option<AbortOnDrop>,
@@ -409,8 +439,11 @@ struct Lane {
 }
 
 impl Lane {
+    /// Start the group's tasks on `runtime` (its own) and its transform worker.
+    #[allow(clippy::too_many_arguments)]
     fn start(
         plan: GroupPlan,
+        runtime: LaneRuntime,
         cfg: &Config,
         sink: Sink,
         metrics: Arc<Metrics>,
@@ -418,11 +451,12 @@ impl Lane {
         switched: mpsc::UnboundedSender<Switched>,
         (stop, ended): (watch::Receiver<bool>, mpsc::UnboundedSender<Option<String>>),
     ) -> Result<Lane, StartError> {
+        let inside = runtime.get().enter();
         let group = metrics.group(&plan.name);
         let throttled = group.throttled_seconds.clone();
         let (source, rx) = Source::start(&plan.mqtt, metrics.clone(), group.clone())
             .map_err(|e| StartError::Other(e.to_string()))?;
-        let worker = Worker::start(&plan.name).map_err(StartError::Other)?;
+        let worker = Worker::start(&plan.name, group_nice(plan.nice)).map_err(StartError::Other)?;
 
         // Delivery, on its own task so that transforming one batch overlaps writing the
         // one before: each message's writes driven to their end, PUBACKs in arrival order.
@@ -475,13 +509,87 @@ impl Lane {
             let why = work.run(batches, work_tx, stop).await;
             let _ = ended.send(why);
         }));
+        drop(inside);
         Ok(Lane {
+            _runtime: runtime,
             source,
             sink,
             courier: Some(courier),
             batcher: Some(batcher),
             task,
         })
+    }
+}
+
+/// A group's own runtime. Dropped from the main runtime, which must not block, it shuts
+/// down in the background: by then the lane's tasks have ended, or are aborted with it.
+struct LaneRuntime(Option<tokio::runtime::Runtime>);
+
+impl LaneRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for LaneRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Most I/O threads a group gets: its session's reader, batcher, pipeline task and courier
+/// are four tasks, so more threads would sit idle.
+const LANE_IO_THREADS: usize = 4;
+
+/// A group's own runtime: its I/O threads, named after it, at its CPU priority `nice`
+/// (unchanged when `None`).
+fn lane_runtime(group: &str, nice: Option<i32>) -> Result<LaneRuntime, StartError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(LANE_IO_THREADS);
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(threads)
+        .thread_name(format!("weir-io-{group}"))
+        .enable_all();
+    if let Some(nice) = nice {
+        // Every thread the runtime starts, I/O and blocking ones alike.
+        b.on_thread_start(move || {
+            set_nice(nice);
+        });
+    }
+    b.build().map(|rt| LaneRuntime(Some(rt))).map_err(|e| {
+        StartError::Other(format!(
+            "cannot start group {group:?}'s threads: {e}; the host is out of threads or memory (check ulimit -u and the memory limit)"
+        ))
+    })
+}
+
+/// The nice value a group with `[[group]] nice = increment` runs at: weir's own plus the
+/// increment, at most 19; `None` for 0 (its threads keep weir's).
+fn group_nice(increment: u8) -> Option<i32> {
+    if increment == 0 {
+        return None;
+    }
+    // Unprivileged, a thread can lower its priority but never raise it, so the group's is
+    // relative to the one weir was started with (`nice -n 5 weir run` and a group at +10
+    // run at 15).
+    let own = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(0);
+    Some((own + i32::from(increment)).min(i32::from(crate::config::MAX_NICE)))
+}
+
+/// Set the calling thread's nice value; whether it worked (if not, it says so and the
+/// thread goes on at the one it has).
+fn set_nice(nice: i32) -> bool {
+    // On Linux the nice value is per thread: PRIO_PROCESS with a thread id sets that
+    // thread's alone, and threads it starts inherit it.
+    match rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(nice, error = %e, "cannot lower this thread's CPU priority; it keeps the one it has");
+            false
+        }
     }
 }
 
@@ -646,16 +754,21 @@ const PENALTY_REST: u32 = 3;
 /// group's worker.
 struct Worker {
     group: String,
+    /// The group's nice value, if it has its own.
+    nice: Option<i32>,
     jobs: std::sync::mpsc::Sender<(Job, oneshot::Sender<Done>)>,
 }
 
 impl Worker {
-    fn start(group: &str) -> Result<Worker, String> {
+    fn start(group: &str, nice: Option<i32>) -> Result<Worker, String> {
         let (jobs, rx) = std::sync::mpsc::channel::<(Job, oneshot::Sender<Done>)>();
         let name = group.to_owned();
         std::thread::Builder::new()
             .name(format!("weir-{group}"))
             .spawn(move || {
+                if let Some(nice) = nice {
+                    set_nice(nice);
+                }
                 let mut penalised = false;
                 // Ends when the lane drops its sender, or once it recovered from a penalty.
                 while let Ok((mut job, done)) = rx.recv() {
@@ -666,7 +779,7 @@ impl Worker {
                         matches!(o, Some(Outcome::Fail { code, .. }) if *code == crate::transform::codes::TIMEOUT)
                     });
                     if timed_out && !penalised {
-                        penalised = lower_priority();
+                        penalised = set_nice(PENALTY_NICE);
                         tracing::warn!(group = %name, lowered = penalised, "a plugin of this group ran past its deadline: its worker runs at the lowest CPU priority until a batch runs clean");
                     }
                     let retired = penalised && !timed_out;
@@ -688,6 +801,7 @@ impl Worker {
             .map_err(|e| format!("cannot start group {group:?}'s transform worker: {e}; the host is out of threads or memory (check ulimit -u and the memory limit)"))?;
         Ok(Worker {
             group: group.to_owned(),
+            nice,
             jobs,
         })
     }
@@ -705,17 +819,10 @@ impl Worker {
         self.jobs.send((job, tx)).map_err(|_| gone())?;
         let done = rx.await.map_err(|_| gone())?;
         if done.retired {
-            *self = Worker::start(&self.group)?;
+            *self = Worker::start(&self.group, self.nice)?;
         }
         Ok(done)
     }
-}
-
-/// Lower the calling thread's CPU priority to [`PENALTY_NICE`]; whether it worked.
-fn lower_priority() -> bool {
-    // On Linux the nice value is per thread: PRIO_PROCESS with a thread id sets that
-    // thread's alone.
-    rustix::process::setpriority_process(Some(rustix::thread::gettid()), PENALTY_NICE).is_ok()
 }
 
 /// A transformed batch handed to the courier: per message its ack, the message, its

@@ -396,6 +396,39 @@ plugin_time_ms = {SPIN_MS}
     assert!(status.success(), "{log}");
 }
 
+/// The storming group's threads — its I/O threads, its transform worker and its Kafka
+/// producer's (librdkafka's and the polling thread) — run at its `nice`, the healthy
+/// group's at weir's own.
+fn runs_at_its_own_priority(weir: &Weir) {
+    let threads = thread_nice(weir.child.id());
+    let at = |name: &str| -> Vec<i32> {
+        threads
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    // Relative to weir's own (the test may itself run niced).
+    let own = at("weir")[0];
+    let storm = (own + STORM_NICE).min(19);
+    let all = format!("weir at {own}: {threads:?}");
+    let niced = |name: &str| at(name).iter().filter(|n| **n == storm).count();
+    assert!(
+        !at("weir-io-storm").is_empty(),
+        "no storm I/O thread: {all}"
+    );
+    assert!(at("weir-io-storm").iter().all(|n| *n == storm), "{all}");
+    assert_eq!(at("weir-storm"), [storm], "{all}");
+    assert!(!at("weir-io-healthy").is_empty(), "{all}");
+    assert!(at("weir-io-healthy").iter().all(|n| *n == own), "{all}");
+    assert_eq!(at("weir-healthy"), [own], "{all}");
+    // Of the producers (one per group, one that watches Kafka) and the control topic's
+    // consumer, only the storming group's runs at its priority.
+    assert!(at("rdk:main").len() >= 3, "{all}");
+    assert_eq!(niced("rdk:main"), 1, "{all}");
+    assert_eq!(niced("producer pollin"), 1, "{all}");
+}
+
 /// A group whose devices publish valid messages over three times faster than its rate limit
 /// lets weir take them.
 struct Storming {
@@ -412,6 +445,8 @@ const STORM_PER_TICK: usize = 8;
 const STORM_LIMIT: usize = 250;
 /// The storming group's in-flight budget, and so its largest batch.
 const STORM_IN_FLIGHT: usize = 64;
+/// The storming group's CPU priority below weir's.
+const STORM_NICE: i32 = 10;
 
 fn storm_acked(w: &Weir) -> f64 {
     metric(&w.metrics(), r#"weir_ack_seconds_count{group="storm"} "#)
@@ -478,6 +513,7 @@ name = "storm"
 subscriptions = ["{p}/storm/#"]
 max_in_flight = {STORM_IN_FLIGHT}
 max_messages_per_s = {STORM_LIMIT}
+nice = {STORM_NICE}
 
 [[cohort]]
 name = "storm"
@@ -489,6 +525,7 @@ key = "{{topic[5]}}"
 "#
     );
     let weir = start(&p, &kafka, "storm", &storm);
+    runs_at_its_own_priority(&weir);
     let mut storming = Storming {
         publisher: Publisher::new(&format!("{p}-pub-storm")),
         p: p.clone(),

@@ -741,6 +741,27 @@ pub fn thread_cpu(pid: u32, name: &str) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// Every thread of process `pid`: (name, nice value).
+pub fn thread_nice(pid: u32) -> Vec<(String, i32)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|task| {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            let nice = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(16)?
+                .parse()
+                .ok()?;
+            Some((name.trim().to_owned(), nice))
+        })
+        .collect()
+}
+
 /// Cumulative buckets of histogram `name` whose labels, besides `le`, are exactly
 /// `labels` (as written in the exposition, e.g. `group="a"`; empty for none): (upper
 /// bound, count).
