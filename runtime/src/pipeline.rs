@@ -265,13 +265,6 @@ pub async fn run(
         cfg.admin.tokens(),
     )
     .map_err(StartError::Other)?;
-    // This producer checks the topics and watches Kafka's reachability; each group writes
-    // with its own.
-    let sink = Sink::new(&cfg.kafka).map_err(|e| StartError::Config {
-        file: p.file.clone(),
-        key: "kafka".into(),
-        problem: e.to_string(),
-    })?;
     let mut topics = vec![(
         cfg.output.quarantine_topic.clone(),
         "output.quarantine_topic".to_owned(),
@@ -282,10 +275,6 @@ pub async fn run(
     for (i, c) in cfg.cohorts.iter().enumerate() {
         topics.push((c.output_topic.clone(), format!("cohort[{i}].output_topic")));
     }
-    sink.check_topics(&topics)
-        .await
-        .map_err(|e| StartError::Other(format!("{}: {e}", p.file)))?;
-    let _kafka_probe = AbortOnDrop(sink.watch(metrics.clone()));
 
     let (switched_tx, switched_rx) = mpsc::unbounded_channel::<Switched>();
     let _follower = AbortOnDrop(tokio::spawn(p.lifecycle.clone().follow(switched_rx)));
@@ -299,7 +288,7 @@ pub async fn run(
     }
     let mut lanes = Vec::new();
     for plan in plans {
-        let runtime = lane_runtime(&plan.name, group_nice(plan.nice))?;
+        let runtime = lane_runtime(&plan.name, plan.nice)?;
         // One producer per group, so that a group's writes never queue behind another's,
         // made on one of the group's threads: librdkafka's threads take their creator's
         // CPU priority.
@@ -319,8 +308,9 @@ pub async fn run(
                 key: "kafka".into(),
                 problem: e.to_string(),
             })?;
-        // Connected (and, idempotent, given its producer id) before the session brings
-        // the first messages, which would otherwise wait for it.
+        // Every topic weir writes to exists (the first group's check stops start-up before
+        // any session connects), and the producer is connected (and, idempotent, has its
+        // producer id) before its session brings the first messages.
         group_sink
             .check_topics(&topics)
             .await
@@ -337,6 +327,9 @@ pub async fn run(
         )?);
     }
     drop((switched_tx, ended_tx));
+    let _kafka_probe = lanes
+        .first()
+        .map(|l| AbortOnDrop(l.sink.watch(metrics.clone())));
     let in_flight = |lanes: &[Lane]| lanes.iter().map(|l| l.source.in_flight()).sum::<u32>();
     let _progress = {
         let metrics = metrics.clone();
@@ -456,7 +449,7 @@ impl Lane {
         let throttled = group.throttled_seconds.clone();
         let (source, rx) = Source::start(&plan.mqtt, metrics.clone(), group.clone())
             .map_err(|e| StartError::Other(e.to_string()))?;
-        let worker = Worker::start(&plan.name, group_nice(plan.nice)).map_err(StartError::Other)?;
+        let worker = Worker::start(&plan.name, runtime.nice).map_err(StartError::Other)?;
 
         // Delivery, on its own task so that transforming one batch overlaps writing the
         // one before: each message's writes driven to their end, PUBACKs in arrival order.
@@ -521,19 +514,23 @@ impl Lane {
     }
 }
 
-/// A group's own runtime. Dropped from the main runtime, which must not block, it shuts
-/// down in the background: by then the lane's tasks have ended, or are aborted with it.
-struct LaneRuntime(Option<tokio::runtime::Runtime>);
+/// A group's own runtime, and the nice value its threads run at (`None`: weir's). Dropped
+/// from the main runtime, which must not block, it shuts down in the background: by then
+/// the lane's tasks have ended, or are aborted with it.
+struct LaneRuntime {
+    rt: Option<tokio::runtime::Runtime>,
+    nice: Option<i32>,
+}
 
 impl LaneRuntime {
     fn get(&self) -> &tokio::runtime::Runtime {
-        self.0.as_ref().expect("present until dropped")
+        self.rt.as_ref().expect("present until dropped")
     }
 }
 
 impl Drop for LaneRuntime {
     fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
+        if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
     }
@@ -543,9 +540,10 @@ impl Drop for LaneRuntime {
 /// are four tasks, so more threads would sit idle.
 const LANE_IO_THREADS: usize = 4;
 
-/// A group's own runtime: its I/O threads, named after it, at its CPU priority `nice`
-/// (unchanged when `None`).
-fn lane_runtime(group: &str, nice: Option<i32>) -> Result<LaneRuntime, StartError> {
+/// A group's own runtime: its I/O threads, named after it, at weir's priority lowered by
+/// `increment` (the group's `nice`).
+fn lane_runtime(group: &str, increment: u8) -> Result<LaneRuntime, StartError> {
+    let nice = group_nice(increment);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(LANE_IO_THREADS);
@@ -559,7 +557,7 @@ fn lane_runtime(group: &str, nice: Option<i32>) -> Result<LaneRuntime, StartErro
             set_nice(nice);
         });
     }
-    b.build().map(|rt| LaneRuntime(Some(rt))).map_err(|e| {
+    b.build().map(|rt| LaneRuntime { rt: Some(rt), nice }).map_err(|e| {
         StartError::Other(format!(
             "cannot start group {group:?}'s threads: {e}; the host is out of threads or memory (check ulimit -u and the memory limit)"
         ))

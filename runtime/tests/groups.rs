@@ -422,8 +422,8 @@ fn runs_at_its_own_priority(weir: &Weir) {
     assert!(!at("weir-io-healthy").is_empty(), "{all}");
     assert!(at("weir-io-healthy").iter().all(|n| *n == own), "{all}");
     assert_eq!(at("weir-healthy"), [own], "{all}");
-    // Of the producers (one per group, one that watches Kafka) and the control topic's
-    // consumer, only the storming group's runs at its priority.
+    // Of the producers (one per group) and the control topic's consumer, only the
+    // storming group's runs at its priority.
     assert!(at("rdk:main").len() >= 3, "{all}");
     assert_eq!(niced("rdk:main"), 1, "{all}");
     assert_eq!(niced("producer pollin"), 1, "{all}");
