@@ -1,8 +1,15 @@
-//! Isolation groups against the real test bed: a healthy group beside a group whose plugin
+//! Isolation groups against real services: a healthy group beside a group whose plugin
 //! spins to its deadline on every message, and beside a group whose devices storm (held to
 //! its `max_messages_per_s`). The healthy group's acknowledgements must not wait on the
 //! other one: its throughput and p99 arrival-to-PUBACK latency beside it stay within 10 %
 //! of running alone.
+//!
+//! Each test writes to a Kafka-protocol broker of its own that keeps its log in memory.
+//! The test bed's broker (nisshi on SQLite) commits every produce request of every client
+//! in turn, so there the neighbour's writes — any client's — queue in front of the healthy
+//! group's inside the broker: its produce p99 rose from 25–31 ms alone to 37–49 ms beside
+//! the storm. A Kafka cluster appends each partition on its own; on the shared broker the
+//! test would measure SQLite.
 
 mod bed;
 
@@ -58,20 +65,45 @@ key = "{{topic[5]}}"
     )
 }
 
-/// Create the test's topics (the healthy group's, the neighbour's `other_topic` and the
-/// quarantine; one partition each: the broker answers a write spread over partitions with
-/// a tail of its own, tens of ms for four, which only adds noise here) and start weir with
-/// the neighbour's config `other`.
-fn start(p: &str, kafka: &str, other_topic: &str, other: &str) -> Weir {
+/// What a test runs against: its own broker (see the module's comment) and weir.
+struct Bed {
+    weir: Weir,
+    /// The broker's address.
+    kafka: String,
+    _broker: Nisshi,
+    _dir: tempfile::TempDir,
+}
+
+/// Start a broker of the test's own, create the test's topics on it (the healthy group's,
+/// the neighbour's `other_topic` and the quarantine; one partition each: the broker answers
+/// a write spread over partitions with a tail of its own, which only adds noise here) and
+/// start weir with the neighbour's config `other`.
+fn start(p: &str, other_topic: &str, other: &str) -> Bed {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Nisshi::start(
+        dir.path(),
+        "memory://groups/",
+        &["--group-initial-rebalance-delay", "0s"],
+    );
+    let kafka = format!("127.0.0.1:{}", broker.port);
     create_topics(
-        kafka,
+        &kafka,
         &[
             &format!("{p}.thermostat"),
             &format!("{p}.{other_topic}"),
             &format!("{p}.quarantine"),
         ],
     );
-    Weir::start(&config(p, kafka, other), &[])
+    Bed {
+        // The environment's bootstrap (the test bed's) would override the config's.
+        weir: Weir::start(
+            &config(p, &kafka, other),
+            &[("WEIR_KAFKA_BOOTSTRAP", &kafka)],
+        ),
+        kafka,
+        _broker: broker,
+        _dir: dir,
+    }
 }
 
 /// A metric's value (0 when absent).
@@ -130,6 +162,9 @@ struct Compared {
     tp_beside: f64,
     p99_alone: f64,
     p99_beside: f64,
+    /// Each phase's p99, ms, in order.
+    p99s_alone: Vec<f64>,
+    p99s_beside: Vec<f64>,
     other: Vec<f64>,
 }
 
@@ -210,20 +245,20 @@ fn compare(p: &str, kafka: &str, weir: &Weir, other: &mut dyn Neighbour) -> Comp
         v.sort_by(f64::total_cmp);
         (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
     };
-    let p99 = |phases: &[Phase]| {
-        median(
-            phases
-                .iter()
-                .map(|ph| quantile(&ph.before, &ph.after, 0.99) * 1e3)
-                .collect(),
-        )
+    let p99s = |phases: &[Phase]| -> Vec<f64> {
+        phases
+            .iter()
+            .map(|ph| quantile(&ph.before, &ph.after, 0.99) * 1e3)
+            .collect()
     };
     let tp = |phases: &[Phase]| median(phases.iter().map(|ph| ph.throughput).collect());
     let compared = Compared {
         tp_alone: tp(&alone),
         tp_beside: tp(&beside),
-        p99_alone: p99(&alone),
-        p99_beside: p99(&beside),
+        p99_alone: median(p99s(&alone)),
+        p99_beside: median(p99s(&beside)),
+        p99s_alone: p99s(&alone),
+        p99s_beside: p99s(&beside),
         other: beside.iter().map(|ph| ph.other).collect(),
     };
     compared.report(other.name());
@@ -260,9 +295,16 @@ impl Compared {
             self.p99_beside,
             (self.p99_beside / self.p99_alone - 1.0) * 100.0
         );
+        eprintln!(
+            "  p99 per phase, ms: alone {:.2?}, beside {:.2?}",
+            self.p99s_alone, self.p99s_beside
+        );
     }
 
-    /// Hold the figures to the bounds CI can keep.
+    /// Within 10 % of alone, throughput and p99 (a median of four phases each, so that
+    /// one phase disturbed by something else on the machine does not decide; with one
+    /// and with two processes spinning on the two cores beside the test, runs stayed
+    /// within +7.3 %).
     fn check(&self, beside: &str) {
         let Compared {
             tp_alone,
@@ -275,15 +317,11 @@ impl Compared {
             tp_beside >= 0.9 * tp_alone,
             "throughput {tp_beside:.0} beside {beside} vs {tp_alone:.0} msg/s alone"
         );
-        // The target is 10 % (the README has what runs measured). But the brokers, the
-        // publisher and weir share two cores here, so the neighbour's work takes CPU from
-        // the healthy path whichever process does it, and the healthy group's p99 alone
-        // moves by tens of per cent between runs: CI holds it to twice alone. Without
-        // isolation its acks waited seconds behind a spinning neighbour, and a storm
-        // without a rate limit doubled it.
         assert!(
-            p99_beside <= 2.0 * p99_alone,
-            "p99 {p99_beside:.2} ms beside {beside} vs {p99_alone:.2} ms alone"
+            p99_beside <= 1.1 * p99_alone,
+            "p99 {p99_beside:.2} ms beside {beside} vs {p99_alone:.2} ms alone (per phase: alone {:.2?}, beside {:.2?})",
+            self.p99s_alone,
+            self.p99s_beside
         );
     }
 }
@@ -353,7 +391,6 @@ impl Neighbour for Spinning {
 fn a_spinning_group_does_not_delay_a_healthy_groups_acks() {
     let _one = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let p = unique("iso");
-    let kafka = kafka();
     let broken = format!(
         r#"
 [[group]]
@@ -370,7 +407,12 @@ output_topic = "{p}.spin"
 plugin_time_ms = {SPIN_MS}
 "#
     );
-    let weir = start(&p, &kafka, "spin", &broken);
+    let Bed {
+        weir,
+        kafka,
+        _broker,
+        _dir,
+    } = start(&p, "spin", &broken);
     let mut spinning = Spinning {
         publisher: Publisher::new(&format!("{p}-pub-broken")),
         p: p.clone(),
@@ -505,7 +547,6 @@ impl Neighbour for Storming {
 fn a_storming_group_is_held_to_its_rate_and_does_not_delay_a_healthy_groups_acks() {
     let _one = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let p = unique("storm");
-    let kafka = kafka();
     let storm = format!(
         r#"
 [[group]]
@@ -524,7 +565,12 @@ output_topic = "{p}.storm"
 key = "{{topic[5]}}"
 "#
     );
-    let weir = start(&p, &kafka, "storm", &storm);
+    let Bed {
+        weir,
+        kafka,
+        _broker,
+        _dir,
+    } = start(&p, "storm", &storm);
     runs_at_its_own_priority(&weir);
     let mut storming = Storming {
         publisher: Publisher::new(&format!("{p}-pub-storm")),
