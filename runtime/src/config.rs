@@ -376,7 +376,8 @@ pub struct Sasl {
     #[serde(default)]
     pub password: Option<Secret>,
     /// A file holding the password (trailing newline ignored), read when a Kafka client is
-    /// created.
+    /// created; long-lived clients re-read it and log in with a changed password from their
+    /// next connection (see `credentials`).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
 }

@@ -16,11 +16,12 @@
 //! | `audit/<cohort>/<unique>`| [`Audit`] (JSON)                        | all             |
 
 use crate::config::Kafka;
+use crate::credentials::PasswordFile;
 use crate::store::Store;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -215,6 +216,8 @@ pub struct Control {
     producer: FutureProducer,
     state: watch::Receiver<Arc<State>>,
     stop: Arc<AtomicBool>,
+    /// Keeps the producer's SASL password in step with its file.
+    _password: Option<crate::credentials::Follower>,
 }
 
 impl std::fmt::Debug for Control {
@@ -321,15 +324,22 @@ impl Control {
         let (tx, rx) = watch::channel(Arc::new(state));
         let stop = Arc::new(AtomicBool::new(false));
         let stop_c = stop.clone();
+        let password = PasswordFile::of(kafka);
         std::thread::Builder::new()
             .name("weir-control".into())
-            .spawn(move || follow(consumer, tx, store, stop_c))
+            .spawn(move || follow(consumer, password, tx, store, stop_c))
             .map_err(|e| err(e.to_string()))?;
+        let follower = crate::credentials::follow(kafka, {
+            let producer = producer.clone();
+            move |file| file.refresh(producer.client())
+        })
+        .map_err(err)?;
         Ok(Control {
             topic: topic.to_owned(),
             producer,
             state: rx,
             stop,
+            _password: follower,
         })
     }
 
@@ -390,11 +400,19 @@ impl Control {
 
 fn follow(
     consumer: BaseConsumer,
+    mut password: Option<PasswordFile>,
     tx: watch::Sender<Arc<State>>,
     store: Store,
     stop: Arc<AtomicBool>,
 ) {
+    let mut refreshed = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if let Some(file) = &mut password
+            && refreshed.elapsed() >= crate::credentials::INTERVAL
+        {
+            file.refresh(consumer.client());
+            refreshed = std::time::Instant::now();
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();

@@ -2,7 +2,8 @@
 //!
 //! One module per stage of the data path; stages talk through small types.
 
-#![deny(unsafe_code)] // Allowed only in `transform::cache` (loading precompiled artifacts).
+#![deny(unsafe_code)] // Allowed only in `transform::cache` (loading precompiled artifacts) and
+// `credentials` (librdkafka's call to change a running client's SASL password).
 
 pub mod ack;
 pub mod admin;
@@ -10,6 +11,7 @@ pub mod admin_client;
 pub mod capture;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod deliver;
 pub mod dryrun;
 pub mod encode;

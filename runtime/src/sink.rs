@@ -129,6 +129,8 @@ pub struct Sink {
     producer: ThreadedProducer<Context>,
     answers: Arc<Answers>,
     config: ClientConfig,
+    /// Keeps the producer's SASL password in step with its file, while any clone lives.
+    _password: Option<Arc<crate::credentials::Follower>>,
 }
 
 /// Sink errors.
@@ -177,15 +179,21 @@ impl Sink {
             .set("acks", "all")
             .set("message.timeout.ms", "0");
         let answers = Arc::new(Answers::default());
-        let producer = c
+        let producer: ThreadedProducer<Context> = c
             .create_with_context(Context {
                 answers: answers.clone(),
             })
             .map_err(SinkError::Create)?;
+        let follower = crate::credentials::follow(cfg, {
+            let producer = producer.clone();
+            move |file| file.refresh(producer.client())
+        })
+        .map_err(SinkError::Security)?;
         Ok(Sink {
             producer,
             answers,
             config: c,
+            _password: follower.map(Arc::new),
         })
     }
 

@@ -379,6 +379,56 @@ fn password_file_is_read_at_every_connection_and_never_shown() {
     }
 }
 
+/// The Kafka principal of the SCRAM tests.
+const KAFKA_USER: &str = "weir";
+
+/// Give [`KAFKA_USER`] `password` (SCRAM-SHA-512) in the broker storage in `dir`. Users
+/// live in the storage: set through a plain broker on it, used by a secured one.
+fn kafka_user(dir: &Path, password: &str) {
+    let plain = Nisshi::start(dir, "sqlite://nisshi.db", &[]);
+    let ok = Command::new("nisshi")
+        .args(["user", "create", "--mechanism", "scram512"])
+        .args(["--broker", &format!("tcp://127.0.0.1:{}", plain.port)])
+        .args([KAFKA_USER, password])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "nisshi user create");
+}
+
+/// A broker on the storage in `dir` that speaks only TLS (the test CA's server
+/// certificate) and wants SCRAM logins.
+fn secured_nisshi(pki: &Pki, dir: &Path, port: u16) -> Nisshi {
+    let cert = pki.path("server.pem").display().to_string();
+    let key = pki.path("server.key").display().to_string();
+    Nisshi::start_on(
+        port,
+        dir,
+        "sqlite://nisshi.db",
+        &["--authentication", "--cert", &cert, "--key", &key],
+    )
+}
+
+/// A reader's settings for [`secured_nisshi`], logged in with `password`.
+struct ScramReader(Vec<(&'static str, String)>);
+
+impl ScramReader {
+    fn each(&self) -> Vec<(&str, &str)> {
+        self.0.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}
+
+fn scram_reader(pki: &Pki, bootstrap: &str, password: &str) -> ScramReader {
+    ScramReader(vec![
+        ("bootstrap.servers", bootstrap.to_owned()),
+        ("security.protocol", "SASL_SSL".into()),
+        ("ssl.ca.location", pki.path("ca.pem").display().to_string()),
+        ("sasl.mechanism", "SCRAM-SHA-512".into()),
+        ("sasl.username", KAFKA_USER.into()),
+        ("sasl.password", password.to_owned()),
+    ])
+}
+
 /// weir writes to a Kafka that speaks only TLS and wants SCRAM-SHA-512 logins: the
 /// records arrive; a wrong password or an untrusted broker certificate stops start-up
 /// with the cause.
@@ -386,26 +436,9 @@ fn password_file_is_read_at_every_connection_and_never_shown() {
 fn kafka_over_tls_with_scram() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let (user, password) = ("weir", "kafka-Secret-2718");
-    {
-        // Users live in the broker's storage: made on a plain broker, used by a secured one.
-        let plain = Nisshi::start(dir.path(), "sqlite://nisshi.db", &[]);
-        let ok = Command::new("nisshi")
-            .args(["user", "create", "--mechanism", "scram512"])
-            .args(["--broker", &format!("tcp://127.0.0.1:{}", plain.port)])
-            .args([user, password])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "nisshi user create");
-    }
-    let cert = pki.path("server.pem").display().to_string();
-    let key = pki.path("server.key").display().to_string();
-    let broker = Nisshi::start(
-        dir.path(),
-        "sqlite://nisshi.db",
-        &["--authentication", "--cert", &cert, "--key", &key],
-    );
+    let (user, password) = (KAFKA_USER, "kafka-Secret-2718");
+    kafka_user(dir.path(), password);
+    let broker = secured_nisshi(&pki, dir.path(), free_port());
     let bootstrap = format!("localhost:{}", broker.port);
     let p = unique("ksec");
     let security = |ca: &str| {
@@ -458,25 +491,75 @@ fn kafka_over_tls_with_scram() {
         );
     }
     publisher.flush();
-    let ca = pki.path("ca.pem").display().to_string();
-    let reader = [
-        ("bootstrap.servers", bootstrap.as_str()),
-        ("security.protocol", "SASL_SSL"),
-        ("ssl.ca.location", ca.as_str()),
-        ("sasl.mechanism", "SCRAM-SHA-512"),
-        ("sasl.username", user),
-        ("sasl.password", password),
-    ];
     let got = count_with(
         &format!("{p}.thermostat"),
         10,
         Duration::from_secs(60),
-        &reader,
+        &scram_reader(&pki, &bootstrap, password).each(),
     );
     assert_eq!(got, 10, "the records are in the secured Kafka");
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
     assert!(!log.contains(password), "the password reached the log");
+}
+
+/// `kafka.sasl.password_file` rotated while weir runs: the broker comes back knowing only
+/// the new password, the file has it, and weir logs back in with it — no restart, no
+/// message lost, neither password in its output.
+#[test]
+fn kafka_password_file_is_followed_without_a_restart() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = ("kafka-Old-Secret-3141", "kafka-New-Secret-1618");
+    kafka_user(dir.path(), old);
+    let port = free_port();
+    let broker = secured_nisshi(&pki, dir.path(), port);
+    let bootstrap = format!("localhost:{port}");
+    let secret_file = dir.path().join("kafka-password");
+    std::fs::write(&secret_file, format!("{old}\n")).unwrap();
+    let p = unique("krot");
+    let config = format!(
+        "{}\n[kafka.tls]\nca_file = {:?}\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"{KAFKA_USER}\"\npassword_file = {:?}\n",
+        config(&p),
+        pki.path("ca.pem"),
+        secret_file
+    );
+    let weir = Weir::start(&config, &[("WEIR_KAFKA_BOOTSTRAP", &bootstrap)]);
+    let topic = format!("{p}.thermostat");
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    let mut publish = |from: usize| {
+        for i in from..from + 10 {
+            publisher.publish(
+                &format!("{p}/plant/1/thermostat/t-{i}"),
+                format!(r#"{{"ts":{i},"temp_c":21}}"#),
+                &[],
+            );
+        }
+        publisher.flush();
+    };
+    publish(0);
+    let reader = scram_reader(&pki, &bootstrap, old);
+    assert_eq!(
+        count_with(&topic, 10, Duration::from_secs(60), &reader.each()),
+        10
+    );
+
+    // Rotate: the file says the new password; the broker restarts knowing only it, so
+    // weir's connections are renewed and must log in with it.
+    std::fs::write(&secret_file, format!("{new}\n")).unwrap();
+    drop(broker);
+    kafka_user(dir.path(), new);
+    let _broker = secured_nisshi(&pki, dir.path(), port);
+    publish(10);
+    let reader = scram_reader(&pki, &bootstrap, new);
+    let got = count_with(&topic, 20, Duration::from_secs(60), &reader.each());
+    assert_eq!(got, 20, "weir's log:\n{}", weir.log.lock().unwrap());
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("kafka.sasl.password_file changed"), "{log}");
+    for pw in [old, new] {
+        assert!(!log.contains(pw), "a password reached the log:\n{log}");
+    }
 }
 
 /// `[admin.tls]`: the admin listener speaks HTTPS with the configured certificate, and the

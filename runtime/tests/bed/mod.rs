@@ -834,7 +834,11 @@ impl Nisshi {
     /// A broker working in `dir` on `storage` (`sqlite://nisshi.db`, or `memory://x/` for
     /// one that never waits on a disk); `args` adds TLS or authentication.
     pub fn start(dir: &Path, storage: &str, args: &[&str]) -> Nisshi {
-        let port = free_port();
+        Self::start_on(free_port(), dir, storage, args)
+    }
+
+    /// The same on `port` (a broker coming back where its clients look for it).
+    pub fn start_on(port: u16, dir: &Path, storage: &str, args: &[&str]) -> Nisshi {
         let url = format!("tcp://127.0.0.1:{port}");
         let advertised = format!("tcp://localhost:{port}");
         let child = Command::new("nisshi")
