@@ -1522,6 +1522,8 @@ key = "{topic[3]}"
         .unwrap();
         assert!(c.mqtt.url.starts_with("mqtts://") && c.mqtt.tls.is_some());
         assert!(c.kafka.sasl.is_some() && c.kafka.tls.is_some() && c.admin.tls.is_some());
+        let meters = c.groups.iter().find(|g| g.name == "meters").unwrap();
+        assert_eq!(meters.nice, 10);
     }
 
     #[test]
