@@ -232,7 +232,7 @@ impl Rates {
         for (id, label, value, rate) in rows {
             let _ = write!(
                 h,
-                "<tr><th>{label}</th><td class=\"n\" id=\"{id}\">{value}</td><td class=\"n\">{rate}</td></tr>"
+                "<tr><th>{label}</th><td class=\"n\" id=\"{id}\">{value}</td><td class=\"n\" id=\"{id}-rate\">{rate}</td></tr>"
             );
         }
         h.push_str("</table>");
@@ -257,7 +257,7 @@ impl Rates {
             let group_rate = rate(&|x| x.group_acked.get(group).copied().unwrap_or(0.0));
             let _ = write!(
                 h,
-                "<tr><td>{name}</td><td id=\"session-{name}\">{session}</td><td class=\"n\" id=\"in_flight-{name}\">{}</td><td class=\"n\" id=\"oldest-{name}\">{}</td><td class=\"n\" id=\"acked-{name}\">{}</td><td class=\"n\">{group_rate}</td></tr>",
+                "<tr><td>{name}</td><td id=\"session-{name}\">{session}</td><td class=\"n\" id=\"in_flight-{name}\">{}</td><td class=\"n\" id=\"oldest-{name}\">{}</td><td class=\"n\" id=\"acked-{name}\">{}</td><td class=\"n\" id=\"acked-{name}-rate\">{group_rate}</td></tr>",
                 num(of("weir_group_in_flight", group)),
                 num(of("weir_group_oldest_unacked_seconds", group)),
                 num(acked),
@@ -281,7 +281,7 @@ impl Rates {
             let cohort_rate = rate(&|x| x.records.get(&c.cohort).copied().unwrap_or(0.0));
             let _ = write!(
                 h,
-                "<tr><td>{name}</td><td>{}</td><td id=\"version-{name}\">{}</td><td><code>{}</code></td><td>{pinned}</td><td class=\"n\" id=\"records-{name}\">{}</td><td class=\"n\">{cohort_rate}</td><td class=\"n\" id=\"quarantined-{name}\">{}</td><td>{}</td></tr>",
+                "<tr><td>{name}</td><td>{}</td><td id=\"version-{name}\">{}</td><td><code>{}</code></td><td>{pinned}</td><td class=\"n\" id=\"records-{name}\">{}</td><td class=\"n\" id=\"records-{name}-rate\">{cohort_rate}</td><td class=\"n\" id=\"quarantined-{name}\">{}</td><td>{}</td></tr>",
                 esc(&c.group),
                 esc(&format!("{}@{}", c.plugin.name, c.plugin.version)),
                 esc(c.plugin.sha256.get(..12).unwrap_or(&c.plugin.sha256)),
