@@ -71,6 +71,7 @@ impl Pki {
             ),
             ("client", ca.issue("weir", &["weir"], false)),
             ("rogue-client", rogue.issue("weir", &["weir"], false)),
+            ("expired-client", ca.issue("weir", &["weir"], true)),
         ];
         for (name, (cert, key)) in pairs {
             pki.write(&format!("{name}.pem"), &cert);
@@ -249,6 +250,12 @@ fn tls_failures_stop_start_up_with_the_cause() {
             good.clone(),
             client_files(&pki, "ca.pem", "rogue-client"),
             "refused weir's client certificate",
+        ),
+        (
+            "an expired client certificate",
+            good.clone(),
+            client_files(&pki, "ca.pem", "expired-client"),
+            "weir's client certificate (mqtt.tls.cert_file) has expired",
         ),
         (
             "a key that does not fit the certificate",

@@ -137,10 +137,10 @@ impl Settings {
             },
             rustls::Error::AlertReceived(a) => match a {
                 AlertDescription::CertificateRequired => "the broker requires a client certificate: set mqtt.tls.cert_file and mqtt.tls.key_file".to_owned(),
+                AlertDescription::CertificateExpired => "the broker says weir's client certificate (mqtt.tls.cert_file) has expired: issue a new one (or check the clocks of this machine and the broker)".to_owned(),
                 AlertDescription::BadCertificate
                 | AlertDescription::UnknownCA
                 | AlertDescription::CertificateUnknown
-                | AlertDescription::CertificateExpired
                 | AlertDescription::CertificateRevoked
                 | AlertDescription::UnsupportedCertificate
                 | AlertDescription::AccessDenied => format!(
