@@ -389,12 +389,18 @@ fn password_file_is_read_at_every_connection_and_never_shown() {
 /// The Kafka principal of the SCRAM tests.
 const KAFKA_USER: &str = "weir";
 
-/// Give [`KAFKA_USER`] `password` (SCRAM-SHA-512) in the broker storage in `dir`. Users
-/// live in the storage: set through a plain broker on it, used by a secured one.
-fn kafka_user(dir: &Path, password: &str) {
+/// Give [`KAFKA_USER`] `password` for `mechanism` (`SCRAM-SHA-256` or `-512`) in the
+/// broker storage in `dir`. Users live in the storage: set through a plain broker on it,
+/// used by a secured one.
+fn kafka_user(dir: &Path, mechanism: &str, password: &str) {
+    let mechanism = match mechanism {
+        "SCRAM-SHA-256" => "scram256",
+        "SCRAM-SHA-512" => "scram512",
+        other => panic!("nisshi has no {other} users"),
+    };
     let plain = Nisshi::start(dir, "sqlite://nisshi.db", &[]);
     let ok = Command::new("nisshi")
-        .args(["user", "create", "--mechanism", "scram512"])
+        .args(["user", "create", "--mechanism", mechanism])
         .args(["--broker", &format!("tcp://127.0.0.1:{}", plain.port)])
         .args([KAFKA_USER, password])
         .status()
@@ -416,7 +422,7 @@ fn secured_nisshi(pki: &Pki, dir: &Path, port: u16) -> Nisshi {
     )
 }
 
-/// A reader's settings for [`secured_nisshi`], logged in with `password`.
+/// A reader's settings for [`secured_nisshi`], logged in with `mechanism` and `password`.
 struct ScramReader(Vec<(&'static str, String)>);
 
 impl ScramReader {
@@ -425,12 +431,12 @@ impl ScramReader {
     }
 }
 
-fn scram_reader(pki: &Pki, bootstrap: &str, password: &str) -> ScramReader {
+fn scram_reader(pki: &Pki, bootstrap: &str, mechanism: &str, password: &str) -> ScramReader {
     ScramReader(vec![
         ("bootstrap.servers", bootstrap.to_owned()),
         ("security.protocol", "SASL_SSL".into()),
         ("ssl.ca.location", pki.path("ca.pem").display().to_string()),
-        ("sasl.mechanism", "SCRAM-SHA-512".into()),
+        ("sasl.mechanism", mechanism.to_owned()),
         ("sasl.username", KAFKA_USER.into()),
         ("sasl.password", password.to_owned()),
     ])
@@ -444,7 +450,7 @@ fn kafka_over_tls_with_scram() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let (user, password) = (KAFKA_USER, "kafka-Secret-2718");
-    kafka_user(dir.path(), password);
+    kafka_user(dir.path(), "SCRAM-SHA-512", password);
     let broker = secured_nisshi(&pki, dir.path(), free_port());
     let bootstrap = format!("localhost:{}", broker.port);
     let p = unique("ksec");
@@ -502,7 +508,7 @@ fn kafka_over_tls_with_scram() {
         &format!("{p}.thermostat"),
         10,
         Duration::from_secs(60),
-        &scram_reader(&pki, &bootstrap, password).each(),
+        &scram_reader(&pki, &bootstrap, "SCRAM-SHA-512", password).each(),
     );
     assert_eq!(got, 10, "the records are in the secured Kafka");
     let (status, log) = weir.stop();
@@ -512,13 +518,15 @@ fn kafka_over_tls_with_scram() {
 
 /// `kafka.sasl.password_file` rotated while weir runs: the broker comes back knowing only
 /// the new password, the file has it, and weir logs back in with it — no restart, no
-/// message lost, neither password in its output.
+/// message lost, neither password in its output. (With SCRAM-SHA-256, so that both SCRAM
+/// mechanisms are exercised.)
 #[test]
 fn kafka_password_file_is_followed_without_a_restart() {
+    const MECHANISM: &str = "SCRAM-SHA-256";
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = ("kafka-Old-Secret-3141", "kafka-New-Secret-1618");
-    kafka_user(dir.path(), old);
+    kafka_user(dir.path(), MECHANISM, old);
     let port = free_port();
     let broker = secured_nisshi(&pki, dir.path(), port);
     let bootstrap = format!("localhost:{port}");
@@ -526,7 +534,7 @@ fn kafka_password_file_is_followed_without_a_restart() {
     std::fs::write(&secret_file, format!("{old}\n")).unwrap();
     let p = unique("krot");
     let config = format!(
-        "{}\n[kafka.tls]\nca_file = {:?}\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"{KAFKA_USER}\"\npassword_file = {:?}\n",
+        "{}\n[kafka.tls]\nca_file = {:?}\n[kafka.sasl]\nmechanism = \"{MECHANISM}\"\nusername = \"{KAFKA_USER}\"\npassword_file = {:?}\n",
         config(&p),
         pki.path("ca.pem"),
         secret_file
@@ -545,7 +553,7 @@ fn kafka_password_file_is_followed_without_a_restart() {
         publisher.flush();
     };
     publish(0);
-    let reader = scram_reader(&pki, &bootstrap, old);
+    let reader = scram_reader(&pki, &bootstrap, MECHANISM, old);
     assert_eq!(
         count_with(&topic, 10, Duration::from_secs(60), &reader.each()),
         10
@@ -555,10 +563,10 @@ fn kafka_password_file_is_followed_without_a_restart() {
     // weir's connections are renewed and must log in with it.
     std::fs::write(&secret_file, format!("{new}\n")).unwrap();
     drop(broker);
-    kafka_user(dir.path(), new);
+    kafka_user(dir.path(), MECHANISM, new);
     let _broker = secured_nisshi(&pki, dir.path(), port);
     publish(10);
-    let reader = scram_reader(&pki, &bootstrap, new);
+    let reader = scram_reader(&pki, &bootstrap, MECHANISM, new);
     let got = count_with(&topic, 20, Duration::from_secs(60), &reader.each());
     assert_eq!(got, 20, "weir's log:\n{}", weir.log.lock().unwrap());
     let (status, log) = weir.stop();
