@@ -212,12 +212,13 @@ impl State {
 
 /// The control topic: a producer for changes and a follower that applies every entry.
 pub struct Control {
+    /// Keeps the producer's SASL password in step with its file (first: it lets go of its
+    /// handle to the producer before `producer` is dropped).
+    _password: Option<crate::credentials::Follower>,
     topic: String,
     producer: FutureProducer,
     state: watch::Receiver<Arc<State>>,
     stop: Arc<AtomicBool>,
-    /// Keeps the producer's SASL password in step with its file.
-    _password: Option<crate::credentials::Follower>,
 }
 
 impl std::fmt::Debug for Control {
@@ -335,11 +336,11 @@ impl Control {
         })
         .map_err(err)?;
         Ok(Control {
+            _password: follower,
             topic: topic.to_owned(),
             producer,
             state: rx,
             stop,
-            _password: follower,
         })
     }
 

@@ -2,10 +2,10 @@
 //! group's producer, the control topic's producer and reader) re-reads the file every
 //! [`INTERVAL`]; when the password in it changed, librdkafka gets the new one and uses it
 //! the next time it logs in to a broker — a reconnect, a broker it had not talked to.
-//! Connections already logged in stay as they are, so a rotation never drops a write:
-//! the operator adds the new password on the brokers, writes it to the file, and retires
-//! the old one once weir's connections have been renewed (or the brokers close them).
-//! Short-lived clients (checks, replays, a redrive) read the file when they are made.
+//! Connections already logged in stay as they are. A login that fails meanwhile (a
+//! broker that has the new password before the file does) is retried by librdkafka, and
+//! writes wait for it, so a rotation loses nothing. Readers made for one pass (checks,
+//! replay and quarantine readers) read the file when they are made.
 
 // One foreign call: rdkafka 0.39 does not wrap librdkafka's `rd_kafka_sasl_set_credentials`,
 // the function made to change a running client's SASL PLAIN/SCRAM credentials.
@@ -111,10 +111,22 @@ fn set_credentials<C: ClientContext>(
     Err(format!("librdkafka refused the new credentials: {problem}"))
 }
 
-/// A thread keeping one client's password in step with its file; it stops when this is
-/// dropped.
+/// A thread keeping one client's password in step with its file; dropping this stops it
+/// and waits for it, so the client's handle it holds is let go first (keep it before the
+/// client in a struct, so that the owner's handle is the last and the client is
+/// destroyed where it always was).
 pub struct Follower {
-    _stop: mpsc::Sender<()>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Follower {
@@ -134,7 +146,7 @@ pub fn follow(
         return Ok(None);
     };
     let (stop, stopped) = mpsc::channel::<()>();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("weir-sasl".into())
         .spawn(move || {
             refresh(&mut file);
@@ -143,5 +155,8 @@ pub fn follow(
             }
         })
         .map_err(|e| format!("cannot start the thread following {KEY}: {e}"))?;
-    Ok(Some(Follower { _stop: stop }))
+    Ok(Some(Follower {
+        stop: Some(stop),
+        thread: Some(thread),
+    }))
 }

@@ -126,11 +126,12 @@ impl Failure {
 /// The producer. One owner takes its answers ([`Sink::answers`]); clones share them.
 #[derive(Clone)]
 pub struct Sink {
+    /// Keeps the producer's SASL password in step with its file, while any clone lives
+    /// (first: it lets go of its handle to the producer before `producer` is dropped).
+    _password: Option<Arc<crate::credentials::Follower>>,
     producer: ThreadedProducer<Context>,
     answers: Arc<Answers>,
     config: ClientConfig,
-    /// Keeps the producer's SASL password in step with its file, while any clone lives.
-    _password: Option<Arc<crate::credentials::Follower>>,
 }
 
 /// Sink errors.
@@ -190,10 +191,10 @@ impl Sink {
         })
         .map_err(SinkError::Security)?;
         Ok(Sink {
+            _password: follower.map(Arc::new),
             producer,
             answers,
             config: c,
-            _password: follower.map(Arc::new),
         })
     }
 
