@@ -302,10 +302,9 @@ impl Compared {
         );
     }
 
-    /// Throughput within 10 % of alone, p99 within `p99_bound` times (a median of four phases each, so that
-    /// one phase disturbed by something else on the machine does not decide; with one
-    /// and with two processes spinning on the two cores beside the test, runs stayed
-    /// within +7.3 %).
+    /// Throughput within 10 % of alone, p99 within `p99_bound` times alone (medians of four
+    /// phases each, so that one phase disturbed by something else on the machine does not
+    /// decide).
     fn check(&self, beside: &str, p99_bound: f64) {
         let (tp_alone, tp_beside) = (self.tp_alone, self.tp_beside);
         let (p99_alone, p99_beside) = self.p99();
