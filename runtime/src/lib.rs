@@ -2,8 +2,9 @@
 //!
 //! One module per stage of the data path; stages talk through small types.
 
-#![deny(unsafe_code)] // Allowed only in `transform::cache` (loading precompiled artifacts) and
-// `credentials` (librdkafka's call to change a running client's SASL password).
+#![deny(unsafe_code)] // Allowed only in `transform::cache` (loading precompiled artifacts),
+// `credentials` (librdkafka's call to change a running client's SASL password) and
+// `priority` (SCHED_IDLE for a worker whose plugin ran past its budget).
 
 pub mod ack;
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod message;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
+pub mod priority;
 pub mod quarantine;
 pub mod replay;
 pub mod route;

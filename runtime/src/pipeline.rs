@@ -543,7 +543,7 @@ const LANE_IO_THREADS: usize = 4;
 /// A group's own runtime: its I/O threads, named after it, at weir's priority lowered by
 /// `increment` (the group's `nice`).
 fn lane_runtime(group: &str, increment: u8) -> Result<LaneRuntime, StartError> {
-    let nice = group_nice(increment);
+    let nice = crate::priority::group_nice(increment);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(LANE_IO_THREADS);
@@ -554,7 +554,7 @@ fn lane_runtime(group: &str, increment: u8) -> Result<LaneRuntime, StartError> {
     if let Some(nice) = nice {
         // Every thread the runtime starts, I/O and blocking ones alike.
         b.on_thread_start(move || {
-            set_nice(nice);
+            crate::priority::set_nice(nice);
         });
     }
     b.build().map(|rt| LaneRuntime { rt: Some(rt), nice }).map_err(|e| {
@@ -562,33 +562,6 @@ fn lane_runtime(group: &str, increment: u8) -> Result<LaneRuntime, StartError> {
             "cannot start group {group:?}'s threads: {e}; the host is out of threads or memory (check ulimit -u and the memory limit)"
         ))
     })
-}
-
-/// The nice value a group with `[[group]] nice = increment` runs at: weir's own plus the
-/// increment, at most 19; `None` for 0 (its threads keep weir's).
-fn group_nice(increment: u8) -> Option<i32> {
-    if increment == 0 {
-        return None;
-    }
-    // Unprivileged, a thread can lower its priority but never raise it, so the group's is
-    // relative to the one weir was started with (`nice -n 5 weir run` and a group at +10
-    // run at 15).
-    let own = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(0);
-    Some((own + i32::from(increment)).min(i32::from(crate::config::MAX_NICE)))
-}
-
-/// Set the calling thread's nice value; whether it worked (if not, it says so and the
-/// thread goes on at the one it has).
-fn set_nice(nice: i32) -> bool {
-    // On Linux the nice value is per thread: PRIO_PROCESS with a thread id sets that
-    // thread's alone, and threads it starts inherit it.
-    match rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(nice, error = %e, "cannot lower this thread's CPU priority; it keeps the one it has");
-            false
-        }
-    }
 }
 
 /// What a lane's task needs to route, transform and hand over its batches.
@@ -734,12 +707,6 @@ struct Done {
     retired: bool,
 }
 
-/// Nice value of a worker whose plugin timed out. A plugin that spins to its deadline
-/// burns a core for nothing; at the lowest priority it gets the CPU only when nothing
-/// else wants it, so the other groups' I/O, the broker and Kafka on the same host are not
-/// slowed by it. (An unprivileged thread cannot raise its priority again, so a worker
-/// that recovers is replaced by a new thread.)
-const PENALTY_NICE: i32 = 19;
 /// After a batch in which a plugin timed out, the worker rests this many times as long as
 /// the batch took before it takes the next: a group whose plugin spins on every message
 /// uses at most a quarter of a core. Priority alone is not enough: on a host whose cores
@@ -765,7 +732,7 @@ impl Worker {
             .name(format!("weir-{group}"))
             .spawn(move || {
                 if let Some(nice) = nice {
-                    set_nice(nice);
+                    crate::priority::set_nice(nice);
                 }
                 let mut penalised = false;
                 // Ends when the lane drops its sender, or once it recovered from a penalty.
@@ -777,7 +744,12 @@ impl Worker {
                         matches!(o, Some(Outcome::Fail { code, .. }) if *code == crate::transform::codes::TIMEOUT)
                     });
                     if timed_out && !penalised {
-                        penalised = set_nice(PENALTY_NICE);
+                        // A plugin that spins to its deadline burns a core for nothing; at
+                        // the lowest priority it gets the CPU only when nothing else wants
+                        // it, so other groups' I/O, the broker and Kafka on the same host
+                        // are not slowed by it. Its deadlines are CPU time, so waiting for
+                        // the CPU does not make it time out.
+                        penalised = crate::priority::set_idle();
                         tracing::warn!(group = %name, lowered = penalised, "a plugin of this group ran past its deadline: its worker runs at the lowest CPU priority until a batch runs clean");
                     }
                     let retired = penalised && !timed_out;

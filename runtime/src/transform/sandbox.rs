@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -25,7 +27,9 @@ pub use bindings::weir::transform::types::{
 pub struct Limits {
     /// Linear-memory cap per instance, bytes.
     pub memory_bytes: usize,
-    /// CPU (wall-clock, measured in epoch ticks) budget per message in a call.
+    /// CPU time budget per message in a call: the calling thread's CPU time, checked at
+    /// each epoch tick. CPU time, not wall time, so that a plugin is not cut off for
+    /// time the scheduler gave to others (a busy host, a worker at a low priority).
     pub time_per_message: Duration,
     /// Minimum deadline of any call (covers instantiation and `init`).
     pub min_call_time: Duration,
@@ -65,7 +69,8 @@ pub struct CallLimits {
     pub memory_bytes: Option<usize>,
 }
 
-/// How often the epoch advances; deadlines are whole ticks.
+/// How often the epoch advances: a call's CPU time is checked at most this often, so it
+/// may run up to a tick past its budget.
 const TICK: Duration = Duration::from_millis(5);
 /// Log lines kept per call; more are counted and dropped so a chatty plugin cannot flood.
 const MAX_LOG_LINES: usize = 64;
@@ -169,22 +174,52 @@ impl Sandbox {
         bindings::PluginPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
     }
 
-    /// The deadline of instantiation, `describe` and `init`: the host's floor at least,
+    /// The CPU budget of instantiation, `describe` and `init`: the host's floor at least,
     /// whatever a cohort's budget per message.
-    fn setup_ticks(&self, own: &CallLimits) -> u64 {
-        self.deadline_ticks(1, own)
-            .max(self.deadline_ticks(1, &CallLimits::default()))
+    fn setup_budget(&self, own: &CallLimits) -> Duration {
+        self.budget(1, own)
+            .max(self.budget(1, &CallLimits::default()))
     }
 
-    /// The deadline of a `process` call of `messages` messages, in ticks.
-    fn deadline_ticks(&self, messages: usize, own: &CallLimits) -> u64 {
+    /// The CPU budget of a `process` call of `messages` messages.
+    fn budget(&self, messages: usize, own: &CallLimits) -> Duration {
         let l = &self.0.limits;
+        let messages = u32::try_from(messages).unwrap_or(u32::MAX);
         // A cohort's own budget is exact; the host's default has a floor for short calls.
-        let budget = match own.time_per_message {
-            Some(t) => t * messages as u32,
-            None => (l.time_per_message * messages as u32).max(l.min_call_time),
-        };
-        (budget.as_millis() / TICK.as_millis()).max(1) as u64 + 1
+        match own.time_per_message {
+            Some(t) => t.saturating_mul(messages),
+            None => l
+                .time_per_message
+                .saturating_mul(messages)
+                .max(l.min_call_time),
+        }
+    }
+}
+
+/// Epoch ticks until `left` has passed, at least one: when they have, the call's CPU
+/// time is checked again.
+fn ticks(left: Duration) -> u64 {
+    u64::try_from(left.as_micros().div_ceil(TICK.as_micros()))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// When the epoch reaches a call's deadline: interrupt it if its thread has used its CPU
+/// budget since the call began, else look again when the rest could have been used.
+fn on_deadline(state: &State) -> UpdateDeadline {
+    let used = thread_cpu().saturating_sub(state.cpu_start);
+    match state.cpu_budget.checked_sub(used) {
+        Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
+        _ => UpdateDeadline::Interrupt,
     }
 }
 
@@ -199,6 +234,10 @@ pub(super) struct State {
     logged: usize,
     /// The last error-level line (a panic message, usually), to explain a trap.
     last_error: Option<String>,
+    /// The calling thread's CPU time when the call began.
+    cpu_start: Duration,
+    /// CPU time the call may use.
+    cpu_budget: Duration,
 }
 
 impl wasmtime::ResourceLimiter for State {
@@ -274,7 +313,7 @@ impl bindings::weir::transform::host::Host for State {
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum CallError {
-    #[error("the plugin ran past its CPU deadline of {0:?}")]
+    #[error("the plugin used more than its CPU time budget of {0:?}")]
     Timeout(Duration),
     #[error("{0}")]
     Oom(String),
@@ -322,11 +361,13 @@ impl Instance {
             hit_memory_cap: false,
             logged: 0,
             last_error: None,
+            cpu_start: thread_cpu(),
+            cpu_budget: sandbox.setup_budget(&limits),
         };
         let mut store = Store::new(&sandbox.0.engine, state);
         store.limiter(|s| s);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(sandbox.setup_ticks(&limits));
+        store.epoch_deadline_callback(|store| Ok(on_deadline(store.data())));
+        store.set_epoch_deadline(ticks(sandbox.setup_budget(&limits)));
         let plugin = pre
             .instantiate(&mut store)
             .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
@@ -338,15 +379,18 @@ impl Instance {
         })
     }
 
-    /// Reset the call's state and set its deadline, `ticks` from now.
-    fn arm(&mut self, ticks: u64) {
-        self.store.data_mut().hit_memory_cap = false;
-        self.store.data_mut().logged = 0;
-        self.store.data_mut().last_error = None;
-        self.store.set_epoch_deadline(ticks);
+    /// Reset the call's state and give it `budget` of CPU time from now.
+    fn arm(&mut self, budget: Duration) {
+        let state = self.store.data_mut();
+        state.hit_memory_cap = false;
+        state.logged = 0;
+        state.last_error = None;
+        state.cpu_start = thread_cpu();
+        state.cpu_budget = budget;
+        self.store.set_epoch_deadline(ticks(budget));
     }
 
-    fn classify(&mut self, err: wasmtime::Error, ticks: u64) -> CallError {
+    fn classify(&mut self, err: wasmtime::Error, budget: Duration) -> CallError {
         let state = self.store.data_mut();
         if state.hit_memory_cap {
             let mut why = format!(
@@ -359,7 +403,7 @@ impl Instance {
             return CallError::Oom(why);
         }
         match err.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => CallError::Timeout(TICK * ticks as u32),
+            Some(wasmtime::Trap::Interrupt) => CallError::Timeout(budget),
             Some(trap) => {
                 let mut why = match state.last_error.take() {
                     Some(logged) => format!("{logged} ({trap})"),
@@ -388,28 +432,28 @@ impl Instance {
     }
 
     pub(super) fn describe(&mut self) -> Result<PluginInfo, CallError> {
-        let ticks = self.sandbox.setup_ticks(&self.limits);
-        self.arm(ticks);
+        let budget = self.sandbox.setup_budget(&self.limits);
+        self.arm(budget);
         self.plugin
             .call_describe(&mut self.store)
-            .map_err(|e| self.classify(e, ticks))
+            .map_err(|e| self.classify(e, budget))
     }
 
     pub(super) fn init(&mut self, config: &[(String, String)]) -> Result<(), CallError> {
-        let ticks = self.sandbox.setup_ticks(&self.limits);
-        self.arm(ticks);
+        let budget = self.sandbox.setup_budget(&self.limits);
+        self.arm(budget);
         match self.plugin.call_init(&mut self.store, config) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(CallError::Config(msg)),
-            Err(e) => Err(self.classify(e, ticks)),
+            Err(e) => Err(self.classify(e, budget)),
         }
     }
 
     pub(super) fn process(&mut self, batch: &[WitMessage]) -> Result<Vec<WitOutcome>, CallError> {
-        let ticks = self.sandbox.deadline_ticks(batch.len(), &self.limits);
-        self.arm(ticks);
+        let budget = self.sandbox.budget(batch.len(), &self.limits);
+        self.arm(budget);
         self.plugin
             .call_process(&mut self.store, batch)
-            .map_err(|e| self.classify(e, ticks))
+            .map_err(|e| self.classify(e, budget))
     }
 }

@@ -1,0 +1,91 @@
+//! CPU priority of weir's threads: a group's threads at its `nice`, and a transform worker
+//! whose plugin ran past its budget at the lowest priority Linux has.
+//!
+//! Unprivileged, a thread can lower its priority but never raise it again, so a worker
+//! that recovers is replaced by a new thread rather than restored.
+
+// One foreign call: `sched_setscheduler` for SCHED_IDLE, which rustix leaves out on
+// purpose and no maintained crate offers alone (thread-priority's also resets the nice
+// value, which a thread of a niced group may not do).
+#![allow(unsafe_code)]
+
+/// The nice value a group with `[[group]] nice = increment` runs at: weir's own plus the
+/// increment, at most 19; `None` for 0 (its threads keep weir's).
+pub fn group_nice(increment: u8) -> Option<i32> {
+    if increment == 0 {
+        return None;
+    }
+    // The group's is relative to the one weir was started with (`nice -n 5 weir run` and
+    // a group at +10 run at 15).
+    let own = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(0);
+    Some((own + i32::from(increment)).min(i32::from(crate::config::MAX_NICE)))
+}
+
+/// Set the calling thread's nice value; whether it worked (if not, it says so and the
+/// thread goes on at the one it has).
+pub fn set_nice(nice: i32) -> bool {
+    // On Linux the nice value is per thread: PRIO_PROCESS with a thread id sets that
+    // thread's alone, and threads it starts inherit it.
+    match rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(nice, error = %e, "cannot lower this thread's CPU priority; it keeps the one it has");
+            false
+        }
+    }
+}
+
+/// Put the calling thread at the lowest priority: `SCHED_IDLE`, or nice 19 where that is
+/// refused. Whether either worked.
+///
+/// Why not nice 19 alone: a thread at nice 19 still keeps a core to the end of its time
+/// slice when a normal thread wakes, so a thread spinning at 19 delays every wake-up of
+/// the others on its core by up to a slice (milliseconds: a healthy group's p99 beside
+/// a spinning one rose by 10 %). A `SCHED_IDLE` thread is preempted at once by any other
+/// that wakes, and runs only on a core nothing else wants.
+pub fn set_idle() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid, initialised `sched_param` that outlives the call, which
+    // only reads it; pid 0 is the calling thread (on Linux the policy is per thread).
+    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if result == 0 {
+        return true;
+    }
+    let error = std::io::Error::last_os_error();
+    tracing::warn!(%error, "cannot put this thread under SCHED_IDLE; it runs at nice 19 instead");
+    set_nice(i32::from(crate::config::MAX_NICE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread put at the lowest priority is under SCHED_IDLE, and others are not.
+    #[test]
+    fn idle_applies_to_the_calling_thread_alone() {
+        let idle = std::thread::spawn(|| {
+            assert!(set_idle());
+            // SAFETY: no arguments; reads the calling thread's policy.
+            unsafe { libc::sched_getscheduler(0) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(idle, libc::SCHED_IDLE);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+    }
+
+    /// A group's nice value is weir's plus its increment, held to 19.
+    #[test]
+    fn group_nice_is_relative_and_capped() {
+        let own = std::thread::spawn(|| {
+            let own = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+            (own, group_nice(0), group_nice(5), group_nice(19))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(own.1, None);
+        assert_eq!(own.2, Some((own.0 + 5).min(19)));
+        assert_eq!(own.3, Some(19));
+    }
+}
