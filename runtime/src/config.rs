@@ -91,7 +91,8 @@ pub struct Group {
     pub nice: u8,
 }
 
-/// The lowest CPU priority Linux has: nice 19.
+/// The highest nice value, the lowest priority a group can be given (a worker whose plugin
+/// ran past its budget goes lower still: `SCHED_IDLE`).
 pub const MAX_NICE: u8 = 19;
 
 /// A group as `weir run` runs it: its session's settings and its cohorts.

@@ -709,10 +709,12 @@ struct Done {
 
 /// After a batch in which a plugin timed out, the worker rests this many times as long as
 /// the batch took before it takes the next: a group whose plugin spins on every message
-/// uses at most a quarter of a core. Priority alone is not enough: on a host whose cores
-/// share execution units (SMT, a VM's vCPUs) a spinning thread slows its neighbours
-/// whatever its priority. The group's own backlog waits at its broker session.
-const PENALTY_REST: u32 = 3;
+/// uses at most an eighth of a core. Priority alone is not enough: on a host whose cores
+/// share execution units or caches (SMT, a VM's vCPUs) a spinning thread slows its
+/// neighbours whatever its priority (resting three times as long, a spinning group still
+/// raised a healthy one's p99 by up to 10 % on a two-vCPU VM; seven, not measurably). The
+/// group's own backlog waits at its broker session.
+const PENALTY_REST: u32 = 7;
 
 /// A lane's transform worker: one OS thread running its plugins, so that a plugin
 /// spinning until its deadline occupies this thread, not the runtime's, and not another
@@ -750,7 +752,7 @@ impl Worker {
                         // are not slowed by it. Its deadlines are CPU time, so waiting for
                         // the CPU does not make it time out.
                         penalised = crate::priority::set_idle();
-                        tracing::warn!(group = %name, lowered = penalised, "a plugin of this group ran past its deadline: its worker runs at the lowest CPU priority until a batch runs clean");
+                        tracing::warn!(group = %name, lowered = penalised, "a plugin of this group ran past its CPU budget: its worker runs at the lowest CPU priority until a batch runs clean");
                     }
                     let retired = penalised && !timed_out;
                     let _ = done.send(Done {

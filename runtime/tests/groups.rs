@@ -22,9 +22,14 @@ static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Offered load of the healthy group, messages per second, and how long each phase lasts.
 const RATE: usize = 1000;
 const PHASE: Duration = Duration::from_secs(4);
-/// The broken cohort's budget per message; each of its messages costs about twice that
+/// The broken cohort's budget per message; each of its messages costs up to twice that
 /// (its batch times out, then each message runs alone to its deadline).
 const SPIN_MS: u64 = 20;
+/// A spinning message every this many 10 ms ticks: a little faster than the penalised
+/// worker takes them (it rests seven times as long as it spun, so one alone costs 160 ms
+/// and one of a batch up to 320 ms), so that it is at work through every phase, with a
+/// backlog of a batch or two.
+const SPIN_EVERY: usize = 20;
 
 /// The healthy group's part of the config; `other` adds the neighbour's group and cohort.
 fn config(p: &str, kafka: &str, other: &str) -> String {
@@ -326,7 +331,16 @@ struct Spinning {
     p: String,
     publisher: Publisher,
     sent: usize,
+    ticks: usize,
     cpu_before: f64,
+}
+
+impl Spinning {
+    fn send(&mut self) {
+        let topic = format!("{}/broken/d{}", self.p, self.sent);
+        self.publisher.publish(&topic, "loop", &[]);
+        self.sent += 1;
+    }
 }
 
 fn spin_seconds(w: &Weir) -> f64 {
@@ -356,17 +370,15 @@ impl Neighbour for Spinning {
     }
 
     fn begin(&mut self, weir: &Weir) {
-        // Enough spinning messages to keep the broken worker at work through the phase:
-        // each costs about twice its budget, and a worker whose plugin timed out rests
-        // three times as long as it spun.
-        let n = (PHASE.as_millis() as u64 / (8 * SPIN_MS)) as usize + 8;
-        for i in 0..n {
-            self.publisher
-                .publish(&format!("{}/broken/d{i}", self.p), "loop", &[]);
-        }
-        self.sent += n;
-        self.publisher.flush();
         self.cpu_before = spin_seconds(weir);
+        self.ticks = 0;
+    }
+
+    fn tick(&mut self) {
+        if self.ticks.is_multiple_of(SPIN_EVERY) {
+            self.send();
+        }
+        self.ticks += 1;
     }
 
     fn end(&mut self, weir: &Weir) -> f64 {
@@ -412,22 +424,20 @@ plugin_time_ms = {SPIN_MS}
         publisher: Publisher::new(&format!("{p}-pub-broken")),
         p: p.clone(),
         sent: 0,
+        ticks: 0,
         cpu_before: 0.0,
     };
     let c = compare(&p, &kafka, &weir, &mut spinning);
-    // Not 10 %: the scheduler lets the spinning worker (at the lowest priority) finish its
-    // time slice before a healthy thread that wakes gets the core, and runs measured
-    // +0.0 % to +10.1 % here. The bound still catches acks waiting behind the spin, which
-    // cost seconds before isolation.
-    c.check(spinning.name(), 1.25);
+    c.check(spinning.name(), 1.1);
     eprintln!(
-        "the broken worker's CPU per phase beside it: {:.2?} s",
+        "the broken plugin's time per phase beside it: {:.2?} s",
         c.other
     );
-    // The broken group really was at work through every phase beside it.
+    // The broken group really was at work through every phase beside it: an eighth of
+    // the phase is all a penalised worker takes.
     for s in &c.other {
         assert!(
-            *s >= 0.15 * PHASE.as_secs_f64(),
+            *s >= 0.1 * PHASE.as_secs_f64(),
             "the broken plugin ran only {s:.2} s of a {PHASE:?} phase"
         );
     }
