@@ -5,13 +5,13 @@
 //!   otherwise 503 and the reasons). Scripts and tests wait on `/readyz`.
 //! - `/v1/...`: the plugin lifecycle as JSON over HTTP (push, list, promote, rollback,
 //!   history), described by `/v1/openapi.json`. Every `/v1` request but the description
-//!   needs `Authorization: Bearer <token>` when tokens are configured (`WEIR_ADMIN_TOKEN`);
-//!   the token's name is recorded in the audit trail. Errors are `{"error": "..."}` with the
-//!   reason and the fix.
+//!   needs `Authorization: Bearer <token>` when tokens are configured (`WEIR_ADMIN_TOKEN`
+//!   or `admin.token_file`, re-read when it changes); the token's name is recorded in the
+//!   audit trail. Errors are `{"error": "..."}` with the reason and the fix.
 //! - `/`: the status page ([`crate::status`]).
 //! - With `[admin.tls]` the listener speaks HTTPS only.
 
-use crate::config::Tls;
+use crate::config::{Admin, Secret, TOKEN_FILE, Tls, parse_tokens, read_secret};
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::Metrics;
 use axum::Extension;
@@ -31,8 +31,91 @@ use std::sync::Arc;
 struct App {
     metrics: Arc<Metrics>,
     lifecycle: Option<Arc<Lifecycle>>,
-    tokens: Arc<Vec<(String, String)>>,
+    tokens: Arc<Tokens>,
     rates: Arc<crate::status::Rates>,
+}
+
+/// The `/v1` API's bearer tokens as `(name, secret)`: fixed when weir starts, or followed
+/// in `admin.token_file`, which is read again at each request so that a rotation needs no
+/// restart (the API is for operators, not for traffic; the file is small).
+pub struct Tokens {
+    file: Option<std::path::PathBuf>,
+    current: std::sync::Mutex<Current>,
+}
+
+/// The tokens in force and the file text they come from.
+struct Current {
+    tokens: Arc<Vec<(String, String)>>,
+    text: Option<Secret>,
+    /// A problem with the file already logged, so that it is logged once.
+    complained: Option<String>,
+}
+
+impl Tokens {
+    /// `admin`'s tokens; an error names the key at fault (a token file that cannot be read,
+    /// or holds no token or a short one, stops start-up).
+    pub fn new(admin: &Admin) -> Result<Tokens, String> {
+        let (text, tokens) = match &admin.token_file {
+            Some(file) => {
+                let text = read_secret(file, TOKEN_FILE)?;
+                (Some(text.clone()), from_file(file, &text)?)
+            }
+            None => (None, admin.tokens()?),
+        };
+        Ok(Tokens {
+            file: admin.token_file.clone(),
+            current: std::sync::Mutex::new(Current {
+                tokens: Arc::new(tokens),
+                text,
+                complained: None,
+            }),
+        })
+    }
+
+    /// The tokens in force now. A token file that changed is taken in; one that cannot be
+    /// read or holds a bad token leaves the tokens in force, and that is logged once.
+    async fn now(&self) -> Arc<Vec<(String, String)>> {
+        if let Some(file) = self.file.clone() {
+            let read = tokio::task::spawn_blocking(move || {
+                read_secret(&file, TOKEN_FILE).and_then(|t| Ok((from_file(&file, &t)?, t)))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("{TOKEN_FILE}: reading it failed: {e}")));
+            let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            match read {
+                Ok((tokens, text)) if current.text.as_ref() != Some(&text) => {
+                    tracing::info!(
+                        tokens = tokens.len(),
+                        "{TOKEN_FILE} changed: the admin API takes the tokens it holds now"
+                    );
+                    current.tokens = Arc::new(tokens);
+                    current.text = Some(text);
+                    current.complained = None;
+                }
+                Ok(_) => current.complained = None,
+                Err(problem) => {
+                    if current.complained.as_ref() != Some(&problem) {
+                        tracing::warn!("{problem}; the admin API keeps the tokens read before");
+                        current.complained = Some(problem);
+                    }
+                }
+            }
+        }
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.tokens.clone()
+    }
+}
+
+/// The tokens of a token file's `text`: at least one, each long enough.
+fn from_file(file: &std::path::Path, text: &Secret) -> Result<Vec<(String, String)>, String> {
+    let at = |e: String| format!("{TOKEN_FILE} ({}): {e}", file.display());
+    let tokens = parse_tokens(text).map_err(at)?;
+    if tokens.is_empty() {
+        return Err(at(
+            "it holds no token: write NAME:SECRET[,NAME:SECRET...]".into()
+        ));
+    }
+    Ok(tokens)
 }
 
 /// The name of the token a request was authorised with.
@@ -40,11 +123,7 @@ struct App {
 struct Caller(String);
 
 /// The admin routes.
-pub fn router(
-    metrics: Arc<Metrics>,
-    lifecycle: Option<Arc<Lifecycle>>,
-    tokens: Vec<(String, String)>,
-) -> Router {
+pub fn router(metrics: Arc<Metrics>, lifecycle: Option<Arc<Lifecycle>>, tokens: Tokens) -> Router {
     let app = App {
         metrics,
         lifecycle,
@@ -147,7 +226,8 @@ async fn authorise(State(app): State<App>, mut req: Request, next: Next) -> Resp
             );
         }
     }
-    let caller = if app.tokens.is_empty() {
+    let tokens = app.tokens.now().await;
+    let caller = if tokens.is_empty() {
         Some("anonymous".to_owned())
     } else {
         req.headers()
@@ -155,7 +235,7 @@ async fn authorise(State(app): State<App>, mut req: Request, next: Next) -> Resp
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .and_then(|given| {
-                app.tokens
+                tokens
                     .iter()
                     .find(|(_, secret)| same(secret.as_bytes(), given.trim().as_bytes()))
                     .map(|(name, _)| name.clone())
@@ -374,7 +454,7 @@ pub fn spawn(
     tls: Option<&Tls>,
     metrics: Arc<Metrics>,
     lifecycle: Option<Arc<Lifecycle>>,
-    tokens: Vec<(String, String)>,
+    tokens: Tokens,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let app = router(metrics, lifecycle, tokens);
     let addr = listener

@@ -312,9 +312,14 @@ pub struct Admin {
     pub listen: String,
     /// Bearer tokens of the `/v1` API: `SECRET` (named `admin`) or `NAME:SECRET,...`; the
     /// name is recorded in the audit trail. Set it from the environment
-    /// (`WEIR_ADMIN_TOKEN`), not in the file. Required unless `listen` is a loopback address.
+    /// (`WEIR_ADMIN_TOKEN`) or `token_file`, not in the config. Required unless `listen` is
+    /// a loopback address.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// A file holding the tokens (as `token`; one trailing newline ignored), re-read when
+    /// it changes: tokens can be rotated without a restart.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
     /// Serve HTTPS: `cert_file` and `key_file` (PEM) of the listener; `ca_file` and
     /// `server_name` do not apply.
     #[serde(default)]
@@ -326,24 +331,47 @@ impl Default for Admin {
         Admin {
             listen: default_admin_listen(),
             token: None,
+            token_file: None,
             tls: None,
         }
     }
 }
 
 impl Admin {
-    /// The tokens as `(name, secret)`.
-    pub fn tokens(&self) -> Vec<(String, String)> {
-        self.token
-            .iter()
-            .flat_map(|t| t.expose().split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(|t| match t.split_once(':') {
-                Some((name, secret)) => (name.to_owned(), secret.to_owned()),
-                None => ("admin".to_owned(), t.to_owned()),
-            })
-            .collect()
+    /// The tokens as `(name, secret)`: `token`'s, or `token_file`'s as it reads now; an
+    /// error names the key.
+    pub fn tokens(&self) -> Result<Vec<(String, String)>, String> {
+        match &self.token_file {
+            Some(file) => parse_tokens(&read_secret(file, TOKEN_FILE)?)
+                .map_err(|e| format!("{TOKEN_FILE} ({}): {e}", file.display())),
+            None => self.token.as_ref().map_or(Ok(Vec::new()), |t| {
+                parse_tokens(t).map_err(|e| format!("admin.token: {e}"))
+            }),
+        }
+    }
+}
+
+/// The config key of the admin token file, for messages.
+pub const TOKEN_FILE: &str = "admin.token_file";
+
+/// `SECRET` (named `admin`) or `NAME:SECRET,...` as `(name, secret)` pairs; an error (which
+/// never shows a secret) for an empty name or a secret shorter than 16 characters.
+pub fn parse_tokens(text: &Secret) -> Result<Vec<(String, String)>, String> {
+    let tokens: Vec<(String, String)> = text
+        .expose()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| match t.split_once(':') {
+            Some((name, secret)) => (name.trim().to_owned(), secret.to_owned()),
+            None => ("admin".to_owned(), t.to_owned()),
+        })
+        .collect();
+    match tokens.iter().find(|(n, s)| n.is_empty() || s.len() < 16) {
+        Some((name, _)) => Err(format!(
+            "the token named {name:?} is empty or shorter than 16 characters; use a long random secret"
+        )),
+        None => Ok(tokens),
     }
 }
 
@@ -745,6 +773,7 @@ impl Config {
             Some(&mut plugins.store),
             mqtt.password_file.as_mut(),
             kafka.sasl.as_mut().and_then(|s| s.password_file.as_mut()),
+            admin.token_file.as_mut(),
         ];
         for f in files.into_iter().flatten() {
             anchor(f, base);
@@ -927,25 +956,25 @@ impl Config {
             .parse::<std::net::SocketAddr>()
             .is_ok_and(|a| a.ip().is_loopback())
             || self.admin.listen.starts_with("localhost:");
-        if !loopback && self.admin.tokens().is_empty() {
+        if self.admin.token.is_some() && self.admin.token_file.is_some() {
+            return Err((
+                "admin.token_file".into(),
+                "both admin.token (or WEIR_ADMIN_TOKEN) and admin.token_file are set: keep one"
+                    .into(),
+            ));
+        }
+        // A token file is read when weir starts (its path is relative to the config file,
+        // which is not known here) and whenever it changes.
+        let tokens = match &self.admin.token {
+            Some(t) => parse_tokens(t).map_err(|e| ("admin.token".to_owned(), e))?,
+            None => Vec::new(),
+        };
+        if !loopback && tokens.is_empty() && self.admin.token_file.is_none() {
             return Err((
                 "admin.listen".into(),
                 format!(
-                    "{} is not a loopback address and no admin token is set: anyone who reaches it could replace plugins; set WEIR_ADMIN_TOKEN (NAME:SECRET), or listen on 127.0.0.1",
+                    "{} is not a loopback address and no admin token is set: anyone who reaches it could replace plugins; set WEIR_ADMIN_TOKEN (NAME:SECRET) or admin.token_file, or listen on 127.0.0.1",
                     self.admin.listen
-                ),
-            ));
-        }
-        if let Some((name, _)) = self
-            .admin
-            .tokens()
-            .iter()
-            .find(|(n, s)| n.is_empty() || s.len() < 16)
-        {
-            return Err((
-                "admin.token".into(),
-                format!(
-                    "the token named {name:?} is empty or shorter than 16 characters; use a long random secret"
                 ),
             ));
         }
@@ -1516,15 +1545,50 @@ key = "{topic[3]}"
     #[test]
     fn the_secured_example_is_valid() {
         let text = include_str!("../../examples/weir-secure.toml");
-        let c = parse(
-            text,
-            &[("WEIR_ADMIN_TOKEN", "ops:0123456789abcdef0123456789abcdef")],
-        )
-        .unwrap();
+        let c = parse(text, &[]).unwrap();
+        assert!(c.admin.token_file.is_some() && c.admin.token.is_none());
         assert!(c.mqtt.url.starts_with("mqtts://") && c.mqtt.tls.is_some());
         assert!(c.kafka.sasl.is_some() && c.kafka.tls.is_some() && c.admin.tls.is_some());
         let meters = c.groups.iter().find(|g| g.name == "meters").unwrap();
         assert_eq!(meters.nice, 10);
+    }
+
+    /// Admin tokens come from `token` (or the environment) or from `token_file`, not both;
+    /// short ones are refused, by name and without showing them.
+    #[test]
+    fn admin_tokens_come_from_one_place_and_are_long() {
+        let off_loopback =
+            MINIMAL.replace("[kafka]", "[admin]\nlisten = \"0.0.0.0:9900\"\n[kafka]");
+        let e = parse(&off_loopback, &[]).unwrap_err();
+        assert_eq!(e.key, "admin.listen");
+        assert!(e.problem.contains("admin.token_file"), "{}", e.problem);
+        let with_file = off_loopback.replace(
+            "listen = \"0.0.0.0:9900\"",
+            "listen = \"0.0.0.0:9900\"\ntoken_file = \"tokens\"",
+        );
+        let c = parse(&with_file, &[]).unwrap();
+        assert_eq!(c.admin.token_file.as_deref(), Some(Path::new("tokens")));
+        let long = "ops:0123456789abcdef0123456789abcdef";
+        let e = parse(&with_file, &[("WEIR_ADMIN_TOKEN", long)]).unwrap_err();
+        assert_eq!(e.key, "admin.token_file");
+        assert!(e.problem.contains("keep one"), "{}", e.problem);
+        let e = parse(&off_loopback, &[("WEIR_ADMIN_TOKEN", "ops:short-secret")]).unwrap_err();
+        assert_eq!(e.key, "admin.token");
+        assert!(
+            e.problem.contains("\"ops\"") && !e.problem.contains("short-secret"),
+            "{}",
+            e.problem
+        );
+        let two = format!("{long}, ci:fedcba9876543210fedcba");
+        let c = parse(&off_loopback, &[("WEIR_ADMIN_TOKEN", two.as_str())]).unwrap();
+        let names: Vec<_> = c
+            .admin
+            .tokens()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["ops", "ci"]);
     }
 
     #[test]

@@ -325,12 +325,12 @@ impl Control {
         let (tx, rx) = watch::channel(Arc::new(state));
         let stop = Arc::new(AtomicBool::new(false));
         let stop_c = stop.clone();
-        let password = PasswordFile::of(kafka);
+        let password = PasswordFile::of(kafka, "the control topic's reader");
         std::thread::Builder::new()
             .name("weir-control".into())
             .spawn(move || follow(consumer, password, tx, store, stop_c))
             .map_err(|e| err(e.to_string()))?;
-        let follower = crate::credentials::follow(kafka, {
+        let follower = crate::credentials::follow(kafka, "the control topic's producer", {
             let producer = producer.clone();
             move |file| file.refresh(producer.client())
         })

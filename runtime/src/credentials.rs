@@ -27,6 +27,8 @@ const KEY: &str = "kafka.sasl.password_file";
 
 /// A client's password file and the password the client was last given.
 pub struct PasswordFile {
+    /// Which of weir's clients this is, for messages.
+    client: String,
     path: PathBuf,
     username: String,
     /// What the client has: `None` until the first refresh, which hands it over whatever
@@ -37,10 +39,12 @@ pub struct PasswordFile {
 }
 
 impl PasswordFile {
-    /// The password file of clients made from `kafka`, if their password comes from one.
-    pub fn of(kafka: &Kafka) -> Option<PasswordFile> {
+    /// The password file of `client` (which of weir's clients, for messages), made from
+    /// `kafka`, if its password comes from one.
+    pub fn of(kafka: &Kafka, client: &str) -> Option<PasswordFile> {
         let sasl = kafka.sasl.as_ref()?;
         Some(PasswordFile {
+            client: client.to_owned(),
             path: sasl.password_file.clone()?,
             username: sasl.username.clone(),
             given: None,
@@ -65,6 +69,7 @@ impl PasswordFile {
         }
         if self.given.is_some() {
             tracing::info!(
+                client = %self.client,
                 file = %self.path.display(),
                 "{KEY} changed: Kafka logins from now on use the new password"
             );
@@ -75,7 +80,7 @@ impl PasswordFile {
 
     fn complain(&mut self, problem: String) {
         if self.complained.as_ref() != Some(&problem) {
-            tracing::warn!("{problem}; Kafka logins keep the password read before");
+            tracing::warn!(client = %self.client, "{problem}; Kafka logins keep the password read before");
             self.complained = Some(problem);
         }
     }
@@ -135,14 +140,15 @@ impl std::fmt::Debug for Follower {
     }
 }
 
-/// Follow `kafka`'s password file for a client, calling `refresh` (which owns a handle to
-/// the client, e.g. a producer's clone) every [`INTERVAL`] on a thread of its own. `None`
-/// when the password does not come from a file.
+/// Follow `kafka`'s password file for `client` (which of weir's clients, for messages),
+/// calling `refresh` (which owns a handle to the client, e.g. a producer's clone) every
+/// [`INTERVAL`] on a thread of its own. `None` when the password does not come from a file.
 pub fn follow(
     kafka: &Kafka,
+    client: &str,
     mut refresh: impl FnMut(&mut PasswordFile) + Send + 'static,
 ) -> Result<Option<Follower>, String> {
-    let Some(mut file) = PasswordFile::of(kafka) else {
+    let Some(mut file) = PasswordFile::of(kafka, client) else {
         return Ok(None);
     };
     let (stop, stopped) = mpsc::channel::<()>();

@@ -262,7 +262,7 @@ pub async fn run(
         cfg.admin.tls.as_ref(),
         metrics.clone(),
         Some(p.lifecycle.clone()),
-        cfg.admin.tokens(),
+        admin::Tokens::new(&cfg.admin).map_err(StartError::Other)?,
     )
     .map_err(StartError::Other)?;
     let mut topics = vec![(
@@ -293,9 +293,10 @@ pub async fn run(
         // made on one of the group's threads: librdkafka's threads take their creator's
         // CPU priority.
         let kafka = cfg.kafka.clone();
+        let name = format!("group {:?}", plan.name);
         let group_sink = runtime
             .get()
-            .spawn_blocking(move || Sink::new(&kafka))
+            .spawn_blocking(move || Sink::new(&kafka, &name))
             .await
             .map_err(|e| {
                 StartError::Other(format!(

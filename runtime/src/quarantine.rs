@@ -264,7 +264,7 @@ pub async fn redrive(
     let sink = if dry_run {
         None
     } else {
-        Some(Sink::new(&config.kafka).map_err(|e| e.to_string())?)
+        Some(Sink::new(&config.kafka, "redrive").map_err(|e| e.to_string())?)
     };
     let mut out = Redriven::default();
     let mut writes: Vec<Write> = Vec::new();

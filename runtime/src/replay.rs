@@ -317,7 +317,7 @@ pub async fn run(
     let mut sink = None;
     let mut topologies: HashMap<(String, String), Topology> = HashMap::new();
     if let Mode::To(to, quarantine_to) = &mode {
-        let s = Sink::new(&config.kafka).map_err(other)?;
+        let s = Sink::new(&config.kafka, "replay").map_err(other)?;
         let mut topics = vec![(to.clone(), "--to".to_owned())];
         if let Some(q) = quarantine_to {
             topics.push((q.clone(), "--quarantine-to".to_owned()));

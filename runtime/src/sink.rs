@@ -157,7 +157,8 @@ const QUEUE_KBYTES: &str = "65536";
 
 impl Sink {
     /// A producer for `cfg`: `enable.idempotence=true`, `acks=all`, and no delivery timeout.
-    pub fn new(cfg: &Kafka) -> Result<Sink, SinkError> {
+    /// `name` says which (e.g. `group "meters"`), for messages about it.
+    pub fn new(cfg: &Kafka, name: &str) -> Result<Sink, SinkError> {
         let mut c = crate::capture::connection(cfg).map_err(SinkError::Security)?;
         c.set("linger.ms", "5")
             .set("compression.type", "none")
@@ -185,7 +186,7 @@ impl Sink {
                 answers: answers.clone(),
             })
             .map_err(SinkError::Create)?;
-        let follower = crate::credentials::follow(cfg, {
+        let follower = crate::credentials::follow(cfg, &format!("{name}'s producer"), {
             let producer = producer.clone();
             move |file| file.refresh(producer.client())
         })

@@ -578,20 +578,31 @@ fn kafka_password_file_is_followed_without_a_restart() {
 }
 
 /// `[admin.tls]`: the admin listener speaks HTTPS with the configured certificate, and the
-/// CLI reaches it with `--admin-ca`.
+/// CLI reaches it with `--admin-ca`. Its tokens come from `admin.token_file`, rotated while
+/// weir runs.
 #[test]
 fn admin_listener_serves_https() {
     let pki = Pki::new();
     let p = unique("adm");
+    let tokens = pki.path("admin-tokens");
     let config = format!(
         "{}\n[admin.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
         config(&p).replace(
             "listen = \"127.0.0.1:0\"",
-            "listen = \"127.0.0.1:0\"\ntoken = \"ops:adm-Secret-42-long-enough\""
+            &format!("listen = \"127.0.0.1:0\"\ntoken_file = {tokens:?}")
         ),
         pki.path("server.pem"),
         pki.path("server.key")
     );
+    // A token file with a short token stops start-up, naming the key and not the token.
+    std::fs::write(&tokens, "ops:too-short\n").unwrap();
+    let err = start_fails(&config, &[]);
+    assert!(
+        err.contains("admin.token_file") && err.contains("shorter than 16"),
+        "{err}"
+    );
+    assert!(!err.contains("too-short"), "{err}");
+    std::fs::write(&tokens, "ops:adm-Secret-42-long-enough\n").unwrap();
     let weir = Weir::launch(&config, &[]);
     let addr = weir
         .admin
@@ -632,23 +643,50 @@ fn admin_listener_serves_https() {
     // Plain HTTP gets no answer from the HTTPS listener.
     assert!(http_get(&format!("http://{addr}/readyz")).is_none_or(|(s, _)| s != 200));
     // The CLI, trusting the CA.
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["cohort", "list", "--admin", &url, "--admin-ca"])
-        .arg(pki.path("ca.pem"))
-        .env("WEIR_ADMIN_TOKEN", "adm-Secret-42-long-enough")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("thermostats"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let list = |token: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["cohort", "list", "--admin", &url, "--admin-ca"])
+            .arg(pki.path("ca.pem"))
+            .env("WEIR_ADMIN_TOKEN", token)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success() && said.contains("thermostats"), said)
+    };
+    let (listed, said) = list("adm-Secret-42-long-enough");
+    assert!(listed, "{said}");
+    // Rotate the tokens: the file is replaced in one step; the old token is refused from
+    // the next request on, the new one taken, without a restart.
+    let next = pki.path("admin-tokens.next");
+    std::fs::write(&next, "ops:adm-Rotated-43-long-enough\n").unwrap();
+    std::fs::rename(&next, &tokens).unwrap();
+    let (listed, said) = list("adm-Secret-42-long-enough");
+    assert!(!listed && said.contains("wrong bearer token"), "{said}");
+    let (listed, said) = list("adm-Rotated-43-long-enough");
+    assert!(listed, "{said}");
+    // A file that turns bad (a short token) leaves the tokens in force, and is logged.
+    std::fs::write(&tokens, "ops:short\n").unwrap();
+    let (listed, said) = list("adm-Rotated-43-long-enough");
+    assert!(listed, "{said}");
     // Without the CA the CLI refuses the unknown certificate.
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["cohort", "list", "--admin", &url])
-        .env("WEIR_ADMIN_TOKEN", "adm-Secret-42-long-enough")
+        .env("WEIR_ADMIN_TOKEN", "adm-Rotated-43-long-enough")
         .output()
         .unwrap();
     assert!(!out.status.success());
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("admin.token_file changed"), "{log}");
+    assert!(
+        log.contains("shorter than 16 characters") && log.contains("keeps the tokens read before"),
+        "{log}"
+    );
+    for secret in ["adm-Secret-42", "adm-Rotated-43", "ops:short"] {
+        assert!(!log.contains(secret), "a token reached the log:\n{log}");
+    }
 }
