@@ -6,12 +6,12 @@
 //! - `/v1/...`: the plugin lifecycle as JSON over HTTP (push, list, promote, rollback,
 //!   history), described by `/v1/openapi.json`. Every `/v1` request but the description
 //!   needs `Authorization: Bearer <token>` when tokens are configured (`WEIR_ADMIN_TOKEN`
-//!   or `admin.token_file`, re-read when it changes); the token's name is recorded in the
+//!   or `admin.token_file`, read again at each request); the token's name is recorded in the
 //!   audit trail. Errors are `{"error": "..."}` with the reason and the fix.
 //! - `/`: the status page ([`crate::status`]).
 //! - With `[admin.tls]` the listener speaks HTTPS only.
 
-use crate::config::{Admin, Secret, TOKEN_FILE, Tls, parse_tokens, read_secret};
+use crate::config::{Admin, Secret, TOKEN_FILE, Tls, read_secret_file, token_file_tokens};
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::Metrics;
 use axum::Extension;
@@ -36,86 +36,102 @@ struct App {
 }
 
 /// The `/v1` API's bearer tokens as `(name, secret)`: fixed when weir starts, or followed
-/// in `admin.token_file`, which is read again at each request so that a rotation needs no
-/// restart (the API is for operators, not for traffic; the file is small).
-pub struct Tokens {
-    file: Option<std::path::PathBuf>,
-    current: std::sync::Mutex<Current>,
+/// in `admin.token_file`, which is read again at each request that carries a token, so
+/// that a rotation needs no restart (the API is for operators, not for traffic; the file
+/// is small). Requests without a token are refused without reading it.
+pub enum Tokens {
+    /// From `admin.token` or `WEIR_ADMIN_TOKEN`; none: the API is open (loopback only).
+    Fixed(Vec<(String, String)>),
+    /// From `admin.token_file`.
+    File {
+        path: std::path::PathBuf,
+        /// Held while the file is read, so that reads are taken in one at a time, in order.
+        current: tokio::sync::Mutex<Current>,
+    },
 }
 
-/// The tokens in force and the file text they come from.
-struct Current {
-    tokens: Arc<Vec<(String, String)>>,
-    text: Option<Secret>,
+/// A token file's tokens in force and the text they come from.
+pub struct Current {
+    tokens: Vec<(String, String)>,
+    text: Secret,
     /// A problem with the file already logged, so that it is logged once.
     complained: Option<String>,
 }
 
 impl Tokens {
-    /// `admin`'s tokens; an error names the key at fault (a token file that cannot be read,
-    /// or holds no token or a short one, stops start-up).
-    pub fn new(admin: &Admin) -> Result<Tokens, String> {
-        let (text, tokens) = match &admin.token_file {
-            Some(file) => {
-                let text = read_secret(file, TOKEN_FILE)?;
-                (Some(text.clone()), from_file(file, &text)?)
-            }
-            None => (None, admin.tokens()?),
+    /// `admin`'s tokens. An error is `(key, problem)`: a token file that cannot be read, or
+    /// holds no token or a malformed one, stops start-up.
+    pub fn new(admin: &Admin) -> Result<Tokens, (&'static str, String)> {
+        let Some(path) = &admin.token_file else {
+            return admin.tokens().map(Tokens::Fixed);
         };
-        Ok(Tokens {
-            file: admin.token_file.clone(),
-            current: std::sync::Mutex::new(Current {
-                tokens: Arc::new(tokens),
+        let text = read_secret_file(path).map_err(|e| (TOKEN_FILE, e))?;
+        let tokens = token_file_tokens(path, &text).map_err(|e| (TOKEN_FILE, e))?;
+        Ok(Tokens::File {
+            path: path.clone(),
+            current: tokio::sync::Mutex::new(Current {
+                tokens,
                 text,
                 complained: None,
             }),
         })
     }
 
-    /// The tokens in force now. A token file that changed is taken in; one that cannot be
-    /// read or holds a bad token leaves the tokens in force, and that is logged once.
-    async fn now(&self) -> Arc<Vec<(String, String)>> {
-        if let Some(file) = self.file.clone() {
-            let read = tokio::task::spawn_blocking(move || {
-                read_secret(&file, TOKEN_FILE).and_then(|t| Ok((from_file(&file, &t)?, t)))
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("{TOKEN_FILE}: reading it failed: {e}")));
-            let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-            match read {
-                Ok((tokens, text)) if current.text.as_ref() != Some(&text) => {
+    /// The name of the token `given` (a request's bearer token) is; `anonymous` when the
+    /// API is open; `None` when it is refused.
+    async fn caller(&self, given: Option<&str>) -> Option<String> {
+        let find = |tokens: &[(String, String)], given: &str| {
+            tokens
+                .iter()
+                .find(|(_, secret)| same(secret.as_bytes(), given.as_bytes()))
+                .map(|(name, _)| name.clone())
+        };
+        match self {
+            Tokens::Fixed(tokens) if tokens.is_empty() => Some("anonymous".to_owned()),
+            Tokens::Fixed(tokens) => find(tokens, given?),
+            Tokens::File { path, current } => {
+                let given = given?;
+                let mut current = current.lock().await;
+                let file = path.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let text = read_secret_file(&file)?;
+                    Ok((token_file_tokens(&file, &text)?, text))
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("reading it failed: {e}")));
+                current.take(read);
+                find(&current.tokens, given)
+            }
+        }
+    }
+}
+
+impl Current {
+    /// Take in what the file says now: new tokens if it changed; if it cannot be read or
+    /// holds a bad token, the tokens in force stay, and that is logged once.
+    fn take(&mut self, read: Result<(Vec<(String, String)>, Secret), String>) {
+        match read {
+            Ok((tokens, text)) => {
+                if text != self.text {
                     tracing::info!(
                         tokens = tokens.len(),
                         "{TOKEN_FILE} changed: the admin API takes the tokens it holds now"
                     );
-                    current.tokens = Arc::new(tokens);
-                    current.text = Some(text);
-                    current.complained = None;
+                    self.tokens = tokens;
+                    self.text = text;
                 }
-                Ok(_) => current.complained = None,
-                Err(problem) => {
-                    if current.complained.as_ref() != Some(&problem) {
-                        tracing::warn!("{problem}; the admin API keeps the tokens read before");
-                        current.complained = Some(problem);
-                    }
+                self.complained = None;
+            }
+            Err(problem) => {
+                if self.complained.as_ref() != Some(&problem) {
+                    tracing::warn!(
+                        "{TOKEN_FILE}: {problem}; the admin API keeps the tokens read before"
+                    );
+                    self.complained = Some(problem);
                 }
             }
         }
-        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        current.tokens.clone()
     }
-}
-
-/// The tokens of a token file's `text`: at least one, each long enough.
-fn from_file(file: &std::path::Path, text: &Secret) -> Result<Vec<(String, String)>, String> {
-    let at = |e: String| format!("{TOKEN_FILE} ({}): {e}", file.display());
-    let tokens = parse_tokens(text).map_err(at)?;
-    if tokens.is_empty() {
-        return Err(at(
-            "it holds no token: write NAME:SECRET[,NAME:SECRET...]".into()
-        ));
-    }
-    Ok(tokens)
 }
 
 /// The name of the token a request was authorised with.
@@ -226,21 +242,13 @@ async fn authorise(State(app): State<App>, mut req: Request, next: Next) -> Resp
             );
         }
     }
-    let tokens = app.tokens.now().await;
-    let caller = if tokens.is_empty() {
-        Some("anonymous".to_owned())
-    } else {
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .and_then(|given| {
-                tokens
-                    .iter()
-                    .find(|(_, secret)| same(secret.as_bytes(), given.trim().as_bytes()))
-                    .map(|(name, _)| name.clone())
-            })
-    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let caller = app.tokens.caller(given).await;
     match caller {
         Some(name) => {
             req.extensions_mut().insert(Caller(name));
@@ -249,7 +257,7 @@ async fn authorise(State(app): State<App>, mut req: Request, next: Next) -> Resp
         None => {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token: send Authorization: Bearer <token> with a token from WEIR_ADMIN_TOKEN (weir plugin ... --token, or WEIR_ADMIN_TOKEN in the environment)",
+                "missing or wrong bearer token: send Authorization: Bearer <token> with the secret of one of the server's tokens (WEIR_ADMIN_TOKEN or admin.token_file): weir plugin ... --token, or WEIR_ADMIN_TOKEN in the CLI's environment",
             );
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

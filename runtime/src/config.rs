@@ -247,14 +247,19 @@ impl<'de> Deserialize<'de> for Secret {
 /// Read a secret file (one trailing newline ignored); the error names `key` and the file,
 /// never the content.
 pub fn read_secret(path: &Path, key: &str) -> Result<Secret, String> {
+    read_secret_file(path).map_err(|e| format!("{key}: {e}"))
+}
+
+/// [`read_secret`], its error not naming a key.
+pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let text = text
         .strip_suffix('\n')
         .map(|t| t.strip_suffix('\r').unwrap_or(t))
         .unwrap_or(&text);
     if text.is_empty() {
-        return Err(format!("{key}: {} is empty", path.display()));
+        return Err(format!("{} is empty", path.display()));
     }
     Ok(Secret(text.to_owned()))
 }
@@ -316,8 +321,8 @@ pub struct Admin {
     /// a loopback address.
     #[serde(default)]
     pub token: Option<Secret>,
-    /// A file holding the tokens (as `token`; one trailing newline ignored), re-read when
-    /// it changes: tokens can be rotated without a restart.
+    /// A file holding the tokens (as `token`, or one per line), read again at each `/v1`
+    /// request that carries a token: tokens can be rotated without a restart.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// Serve HTTPS: `cert_file` and `key_file` (PEM) of the listener; `ca_file` and
@@ -338,15 +343,19 @@ impl Default for Admin {
 }
 
 impl Admin {
-    /// The tokens as `(name, secret)`: `token`'s, or `token_file`'s as it reads now; an
-    /// error names the key.
-    pub fn tokens(&self) -> Result<Vec<(String, String)>, String> {
+    /// The tokens as `(name, secret)`, and the key they come from: `token`'s, or
+    /// `token_file`'s as it reads now (at least one). An error is `(key, problem)`.
+    pub fn tokens(&self) -> Result<Vec<(String, String)>, (&'static str, String)> {
         match &self.token_file {
-            Some(file) => parse_tokens(&read_secret(file, TOKEN_FILE)?)
-                .map_err(|e| format!("{TOKEN_FILE} ({}): {e}", file.display())),
-            None => self.token.as_ref().map_or(Ok(Vec::new()), |t| {
-                parse_tokens(t).map_err(|e| format!("admin.token: {e}"))
-            }),
+            Some(file) => {
+                let text = read_secret_file(file).map_err(|e| (TOKEN_FILE, e))?;
+                token_file_tokens(file, &text).map_err(|e| (TOKEN_FILE, e))
+            }
+            None => self
+                .token
+                .as_ref()
+                .map_or(Ok(Vec::new()), parse_tokens)
+                .map_err(|e| ("admin.token", e)),
         }
     }
 }
@@ -354,25 +363,46 @@ impl Admin {
 /// The config key of the admin token file, for messages.
 pub const TOKEN_FILE: &str = "admin.token_file";
 
-/// `SECRET` (named `admin`) or `NAME:SECRET,...` as `(name, secret)` pairs; an error (which
-/// never shows a secret) for an empty name or a secret shorter than 16 characters.
+/// The tokens in `file`'s `text`: at least one, each well formed.
+pub fn token_file_tokens(file: &Path, text: &Secret) -> Result<Vec<(String, String)>, String> {
+    let tokens = parse_tokens(text).map_err(|e| format!("{}: {e}", file.display()))?;
+    if tokens.is_empty() {
+        return Err(format!(
+            "{} holds no token: write NAME:SECRET, one per line or separated by commas",
+            file.display()
+        ));
+    }
+    Ok(tokens)
+}
+
+/// `SECRET` (named `admin`) or `NAME:SECRET` entries, separated by commas or newlines, as
+/// `(name, secret)` pairs. An error (which never shows a secret) for an empty name, a
+/// secret shorter than 16 characters, or one with a space or control character in it
+/// (no bearer token could match it).
 pub fn parse_tokens(text: &Secret) -> Result<Vec<(String, String)>, String> {
     let tokens: Vec<(String, String)> = text
         .expose()
-        .split(',')
+        .split([',', '\n'])
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(|t| match t.split_once(':') {
-            Some((name, secret)) => (name.trim().to_owned(), secret.to_owned()),
+            Some((name, secret)) => (name.trim().to_owned(), secret.trim().to_owned()),
             None => ("admin".to_owned(), t.to_owned()),
         })
         .collect();
-    match tokens.iter().find(|(n, s)| n.is_empty() || s.len() < 16) {
-        Some((name, _)) => Err(format!(
-            "the token named {name:?} is empty or shorter than 16 characters; use a long random secret"
-        )),
-        None => Ok(tokens),
+    for (name, secret) in &tokens {
+        if name.is_empty() || secret.chars().count() < 16 {
+            return Err(format!(
+                "the token named {name:?} is empty or shorter than 16 characters; use a long random secret"
+            ));
+        }
+        if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "the token named {name:?} has a space or control character in its secret, which no bearer token can carry; separate tokens with commas or newlines"
+            ));
+        }
     }
+    Ok(tokens)
 }
 
 /// The `[kafka]` table.
@@ -959,7 +989,7 @@ impl Config {
         if self.admin.token.is_some() && self.admin.token_file.is_some() {
             return Err((
                 "admin.token_file".into(),
-                "both admin.token (or WEIR_ADMIN_TOKEN) and admin.token_file are set: keep one"
+                "both admin.token (or WEIR_ADMIN_TOKEN) and admin.token_file are set: keep one (WEIR_ADMIN_TOKEN is also the CLI's --token: unset it in weir run's environment, or drop token_file)"
                     .into(),
             ));
         }
@@ -1133,7 +1163,7 @@ impl Config {
                 return Err((
                     at("nice"),
                     format!(
-                        "{} is past {MAX_NICE}, the lowest CPU priority there is; use 0 (as weir) to {MAX_NICE} (only what the others leave)",
+                        "{} is past {MAX_NICE}, the highest nice value there is; use 0 (as weir) to {MAX_NICE} (only what the others leave)",
                         g.nice
                     ),
                 ));
@@ -1589,6 +1619,15 @@ key = "{topic[3]}"
             .map(|(n, _)| n)
             .collect();
         assert_eq!(names, ["ops", "ci"]);
+        // A token file may hold one per line; a secret cannot have a space in it.
+        let lines = Secret::new(format!("{long}\n ci : fedcba9876543210fedcba \n"));
+        let tokens = parse_tokens(&lines).unwrap();
+        assert_eq!(tokens[1], ("ci".into(), "fedcba9876543210fedcba".into()));
+        let spaced = Secret::new("ops:0123456789abcdef 0123456789abcdef");
+        let e = parse_tokens(&spaced).unwrap_err();
+        assert!(e.contains("space") && !e.contains("0123"), "{e}");
+        let e = token_file_tokens(Path::new("t"), &Secret::new(" , \n")).unwrap_err();
+        assert!(e.contains("holds no token"), "{e}");
     }
 
     #[test]

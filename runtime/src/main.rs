@@ -121,8 +121,8 @@ struct AdminArgs {
     /// The admin API of a running weir (its [admin] listen address).
     #[arg(long, env = "WEIR_ADMIN_URL", default_value = "http://127.0.0.1:9900")]
     admin: String,
-    /// Bearer token: the SECRET of one of the server's WEIR_ADMIN_TOKEN entries (NAME:SECRET
-    /// is accepted as well).
+    /// Bearer token: the SECRET of one of the server's tokens (its WEIR_ADMIN_TOKEN or
+    /// admin.token_file entries; NAME:SECRET is accepted as well).
     #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// PEM file of the CA that issued the admin listener's certificate, for an https://

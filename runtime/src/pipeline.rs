@@ -105,6 +105,7 @@ pub struct Prepared {
     config: Config,
     file: String,
     lifecycle: Arc<Lifecycle>,
+    tokens: admin::Tokens,
 }
 
 /// Open the plugin store and the control topic, and build every cohort at its pin: resolve
@@ -115,6 +116,12 @@ pub async fn prepare(
     limits: Limits,
     cache: Option<&Path>,
 ) -> Result<Prepared, StartError> {
+    let tokens =
+        admin::Tokens::new(&config.admin).map_err(|(key, problem)| StartError::Config {
+            file: file.into(),
+            key: key.into(),
+            problem,
+        })?;
     for (i, c) in config.cohorts.iter().enumerate() {
         if let Some(mib) = c.plugin_memory_mib
             && mib << 20 > limits.memory_bytes
@@ -171,6 +178,7 @@ pub async fn prepare(
         config,
         file: file.to_owned(),
         lifecycle,
+        tokens,
     })
 }
 
@@ -262,7 +270,7 @@ pub async fn run(
         cfg.admin.tls.as_ref(),
         metrics.clone(),
         Some(p.lifecycle.clone()),
-        admin::Tokens::new(&cfg.admin).map_err(StartError::Other)?,
+        p.tokens,
     )
     .map_err(StartError::Other)?;
     let mut topics = vec![(
@@ -708,13 +716,15 @@ struct Done {
     retired: bool,
 }
 
-/// After a batch in which a plugin timed out, the worker rests this many times as long as
-/// the batch took before it takes the next: a group whose plugin spins on every message
-/// uses at most an eighth of a core. Priority alone is not enough: on a host whose cores
-/// share execution units or caches (SMT, a VM's vCPUs) a spinning thread slows its
-/// neighbours whatever its priority (resting three times as long, a spinning group still
-/// raised a healthy one's p99 by up to 10 % on a two-vCPU VM; seven, not measurably). The
-/// group's own backlog waits at its broker session.
+/// After a batch in which a plugin timed out, the worker rests this many times the CPU
+/// time the batch used before it takes the next: a group whose plugin spins on every
+/// message uses at most an eighth of a core. (CPU time, not wall time: a batch that
+/// waited long for the CPU on a busy host does not earn a long rest.) Priority alone is
+/// not enough: on a host whose cores share execution units or caches (SMT, a VM's vCPUs)
+/// a spinning thread slows its neighbours whatever its priority. Measured on a two-vCPU
+/// VM: at nice 19 resting three times as long, a spinning group raised a healthy one's p99
+/// by up to 10 %; under `SCHED_IDLE` resting seven times, by at most 4.5 % in six runs.
+/// The group's own backlog waits at its broker session.
 const PENALTY_REST: u32 = 7;
 
 /// A lane's transform worker: one OS thread running its plugins, so that a plugin
@@ -740,17 +750,17 @@ impl Worker {
                 let mut penalised = false;
                 // Ends when the lane drops its sender, or once it recovered from a penalty.
                 while let Ok((mut job, done)) = rx.recv() {
-                    let started = Instant::now();
+                    let started = crate::priority::thread_cpu();
                     let outcomes = transform(&job.live, &job.metrics, &mut job.inputs, &job.routes);
-                    let took = started.elapsed();
+                    let took = crate::priority::thread_cpu().saturating_sub(started);
                     let timed_out = outcomes.iter().any(|o| {
                         matches!(o, Some(Outcome::Fail { code, .. }) if *code == crate::transform::codes::TIMEOUT)
                     });
                     if timed_out && !penalised {
                         // A plugin that spins to its deadline burns a core for nothing; at
-                        // the lowest priority it gets the CPU only when nothing else wants
-                        // it, so other groups' I/O, the broker and Kafka on the same host
-                        // are not slowed by it. Its deadlines are CPU time, so waiting for
+                        // the lowest priority it gets almost no CPU while anything else
+                        // wants it, so other groups' I/O, the broker and Kafka on the same
+                        // host are not slowed by it. Its deadlines are CPU time, so waiting for
                         // the CPU does not make it time out.
                         penalised = crate::priority::set_idle();
                         tracing::warn!(group = %name, lowered = penalised, "a plugin of this group ran past its CPU budget: its worker runs at the lowest CPU priority until a batch runs clean");

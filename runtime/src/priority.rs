@@ -9,6 +9,16 @@
 // value, which a thread of a niced group may not do).
 #![allow(unsafe_code)]
 
+/// CPU time the calling thread has used (a system call: Linux's vDSO does not serve this
+/// clock).
+pub fn thread_cpu() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    std::time::Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
 /// The nice value a group with `[[group]] nice = increment` runs at: weir's own plus the
 /// increment, at most 19; `None` for 0 (its threads keep weir's).
 pub fn group_nice(increment: u8) -> Option<i32> {
@@ -41,8 +51,15 @@ pub fn set_nice(nice: i32) -> bool {
 /// Why not nice 19 alone: a thread at nice 19 still keeps a core to the end of its time
 /// slice when a normal thread wakes, so a thread spinning at 19 delays every wake-up of
 /// the others on its core by up to a slice (milliseconds: a healthy group's p99 beside
-/// a spinning one rose by 10 %). A `SCHED_IDLE` thread is preempted at once by any other
-/// that wakes, and runs only on a core nothing else wants.
+/// a spinning one rose by up to 10 %). A `SCHED_IDLE` thread is preempted at once by any
+/// other that wakes, and gets almost no CPU (a weight of 3 against nice 0's 1024) while
+/// other work of its cgroup is runnable. Against other cgroups (other services, other
+/// containers) weir's cgroup weight decides, as for all of weir's threads.
+///
+/// A thread this low can be preempted while it holds a lock that normal threads share
+/// (the log writer, the allocator, wasmtime's instance pool); on a host with no spare
+/// CPU they may then wait for it until it gets a slice. Those locks are held for
+/// microseconds, and a thread that blocks on one frees its core for the holder.
 pub fn set_idle() -> bool {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid, initialised `sched_param` that outlives the call, which

@@ -346,7 +346,8 @@ impl Configured {
             Err(CallError::Timeout(_)) => {
                 // Not bisected: halving would run the spinning message again at every
                 // level (2n - 1 calls to their deadlines). Each message runs alone against
-                // its own budget, so a batch costs at most twice its budget.
+                // its own budget (a cohort's `plugin_time_ms`, else the host's per message
+                // with its floor per call), so a batch costs its budget plus n of those.
                 tracing::debug!(plugin = %self.label, size = batch.len(), "batch timed out; running its messages one by one");
                 for one in batch.chunks(1) {
                     self.process_into(one, out);

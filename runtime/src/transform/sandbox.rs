@@ -3,6 +3,7 @@
 //! more (WASI filesystem, clocks, random, ...) fails to instantiate and is refused at load.
 
 use super::{LoadError, codes};
+use crate::priority::thread_cpu;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,7 +32,8 @@ pub struct Limits {
     /// each epoch tick. CPU time, not wall time, so that a plugin is not cut off for
     /// time the scheduler gave to others (a busy host, a worker at a low priority).
     pub time_per_message: Duration,
-    /// Minimum deadline of any call (covers instantiation and `init`).
+    /// Least CPU time budget of a call with the host's budget, and of instantiation,
+    /// `describe` and `init` always (a cohort's own `process` budget has no floor).
     pub min_call_time: Duration,
     /// Wasm stack size, bytes.
     pub stack_bytes: usize,
@@ -204,15 +206,6 @@ fn ticks(left: Duration) -> u64 {
         .max(1)
 }
 
-/// CPU time the calling thread has used.
-fn thread_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(
-        u64::try_from(t.tv_sec).unwrap_or(0),
-        u32::try_from(t.tv_nsec).unwrap_or(0),
-    )
-}
-
 /// When the epoch reaches a call's deadline: interrupt it if its thread has used its CPU
 /// budget since the call began, else look again when the rest could have been used.
 fn on_deadline(state: &State) -> UpdateDeadline {
@@ -313,7 +306,9 @@ impl bindings::weir::transform::host::Host for State {
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum CallError {
-    #[error("the plugin used more than its CPU time budget of {0:?}")]
+    #[error(
+        "the plugin used more than its CPU time budget of {0:?}: a loop that does not end, or work too slow for the budget (raise the cohort's plugin_time_ms, or --plugin-time-ms)"
+    )]
     Timeout(Duration),
     #[error("{0}")]
     Oom(String),
@@ -368,9 +363,15 @@ impl Instance {
         store.limiter(|s| s);
         store.epoch_deadline_callback(|store| Ok(on_deadline(store.data())));
         store.set_epoch_deadline(ticks(sandbox.setup_budget(&limits)));
-        let plugin = pre
-            .instantiate(&mut store)
-            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        let plugin = pre.instantiate(&mut store).map_err(|e| {
+            match e.downcast_ref::<wasmtime::Trap>() {
+                // Its start-up code spins: a timeout, as in any other call.
+                Some(wasmtime::Trap::Interrupt) => {
+                    CallError::Timeout(sandbox.setup_budget(&limits))
+                }
+                _ => CallError::Instantiate(format!("{e:#}")),
+            }
+        })?;
         Ok(Instance {
             store,
             plugin,
