@@ -201,7 +201,9 @@ fn compare(p: &str, kafka: &str, weir: &Weir, other: &mut dyn Neighbour) -> Comp
     let mut alone = Vec::new();
     let mut beside = Vec::new();
     // Alternate, so that drift on a shared machine falls on both sides.
-    for with in [false, true, true, false, false, true, true, false] {
+    for with in [
+        false, true, true, false, false, true, true, false, false, true, true, false,
+    ] {
         if with {
             other.begin(weir);
         }
@@ -296,7 +298,8 @@ impl Compared {
     fn report(&self, beside: &str) {
         let (p99_alone, p99_beside) = self.p99();
         eprintln!(
-            "healthy group, median of 4 phases each: alone {:.0} msg/s, p99 {p99_alone:.2} ms; beside {beside} {:.0} msg/s, p99 {p99_beside:.2} ms ({:+.1} %)",
+            "healthy group, median of {} phases each: alone {:.0} msg/s, p99 {p99_alone:.2} ms; beside {beside} {:.0} msg/s, p99 {p99_beside:.2} ms ({:+.1} %)",
+            self.p99s_alone.len(),
             self.tp_alone,
             self.tp_beside,
             (p99_beside / p99_alone - 1.0) * 100.0
@@ -307,7 +310,7 @@ impl Compared {
         );
     }
 
-    /// Throughput within 10 % of alone, p99 within `p99_bound` times alone (medians of four
+    /// Throughput within 10 % of alone, p99 within `p99_bound` times alone (medians of six
     /// phases each, so that one phase disturbed by something else on the machine does not
     /// decide).
     fn check(&self, beside: &str, p99_bound: f64) {
