@@ -458,35 +458,62 @@ fn store_component(store: &Store, key: &str, value: Option<&[u8]>) {
     }
 }
 
+/// How long start-up keeps asking a broker that answers the control topic's creation with
+/// an error that passes (a broker that has just started, a controller moving).
+const TOPIC_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Create the control topic (compacted, one partition) if it does not exist.
 async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = base
         .create()
         .map_err(|e| format!("cannot create an admin client: {e}"))?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
     let options = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(10)))
         .operation_timeout(Some(Duration::from_secs(10)));
-    let results = tokio::time::timeout(
-        Duration::from_secs(15),
-        admin.create_topics(&[new], &options),
-    )
-    .await
-    .map_err(|_| {
-        "Kafka did not answer within 15 s; check kafka.bootstrap and that the brokers are up"
-            .to_owned()
-    })?
-    .map_err(|e| {
-        format!("cannot create it: {e}; check kafka.bootstrap and that the brokers are up")
-    })?;
-    for r in results {
-        if let Err((_, code)) = r
-            && code != RDKafkaErrorCode::TopicAlreadyExists
-        {
-            return Err(format!(
-                "does not exist and cannot be created ({code:?}); create it compacted with one partition, or grant weir's principal CREATE on it"
-            ));
+    let started = std::time::Instant::now();
+    loop {
+        let new =
+            NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+        let results = tokio::time::timeout(
+            Duration::from_secs(15),
+            admin.create_topics(&[new], &options),
+        )
+        .await
+        .map_err(|_| {
+            "Kafka did not answer within 15 s; check kafka.bootstrap and that the brokers are up"
+                .to_owned()
+        })?
+        .map_err(|e| {
+            format!("cannot create it: {e}; check kafka.bootstrap and that the brokers are up")
+        })?;
+        let failed = results.into_iter().find_map(|r| match r {
+            Err((_, code)) if code != RDKafkaErrorCode::TopicAlreadyExists => Some(code),
+            _ => None,
+        });
+        let Some(code) = failed else {
+            return Ok(());
+        };
+        if passing(code) && started.elapsed() < TOPIC_PATIENCE {
+            tracing::warn!(topic, error = ?code, "the broker could not say whether the control topic exists yet; asking again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
+        return Err(format!(
+            "does not exist and cannot be created ({code:?}); create it compacted with one partition, or grant weir's principal CREATE on it"
+        ));
     }
-    Ok(())
+}
+
+/// Whether a broker's error on creating a topic may pass by itself: a broker still
+/// loading, no controller yet, a request lost.
+fn passing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Unknown
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::NotController
+    )
 }
