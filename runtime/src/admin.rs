@@ -11,7 +11,7 @@
 //! - `/`: the status page ([`crate::status`]).
 //! - With `[admin.tls]` the listener speaks HTTPS only.
 
-use crate::config::{Admin, Secret, TOKEN_FILE, Tls, read_secret_file, token_file_tokens};
+use crate::config::{Admin, Secret, TOKEN_FILE, Tls, read_token_file};
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::Metrics;
 use axum::Extension;
@@ -39,7 +39,10 @@ struct App {
 /// in `admin.token_file`, which is read again at each request that carries a token, so
 /// that a rotation needs no restart (the API is for operators, not for traffic; the file
 /// is small). Requests without a token are refused without reading it.
-pub enum Tokens {
+pub struct Tokens(Source);
+
+/// Where the tokens come from.
+enum Source {
     /// From `admin.token` or `WEIR_ADMIN_TOKEN`; none: the API is open (loopback only).
     Fixed(Vec<(String, String)>),
     /// From `admin.token_file`.
@@ -51,7 +54,7 @@ pub enum Tokens {
 }
 
 /// A token file's tokens in force and the text they come from.
-pub struct Current {
+struct Current {
     tokens: Vec<(String, String)>,
     text: Secret,
     /// A problem with the file already logged, so that it is logged once.
@@ -63,18 +66,18 @@ impl Tokens {
     /// holds no token or a malformed one, stops start-up.
     pub fn new(admin: &Admin) -> Result<Tokens, (&'static str, String)> {
         let Some(path) = &admin.token_file else {
-            return admin.tokens().map(Tokens::Fixed);
+            let tokens = admin.tokens().map_err(|e| ("admin.token", e))?;
+            return Ok(Tokens(Source::Fixed(tokens)));
         };
-        let text = read_secret_file(path).map_err(|e| (TOKEN_FILE, e))?;
-        let tokens = token_file_tokens(path, &text).map_err(|e| (TOKEN_FILE, e))?;
-        Ok(Tokens::File {
+        let (tokens, text) = read_token_file(path).map_err(|e| (TOKEN_FILE, e))?;
+        Ok(Tokens(Source::File {
             path: path.clone(),
             current: tokio::sync::Mutex::new(Current {
                 tokens,
                 text,
                 complained: None,
             }),
-        })
+        }))
     }
 
     /// The name of the token `given` (a request's bearer token) is; `anonymous` when the
@@ -86,19 +89,16 @@ impl Tokens {
                 .find(|(_, secret)| same(secret.as_bytes(), given.as_bytes()))
                 .map(|(name, _)| name.clone())
         };
-        match self {
-            Tokens::Fixed(tokens) if tokens.is_empty() => Some("anonymous".to_owned()),
-            Tokens::Fixed(tokens) => find(tokens, given?),
-            Tokens::File { path, current } => {
+        match &self.0 {
+            Source::Fixed(tokens) if tokens.is_empty() => Some("anonymous".to_owned()),
+            Source::Fixed(tokens) => find(tokens, given?),
+            Source::File { path, current } => {
                 let given = given?;
                 let mut current = current.lock().await;
                 let file = path.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    let text = read_secret_file(&file)?;
-                    Ok((token_file_tokens(&file, &text)?, text))
-                })
-                .await
-                .unwrap_or_else(|e| Err(format!("reading it failed: {e}")));
+                let read = tokio::task::spawn_blocking(move || read_token_file(&file))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("reading it failed: {e}")));
                 current.take(read);
                 find(&current.tokens, given)
             }

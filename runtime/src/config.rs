@@ -343,36 +343,27 @@ impl Default for Admin {
 }
 
 impl Admin {
-    /// The tokens as `(name, secret)`, and the key they come from: `token`'s, or
-    /// `token_file`'s as it reads now (at least one). An error is `(key, problem)`.
-    pub fn tokens(&self) -> Result<Vec<(String, String)>, (&'static str, String)> {
-        match &self.token_file {
-            Some(file) => {
-                let text = read_secret_file(file).map_err(|e| (TOKEN_FILE, e))?;
-                token_file_tokens(file, &text).map_err(|e| (TOKEN_FILE, e))
-            }
-            None => self
-                .token
-                .as_ref()
-                .map_or(Ok(Vec::new()), parse_tokens)
-                .map_err(|e| ("admin.token", e)),
-        }
+    /// The tokens of `token` (or `WEIR_ADMIN_TOKEN`) as `(name, secret)`; none without it.
+    /// A `token_file` is read by the admin listener ([`read_token_file`]), at each request.
+    pub fn tokens(&self) -> Result<Vec<(String, String)>, String> {
+        self.token.as_ref().map_or(Ok(Vec::new()), parse_tokens)
     }
 }
 
 /// The config key of the admin token file, for messages.
 pub const TOKEN_FILE: &str = "admin.token_file";
 
-/// The tokens in `file`'s `text`: at least one, each well formed.
-pub fn token_file_tokens(file: &Path, text: &Secret) -> Result<Vec<(String, String)>, String> {
-    let tokens = parse_tokens(text).map_err(|e| format!("{}: {e}", file.display()))?;
+/// Read an admin token file: its tokens (at least one, each well formed) and its text.
+pub fn read_token_file(file: &Path) -> Result<(Vec<(String, String)>, Secret), String> {
+    let text = read_secret_file(file)?;
+    let tokens = parse_tokens(&text).map_err(|e| format!("{}: {e}", file.display()))?;
     if tokens.is_empty() {
         return Err(format!(
             "{} holds no token: write NAME:SECRET, one per line or separated by commas",
             file.display()
         ));
     }
-    Ok(tokens)
+    Ok((tokens, text))
 }
 
 /// `SECRET` (named `admin`) or `NAME:SECRET` entries, separated by commas or newlines, as
@@ -994,11 +985,11 @@ impl Config {
             ));
         }
         // A token file is read when weir starts (its path is relative to the config file,
-        // which is not known here) and whenever it changes.
-        let tokens = match &self.admin.token {
-            Some(t) => parse_tokens(t).map_err(|e| ("admin.token".to_owned(), e))?,
-            None => Vec::new(),
-        };
+        // which is not known here) and at each request that carries a token.
+        let tokens = self
+            .admin
+            .tokens()
+            .map_err(|e| ("admin.token".to_owned(), e))?;
         if !loopback && tokens.is_empty() && self.admin.token_file.is_none() {
             return Err((
                 "admin.listen".into(),
@@ -1626,7 +1617,12 @@ key = "{topic[3]}"
         let spaced = Secret::new("ops:0123456789abcdef 0123456789abcdef");
         let e = parse_tokens(&spaced).unwrap_err();
         assert!(e.contains("space") && !e.contains("0123"), "{e}");
-        let e = token_file_tokens(Path::new("t"), &Secret::new(" , \n")).unwrap_err();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        std::fs::write(&file, format!("{long}\n")).unwrap();
+        assert_eq!(read_token_file(&file).unwrap().0[0].0, "ops");
+        std::fs::write(&file, " , \n").unwrap();
+        let e = read_token_file(&file).unwrap_err();
         assert!(e.contains("holds no token"), "{e}");
     }
 

@@ -723,7 +723,7 @@ struct Done {
 /// not enough: on a host whose cores share execution units or caches (SMT, a VM's vCPUs)
 /// a spinning thread slows its neighbours whatever its priority. Measured on a two-vCPU
 /// VM: at nice 19 resting three times as long, a spinning group raised a healthy one's p99
-/// by up to 10 %; under `SCHED_IDLE` resting seven times, by at most 4.5 % in six runs.
+/// by up to 10 %; under `SCHED_IDLE` resting seven times, by at most 5.3 % in nine runs.
 /// The group's own backlog waits at its broker session.
 const PENALTY_REST: u32 = 7;
 
@@ -748,11 +748,14 @@ impl Worker {
                     crate::priority::set_nice(nice);
                 }
                 let mut penalised = false;
+                // The thread's CPU time at the end of the last batch: between batches it
+                // only waits, so one reading per batch gives the CPU each one used.
+                let mut cpu = crate::priority::thread_cpu();
                 // Ends when the lane drops its sender, or once it recovered from a penalty.
                 while let Ok((mut job, done)) = rx.recv() {
-                    let started = crate::priority::thread_cpu();
                     let outcomes = transform(&job.live, &job.metrics, &mut job.inputs, &job.routes);
-                    let took = crate::priority::thread_cpu().saturating_sub(started);
+                    let before = std::mem::replace(&mut cpu, crate::priority::thread_cpu());
+                    let took = cpu.saturating_sub(before);
                     let timed_out = outcomes.iter().any(|o| {
                         matches!(o, Some(Outcome::Fail { code, .. }) if *code == crate::transform::codes::TIMEOUT)
                     });

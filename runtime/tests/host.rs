@@ -304,10 +304,7 @@ fn the_time_budget_is_cpu_time() {
     running.wait();
     let (cpu, wall, outcome) = std::thread::spawn(move || {
         assert!(weir::priority::set_nice(19));
-        let cpu = || {
-            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-        };
+        let cpu = weir::priority::thread_cpu;
         let (cpu_before, started) = (cpu(), Instant::now());
         let out = tight.process(&mut [message("t/x", b"loop")]);
         (cpu() - cpu_before, started.elapsed(), kind(&out[0]))
