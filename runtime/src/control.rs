@@ -18,7 +18,7 @@
 use crate::config::Kafka;
 use crate::credentials::PasswordFile;
 use crate::store::Store;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -257,7 +257,7 @@ impl Control {
         pc.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
-            .set("message.max.bytes", "4194304")
+            .set("message.max.bytes", ENTRY_BYTES.to_string())
             .set("linger.ms", "0");
         let producer: FutureProducer = pc
             .create()
@@ -269,7 +269,7 @@ impl Control {
         )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("fetch.message.max.bytes", "4194304")
+        .set("fetch.message.max.bytes", ENTRY_BYTES.to_string())
         .set("fetch.wait.max.ms", "100");
         let consumer: BaseConsumer = cc
             .create()
@@ -462,7 +462,19 @@ fn store_component(store: &Store, key: &str, value: Option<&[u8]>) {
 /// an error that passes (a broker that has just started, a controller moving).
 const TOPIC_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Create the control topic (compacted, one partition) if it does not exist.
+/// The largest component the store takes: it travels in one control-topic record.
+pub const MAX_COMPONENT_BYTES: usize = 3 << 20;
+
+/// The largest control-topic record weir writes or reads (a component with its key, and
+/// room to spare), and the `max.message.bytes` it creates the topic with. Kafka's default
+/// (1 MiB) would refuse a component of more.
+const ENTRY_BYTES: usize = 4 << 20;
+
+/// The least `max.message.bytes` an existing control topic may have.
+const ENTRY_BYTES_NEEDED: usize = MAX_COMPONENT_BYTES + (64 << 10);
+
+/// Create the control topic (compacted, one partition, records up to [`ENTRY_BYTES`]) if it
+/// does not exist; refuse one that exists with settings that would lose entries.
 async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = base
         .create()
@@ -471,9 +483,11 @@ async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
         .request_timeout(Some(Duration::from_secs(10)))
         .operation_timeout(Some(Duration::from_secs(10)));
     let started = std::time::Instant::now();
+    let max_bytes = ENTRY_BYTES.to_string();
     loop {
-        let new =
-            NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
+            .set("cleanup.policy", "compact")
+            .set("max.message.bytes", &max_bytes);
         let results = tokio::time::timeout(
             Duration::from_secs(15),
             admin.create_topics(&[new], &options),
@@ -491,17 +505,106 @@ async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
             _ => None,
         });
         let Some(code) = failed else {
-            return Ok(());
+            return check_settings(&admin, &options, topic).await;
         };
+        // A principal without CREATE is refused even for a topic that exists: use it then.
+        if matches!(
+            code,
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+        ) && exists(base, topic).await
+        {
+            return check_settings(&admin, &options, topic).await;
+        }
         if passing(code) && started.elapsed() < TOPIC_PATIENCE {
             tracing::warn!(topic, error = ?code, "the broker could not say whether the control topic exists yet; asking again");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
         return Err(format!(
-            "does not exist and cannot be created ({code:?}); create it compacted with one partition, or grant weir's principal CREATE on it"
+            "does not exist and cannot be created ({code:?}); create it with one partition, cleanup.policy=compact and max.message.bytes={ENTRY_BYTES}, or grant weir's principal CREATE on it"
         ));
     }
+}
+
+/// Whether the brokers' metadata lists `topic` with its partitions.
+async fn exists(base: &ClientConfig, topic: &str) -> bool {
+    let Ok(consumer) = base.create::<BaseConsumer>() else {
+        return false;
+    };
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .is_ok_and(|md| {
+                md.topics()
+                    .first()
+                    .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
+            })
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Check an existing control topic's settings with the broker: a principal that may not
+/// describe them is warned about, not refused.
+async fn check_settings(
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+    topic: &str,
+) -> Result<(), String> {
+    let described = tokio::time::timeout(
+        Duration::from_secs(15),
+        admin.describe_configs(&[ResourceSpecifier::Topic(topic)], options),
+    )
+    .await;
+    let resource = match described {
+        Ok(Ok(mut results)) if !results.is_empty() => results.remove(0),
+        Ok(Ok(_)) => Err(RDKafkaErrorCode::Unknown),
+        Ok(Err(e)) => Err(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Unknown)),
+        Err(_) => Err(RDKafkaErrorCode::RequestTimedOut),
+    };
+    let resource = match resource {
+        Ok(r) => r,
+        Err(code) => {
+            tracing::warn!(topic, error = ?code, "cannot read the control topic's settings; make sure it has cleanup.policy=compact and max.message.bytes of at least {ENTRY_BYTES_NEEDED}");
+            return Ok(());
+        }
+    };
+    let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+    settings_problem(
+        topic,
+        value("cleanup.policy").as_deref(),
+        value("max.message.bytes").as_deref(),
+    )
+    .map_or(Ok(()), Err)
+}
+
+/// What is wrong with a control topic's `cleanup.policy` and `max.message.bytes`, with the
+/// fix; `None` if nothing (an unknown value is not held against it).
+fn settings_problem(topic: &str, policy: Option<&str>, max_bytes: Option<&str>) -> Option<String> {
+    let fix = |setting: String| {
+        format!(
+            "kafka-configs --bootstrap-server <broker> --alter --entity-type topics --entity-name {topic} --add-config {setting}"
+        )
+    };
+    if let Some(policy) = policy
+        && policy.trim() != "compact"
+    {
+        return Some(format!(
+            "has cleanup.policy={policy}, but weir keeps plugin versions, pins and history in it for good and needs cleanup.policy=compact (with delete, Kafka drops them as they age): {}",
+            fix("cleanup.policy=compact".into())
+        ));
+    }
+    if let Some(max) = max_bytes.and_then(|m| m.trim().parse::<usize>().ok())
+        && max < ENTRY_BYTES_NEEDED
+    {
+        return Some(format!(
+            "has max.message.bytes={max}, too small for a component of up to {MAX_COMPONENT_BYTES} bytes, which travels in one record: {}",
+            fix(format!("max.message.bytes={ENTRY_BYTES}"))
+        ));
+    }
+    None
 }
 
 /// Whether a broker's error on creating a topic may pass by itself: a broker still
@@ -516,4 +619,34 @@ fn passing(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::NetworkException
             | RDKafkaErrorCode::NotController
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_topic_that_would_lose_entries_is_refused_with_the_fix() {
+        let ok = ENTRY_BYTES.to_string();
+        assert_eq!(settings_problem("c", Some("compact"), Some(&ok)), None);
+        assert_eq!(
+            settings_problem("c", None, None),
+            None,
+            "unknown is not held"
+        );
+        let why = settings_problem("c", Some("delete"), Some(&ok)).unwrap();
+        assert!(
+            why.contains("cleanup.policy=delete")
+                && why.contains("--add-config cleanup.policy=compact"),
+            "{why}"
+        );
+        let why = settings_problem("c", Some("compact,delete"), Some(&ok)).unwrap();
+        assert!(why.contains("compact,delete"), "{why}");
+        let why = settings_problem("c", Some("compact"), Some("1048588")).unwrap();
+        assert!(
+            why.contains("max.message.bytes=1048588")
+                && why.contains(&format!("max.message.bytes={ENTRY_BYTES}")),
+            "{why}"
+        );
+    }
 }

@@ -218,7 +218,11 @@ impl Courier {
                     .write_retries
                     .get_or_create(&KindLabel { kind: label.into() })
                     .inc();
-                tracing::error!(kind = label, topic = %w.topic, mqtt_topic = %f.delivery.input().message.topic, error = e.reason(), "Kafka did not accept a write");
+                if let Failure::Unauthorized(_) = e {
+                    tracing::error!(kind = label, topic = %w.topic, mqtt_topic = %f.delivery.input().message.topic, error = e.reason(), "Kafka does not let weir's principal write this topic; the message is held, unacknowledged, until it may: grant the principal WRITE (and DESCRIBE) on the topic, e.g. kafka-acls --add --allow-principal User:<weir's principal> --operation Write --operation Describe --topic <topic>");
+                } else {
+                    tracing::error!(kind = label, topic = %w.topic, mqtt_topic = %f.delivery.input().message.topic, error = e.reason(), "Kafka did not accept a write");
+                }
             }
             settled.push(((kind, w), r));
         }
@@ -232,7 +236,7 @@ impl Courier {
         }
         if stuck {
             self.metrics.stuck_writes.inc();
-            tracing::error!(mqtt_topic = %f.delivery.input().message.topic, "a quarantine write keeps failing; the message stays unacknowledged and weir is not ready until Kafka takes it");
+            tracing::error!(mqtt_topic = %f.delivery.input().message.topic, "a write keeps failing; the message stays unacknowledged and weir is not ready until Kafka takes it");
         } else {
             self.metrics.stuck_writes.dec();
         }

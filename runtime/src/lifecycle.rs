@@ -402,7 +402,7 @@ impl Lifecycle {
 
     /// Validate a component (world, imports, `describe`, schema) and store it.
     pub async fn push(&self, bytes: Vec<u8>, by: &str) -> Result<Pushed, LifecycleError> {
-        const MAX: usize = 3 << 20;
+        const MAX: usize = crate::control::MAX_COMPONENT_BYTES;
         if bytes.len() > MAX {
             return Err(LifecycleError::Invalid(format!(
                 "the component is {} bytes; the store takes up to {MAX} (it travels in one control-topic record)",

@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use weir_sdk::codes::Code;
 
@@ -120,12 +120,15 @@ pub struct Metrics {
     pub write_retries: Family<KindLabel, Counter>,
     /// Writes currently stuck in a retry loop.
     pub stuck_writes: Gauge,
+    /// Time Kafka's brokers held weir's produce requests back under a quota, seconds.
+    pub kafka_throttled_seconds: Counter<f64, AtomicU64>,
     /// Quarantined because the payload was too large (also in `quarantined`).
     pub oversize: Counter,
     plugin_codes: Mutex<BTreeMap<String, BTreeSet<String>>>,
     /// Every group's handle, for readiness and the overall oldest-unacknowledged age.
     groups: Mutex<Vec<GroupMetrics>>,
-    kafka_ready: AtomicBool,
+    /// Why Kafka cannot take weir's writes, as the last probe found; `None` when it can.
+    kafka_problem: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -177,10 +180,11 @@ impl Metrics {
             subscriptions_refused: Counter::default(),
             write_retries: Family::default(),
             stuck_writes: Gauge::default(),
+            kafka_throttled_seconds: Counter::default(),
             oversize: Counter::default(),
             plugin_codes: Mutex::new(BTreeMap::new()),
             groups: Mutex::new(Vec::new()),
-            kafka_ready: AtomicBool::new(false),
+            kafka_problem: Mutex::new(Some("Kafka not reachable".into())),
             registry: Registry::default(),
         };
         r.register("received", "MQTT messages received", m.received.clone());
@@ -278,6 +282,11 @@ impl Metrics {
             "kafka_stuck_writes",
             "Kafka writes currently being retried",
             m.stuck_writes.clone(),
+        );
+        r.register(
+            "kafka_throttled_seconds",
+            "Time Kafka's brokers held weir's produce requests back under a quota",
+            m.kafka_throttled_seconds.clone(),
         );
         r.register(
             "oversize",
@@ -380,9 +389,10 @@ impl Metrics {
         self.oldest_unacked_seconds.set(oldest);
     }
 
-    /// Kafka answered a metadata request.
-    pub fn set_kafka_ready(&self, ready: bool) {
-        self.kafka_ready.store(ready, Ordering::Release);
+    /// What the last Kafka probe found: `None` when every partition weir writes has a
+    /// leader and enough in-sync replicas, else why not.
+    pub fn set_kafka_problem(&self, problem: Option<String>) {
+        *self.kafka_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
     /// Why weir is not ready, or `None` when it is: MQTT connected and subscribed, Kafka
@@ -408,8 +418,8 @@ impl Metrics {
                 )),
             }
         }
-        if !self.kafka_ready.load(Ordering::Acquire) {
-            why.push("Kafka not reachable".to_owned());
+        if let Some(problem) = &*self.kafka_problem.lock().unwrap_or_else(|p| p.into_inner()) {
+            why.push(problem.clone());
         }
         let stuck = self.stuck_writes.get();
         if stuck > 0 {
@@ -455,7 +465,7 @@ mod tests {
         assert!(why.contains("MQTT") && why.contains("Kafka"), "{why}");
         let (a, b) = (m.group("a"), m.group("b"));
         a.set_ready(true);
-        m.set_kafka_ready(true);
+        m.set_kafka_problem(None);
         assert_eq!(
             m.not_ready().unwrap(),
             "MQTT session of group(s) b not connected and subscribed"

@@ -317,6 +317,7 @@ pub async fn run(
                 key: "kafka".into(),
                 problem: e.to_string(),
             })?;
+        group_sink.count_throttling(metrics.kafka_throttled_seconds.clone());
         // Every topic weir writes to exists (the first group's check stops start-up before
         // any session connects), and the producer is connected (and, idempotent, has its
         // producer id) before its session brings the first messages.
@@ -336,9 +337,10 @@ pub async fn run(
         )?);
     }
     drop((switched_tx, ended_tx));
+    let written: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
     let _kafka_probe = lanes
         .first()
-        .map(|l| AbortOnDrop(l.sink.watch(metrics.clone())));
+        .map(|l| AbortOnDrop(l.sink.watch(metrics.clone(), written)));
     let in_flight = |lanes: &[Lane]| lanes.iter().map(|l| l.source.in_flight()).sum::<u32>();
     let _progress = {
         let metrics = metrics.clone();

@@ -387,6 +387,13 @@ impl Delivery {
                 (Kind::Quarantine, Ok(())) => self.quarantine_written = true,
                 (Kind::Raw, Ok(())) => {}
                 (Kind::Raw | Kind::Record, Err(Failure::Transient(_))) => again.push((kind, w)),
+                // Held until the operator grants the permission: retried with backoff and
+                // reported stuck (weir is not ready), never quarantined as the message's
+                // fault.
+                (_, Err(Failure::Unauthorized(_))) => {
+                    stuck = true;
+                    again.push((kind, w));
+                }
                 (Kind::Raw | Kind::Record, Err(f)) => {
                     let what = if kind == Kind::Raw {
                         "its raw capture"
@@ -763,6 +770,51 @@ mod tests {
     }
 
     #[test]
+    fn a_record_weir_may_not_write_is_held_not_quarantined() {
+        let t = topo(false);
+        let mut d = t.plan(
+            input("d/1", b"{}"),
+            Some(0),
+            Some(Outcome::Emit(vec![record("a"), record("b")])),
+        );
+        let mut writes = sent(d.start());
+        for _ in 0..20 {
+            let results = writes
+                .into_iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let r = if i == 0 {
+                        Err(Failure::Unauthorized("TopicAuthorizationFailed".into()))
+                    } else {
+                        Ok(())
+                    };
+                    (w, r)
+                })
+                .collect();
+            let Next::Send {
+                writes: w,
+                after,
+                stuck,
+            } = d.settle(&t, results)
+            else {
+                panic!("an unauthorised write must be held")
+            };
+            assert!(stuck, "reported stuck, so weir is not ready");
+            assert!(after > Duration::ZERO && after <= Duration::from_secs(10));
+            assert!(
+                w.iter().all(|(k, _)| *k == Kind::Record),
+                "no quarantine entry"
+            );
+            writes = w;
+        }
+        // Granted: the held record is written, the message is done and nothing quarantined.
+        let Next::Done(s) = d.settle(&t, all_ok(writes)) else {
+            panic!()
+        };
+        assert_eq!(s.quarantined, None);
+    }
+
+    #[test]
     fn a_failing_quarantine_write_is_retried_until_it_succeeds() {
         let t = topo(false);
         let mut d = t.plan(input("nowhere", b"p"), None, None);
@@ -770,12 +822,7 @@ mod tests {
         for _ in 0..20 {
             let results = writes
                 .into_iter()
-                .map(|w| {
-                    (
-                        w,
-                        Err(Failure::Permanent("TopicAuthorizationFailed".into())),
-                    )
-                })
+                .map(|w| (w, Err(Failure::Permanent("InvalidRecord".into()))))
                 .collect();
             let Next::Send {
                 writes: w,

@@ -11,13 +11,20 @@
 use crate::config::Kafka;
 use crate::metrics::Metrics;
 use bytes::Bytes;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use prometheus_client::metrics::counter::Counter;
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,12 +48,29 @@ struct Answers {
 }
 
 /// The producer's context: its delivery callback (on the producer's polling thread) files
-/// each answer.
+/// each answer; its statistics callback counts the time brokers throttled it.
 struct Context {
     answers: Arc<Answers>,
+    throttled: std::sync::OnceLock<Counter<f64, AtomicU64>>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        let Some(counter) = self.throttled.get() else {
+            return;
+        };
+        // Each window covers the time since the last statistics: its sum is new time.
+        let ms: i64 = statistics
+            .brokers
+            .values()
+            .filter_map(|b| b.throttle.as_ref())
+            .map(|w| w.sum)
+            .sum();
+        if ms > 0 {
+            counter.inc_by(ms as f64 / 1000.0);
+        }
+    }
+}
 
 impl ProducerContext for Context {
     type DeliveryOpaque = Tag;
@@ -88,8 +112,12 @@ pub enum Failure {
     /// The record is larger than Kafka accepts: writing it again cannot work, a smaller
     /// one might.
     TooLarge(String),
-    /// Kafka refuses this record for good (invalid, not authorised, no such topic).
+    /// Kafka refuses this record for good (invalid, no such topic).
     Permanent(String),
+    /// weir's principal may not write the topic (an ACL): not the message's fault, and an
+    /// operator can fix it while weir runs, so the write is held and retried, never
+    /// quarantined.
+    Unauthorized(String),
     /// Anything else: worth writing again.
     Transient(String),
 }
@@ -101,10 +129,12 @@ impl Failure {
         let why = e.to_string();
         match e.rdkafka_error_code() {
             Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => Failure::TooLarge(why),
+            Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed) => {
+                Failure::Unauthorized(why)
+            }
             Some(
                 C::InvalidMessage
                 | C::InvalidRecord
-                | C::TopicAuthorizationFailed
                 | C::InvalidTopic
                 | C::PolicyViolation
                 | C::UnknownTopic
@@ -118,7 +148,10 @@ impl Failure {
     /// What Kafka said.
     pub fn reason(&self) -> &str {
         match self {
-            Failure::TooLarge(w) | Failure::Permanent(w) | Failure::Transient(w) => w,
+            Failure::TooLarge(w)
+            | Failure::Permanent(w)
+            | Failure::Unauthorized(w)
+            | Failure::Transient(w) => w,
         }
     }
 }
@@ -162,7 +195,9 @@ impl Sink {
         let mut c = crate::capture::connection(cfg).map_err(SinkError::Security)?;
         c.set("linger.ms", "5")
             .set("compression.type", "none")
-            .set("queue.buffering.max.kbytes", QUEUE_KBYTES);
+            .set("queue.buffering.max.kbytes", QUEUE_KBYTES)
+            // Once a second, for the time brokers throttle weir under a quota.
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &cfg.properties {
             let fixed = match k.as_str() {
                 "enable.idempotence" => Some("true"),
@@ -184,6 +219,7 @@ impl Sink {
         let producer: ThreadedProducer<Context> = c
             .create_with_context(Context {
                 answers: answers.clone(),
+                throttled: std::sync::OnceLock::new(),
             })
             .map_err(SinkError::Create)?;
         let follower = crate::credentials::follow(cfg, &format!("{name}'s producer"), {
@@ -197,6 +233,11 @@ impl Sink {
             answers,
             config: c,
         })
+    }
+
+    /// Count the time brokers throttle this producer (produce quotas) in `counter`.
+    pub fn count_throttling(&self, counter: Counter<f64, AtomicU64>) {
+        let _ = self.producer.context().throttled.set(counter);
     }
 
     /// Check, with metadata requests, that every topic weir writes to exists or can be
@@ -239,6 +280,18 @@ impl Sink {
         if missing.is_empty() {
             return Ok(());
         }
+        if let Some((topic, _)) = missing
+            .iter()
+            .find(|(_, why)| why == "TopicAuthorizationFailed")
+        {
+            let key = topics
+                .iter()
+                .find(|(t, _)| t == topic)
+                .map_or("-", |(_, k)| k.as_str());
+            return Err(SinkError::Topic(format!(
+                "{key}: Kafka does not let weir's principal describe topic {topic:?} (TopicAuthorizationFailed); grant it DESCRIBE and WRITE on the topic, e.g. kafka-acls --add --allow-principal User:<weir's principal> --operation Describe --operation Write --topic {topic}"
+            )));
+        }
         let admin: AdminClient<DefaultClientContext> =
             self.config.create().map_err(SinkError::Create)?;
         let new: Vec<NewTopic<'_>> = missing
@@ -270,22 +323,34 @@ impl Sink {
         Ok(())
     }
 
-    /// Probe Kafka with a metadata request every few seconds and record the result for
-    /// `/readyz`, until the returned guard is dropped.
-    pub fn watch(&self, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
+    /// Probe, every second or two until the returned task is aborted, whether Kafka can take
+    /// writes to `topics`: every partition has a leader and at least its topic's
+    /// `min.insync.replicas` in sync (else an `acks=all` write waits). What it finds is
+    /// `/readyz`'s Kafka part.
+    pub fn watch(&self, metrics: Arc<Metrics>, topics: Vec<String>) -> tokio::task::JoinHandle<()> {
         let producer = self.producer.clone();
+        let admin: Option<AdminClient<DefaultClientContext>> = self.config.create().ok();
         tokio::spawn(async move {
+            let mut min_isr = HashMap::new();
+            let mut described: Option<std::time::Instant> = None;
             loop {
-                let p = producer.clone();
-                let ok = tokio::task::spawn_blocking(move || {
-                    p.client()
-                        .fetch_metadata(None, Duration::from_secs(3))
-                        .is_ok_and(|md| !md.brokers().is_empty())
-                })
-                .await
-                .unwrap_or(false);
-                metrics.set_kafka_ready(ok);
-                tokio::time::sleep(Duration::from_secs(if ok { 5 } else { 1 })).await;
+                if described.is_none_or(|d| d.elapsed() > Duration::from_secs(60))
+                    && let Some(admin) = &admin
+                {
+                    min_isr = min_in_sync(admin, &topics).await;
+                    described = Some(std::time::Instant::now());
+                }
+                let (p, t) = (producer.clone(), topics.clone());
+                let problem = tokio::task::spawn_blocking(move || partitions(&p, &t))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+                    .map_or_else(
+                        |e| Some(format!("Kafka not reachable: {e}")),
+                        |parts| write_problem(&parts, &min_isr),
+                    );
+                let ok = problem.is_none();
+                metrics.set_kafka_problem(problem);
+                tokio::time::sleep(Duration::from_secs(if ok { 2 } else { 1 })).await;
             }
         })
     }
@@ -361,9 +426,147 @@ impl Sink {
     }
 }
 
+/// One partition weir writes, as the brokers' metadata describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The leader's node id; negative when there is none.
+    pub leader: i32,
+    /// How many replicas are in sync.
+    pub in_sync: usize,
+}
+
+/// The partitions of `topics`, from a metadata request per topic (the brokers answer from
+/// their controller's view).
+fn partitions(
+    producer: &ThreadedProducer<Context>,
+    topics: &[String],
+) -> Result<Vec<PartitionState>, String> {
+    let mut out = Vec::new();
+    for t in topics {
+        let md = producer
+            .client()
+            .fetch_metadata(Some(t), Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+        if md.brokers().is_empty() {
+            return Err("no broker in the metadata".into());
+        }
+        for topic in md.topics() {
+            if let Some(e) = topic.error() {
+                out.push(PartitionState {
+                    topic: topic.name().to_owned(),
+                    partition: -1,
+                    leader: -1,
+                    in_sync: 0,
+                });
+                tracing::debug!(topic = topic.name(), error = ?RDKafkaErrorCode::from(e), "metadata");
+                continue;
+            }
+            for p in topic.partitions() {
+                out.push(PartitionState {
+                    topic: topic.name().to_owned(),
+                    partition: p.id(),
+                    leader: if p.error().is_some() { -1 } else { p.leader() },
+                    in_sync: p.isr().len(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Each topic's `min.insync.replicas`, as far as the brokers say (a principal that may not
+/// describe configs gets none: only leaders are checked then).
+async fn min_in_sync(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[String],
+) -> HashMap<String, usize> {
+    let specs: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let Ok(Ok(results)) = tokio::time::timeout(
+        Duration::from_secs(6),
+        admin.describe_configs(specs.iter(), &options),
+    )
+    .await
+    else {
+        return HashMap::new();
+    };
+    results
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let OwnedResourceSpecifier::Topic(topic) = &r.specifier else {
+                return None;
+            };
+            let n = r.get("min.insync.replicas")?.value.as_ref()?.parse().ok()?;
+            Some((topic.clone(), n))
+        })
+        .collect()
+}
+
+/// Why Kafka cannot take `acks=all` writes to `partitions` now (the first such partition,
+/// and how many more), given each topic's `min.insync.replicas`; `None` when it can.
+pub fn write_problem(
+    partitions: &[PartitionState],
+    min_isr: &HashMap<String, usize>,
+) -> Option<String> {
+    let problems: Vec<String> = partitions
+        .iter()
+        .filter_map(|p| {
+            let name = format!("{}[{}]", p.topic, p.partition.max(0));
+            if p.leader < 0 {
+                return Some(format!("Kafka partition {name} has no leader"));
+            }
+            let need = min_isr.get(&p.topic).copied().unwrap_or(1);
+            (p.in_sync < need).then(|| {
+                format!(
+                    "Kafka partition {name} has {} in-sync replica(s), fewer than its min.insync.replicas={need}: Kafka refuses its writes until a replica catches up",
+                    p.in_sync
+                )
+            })
+        })
+        .collect();
+    let first = problems.first()?;
+    Some(match problems.len() {
+        1 => first.clone(),
+        n => format!("{first} (and {} more partitions)", n - 1),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kafka_takes_writes_only_with_a_leader_and_enough_in_sync_replicas() {
+        let part = |topic: &str, partition, leader, in_sync| PartitionState {
+            topic: topic.into(),
+            partition,
+            leader,
+            in_sync,
+        };
+        let min: HashMap<String, usize> = [("out".to_owned(), 2)].into();
+        assert_eq!(
+            write_problem(&[part("out", 0, 1, 3), part("q", 0, 2, 1)], &min),
+            None
+        );
+        let why = write_problem(&[part("out", 0, 1, 1)], &min).unwrap();
+        assert!(
+            why.contains("out[0]") && why.contains("min.insync.replicas=2"),
+            "{why}"
+        );
+        let why = write_problem(&[part("q", 0, -1, 0), part("out", 1, -1, 0)], &min).unwrap();
+        assert!(
+            why.starts_with("Kafka partition q[0] has no leader") && why.contains("1 more"),
+            "{why}"
+        );
+        // A topic whose setting could not be read needs one in-sync replica.
+        assert!(write_problem(&[part("q", 0, 1, 0)], &HashMap::new()).is_some());
+    }
 
     #[test]
     fn failures_are_classified() {
@@ -374,6 +577,10 @@ mod tests {
         ));
         assert!(matches!(
             Failure::of(&e(RDKafkaErrorCode::TopicAuthorizationFailed)),
+            Failure::Unauthorized(_)
+        ));
+        assert!(matches!(
+            Failure::of(&e(RDKafkaErrorCode::InvalidRecord)),
             Failure::Permanent(_)
         ));
         assert!(matches!(

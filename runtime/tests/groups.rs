@@ -4,12 +4,9 @@
 //! other one: its throughput and p99 arrival-to-PUBACK latency beside it stay within 10 %
 //! of running alone.
 //!
-//! Each test writes to a Kafka-protocol broker of its own that keeps its log in memory.
-//! The test bed's broker (nisshi on SQLite) commits every produce request of every client
-//! in turn, so there the neighbour's writes — any client's — queue in front of the healthy
-//! group's inside the broker: its produce p99 rose from 25–31 ms alone to 37–49 ms beside
-//! the storm. A Kafka cluster appends each partition on its own; on the shared broker the
-//! test would measure SQLite.
+//! The test bed's Kafka is shared by the tests of this file one at a time (`MEASURING`):
+//! each partition is appended on its own, so the neighbour's writes do not queue in front
+//! of the healthy group's inside the broker.
 
 mod bed;
 
@@ -70,27 +67,16 @@ key = "{{topic[5]}}"
     )
 }
 
-/// What a test runs against: its own broker (see the module's comment) and weir.
+/// What a test runs against: weir, and the broker's address.
 struct Bed {
     weir: Weir,
-    /// The broker's address.
     kafka: String,
-    _broker: Nisshi,
-    _dir: tempfile::TempDir,
 }
 
-/// Start a broker of the test's own, create the test's topics on it (the healthy group's,
-/// the neighbour's `other_topic` and the quarantine; one partition each: the broker answers
-/// a write spread over partitions with a tail of its own, which only adds noise here) and
-/// start weir with the neighbour's config `other`.
+/// Create the test's topics (the healthy group's, the neighbour's `other_topic` and the
+/// quarantine; one partition each) and start weir with the neighbour's config `other`.
 fn start(p: &str, other_topic: &str, other: &str) -> Bed {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Nisshi::start(
-        dir.path(),
-        "memory://groups/",
-        &["--group-initial-rebalance-delay", "0s"],
-    );
-    let kafka = format!("127.0.0.1:{}", broker.port);
+    let kafka = kafka();
     create_topics(
         &kafka,
         &[
@@ -100,14 +86,8 @@ fn start(p: &str, other_topic: &str, other: &str) -> Bed {
         ],
     );
     Bed {
-        // The environment's bootstrap (the test bed's) would override the config's.
-        weir: Weir::start(
-            &config(p, &kafka, other),
-            &[("WEIR_KAFKA_BOOTSTRAP", &kafka)],
-        ),
+        weir: Weir::start(&config(p, &kafka, other), &[]),
         kafka,
-        _broker: broker,
-        _dir: dir,
     }
 }
 
@@ -448,12 +428,7 @@ output_topic = "{p}.spin"
 plugin_time_ms = {SPIN_MS}
 "#
     );
-    let Bed {
-        weir,
-        kafka,
-        _broker,
-        _dir,
-    } = start(&p, "spin", &broken);
+    let Bed { weir, kafka } = start(&p, "spin", &broken);
     let mut spinning = Spinning {
         publisher: Publisher::new(&format!("{p}-pub-broken")),
         p: p.clone(),
@@ -608,12 +583,7 @@ output_topic = "{p}.storm"
 key = "{{topic[5]}}"
 "#
     );
-    let Bed {
-        weir,
-        kafka,
-        _broker,
-        _dir,
-    } = start(&p, "storm", &storm);
+    let Bed { weir, kafka } = start(&p, "storm", &storm);
     runs_at_its_own_priority(&weir);
     let mut storming = Storming {
         publisher: Publisher::new(&format!("{p}-pub-storm")),

@@ -1,7 +1,8 @@
 //! TLS and secrets against real brokers. Each test makes its own CA and certificates
-//! (rcgen) and runs a mosquitto of its own: a plain listener for the test's publisher, a
-//! TLS listener that requires client certificates, and one whose certificate has expired.
-//! Kafka and the registry are the test bed's.
+//! (rcgen) and runs a mosquitto of its own (a plain listener for the test's publisher, a
+//! TLS listener that requires client certificates, and one whose certificate has expired)
+//! or an Apache Kafka of its own (SASL PLAIN and SCRAM over TLS, client certificates). The
+//! registry is the test bed's.
 
 mod bed;
 
@@ -386,85 +387,121 @@ fn password_file_is_read_at_every_connection_and_never_shown() {
     }
 }
 
-/// The Kafka principal of the SCRAM tests.
+/// The Kafka principal of the SASL tests.
 const KAFKA_USER: &str = "weir";
 
-/// Give [`KAFKA_USER`] `password` for `mechanism` (`SCRAM-SHA-256` or `-512`) in the
-/// broker storage in `dir`. Users live in the storage: set through a plain broker on it,
-/// used by a secured one.
-fn kafka_user(dir: &Path, mechanism: &str, password: &str) {
-    let mechanism = match mechanism {
-        "SCRAM-SHA-256" => "scram256",
-        "SCRAM-SHA-512" => "scram512",
-        other => panic!("nisshi has no {other} users"),
-    };
-    let plain = Nisshi::start(dir, "sqlite://nisshi.db", &[]);
-    let ok = Command::new("nisshi")
-        .args(["user", "create", "--mechanism", mechanism])
-        .args(["--broker", &format!("tcp://127.0.0.1:{}", plain.port)])
-        .args([KAFKA_USER, password])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "nisshi user create");
+/// An Apache Kafka of the test's own that clients reach over TLS with the test CA's server
+/// certificate: SASL_SSL on `sasl` (PLAIN and both SCRAMs, [`KAFKA_USER`] knowing
+/// `password` for each) and SSL requiring a client certificate from the test CA on `mtls`.
+/// Its PLAINTEXT listener is for Kafka's own tools.
+struct SecuredKafka {
+    node: KafkaNode,
+    sasl: u16,
+    mtls: u16,
 }
 
-/// A broker on the storage in `dir` that speaks only TLS (the test CA's server
-/// certificate) and wants SCRAM logins.
-fn secured_nisshi(pki: &Pki, dir: &Path, port: u16) -> Nisshi {
-    let cert = pki.path("server.pem").display().to_string();
-    let key = pki.path("server.key").display().to_string();
-    Nisshi::start_on(
-        port,
-        dir,
-        "sqlite://nisshi.db",
-        &["--authentication", "--cert", &cert, "--key", &key],
-    )
-}
+impl SecuredKafka {
+    fn start(pki: &Pki, dir: &Path, password: &str) -> SecuredKafka {
+        // A PEM key store: the private key (PKCS#8), then the certificate.
+        let keystore = dir.join("broker-keystore.pem");
+        let read = |name: &str| std::fs::read_to_string(pki.path(name)).unwrap();
+        std::fs::write(
+            &keystore,
+            format!("{}{}", read("server.key"), read("server.pem")),
+        )
+        .unwrap();
+        let (sasl, mtls) = (free_port(), free_port());
+        let extra = format!(
+            "listeners=PLAINTEXT://127.0.0.1:{{port}},CONTROLLER://127.0.0.1:{{controller_port}},SASL_SSL://127.0.0.1:{sasl},SSL://127.0.0.1:{mtls}
+advertised.listeners=PLAINTEXT://127.0.0.1:{{port}},SASL_SSL://localhost:{sasl},SSL://localhost:{mtls}
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_{KAFKA_USER}=\"{password}\";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location={ca}
+listener.name.ssl.ssl.client.auth=required
+",
+            keystore = keystore.display(),
+            ca = pki.path("ca.pem").display(),
+        );
+        let scram: Vec<String> = ["SCRAM-SHA-256", "SCRAM-SHA-512"]
+            .iter()
+            .map(|m| format!("{m}=[name={KAFKA_USER},password={password}]"))
+            .collect();
+        let scram: Vec<&str> = scram.iter().map(String::as_str).collect();
+        SecuredKafka {
+            node: KafkaNode::single(dir, &extra, &scram),
+            sasl,
+            mtls,
+        }
+    }
 
-/// A reader's settings for [`secured_nisshi`], logged in with `mechanism` and `password`.
-struct ScramReader(Vec<(&'static str, String)>);
-
-impl ScramReader {
-    fn each(&self) -> Vec<(&str, &str)> {
-        self.0.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    /// Give [`KAFKA_USER`] a new password for `mechanism`, as an operator would
+    /// (`kafka-configs --alter`).
+    fn set_password(&self, mechanism: &str, password: &str) {
+        kafka_tool(
+            "org.apache.kafka.tools.ConfigCommand",
+            &[
+                "--bootstrap-server",
+                &self.node.bootstrap(),
+                "--alter",
+                "--entity-type",
+                "users",
+                "--entity-name",
+                KAFKA_USER,
+                "--add-config",
+                &format!("{mechanism}=[password={password}]"),
+            ],
+        );
     }
 }
 
-fn scram_reader(pki: &Pki, bootstrap: &str, mechanism: &str, password: &str) -> ScramReader {
-    ScramReader(vec![
-        ("bootstrap.servers", bootstrap.to_owned()),
-        ("security.protocol", "SASL_SSL".into()),
-        ("ssl.ca.location", pki.path("ca.pem").display().to_string()),
-        ("sasl.mechanism", mechanism.to_owned()),
-        ("sasl.username", KAFKA_USER.into()),
-        ("sasl.password", password.to_owned()),
-    ])
+/// A reader's settings for the test's own broker (its PLAINTEXT listener).
+fn reader(kafka: &SecuredKafka) -> Vec<(&'static str, String)> {
+    vec![("bootstrap.servers", kafka.node.bootstrap())]
 }
 
-/// weir writes to a Kafka that speaks only TLS and wants SCRAM-SHA-512 logins: the
-/// records arrive; a wrong password or an untrusted broker certificate stops start-up
-/// with the cause.
+fn each<'a>(settings: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    settings.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Publish thermostat readings `from..from + n` and wait for the broker's PUBACKs.
+fn publish_readings(publisher: &mut Publisher, p: &str, from: usize, n: usize) {
+    for i in from..from + n {
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/t-{i}"),
+            format!(r#"{{"ts":{i},"temp_c":21}}"#),
+            &[],
+        );
+    }
+    publisher.flush();
+}
+
+/// weir writes to a Kafka that speaks only TLS and wants SASL logins, with SCRAM-SHA-512
+/// and with PLAIN: the records arrive; a wrong password or an untrusted broker certificate
+/// stops start-up with the cause.
 #[test]
-fn kafka_over_tls_with_scram() {
+fn kafka_over_tls_with_scram_and_plain() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let (user, password) = (KAFKA_USER, "kafka-Secret-2718");
-    kafka_user(dir.path(), "SCRAM-SHA-512", password);
-    let broker = secured_nisshi(&pki, dir.path(), free_port());
-    let bootstrap = format!("localhost:{}", broker.port);
+    let broker = SecuredKafka::start(&pki, dir.path(), password);
+    let bootstrap = format!("localhost:{}", broker.sasl);
     let p = unique("ksec");
-    let security = |ca: &str| {
+    let security = |ca: &str, mechanism: &str| {
         format!(
-            "\n[kafka.tls]\nca_file = {:?}\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"{user}\"\n",
+            "\n[kafka.tls]\nca_file = {:?}\n[kafka.sasl]\nmechanism = \"{mechanism}\"\nusername = \"{user}\"\n",
             pki.path(ca)
         )
     };
-    let config = format!("{}{}", config(&p), security("ca.pem"));
+    let scram = format!("{}{}", config(&p), security("ca.pem", "SCRAM-SHA-512"));
 
     // A wrong password: start-up stops, saying Kafka refused the login; no password shown.
     let err = start_fails(
-        &config,
+        &scram,
         &[
             ("WEIR_KAFKA_BOOTSTRAP", &bootstrap),
             ("WEIR_KAFKA_SASL_PASSWORD", "not-the-Secret"),
@@ -477,7 +514,11 @@ fn kafka_over_tls_with_scram() {
     assert!(!err.contains("not-the-Secret"), "{err}");
     // A CA that did not issue the broker's certificate.
     let err = start_fails(
-        &format!("{}{}", bed::config(&p), security("rogue-ca.pem")),
+        &format!(
+            "{}{}",
+            bed::config(&p),
+            security("rogue-ca.pem", "SCRAM-SHA-512")
+        ),
         &[
             ("WEIR_KAFKA_BOOTSTRAP", &bootstrap),
             ("WEIR_KAFKA_SASL_PASSWORD", password),
@@ -488,48 +529,86 @@ fn kafka_over_tls_with_scram() {
         "{err}"
     );
 
-    let weir = Weir::start(
-        &config,
-        &[
-            ("WEIR_KAFKA_BOOTSTRAP", &bootstrap),
-            ("WEIR_KAFKA_SASL_PASSWORD", password),
-        ],
-    );
+    let env = [
+        ("WEIR_KAFKA_BOOTSTRAP", bootstrap.as_str()),
+        ("WEIR_KAFKA_SASL_PASSWORD", password),
+    ];
     let mut publisher = Publisher::new(&format!("{p}-pub"));
-    for i in 0..10 {
-        publisher.publish(
-            &format!("{p}/plant/1/thermostat/t-{i}"),
-            format!(r#"{{"ts":{i},"temp_c":21}}"#),
-            &[],
+    let topic = format!("{p}.thermostat");
+    let mut expected = 0;
+    for mechanism in ["SCRAM-SHA-512", "PLAIN"] {
+        let config = format!("{}{}", config(&p), security("ca.pem", mechanism));
+        let weir = Weir::start(&config, &env);
+        publish_readings(&mut publisher, &p, expected, 10);
+        expected += 10;
+        let got = count_with(
+            &topic,
+            expected,
+            Duration::from_secs(60),
+            &each(&reader(&broker)),
         );
+        assert_eq!(
+            got, expected,
+            "the records are in the secured Kafka ({mechanism})"
+        );
+        let (status, log) = weir.stop();
+        assert!(status.success(), "{log}");
+        assert!(!log.contains(password), "the password reached the log");
     }
-    publisher.flush();
+}
+
+/// Kafka requires client certificates (`ssl.client.auth=required`): weir with one from the
+/// CA the broker trusts writes its records; with one from another CA, start-up stops with
+/// the cause.
+#[test]
+fn kafka_with_client_certificates() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = SecuredKafka::start(&pki, dir.path(), "kafka-Secret-unused");
+    let bootstrap = format!("localhost:{}", broker.mtls);
+    let p = unique("kmtls");
+    let tls = |client: &str| {
+        format!(
+            "{}\n[kafka.tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+            config(&p),
+            pki.path("ca.pem"),
+            pki.path(&format!("{client}.pem")),
+            pki.path(&format!("{client}.key")),
+        )
+    };
+    let env = [("WEIR_KAFKA_BOOTSTRAP", bootstrap.as_str())];
+    let err = start_fails(&tls("rogue-client"), &env);
+    assert!(err.contains("TLS with Kafka failed"), "{err}");
+
+    let weir = Weir::start(&tls("client"), &env);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    publish_readings(&mut publisher, &p, 0, 10);
     let got = count_with(
         &format!("{p}.thermostat"),
         10,
         Duration::from_secs(60),
-        &scram_reader(&pki, &bootstrap, "SCRAM-SHA-512", password).each(),
+        &each(&reader(&broker)),
     );
-    assert_eq!(got, 10, "the records are in the secured Kafka");
+    assert_eq!(
+        got, 10,
+        "the records are in the Kafka that wants client certificates"
+    );
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
-    assert!(!log.contains(password), "the password reached the log");
 }
 
-/// `kafka.sasl.password_file` rotated while weir runs: the broker comes back knowing only
-/// the new password, the file has it, and weir logs back in with it — no restart, no
-/// message lost, neither password in its output. (With SCRAM-SHA-256, so that both SCRAM
-/// mechanisms are exercised.)
+/// `kafka.sasl.password_file` rotated while weir runs: the password is changed in Kafka,
+/// the file has the new one, the broker restarts (so weir's connections are renewed) and
+/// weir logs back in with it — no restart of weir, no message lost, neither password in
+/// its output. (With SCRAM-SHA-256, so that both SCRAM mechanisms are exercised.)
 #[test]
 fn kafka_password_file_is_followed_without_a_restart() {
     const MECHANISM: &str = "SCRAM-SHA-256";
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = ("kafka-Old-Secret-3141", "kafka-New-Secret-1618");
-    kafka_user(dir.path(), MECHANISM, old);
-    let port = free_port();
-    let broker = secured_nisshi(&pki, dir.path(), port);
-    let bootstrap = format!("localhost:{port}");
+    let mut broker = SecuredKafka::start(&pki, dir.path(), old);
+    let bootstrap = format!("localhost:{}", broker.sasl);
     let secret_file = dir.path().join("kafka-password");
     std::fs::write(&secret_file, format!("{old}\n")).unwrap();
     let p = unique("krot");
@@ -542,32 +621,20 @@ fn kafka_password_file_is_followed_without_a_restart() {
     let weir = Weir::start(&config, &[("WEIR_KAFKA_BOOTSTRAP", &bootstrap)]);
     let topic = format!("{p}.thermostat");
     let mut publisher = Publisher::new(&format!("{p}-pub"));
-    let mut publish = |from: usize| {
-        for i in from..from + 10 {
-            publisher.publish(
-                &format!("{p}/plant/1/thermostat/t-{i}"),
-                format!(r#"{{"ts":{i},"temp_c":21}}"#),
-                &[],
-            );
-        }
-        publisher.flush();
-    };
-    publish(0);
-    let reader = scram_reader(&pki, &bootstrap, MECHANISM, old);
+    publish_readings(&mut publisher, &p, 0, 10);
+    let read = reader(&broker);
     assert_eq!(
-        count_with(&topic, 10, Duration::from_secs(60), &reader.each()),
+        count_with(&topic, 10, Duration::from_secs(60), &each(&read)),
         10
     );
 
-    // Rotate: the file says the new password; the broker restarts knowing only it, so
-    // weir's connections are renewed and must log in with it.
+    // Rotate: Kafka and the file get the new password; the broker restarts knowing only it.
+    broker.set_password(MECHANISM, new);
     std::fs::write(&secret_file, format!("{new}\n")).unwrap();
-    drop(broker);
-    kafka_user(dir.path(), MECHANISM, new);
-    let _broker = secured_nisshi(&pki, dir.path(), port);
-    publish(10);
-    let reader = scram_reader(&pki, &bootstrap, MECHANISM, new);
-    let got = count_with(&topic, 20, Duration::from_secs(60), &reader.each());
+    broker.node.stop();
+    broker.node.restart();
+    publish_readings(&mut publisher, &p, 10, 10);
+    let got = count_with(&topic, 20, Duration::from_secs(60), &each(&read));
     assert_eq!(got, 20, "weir's log:\n{}", weir.log.lock().unwrap());
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");

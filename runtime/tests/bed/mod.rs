@@ -824,50 +824,264 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A Kafka-protocol broker of the test's own (nisshi), killed when dropped.
-pub struct Nisshi {
-    child: Child,
+/// An Apache Kafka node of the test's own (KRaft, broker and controller in one process),
+/// run by `scripts/testbed kafka-node`; killed when dropped. Its log is `node-<id>.log` in
+/// its folder.
+pub struct KafkaNode {
+    child: Option<Child>,
+    pub id: u32,
+    /// The client listener (PLAINTEXT unless `extra` says otherwise).
     pub port: u16,
+    pub controller_port: u16,
+    voters: String,
+    dir: PathBuf,
+    extra: Option<PathBuf>,
+    scram: String,
+    /// How many times it was started in its folder (its log keeps every start).
+    spawned: usize,
 }
 
-impl Nisshi {
-    /// A broker working in `dir` on `storage` (`sqlite://nisshi.db`, or `memory://x/` for
-    /// one that never waits on a disk); `args` adds TLS or authentication.
-    pub fn start(dir: &Path, storage: &str, args: &[&str]) -> Nisshi {
-        Self::start_on(free_port(), dir, storage, args)
+impl KafkaNode {
+    /// One node alone in `dir`; `extra` is added to its server.properties (`{port}`,
+    /// `{controller_port}` and `{dir}` are replaced); `scram` lists SCRAM users to create when its storage is
+    /// formatted (`SCRAM-SHA-256=[name=u,password=p]`).
+    pub fn single(dir: &Path, extra: &str, scram: &[&str]) -> KafkaNode {
+        let (port, controller_port) = (free_port(), free_port());
+        let voters = format!("1@127.0.0.1:{controller_port}");
+        let mut node = Self::new(dir, 1, port, controller_port, voters, extra, scram);
+        node.spawn();
+        node.wait_started(Duration::from_secs(90));
+        node
     }
 
-    /// The same on `port` (a broker coming back where its clients look for it).
-    pub fn start_on(port: u16, dir: &Path, storage: &str, args: &[&str]) -> Nisshi {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let advertised = format!("tcp://localhost:{port}");
-        let child = Command::new("nisshi")
-            .current_dir(dir)
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &advertised])
-            .args(["--storage-engine", storage, "--silent"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nisshi runs (scripts/testbed installs it)");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "nisshi listens on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+    fn new(
+        dir: &Path,
+        id: u32,
+        port: u16,
+        controller_port: u16,
+        voters: String,
+        extra: &str,
+        scram: &[&str],
+    ) -> KafkaNode {
+        let dir = dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let extra = (!extra.is_empty()).then(|| {
+            let path = dir.join("extra.properties");
+            let text = extra
+                .replace("{port}", &port.to_string())
+                .replace("{controller_port}", &controller_port.to_string())
+                .replace("{dir}", &dir.display().to_string());
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        KafkaNode {
+            child: None,
+            id,
+            port,
+            controller_port,
+            voters,
+            dir,
+            extra,
+            scram: scram.join(";"),
+            spawned: 0,
         }
-        Nisshi { child, port }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("node-{}.log", self.id))
+    }
+
+    fn starts_logged(&self) -> usize {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .matches("Kafka Server started")
+            .count()
+    }
+
+    /// Start the process (storage is formatted the first time).
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "node {} is running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut cmd = Command::new(root().join("scripts/testbed"));
+        cmd.arg("kafka-node")
+            .arg(&self.dir)
+            .arg(self.id.to_string())
+            .arg(self.port.to_string())
+            .arg(self.controller_port.to_string())
+            .arg(&self.voters);
+        if let Some(extra) = &self.extra {
+            cmd.arg(extra);
+        }
+        let child = cmd
+            .env("WEIR_TESTBED_KAFKA_SCRAM", &self.scram)
+            .env("WEIR_TESTBED_KAFKA_HEAP", "-Xms128m -Xmx512m")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("scripts/testbed kafka-node runs");
+        self.child = Some(child);
+        self.spawned += 1;
+    }
+
+    /// Wait until the node says it started (as often as it was spawned).
+    fn wait_started(&mut self, timeout: Duration) {
+        let want = self.spawned;
+        let start = Instant::now();
+        while self.starts_logged() < want {
+            if let Some(Some(status)) = self.child.as_mut().map(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "Kafka node {} exited ({status}); its log:\n{}",
+                    self.id,
+                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "Kafka node {} did not start within {timeout:?}; its log:\n{}",
+                self.id,
+                std::fs::read_to_string(self.log_path()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: the node is gone at once, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the controlled shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "-TERM");
+            let start = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if start.elapsed() > Duration::from_secs(60) {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Start again on the same folder and ports; returns once it serves.
+    pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_started(Duration::from_secs(90));
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 }
 
-impl Drop for Nisshi {
+impl Drop for KafkaNode {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// Send `sig` (`-TERM`, `-STOP`, ...) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+}
+
+/// A Kafka cluster of the test's own: `n` KRaft nodes, each broker and controller, on
+/// loopback ports; `extra` is added to every node's server.properties.
+pub struct KafkaCluster {
+    pub nodes: Vec<KafkaNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl KafkaCluster {
+    pub fn start(n: u32, extra: &str) -> KafkaCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes: Vec<KafkaNode> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (p, c))| {
+                KafkaNode::new(dir.path(), i as u32 + 1, *p, *c, voters.clone(), extra, &[])
+            })
+            .collect();
+        // All at once: each waits for a quorum of controllers before it serves.
+        for node in &mut nodes {
+            node.spawn();
+        }
+        for node in &mut nodes {
+            node.wait_started(Duration::from_secs(120));
+        }
+        KafkaCluster { nodes, _dir: dir }
+    }
+
+    /// Every node's client listener.
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(KafkaNode::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node with `id`.
+    pub fn node(&mut self, id: u32) -> &mut KafkaNode {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+}
+
+/// Run one of Kafka's own tools (`org.apache.kafka.tools.ConfigCommand`, `...AclCommand`)
+/// with `args`; its output, or a panic with it when it fails.
+pub fn kafka_tool(class: &str, args: &[&str]) -> String {
+    let out = Command::new(root().join("scripts/testbed"))
+        .arg("kafka-tool")
+        .arg(class)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{class} {args:?}: {text}");
+    text
+}
+
+/// The leader of partition `partition` of `topic` on the cluster at `bootstrap`, as its
+/// node id; `None` while it has none.
+pub fn partition_leader(bootstrap: &str, topic: &str, partition: i32) -> Option<u32> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let t = md.topics().first()?;
+    let p = t.partitions().iter().find(|p| p.id() == partition)?;
+    (p.error().is_none() && p.leader() >= 0).then(|| p.leader() as u32)
 }
 
 /// Create `topics` with one partition each on the broker at `bootstrap` (a topic that
@@ -906,6 +1120,30 @@ pub fn create_topics(bootstrap: &str, topics: &[&str]) {
             "creating topics: {failed:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Create `topic` (one partition, one replica) with topic `configs` on the broker at
+/// `bootstrap`.
+pub fn create_topic_with(bootstrap: &str, topic: &str, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
+        .unwrap();
+    for r in results {
+        r.unwrap_or_else(|e| panic!("creating {topic}: {e:?}"));
     }
 }
 

@@ -1,0 +1,842 @@
+//! What weir relies on from Apache Kafka, checked against Apache Kafka itself: a three-node
+//! cluster that loses the leader of weir's output partition, compaction of the control
+//! topic, the control topic's settings, ACLs, produce quotas and a per-topic
+//! `max.message.bytes`. Each test that needs brokers of its own starts them
+//! (`KafkaNode`, `KafkaCluster`); the others use the test bed's.
+
+mod bed;
+
+use bed::*;
+use rdkafka::consumer::Consumer as _;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `weir_<name>` from `/metrics` (0 when absent).
+fn metric(weir: &Weir, name: &str) -> f64 {
+    weir.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Wait until `done` holds, checking every 100 ms; `what` and `context` explain a timeout.
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+    mut done: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: not within {timeout:?}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `/readyz`: (status, body).
+fn readyz(weir: &Weir) -> (u16, String) {
+    http_get(&format!("{}/readyz", weir.admin)).unwrap_or((0, String::new()))
+}
+
+/// A QoS 1 stream of thermostat readings, `ts` = the message's sequence number, over ten
+/// devices, at about `per_s` messages a second until stopped.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stream {
+    fn start(p: &str, per_s: usize) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (stop_c, sent_c, p) = (stop.clone(), sent.clone(), p.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut publisher = Publisher::new(&format!("{p}-pub"));
+            let started = Instant::now();
+            let mut i = 0usize;
+            while !stop_c.load(Ordering::Relaxed) {
+                publisher.publish(
+                    &format!("{p}/plant/1/thermostat/t-{}", i % 10),
+                    format!(r#"{{"ts":{i},"temp_c":21.5}}"#),
+                    &[],
+                );
+                i += 1;
+                sent_c.store(i, Ordering::Relaxed);
+                let due = started + Duration::from_secs_f64(i as f64 / per_s as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            publisher.flush();
+        });
+        Stream {
+            stop,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop publishing, wait until the broker has everything; how many were sent.
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// The cluster's settings: every topic three times over, two in sync for a write, and a
+/// node that stops heartbeating is fenced after 3 s (Kafka's default is 9 s).
+const CLUSTER: &str = "\
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
+";
+
+/// One sample of weir against Kafka: when, PUBACKs sent, records in Kafka then, ready.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    acked: f64,
+    in_kafka: Option<i64>,
+    ready: bool,
+}
+
+/// Samples weir's PUBACK count, then the output partition's end offset, then `/readyz`,
+/// every 100 ms until dropped.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(admin: &str, bootstrap: &str, topic: &str) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (stop_c, samples_c) = (stop.clone(), samples.clone());
+        let (admin, bootstrap, topic) = (admin.to_owned(), bootstrap.to_owned(), topic.to_owned());
+        let thread = std::thread::spawn(move || {
+            let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", unique("sampler"))
+                .create()
+                .unwrap();
+            while !stop_c.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                let acked = http_get(&format!("{admin}/metrics"))
+                    .and_then(|(_, m)| {
+                        m.lines()
+                            .find_map(|l| l.strip_prefix("weir_acked_total "))
+                            .and_then(|v| v.trim().parse().ok())
+                    })
+                    .unwrap_or(f64::NAN);
+                // Read after the PUBACK count: Kafka's count can only have grown since.
+                let in_kafka = consumer
+                    .fetch_watermarks(&topic, 0, Duration::from_secs(2))
+                    .ok()
+                    .map(|(_, high)| high);
+                let ready = matches!(http_get(&format!("{admin}/readyz")), Some((200, _)));
+                samples_c.lock().unwrap().push(Sample {
+                    at,
+                    acked,
+                    in_kafka,
+                    ready,
+                });
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Sampler {
+            stop,
+            samples,
+            thread: Some(thread),
+        }
+    }
+
+    fn samples(&self) -> Vec<Sample> {
+        self.samples.lock().unwrap().clone()
+    }
+
+    fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.samples()
+    }
+}
+
+/// The longest time between `from` and `to` during which weir's PUBACK count did not grow.
+fn longest_stall(samples: &[Sample], from: Instant, to: Instant) -> Duration {
+    let mut longest = Duration::ZERO;
+    let mut since: Option<(Instant, f64)> = None;
+    for s in samples
+        .iter()
+        .filter(|s| s.at >= from && s.at <= to && !s.acked.is_nan())
+    {
+        match since {
+            Some((t, a)) if s.acked > a => {
+                longest = longest.max(s.at - t);
+                since = Some((s.at, s.acked));
+            }
+            None => since = Some((s.at, s.acked)),
+            _ => {}
+        }
+    }
+    if let Some((t, _)) = since {
+        longest = longest.max(to.min(Instant::now()) - t);
+    }
+    longest
+}
+
+/// A continuous QoS 1 stream through weir into a three-node cluster (replication factor 3,
+/// `min.insync.replicas=2`): the leader of the output partition is SIGKILLed; then, with it
+/// still down, the new leader is restarted, so only one replica is left in sync and Kafka
+/// refuses writes until it is back. Every message reaches Kafka exactly as published (at
+/// least once; duplicates are counted and reported), weir's PUBACKs are never ahead of
+/// Kafka, the stream stalls no longer than the election, and `/readyz` goes false while
+/// Kafka cannot take writes and true again after.
+#[test]
+fn a_cluster_that_loses_its_leader_loses_nothing() {
+    let mut cluster = KafkaCluster::start(3, CLUSTER);
+    let bootstrap = cluster.bootstrap();
+    let p = unique("leader");
+    let topic = format!("{p}.thermostat");
+    let config = bed::config(&p).replace("[output]", "[output]\nshutdown_timeout_s = 60");
+    let weir = Weir::start(&config, &[("WEIR_KAFKA_BOOTSTRAP", &bootstrap)]);
+    let sampler = Sampler::start(&weir.admin, &bootstrap, &topic);
+    let stream = Stream::start(&p, 300);
+    let log = || weir.log.lock().unwrap().clone();
+    wait_until("the stream flows", Duration::from_secs(60), log, || {
+        metric(&weir, "weir_acked_total") >= 600.0
+    });
+
+    // 1. SIGKILL the leader: the cluster elects another among the two in sync.
+    let first = partition_leader(&bootstrap, &topic, 0).expect("the output partition has a leader");
+    let killed_at = Instant::now();
+    cluster.node(first).kill();
+    let before = metric(&weir, "weir_acked_total");
+    wait_until(
+        "the stream flows again after the leader was killed",
+        Duration::from_secs(60),
+        log,
+        || metric(&weir, "weir_acked_total") >= before + 600.0,
+    );
+    let resumed_at = Instant::now();
+    let second = loop {
+        match partition_leader(&cluster.nodes[(first as usize) % 3].bootstrap(), &topic, 0) {
+            Some(l) if l != first => break l,
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+
+    // 2. With the first still down, restart the new leader: one replica is left in sync,
+    // fewer than min.insync.replicas, and Kafka refuses writes until it is back.
+    cluster.node(second).stop();
+    wait_until(
+        "weir says it is not ready while Kafka refuses writes",
+        Duration::from_secs(60),
+        log,
+        || readyz(&weir).0 == 503,
+    );
+    let (_, why) = readyz(&weir);
+    assert!(
+        why.contains(&topic) && (why.contains("in-sync") || why.contains("no leader")),
+        "{why}"
+    );
+    cluster.node(second).restart();
+    wait_until("weir is ready again", Duration::from_secs(90), log, || {
+        readyz(&weir).0 == 200
+    });
+    let before = metric(&weir, "weir_acked_total");
+    wait_until(
+        "the stream flows again",
+        Duration::from_secs(60),
+        log,
+        || metric(&weir, "weir_acked_total") >= before + 300.0,
+    );
+
+    // 3. Everything published is acknowledged, and in Kafka.
+    let sent = stream.finish();
+    wait_until(
+        "every message is acknowledged",
+        Duration::from_secs(120),
+        log,
+        || metric(&weir, "weir_acked_total") >= sent as f64,
+    );
+    let samples = sampler.finish();
+    let (status, weir_log) = weir.stop();
+    assert!(status.success(), "{weir_log}");
+
+    for s in &samples {
+        if let Some(n) = s.in_kafka {
+            assert!(
+                s.acked <= n as f64,
+                "weir had sent {} PUBACKs when Kafka had {n} records",
+                s.acked
+            );
+        }
+    }
+    let stall = longest_stall(&samples, killed_at, resumed_at);
+    assert!(
+        stall < Duration::from_secs(15),
+        "PUBACKs stalled for {stall:?} after the leader was killed"
+    );
+    let unready: Vec<&Sample> = samples.iter().filter(|s| !s.ready).collect();
+    assert!(!unready.is_empty(), "readiness went false");
+    assert!(samples.last().unwrap().ready, "and true again");
+
+    let records = consume(
+        &topic,
+        sent,
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+    );
+    let mut decoder = Decoder::new();
+    let mut seen = std::collections::HashMap::<i64, usize>::new();
+    for r in &records {
+        let v = decoder.decode(&r.value);
+        let ts = v["ts_ms"].as_i64().unwrap();
+        let device = r
+            .key
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        assert_eq!(device, format!("t-{}", ts % 10), "key of message {ts}");
+        assert_eq!(v["temperature_c"].as_f64(), Some(21.5), "message {ts}");
+        *seen.entry(ts).or_default() += 1;
+    }
+    let missing: Vec<usize> = (0..sent)
+        .filter(|i| !seen.contains_key(&(*i as i64)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {sent} lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!(
+        "leader failover: {sent} messages, {duplicates} duplicates, longest PUBACK stall after the SIGKILL {stall:?}, {} samples not ready",
+        unready.len()
+    );
+}
+
+/// Read `topic` from the beginning on `bootstrap`: (records read, end offset).
+fn records_and_end(bootstrap: &str, topic: &str) -> (usize, i64) {
+    let consumer = assigned_consumer_with(
+        topic,
+        Duration::from_secs(10),
+        &[("bootstrap.servers", bootstrap)],
+    )
+    .expect("the topic exists");
+    let end = end_offset(bootstrap, topic);
+    let mut read = 0;
+    let mut last = -1;
+    let start = Instant::now();
+    while last + 1 < end && start.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            read += 1;
+            last = rdkafka::Message::offset(&m);
+        }
+    }
+    (read, end)
+}
+
+/// Run `weir ARGS --admin URL --json` with `token`; (success, stdout, stderr).
+fn cli(weir: &Weir, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .args(["--admin", &weir.admin, "--json"])
+        .env_remove("WEIR_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What weir's control plane holds, as the CLI shows it: cohorts and their pins, stored
+/// versions, the thermostats' history.
+fn control_state(weir: &Weir) -> [serde_json::Value; 3] {
+    let run = |args: &[&str]| {
+        let (ok, out, err) = cli(weir, args);
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    [
+        run(&["cohort", "list"]),
+        run(&["plugin", "list"]),
+        run(&["plugin", "history", "thermostats"]),
+    ]
+}
+
+/// Pushes, promotes and rollbacks, then Kafka compacts the control topic (made to compact
+/// at once: 100 ms segments, any dirty ratio); a restarted weir reads back exactly the
+/// same pins, stored versions and history.
+#[test]
+fn a_compacted_control_topic_keeps_pins_versions_and_history() {
+    let p = unique("compact");
+    let control = format!("{p}.control");
+    create_topic_with(
+        &kafka(),
+        &control,
+        &[
+            ("cleanup.policy", "compact"),
+            ("max.message.bytes", "4194304"),
+            ("segment.ms", "100"),
+            ("min.cleanable.dirty.ratio", "0.001"),
+            ("delete.retention.ms", "100"),
+        ],
+    );
+    // Only 1.0.0 is seeded from the plugins folder; the others arrive by push.
+    let plugins = tempfile::tempdir().unwrap();
+    for f in [
+        "thermostat-1.0.0",
+        "fleet-gps-1.0.0",
+        "meter-1.0.0",
+        "adversarial-0.1.0",
+    ] {
+        std::fs::copy(
+            plugins_dir().join(format!("{f}.wasm")),
+            plugins.path().join(format!("{f}.wasm")),
+        )
+        .unwrap();
+    }
+    let config = bed::config(&p).replace(
+        &format!("dir = \"{}\"", plugins_dir().display()),
+        &format!("dir = \"{}\"", plugins.path().display()),
+    );
+    let weir = Weir::start(&config, &[]);
+    let step = |args: &[&str]| {
+        let (ok, _, err) = cli(&weir, args);
+        assert!(ok, "{args:?}: {err}");
+        // Each change in a segment of its own: the next write rolls the last.
+        std::thread::sleep(Duration::from_millis(150));
+    };
+    let wasm = |id: &str| {
+        plugins_dir()
+            .join(format!("{id}.wasm"))
+            .display()
+            .to_string()
+    };
+    step(&["plugin", "push", &wasm("thermostat-1.1.0")]);
+    step(&["plugin", "promote", "thermostats", "thermostat@1.1.0"]);
+    step(&["plugin", "rollback", "thermostats"]);
+    step(&["plugin", "promote", "thermostats", "thermostat@1.1.0"]);
+    step(&["plugin", "push", &wasm("thermostat-1.1.0")]);
+    step(&["plugin", "rollback", "thermostats"]);
+    step(&["plugin", "promote", "thermostats", "thermostat@1.1.0"]);
+    let before = control_state(&weir);
+    assert_eq!(
+        before[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cohort"] == "thermostats")
+            .unwrap()["plugin"]["version"],
+        "1.1.0"
+    );
+
+    // Kafka compacts: superseded pins are gone from the log (fewer records than offsets).
+    let start = Instant::now();
+    loop {
+        let (read, end) = records_and_end(&kafka(), &control);
+        if (read as i64) < end {
+            eprintln!("control topic compacted: {read} records left of {end} offsets");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "Kafka did not compact {control}: {read} records of {end}"
+        );
+        // A write rolls the active segment so that the cleaner may take it.
+        step(&["plugin", "promote", "thermostats", "thermostat@1.1.0"]);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    let dir = weir.kill();
+    let weir = Weir::restart(dir, &[]);
+    let after = control_state(&weir);
+    assert_eq!(before[0], after[0], "pins");
+    assert_eq!(before[1], after[1], "stored versions");
+    assert_eq!(before[2], after[2], "history");
+    // And the pinned version runs: 1.1.0's records carry source_unit.
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    publisher.publish(
+        &format!("{p}/plant/1/thermostat/t-1"),
+        r#"{"ts":1,"temperature":{"value":70.0,"unit":"F"}}"#,
+        &[],
+    );
+    publisher.flush();
+    let records = consume(
+        &format!("{p}.thermostat"),
+        1,
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+    );
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].header("weir.plugin"), "thermostat@1.1.0");
+}
+
+/// weir creates its control topic compacted with room for the largest component, and
+/// refuses at start-up one that exists with `cleanup.policy=delete` or a
+/// `max.message.bytes` too small, naming the setting and the fix.
+#[test]
+fn the_control_topic_is_compacted_and_big_enough() {
+    let p = unique("ctl");
+    let weir = Weir::start(&bed::config(&p), &[]);
+    drop(weir);
+    let described = kafka_tool(
+        "org.apache.kafka.tools.ConfigCommand",
+        &[
+            "--bootstrap-server",
+            &kafka(),
+            "--describe",
+            "--entity-type",
+            "topics",
+            "--entity-name",
+            &format!("{p}.control"),
+        ],
+    );
+    assert!(
+        described.contains("cleanup.policy=compact")
+            && described.contains("max.message.bytes=4194304"),
+        "{described}"
+    );
+
+    let p = unique("ctldel");
+    create_topic_with(
+        &kafka(),
+        &format!("{p}.control"),
+        &[("cleanup.policy", "delete")],
+    );
+    let err = start_fails(&bed::config(&p), &[]);
+    assert!(
+        err.contains("plugins.control_topic")
+            && err.contains("cleanup.policy=delete")
+            && err.contains("--add-config cleanup.policy=compact"),
+        "{err}"
+    );
+
+    let p = unique("ctlsmall");
+    create_topic_with(
+        &kafka(),
+        &format!("{p}.control"),
+        &[
+            ("cleanup.policy", "compact"),
+            ("max.message.bytes", "1048588"),
+        ],
+    );
+    let err = start_fails(&bed::config(&p), &[]);
+    assert!(
+        err.contains("plugins.control_topic") && err.contains("max.message.bytes=1048588"),
+        "{err}"
+    );
+}
+
+/// A topic whose `max.message.bytes` is smaller than weir's records: each message goes to
+/// quarantine as `sink.produce-failed`, saying Kafka found it too large and that none of
+/// its records were published; other cohorts go on.
+#[test]
+fn a_record_over_the_topics_max_message_bytes_is_quarantined() {
+    let p = unique("mmb");
+    create_topic_with(
+        &kafka(),
+        &format!("{p}.thermostat"),
+        &[("max.message.bytes", "200")],
+    );
+    let weir = Weir::start(&bed::config(&p), &[]);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    for i in 0..3 {
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/t-{i}"),
+            format!(r#"{{"ts":{i},"temp_c":20}}"#),
+            &[],
+        );
+        publisher.publish(
+            &format!("{p}/fleet/v-{i}/gps"),
+            format!(r#"{{"ts":{i},"lat":48.1,"lon":11.5}}"#),
+            &[],
+        );
+    }
+    publisher.flush();
+    let q = consume(
+        &format!("{p}.quarantine"),
+        3,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    );
+    assert_eq!(q.len(), 3, "{}", weir.log.lock().unwrap());
+    for r in &q {
+        assert_eq!(r.header("weir.error.code"), "sink.produce-failed");
+        assert_eq!(r.header("weir.error.records-published"), "0");
+        assert!(
+            r.header("weir.error.message")
+                .contains("MessageSizeTooLarge")
+                || r.header("weir.error.message").contains("too large"),
+            "{:?}",
+            r.headers
+        );
+    }
+    assert_eq!(count(&format!("{p}.fleet"), 3, Duration::from_secs(30)), 3);
+    assert_eq!(
+        count(&format!("{p}.thermostat"), 1, Duration::from_secs(2)),
+        0
+    );
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// A Kafka of the test's own with an authorizer: SASL PLAIN (user `weir`) on `sasl`, and
+/// PLAINTEXT for the test's own clients and tools, as a super user.
+fn authorizing_kafka(dir: &std::path::Path, sasl: u16) -> KafkaNode {
+    KafkaNode::single(
+        dir,
+        &format!(
+            "listeners=PLAINTEXT://127.0.0.1:{{port}},CONTROLLER://127.0.0.1:{{controller_port}},SASL_PLAINTEXT://127.0.0.1:{sasl}
+advertised.listeners=PLAINTEXT://127.0.0.1:{{port}},SASL_PLAINTEXT://127.0.0.1:{sasl}
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_weir=\"weir-Secret-1\";
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+"
+        ),
+        &[],
+    )
+}
+
+/// `kafka-acls` on `bootstrap`: allow User:weir `operations` on `resource` (`--topic X`,
+/// `--group X`, ...), or remove that when `add` is false.
+fn acl(bootstrap: &str, add: bool, resource: &[&str], operations: &[&str]) {
+    let mut args = vec!["--bootstrap-server", bootstrap];
+    args.push(if add { "--add" } else { "--remove" });
+    args.extend(["--allow-principal", "User:weir"]);
+    if !add {
+        args.push("--force");
+    }
+    for op in operations {
+        args.extend(["--operation", op]);
+    }
+    args.extend(resource);
+    kafka_tool("org.apache.kafka.tools.AclCommand", &args);
+}
+
+/// weir's principal may write every cohort topic but one. One it may not even describe
+/// stops start-up, naming the topic and the permission; one it may describe but not write
+/// holds that cohort's messages (unacknowledged, not quarantined) and makes weir not ready,
+/// saying why; once the permission is granted, they are written and weir is ready again.
+#[test]
+fn a_topic_weir_may_not_write_holds_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let sasl = free_port();
+    let node = authorizing_kafka(dir.path(), sasl);
+    let admin = node.bootstrap();
+    let p = unique("acl");
+    let topics = [
+        "thermostat",
+        "fleet",
+        "meter",
+        "chaos",
+        "quarantine",
+        "control",
+    ]
+    .map(|t| format!("{p}.{t}"));
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    create_topics(&admin, &names);
+    for t in &topics {
+        if !t.ends_with(".fleet") {
+            acl(
+                &admin,
+                true,
+                &["--topic", t],
+                &["Write", "Describe", "Read", "DescribeConfigs"],
+            );
+        }
+    }
+    acl(
+        &admin,
+        true,
+        &[
+            "--group",
+            "weir-control",
+            "--resource-pattern-type",
+            "prefixed",
+        ],
+        &["Read"],
+    );
+    let bootstrap = format!("127.0.0.1:{sasl}");
+    let config = format!(
+        "{}\n[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"weir\"\n",
+        bed::config(&p)
+    );
+    let env = [
+        ("WEIR_KAFKA_BOOTSTRAP", bootstrap.as_str()),
+        ("WEIR_KAFKA_SASL_PASSWORD", "weir-Secret-1"),
+    ];
+
+    // No permission at all on the fleet topic: start-up stops, naming it.
+    let err = start_fails(&config, &env);
+    assert!(
+        err.contains(&format!("{p}.fleet"))
+            && err.contains("DESCRIBE")
+            && err.contains("kafka-acls"),
+        "{err}"
+    );
+
+    // DESCRIBE only: weir starts; the fleet's messages are held, the others flow.
+    acl(&admin, true, &["--topic", &topics[1]], &["Describe"]);
+    let weir = Weir::start(&config, &env);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    for i in 0..5 {
+        publisher.publish(
+            &format!("{p}/fleet/v-{i}/gps"),
+            format!(r#"{{"ts":{i},"lat":48.1,"lon":11.5}}"#),
+            &[],
+        );
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/t-{i}"),
+            format!(r#"{{"ts":{i},"temp_c":20}}"#),
+            &[],
+        );
+    }
+    publisher.flush();
+    let reader = [("bootstrap.servers", admin.as_str())];
+    assert_eq!(
+        count_with(&topics[0], 5, Duration::from_secs(60), &reader),
+        5
+    );
+    let log = || weir.log.lock().unwrap().clone();
+    wait_until("weir is not ready", Duration::from_secs(30), log, || {
+        readyz(&weir).0 == 503
+    });
+    let (_, why) = readyz(&weir);
+    assert!(why.contains("failing and being retried"), "{why}");
+    assert!(log().contains("grant the principal WRITE"), "{}", log());
+    assert!(metric(&weir, "weir_kafka_stuck_writes") >= 1.0);
+    // Held: nothing quarantined, and not acknowledged (the fleet's PUBACKs wait).
+    assert_eq!(
+        count_with(&topics[4], 1, Duration::from_secs(2), &reader),
+        0
+    );
+    assert!(metric(&weir, "weir_acked_total") < 10.0);
+
+    // Granted while weir runs: the held messages are written, weir is ready again.
+    acl(&admin, true, &["--topic", &topics[1]], &["Write"]);
+    assert_eq!(
+        count_with(&topics[1], 5, Duration::from_secs(60), &reader),
+        5,
+        "{}",
+        log()
+    );
+    wait_until("weir is ready again", Duration::from_secs(30), log, || {
+        readyz(&weir).0 == 200
+    });
+    wait_until(
+        "every message acknowledged",
+        Duration::from_secs(30),
+        log,
+        || metric(&weir, "weir_acked_total") >= 10.0,
+    );
+    assert_eq!(
+        count_with(&topics[4], 1, Duration::from_secs(2), &reader),
+        0,
+        "nothing quarantined"
+    );
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("weir-Secret-1"));
+    drop(node);
+}
+
+/// A produce quota small enough to throttle weir: Kafka holds its produce requests back,
+/// weir stops reading at its in-flight bound so the backlog stays with the MQTT broker,
+/// nothing is lost, and the throttling shows in `/metrics`.
+#[test]
+fn a_produce_quota_slows_weir_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = KafkaNode::single(dir.path(), "", &[]);
+    let bootstrap = node.bootstrap();
+    let p = unique("quota");
+    // 32 KiB/s for every client: weir's records (~0.5 KiB with their headers) at ~60/s.
+    kafka_tool(
+        "org.apache.kafka.tools.ConfigCommand",
+        &[
+            "--bootstrap-server",
+            &bootstrap,
+            "--alter",
+            "--add-config",
+            "producer_byte_rate=32768",
+            "--entity-type",
+            "clients",
+            "--entity-default",
+        ],
+    );
+    let in_flight = 50;
+    let config = bed::config(&p).replace(
+        "max_in_flight = 500",
+        &format!("max_in_flight = {in_flight}"),
+    );
+    let weir = Weir::start(&config, &[("WEIR_KAFKA_BOOTSTRAP", &bootstrap)]);
+    let n = 1000;
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    for i in 0..n {
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/t-{}", i % 10),
+            format!(r#"{{"ts":{i},"temp_c":20}}"#),
+            &[],
+        );
+    }
+    publisher.flush();
+    // The broker has the whole stream; weir has read only what it can hold.
+    let received = metric(&weir, "weir_received_total");
+    let acked = metric(&weir, "weir_acked_total");
+    assert!(
+        received < n as f64 && received - acked <= in_flight as f64,
+        "received {received}, acknowledged {acked} of {n}"
+    );
+    let log = || weir.log.lock().unwrap().clone();
+    wait_until(
+        "Kafka's throttling shows in /metrics",
+        Duration::from_secs(60),
+        log,
+        || metric(&weir, "weir_kafka_throttled_seconds_total") > 0.0,
+    );
+    wait_until(
+        "every message acknowledged",
+        Duration::from_secs(180),
+        log,
+        || metric(&weir, "weir_acked_total") >= n as f64,
+    );
+    let reader = [("bootstrap.servers", bootstrap.as_str())];
+    let consumer =
+        assigned_consumer_with(&format!("{p}.thermostat"), Duration::from_secs(10), &reader)
+            .unwrap();
+    let mut decoder = Decoder::new();
+    let mut seen = std::collections::HashSet::new();
+    let start = Instant::now();
+    while seen.len() < n && start.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let v = decoder.decode(rdkafka::Message::payload(&m).unwrap());
+            seen.insert(v["ts_ms"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(seen.len(), n, "every message in Kafka");
+    eprintln!(
+        "produce quota: {n} messages, throttled for {:.1} s",
+        metric(&weir, "weir_kafka_throttled_seconds_total")
+    );
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+}
