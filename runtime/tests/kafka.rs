@@ -250,7 +250,7 @@ fn a_cluster_that_loses_its_leader_loses_nothing() {
     );
     let (_, why) = readyz(&weir);
     assert!(
-        why.contains(&topic) && (why.contains("in-sync") || why.contains("no leader")),
+        why.contains(&p) && (why.contains("in-sync") || why.contains("no leader")),
         "{why}"
     );
     cluster.node(second).restart();
@@ -295,11 +295,12 @@ fn a_cluster_that_loses_its_leader_loses_nothing() {
     assert!(!unready.is_empty(), "readiness went false");
     assert!(samples.last().unwrap().ready, "and true again");
 
-    let records = consume(
+    let records = consume_with(
         &topic,
         sent,
         Duration::from_secs(120),
         Duration::from_secs(2),
+        &[("bootstrap.servers", &bootstrap)],
     );
     let mut decoder = Decoder::new();
     let mut seen = std::collections::HashMap::<i64, usize>::new();
@@ -567,7 +568,7 @@ fn a_record_over_the_topics_max_message_bytes_is_quarantined() {
         );
         publisher.publish(
             &format!("{p}/fleet/v-{i}/gps"),
-            format!(r#"{{"ts":{i},"lat":48.1,"lon":11.5}}"#),
+            format!(r#"{{"positions":[{{"ts":{i},"lat":48.1,"lon":11.5}}]}}"#),
             &[],
         );
     }
@@ -599,21 +600,21 @@ fn a_record_over_the_topics_max_message_bytes_is_quarantined() {
     assert!(status.success(), "{log}");
 }
 
-/// A Kafka of the test's own with an authorizer: SASL PLAIN (user `weir`) on `sasl`, and
-/// PLAINTEXT for the test's own clients and tools, as a super user.
+/// A Kafka of the test's own with an authorizer: SASL SCRAM-SHA-256 (user `weir`) on
+/// `sasl`, and PLAINTEXT for the test's own clients and tools, as a super user.
 fn authorizing_kafka(dir: &std::path::Path, sasl: u16) -> KafkaNode {
     KafkaNode::single(
         dir,
         &format!(
             "listeners=PLAINTEXT://127.0.0.1:{{port}},CONTROLLER://127.0.0.1:{{controller_port}},SASL_PLAINTEXT://127.0.0.1:{sasl}
 advertised.listeners=PLAINTEXT://127.0.0.1:{{port}},SASL_PLAINTEXT://127.0.0.1:{sasl}
-sasl.enabled.mechanisms=PLAIN
-listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_weir=\"weir-Secret-1\";
+sasl.enabled.mechanisms=SCRAM-SHA-256
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:ANONYMOUS
 "
         ),
-        &[],
+        &["SCRAM-SHA-256=[name=weir,password=weir-Secret-1]"],
     )
 }
 
@@ -653,8 +654,16 @@ fn a_topic_weir_may_not_write_holds_its_messages() {
         "control",
     ]
     .map(|t| format!("{p}.{t}"));
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let names: Vec<&str> = topics[..5].iter().map(String::as_str).collect();
     create_topics(&admin, &names);
+    create_topic_with(
+        &admin,
+        &topics[5],
+        &[
+            ("cleanup.policy", "compact"),
+            ("max.message.bytes", "4194304"),
+        ],
+    );
     for t in &topics {
         if !t.ends_with(".fleet") {
             acl(
@@ -678,7 +687,7 @@ fn a_topic_weir_may_not_write_holds_its_messages() {
     );
     let bootstrap = format!("127.0.0.1:{sasl}");
     let config = format!(
-        "{}\n[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"weir\"\n",
+        "{}\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"weir\"\n",
         bed::config(&p)
     );
     let env = [
@@ -702,7 +711,7 @@ fn a_topic_weir_may_not_write_holds_its_messages() {
     for i in 0..5 {
         publisher.publish(
             &format!("{p}/fleet/v-{i}/gps"),
-            format!(r#"{{"ts":{i},"lat":48.1,"lon":11.5}}"#),
+            format!(r#"{{"positions":[{{"ts":{i},"lat":48.1,"lon":11.5}}]}}"#),
             &[],
         );
         publisher.publish(
@@ -783,7 +792,7 @@ fn a_produce_quota_slows_weir_and_loses_nothing() {
             "--entity-default",
         ],
     );
-    let in_flight = 50;
+    let in_flight = 100;
     let config = bed::config(&p).replace(
         "max_in_flight = 500",
         &format!("max_in_flight = {in_flight}"),

@@ -513,8 +513,19 @@ pub fn count_with(topic: &str, n: usize, timeout: Duration, extra: &[(&str, &str
 /// Read `topic` from the beginning until `want` records arrived and no more came for
 /// `settle`, or `timeout` passed.
 pub fn consume(topic: &str, want: usize, timeout: Duration, settle: Duration) -> Vec<Rec> {
+    consume_with(topic, want, timeout, settle, &[])
+}
+
+/// As [`consume`], with client properties `extra` (another broker, security).
+pub fn consume_with(
+    topic: &str,
+    want: usize,
+    timeout: Duration,
+    settle: Duration,
+    extra: &[(&str, &str)],
+) -> Vec<Rec> {
     let start = Instant::now();
-    let Some(consumer) = assigned_consumer(topic, timeout) else {
+    let Some(consumer) = assigned_consumer_with(topic, timeout, extra) else {
         return Vec::new();
     };
     let mut out = Vec::new();
