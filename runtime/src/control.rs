@@ -126,13 +126,136 @@ pub struct Cutover {
     pub first_topic: String,
 }
 
+/// What an audit entry records; written as its lower-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A version was stored.
+    Push,
+    /// A cohort was pinned to a version, through the gate.
+    Promote,
+    /// A cohort was pinned back to the version it ran before.
+    Rollback,
+    /// A process sent its first message through a cohort's new version.
+    Cutover,
+}
+
+impl Action {
+    /// The name the control topic and the admin API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Push => "push",
+            Action::Promote => "promote",
+            Action::Rollback => "rollback",
+            Action::Cutover => "cutover",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A control-topic key: which kind of entry a record is, and so what compaction keeps of
+/// it (see the module's table). Written and read only through this type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// `wasm/<sha256>`: a component's bytes.
+    Wasm {
+        /// The component's sha256.
+        sha256: String,
+    },
+    /// `upload/<name>@<version>/<sha256>`: a claim on a version; the first by offset wins.
+    Upload {
+        /// `name@version`.
+        plugin: String,
+        /// The claimed component's sha256.
+        sha256: String,
+    },
+    /// `fixtures/<name>@<version>`.
+    Fixtures {
+        /// `name@version`.
+        plugin: String,
+    },
+    /// `pin/<cohort>`.
+    Pin {
+        /// The cohort.
+        cohort: String,
+    },
+    /// `audit/<cohort or ->/<unique>`: one per change, all kept.
+    Audit {
+        /// The cohort (none for a push).
+        cohort: Option<String>,
+        /// Time and a random part, so that no two entries share a key.
+        unique: String,
+    },
+}
+
+impl Key {
+    /// Read a key; `None` for one weir does not write (it is ignored).
+    pub fn parse(key: &str) -> Option<Key> {
+        let (kind, rest) = key.split_once('/')?;
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Some(match kind {
+            "wasm" => Key::Wasm {
+                sha256: non_empty(rest)?,
+            },
+            "upload" => {
+                let (plugin, sha256) = rest.rsplit_once('/')?;
+                Key::Upload {
+                    plugin: non_empty(plugin)?,
+                    sha256: non_empty(sha256)?,
+                }
+            }
+            "fixtures" => Key::Fixtures {
+                plugin: non_empty(rest)?,
+            },
+            "pin" => Key::Pin {
+                cohort: non_empty(rest)?,
+            },
+            "audit" => {
+                let (cohort, unique) = rest.rsplit_once('/')?;
+                Key::Audit {
+                    cohort: (cohort != "-").then(|| cohort.to_owned()),
+                    unique: non_empty(unique)?,
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// A fresh key for audit entry `a`.
+    pub fn audit(a: &Audit) -> Key {
+        Key::Audit {
+            cohort: a.cohort.clone(),
+            unique: format!("{}-{:016x}", a.at_ms, rand::random::<u64>()),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Wasm { sha256 } => write!(f, "wasm/{sha256}"),
+            Key::Upload { plugin, sha256 } => write!(f, "upload/{plugin}/{sha256}"),
+            Key::Fixtures { plugin } => write!(f, "fixtures/{plugin}"),
+            Key::Pin { cohort } => write!(f, "pin/{cohort}"),
+            Key::Audit { cohort, unique } => {
+                write!(f, "audit/{}/{unique}", cohort.as_deref().unwrap_or("-"))
+            }
+        }
+    }
+}
+
 /// One change, for `weir plugin history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
     /// The cohort (none for a push).
     pub cohort: Option<String>,
-    /// `push`, `promote`, `rollback` or `cutover`.
-    pub action: String,
+    /// What changed.
+    pub action: Action,
     /// The version pushed or pinned (`name@version`).
     pub plugin: String,
     /// The sha256 pinned before.
@@ -171,24 +294,24 @@ impl State {
                 "control topic: ignoring an entry that is not a valid {what}"
             );
         };
-        if key.starts_with("upload/") {
-            // Keyed by name@version and sha256, so compaction keeps every claim and the
-            // first one (by offset) wins in every process: a version is immutable.
-            match serde_json::from_slice::<Upload>(value) {
-                Ok(u) => {
-                    self.uploads.entry(u.plugin.id()).or_insert(u);
+        match Key::parse(key) {
+            Some(Key::Upload { .. }) => {
+                // Keyed by name@version and sha256, so compaction keeps every claim and the
+                // first one (by offset) wins in every process: a version is immutable.
+                match serde_json::from_slice::<Upload>(value) {
+                    Ok(u) => {
+                        self.uploads.entry(u.plugin.id()).or_insert(u);
+                    }
+                    Err(_) => parsed("upload"),
                 }
-                Err(_) => parsed("upload"),
             }
-        } else if key.starts_with("fixtures/") {
-            match serde_json::from_slice::<Fixtures>(value) {
+            Some(Key::Fixtures { .. }) => match serde_json::from_slice::<Fixtures>(value) {
                 Ok(f) => {
                     self.fixtures.insert(f.plugin.clone(), f);
                 }
                 Err(_) => parsed("fixtures entry"),
-            }
-        } else if key.starts_with("pin/") {
-            match serde_json::from_slice::<Pin>(value) {
+            },
+            Some(Key::Pin { .. }) => match serde_json::from_slice::<Pin>(value) {
                 // A pin applies only over the pin it was decided against, so of two
                 // concurrent promotes the first written wins, in every process alike.
                 Ok(p) => match self.pins.get(&p.cohort) {
@@ -200,12 +323,14 @@ impl State {
                     }
                 },
                 Err(_) => parsed("pin"),
-            }
-        } else if key.starts_with("audit/") {
-            match serde_json::from_slice::<Audit>(value) {
+            },
+            Some(Key::Audit { .. }) => match serde_json::from_slice::<Audit>(value) {
                 Ok(a) => self.audit.push(a),
                 Err(_) => parsed("audit entry"),
-            }
+            },
+            // Components go to the store (`store_component`); keys weir does not write
+            // are someone else's.
+            Some(Key::Wasm { .. }) | None => {}
         }
     }
 }
@@ -355,9 +480,10 @@ impl Control {
     }
 
     /// Write entries, in order, and wait until this process has applied them.
-    pub async fn append(&self, entries: Vec<(String, Vec<u8>)>) -> Result<(), ControlError> {
+    pub async fn append(&self, entries: Vec<(Key, Vec<u8>)>) -> Result<(), ControlError> {
         let mut last = -1;
         for (key, value) in entries {
+            let key = key.to_string();
             let delivered = self
                 .producer
                 .send(
@@ -392,7 +518,7 @@ impl Control {
     /// Append an audit entry.
     pub async fn audit(&self, a: &Audit) -> Result<(), ControlError> {
         self.append(vec![(
-            audit_key(a),
+            Key::audit(a),
             serde_json::to_vec(a).expect("serialisable"),
         )])
         .await
@@ -434,19 +560,9 @@ fn follow(
     }
 }
 
-/// A key compaction keeps for every audit entry.
-pub fn audit_key(a: &Audit) -> String {
-    format!(
-        "audit/{}/{}-{:016x}",
-        a.cohort.as_deref().unwrap_or("-"),
-        a.at_ms,
-        rand::random::<u64>()
-    )
-}
-
 /// A `wasm/<sha256>` entry goes to the store (outside the state update: it is disk I/O).
 fn store_component(store: &Store, key: &str, value: Option<&[u8]>) {
-    let (Some(sha), Some(value)) = (key.strip_prefix("wasm/"), value) else {
+    let (Some(Key::Wasm { sha256: sha }), Some(value)) = (Key::parse(key), value) else {
         return;
     };
     match store.put(value) {
@@ -457,10 +573,6 @@ fn store_component(store: &Store, key: &str, value: Option<&[u8]>) {
         Err(e) => tracing::error!(error = %e, "control topic: cannot store a component"),
     }
 }
-
-/// How long start-up keeps asking a broker that answers the control topic's creation with
-/// an error that passes (a broker that has just started, a controller moving).
-const TOPIC_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The largest component the store takes: it travels in one control-topic record.
 pub const MAX_COMPONENT_BYTES: usize = 3 << 20;
@@ -482,49 +594,25 @@ async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
     let options = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(10)))
         .operation_timeout(Some(Duration::from_secs(10)));
-    let started = std::time::Instant::now();
     let max_bytes = ENTRY_BYTES.to_string();
-    loop {
-        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
-            .set("cleanup.policy", "compact")
-            .set("max.message.bytes", &max_bytes);
-        let results = tokio::time::timeout(
-            Duration::from_secs(15),
-            admin.create_topics(&[new], &options),
-        )
-        .await
-        .map_err(|_| {
-            "Kafka did not answer within 15 s; check kafka.bootstrap and that the brokers are up"
-                .to_owned()
-        })?
-        .map_err(|e| {
-            format!("cannot create it: {e}; check kafka.bootstrap and that the brokers are up")
-        })?;
-        let failed = results.into_iter().find_map(|r| match r {
-            Err((_, code)) if code != RDKafkaErrorCode::TopicAlreadyExists => Some(code),
-            _ => None,
-        });
-        let Some(code) = failed else {
-            return check_settings(&admin, &options, topic).await;
-        };
-        // A principal without CREATE is refused even for a topic that exists: use it then.
-        if matches!(
-            code,
-            RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::ClusterAuthorizationFailed
-        ) && exists(base, topic).await
-        {
-            return check_settings(&admin, &options, topic).await;
-        }
-        if passing(code) && started.elapsed() < TOPIC_PATIENCE {
-            tracing::warn!(topic, error = ?code, "the broker could not say whether the control topic exists yet; asking again");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        return Err(format!(
-            "does not exist and cannot be created ({code:?}); create it with one partition, cleanup.policy=compact and max.message.bytes={ENTRY_BYTES}, or grant weir's principal CREATE on it"
-        ));
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
+        .set("cleanup.policy", "compact")
+        .set("max.message.bytes", &max_bytes);
+    let failed = crate::topics::create(&admin, &[new]).await?;
+    let Some((_, code)) = failed.first() else {
+        return check_settings(&admin, &options, topic).await;
+    };
+    // A principal without CREATE is refused even for a topic that exists: use it then.
+    if matches!(
+        code,
+        RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed
+    ) && exists(base, topic).await
+    {
+        return check_settings(&admin, &options, topic).await;
     }
+    Err(format!(
+        "does not exist and cannot be created ({code:?}); create it with one partition, cleanup.policy=compact and max.message.bytes={ENTRY_BYTES}, or grant weir's principal CREATE on it"
+    ))
 }
 
 /// Whether the brokers' metadata lists `topic` with its partitions.
@@ -607,23 +695,97 @@ fn settings_problem(topic: &str, policy: Option<&str>, max_bytes: Option<&str>) 
     None
 }
 
-/// Whether a broker's error on creating a topic may pass by itself: a broker still
-/// loading, no controller yet, a request lost.
-fn passing(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::Unknown
-            | RDKafkaErrorCode::LeaderNotAvailable
-            | RDKafkaErrorCode::RequestTimedOut
-            | RDKafkaErrorCode::BrokerNotAvailable
-            | RDKafkaErrorCode::NetworkException
-            | RDKafkaErrorCode::NotController
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_read_back_what_they_write_and_what_earlier_weirs_wrote() {
+        let keys = [
+            Key::Wasm {
+                sha256: "ab12".into(),
+            },
+            Key::Upload {
+                plugin: "thermostat@1.1.0".into(),
+                sha256: "ab12".into(),
+            },
+            Key::Fixtures {
+                plugin: "thermostat@1.1.0".into(),
+            },
+            Key::Pin {
+                cohort: "thermostats".into(),
+            },
+            Key::Audit {
+                cohort: Some("thermostats".into()),
+                unique: "1700-00ff".into(),
+            },
+            Key::Audit {
+                cohort: None,
+                unique: "1700-00ff".into(),
+            },
+        ];
+        for k in keys {
+            assert_eq!(Key::parse(&k.to_string()), Some(k.clone()), "{k}");
+        }
+        // Keys as earlier versions wrote them with format!.
+        assert_eq!(
+            Key::parse("upload/meter@1.0.0/0123"),
+            Some(Key::Upload {
+                plugin: "meter@1.0.0".into(),
+                sha256: "0123".into()
+            })
+        );
+        assert_eq!(
+            Key::parse("audit/-/1700000000000-0000000000000001"),
+            Some(Key::Audit {
+                cohort: None,
+                unique: "1700000000000-0000000000000001".into()
+            })
+        );
+        for foreign in ["", "pin", "pin/", "upload/x", "other/thing", "wasm/"] {
+            assert_eq!(Key::parse(foreign), None, "{foreign:?}");
+        }
+    }
+
+    #[test]
+    fn audit_actions_are_written_by_name_and_unknown_ones_refused() {
+        let json = r#"{"cohort":"c","action":"rollback","plugin":"p@1","old_sha256":null,"new_sha256":"ab","at_ms":1,"by":"ops","cutover":null}"#;
+        let a: Audit = serde_json::from_str(json).unwrap();
+        assert_eq!(a.action, Action::Rollback);
+        assert_eq!(serde_json::to_string(&a).unwrap(), json);
+        assert!(serde_json::from_str::<Audit>(&json.replace("rollback", "delete")).is_err());
+    }
+
+    #[test]
+    fn compaction_leaving_only_the_latest_pin_keeps_the_same_state() {
+        let v = |n: u8| Version {
+            name: "t".into(),
+            version: format!("1.{n}.0"),
+            sha256: format!("{n:02x}"),
+        };
+        let pin = |to: u8, replaces: Option<u8>, rollback_to: Vec<Version>| Pin {
+            cohort: "c".into(),
+            plugin: v(to),
+            previous: replaces.map(v),
+            rollback_to,
+            replaces: replaces.map(|r| v(r).sha256),
+            at_ms: to as i64,
+            by: "ops".into(),
+        };
+        let entries = [
+            pin(1, Some(0), vec![v(0)]),
+            pin(0, Some(1), vec![]),
+            pin(1, Some(0), vec![v(0)]),
+        ];
+        let key = Key::Pin { cohort: "c".into() }.to_string();
+        let mut full = State::default();
+        for p in &entries {
+            full.apply(&key, Some(&serde_json::to_vec(p).unwrap()));
+        }
+        let mut compacted = State::default();
+        compacted.apply(&key, Some(&serde_json::to_vec(&entries[2]).unwrap()));
+        assert_eq!(full.pins, compacted.pins);
+    }
 
     #[test]
     fn a_control_topic_that_would_lose_entries_is_refused_with_the_fix() {

@@ -10,12 +10,61 @@
 use crate::ack::AckQueue;
 use crate::metrics::{KindLabel, Metrics};
 use crate::plan::{Delivery, Kind, Next, Settled, Topology};
-use crate::sink::{Answer, Failure, Sink, Write};
+use crate::sink::{Answer, Failure, Sink, Tag, Write};
 use crate::source::{AckToken, Source};
 use prometheus_client::metrics::counter::Counter;
 use slab::Slab;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What the courier writes through: Kafka ([`Sink`]) in `weir run`; in tests, anything
+/// that takes writes and lets the test answer them.
+pub trait Writes {
+    /// Enqueue `w` under `tag`; its answer comes back through [`Courier::answered`]. An
+    /// error means it was not enqueued and no answer will come.
+    fn send(
+        &self,
+        w: &Write,
+        tag: Tag,
+    ) -> impl std::future::Future<Output = Result<(), Failure>> + Send;
+}
+
+/// Where released acknowledgements go: the MQTT session ([`Source`]) in `weir run`.
+pub trait Acks {
+    /// One message's acknowledgement.
+    type Token: Arrived;
+    /// Send these acknowledgements, in this order.
+    fn ack(&self, tokens: Vec<Self::Token>);
+}
+
+/// A message's arrival time, for the age of the oldest one not yet acknowledged.
+pub trait Arrived {
+    /// When the message arrived.
+    fn arrived(&self) -> Instant;
+}
+
+impl Writes for Sink {
+    fn send(
+        &self,
+        w: &Write,
+        tag: Tag,
+    ) -> impl std::future::Future<Output = Result<(), Failure>> + Send {
+        Sink::send(self, w, tag)
+    }
+}
+
+impl Acks for Source {
+    type Token = AckToken;
+    fn ack(&self, tokens: Vec<AckToken>) {
+        Source::ack(self, tokens);
+    }
+}
+
+impl Arrived for AckToken {
+    fn arrived(&self) -> Instant {
+        AckToken::arrived(self)
+    }
+}
 
 /// One message on its way: the step in progress and what Kafka has said of it.
 struct Flight {
@@ -34,26 +83,26 @@ struct Flight {
 /// A step waiting out a backoff: when, which flight, its writes.
 type Retry = (tokio::time::Instant, usize, Vec<(Kind, Write)>);
 
-/// The delivery driver of `weir run`.
-pub struct Courier {
-    sink: Sink,
-    source: Source,
+/// The delivery driver of `weir run`: writes through `W`, acknowledges through `A`.
+pub struct Courier<W = Sink, A: Acks = Source> {
+    sink: W,
+    source: A,
     metrics: Arc<Metrics>,
-    acks: AckQueue<AckToken>,
+    acks: AckQueue<A::Token>,
     flights: Slab<Flight>,
     /// Write tag → (flight, index of the write in its step).
     tags: Slab<(usize, usize)>,
     /// Steps waiting out a backoff.
     retries: Vec<Retry>,
     /// Acks released and not yet handed to the source.
-    ready: Vec<AckToken>,
+    ready: Vec<A::Token>,
     /// Records-published counters by cohort name (few cohorts: a short list).
     records: Vec<(String, Counter)>,
 }
 
-impl Courier {
+impl<W: Writes, A: Acks> Courier<W, A> {
     /// A driver writing through `sink` and acknowledging through `source`.
-    pub fn new(sink: Sink, source: Source, metrics: Arc<Metrics>) -> Courier {
+    pub fn new(sink: W, source: A, metrics: Arc<Metrics>) -> Courier<W, A> {
         Courier {
             sink,
             source,
@@ -69,7 +118,7 @@ impl Courier {
 
     /// A message taken in: its ack now waits behind every earlier one. Returns its
     /// sequence number.
-    pub fn arrived(&mut self, token: AckToken) -> u64 {
+    pub fn arrived(&mut self, token: A::Token) -> u64 {
         self.acks.arrived(token)
     }
 
@@ -144,7 +193,7 @@ impl Courier {
 
     /// The arrival time of the oldest message not yet acknowledged.
     pub fn oldest(&self) -> Option<Instant> {
-        self.acks.oldest().map(AckToken::arrived)
+        self.acks.oldest().map(Arrived::arrived)
     }
 
     /// Follow the core's answers for one message until it waits on Kafka or a backoff,
@@ -270,5 +319,188 @@ impl Courier {
             }
         }
         self.acks.done(f.seq, &mut self.ready);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use crate::plan::Input;
+    use std::sync::Mutex;
+
+    /// Takes writes and keeps them; the test answers them.
+    #[derive(Default)]
+    struct Kafka {
+        sent: Mutex<Vec<(Tag, Write)>>,
+    }
+
+    impl Writes for Arc<Kafka> {
+        fn send(
+            &self,
+            w: &Write,
+            tag: Tag,
+        ) -> impl std::future::Future<Output = Result<(), Failure>> + Send {
+            self.sent.lock().unwrap().push((tag, w.clone()));
+            std::future::ready(Ok(()))
+        }
+    }
+
+    impl Kafka {
+        /// The tag of the last write of message `n` (its quarantine entry is keyed by its
+        /// MQTT topic, `d/<n>`).
+        fn tag_of(&self, n: u64) -> Tag {
+            let key = format!("d/{n}").into_bytes();
+            self.sent
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|(_, w)| w.key.as_ref() == Some(&key))
+                .map(|(t, _)| *t)
+                .expect("message n was written")
+        }
+
+        fn writes(&self) -> usize {
+            self.sent.lock().unwrap().len()
+        }
+    }
+
+    /// A message's acknowledgement: its number.
+    struct Token(u64, Instant);
+
+    impl Arrived for Token {
+        fn arrived(&self) -> Instant {
+            self.1
+        }
+    }
+
+    /// Collects the acknowledgements sent, in order.
+    #[derive(Default)]
+    struct Mqtt {
+        acked: Mutex<Vec<u64>>,
+    }
+
+    impl Acks for Arc<Mqtt> {
+        type Token = Token;
+        fn ack(&self, tokens: Vec<Token>) {
+            self.acked
+                .lock()
+                .unwrap()
+                .extend(tokens.iter().map(|t| t.0));
+        }
+    }
+
+    struct Bench {
+        kafka: Arc<Kafka>,
+        mqtt: Arc<Mqtt>,
+        metrics: Arc<Metrics>,
+        courier: Courier<Arc<Kafka>, Arc<Mqtt>>,
+        topology: Arc<Topology>,
+    }
+
+    impl Bench {
+        fn new() -> Bench {
+            let (kafka, mqtt, metrics) = (Arc::default(), Arc::default(), Arc::default());
+            Bench {
+                courier: Courier::new(Arc::clone(&kafka), Arc::clone(&mqtt), Arc::clone(&metrics)),
+                kafka,
+                mqtt,
+                metrics,
+                topology: Arc::new(Topology {
+                    cohorts: vec![],
+                    rules: vec![],
+                    quarantine_topic: "q".into(),
+                    raw_topic: None,
+                }),
+            }
+        }
+
+        /// Message `n` arrives and is started: routed nowhere, its one write is a
+        /// quarantine entry.
+        async fn take(&mut self, n: u64) {
+            let seq = self.courier.arrived(Token(n, Instant::now()));
+            let input = Input {
+                id: format!("m-{n}"),
+                message: Message {
+                    topic: format!("d/{n}"),
+                    payload: b"{}".to_vec(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let delivery = self.topology.plan(input, None, None);
+            self.courier
+                .start(seq, delivery, self.topology.clone())
+                .await;
+        }
+
+        /// Kafka answers message `n`'s last write.
+        async fn answer(&mut self, n: u64, result: Result<(), Failure>) {
+            let tag = self.kafka.tag_of(n);
+            let mut answers = vec![Answer { tag, result }];
+            self.courier.answered(&mut answers).await;
+        }
+
+        fn acked(&self) -> Vec<u64> {
+            self.mqtt.acked.lock().unwrap().clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn acks_leave_in_arrival_order_whatever_order_kafka_answers_in() {
+        let mut b = Bench::new();
+        for n in 1..=3 {
+            b.take(n).await;
+        }
+        assert_eq!(b.courier.in_progress(), 3);
+        b.answer(3, Ok(())).await;
+        assert_eq!(b.acked(), [] as [u64; 0], "3 waits behind 1 and 2");
+        b.answer(1, Ok(())).await;
+        assert_eq!(b.acked(), [1]);
+        b.answer(2, Ok(())).await;
+        assert_eq!(b.acked(), [1, 2, 3], "2 releases itself and 3");
+        assert_eq!(b.courier.in_progress(), 0);
+        assert!(b.courier.oldest().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_is_retried_after_a_backoff_and_holds_its_ack() {
+        let mut b = Bench::new();
+        b.take(1).await;
+        b.take(2).await;
+        b.answer(2, Ok(())).await;
+        b.answer(1, Err(Failure::Transient("broker down".into())))
+            .await;
+        // Written again only after a backoff, counted stuck meanwhile (weir is not ready).
+        assert_eq!(b.kafka.writes(), 2);
+        let due = b.courier.next_retry().expect("a retry waits");
+        assert!(due > tokio::time::Instant::now());
+        assert_eq!(b.metrics.stuck_writes.get(), 1);
+        assert_eq!(
+            b.acked(),
+            [] as [u64; 0],
+            "nothing acknowledged ahead of Kafka"
+        );
+        tokio::time::sleep_until(due).await;
+        b.courier.retry_due().await;
+        assert_eq!(b.kafka.writes(), 3, "the failed write went out again");
+        b.answer(1, Ok(())).await;
+        assert_eq!(b.acked(), [1, 2]);
+        assert_eq!(b.metrics.stuck_writes.get(), 0);
+        assert!(b.courier.next_retry().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_oldest_unacknowledged_message_is_the_first_still_waiting() {
+        let mut b = Bench::new();
+        b.take(1).await;
+        let first = b.courier.oldest().unwrap();
+        b.take(2).await;
+        assert_eq!(b.courier.oldest(), Some(first));
+        b.answer(1, Ok(())).await;
+        assert!(b.courier.oldest().unwrap() >= first);
+        b.answer(2, Ok(())).await;
+        assert_eq!(b.courier.oldest(), None);
     }
 }

@@ -31,4 +31,5 @@ pub mod sink;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod topics;
 pub mod transform;

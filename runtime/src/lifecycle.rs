@@ -12,7 +12,9 @@
 //! keeps it. The pin in `weir.toml` is only the pin a cohort starts with.
 
 use crate::config::Config;
-use crate::control::{Audit, Control, Cutover, Fixtures, Pin, Upload, Version, now_ms};
+use crate::control::{
+    Action, Audit, Control, Cutover, Fixtures, Key, Pin, Upload, Version, now_ms,
+};
 use crate::encode::{self, avro::AvroSchema, registry::RegistryClient};
 use crate::plan::{CohortPlan, Topology};
 use crate::route::KeyTemplate;
@@ -368,9 +370,17 @@ impl Lifecycle {
         };
         self.control
             .append(vec![
-                (format!("wasm/{}", info.sha256), bytes.to_vec()),
                 (
-                    format!("upload/{}/{}", info.id(), info.sha256),
+                    Key::Wasm {
+                        sha256: info.sha256.clone(),
+                    },
+                    bytes.to_vec(),
+                ),
+                (
+                    Key::Upload {
+                        plugin: info.id(),
+                        sha256: info.sha256.clone(),
+                    },
                     serde_json::to_vec(&upload).expect("serialisable"),
                 ),
             ])
@@ -433,7 +443,7 @@ impl Lifecycle {
         self.control
             .audit(&Audit {
                 cohort: None,
-                action: "push".into(),
+                action: Action::Push,
                 plugin: info.id(),
                 old_sha256: None,
                 new_sha256: info.sha256.clone(),
@@ -475,7 +485,9 @@ impl Lifecycle {
         };
         self.control
             .append(vec![(
-                format!("fixtures/{id}"),
+                Key::Fixtures {
+                    plugin: id.to_owned(),
+                },
                 serde_json::to_vec(&f).expect("serialisable"),
             )])
             .await
@@ -671,7 +683,7 @@ impl Lifecycle {
     ) -> Result<Promoted, LifecycleError> {
         let ci = self.cohort_index(cohort)?;
         let upload = self.stored(id)?;
-        self.change(ci, upload.plugin, by, "promote").await
+        self.change(ci, upload.plugin, by, Action::Promote).await
     }
 
     /// Pin the version the cohort ran before its current pin (each rollback goes one pin
@@ -697,7 +709,7 @@ impl Lifecycle {
             })?;
         // The version ran before, so its schema is in the subject's history: no
         // compatibility gate (the registry answers an existing schema with its id).
-        self.change(ci, previous, by, "rollback").await
+        self.change(ci, previous, by, Action::Rollback).await
     }
 
     async fn change(
@@ -705,11 +717,11 @@ impl Lifecycle {
         ci: usize,
         to: Version,
         by: &str,
-        action: &str,
+        action: Action,
     ) -> Result<Promoted, LifecycleError> {
         // A promote is gated; a rollback returns to a version whose schema is already in
         // the subject's history and which ran with this config before.
-        let gated = action == "promote";
+        let gated = action == Action::Promote;
         let _one = self.changes.lock().await;
         let started = Instant::now();
         let cohort = self.config.cohorts[ci].name.clone();
@@ -766,7 +778,7 @@ impl Lifecycle {
             .as_ref()
             .map(|p| p.rollback_to.clone())
             .unwrap_or_default();
-        if action == "rollback" {
+        if action == Action::Rollback {
             if let Some(i) = rollback_to.iter().rposition(|v| v.sha256 == to.sha256) {
                 rollback_to.truncate(i);
             }
@@ -784,7 +796,7 @@ impl Lifecycle {
         };
         let audit = Audit {
             cohort: Some(cohort.clone()),
-            action: action.to_owned(),
+            action,
             plugin: to.id(),
             old_sha256: Some(from.sha256.clone()),
             new_sha256: to.sha256.clone(),
@@ -796,11 +808,13 @@ impl Lifecycle {
             .control
             .append(vec![
                 (
-                    format!("pin/{cohort}"),
+                    Key::Pin {
+                        cohort: cohort.clone(),
+                    },
                     serde_json::to_vec(&pin).expect("serialisable"),
                 ),
                 (
-                    crate::control::audit_key(&audit),
+                    Key::audit(&audit),
                     serde_json::to_vec(&audit).expect("serialisable"),
                 ),
             ])
@@ -855,7 +869,7 @@ impl Lifecycle {
                 .iter()
                 .rev()
                 .find(|a| {
-                    a.action == "cutover"
+                    a.action == Action::Cutover
                         && a.cohort.as_deref() == Some(cohort)
                         && a.new_sha256 == sha256
                         && a.cutover
@@ -899,7 +913,7 @@ impl Lifecycle {
         tracing::info!(%cohort, plugin = %s.version.id(), first_topic = %s.first_topic, "cutover: first message through the new version");
         let audit = Audit {
             cohort: Some(cohort),
-            action: "cutover".into(),
+            action: Action::Cutover,
             plugin: s.version.id(),
             old_sha256: None,
             new_sha256: s.version.sha256.clone(),
@@ -1096,7 +1110,7 @@ impl Lifecycle {
             .audit
             .iter()
             .rev()
-            .filter(|a| a.action == "promote" || a.action == "rollback")
+            .filter(|a| matches!(a.action, Action::Promote | Action::Rollback))
             .take(n)
             .cloned()
             .collect();

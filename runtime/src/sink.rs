@@ -298,27 +298,24 @@ impl Sink {
             .iter()
             .map(|(t, _)| NewTopic::new(t, -1, TopicReplication::Fixed(-1)))
             .collect();
-        let results = admin
-            .create_topics(&new, &AdminOptions::new())
+        let failed = crate::topics::create(&admin, &new)
             .await
-            .map_err(|e| SinkError::Topic(format!("cannot create topics: {e}")))?;
-        for r in results {
-            if let Err((topic, code)) = &r
-                && *code != RDKafkaErrorCode::TopicAlreadyExists
-            {
-                let key = topics
-                    .iter()
-                    .find(|(t, _)| t == topic)
-                    .map_or("-", |(_, k)| k.as_str());
-                let was = missing
-                    .iter()
-                    .find(|(t, _)| t == topic)
-                    .map_or("", |(_, w)| w.as_str());
-                return Err(SinkError::Topic(format!(
-                    "{key}: Kafka topic {topic:?} does not exist ({was}) and cannot be created ({code:?}); create it, or grant weir's principal CREATE on it, or name a topic that exists"
-                )));
-            }
-            tracing::info!(topic = ?r.ok(), "created Kafka topic");
+            .map_err(SinkError::Topic)?;
+        if let Some((topic, code)) = failed.first() {
+            let key = topics
+                .iter()
+                .find(|(t, _)| t == topic)
+                .map_or("-", |(_, k)| k.as_str());
+            let was = missing
+                .iter()
+                .find(|(t, _)| t == topic)
+                .map_or("", |(_, w)| w.as_str());
+            return Err(SinkError::Topic(format!(
+                "{key}: Kafka topic {topic:?} does not exist ({was}) and cannot be created ({code:?}); create it, or grant weir's principal CREATE on it, or name a topic that exists"
+            )));
+        }
+        for (t, _) in &missing {
+            tracing::info!(topic = %t, "created Kafka topic");
         }
         Ok(())
     }

@@ -323,7 +323,7 @@ impl Rates {
                 "<tr class=\"change\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 when(a.at_ms),
                 esc(a.cohort.as_deref().unwrap_or("-")),
-                esc(&a.action),
+                esc(a.action.as_str()),
                 esc(&a.plugin),
                 esc(&a.by)
             );
