@@ -280,14 +280,18 @@ impl Sink {
         if missing.is_empty() {
             return Ok(());
         }
+        // The config key that names a topic, for messages about it.
+        let key_of = |topic: &str| {
+            topics
+                .iter()
+                .find(|(t, _)| t == topic)
+                .map_or("-", |(_, k)| k.as_str())
+        };
         if let Some((topic, _)) = missing
             .iter()
             .find(|(_, why)| why == "TopicAuthorizationFailed")
         {
-            let key = topics
-                .iter()
-                .find(|(t, _)| t == topic)
-                .map_or("-", |(_, k)| k.as_str());
+            let key = key_of(topic);
             return Err(SinkError::Topic(format!(
                 "{key}: Kafka does not let weir's principal describe topic {topic:?} (TopicAuthorizationFailed); grant it DESCRIBE and WRITE on the topic, e.g. kafka-acls --add --allow-principal User:<weir's principal> --operation Describe --operation Write --topic {topic}"
             )));
@@ -302,10 +306,7 @@ impl Sink {
             .await
             .map_err(SinkError::Topic)?;
         if let Some((topic, code)) = failed.first() {
-            let key = topics
-                .iter()
-                .find(|(t, _)| t == topic)
-                .map_or("-", |(_, k)| k.as_str());
+            let key = key_of(topic);
             let was = missing
                 .iter()
                 .find(|(t, _)| t == topic)
