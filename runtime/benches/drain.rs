@@ -15,7 +15,8 @@
 //!   producer's send-to-answer latency at the same rate.
 //!
 //! `WEIR_BENCH_CONFIG` is appended to weir's config, e.g. `[kafka.properties]` to try a
-//! producer setting.
+//! producer setting. `WEIR_BENCH_WEIR` runs another weir binary (a copy of an earlier
+//! build, to compare two builds on the same test bed).
 //!
 //! Run: `scripts/bench-drain` (WEIR_BENCH_MESSAGES, default 200000; 1000000 for the RSS
 //! target).
@@ -124,7 +125,9 @@ impl ClientContext for Timed {}
 impl ProducerContext for Timed {
     type DeliveryOpaque = Box<Instant>;
     fn delivery(&self, r: &DeliveryResult<'_>, sent: Box<Instant>) {
-        assert!(r.is_ok(), "raw Kafka write failed");
+        if let Err((e, _)) = r {
+            panic!("raw Kafka write failed: {e}");
+        }
         self.0.lock().unwrap().push(sent.elapsed().as_secs_f64());
     }
 }
@@ -132,6 +135,7 @@ impl ProducerContext for Timed {
 /// A plain idempotent producer to `topic`, connected, with its producer id and the topic's
 /// metadata, so that neither raw leg times its start-up.
 fn raw_producer(topic: &str) -> (ThreadedProducer<Timed>, Timed) {
+    bed::create_topics(&bed::kafka(), &[topic]);
     let timed = Timed::default();
     let producer: ThreadedProducer<Timed> = bed::raw_producer_config()
         .create_with_context(timed.clone())
@@ -202,7 +206,9 @@ struct Weir {
 }
 
 fn start_weir(config: &std::path::Path) -> Weir {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+    let weir =
+        std::env::var("WEIR_BENCH_WEIR").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").into());
+    let mut child = Command::new(weir)
         .args(["run", "--config"])
         .arg(config)
         .env("WEIR_LOG", "info")

@@ -97,6 +97,7 @@ async fn raw_kafka(n: usize, run: &str) -> f64 {
     let producer: FutureProducer = bed::raw_producer_config().create().unwrap();
     // Not the raw-capture topic: replay reads that one.
     let topic = format!("{run}.rawkafka");
+    bed::create_topics(&bed::kafka(), &[&topic]);
     let start = Instant::now();
     let mut futures = Vec::with_capacity(n);
     for i in 0..n {

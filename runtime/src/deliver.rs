@@ -9,9 +9,10 @@
 
 use crate::ack::AckQueue;
 use crate::metrics::{KindLabel, Metrics};
-use crate::plan::{Delivery, Kind, Next, Settled, Topology};
+use crate::plan::{Delivery, Input, Kind, Next, Settled, Topology};
 use crate::sink::{Answer, Failure, Sink, Tag, Write};
 use crate::source::{AckToken, Source};
+use crate::transform::Outcome;
 use prometheus_client::metrics::counter::Counter;
 use slab::Slab;
 use std::sync::Arc;
@@ -65,6 +66,10 @@ impl Arrived for AckToken {
         AckToken::arrived(self)
     }
 }
+
+/// One message of a transformed batch: its ack, the message, its cohort (if routed) and
+/// its transform outcome (if transformed).
+pub type Transformed<T> = (T, Input, Option<usize>, Option<Outcome>);
 
 /// One message on its way: the step in progress and what Kafka has said of it.
 struct Flight {
@@ -120,6 +125,19 @@ impl<W: Writes, A: Acks> Courier<W, A> {
     /// sequence number.
     pub fn arrived(&mut self, token: A::Token) -> u64 {
         self.acks.arrived(token)
+    }
+
+    /// Take a transformed batch: each message's ack now waits behind every earlier one,
+    /// its writes are planned against `topology` and started, and the acks released so
+    /// far are handed to the source.
+    pub async fn take(&mut self, topology: &Arc<Topology>, batch: Vec<Transformed<A::Token>>) {
+        for (token, input, cohort, outcome) in batch {
+            Metrics::observe(&self.metrics.handover_seconds, token.arrived().elapsed());
+            let seq = self.acks.arrived(token);
+            let delivery = topology.plan(input, cohort, outcome);
+            self.start(seq, delivery, Arc::clone(topology)).await;
+        }
+        self.release();
     }
 
     /// Start delivering message `seq` (planned against `topology`). Acks it releases are

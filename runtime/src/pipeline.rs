@@ -18,7 +18,7 @@
 use crate::admin;
 use crate::config::{Config, GroupPlan};
 use crate::control::Control;
-use crate::deliver::Courier;
+use crate::deliver::{Courier, Transformed};
 use crate::lifecycle::{Lifecycle, LifecycleError, Live, Switched};
 use crate::metrics::{CohortLabel, GroupMetrics, Metrics};
 use crate::plan::{Input, Topology};
@@ -575,6 +575,31 @@ fn lane_runtime(group: &str, increment: u8) -> Result<LaneRuntime, StartError> {
     })
 }
 
+/// Message ids of one lane: a random prefix per lane and run, and the arrival sequence;
+/// unique across runs and processes without coordination.
+pub struct MessageIds {
+    run: u64,
+    next: u64,
+}
+
+impl Default for MessageIds {
+    fn default() -> Self {
+        MessageIds {
+            run: rand::random(),
+            next: 0,
+        }
+    }
+}
+
+impl MessageIds {
+    /// The next message's id.
+    pub fn assign(&mut self) -> String {
+        let id = format!("{:016x}-{:x}", self.run, self.next);
+        self.next += 1;
+        id
+    }
+}
+
 /// What a lane's task needs to route, transform and hand over its batches.
 struct LaneWork {
     /// The group's cohorts (indexes into the config's), ascending.
@@ -602,10 +627,7 @@ impl LaneWork {
             .iter()
             .map(|v| v.sha256.clone())
             .collect();
-        // Message ids: a random prefix per lane and run, and the arrival sequence; unique
-        // across runs and processes without coordination.
-        let run_id = format!("{:016x}", rand::random::<u64>());
-        let mut next_id = 0u64;
+        let mut ids = MessageIds::default();
         loop {
             let batch = tokio::select! {
                 biased;
@@ -627,12 +649,11 @@ impl LaneWork {
             for inc in batch {
                 tokens.push(inc.ack);
                 inputs.push(Input {
-                    id: format!("{run_id}-{next_id:x}"),
+                    id: ids.assign(),
                     message: inc.message,
                     retained: inc.retain,
                     oversize: inc.oversize,
                 });
-                next_id += 1;
             }
             let routes: Vec<Option<usize>> = inputs
                 .iter()
@@ -817,7 +838,7 @@ impl Worker {
 /// cohort and its transform outcome, planned against `topology`.
 struct Work {
     topology: Arc<Topology>,
-    messages: Vec<(AckToken, Input, Option<usize>, Option<Outcome>)>,
+    messages: Vec<Transformed<AckToken>>,
 }
 
 /// The courier's task: plan and start each message handed over, feed Kafka's answers
@@ -844,15 +865,7 @@ async fn deliver(
                 metrics.refresh_oldest();
             }
             w = work.recv(), if open => match w {
-                Some(w) => {
-                    for (token, input, cohort, outcome) in w.messages {
-                        Metrics::observe(&metrics.handover_seconds, token.arrived().elapsed());
-                        let seq = courier.arrived(token);
-                        let d = w.topology.plan(input, cohort, outcome);
-                        courier.start(seq, d, w.topology.clone()).await;
-                    }
-                    courier.release();
-                }
+                Some(w) => courier.take(&w.topology, w.messages).await,
                 None => open = false,
             },
         }
@@ -867,9 +880,9 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Run each cohort's plugin over its share of the batch; `None` for messages that are not
-/// transformed (unrouted, oversize).
-fn transform(
+/// Run each cohort's plugin over its share of the batch (`routes`: each message's cohort);
+/// `None` for messages that are not transformed (unrouted, oversize).
+pub fn transform(
     live: &Live,
     metrics: &Metrics,
     inputs: &mut [Input],

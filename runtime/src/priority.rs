@@ -4,15 +4,23 @@
 //! Unprivileged, a thread can lower its priority but never raise it again, so a worker
 //! that recovers is replaced by a new thread rather than restored.
 
-// One foreign call: `sched_setscheduler` for SCHED_IDLE, which rustix leaves out on
+// Two foreign calls: `sched_setscheduler` for SCHED_IDLE, which rustix leaves out on
 // purpose and no maintained crate offers alone (thread-priority's also resets the nice
-// value, which a thread of a niced group may not do).
+// value, which a thread of a niced group may not do); and `clock_gettime` for the thread's
+// CPU clock, through libc because rustix's parses the vDSO first, which valgrind cannot
+// run (rustix issue 1559) and the instruction-count guard runs weir under valgrind.
 #![allow(unsafe_code)]
 
 /// CPU time the calling thread has used (a system call: Linux's vDSO does not serve this
 /// clock).
 pub fn thread_cpu() -> std::time::Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec the call may write; the clock id is a constant Linux
+    // has always had. On failure `t` stays zero.
+    let _ = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
     std::time::Duration::new(
         u64::try_from(t.tv_sec).unwrap_or(0),
         u32::try_from(t.tv_nsec).unwrap_or(0),
