@@ -36,6 +36,10 @@ use weir::transform::{Host, Limits};
 
 const BATCH: usize = 64;
 
+/// The allocator `weir run` uses.
+#[global_allocator]
+static ALLOCATOR: weir::Allocator = mimalloc::MiMalloc;
+
 /// A sink that takes every write and answers it at once.
 #[derive(Clone, Default)]
 struct Answering {

@@ -4,7 +4,16 @@
 
 #![deny(unsafe_code)] // Allowed only in `transform::cache` (loading precompiled artifacts),
 // `credentials` (librdkafka's call to change a running client's SASL password) and
-// `priority` (SCHED_IDLE for a worker whose plugin ran past its budget).
+// `priority` (SCHED_IDLE for a worker whose plugin ran past its budget, the thread CPU
+// clock).
+
+/// The memory allocator of every weir process (`#[global_allocator]` in the binary and in
+/// the instruction-count benchmark). Not glibc's: a message's buffers are allocated on one
+/// thread (the MQTT reader, the transform worker) and freed on another (the courier), and
+/// glibc's per-thread arenas make such frees slow (locking the owning arena, consolidating
+/// its fast bins): profiled draining a backlog, glibc's malloc and free took a fifth of
+/// weir's CPU.
+pub type Allocator = mimalloc::MiMalloc;
 
 pub mod ack;
 pub mod admin;

@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 use weir::transform::{Host, Limits};
 
+#[global_allocator]
+static ALLOCATOR: weir::Allocator = mimalloc::MiMalloc;
+
 /// weir moves device telemetry from MQTT into governed Kafka topics through sandboxed
 /// WebAssembly transforms, acknowledging MQTT only after Kafka has every output.
 #[derive(Parser)]

@@ -756,7 +756,13 @@ fn encode_record<'de, A: MapAccess<'de>>(
     let mut seen: Vec<(usize, usize)> = Vec::with_capacity(fields.len());
     let mut in_order = true;
     while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-        let Some(&i) = index.get(key.as_ref()) else {
+        // Fields usually come in schema order (serde writes a struct's in declaration
+        // order): try the next one before hashing the name.
+        let next = fields.get(seen.len()).filter(|f| f.name == key.as_ref());
+        let Some(i) = next
+            .map(|_| seen.len())
+            .or_else(|| index.get(key.as_ref()).copied())
+        else {
             return Err(de::Error::custom(format!(
                 "record {name} has no field `{key}`"
             )));
