@@ -15,7 +15,6 @@
 //! start-up (engine, plugin, instance) is not counted.
 
 #[path = "../tests/bed/mod.rs"]
-#[allow(dead_code)]
 mod bed;
 
 use bytes::BytesMut;
