@@ -10,9 +10,9 @@
 //! Left out: socket I/O, librdkafka and the thread hand-overs of `weir run`, which the
 //! drain benchmark measures.
 //!
-//! `instructions N` processes N messages and prints what it did; the per-message figure
-//! is the difference between two runs of different N divided by the difference in N, so
-//! start-up (engine, plugin, instance) is not counted.
+//! `instructions N` processes N messages and prints what it did. Only `workload` is
+//! counted (callgrind's `--toggle-collect`), so start-up (engine, plugin, instance) is not;
+//! the per-message figure is its count divided by N.
 
 #[path = "../tests/bed/mod.rs"]
 mod bed;
