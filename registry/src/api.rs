@@ -1,5 +1,6 @@
 //! The Confluent Schema Registry REST API (Avro), over [`Registry`].
 
+use crate::auth::Credentials;
 use crate::registry::{Registry, RegistryError, VersionRef};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Confluent's media type; plain JSON is accepted and understood too.
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -21,8 +23,14 @@ pub struct ApiConfig {
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
     /// Requests served at once; more wait. Parsing a schema costs a multiple of its size
-    /// in memory, so this times the body limit bounds the registry's memory.
+    /// in memory, so this times the body limit bounds the registry's memory. A request
+    /// takes its place only once its body has arrived, so slow senders cannot hold them.
     pub max_concurrent: usize,
+    /// Longest a client may take to send a request body (408 beyond).
+    pub body_timeout: Duration,
+    /// Who may call the API; `None`: anyone who can reach the listener. `/health` is
+    /// always open, for probes.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ApiConfig {
@@ -30,6 +38,8 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_bytes: 4 << 20,
             max_concurrent: 8,
+            body_timeout: Duration::from_secs(10),
+            credentials: None,
         }
     }
 }
@@ -122,28 +132,37 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<T> {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct
-            .to_str()
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        let accepted = [
-            "application/vnd.schemaregistry.v1+json",
-            "application/vnd.schemaregistry+json",
-            "application/json",
-            "application/octet-stream",
-        ];
-        if !accepted.contains(&ct.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                415,
-                format!("Unsupported media type {ct:?}; send {CONTENT_TYPE} or application/json"),
-            ));
-        }
+    // Required: a browser may send a cross-origin POST without asking first only when its
+    // type is missing or one of the form and text types, so those are refused.
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|ct| {
+            ct.to_str()
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let accepted = [
+        "application/vnd.schemaregistry.v1+json",
+        "application/vnd.schemaregistry+json",
+        "application/json",
+        "application/octet-stream",
+    ];
+    if !accepted.contains(&ct.as_str()) {
+        let given = if ct.is_empty() {
+            "no Content-Type".to_owned()
+        } else {
+            format!("media type {ct:?}")
+        };
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            415,
+            format!("Unsupported {given}; send {CONTENT_TYPE} or application/json"),
+        ));
     }
     if body.len() > app.config.max_body_bytes {
         return Err(too_large(app));
@@ -213,6 +232,7 @@ pub fn router(registry: Arc<Registry>, config: ApiConfig) -> Router {
     let limit = config.max_body_bytes;
     let permits = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1)));
     let app = App { registry, config };
+    let app_config = app.config.clone();
     Router::new()
         .route("/", get(|| async { ok(json!({})) }))
         .route("/health", get(|| async { ok(json!({"status": "UP"})) }))
@@ -253,14 +273,14 @@ pub fn router(registry: Arc<Registry>, config: ApiConfig) -> Router {
                 "HTTP 405 Method Not Allowed",
             )
         })
-        .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let permits = permits.clone();
-                async move {
-                    let _permit = permits.acquire_owned().await;
-                    next.run(req).await
-                }
+        .layer(axum::middleware::from_fn_with_state(
+            Gate {
+                permits,
+                credentials: app_config.credentials.map(Arc::new),
+                max_body_bytes: limit,
+                body_timeout: app_config.body_timeout,
             },
+            gate,
         ))
         // Bodies beyond the limit are cut off by the body reader; answer 413 ourselves.
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -282,6 +302,78 @@ pub fn router(registry: Arc<Registry>, config: ApiConfig) -> Router {
             r
         }))
         .with_state(app)
+}
+
+/// What every request passes before its handler runs.
+#[derive(Clone)]
+struct Gate {
+    permits: Arc<tokio::sync::Semaphore>,
+    credentials: Option<Arc<Credentials>>,
+    max_body_bytes: usize,
+    body_timeout: Duration,
+}
+
+/// Authenticate, read the body (bounded in size and time), then wait for a permit: a
+/// client that sends slowly or not at all holds a connection, never a permit.
+async fn gate(
+    State(gate): State<Gate>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(credentials) = &gate.credentials
+        && req.uri().path() != "/health"
+    {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !credentials.allow(given) {
+            let mut denied = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                401,
+                "Unauthorized: send the registry's basic auth or bearer token in Authorization",
+            )
+            .into_response();
+            denied.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"weir-registry\""),
+            );
+            return denied;
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, gate.max_body_bytes.saturating_add(1));
+    let body = match tokio::time::timeout(gate.body_timeout, read).await {
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                408,
+                format!(
+                    "The request body did not arrive within {} s",
+                    gate.body_timeout.as_secs_f64()
+                ),
+            )
+            .into_response();
+        }
+        Ok(Err(_)) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                413,
+                format!(
+                    "Request body is larger than {} bytes, or was cut off",
+                    gate.max_body_bytes
+                ),
+            )
+            .into_response();
+        }
+        Ok(Ok(body)) => body,
+    };
+    let Ok(_permit) = gate.permits.acquire_owned().await else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, 503, "shutting down")
+            .into_response();
+    };
+    next.run(axum::extract::Request::from_parts(parts, Body::from(body)))
+        .await
 }
 
 async fn list_subjects(

@@ -36,23 +36,64 @@ impl fmt::Display for Incompatibility {
     }
 }
 
-/// Every reason data written with `writer` cannot be read with `reader`; empty when it can.
-pub fn check(reader: &Schema, writer: &Schema) -> Vec<Incompatibility> {
+/// Reasons kept per pair of types. Reasons multiply with every level of a schema whose
+/// record types are shared (two fields of the next type, forty levels deep, is 2^40 reasons
+/// for one changed leaf); a handful tells the author what to fix.
+pub const MAX_REASONS: usize = 16;
+
+/// Type pairs one check may compare. Pairs of records are compared once each (memoised),
+/// so a real schema needs a few per field; this bounds what a crafted one can cost (about a
+/// second of one core) while the registry keeps answering others.
+pub const MAX_STEPS: u64 = 2_000_000;
+
+/// A check that did not finish within [`MAX_STEPS`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "checking compatibility needed more than {steps} type comparisons and was stopped; simplify the schema (fewer nested unions of shared types) or check it with compatibility NONE"
+)]
+pub struct TooComplex {
+    /// The limit that was reached.
+    pub steps: u64,
+}
+
+/// Every reason data written with `writer` cannot be read with `reader` (at most
+/// [`MAX_REASONS`]); empty when it can.
+pub fn check(reader: &Schema, writer: &Schema) -> Result<Vec<Incompatibility>, TooComplex> {
+    check_within(reader, writer, MAX_STEPS)
+}
+
+/// [`check`] with a chosen step limit.
+pub fn check_within(
+    reader: &Schema,
+    writer: &Schema,
+    max_steps: u64,
+) -> Result<Vec<Incompatibility>, TooComplex> {
     let reader_names = match ResolvedSchema::new(reader) {
         Ok(r) => r,
-        Err(e) => return vec![unresolved("reader", &e)],
+        Err(e) => return Ok(vec![unresolved("reader", &e)]),
     };
     let writer_names = match ResolvedSchema::new(writer) {
         Ok(w) => w,
-        Err(e) => return vec![unresolved("writer", &e)],
+        Err(e) => return Ok(vec![unresolved("writer", &e)]),
     };
     let mut checker = Checker {
         reader_names: reader_names.get_names(),
         writer_names: writer_names.get_names(),
         memo: HashMap::new(),
         path: Vec::new(),
+        steps_left: max_steps,
     };
-    checker.pair(reader, writer)
+    let found = checker.pair(reader, writer);
+    if checker.steps_left == 0 {
+        return Err(TooComplex { steps: max_steps });
+    }
+    Ok(found)
+}
+
+/// Append `more` to `found`, keeping at most [`MAX_REASONS`].
+fn add(found: &mut Vec<Incompatibility>, more: Vec<Incompatibility>) {
+    let room = MAX_REASONS.saturating_sub(found.len());
+    found.extend(more.into_iter().take(room));
 }
 
 fn unresolved(side: &str, e: &apache_avro::Error) -> Incompatibility {
@@ -166,6 +207,9 @@ struct Checker<'r, 'w> {
     /// Record pairs by address: recursion can only pass through a record.
     memo: HashMap<(usize, usize), Seen>,
     path: Vec<String>,
+    /// Comparisons left; at zero every comparison answers "no reason" and the caller
+    /// reports [`TooComplex`] instead of the (incomplete) result.
+    steps_left: u64,
 }
 
 impl<'r, 'w> Checker<'r, 'w> {
@@ -196,6 +240,10 @@ impl<'r, 'w> Checker<'r, 'w> {
 
     /// The specification's "It is an error if the two schemas do not match", rule by rule.
     fn resolve(&mut self, r: View<'r>, w: View<'w>) -> Vec<Incompatibility> {
+        if self.steps_left == 0 {
+            return Vec::new();
+        }
+        self.steps_left -= 1;
         match (r, w) {
             (View::Unresolved(n), _) | (_, View::Unresolved(n)) => {
                 self.fail(format!("the name {} does not resolve", n.fullname(None)))
@@ -235,9 +283,12 @@ impl<'r, 'w> Checker<'r, 'w> {
                 .find_map(|n| w.fields.iter().find(|wf| &wf.name == n));
             self.path.push(field.name.clone());
             match writer_field {
-                Some(wf) => found.extend(self.pair(&field.schema, &wf.schema)),
+                Some(wf) => {
+                    let more = self.pair(&field.schema, &wf.schema);
+                    add(&mut found, more);
+                }
                 None if field.default.is_some() => {}
-                None => found.extend(self.fail(format!(
+                None => add(&mut found, self.fail(format!(
                     "the reader's field {} has no default and the writer's record {} has no field of that name{}",
                     field.name,
                     w.name.fullname(None),
@@ -266,7 +317,7 @@ impl<'r, 'w> Checker<'r, 'w> {
             .filter(|s| !r.symbols.contains(s))
             .collect();
         if !missing.is_empty() && !has_default {
-            found.extend(self.fail(format!(
+            add(&mut found, self.fail(format!(
                 "the writer's enum {} has symbols {missing:?} the reader's enum lacks, and the reader's enum has no default",
                 w.name.fullname(None)
             )));
@@ -279,12 +330,15 @@ impl<'r, 'w> Checker<'r, 'w> {
     fn fixed(&mut self, r: &'r FixedSchema, w: &'w FixedSchema) -> Vec<Incompatibility> {
         let mut found = self.names(&r.name, r.aliases.as_deref(), &w.name);
         if r.size != w.size {
-            found.extend(self.fail(format!(
-                "the reader's fixed {} has size {} and the writer's {}",
-                r.name.fullname(None),
-                r.size,
-                w.size
-            )));
+            add(
+                &mut found,
+                self.fail(format!(
+                    "the reader's fixed {} has size {} and the writer's {}",
+                    r.name.fullname(None),
+                    r.size,
+                    w.size
+                )),
+            );
         }
         found
     }
@@ -327,12 +381,13 @@ impl<'r, 'w> Checker<'r, 'w> {
             let this = self.views(r, w);
             if !this.is_empty() {
                 self.path.push(format!("writer branch {i} ({})", w.kind()));
-                found.extend(self.fail(format!(
+                let branch = self.fail(format!(
                     "the reader cannot read the writer's union branch {i} ({})",
                     w.kind()
-                )));
+                ));
+                add(&mut found, branch);
                 self.path.pop();
-                found.extend(this);
+                add(&mut found, this);
             }
         }
         found
@@ -410,7 +465,7 @@ mod tests {
     fn can_read(reader: &str, writer: &str) -> bool {
         let r = Schema::parse_str(reader).unwrap();
         let w = Schema::parse_str(writer).unwrap();
-        check(&r, &w).is_empty()
+        check(&r, &w).unwrap().is_empty()
     }
 
     const METER: &str = r#"{"type":"record","name":"Meter","fields":[
@@ -495,8 +550,41 @@ mod tests {
         assert!(can_read(wider, list));
         let r = Schema::parse_str(list).unwrap();
         let w = Schema::parse_str(wider).unwrap();
-        let found = check(&r, &w);
+        let found = check(&r, &w).unwrap();
         assert!(!found.is_empty());
         assert_eq!(found.last().unwrap().location, "/v", "{found:?}");
+    }
+
+    /// Records nested `depth` deep, each with two fields of the next record type (the
+    /// first defines it, the second names it), the leaf holding one field of `leaf`.
+    fn shared_tower(depth: usize, leaf: &str) -> String {
+        let mut schema = format!(
+            r#"{{"type":"record","name":"R{depth}","fields":[{{"name":"x","type":"{leaf}"}}]}}"#
+        );
+        for level in (0..depth).rev() {
+            schema = format!(
+                r#"{{"type":"record","name":"R{level}","fields":[{{"name":"a","type":{schema}}},{{"name":"b","type":"R{}"}}]}}"#,
+                level + 1
+            );
+        }
+        schema
+    }
+
+    #[test]
+    fn shared_types_nested_deep_are_checked_once_per_pair_with_bounded_reasons() {
+        let old = Schema::parse_str(&shared_tower(40, "int")).unwrap();
+        let new = Schema::parse_str(&shared_tower(40, "string")).unwrap();
+        let found = check(&new, &old).unwrap();
+        assert!(!found.is_empty());
+        assert!(found.len() <= MAX_REASONS, "{}", found.len());
+        assert!(found[0].message.contains("string"), "{found:?}");
+        assert!(check(&old, &old).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_check_over_its_step_limit_is_refused_not_answered() {
+        let old = Schema::parse_str(&shared_tower(10, "int")).unwrap();
+        assert_eq!(check_within(&old, &old, 5), Err(TooComplex { steps: 5 }));
+        assert!(check_within(&old, &old, 1_000).unwrap().is_empty());
     }
 }

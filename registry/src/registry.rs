@@ -129,6 +129,15 @@ pub enum RegistryError {
         /// One line per failed check.
         details: Vec<String>,
     },
+    /// 42201, as Confluent answers a schema it cannot accept: the check was stopped.
+    #[error("Schema cannot be checked against version {version}: {source}")]
+    TooComplex {
+        /// The version it was being checked against.
+        version: u32,
+        /// The limit reached.
+        #[source]
+        source: compatibility::TooComplex,
+    },
     /// 50001
     #[error("Error in the backend data store: {0}")]
     Store(#[from] StorageError),
@@ -146,7 +155,7 @@ impl RegistryError {
             RegistryError::VersionSoftDeleted(..) => 40406,
             RegistryError::VersionNotSoftDeleted(..) => 40407,
             RegistryError::SubjectCompatNotConfigured(_) => 40408,
-            RegistryError::InvalidSchema(_) => 42201,
+            RegistryError::InvalidSchema(_) | RegistryError::TooComplex { .. } => 42201,
             RegistryError::InvalidVersion(_) => 42202,
             RegistryError::InvalidCompat(_) => 42203,
             RegistryError::Incompatible { .. } => 409,
@@ -192,7 +201,8 @@ pub struct VersionInfo {
 
 struct StoredSchema {
     text: String,
-    parsed: Schema,
+    /// The parsed schema, or why this build cannot parse what an earlier one stored.
+    parsed: Result<Schema, String>,
     canonical: String,
 }
 
@@ -215,16 +225,25 @@ impl State {
     fn apply(&mut self, e: &Event) {
         match e {
             Event::Schema { id, schema } => {
-                let p = parse_schema(schema).expect("logged schemas were valid");
-                self.by_canonical.insert(p.canonical.clone(), *id);
-                self.schemas.insert(
-                    *id,
-                    StoredSchema {
+                // A schema this build's parser refuses (it was accepted by another version)
+                // keeps its id and is still served; only checks against it are refused.
+                let stored = match parse_schema(schema) {
+                    Ok(p) => StoredSchema {
                         text: schema.clone(),
-                        parsed: p.schema,
+                        parsed: Ok(p.schema),
                         canonical: p.canonical,
                     },
-                );
+                    Err(e) => {
+                        tracing::warn!(id, error = %e, "a stored schema cannot be parsed by this registry; it is served as stored, and compatibility checks against it are refused");
+                        StoredSchema {
+                            text: schema.clone(),
+                            parsed: Err(e.to_string()),
+                            canonical: schema.clone(),
+                        }
+                    }
+                };
+                self.by_canonical.insert(stored.canonical.clone(), *id);
+                self.schemas.insert(*id, stored);
             }
             Event::Version {
                 subject,
@@ -314,7 +333,12 @@ impl State {
     }
 
     /// Check `new` against `existing` (oldest first) under `mode`; one message per failure.
-    fn check(&self, mode: Compat, new: &Schema, existing: &[(u32, Version)]) -> Vec<String> {
+    fn check(
+        &self,
+        mode: Compat,
+        new: &Schema,
+        existing: &[(u32, Version)],
+    ) -> Result<Vec<String>, RegistryError> {
         let against: &[(u32, Version)] = if mode.transitive() {
             existing
         } else {
@@ -322,7 +346,16 @@ impl State {
         };
         let mut messages = Vec::new();
         for (n, v) in against.iter().rev() {
-            let old = &self.schemas[&v.id].parsed;
+            let old = match &self.schemas[&v.id].parsed {
+                Ok(old) => old,
+                Err(why) => {
+                    messages.push(format!(
+                        "{{oldSchemaVersion: {n}, compatibility: '{}', reason: 'version {n} cannot be checked: this registry cannot parse its schema ({why})'}}",
+                        mode.name()
+                    ));
+                    continue;
+                }
+            };
             let mut report = |what: String, found: Vec<compatibility::Incompatibility>| {
                 if found.is_empty() {
                     return;
@@ -335,20 +368,24 @@ impl State {
                     reasons.join("; ")
                 ));
             };
+            let stopped = |source| RegistryError::TooComplex {
+                version: *n,
+                source,
+            };
             if mode.backward() {
                 report(
                     format!("the new schema cannot read data written with version {n}"),
-                    compatibility::check(new, old),
+                    compatibility::check(new, old).map_err(stopped)?,
                 );
             }
             if mode.forward() {
                 report(
                     format!("version {n} cannot read data written with the new schema"),
-                    compatibility::check(old, new),
+                    compatibility::check(old, new).map_err(stopped)?,
                 );
             }
         }
-        messages
+        Ok(messages)
     }
 }
 
@@ -472,7 +509,7 @@ impl Registry {
                 return Ok(*id);
             }
             let mode = state.compat_for(subject);
-            let details = state.check(mode, &parsed, &live);
+            let details = state.check(mode, &parsed, &live)?;
             if !details.is_empty() {
                 return Err(RegistryError::Incompatible {
                     subject: subject.to_owned(),
@@ -730,7 +767,7 @@ impl Registry {
                 }
                 VersionRef::Number(_) => vec![state.resolve(subject, v)?],
             };
-            Ok(state.check(mode, &parsed, &against))
+            state.check(mode, &parsed, &against)
         })
     }
 }
@@ -746,14 +783,14 @@ mod tests {
         )
         .unwrap();
         let v3 = Schema::parse_str(r#"{"type":"record","name":"R","fields":[{"name":"id","type":"string"},{"name":"a","type":"int"}]}"#).unwrap();
-        let found = compatibility::check(&v3, &v1);
+        let found = compatibility::check(&v3, &v1).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
             found[0].message.contains("field a has no default"),
             "{}",
             found[0]
         );
-        assert!(compatibility::check(&v1, &v3).is_empty());
+        assert!(compatibility::check(&v1, &v3).unwrap().is_empty());
     }
 
     #[test]
@@ -773,5 +810,57 @@ mod tests {
             .register("s", &f(r#",{"name":"a","type":"int"}"#))
             .unwrap_err();
         assert_eq!(err.code(), 409, "{err}");
+    }
+
+    #[test]
+    fn a_stored_schema_this_parser_refuses_is_served_and_not_checked_against() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path()).unwrap();
+        let odd = r#"{"type":"a-type-from-the-future"}"#;
+        log.append(&[
+            Event::Schema {
+                id: 1,
+                schema: odd.into(),
+            },
+            Event::Version {
+                subject: "s".into(),
+                version: 1,
+                id: 1,
+            },
+        ])
+        .unwrap();
+        drop(log);
+        let r = Registry::open(dir.path()).unwrap();
+        assert_eq!(r.schema(1).unwrap(), odd);
+        let err = r.register("s", r#""string""#).unwrap_err();
+        assert_eq!(err.code(), 409, "{err}");
+        assert!(err.to_string().contains("cannot parse its schema"), "{err}");
+        assert_eq!(r.register("t", r#""string""#).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_check_too_costly_to_finish_is_refused_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path()).unwrap();
+        // Every branch of a union of n records against every branch of the other: n^2
+        // pairs, each comparing n fields.
+        let union = |n: usize, leaf: &str| {
+            let branches: Vec<String> = (0..n)
+                .map(|i| {
+                    let fields: Vec<String> = (0..n)
+                        .map(|f| format!(r#"{{"name":"f{f}","type":"{leaf}"}}"#))
+                        .collect();
+                    format!(
+                        r#"{{"type":"record","name":"B{i}","fields":[{}]}}"#,
+                        fields.join(",")
+                    )
+                })
+                .collect();
+            format!("[{}]", branches.join(","))
+        };
+        r.register("s", &union(200, "int")).unwrap();
+        let err = r.register("s", &union(200, "long")).unwrap_err();
+        assert_eq!(err.code(), 42201, "{err}");
+        assert!(err.to_string().contains("type comparisons"), "{err}");
     }
 }

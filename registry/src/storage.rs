@@ -3,7 +3,8 @@
 //! Each entry is `[len: u32 LE][crc32 of payload: u32 LE][payload: JSON event]`. An append
 //! is fsynced before the write is acknowledged. On open the log is replayed; a torn last
 //! entry (a crash mid-append: short, or failing its checksum) is cut off and reported, and
-//! everything before it is kept.
+//! everything before it is kept. Damage with a whole entry after it is not a torn write:
+//! the registry refuses to start and names the offset, rather than drop what follows.
 //!
 //! An append that fails (disk full, a file-size limit) is rolled back to the last good
 //! length, so a failed write never leaves a partial entry for the next start to trip on; if
@@ -104,6 +105,36 @@ pub enum StorageError {
     },
 }
 
+/// The payload length in the header at the start of `rest`, if a header is there.
+fn entry_len(rest: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+    Some(len as usize)
+}
+
+/// The event whose entry starts at byte `at`, or why there is none.
+fn entry_at(bytes: &[u8], at: usize) -> Result<Event, String> {
+    let rest = &bytes[at..];
+    if rest.len() < 8 {
+        return Err("the entry's header is cut short".into());
+    }
+    let len = entry_len(rest).expect("8 bytes");
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    if len > MAX_ENTRY as usize {
+        return Err(format!(
+            "the entry's length {len} is over the {MAX_ENTRY}-byte limit"
+        ));
+    }
+    let Some(payload) = rest.get(8..8 + len) else {
+        return Err(format!(
+            "the entry's length {len} runs past the end of the file"
+        ));
+    };
+    if crc32fast::hash(payload) != crc {
+        return Err("the entry's checksum does not match".into());
+    }
+    serde_json::from_slice(payload).map_err(|e| format!("the entry is not an event: {e}"))
+}
+
 /// The open log, positioned for appends.
 #[derive(Debug)]
 pub struct Log {
@@ -152,38 +183,30 @@ impl Log {
         let mut events = Vec::new();
         let mut at = 0usize;
         let good_end = loop {
-            let rest = &bytes[at..];
-            if rest.is_empty() {
+            if at == bytes.len() {
                 break at;
             }
-            if rest.len() < 8 {
-                break at; // torn header
-            }
-            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
-            let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-            if len > MAX_ENTRY || rest.len() < 8 + len as usize {
-                break at; // torn or absurd length: only possible for the last entry
-            }
-            let payload = &rest[8..8 + len as usize];
-            if crc32fast::hash(payload) != crc {
-                // A bad checksum on the final entry is a torn write; anywhere else the
-                // file was damaged and guessing would lose or invent state.
-                if 8 + len as usize == rest.len() {
+            let event = match entry_at(&bytes, at) {
+                Ok(event) => event,
+                Err(reason) => {
+                    // A torn write can only be the last thing in the file. If a whole,
+                    // checksummed entry follows, the damage is in the middle: cutting there
+                    // would drop registrations and let their ids be given out again.
+                    if let Some(next) = (at + 1..bytes.len()).find(|&p| entry_at(&bytes, p).is_ok())
+                    {
+                        return Err(StorageError::Corrupt {
+                            path: path.display().to_string(),
+                            offset: at as u64,
+                            reason: format!(
+                                "{reason}, and a whole entry follows at byte {next}; restore the data directory from a backup (truncating the log at byte {at} would drop the schemas registered after it and reuse their ids)"
+                            ),
+                        });
+                    }
                     break at;
                 }
-                return Err(StorageError::Corrupt {
-                    path: path.display().to_string(),
-                    offset: at as u64,
-                    reason: "checksum mismatch before the end of the log".into(),
-                });
-            }
-            let event = serde_json::from_slice(payload).map_err(|e| StorageError::Corrupt {
-                path: path.display().to_string(),
-                offset: at as u64,
-                reason: e.to_string(),
-            })?;
+            };
             events.push(event);
-            at += 8 + len as usize;
+            at += 8 + entry_len(&bytes[at..]).expect("a read entry has a header");
         };
         if good_end < bytes.len() {
             tracing::warn!(
@@ -344,5 +367,25 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = Log::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("corrupt at byte 0"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_length_in_the_middle_is_an_error_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path()).unwrap();
+        log.append(&[ev(1), ev(2), ev(3)]).unwrap();
+        drop(log);
+        let path = dir.path().join("registry.log");
+        let good = std::fs::read(&path).unwrap();
+        let second = 8 + entry_len(&good).unwrap();
+        for length in [u32::MAX, MAX_ENTRY - 1, 1_000] {
+            let mut bytes = good.clone();
+            bytes[second..second + 4].copy_from_slice(&length.to_le_bytes());
+            std::fs::write(&path, &bytes).unwrap();
+            let err = Log::open(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(&format!("corrupt at byte {second}")), "{err}");
+            assert!(err.contains("backup"), "{err}");
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was cut");
+        }
     }
 }

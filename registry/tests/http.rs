@@ -489,3 +489,149 @@ async fn parallel_registrations_of_one_schema_get_one_id() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_post_without_a_json_content_type_is_refused() {
+    let s = start().await;
+    // What a browser sends cross-origin without asking first: no type, or a form/text type.
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut req = s
+            .client
+            .post(format!("{}/subjects/csrf/versions", s.url))
+            .body(v1().to_string());
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}");
+    }
+    assert_eq!(s.get("/subjects").await.1, json!([]));
+}
+
+#[tokio::test]
+async fn credentials_are_required_when_configured() {
+    let credentials =
+        weir_registry::auth::Credentials::parse("basic ci:pw\nbearer deploy-token").unwrap();
+    let s = start_with(weir_registry::ApiConfig {
+        credentials: Some(credentials),
+        ..Default::default()
+    })
+    .await;
+    let url = format!("{}/subjects/a/versions", s.url);
+    let send = |auth: Option<&'static str>| {
+        let mut req = s
+            .client
+            .post(&url)
+            .header("content-type", CT)
+            .body(v1().to_string());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let denied = send(None).await.unwrap();
+    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+    assert!(denied.headers().contains_key("www-authenticate"));
+    assert_eq!(code(&denied.json::<Value>().await.unwrap()), 401);
+    assert_eq!(
+        send(Some("Bearer wrong")).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(Some("Bearer deploy-token")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let basic = s
+        .client
+        .get(format!("{}/subjects", s.url))
+        .basic_auth("ci", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), StatusCode::OK);
+    assert_eq!(basic.json::<Value>().await.unwrap(), json!(["a"]));
+    assert_eq!(s.get("/subjects").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.get("/health").await.0, StatusCode::OK);
+}
+
+/// Send a request whose body never finishes; keeps the connection open.
+async fn stalled_body(url: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = url.trim_start_matches("http://");
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /subjects/slow/versions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {CT}\r\ncontent-length: 1000\r\n\r\n{{\"schema\":"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c
+}
+
+#[tokio::test]
+async fn slow_bodies_hold_no_permit() {
+    let s = start_with(weir_registry::ApiConfig {
+        max_concurrent: 1,
+        body_timeout: std::time::Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await;
+    // More stalled senders than permits: the registry still answers others meanwhile
+    // (were a permit taken before the body, this request would wait out the 120 s).
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(stalled_body(&s.url).await);
+    }
+    let fast = s
+        .client
+        .post(format!("{}/subjects/fast/versions", s.url))
+        .header("content-type", CT)
+        .body(v1().to_string())
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .expect("answered while others stall");
+    assert_eq!(fast.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
+    use tokio::io::AsyncReadExt;
+    let s = start_with(weir_registry::ApiConfig {
+        body_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let mut c = stalled_body(&s.url).await;
+    let mut answer = vec![0u8; 512];
+    let n = c.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(s.get("/subjects").await.1, json!([]));
+}
+
+/// Records nested `depth` deep, each with two fields of the next record type.
+fn shared_tower(depth: usize, leaf: &str) -> String {
+    let mut schema = json!({"type": "record", "name": format!("R{depth}"), "fields": [{"name": "x", "type": leaf}]});
+    for level in (0..depth).rev() {
+        schema = json!({"type": "record", "name": format!("R{level}"), "fields": [
+            {"name": "a", "type": schema}, {"name": "b", "type": format!("R{}", level + 1)}]});
+    }
+    schema.to_string()
+}
+
+#[tokio::test]
+async fn a_schema_of_shared_types_nested_deep_is_checked_without_blowing_up() {
+    let s = start().await;
+    let old = json!({"schema": shared_tower(40, "int")});
+    let new = json!({"schema": shared_tower(40, "string")});
+    assert_eq!(
+        s.post("/subjects/tower/versions", old).await.0,
+        StatusCode::OK
+    );
+    let (st, e) = s.post("/subjects/tower/versions", new).await;
+    assert_eq!((st, code(&e)), (StatusCode::CONFLICT, 409), "{e}");
+    assert!(e["message"].as_str().unwrap().len() < 100_000);
+}

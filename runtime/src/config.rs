@@ -543,6 +543,13 @@ pub struct RegistryConfig {
     /// Register plugin schemas (true) or only look them up (false).
     #[serde(default = "default_true")]
     pub auto_register: bool,
+    /// A file whose first line is the credential weir presents: `basic USER:PASSWORD` or
+    /// `bearer TOKEN` (relative to the config file); read at start-up.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// The credential read from `credentials_file`.
+    #[serde(skip)]
+    pub credential: Option<weir_registry::auth::Credential>,
 }
 
 /// The `[output]` table.
@@ -754,13 +761,14 @@ const OVERRIDABLE: [&str; 6] = ["mqtt", "kafka", "registry", "output", "plugins"
 /// Environment variables of other commands' flags (`weir plugin --admin`, `weir registry
 /// serve`) that look like overrides but are not config keys: a shell that sets them for
 /// the CLI can still start `weir run`.
-const CLI_ONLY: [&str; 6] = [
+const CLI_ONLY: [&str; 7] = [
     "WEIR_ADMIN_URL",
     "WEIR_ADMIN_CA",
     "WEIR_REGISTRY_LISTEN",
     "WEIR_REGISTRY_DATA_DIR",
     "WEIR_REGISTRY_MAX_BODY",
     "WEIR_REGISTRY_MAX_CONCURRENT",
+    "WEIR_REGISTRY_SERVE_CREDENTIALS_FILE",
 ];
 /// Tables inside those, overridden as `WEIR_<TABLE>_<SUB>_<KEY>` (`WEIR_KAFKA_SASL_PASSWORD`).
 const NESTED: [(&str, &str); 4] = [
@@ -787,6 +795,7 @@ impl Config {
             mqtt,
             kafka,
             admin,
+            registry,
             ..
         } = &mut config;
         let files = [
@@ -795,6 +804,7 @@ impl Config {
             mqtt.password_file.as_mut(),
             kafka.sasl.as_mut().and_then(|s| s.password_file.as_mut()),
             admin.token_file.as_mut(),
+            registry.credentials_file.as_mut(),
         ];
         for f in files.into_iter().flatten() {
             anchor(f, base);
@@ -804,6 +814,15 @@ impl Config {
             .flatten()
         {
             tls.resolve(base);
+        }
+        if let Some(path) = &config.registry.credentials_file {
+            let credentials =
+                weir_registry::auth::Credentials::read(path).map_err(|e| ConfigError {
+                    file: file.clone(),
+                    key: "registry.credentials_file".into(),
+                    problem: e.to_string(),
+                })?;
+            config.registry.credential = credentials.all().first().cloned();
         }
         Ok(config)
     }
@@ -1386,6 +1405,30 @@ key = "{topic[3]}"
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect();
         Config::parse("weir.toml", text, &env)
+    }
+
+    #[test]
+    fn the_registry_credential_is_read_at_load_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("weir.toml");
+        let text = MINIMAL.replace(
+            "url = \"http://127.0.0.1:8081\"",
+            "url = \"http://127.0.0.1:8081\"\ncredentials_file = \"creds\"",
+        );
+        std::fs::write(&config, text).unwrap();
+        let err = Config::load(&config).unwrap_err();
+        assert_eq!(err.key, "registry.credentials_file", "{err}");
+        assert!(err.problem.contains("creds"), "{err}");
+        std::fs::write(
+            dir.path().join("creds"),
+            "# weir's account\nbasic weir:pw\n",
+        )
+        .unwrap();
+        let c = Config::load(&config).unwrap();
+        assert_eq!(
+            c.registry.credential.unwrap().header_value(),
+            "Basic d2Vpcjpwdw=="
+        );
     }
 
     #[test]

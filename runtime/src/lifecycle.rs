@@ -224,7 +224,7 @@ impl Lifecycle {
         control: Control,
         seeds: Vec<(Plugin, Vec<u8>)>,
     ) -> Result<Arc<Lifecycle>, LifecycleError> {
-        let registry = RegistryClient::new(&config.registry.url);
+        let registry = RegistryClient::for_config(&config.registry);
         let placeholder = Arc::new(Live {
             topology: Arc::new(Topology {
                 cohorts: vec![],

@@ -115,6 +115,11 @@ enum RegistryCommand {
         /// Requests served at once (more wait); with the body limit, this bounds memory.
         #[arg(long, env = "WEIR_REGISTRY_MAX_CONCURRENT", default_value_t = 8)]
         max_concurrent: usize,
+        /// Who may call the registry: a file of lines `basic USER:PASSWORD` or `bearer
+        /// TOKEN` (what Confluent clients send as basic.auth.user.info or
+        /// bearer.auth.token). Without it anyone who reaches the listener may register.
+        #[arg(long, env = "WEIR_REGISTRY_SERVE_CREDENTIALS_FILE")]
+        credentials_file: Option<PathBuf>,
     },
 }
 
@@ -998,7 +1003,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             data_dir,
             max_body_bytes,
             max_concurrent,
+            credentials_file,
         }) => {
+            let credentials = credentials_file
+                .as_deref()
+                .map(weir_registry::auth::Credentials::read)
+                .transpose()
+                .context("--credentials-file")?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen)
@@ -1011,6 +1022,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let config = weir_registry::ApiConfig {
                     max_body_bytes,
                     max_concurrent,
+                    credentials,
+                    ..Default::default()
                 };
                 weir_registry::serve(listener, &data_dir, config, shutdown_signal())
                     .await

@@ -195,7 +195,7 @@ pub async fn redrive(
         .await
         .map_err(|e| e.to_string())?;
     let state = control.state();
-    let registry = RegistryClient::new(&config.registry.url);
+    let registry = RegistryClient::for_config(&config.registry);
     // The version per cohort: --through, else the cohort's pin, else weir.toml's.
     let mut plans = BTreeMap::new();
     for (ci, c) in config.cohorts.iter().enumerate() {

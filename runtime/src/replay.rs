@@ -227,7 +227,7 @@ pub async fn run(
         }
         Ok(())
     })?;
-    let registry = RegistryClient::new(&config.registry.url);
+    let registry = RegistryClient::for_config(&config.registry);
     let mut runners: HashMap<(String, String), Runner> = HashMap::new();
     for (cohort, sha) in needed.keys() {
         let ci = config

@@ -67,6 +67,8 @@ pub fn record_full_name(schema: &str) -> Option<String> {
 pub struct RegistryClient {
     base: String,
     http: reqwest::Client,
+    /// The `Authorization` header value, when the registry wants one.
+    authorization: Option<String>,
 }
 
 impl RegistryClient {
@@ -78,6 +80,15 @@ impl RegistryClient {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("HTTP client"),
+            authorization: None,
+        }
+    }
+
+    /// A client for the `[registry]` table: its URL and credential.
+    pub fn for_config(config: &crate::config::RegistryConfig) -> Self {
+        RegistryClient {
+            authorization: config.credential.as_ref().map(|c| c.header_value()),
+            ..RegistryClient::new(&config.url)
         }
     }
 
@@ -86,6 +97,10 @@ impl RegistryClient {
         what: String,
         req: reqwest::RequestBuilder,
     ) -> Result<Value, RegistryClientError> {
+        let req = match &self.authorization {
+            Some(a) => req.header(reqwest::header::AUTHORIZATION, a),
+            None => req,
+        };
         let resp = req
             .header("content-type", "application/vnd.schemaregistry.v1+json")
             .send()
