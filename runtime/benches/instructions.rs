@@ -114,6 +114,7 @@ fn live(root: &std::path::Path) -> Live {
         config: Default::default(),
         plugin_time_ms: None,
         plugin_memory_mib: None,
+        plugin_output_kib: None,
         group: None,
     };
     let plan: CohortPlan =

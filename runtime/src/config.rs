@@ -638,6 +638,10 @@ pub struct Cohort {
     /// This cohort's plugin memory cap, MiB; at most the host's (`--plugin-memory-mib`).
     #[serde(default)]
     pub plugin_memory_mib: Option<usize>,
+    /// Most bytes the records of one message may total, KiB; at most the host's
+    /// (`--plugin-output-kib`). More is quarantined as `plugin.output-too-large`.
+    #[serde(default)]
+    pub plugin_output_kib: Option<usize>,
     /// The `[[group]]` this cohort belongs to (default: [`DEFAULT_GROUP`]).
     #[serde(default)]
     pub group: Option<String>,
@@ -650,6 +654,7 @@ impl Cohort {
         crate::transform::CallLimits {
             time_per_message: self.plugin_time_ms.map(std::time::Duration::from_millis),
             memory_bytes: self.plugin_memory_mib.map(|m| m << 20),
+            output_bytes_per_message: self.plugin_output_kib.map(|k| k << 10),
         }
     }
 
@@ -1080,6 +1085,9 @@ impl Config {
             }
             if c.plugin_memory_mib == Some(0) {
                 return Err((at("plugin_memory_mib"), "must be at least 1".into()));
+            }
+            if c.plugin_output_kib == Some(0) {
+                return Err((at("plugin_output_kib"), "must be at least 1".into()));
             }
         }
         Ok(())

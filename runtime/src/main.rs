@@ -394,6 +394,11 @@ struct EngineArgs {
     /// CPU budget per message in a call, milliseconds (a call gets at least 100 ms).
     #[arg(long, env = "WEIR_PLUGIN_TIME_MS", default_value_t = 20)]
     plugin_time_ms: u64,
+    /// Most bytes the records of one message may total, KiB (values, keys and headers as
+    /// copied out of the plugin; a call copies at most 64 MiB). More is quarantined as
+    /// plugin.output-too-large.
+    #[arg(long, env = "WEIR_PLUGIN_OUTPUT_KIB", default_value_t = 4096)]
+    plugin_output_kib: usize,
     /// Directory for precompiled plugins (default: `weir run` keeps them beside the plugin
     /// store, in <plugins.store>/compiled; other commands in $XDG_CACHE_HOME/weir or
     /// ~/.cache/weir).
@@ -409,6 +414,7 @@ impl EngineArgs {
         Limits {
             memory_bytes: self.plugin_memory_mib << 20,
             time_per_message: Duration::from_millis(self.plugin_time_ms),
+            max_output_bytes_per_message: self.plugin_output_kib.max(1) << 10,
             ..Limits::default()
         }
     }

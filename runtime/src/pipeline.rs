@@ -135,6 +135,18 @@ pub async fn prepare(
                 ),
             });
         }
+        if let Some(kib) = c.plugin_output_kib
+            && kib << 10 > limits.max_output_bytes_per_message
+        {
+            return Err(StartError::Config {
+                file: file.into(),
+                key: format!("cohort[{i}].plugin_output_kib"),
+                problem: format!(
+                    "{kib} KiB is more than the host's bound of {} KiB: raise --plugin-output-kib (WEIR_PLUGIN_OUTPUT_KIB) or lower this",
+                    limits.max_output_bytes_per_message >> 10
+                ),
+            });
+        }
     }
     let host = Host::new(limits, cache).map_err(|e| StartError::Other(e.to_string()))?;
     let seeds = load_seeds(&host, &config.plugins.dir, file)?;

@@ -246,6 +246,7 @@ fn files_that_are_not_plugins_are_refused_clearly() {
 fn a_cohort_can_have_its_own_limits() {
     let (plugin, host_wide) = adversarial(64);
     let own = weir::transform::CallLimits {
+        output_bytes_per_message: None,
         memory_bytes: Some(16 << 20),
         time_per_message: Some(Duration::from_millis(200)),
     };
@@ -273,6 +274,68 @@ fn a_cohort_can_have_its_own_limits() {
     assert!(!kind(&out[0]).starts_with("fail"), "{}", kind(&out[0]));
 }
 
+/// A plugin that returns the same bytes of its memory as the value of 1,000 records (the
+/// canonical ABI allows it) passes the memory cap, the record count and the record size,
+/// and would have the host copy 100 MB out of one 100-byte message. The output bound stops
+/// the copy as it happens, the message is quarantined as `plugin.output-too-large`, and its
+/// neighbours in the batch still emit.
+#[test]
+fn output_aliasing_one_buffer_is_bounded_as_it_is_copied() {
+    let (_, p) = adversarial(32);
+    let mut batch: Vec<_> = ["a", "alias", "b"]
+        .iter()
+        .map(|m| message("t/x", m.as_bytes()))
+        .collect();
+    let out = p.process(&mut batch);
+    let kinds: Vec<String> = out.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        ["emit:1", "fail:plugin.output-too-large", "emit:1"],
+        "{out:?}"
+    );
+    let Outcome::Fail { reason, .. } = &out[1] else {
+        unreachable!()
+    };
+    assert!(reason.contains("4194304 bytes from one call"), "{reason}");
+    assert!(reason.contains("plugin_output_kib"), "{reason}");
+}
+
+/// Under the copy bound, the records of one message together are still held to the
+/// message's bound, however the call's fuel was shared out.
+#[test]
+fn a_cohorts_output_bound_counts_every_record_of_a_message() {
+    let (plugin, _) = adversarial(64);
+    let own = weir::transform::CallLimits {
+        output_bytes_per_message: Some(64 << 10),
+        ..Default::default()
+    };
+    let tight = plugin.configure_with(vec![], "tight", own).unwrap();
+    // The call may copy 4 × 64 KiB; the 100 KB record fits that, not its message's bound.
+    let big = "x".repeat(100_000);
+    let mut batch = vec![
+        message("t/x", b"fine"),
+        message("t/x", big.as_bytes()),
+        message("t/x", b"fine"),
+        message("t/x", b"fine"),
+    ];
+    let out = tight.process(&mut batch);
+    let kinds: Vec<String> = out.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        ["emit:1", "fail:plugin.output-too-large", "emit:1", "emit:1"]
+    );
+    let Outcome::Fail { reason, .. } = &out[1] else {
+        unreachable!()
+    };
+    assert!(reason.contains("the limit is 65536"), "{reason}");
+    // Aliasing is caught while copying, at the cohort's bound.
+    let out = tight.process(&mut [message("t/x", b"alias")]);
+    let Outcome::Fail { reason, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert!(reason.contains("more than 65536 bytes"), "{reason}");
+}
+
 /// The time budget is the calling thread's CPU time, not wall time: a plugin whose thread
 /// waits for the CPU (a busy host, a worker at the lowest priority) is not cut off for the
 /// time others ran. Here every core is kept busy by threads at normal priority while the
@@ -283,6 +346,7 @@ fn the_time_budget_is_cpu_time() {
     let (plugin, _) = adversarial(64);
     let budget = Duration::from_millis(10);
     let own = weir::transform::CallLimits {
+        output_bytes_per_message: None,
         memory_bytes: None,
         time_per_message: Some(budget),
     };

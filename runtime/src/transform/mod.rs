@@ -333,10 +333,11 @@ impl Configured {
         match self.call(batch) {
             Ok(outcomes) => {
                 let limits = self.plugin.inner.sandbox.limits();
+                let output = self.limits.output_per_message(limits);
                 out.extend(
                     outcomes
                         .into_iter()
-                        .map(|o| encode_outcome(&self.plugin.inner.schema, limits, o)),
+                        .map(|o| encode_outcome(&self.plugin.inner.schema, limits, output, o)),
                 );
             }
             Err(e) if batch.len() == 1 => out.push(Outcome::Fail {
@@ -395,8 +396,14 @@ impl Configured {
 }
 
 /// Validate and encode one outcome's records; any violation fails the whole message (a
-/// message's records are published all or none).
-fn encode_outcome(schema: &AvroSchema, limits: &Limits, o: sandbox::WitOutcome) -> Outcome {
+/// message's records are published all or none). `output` bounds the bytes of all its
+/// records together.
+fn encode_outcome(
+    schema: &AvroSchema,
+    limits: &Limits,
+    output: usize,
+    o: sandbox::WitOutcome,
+) -> Outcome {
     use sandbox::WitOutcome as W;
     match o {
         W::Skip => Outcome::Skip,
@@ -421,6 +428,25 @@ fn encode_outcome(schema: &AvroSchema, limits: &Limits, o: sandbox::WitOutcome) 
                         "{} records from one message; the limit is {}",
                         records.len(),
                         limits.max_records_per_message
+                    ),
+                };
+            }
+            let total: usize = records
+                .iter()
+                .map(|r| {
+                    r.value.len()
+                        + r.key.as_ref().map_or(0, String::len)
+                        + r.headers
+                            .iter()
+                            .map(|(k, v)| k.len() + v.len())
+                            .sum::<usize>()
+                })
+                .sum();
+            if total > output {
+                return Outcome::Fail {
+                    code: codes::OUTPUT_TOO_LARGE,
+                    reason: format!(
+                        "the records of one message total {total} bytes; the limit is {output} (plugin_output_kib)"
                     ),
                 };
             }

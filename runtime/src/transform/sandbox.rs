@@ -41,6 +41,12 @@ pub struct Limits {
     pub max_records_per_message: usize,
     /// Largest record value (JSON text) a plugin may return.
     pub max_record_bytes: usize,
+    /// Most bytes the records of one message may total (values, keys and headers). The
+    /// canonical ABI lets every record point at the same bytes of the plugin's memory, so
+    /// the memory cap does not bound what the host copies out: this does.
+    pub max_output_bytes_per_message: usize,
+    /// Most bytes the host copies out of one `process` call, whatever its batch size.
+    pub max_output_bytes_per_call: usize,
     /// Instances that may exist at once (pool size).
     pub max_instances: u32,
 }
@@ -54,6 +60,8 @@ impl Default for Limits {
             stack_bytes: 512 << 10,
             max_records_per_message: 10_000,
             max_record_bytes: 1 << 20,
+            max_output_bytes_per_message: 4 << 20,
+            max_output_bytes_per_call: 64 << 20,
             max_instances: 64,
         }
     }
@@ -69,6 +77,18 @@ pub struct CallLimits {
     pub time_per_message: Option<Duration>,
     /// Linear-memory cap per instance, bytes (at most the host's).
     pub memory_bytes: Option<usize>,
+    /// Output bytes per message (at most the host's).
+    pub output_bytes_per_message: Option<usize>,
+}
+
+impl CallLimits {
+    /// The output bound per message under `host`'s limits.
+    pub fn output_per_message(&self, host: &Limits) -> usize {
+        self.output_bytes_per_message
+            .map_or(host.max_output_bytes_per_message, |b| {
+                b.min(host.max_output_bytes_per_message)
+            })
+    }
 }
 
 /// How often the epoch advances: a call's CPU time is checked at most this often, so it
@@ -316,6 +336,10 @@ pub(super) enum CallError {
     Trap(String),
     #[error("{0}")]
     Contract(String),
+    #[error(
+        "the plugin returned more than {0} bytes from one call (its records, keys and headers as copied out of its memory); raise the cohort's plugin_output_kib or --plugin-output-kib if that much is meant"
+    )]
+    OutputTooLarge(usize),
     #[error("plugin refused its config: {0}")]
     Config(String),
     #[error("cannot instantiate the plugin: {0}")]
@@ -329,6 +353,7 @@ impl CallError {
             CallError::Oom(_) => codes::OOM,
             CallError::Trap(_) | CallError::Instantiate(_) => codes::TRAP,
             CallError::Contract(_) | CallError::Config(_) => codes::CONTRACT,
+            CallError::OutputTooLarge(_) => codes::OUTPUT_TOO_LARGE,
         }
     }
 }
@@ -339,6 +364,8 @@ pub(super) struct Instance {
     plugin: bindings::Plugin,
     sandbox: Sandbox,
     limits: CallLimits,
+    /// The hostcall fuel the current call was given.
+    output_fuel: usize,
 }
 
 impl Instance {
@@ -377,11 +404,16 @@ impl Instance {
             plugin,
             sandbox: sandbox.clone(),
             limits,
+            output_fuel: 0,
         })
     }
 
-    /// Reset the call's state and give it `budget` of CPU time from now.
-    fn arm(&mut self, budget: Duration) {
+    /// Reset the call's state, give it `budget` of CPU time from now and let the host copy
+    /// at most `output` bytes out of it (wasmtime's hostcall fuel bounds every string and
+    /// list lifted from the guest, as it is lifted).
+    fn arm(&mut self, budget: Duration, output: usize) {
+        self.store.set_hostcall_fuel(output);
+        self.output_fuel = output;
         let state = self.store.data_mut();
         state.hit_memory_cap = false;
         state.logged = 0;
@@ -392,6 +424,13 @@ impl Instance {
     }
 
     fn classify(&mut self, err: wasmtime::Error, budget: Duration) -> CallError {
+        // wasmtime reports spent hostcall fuel as a plain error with this text, not as a
+        // trap; the host tests pin it with a plugin that aliases its output.
+        if err.downcast_ref::<wasmtime::Trap>().is_none()
+            && format!("{err:#}").contains("too much data is being copied")
+        {
+            return CallError::OutputTooLarge(self.output_fuel);
+        }
         let state = self.store.data_mut();
         if state.hit_memory_cap {
             let mut why = format!(
@@ -432,9 +471,18 @@ impl Instance {
         }
     }
 
+    /// The output bound of a call of `messages` messages.
+    fn output_bound(&self, messages: usize) -> usize {
+        let host = &self.sandbox.0.limits;
+        self.limits
+            .output_per_message(host)
+            .saturating_mul(messages)
+            .min(host.max_output_bytes_per_call)
+    }
+
     pub(super) fn describe(&mut self) -> Result<PluginInfo, CallError> {
         let budget = self.sandbox.setup_budget(&self.limits);
-        self.arm(budget);
+        self.arm(budget, self.output_bound(1));
         self.plugin
             .call_describe(&mut self.store)
             .map_err(|e| self.classify(e, budget))
@@ -442,7 +490,7 @@ impl Instance {
 
     pub(super) fn init(&mut self, config: &[(String, String)]) -> Result<(), CallError> {
         let budget = self.sandbox.setup_budget(&self.limits);
-        self.arm(budget);
+        self.arm(budget, self.output_bound(1));
         match self.plugin.call_init(&mut self.store, config) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(CallError::Config(msg)),
@@ -452,7 +500,7 @@ impl Instance {
 
     pub(super) fn process(&mut self, batch: &[WitMessage]) -> Result<Vec<WitOutcome>, CallError> {
         let budget = self.sandbox.budget(batch.len(), &self.limits);
-        self.arm(budget);
+        self.arm(budget, self.output_bound(batch.len()));
         self.plugin
             .call_process(&mut self.store, batch)
             .map_err(|e| self.classify(e, budget))

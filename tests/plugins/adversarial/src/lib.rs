@@ -12,7 +12,13 @@
 //! | `many`        | emits 20,000 records                                   |
 //! | `reject`      | rejects with `test.rejected`                           |
 //! | `spoof`       | sets the reserved header `weir.plugin`                 |
+//! | `alias`       | emits 1,000 records whose values all point at the same |
+//! |               | 100 KB of its memory (100 MB once copied out)          |
 //! | anything else | emits `{"text": <payload>}`                            |
+//!
+//! `alias` is what the SDK cannot express: the canonical ABI passes a string as a pointer
+//! and a length, so nothing stops a plugin from returning the same bytes many times. It is
+//! built by hand below, around the SDK's own glue for every other payload.
 
 use serde_json::{Value, json};
 use weir_sdk::{Config, Emit, Message, Plugin, Record, Rejection};
@@ -76,4 +82,67 @@ impl Plugin for Adversarial {
     }
 }
 
-weir_sdk::export_plugin!(Adversarial, schema = "../echo.avsc");
+/// The Avro schema this plugin declares.
+pub const SCHEMA: &str = include_str!("../echo.avsc");
+
+/// Records in an `alias` outcome, and the bytes each value points at.
+pub const ALIAS_RECORDS: usize = 1_000;
+/// Length of the one buffer every `alias` record's value points at.
+pub const ALIAS_BYTES: usize = 100_000;
+
+#[allow(unsafe_code)] // Exported entry points are generated `extern` fns; `alias` aliases memory.
+mod export {
+    use super::*;
+    use weir_sdk::bindings::weir::transform::types as wit;
+
+    struct Export;
+
+    /// One valid record's JSON, `ALIAS_BYTES` long, leaked so that it lives on.
+    fn shared_value() -> &'static str {
+        let filler = ALIAS_BYTES - r#"{"text":""}"#.len();
+        Box::leak(format!(r#"{{"text":"{}"}}"#, "x".repeat(filler)).into_boxed_str())
+    }
+
+    /// `ALIAS_RECORDS` records whose values are the same bytes. Each `String` claims the
+    /// leaked buffer; the guest frees them after the host has copied them out, if it does.
+    fn aliased() -> wit::Outcome {
+        let shared = shared_value();
+        let records = (0..ALIAS_RECORDS)
+            .map(|_| wit::Record {
+                key: None,
+                // SAFETY: deliberately unsound (the buffer is owned many times over); this
+                // plugin exists to show the host survives a guest that lies in the ABI.
+                value: unsafe {
+                    String::from_raw_parts(shared.as_ptr().cast_mut(), shared.len(), shared.len())
+                },
+                headers: Vec::new(),
+            })
+            .collect();
+        wit::Outcome::Emit(records)
+    }
+
+    impl weir_sdk::bindings::Guest for Export {
+        fn describe() -> wit::PluginInfo {
+            weir_sdk::glue::describe(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), SCHEMA)
+        }
+        fn init(config: Vec<(String, String)>) -> Result<(), String> {
+            weir_sdk::glue::init::<Adversarial>(config)
+        }
+        fn process(batch: Vec<wit::Message>) -> Vec<wit::Outcome> {
+            batch
+                .into_iter()
+                .map(|m| {
+                    if m.payload == b"alias" {
+                        aliased()
+                    } else {
+                        weir_sdk::glue::process::<Adversarial>(vec![m])
+                            .pop()
+                            .expect("one outcome per message")
+                    }
+                })
+                .collect()
+        }
+    }
+
+    weir_sdk::bindings::__export_world!(Export with_types_in weir_sdk::bindings);
+}
