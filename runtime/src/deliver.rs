@@ -13,6 +13,7 @@ use crate::plan::{Delivery, Input, Kind, Next, Settled, Topology};
 use crate::sink::{Answer, Failure, Sink, Tag, Write};
 use crate::source::{AckToken, Source};
 use crate::transform::Outcome;
+use crate::untrusted::Untrusted;
 use prometheus_client::metrics::counter::Counter;
 use slab::Slab;
 use std::sync::Arc;
@@ -286,9 +287,9 @@ impl<W: Writes, A: Acks> Courier<W, A> {
                     .get_or_create(&KindLabel { kind: label.into() })
                     .inc();
                 if let Failure::Unauthorized(_) = e {
-                    tracing::error!(kind = label, topic = %w.topic, mqtt_topic = %f.delivery.input().message.topic, error = e.reason(), "Kafka does not let weir's principal write this topic; the message is held, unacknowledged, until it may: grant the principal WRITE (and DESCRIBE) on the topic, e.g. kafka-acls --add --allow-principal User:<weir's principal> --operation Write --operation Describe --topic <topic>");
+                    tracing::error!(kind = label, topic = %w.topic, mqtt_topic = %Untrusted(&f.delivery.input().message.topic), error = e.reason(), "Kafka does not let weir's principal write this topic; the message is held, unacknowledged, until it may: grant the principal WRITE (and DESCRIBE) on the topic, e.g. kafka-acls --add --allow-principal User:<weir's principal> --operation Write --operation Describe --topic <topic>");
                 } else {
-                    tracing::error!(kind = label, topic = %w.topic, mqtt_topic = %f.delivery.input().message.topic, error = e.reason(), "Kafka did not accept a write");
+                    tracing::error!(kind = label, topic = %w.topic, mqtt_topic = %Untrusted(&f.delivery.input().message.topic), error = e.reason(), "Kafka did not accept a write");
                 }
             }
             settled.push(((kind, w), r));
@@ -303,7 +304,7 @@ impl<W: Writes, A: Acks> Courier<W, A> {
         }
         if stuck {
             self.metrics.stuck_writes.inc();
-            tracing::error!(mqtt_topic = %f.delivery.input().message.topic, "a write keeps failing; the message stays unacknowledged and weir is not ready until Kafka takes it");
+            tracing::error!(mqtt_topic = %Untrusted(&f.delivery.input().message.topic), "a write keeps failing; the message stays unacknowledged and weir is not ready until Kafka takes it");
         } else {
             self.metrics.stuck_writes.dec();
         }

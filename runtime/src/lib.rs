@@ -42,3 +42,4 @@ pub mod status;
 pub mod store;
 pub mod topics;
 pub mod transform;
+pub mod untrusted;

@@ -430,7 +430,7 @@ impl Delivery {
         self.attempts = 0;
         if let Some(why) = self.refused.take() {
             if self.quarantine_written {
-                tracing::error!(topic = %self.input.message.topic, %why, "a write of an already quarantined message was refused");
+                tracing::error!(topic = %crate::untrusted::Untrusted(&self.input.message.topic), %why, "a write of an already quarantined message was refused");
             } else {
                 let code = Code::SinkProduceFailed;
                 let w = self.quarantine_write(topo, &code, &why, Some(self.records_ok));

@@ -130,6 +130,39 @@ fn adversarial_plugin_through_the_cli() {
     );
 }
 
+/// A plugin's log lines cannot forge weir's (a newline is escaped, not a new line), and a
+/// plugin that logs a thousand lines in a call is held to its rate.
+#[test]
+fn plugin_log_lines_are_escaped_and_rate_limited() {
+    let wasm = plugin_wasm("adversarial");
+    let input = ["forge", "chatty"]
+        .map(|p| format!("{{\"topic\":\"t\",\"payload\":\"{p}\"}}\n"))
+        .concat();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["transform", "--plugin", wasm.to_str().unwrap()])
+        .env("WEIR_LOG", "info")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(input.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        !err.lines().any(|l| l.contains("FORGED") && !l.contains("innocent")),
+        "a forged line stands alone: {err}"
+    );
+    assert!(err.contains("innocent\\n2026"), "{err}");
+    let chatty = err.lines().filter(|l| l.contains("chatty line")).count();
+    assert!((1..=100).contains(&chatty), "{chatty} chatty lines");
+    assert_eq!(text(&out.stdout).lines().count(), 2);
+}
+
 #[test]
 fn inspect_prints_identity_and_schema() {
     let wasm = plugin_wasm("fleet-gps");

@@ -19,6 +19,7 @@
 //! [`IDLE_INSTANCES`] are kept per configured plugin.
 
 mod cache;
+pub mod log;
 mod sandbox;
 
 pub use crate::message::Message;
@@ -173,9 +174,15 @@ impl Host {
             None => self.sandbox.compile(bytes)?,
         };
         let pre = self.sandbox.prepare(&component)?;
-        let described = Instance::new(&self.sandbox, &pre, "describe", CallLimits::default())
-            .and_then(|mut i| i.describe())
-            .map_err(|e| LoadError::Describe(e.to_string()))?;
+        let described = Instance::new(
+            &self.sandbox,
+            &pre,
+            "describe",
+            CallLimits::default(),
+            Arc::default(),
+        )
+        .and_then(|mut i| i.describe())
+        .map_err(|e| LoadError::Describe(e.to_string()))?;
         let schema =
             AvroSchema::parse(&described.schema).map_err(|e| LoadError::Schema(e.to_string()))?;
         Ok(Plugin {
@@ -241,6 +248,8 @@ pub struct Configured {
     config: Vec<(String, String)>,
     label: String,
     limits: CallLimits,
+    /// Its log budget, shared by its instances.
+    log_rate: Arc<log::Rate>,
     /// Initialised instances ready for a call, with the calls each has served.
     idle: std::sync::Mutex<Vec<(Instance, u32)>>,
 }
@@ -273,14 +282,22 @@ impl Plugin {
         limits: CallLimits,
     ) -> Result<Configured, String> {
         let label = label.into();
-        let mut instance = Instance::new(&self.inner.sandbox, &self.inner.pre, &label, limits)
-            .map_err(|e| e.to_string())?;
+        let log_rate = Arc::new(log::Rate::default());
+        let mut instance = Instance::new(
+            &self.inner.sandbox,
+            &self.inner.pre,
+            &label,
+            limits,
+            log_rate.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         instance.init(&config).map_err(|e| e.to_string())?;
         Ok(Configured {
             plugin: self.clone(),
             config,
             label,
             limits,
+            log_rate,
             idle: std::sync::Mutex::new(vec![(instance, 0)]),
         })
     }
@@ -371,8 +388,13 @@ impl Configured {
             Some(pair) => pair,
             None => {
                 let inner = &self.plugin.inner;
-                let mut instance =
-                    Instance::new(&inner.sandbox, &inner.pre, &self.label, self.limits)?;
+                let mut instance = Instance::new(
+                    &inner.sandbox,
+                    &inner.pre,
+                    &self.label,
+                    self.limits,
+                    self.log_rate.clone(),
+                )?;
                 instance.init(&self.config)?;
                 (instance, 0)
             }

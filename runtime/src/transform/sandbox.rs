@@ -2,7 +2,7 @@
 //! and trap classification. Nothing else is linked, so a component that imports anything
 //! more (WASI filesystem, clocks, random, ...) fails to instantiate and is refused at load.
 
-use super::{LoadError, codes};
+use super::{LoadError, codes, log};
 use crate::priority::thread_cpu;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,9 +94,6 @@ impl CallLimits {
 /// How often the epoch advances: a call's CPU time is checked at most this often, so it
 /// may run up to a tick past its budget.
 const TICK: Duration = Duration::from_millis(5);
-/// Log lines kept per call; more are counted and dropped so a chatty plugin cannot flood.
-const MAX_LOG_LINES: usize = 64;
-const MAX_LOG_LINE: usize = 2048;
 
 struct Shared {
     engine: Engine,
@@ -244,7 +241,8 @@ pub(super) struct State {
     /// Bytes of memories and tables the instance holds now.
     memory_used: usize,
     hit_memory_cap: bool,
-    logged: usize,
+    /// The configured plugin's log budget, shared by its instances.
+    log_rate: Arc<log::Rate>,
     /// The last error-level line (a panic message, usually), to explain a trap.
     last_error: Option<String>,
     /// The calling thread's CPU time when the call began.
@@ -294,31 +292,26 @@ impl bindings::weir::transform::types::Host for State {}
 
 impl bindings::weir::transform::host::Host for State {
     fn log(&mut self, level: Level, mut message: String) {
-        self.logged += 1;
-        if self.logged > MAX_LOG_LINES {
-            if self.logged == MAX_LOG_LINES + 1 {
-                tracing::warn!(plugin = %self.label, "plugin logged more than {MAX_LOG_LINES} lines in one call; dropping the rest");
-            }
-            return;
-        }
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
+        log::truncate(&mut message);
+        // The last error line explains a trap, whether or not the log had room for it.
+        if matches!(level, Level::Error) {
+            self.last_error = Some(message.clone());
         }
         let plugin = &self.label;
-        match level {
-            Level::Trace => tracing::trace!(%plugin, "{message}"),
-            Level::Debug => tracing::debug!(%plugin, "{message}"),
-            Level::Info => tracing::info!(%plugin, "{message}"),
-            Level::Warn => tracing::warn!(%plugin, "{message}"),
-            Level::Error => {
-                tracing::warn!(%plugin, "{message}");
-                self.last_error = Some(message);
+        match self.log_rate.admit(std::time::Instant::now()) {
+            log::Admit::No => return,
+            log::Admit::AfterDropped(n) => {
+                let most = log::LINES_PER_SECOND;
+                tracing::warn!(%plugin, dropped = n, "the plugin logged more than {most} lines a second; the rest were dropped");
             }
+            log::Admit::Yes => {}
+        }
+        let line = log::Untrusted(&message);
+        match level {
+            Level::Trace => tracing::trace!(%plugin, "{line}"),
+            Level::Debug => tracing::debug!(%plugin, "{line}"),
+            Level::Info => tracing::info!(%plugin, "{line}"),
+            Level::Warn | Level::Error => tracing::warn!(%plugin, "{line}"),
         }
     }
 }
@@ -374,6 +367,7 @@ impl Instance {
         pre: &Pre,
         label: &str,
         limits: CallLimits,
+        log_rate: Arc<log::Rate>,
     ) -> Result<Self, CallError> {
         let host = sandbox.0.limits.memory_bytes;
         let state = State {
@@ -381,7 +375,7 @@ impl Instance {
             memory_cap: limits.memory_bytes.map_or(host, |m| m.min(host)),
             memory_used: 0,
             hit_memory_cap: false,
-            logged: 0,
+            log_rate,
             last_error: None,
             cpu_start: thread_cpu(),
             cpu_budget: sandbox.setup_budget(&limits),
@@ -416,7 +410,6 @@ impl Instance {
         self.output_fuel = output;
         let state = self.store.data_mut();
         state.hit_memory_cap = false;
-        state.logged = 0;
         state.last_error = None;
         state.cpu_start = thread_cpu();
         state.cpu_budget = budget;

@@ -12,6 +12,8 @@
 //! | `many`        | emits 20,000 records                                   |
 //! | `reject`      | rejects with `test.rejected`                           |
 //! | `spoof`       | sets the reserved header `weir.plugin`                 |
+//! | `forge`       | logs a line with a newline and a forged weir log line  |
+//! | `chatty`      | logs 1,000 lines, then emits                           |
 //! | `alias`       | emits 1,000 records whose values all point at the same |
 //! |               | 100 KB of its memory (100 MB once copied out)          |
 //! | anything else | emits `{"text": <payload>}`                            |
@@ -73,6 +75,19 @@ impl Plugin for Adversarial {
                 (0..20_000).map(|i| json!({ "text": i.to_string() })),
             )),
             "reject" => Err(Rejection::new("test.rejected", "rejected on request")),
+            "forge" => {
+                weir_sdk::log(
+                    weir_sdk::Level::Warn,
+                    "innocent\n2026-12-04T00:00:00.000000Z  INFO weir: FORGED all messages acknowledged",
+                );
+                Ok(Emit::one(json!({ "text": "forge" })))
+            }
+            "chatty" => {
+                for i in 0..1_000 {
+                    weir_sdk::log(weir_sdk::Level::Info, &format!("chatty line {i}"));
+                }
+                Ok(Emit::one(json!({ "text": "chatty" })))
+            }
             "spoof" => Ok(Emit::one(
                 Record::from(json!({ "text": "spoof" }))
                     .with_header("weir.plugin", "someone-else@9.9.9"),
