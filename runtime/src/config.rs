@@ -701,8 +701,10 @@ fn default_batch() -> usize {
 fn default_batch_wait() -> u64 {
     5
 }
+/// Under the stop grace periods of common supervisors (Docker 10 s, Kubernetes 30 s), so
+/// a drain ends on weir's terms, not by SIGKILL.
 fn default_shutdown_timeout() -> u64 {
-    30
+    8
 }
 fn default_retain() -> RetainHandling {
     RetainHandling::NewSubscription
@@ -1446,7 +1448,7 @@ key = "{topic[3]}"
         assert_eq!(c.mqtt.max_in_flight, 1000);
         assert_eq!(c.mqtt.retain_handling, RetainHandling::NewSubscription);
         assert_eq!(c.admin.listen, "127.0.0.1:9900");
-        assert_eq!(c.output.shutdown_timeout_s, 30);
+        assert_eq!(c.output.shutdown_timeout_s, 8);
         assert_eq!(c.output.quarantine_topic, "weir.quarantine");
         assert_eq!(c.registry.subject_strategy, SubjectStrategy::Topic);
         assert!(c.registry.auto_register);

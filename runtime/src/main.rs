@@ -993,6 +993,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                     3
                 }
+                Stopped::KafkaAway { left, why } => {
+                    tracing::warn!(
+                        left,
+                        "stopped without waiting out the shutdown timeout, since no write can complete ({why}): {left} message(s) left unacknowledged with the broker, which redelivers them"
+                    );
+                    3
+                }
                 Stopped::Interrupted { left } => {
                     tracing::warn!(
                         left,

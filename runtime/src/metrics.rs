@@ -395,6 +395,14 @@ impl Metrics {
         *self.kafka_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
+    /// Why Kafka cannot be written to now, by the last probe; `None` when it can.
+    pub fn kafka_problem(&self) -> Option<String> {
+        self.kafka_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Why weir is not ready, or `None` when it is: MQTT connected and subscribed, Kafka
     /// reachable, no write stuck.
     pub fn not_ready(&self) -> Option<String> {

@@ -210,6 +210,38 @@ pub enum Stopped {
         /// Messages left unacknowledged.
         left: u32,
     },
+    /// Kafka could not be written to and nothing was acknowledged for
+    /// [`NO_PROGRESS_STOP`]: stopped without waiting out the shutdown timeout.
+    KafkaAway {
+        /// Messages left unacknowledged.
+        left: u32,
+        /// What the Kafka probe says.
+        why: String,
+    },
+}
+
+/// How long a shutdown waits with Kafka unwritable and no acknowledgement before it stops:
+/// a drain that cannot complete should not hold weir until its supervisor kills it.
+pub const NO_PROGRESS_STOP: Duration = Duration::from_secs(2);
+
+/// Ends when Kafka has been unwritable (its probe reports a problem) and no message was
+/// acknowledged for [`NO_PROGRESS_STOP`]; returns the probe's problem.
+async fn no_write_can_complete(metrics: &Metrics) -> String {
+    const LOOK: Duration = Duration::from_millis(250);
+    let mut since: Option<(tokio::time::Instant, u64)> = None;
+    loop {
+        tokio::time::sleep(LOOK).await;
+        let acked = metrics.acked.get();
+        match (metrics.kafka_problem(), since) {
+            (Some(why), Some((at, before))) if before == acked => {
+                if at.elapsed() >= NO_PROGRESS_STOP {
+                    return why;
+                }
+            }
+            (Some(_), _) => since = Some((tokio::time::Instant::now(), acked)),
+            (None, _) => since = None,
+        }
+    }
 }
 
 /// A group's rate limit (`max_messages_per_s`), kept by spacing batches: a batch of `n`
@@ -300,6 +332,7 @@ pub async fn run(
     let _follower = AbortOnDrop(tokio::spawn(p.lifecycle.clone().follow(switched_rx)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<Option<String>>();
+    let (panic_tx, mut panics) = mpsc::unbounded_channel::<String>();
     let plans = cfg.group_plans();
     // Every group counts towards readiness from the start, not from when its lane starts:
     // weir is not ready while a group is still being set up.
@@ -345,10 +378,10 @@ pub async fn run(
             metrics.clone(),
             &p.lifecycle,
             switched_tx.clone(),
-            (stop_rx.clone(), ended_tx.clone()),
+            (stop_rx.clone(), ended_tx.clone(), panic_tx.clone()),
         )?);
     }
-    drop((switched_tx, ended_tx));
+    drop((switched_tx, ended_tx, panic_tx));
     let written: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
     let _kafka_probe = lanes
         .first()
@@ -375,6 +408,7 @@ pub async fn run(
     let failure = tokio::select! {
         _ = signals.recv() => None,
         Some(why) = ended.recv() => why,
+        Some(why) = panics.recv() => Some(why),
     };
     let _ = stop_tx.send(true);
     for lane in &mut lanes {
@@ -410,10 +444,14 @@ pub async fn run(
             Err(_) => Stopped::TimedOut { left: in_flight(&lanes) },
         },
         _ = signals.recv() => Stopped::Interrupted { left: in_flight(&lanes) },
+        why = no_write_can_complete(&metrics) => Stopped::KafkaAway { left: in_flight(&lanes), why },
     };
     // An unfinished courier is stopped: what it held stays unacknowledged.
     for lane in &mut lanes {
         lane.courier.take();
+    }
+    if let Ok(why) = panics.try_recv() {
+        return Err(StartError::Other(why));
     }
     if stopped == Stopped::Drained {
         for lane in &lanes {
@@ -465,7 +503,11 @@ impl Lane {
         metrics: Arc<Metrics>,
         lifecycle: &Arc<Lifecycle>,
         switched: mpsc::UnboundedSender<Switched>,
-        (stop, ended): (watch::Receiver<bool>, mpsc::UnboundedSender<Option<String>>),
+        (stop, ended, panics): (
+            watch::Receiver<bool>,
+            mpsc::UnboundedSender<Option<String>>,
+            mpsc::UnboundedSender<String>,
+        ),
     ) -> Result<Lane, StartError> {
         let inside = runtime.get().enter();
         let group = metrics.group(&plan.name);
@@ -478,13 +520,11 @@ impl Lane {
         // one before: each message's writes driven to their end, PUBACKs in arrival order.
         let (work_tx, work_rx) = mpsc::channel::<Work>(4);
         let courier = Courier::new(sink.clone(), source.clone(), metrics.clone());
-        let courier = AbortOnDrop(tokio::spawn(deliver(
-            courier,
-            sink.clone(),
-            metrics.clone(),
-            group,
-            work_rx,
-        )));
+        let courier = supervised(
+            format!("group {:?}'s courier", plan.name),
+            panics.clone(),
+            deliver(courier, sink.clone(), metrics.clone(), group, work_rx),
+        );
 
         // The batcher owns the source's channel, so a batch is never half taken when the
         // lane stops to do something else.
@@ -497,22 +537,26 @@ impl Lane {
             Duration::from_millis(cfg.output.batch_wait_ms),
         );
         let mut pace = plan.mqtt.max_messages_per_s.map(Pace::new);
-        let batcher = AbortOnDrop(tokio::spawn(async move {
-            let mut rx = rx;
-            while let Some(b) = next_batch(&mut rx, size, wait).await {
-                if let Some(pace) = &mut pace {
-                    let now = tokio::time::Instant::now();
-                    let at = pace.admit(now, b.len());
-                    if at > now {
-                        tokio::time::sleep_until(at).await;
-                        throttled.inc_by((at - now).as_secs_f64());
+        let batcher = supervised(
+            format!("group {:?}'s batcher", plan.name),
+            panics.clone(),
+            async move {
+                let mut rx = rx;
+                while let Some(b) = next_batch(&mut rx, size, wait).await {
+                    if let Some(pace) = &mut pace {
+                        let now = tokio::time::Instant::now();
+                        let at = pace.admit(now, b.len());
+                        if at > now {
+                            tokio::time::sleep_until(at).await;
+                            throttled.inc_by((at - now).as_secs_f64());
+                        }
+                    }
+                    if batch_tx.send(b).await.is_err() {
+                        break;
                     }
                 }
-                if batch_tx.send(b).await.is_err() {
-                    break;
-                }
-            }
-        }));
+            },
+        );
         let work = LaneWork {
             cohorts: plan.cohorts,
             source: source.clone(),
@@ -521,10 +565,15 @@ impl Lane {
             switched,
             worker,
         };
-        let task = AbortOnDrop(tokio::spawn(async move {
-            let why = work.run(batches, work_tx, stop).await;
-            let _ = ended.send(why);
-        }));
+        let group_name = plan.name.clone();
+        let task = supervised(
+            format!("group {group_name:?}'s pipeline"),
+            panics,
+            async move {
+                let why = work.run(&group_name, batches, work_tx, stop).await;
+                let _ = ended.send(why);
+            },
+        );
         drop(inside);
         Ok(Lane {
             _runtime: runtime,
@@ -637,6 +686,7 @@ impl LaneWork {
     /// Take batches until `stop`; returns the session's failure if it failed.
     async fn run(
         mut self,
+        group: &str,
         mut batches: mpsc::Receiver<Vec<Incoming>>,
         work_tx: mpsc::Sender<Work>,
         mut stop: watch::Receiver<bool>,
@@ -736,7 +786,9 @@ impl LaneWork {
             // Handing over waits while the courier is behind (Kafka slow or away); a
             // signal must still stop it.
             tokio::select! {
-                r = work_tx.send(work) => if r.is_err() { return None },
+                r = work_tx.send(work) => if r.is_err() {
+                    return Some(format!("group {group:?}'s courier ended while messages were still coming; what it held stays unacknowledged with the broker"));
+                },
                 _ = stop.wait_for(|s| *s) => return None,
             }
         }
@@ -938,6 +990,29 @@ pub fn transform(
     outcomes
 }
 
+/// Spawn `task`, aborted when the handle is dropped. If it panics, the panic is reported
+/// on `panics` as the pipeline's failure: an unexpected end stops weir with an error, never
+/// as a quiet "everything was acknowledged".
+fn supervised(
+    name: String,
+    panics: mpsc::UnboundedSender<String>,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> AbortOnDrop {
+    use futures::FutureExt;
+    AbortOnDrop(tokio::spawn(async move {
+        if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            let _ = panics.send(format!(
+                "{name} panicked ({what}); what it held stays unacknowledged with the broker"
+            ));
+        }
+    }))
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -949,6 +1024,21 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_reported_and_one_that_ends_is_not() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _quiet = supervised("a quiet task".into(), tx.clone(), async {});
+        let _courier = supervised("group \"a\"'s courier".into(), tx, async {
+            panic!("boom {}", 7)
+        });
+        let why = rx.recv().await.expect("the panic is reported");
+        assert!(
+            why.starts_with("group \"a\"'s courier panicked (boom 7)"),
+            "{why}"
+        );
+        assert!(rx.recv().await.is_none(), "a normal end is not reported");
+    }
 
     #[test]
     fn message_ids_are_the_lane_prefix_and_the_sequence_in_hex() {

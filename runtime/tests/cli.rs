@@ -154,7 +154,8 @@ fn plugin_log_lines_are_escaped_and_rate_limited() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
-        !err.lines().any(|l| l.contains("FORGED") && !l.contains("innocent")),
+        !err.lines()
+            .any(|l| l.contains("FORGED") && !l.contains("innocent")),
         "a forged line stands alone: {err}"
     );
     assert!(err.contains("innocent\\n2026"), "{err}");
