@@ -127,8 +127,9 @@ pub struct Metrics {
     plugin_codes: Mutex<BTreeMap<String, BTreeSet<String>>>,
     /// Every group's handle, for readiness and the overall oldest-unacknowledged age.
     groups: Mutex<Vec<GroupMetrics>>,
-    /// Why Kafka cannot take weir's writes, as the last probe found; `None` when it can.
-    kafka_problem: Mutex<Option<String>>,
+    /// Why Kafka cannot take weir's writes, by producer (each group has its own), as their
+    /// last probes found; empty when every producer can write.
+    kafka_problems: Mutex<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -184,7 +185,11 @@ impl Metrics {
             oversize: Counter::default(),
             plugin_codes: Mutex::new(BTreeMap::new()),
             groups: Mutex::new(Vec::new()),
-            kafka_problem: Mutex::new(Some("Kafka not reachable".into())),
+            // Not ready until a probe has looked.
+            kafka_problems: Mutex::new(BTreeMap::from([(
+                String::new(),
+                "Kafka not reachable".into(),
+            )])),
             registry: Registry::default(),
         };
         r.register("received", "MQTT messages received", m.received.clone());
@@ -389,18 +394,30 @@ impl Metrics {
         self.oldest_unacked_seconds.set(oldest);
     }
 
-    /// What the last Kafka probe found: `None` when every partition weir writes has a
-    /// leader and enough in-sync replicas, else why not.
-    pub fn set_kafka_problem(&self, problem: Option<String>) {
-        *self.kafka_problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    /// What the last probe of `producer` found: `None` when every partition weir writes
+    /// has a leader and enough in-sync replicas and the producer works, else why not.
+    pub fn set_kafka_problem(&self, producer: &str, problem: Option<String>) {
+        let mut problems = self
+            .kafka_problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        problems.remove("");
+        match problem {
+            Some(why) => problems.insert(producer.to_owned(), why),
+            None => problems.remove(producer),
+        };
     }
 
-    /// Why Kafka cannot be written to now, by the last probe; `None` when it can.
+    /// Why Kafka cannot be written to now, by the producers' last probes; `None` when
+    /// every producer can write.
     pub fn kafka_problem(&self) -> Option<String> {
-        self.kafka_problem
+        let problems = self
+            .kafka_problems
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut why: Vec<&str> = problems.values().map(String::as_str).collect();
+        why.dedup();
+        (!why.is_empty()).then(|| why.join("; "))
     }
 
     /// Why weir is not ready, or `None` when it is: MQTT connected and subscribed, Kafka
@@ -426,8 +443,8 @@ impl Metrics {
                 )),
             }
         }
-        if let Some(problem) = &*self.kafka_problem.lock().unwrap_or_else(|p| p.into_inner()) {
-            why.push(problem.clone());
+        if let Some(problem) = self.kafka_problem() {
+            why.push(problem);
         }
         let stuck = self.stuck_writes.get();
         if stuck > 0 {
@@ -473,7 +490,16 @@ mod tests {
         assert!(why.contains("MQTT") && why.contains("Kafka"), "{why}");
         let (a, b) = (m.group("a"), m.group("b"));
         a.set_ready(true);
-        m.set_kafka_problem(None);
+        m.set_kafka_problem("group a", Some("Kafka not reachable".into()));
+        m.set_kafka_problem("group b", Some("the producer failed fatally".into()));
+        let why = m.not_ready().unwrap();
+        assert!(
+            why.contains("reachable") && why.contains("fatally"),
+            "{why}"
+        );
+        m.set_kafka_problem("group a", None);
+        assert!(!m.not_ready().unwrap().contains("reachable"));
+        m.set_kafka_problem("group b", None);
         assert_eq!(
             m.not_ready().unwrap(),
             "MQTT session of group(s) b not connected and subscribed"

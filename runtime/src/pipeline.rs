@@ -383,9 +383,12 @@ pub async fn run(
     }
     drop((switched_tx, ended_tx, panic_tx));
     let written: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
-    let _kafka_probe = lanes
-        .first()
-        .map(|l| AbortOnDrop(l.sink.watch(metrics.clone(), written)));
+    // Every group's producer is probed: readiness is all of them, and one that fails
+    // fatally stops weir (its writes could never complete).
+    let mut probes: Vec<Probe> = lanes
+        .iter()
+        .map(|l| Probe(l.sink.watch(metrics.clone(), written.clone())))
+        .collect();
     let in_flight = |lanes: &[Lane]| lanes.iter().map(|l| l.source.in_flight()).sum::<u32>();
     let _progress = {
         let metrics = metrics.clone();
@@ -409,6 +412,7 @@ pub async fn run(
         _ = signals.recv() => None,
         Some(why) = ended.recv() => why,
         Some(why) = panics.recv() => Some(why),
+        why = fatal(&mut probes) => Some(why),
     };
     let _ = stop_tx.send(true);
     for lane in &mut lanes {
@@ -988,6 +992,27 @@ pub fn transform(
         }
     }
     outcomes
+}
+
+/// A producer's probe task ([`Sink::watch`]), aborted when dropped.
+struct Probe(tokio::task::JoinHandle<String>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Ends when a producer has failed fatally, with why; never if none does.
+async fn fatal(probes: &mut [Probe]) -> String {
+    if probes.is_empty() {
+        return std::future::pending().await;
+    }
+    let ended = futures::future::select_all(probes.iter_mut().map(|p| &mut p.0)).await;
+    match ended.0 {
+        Ok(why) => why,
+        Err(e) => format!("a Kafka producer's probe ended: {e}"),
+    }
 }
 
 /// Spawn `task`, aborted when the handle is dropped. If it panics, the panic is reported

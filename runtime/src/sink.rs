@@ -165,6 +165,8 @@ pub struct Sink {
     producer: ThreadedProducer<Context>,
     answers: Arc<Answers>,
     config: ClientConfig,
+    /// Which producer this is (`group "meters"`), for messages about it.
+    name: String,
 }
 
 /// Sink errors.
@@ -232,6 +234,7 @@ impl Sink {
             producer,
             answers,
             config: c,
+            name: name.to_owned(),
         })
     }
 
@@ -324,14 +327,31 @@ impl Sink {
     /// Probe, every second or two until the returned task is aborted, whether Kafka can take
     /// writes to `topics`: every partition has a leader and at least its topic's
     /// `min.insync.replicas` in sync (else an `acks=all` write waits). What it finds is
-    /// `/readyz`'s Kafka part.
-    pub fn watch(&self, metrics: Arc<Metrics>, topics: Vec<String>) -> tokio::task::JoinHandle<()> {
+    /// `/readyz`'s Kafka part for this producer. The task ends, with the reason, only when
+    /// the producer has failed fatally and can write no more.
+    pub fn watch(
+        &self,
+        metrics: Arc<Metrics>,
+        topics: Vec<String>,
+    ) -> tokio::task::JoinHandle<String> {
         let producer = self.producer.clone();
+        let name = self.name.clone();
+        metrics.set_kafka_problem(&name, Some("Kafka not probed yet".into()));
         let admin: Option<AdminClient<DefaultClientContext>> = self.config.create().ok();
         tokio::spawn(async move {
             let mut min_isr = HashMap::new();
             let mut described: Option<std::time::Instant> = None;
             loop {
+                // A fatal error (e.g. an idempotent producer fenced or out of sequence)
+                // leaves the producer unable to write again; retrying its writes would
+                // stall for ever.
+                if let Some((code, reason)) = producer.client().fatal_error() {
+                    let why = format!(
+                        "the Kafka producer of {name} failed fatally ({code:?}: {reason}); weir stops so that its supervisor restarts it with a new producer (what is unacknowledged stays with the MQTT broker)"
+                    );
+                    metrics.set_kafka_problem(&name, Some(why.clone()));
+                    return why;
+                }
                 if described.is_none_or(|d| d.elapsed() > Duration::from_secs(60))
                     && let Some(admin) = &admin
                 {
@@ -347,10 +367,17 @@ impl Sink {
                         |parts| write_problem(&parts, &min_isr),
                     );
                 let ok = problem.is_none();
-                metrics.set_kafka_problem(problem);
+                metrics.set_kafka_problem(&name, problem);
                 tokio::time::sleep(Duration::from_secs(if ok { 2 } else { 1 })).await;
             }
         })
+    }
+
+    /// librdkafka's handle of the producer, for tests that inject its faults
+    /// (`rd_kafka_test_fatal_error`).
+    #[doc(hidden)]
+    pub fn native_handle(&self) -> *mut rdkafka::types::RDKafka {
+        self.producer.client().native_ptr()
     }
 
     /// Enqueue a write (waiting while the producer's queue is full). Its answer comes back

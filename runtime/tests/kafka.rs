@@ -849,3 +849,53 @@ fn a_produce_quota_slows_weir_and_loses_nothing() {
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
 }
+
+/// A producer that fails fatally (librdkafka's `_FATAL`: an idempotent producer fenced or
+/// out of sequence) can write no more; retrying its writes would stall weir for ever while
+/// it looks alive. Its probe reports it, readiness says so, and the probe ends with the
+/// reason, which stops `weir run` with an error exit.
+#[test]
+fn a_fatal_producer_error_is_reported_not_retried_for_ever() {
+    let p = unique("fatal");
+    let config = weir::config::Config::parse("weir.toml", &config(&p), &[]).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let sink = weir::sink::Sink::new(&config.kafka, "group \"fatal\"").unwrap();
+        let topic = format!("{p}.out");
+        sink.check_topics(&[(topic.clone(), "cohort[0].output_topic".into())])
+            .await
+            .unwrap();
+        let metrics = Arc::new(weir::metrics::Metrics::new());
+        let mut probe = sink.watch(metrics.clone(), vec![topic]);
+        let started = Instant::now();
+        while metrics.kafka_problem().is_some() {
+            assert!(started.elapsed() < Duration::from_secs(60), "never healthy");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let reason = std::ffi::CString::new("injected by the test").unwrap();
+        // SAFETY: the handle is the live producer's, and the reason outlives the call.
+        #[allow(unsafe_code)]
+        let injected = unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                sink.native_handle(),
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            )
+        };
+        assert_eq!(
+            injected,
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
+        );
+        let why = tokio::time::timeout(Duration::from_secs(30), &mut probe)
+            .await
+            .expect("the probe ends on a fatal error")
+            .unwrap();
+        assert!(why.contains("failed fatally"), "{why}");
+        assert!(why.contains("injected by the test"), "{why}");
+        assert!(
+            metrics.not_ready().unwrap().contains("failed fatally"),
+            "{:?}",
+            metrics.not_ready()
+        );
+    });
+}
