@@ -331,6 +331,9 @@ impl<W: Writes, A: Acks> Courier<W, A> {
             };
             counter.inc_by(s.records);
         }
+        if s.uncaptured {
+            self.metrics.raw_capture_refused.inc();
+        }
         if let Some(code) = &s.quarantined {
             self.metrics.quarantine(cohort, code);
             if *code == weir_sdk::codes::Code::PayloadTooLarge {

@@ -124,6 +124,9 @@ pub struct Metrics {
     pub kafka_throttled_seconds: Counter<f64, AtomicU64>,
     /// Quarantined because the payload was too large (also in `quarantined`).
     pub oversize: Counter,
+    /// Messages whose raw capture Kafka refused for good; their quarantine entry holds the
+    /// original payload instead.
+    pub raw_capture_refused: Counter,
     plugin_codes: Mutex<BTreeMap<String, BTreeSet<String>>>,
     /// Every group's handle, for readiness and the overall oldest-unacknowledged age.
     groups: Mutex<Vec<GroupMetrics>>,
@@ -183,6 +186,7 @@ impl Metrics {
             stuck_writes: Gauge::default(),
             kafka_throttled_seconds: Counter::default(),
             oversize: Counter::default(),
+            raw_capture_refused: Counter::default(),
             plugin_codes: Mutex::new(BTreeMap::new()),
             groups: Mutex::new(Vec::new()),
             // Not ready until a probe has looked.
@@ -297,6 +301,11 @@ impl Metrics {
             "oversize",
             "Messages over mqtt.max_message_bytes",
             m.oversize.clone(),
+        );
+        r.register(
+            "raw_capture_refused",
+            "Messages whose raw capture Kafka refused for good (their quarantine entry holds the original payload instead)",
+            m.raw_capture_refused.clone(),
         );
         // Every kind of write from zero, so rates and alerts see the first retry.
         for kind in ["raw", "record", "quarantine"] {

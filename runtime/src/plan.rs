@@ -114,6 +114,9 @@ pub struct Settled {
     pub records: u64,
     /// Its quarantine code, if it went to quarantine.
     pub quarantined: Option<Code>,
+    /// Kafka refused its raw capture for good: the quarantine entry, which holds the
+    /// original payload, stands in for it (counted, so it is never silent).
+    pub uncaptured: bool,
 }
 
 /// One message's writes and what is known of them.
@@ -128,6 +131,8 @@ pub struct Delivery {
     refused: Option<String>,
     /// The quarantine entry has been acknowledged.
     quarantine_written: bool,
+    /// The raw capture was refused for good.
+    uncaptured: bool,
     /// Times the quarantine entry was cut down for size.
     shrunk: u8,
     /// Consecutive retry rounds.
@@ -169,6 +174,7 @@ impl Topology {
             quarantined: None,
             refused: None,
             quarantine_written: false,
+            uncaptured: false,
             shrunk: 0,
             attempts: 0,
         };
@@ -370,6 +376,7 @@ impl Delivery {
             cohort: self.cohort,
             records: self.records_ok,
             quarantined: self.quarantined.clone(),
+            uncaptured: self.uncaptured,
         }
     }
 
@@ -395,6 +402,7 @@ impl Delivery {
                     again.push((kind, w));
                 }
                 (Kind::Raw | Kind::Record, Err(f)) => {
+                    self.uncaptured |= kind == Kind::Raw;
                     let what = if kind == Kind::Raw {
                         "its raw capture"
                     } else {
@@ -430,7 +438,7 @@ impl Delivery {
         self.attempts = 0;
         if let Some(why) = self.refused.take() {
             if self.quarantine_written {
-                tracing::error!(topic = %crate::untrusted::Untrusted(&self.input.message.topic), %why, "a write of an already quarantined message was refused");
+                tracing::error!(topic = %crate::untrusted::Untrusted(&self.input.message.topic), %why, "a write of an already quarantined message was refused; its quarantine entry holds the original payload");
             } else {
                 let code = Code::SinkProduceFailed;
                 let w = self.quarantine_write(topo, &code, &why, Some(self.records_ok));
@@ -614,7 +622,8 @@ mod tests {
             Next::Done(Settled {
                 cohort: Some(0),
                 records: 2,
-                quarantined: None
+                quarantined: None,
+                uncaptured: false,
             })
         );
     }
@@ -710,6 +719,62 @@ mod tests {
             panic!()
         };
         assert_eq!(s.records, 2);
+        assert_eq!(s.quarantined, Some(Code::SinkProduceFailed));
+    }
+
+    #[test]
+    fn a_raw_capture_refused_for_good_is_stood_in_for_by_the_quarantine_entry_and_counted() {
+        let t = topo(true);
+        let inp = input("d/1", b"{}");
+        let ci = t.route(&inp.message);
+        let failed = Outcome::Fail {
+            code: Code::PluginTrap,
+            reason: "boom".into(),
+        };
+        // Already quarantined when the raw capture is refused: done, flagged.
+        let mut d = t.plan(inp, ci, Some(failed.clone()));
+        let answers: Vec<_> = sent(d.start())
+            .into_iter()
+            .map(|(k, w)| {
+                let r = match k {
+                    Kind::Raw => Err(Failure::TooLarge("too big for raw".into())),
+                    _ => Ok(()),
+                };
+                ((k, w), r)
+            })
+            .collect();
+        let Next::Done(s) = d.settle(&t, answers) else {
+            panic!("expected done")
+        };
+        assert!(s.uncaptured);
+        assert_eq!(s.quarantined, Some(Code::PluginTrap));
+        // Refused before any quarantine entry: the message is quarantined for it.
+        let mut d = t.plan(
+            input("d/2", br#"{"id":"x"}"#),
+            ci,
+            Some(Outcome::Emit(vec![record("x")])),
+        );
+        let answers: Vec<_> = sent(d.start())
+            .into_iter()
+            .map(|(k, w)| {
+                let r = match k {
+                    Kind::Raw => Err(Failure::Permanent("no".into())),
+                    _ => Ok(()),
+                };
+                ((k, w), r)
+            })
+            .collect();
+        let q = sent(d.settle(&t, answers));
+        assert_eq!(q[0].0, Kind::Quarantine);
+        assert!(
+            header(&q[0].1, h::ERROR_MESSAGE)
+                .unwrap()
+                .contains("raw capture")
+        );
+        let Next::Done(s) = d.settle(&t, all_ok(q)) else {
+            panic!("expected done")
+        };
+        assert!(s.uncaptured);
         assert_eq!(s.quarantined, Some(Code::SinkProduceFailed));
     }
 
