@@ -356,6 +356,11 @@ struct ReplayArgs {
     /// With --to: write quarantine outcomes here (otherwise they are only counted).
     #[arg(long, requires = "to")]
     quarantine_to: Option<String>,
+    /// Let --to / --quarantine-to name a topic weir run writes (a cohort's output, the
+    /// quarantine, the raw capture, the control topic): refused without it, since replayed
+    /// records would mix with live ones.
+    #[arg(long, requires = "to")]
+    allow_live_topic: bool,
     /// Replay every message through this stored version instead of its own.
     #[arg(long, value_name = "NAME@VERSION")]
     through: Option<String>,
@@ -486,6 +491,17 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         since_ms: ms(args.since),
         until_ms: ms(args.until),
     };
+    for (flag, topic) in [("--to", &args.to), ("--quarantine-to", &args.quarantine_to)] {
+        if let Some(topic) = topic
+            && let Some(key) = weir::replay::live_topic(&cfg, topic)
+            && !args.allow_live_topic
+        {
+            bail!(
+                "{flag} {topic} is {key} in {}, a topic weir run uses: replayed records would mix with live ones. Give a new topic, or add --allow-live-topic if that is meant",
+                args.config.display()
+            );
+        }
+    }
     let mode = match args.to {
         Some(to) => weir::replay::Mode::To(to, args.quarantine_to),
         None => weir::replay::Mode::Verify,

@@ -58,6 +58,22 @@ impl From<String> for ReplayError {
 
 pub use crate::capture::Range;
 
+/// The config key of the topic `weir run` writes or reads that `topic` is, if it is one:
+/// a cohort's output, the quarantine, the raw capture or the control topic. Replaying into
+/// such a topic mixes replayed records with live ones (or feeds the control plane).
+pub fn live_topic(config: &crate::config::Config, topic: &str) -> Option<String> {
+    let out = &config.output;
+    config
+        .cohorts
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.output_topic == topic)
+        .map(|(i, _)| format!("cohort[{i}].output_topic"))
+        .or_else(|| (out.quarantine_topic == topic).then(|| "output.quarantine_topic".into()))
+        .or_else(|| (out.raw_topic.as_deref() == Some(topic)).then(|| "output.raw_topic".into()))
+        .or_else(|| (config.plugins.control_topic == topic).then(|| "plugins.control_topic".into()))
+}
+
 /// What to do with the replayed outcomes.
 #[derive(Debug, Clone)]
 pub enum Mode {

@@ -213,3 +213,54 @@ fn non_plugins_get_a_one_line_error_and_nonzero_exit() {
     let missing = weir(&["plugin", "inspect", "/nonexistent.wasm"], "");
     assert!(text(&missing.stderr).contains("cannot read /nonexistent.wasm"));
 }
+
+/// `weir replay --to` a topic weir run uses is refused before anything is read or
+/// written, naming the key; `--allow-live-topic` is the deliberate way past it.
+#[test]
+fn replay_into_a_live_topic_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        r#"
+[mqtt]
+url = "mqtt://127.0.0.1:1"
+subscriptions = ["plant/#"]
+[kafka]
+bootstrap = "127.0.0.1:1"
+[registry]
+url = "http://127.0.0.1:1"
+[output]
+raw_topic = "weir.raw"
+[plugins]
+dir = "plugins"
+[[cohort]]
+name = "t"
+topic = "plant/+/thermostat/+"
+plugin = "thermostat@1.0.0"
+output_topic = "telemetry.thermostat"
+"#,
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    for (args, key) in [
+        (
+            vec!["--to", "telemetry.thermostat"],
+            "cohort[0].output_topic",
+        ),
+        (vec!["--to", "weir.raw"], "output.raw_topic"),
+        (vec!["--to", "weir.control"], "plugins.control_topic"),
+        (
+            vec!["--to", "fresh", "--quarantine-to", "weir.quarantine"],
+            "output.quarantine_topic",
+        ),
+    ] {
+        let mut all = vec!["replay", "--config", cfg, "--from", "weir.raw"];
+        all.extend(args);
+        let out = weir(&all, "");
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{all:?} was not refused");
+        assert!(err.contains(key), "{all:?}: {err}");
+        assert!(err.contains("--allow-live-topic"), "{err}");
+    }
+}
