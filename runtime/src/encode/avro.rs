@@ -292,8 +292,14 @@ impl AvroSchema {
     }
 
     /// Decode one Avro datum of this schema into JSON (unions shown as their plain value).
+    ///
+    /// Values that take no bytes (a `null`, an empty record) let a block count promise
+    /// any number of items for free, so a datum may hold at most [`MAX_DECODED_VALUES`]
+    /// values beyond one per byte: a crafted record read back for display or `--verify`
+    /// cannot loop or allocate without end.
     pub fn decode_to_json(&self, mut datum: &[u8]) -> Result<serde_json::Value, Violation> {
-        let v = self.decode(self.root, &mut datum)?;
+        let mut budget = MAX_DECODED_VALUES.saturating_add(datum.len());
+        let v = self.decode(self.root, &mut datum, &mut budget)?;
         if !datum.is_empty() {
             return Err(Violation(format!(
                 "{} bytes left over after the datum",
@@ -303,9 +309,19 @@ impl AvroSchema {
         Ok(v)
     }
 
-    fn decode(&self, node: usize, buf: &mut &[u8]) -> Result<serde_json::Value, Violation> {
+    fn decode(
+        &self,
+        node: usize,
+        buf: &mut &[u8],
+        budget: &mut usize,
+    ) -> Result<serde_json::Value, Violation> {
         use serde_json::Value;
         let short = || Violation("datum is truncated".into());
+        *budget = budget.checked_sub(1).ok_or_else(|| {
+            Violation(format!(
+                "the datum holds more values than its bytes can ({MAX_DECODED_VALUES} beyond one per byte): a block count is out of proportion"
+            ))
+        })?;
         let take = |buf: &mut &[u8], n: usize| -> Result<Vec<u8>, Violation> {
             if buf.len() < n {
                 return Err(short());
@@ -360,7 +376,7 @@ impl AvroSchema {
                     .ok()
                     .and_then(|i| branches.get(i))
                     .ok_or_else(|| Violation(format!("union branch {i} out of range")))?;
-                self.decode(*b, buf)?
+                self.decode(*b, buf, budget)?
             }
             Node::Array(items) => {
                 let mut out = Vec::new();
@@ -370,7 +386,7 @@ impl AvroSchema {
                         break;
                     }
                     for _ in 0..n {
-                        out.push(self.decode(*items, buf)?);
+                        out.push(self.decode(*items, buf, budget)?);
                     }
                 }
                 Value::Array(out)
@@ -386,7 +402,7 @@ impl AvroSchema {
                         let klen = read_len(buf).ok_or_else(short)?;
                         let k = String::from_utf8(take(buf, klen)?)
                             .map_err(|e| Violation(e.to_string()))?;
-                        out.insert(k, self.decode(*values, buf)?);
+                        out.insert(k, self.decode(*values, buf, budget)?);
                     }
                 }
                 Value::Object(out)
@@ -394,7 +410,7 @@ impl AvroSchema {
             Node::Record { fields, .. } => {
                 let mut out = serde_json::Map::new();
                 for f in fields {
-                    out.insert(f.name.clone(), self.decode(f.node, buf)?);
+                    out.insert(f.name.clone(), self.decode(f.node, buf, budget)?);
                 }
                 Value::Object(out)
             }
@@ -402,6 +418,9 @@ impl AvroSchema {
         })
     }
 }
+
+/// Values a decoded datum may hold beyond one per byte.
+pub const MAX_DECODED_VALUES: usize = 1_000_000;
 
 fn write_long(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
@@ -927,6 +946,24 @@ mod tests {
         assert_eq!(
             s.decode_to_json(&out).unwrap(),
             serde_json::json!({"v":1,"next":{"v":2,"next":null}})
+        );
+    }
+
+    #[test]
+    fn a_block_count_out_of_proportion_is_refused_not_looped() {
+        let s = AvroSchema::parse(r#"{"type":"array","items":"null"}"#).unwrap();
+        let mut datum = Vec::new();
+        write_long(&mut datum, i64::MAX);
+        datum.push(0);
+        let err = s.decode_to_json(&datum).unwrap_err();
+        assert!(err.0.contains("out of proportion"), "{}", err.0);
+        // A modest array of nulls still reads.
+        let mut datum = Vec::new();
+        write_long(&mut datum, 1000);
+        datum.push(0);
+        assert_eq!(
+            s.decode_to_json(&datum).unwrap().as_array().unwrap().len(),
+            1000
         );
     }
 
