@@ -151,7 +151,7 @@ impl Host {
     /// An engine with these limits, caching precompiled plugins in `cache_dir` (if given).
     pub fn new(limits: Limits, cache_dir: Option<&Path>) -> Result<Self, LoadError> {
         let sandbox = sandbox::Sandbox::new(limits)?;
-        let cache = cache_dir.map(|d| cache::Cache::new(d, sandbox.engine()));
+        let cache = cache_dir.and_then(|d| cache::Cache::new(d, sandbox.engine()));
         Ok(Host { sandbox, cache })
     }
 
