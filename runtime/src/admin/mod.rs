@@ -11,6 +11,8 @@
 //! - `/`: the status page ([`crate::status`]).
 //! - With `[admin.tls]` the listener speaks HTTPS only.
 
+pub mod listener;
+
 use crate::config::{Admin, Secret, TOKEN_FILE, Tls, read_token_file};
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::Metrics;
@@ -78,6 +80,11 @@ impl Tokens {
                 complained: None,
             }),
         }))
+    }
+
+    /// No token is configured: the API is open (the listener must be loopback).
+    fn is_open(&self) -> bool {
+        matches!(&self.0, Source::Fixed(tokens) if tokens.is_empty())
     }
 
     /// The name of the token `given` (a request's bearer token) is; `anonymous` when the
@@ -166,7 +173,41 @@ pub fn router(metrics: Arc<Metrics>, lifecycle: Option<Arc<Lifecycle>>, tokens: 
         .route("/readyz", get(ready))
         .route("/v1/openapi.json", get(openapi))
         .merge(api)
+        .layer(middleware::from_fn_with_state(app.clone(), loopback_host))
         .with_state(app)
+}
+
+/// With no token the API is open to whoever reaches the (loopback) listener, and a web
+/// page can reach it too: its attacker points their own host name at 127.0.0.1 (DNS
+/// rebinding), and the browser sends the page's requests there under that name. So an
+/// open API answers only requests whose `Host` names a loopback address.
+async fn loopback_host(State(app): State<App>, req: Request, next: Next) -> Response {
+    if app.tokens.is_open()
+        && let Some(host) = req.headers().get(header::HOST)
+        && !host.to_str().is_ok_and(is_loopback_host)
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            "this admin API has no token, so it answers only requests addressed to localhost or a loopback address (Host header); set WEIR_ADMIN_TOKEN or admin.token_file to reach it under another name\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]`, ... with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn metrics_text(State(app): State<App>) -> impl IntoResponse {
@@ -445,7 +486,7 @@ async fn history(State(app): State<App>, Path(cohort): Path<String>) -> Response
 async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
+        include_str!("../openapi.json"),
     )
 }
 
@@ -471,9 +512,9 @@ pub fn spawn(
     let Some(tls) = tls else {
         tracing::info!("admin listening on http://{addr}");
         return Ok(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "admin listener stopped");
-            }
+            let (incoming, accepting) = listener::accept_tcp(listener);
+            let _stop = AbortOnDrop(accepting);
+            listener::serve(incoming, app).await;
         }));
     };
     let acceptor = server_tls(tls)?;
@@ -514,9 +555,7 @@ pub fn spawn(
             }
         });
         let _stop = AbortOnDrop(handshakes);
-        if let Err(e) = axum::serve(TlsListener { rx, addr }, app).await {
-            tracing::error!(error = %e, "admin listener stopped");
-        }
+        listener::serve(rx, app).await;
     }))
 }
 
@@ -550,35 +589,79 @@ fn server_tls(tls: &Tls) -> Result<tokio_rustls::TlsAcceptor, String> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Connections whose handshake is done, for axum.
-struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        std::net::SocketAddr,
-    )>,
-    addr: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
-}
-
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    fn app(tokens: Vec<(String, String)>) -> Router {
+        router(
+            Arc::new(Metrics::new()),
+            None,
+            Tokens(Source::Fixed(tokens)),
+        )
+    }
+
+    async fn status(app: Router, path: &str, host: &str, token: Option<&str>) -> StatusCode {
+        let mut req = Request::get(path).header(header::HOST, host);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        app.oneshot(req.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn an_open_api_answers_only_requests_addressed_to_loopback() {
+        for host in ["localhost:9900", "127.0.0.1", "[::1]:9900", "LOCALHOST"] {
+            assert_eq!(
+                status(app(vec![]), "/healthz", host, None).await,
+                StatusCode::OK,
+                "{host}"
+            );
+        }
+        for host in [
+            "attacker.example:9900",
+            "127.0.0.1.attacker.example",
+            "10.0.0.1:9900",
+        ] {
+            assert_eq!(
+                status(app(vec![]), "/v1/cohorts", host, None).await,
+                StatusCode::FORBIDDEN,
+                "{host}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn with_tokens_any_host_is_served_and_v1_needs_a_token() {
+        let tokens = vec![("ops".to_owned(), "s3cret".to_owned())];
+        let host = "weir.internal:9900";
+        assert_eq!(
+            status(app(tokens.clone()), "/healthz", host, None).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(app(tokens.clone()), "/v1/cohorts", host, None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(app(tokens.clone()), "/v1/cohorts", host, Some("wrong")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_ne!(
+            status(app(tokens), "/v1/cohorts", host, Some("s3cret")).await,
+            StatusCode::UNAUTHORIZED
+        );
     }
 }

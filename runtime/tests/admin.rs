@@ -1,0 +1,101 @@
+//! The admin listener under a flood of idle connections: the API still answers, and the
+//! listener holds a bounded number of them (each open connection is a file descriptor weir
+//! also needs for MQTT reconnects and Kafka sockets).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+const IDLE: usize = 5_000;
+
+#[test]
+fn five_thousand_idle_connections_do_not_lock_out_the_api() {
+    // The client side of the flood needs its own descriptors.
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let want = (IDLE as u64 + 1_000).min(limit.maximum.unwrap_or(u64::MAX));
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(want),
+            maximum: limit.maximum,
+        },
+    )
+    .unwrap();
+    assert!(
+        want > IDLE as u64,
+        "the hard file limit ({limit:?}) is too low for this test"
+    );
+
+    let config = weir::config::Config::parse(
+        "weir.toml",
+        r#"
+[mqtt]
+url = "mqtt://127.0.0.1:1"
+subscriptions = ["plant/#"]
+[kafka]
+bootstrap = "127.0.0.1:1"
+[registry]
+url = "http://127.0.0.1:1"
+[plugins]
+dir = "plugins"
+[[cohort]]
+name = "t"
+topic = "plant/+/thermostat/+"
+plugin = "thermostat@1.0.0"
+output_topic = "telemetry.thermostat"
+"#,
+        &[],
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let listener = weir::admin::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tokens = weir::admin::Tokens::new(&config.admin).unwrap();
+        let metrics = Arc::new(weir::metrics::Metrics::new());
+        let _server = weir::admin::spawn(listener, None, metrics, None, tokens).unwrap();
+
+        let mut idle = Vec::with_capacity(IDLE);
+        for _ in 0..IDLE {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // A real request, on a connection of its own, is answered.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let healthz = client
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .expect("/healthz answers while thousands of connections sit idle");
+        assert_eq!(healthz.status(), 200);
+        let v1 = client
+            .get(format!("http://{addr}/v1/cohorts"))
+            .send()
+            .await
+            .expect("/v1 answers while thousands of connections sit idle");
+        assert_ne!(v1.status(), 403);
+        // The listener closed idle connections to make room: it holds at most its cap.
+        let started = std::time::Instant::now();
+        let open = loop {
+            let open = idle
+                .iter()
+                .filter(|c| {
+                    let mut b = [0u8; 1];
+                    !matches!(c.try_read(&mut b), Ok(0))
+                })
+                .count();
+            if open <= weir::admin::listener::MAX_CONNECTIONS
+                || started.elapsed() > Duration::from_secs(10)
+            {
+                break open;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            open <= weir::admin::listener::MAX_CONNECTIONS,
+            "{open} idle connections still open"
+        );
+    });
+}
