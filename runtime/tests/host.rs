@@ -391,3 +391,34 @@ fn the_time_budget_is_cpu_time() {
         "the loop ran {cpu:?} of CPU, far past its {budget:?}"
     );
 }
+
+/// One message that spins, in a batch of healthy ones on the same cohort: once the
+/// plugin's cost per message is known, the batch is cut short at a multiple of it and run
+/// message by message, so the spin costs its neighbours about one message's budget, not
+/// the batch's sum of budgets (64 × 20 ms = 1.28 s).
+#[test]
+fn one_spinning_message_costs_its_batch_little() {
+    let (_, p) = adversarial(64);
+    let healthy = |n: usize| -> Vec<_> {
+        (0..n)
+            .map(|i| message("t/x", format!("ok{i}").as_bytes()))
+            .collect()
+    };
+    for _ in 0..5 {
+        let out = p.process(&mut healthy(64));
+        assert!(out.iter().all(|o| kind(o) == "emit:1"));
+    }
+    let mut batch = healthy(63);
+    batch.insert(31, message("t/x", b"loop"));
+    let cpu = weir::priority::thread_cpu();
+    let out = p.process(&mut batch);
+    let spent = weir::priority::thread_cpu() - cpu;
+    let kinds: Vec<String> = out.iter().map(kind).collect();
+    assert_eq!(kinds[31], "fail:plugin.timeout");
+    assert_eq!(kinds.iter().filter(|k| *k == "emit:1").count(), 63);
+    // The spin alone is the host's 100 ms floor; the cut-short batch at least 20 ms.
+    assert!(
+        spent < Duration::from_millis(600),
+        "the batch cost {spent:?} of CPU"
+    );
+}

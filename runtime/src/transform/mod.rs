@@ -8,7 +8,10 @@
 //! - [`Configured::process`] runs a batch on an initialised instance. If the batch traps, it
 //!   bisects, on instances that have not failed, until the guilty message(s) are isolated,
 //!   so healthy messages in the same batch still emit; a batch that timed out is run one
-//!   message at a time instead (bisecting would re-run the spin at every level).
+//!   message at a time instead (bisecting would re-run the spin at every level). Once a
+//!   configured plugin's cost per message is known, a batch may take only a multiple of
+//!   it ([`COST_HEADROOM`]) before that happens, so one spinning message costs its
+//!   neighbours a short wait, not the sum of all their budgets.
 //!
 //! Instances are reused: measured here, a fresh instance + `init` per batch cost ≈40 µs,
 //! which at batch 1 was 20x the plugin's own work. Reuse cannot break replay for a plugin
@@ -36,6 +39,9 @@ use weir_sdk::codes::Code;
 pub const IDLE_INSTANCES: usize = 4;
 /// Calls an instance serves before it is replaced by a fresh one.
 pub const CALLS_PER_INSTANCE: u32 = 1000;
+/// A batch may take this many times its measured cost (at least 20 ms) before it is cut
+/// short and re-run one message at a time; see [`Configured::process`].
+pub const COST_HEADROOM: u64 = 8;
 
 /// Failure codes a message can get from this stage (beyond the plugin's own rejections);
 /// the full list is [`weir_sdk::codes::Code`].
@@ -250,6 +256,8 @@ pub struct Configured {
     limits: CallLimits,
     /// Its log budget, shared by its instances.
     log_rate: Arc<log::Rate>,
+    /// CPU nanoseconds per message of its clean calls, smoothed; 0 until one is seen.
+    cost_ns: std::sync::atomic::AtomicU64,
     /// Initialised instances ready for a call, with the calls each has served.
     idle: std::sync::Mutex<Vec<(Instance, u32)>>,
 }
@@ -298,6 +306,7 @@ impl Plugin {
             label,
             limits,
             log_rate,
+            cost_ns: std::sync::atomic::AtomicU64::new(0),
             idle: std::sync::Mutex::new(vec![(instance, 0)]),
         })
     }
@@ -380,6 +389,29 @@ impl Configured {
         }
     }
 
+    /// What a batch of `n` may cost before it is cut short and re-run message by message:
+    /// [`COST_HEADROOM`] times its measured cost; `None` before any call was measured.
+    fn expected(&self, n: usize) -> Option<std::time::Duration> {
+        let per = self.cost_ns.load(std::sync::atomic::Ordering::Relaxed);
+        (per > 0).then(|| {
+            std::time::Duration::from_nanos(
+                per.saturating_mul(COST_HEADROOM).saturating_mul(n as u64),
+            )
+        })
+    }
+
+    /// Fold a clean call's CPU time into the cost per message (an eighth of the new one).
+    fn observe(&self, used: std::time::Duration, n: usize) {
+        let new = u64::try_from(used.as_nanos() / n.max(1) as u128)
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let _ = self.cost_ns.try_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |old| Some(if old == 0 { new } else { (old * 7 + new) / 8 }),
+        );
+    }
+
     /// One call of `process` on an initialised instance: an idle one, or a fresh one. The
     /// instance goes back to the idle list only if the call succeeded.
     fn call(&self, batch: &[WitMessage]) -> Result<Vec<sandbox::WitOutcome>, CallError> {
@@ -399,7 +431,8 @@ impl Configured {
                 (instance, 0)
             }
         };
-        let outcomes = instance.process(batch)?;
+        let (outcomes, used) = instance.process(batch, self.expected(batch.len()))?;
+        self.observe(used, batch.len());
         if outcomes.len() != batch.len() {
             return Err(CallError::Contract(format!(
                 "`process` returned {} outcomes for {} messages",
