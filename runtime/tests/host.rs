@@ -422,3 +422,56 @@ fn one_spinning_message_costs_its_batch_little() {
         "the batch cost {spent:?} of CPU"
     );
 }
+
+/// A full instance pool is the host's state, not the plugin's fault: a call that needs an
+/// instance when other cohorts' idle ones fill the pool takes their room (idle instances
+/// are a cache) and runs; its message is never failed as `plugin.trap`.
+#[test]
+fn a_full_instance_pool_makes_room_instead_of_failing_messages() {
+    use weir::transform::{Host, Limits};
+    let limits = Limits {
+        max_instances: 2,
+        ..Limits::default()
+    };
+    let plugin = Host::new(limits, None)
+        .unwrap()
+        .load_file(&plugin_wasm("adversarial"))
+        .unwrap();
+    let a = plugin.configure(vec![], "a").unwrap();
+    // A trap drops a's instance; b and c then fill the pool with idle ones.
+    assert_eq!(
+        kind(&a.process(&mut [message("t/x", b"panic")])[0]),
+        "fail:plugin.trap"
+    );
+    let b = plugin.configure(vec![], "b").unwrap();
+    let c = plugin.configure(vec![], "c").unwrap();
+    let out = a.process(&mut [message("t/x", b"fine")]);
+    assert_eq!(kind(&out[0]), "emit:1", "{out:?}");
+    for other in [&b, &c] {
+        assert_eq!(
+            kind(&other.process(&mut [message("t/x", b"fine")])[0]),
+            "emit:1"
+        );
+    }
+}
+
+/// A component over the per-component instance limits is refused when it is loaded, with
+/// wasmtime's reason, instead of taking the pool from every other plugin.
+#[test]
+fn a_component_over_the_per_component_limits_is_refused_at_load() {
+    use weir::transform::MAX_CORE_INSTANCES_PER_COMPONENT;
+    let n = MAX_CORE_INSTANCES_PER_COMPONENT + 1;
+    let instances: String = (0..n)
+        .map(|i| format!("(core instance $i{i} (instantiate $m))\n"))
+        .collect();
+    let wat = format!("(component (core module $m) {instances})");
+    let err = host()
+        .load(&wat::parse_str(&wat).unwrap())
+        .expect_err("over the limit");
+    let text = err.to_string();
+    assert!(text.contains("over this host's limits"), "{text}");
+    assert!(
+        text.contains(&MAX_CORE_INSTANCES_PER_COMPONENT.to_string()),
+        "{text}"
+    );
+}

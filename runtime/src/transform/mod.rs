@@ -26,7 +26,7 @@ pub mod log;
 mod sandbox;
 
 pub use crate::message::Message;
-pub use sandbox::{CallLimits, Limits};
+pub use sandbox::{CallLimits, Limits, MAX_CORE_INSTANCES_PER_COMPONENT};
 
 use crate::encode::avro::{AvroSchema, Violation};
 use sandbox::{CallError, Instance, WitMessage};
@@ -180,13 +180,20 @@ impl Host {
             None => self.sandbox.compile(bytes)?,
         };
         let pre = self.sandbox.prepare(&component)?;
-        let described = Instance::new(
-            &self.sandbox,
-            &pre,
-            "describe",
-            CallLimits::default(),
-            Arc::default(),
-        )
+        let describing = || {
+            Instance::new(
+                &self.sandbox,
+                &pre,
+                "describe",
+                CallLimits::default(),
+                Arc::default(),
+            )
+        };
+        let described = match describing() {
+            // A full pool gives back its idle instances first.
+            Err(CallError::HostCapacity(_)) if self.sandbox.release_idle() > 0 => describing(),
+            other => other,
+        }
         .and_then(|mut i| i.describe())
         .map_err(|e| LoadError::Describe(e.to_string()))?;
         let schema =
@@ -258,8 +265,9 @@ pub struct Configured {
     log_rate: Arc<log::Rate>,
     /// CPU nanoseconds per message of its clean calls, smoothed; 0 until one is seen.
     cost_ns: std::sync::atomic::AtomicU64,
-    /// Initialised instances ready for a call, with the calls each has served.
-    idle: std::sync::Mutex<Vec<(Instance, u32)>>,
+    /// Initialised instances ready for a call, with the calls each has served; emptied by
+    /// the host when its pool is full.
+    idle: Arc<sandbox::IdleList>,
 }
 
 impl Plugin {
@@ -291,15 +299,17 @@ impl Plugin {
     ) -> Result<Configured, String> {
         let label = label.into();
         let log_rate = Arc::new(log::Rate::default());
-        let mut instance = Instance::new(
-            &self.inner.sandbox,
-            &self.inner.pre,
+        let instance = fresh_instance(
+            &self.inner,
             &label,
             limits,
-            log_rate.clone(),
+            &log_rate,
+            &config,
+            Some(SETUP_CAPACITY_WAIT),
         )
         .map_err(|e| e.to_string())?;
-        instance.init(&config).map_err(|e| e.to_string())?;
+        let idle = Arc::new(std::sync::Mutex::new(vec![(instance, 0)]));
+        self.inner.sandbox.register_idle(&idle);
         Ok(Configured {
             plugin: self.clone(),
             config,
@@ -307,8 +317,57 @@ impl Plugin {
             limits,
             log_rate,
             cost_ns: std::sync::atomic::AtomicU64::new(0),
-            idle: std::sync::Mutex::new(vec![(instance, 0)]),
+            idle,
         })
+    }
+}
+
+/// Longest a plugin's set-up (push, promote, start-up) waits for room in a full instance
+/// pool before it is refused.
+const SETUP_CAPACITY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A new, initialised instance. When the host's instance pool is full, every configured
+/// plugin's idle instances are dropped to make room, then it waits for one to be given
+/// back: for at most `wait` (`None`: for as long as it takes, warning every ten seconds),
+/// since a full pool is the host's state, not the plugin's fault.
+fn fresh_instance(
+    inner: &Inner,
+    label: &str,
+    limits: CallLimits,
+    log_rate: &Arc<log::Rate>,
+    config: &[(String, String)],
+    wait: Option<std::time::Duration>,
+) -> Result<Instance, CallError> {
+    let started = std::time::Instant::now();
+    let mut backoff = std::time::Duration::from_millis(5);
+    let mut warned = None::<std::time::Instant>;
+    let mut released = false;
+    loop {
+        match Instance::new(&inner.sandbox, &inner.pre, label, limits, log_rate.clone()) {
+            Ok(mut instance) => {
+                instance.init(config)?;
+                return Ok(instance);
+            }
+            Err(CallError::HostCapacity(n)) => {
+                if !released {
+                    released = true;
+                    let dropped = inner.sandbox.release_idle();
+                    tracing::debug!(plugin = %label, dropped, "instance pool full: dropped idle instances");
+                    continue;
+                }
+                if wait.is_some_and(|w| started.elapsed() >= w) {
+                    return Err(CallError::HostCapacity(n));
+                }
+                if warned.is_none_or(|w| w.elapsed() >= std::time::Duration::from_secs(10)) {
+                    warned = Some(std::time::Instant::now());
+                    tracing::warn!(plugin = %label, instances = n, waited_s = started.elapsed().as_secs(), "the host's plugin instance pool is full; this plugin's messages wait for an instance (more cohorts or replays run than the pool holds)");
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
+                released = false;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -418,18 +477,17 @@ impl Configured {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let (mut instance, calls) = match idle {
             Some(pair) => pair,
-            None => {
-                let inner = &self.plugin.inner;
-                let mut instance = Instance::new(
-                    &inner.sandbox,
-                    &inner.pre,
+            None => (
+                fresh_instance(
+                    &self.plugin.inner,
                     &self.label,
                     self.limits,
-                    self.log_rate.clone(),
-                )?;
-                instance.init(&self.config)?;
-                (instance, 0)
-            }
+                    &self.log_rate,
+                    &self.config,
+                    None,
+                )?,
+                0,
+            ),
         };
         let (outcomes, used) = instance.process(batch, self.expected(batch.len()))?;
         self.observe(used, batch.len());

@@ -94,6 +94,13 @@ impl CallLimits {
 /// How often the epoch advances: a call's CPU time is checked at most this often, so it
 /// may run up to a tick past its budget.
 const TICK: Duration = Duration::from_millis(5);
+/// Core Wasm instances one plugin component may hold.
+pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// Linear memories one plugin component may hold.
+pub const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+/// Tables one plugin component may hold.
+pub const MAX_TABLES_PER_COMPONENT: u32 = 16;
+
 /// Least budget of a batch cut short by its expected cost: a few ticks.
 const MIN_QUICK_BATCH: Duration = Duration::from_millis(20);
 
@@ -102,7 +109,13 @@ struct Shared {
     linker: Linker<State>,
     limits: Limits,
     stop: Arc<AtomicBool>,
+    /// Every configured plugin's idle instances: a cache that gives its pool slots back
+    /// when the pool is full.
+    idle_lists: std::sync::Mutex<Vec<std::sync::Weak<IdleList>>>,
 }
+
+/// A configured plugin's idle, initialised instances, with the calls each has served.
+pub(super) type IdleList = std::sync::Mutex<Vec<(Instance, u32)>>;
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -119,11 +132,18 @@ pub(super) type Pre = bindings::PluginPre<State>;
 
 impl Sandbox {
     pub(super) fn new(limits: Limits) -> Result<Self, LoadError> {
+        // Per-component limits, so that no one plugin can take the pool: a component over
+        // them is refused when it is loaded (push, promote, start-up), with wasmtime's
+        // reason; the totals leave room for fat components (an interpreter built into a
+        // component is a dozen or more core instances).
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(limits.max_instances)
-            .total_core_instances(limits.max_instances * 2)
-            .total_memories(limits.max_instances * 2)
-            .total_tables(limits.max_instances * 2)
+            .total_core_instances(limits.max_instances * 8)
+            .total_memories(limits.max_instances * 4)
+            .total_tables(limits.max_instances * 8)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
             .max_memory_size(limits.memory_bytes);
         let mut config = Config::new();
         config
@@ -158,7 +178,36 @@ impl Sandbox {
             linker,
             limits,
             stop,
+            idle_lists: std::sync::Mutex::new(Vec::new()),
         })))
+    }
+
+    /// Track `list` so that [`Sandbox::release_idle`] can empty it.
+    pub(super) fn register_idle(&self, list: &Arc<IdleList>) {
+        let mut lists = self.0.idle_lists.lock().unwrap_or_else(|p| p.into_inner());
+        lists.retain(|l| l.strong_count() > 0);
+        lists.push(Arc::downgrade(list));
+    }
+
+    /// Drop every idle instance of every configured plugin, giving their pool slots back;
+    /// how many there were.
+    pub(super) fn release_idle(&self) -> usize {
+        let lists: Vec<Arc<IdleList>> = self
+            .0
+            .idle_lists
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        lists
+            .iter()
+            .map(|l| {
+                let dropped: Vec<_> =
+                    std::mem::take(&mut *l.lock().unwrap_or_else(|p| p.into_inner()));
+                dropped.len()
+            })
+            .sum()
     }
 
     pub(super) fn engine(&self) -> &Engine {
@@ -170,8 +219,11 @@ impl Sandbox {
     }
 
     pub(super) fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
-        Component::new(&self.0.engine, bytes)
-            .map_err(|e| LoadError::NotAComponent(format!("not a valid Wasm component: {e:#}")))
+        Component::new(&self.0.engine, bytes).map_err(|e| {
+            LoadError::NotAComponent(format!(
+                "not a valid Wasm component, or over this host's limits: {e:#}"
+            ))
+        })
     }
 
     pub(super) fn prepare(&self, component: &Component) -> Result<Pre, LoadError> {
@@ -339,6 +391,11 @@ pub(super) enum CallError {
     Config(String),
     #[error("cannot instantiate the plugin: {0}")]
     Instantiate(String),
+    /// The host's instance pool is full: not the plugin's fault, and it passes.
+    #[error(
+        "the host's plugin instance pool is full ({0} instances in use); the call waits for one"
+    )]
+    HostCapacity(u32),
 }
 
 impl CallError {
@@ -347,6 +404,9 @@ impl CallError {
             CallError::Timeout(_) => codes::TIMEOUT,
             CallError::Oom(_) => codes::OOM,
             CallError::Trap(_) | CallError::Instantiate(_) => codes::TRAP,
+            // Never an outcome: a call waits for capacity (`Configured::call`); at set-up
+            // (`configure`) it is an error, not a code.
+            CallError::HostCapacity(_) => codes::TRAP,
             CallError::Contract(_) | CallError::Config(_) => codes::CONTRACT,
             CallError::OutputTooLarge(_) => codes::OUTPUT_TOO_LARGE,
         }
@@ -391,6 +451,12 @@ impl Instance {
                 // Its start-up code spins: a timeout, as in any other call.
                 Some(wasmtime::Trap::Interrupt) => {
                     CallError::Timeout(sandbox.setup_budget(&limits))
+                }
+                _ if e
+                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some() =>
+                {
+                    CallError::HostCapacity(sandbox.0.limits.max_instances)
                 }
                 _ => CallError::Instantiate(format!("{e:#}")),
             }
