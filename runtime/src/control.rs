@@ -325,7 +325,13 @@ impl State {
                 Err(_) => parsed("pin"),
             },
             Some(Key::Audit { .. }) => match serde_json::from_slice::<Audit>(value) {
-                Ok(a) => self.audit.push(a),
+                Ok(a) => {
+                    // Every entry stays in the topic; memory keeps the newest.
+                    if self.audit.len() >= MAX_AUDIT_KEPT {
+                        self.audit.drain(..self.audit.len() + 1 - MAX_AUDIT_KEPT);
+                    }
+                    self.audit.push(a);
+                }
                 Err(_) => parsed("audit entry"),
             },
             // Components go to the store (`store_component`); keys weir does not write
@@ -395,7 +401,11 @@ impl Control {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.message.max.bytes", ENTRY_BYTES.to_string())
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // The end of the partition is reported, so that start-up knows it has read
+        // everything even when the last offsets hold no record (transaction markers, a
+        // compacted tail).
+        .set("enable.partition.eof", "true");
         let consumer: BaseConsumer = cc
             .create()
             .map_err(|e| err(format!("cannot create a consumer: {e}")))?;
@@ -428,6 +438,7 @@ impl Control {
                         state.apply(&key, m.payload());
                         state.next_offset = m.offset() + 1;
                     }
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "control topic: read error; retrying");
                         std::thread::sleep(Duration::from_millis(200));
@@ -551,11 +562,11 @@ fn follow(
                     s.next_offset = offset + 1;
                 });
             }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "control topic: read error; retrying");
                 std::thread::sleep(Duration::from_millis(200));
             }
-            None => {}
         }
     }
 }
@@ -565,6 +576,10 @@ fn store_component(store: &Store, key: &str, value: Option<&[u8]>) {
     let (Some(Key::Wasm { sha256: sha }), Some(value)) = (Key::parse(key), value) else {
         return;
     };
+    if let Err(e) = crate::transform::check_header(value) {
+        tracing::warn!(key, error = %e, "control topic: a component entry is not a Wasm component; ignored");
+        return;
+    }
     match store.put(value) {
         Ok(got) if got == sha => {}
         Ok(got) => {
@@ -573,6 +588,9 @@ fn store_component(store: &Store, key: &str, value: Option<&[u8]>) {
         Err(e) => tracing::error!(error = %e, "control topic: cannot store a component"),
     }
 }
+
+/// Audit entries a process keeps in memory (the newest): the topic keeps every one.
+pub const MAX_AUDIT_KEPT: usize = 10_000;
 
 /// The largest component the store takes: it travels in one control-topic record.
 pub const MAX_COMPONENT_BYTES: usize = 3 << 20;

@@ -899,3 +899,44 @@ fn a_fatal_producer_error_is_reported_not_retried_for_ever() {
         );
     });
 }
+
+/// A control topic whose last offsets hold no record (here a transaction's commit marker,
+/// as a compacted tail would too): start-up reads to the partition's end instead of
+/// waiting for a record at the last offset that never comes.
+#[test]
+fn a_control_topic_ending_in_a_transaction_marker_does_not_wedge_start_up() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p = unique("ctlgap");
+    let config = config(&p);
+    // weir creates the control topic with its settings.
+    let (status, log) = Weir::start(&config, &[]).stop();
+    assert!(status.success(), "{log}");
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("transactional.id", format!("{p}-tx"))
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    producer
+        .send(
+            BaseRecord::to(&format!("{p}.control"))
+                .key("someone-else/x")
+                .payload("not weir's")
+                .partition(0),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
+    let started = Instant::now();
+    let weir = Weir::start(&config, &[]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "start-up took {:?}",
+        started.elapsed()
+    );
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+}

@@ -216,7 +216,7 @@ impl Host {
 }
 
 /// Refuse what is not a Wasm component, with a line that says what it is instead.
-fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     const MAGIC: &[u8] = b"\0asm";
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
         return Err(LoadError::NotAComponent(
