@@ -599,6 +599,23 @@ pub struct Plugins {
     /// The compacted Kafka topic holding uploads, pins and the audit trail.
     #[serde(default = "default_control_topic")]
     pub control_topic: String,
+    /// The key this process signs its control-topic entries with (ed25519, base64; made
+    /// on first use, mode 0600). Default: `signing.key` in the store.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    /// Other keys whose control-topic entries this process applies, as
+    /// `NAME:PUBLIC_KEY`; its own key is always trusted.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+}
+
+impl Plugins {
+    /// The signing key's file.
+    pub fn signing_key(&self) -> PathBuf {
+        self.signing_key_file
+            .clone()
+            .unwrap_or_else(|| self.store.join("signing.key"))
+    }
 }
 
 fn default_store() -> PathBuf {
@@ -812,6 +829,7 @@ impl Config {
             kafka.sasl.as_mut().and_then(|s| s.password_file.as_mut()),
             admin.token_file.as_mut(),
             registry.credentials_file.as_mut(),
+            plugins.signing_key_file.as_mut(),
         ];
         for f in files.into_iter().flatten() {
             anchor(f, base);
@@ -997,6 +1015,8 @@ impl Config {
             .map_err(|e| ("output.quarantine_topic".to_owned(), e))?;
         check_kafka_topic(&self.plugins.control_topic)
             .map_err(|e| ("plugins.control_topic".to_owned(), e))?;
+        crate::signing::Trust::parse(&self.plugins.trusted_keys)
+            .map_err(|e| ("plugins.trusted_keys".to_owned(), e))?;
         let loopback = self
             .admin
             .listen

@@ -350,6 +350,45 @@ pub struct Control {
     producer: FutureProducer,
     state: watch::Receiver<Arc<State>>,
     stop: Arc<AtomicBool>,
+    signer: Arc<crate::signing::Signer>,
+    /// Entries not applied for want of a trusted signature.
+    rejected: prometheus_client::metrics::counter::Counter,
+}
+
+/// Whether an entry may be applied: components are named by their sha256 (and used only
+/// through a signed upload or pin), everything else needs a trusted signature. Refusals
+/// are counted, and the first few logged.
+fn admitted(
+    trust: &crate::signing::Trust,
+    rejected: &prometheus_client::metrics::counter::Counter,
+    key: &str,
+    value: Option<&[u8]>,
+    headers: Option<&rdkafka::message::BorrowedHeaders>,
+) -> bool {
+    use rdkafka::message::Headers as _;
+    let (Some(parsed), Some(value)) = (Key::parse(key), value) else {
+        return true;
+    };
+    if matches!(parsed, Key::Wasm { .. }) {
+        return true;
+    }
+    let header =
+        |name: &str| headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value));
+    match trust.check(
+        key,
+        value,
+        header(crate::signing::SIGNER_HEADER),
+        header(crate::signing::SIGNATURE_HEADER),
+    ) {
+        Ok(_) => true,
+        Err(why) => {
+            let n = rejected.inc();
+            if n < 10 || n.is_power_of_two() {
+                tracing::warn!(key = %crate::untrusted::Untrusted(key), %why, refused = n + 1, "control topic: an entry is not applied");
+            }
+            false
+        }
+    }
 }
 
 impl std::fmt::Debug for Control {
@@ -377,7 +416,12 @@ impl Control {
     /// Create the topic if it is missing, read it to its end (so the state is complete
     /// before start-up goes on), then follow it on a thread of its own. Components found
     /// in it are written to `store`.
-    pub async fn open(kafka: &Kafka, topic: &str, store: Store) -> Result<Control, ControlError> {
+    pub async fn open(
+        kafka: &Kafka,
+        topic: &str,
+        store: Store,
+        keys: crate::signing::Keys,
+    ) -> Result<Control, ControlError> {
         let err = |problem: String| ControlError::Kafka {
             topic: topic.to_owned(),
             problem,
@@ -416,6 +460,8 @@ impl Control {
             .assign(&tpl)
             .map_err(|e| err(format!("cannot read partition 0: {e}")))?;
         let (topic_owned, store_c) = (topic.to_owned(), store.clone());
+        let rejected = prometheus_client::metrics::counter::Counter::default();
+        let (trust, rejected_c) = (keys.trust.clone(), rejected.clone());
         let (consumer, state) = tokio::task::spawn_blocking(move || {
             let (_, high) = consumer
                 .fetch_watermarks(&topic_owned, 0, Duration::from_secs(10))
@@ -435,7 +481,9 @@ impl Control {
                     Some(Ok(m)) => {
                         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                         store_component(&store_c, &key, m.payload());
-                        state.apply(&key, m.payload());
+                        if admitted(&trust, &rejected_c, &key, m.payload(), m.headers()) {
+                            state.apply(&key, m.payload());
+                        }
                         state.next_offset = m.offset() + 1;
                     }
                     Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
@@ -462,22 +510,35 @@ impl Control {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_c = stop.clone();
         let password = PasswordFile::of(kafka, "the control topic's reader");
+        let (trust, rejected_c) = (keys.trust.clone(), rejected.clone());
         std::thread::Builder::new()
             .name("weir-control".into())
-            .spawn(move || follow(consumer, password, tx, store, stop_c))
+            .spawn(move || follow(consumer, password, tx, store, stop_c, (trust, rejected_c)))
             .map_err(|e| err(e.to_string()))?;
         let follower = crate::credentials::follow(kafka, "the control topic's producer", {
             let producer = producer.clone();
             move |file| file.refresh(producer.client())
         })
         .map_err(err)?;
+        tracing::info!(
+            topic,
+            signing_key = keys.signer.public(),
+            "control topic: this process signs its entries with this key (other processes apply them if they list it in plugins.trusted_keys or share plugins.signing_key_file)"
+        );
         Ok(Control {
             _password: follower,
             topic: topic.to_owned(),
             producer,
             state: rx,
             stop,
+            signer: keys.signer,
+            rejected,
         })
+    }
+
+    /// Entries not applied for want of a trusted signature, so far.
+    pub fn rejected(&self) -> prometheus_client::metrics::counter::Counter {
+        self.rejected.clone()
     }
 
     /// The state as far as it has been read.
@@ -495,12 +556,20 @@ impl Control {
         let mut last = -1;
         for (key, value) in entries {
             let key = key.to_string();
+            let mut headers = rdkafka::message::OwnedHeaders::new();
+            for (name, v) in self.signer.sign(&key, &value) {
+                headers = headers.insert(rdkafka::message::Header {
+                    key: name,
+                    value: Some(&v),
+                });
+            }
             let delivered = self
                 .producer
                 .send(
                     FutureRecord::to(&self.topic)
                         .key(&key)
                         .payload(&value)
+                        .headers(headers)
                         .partition(0),
                     Duration::from_secs(30),
                 )
@@ -542,6 +611,10 @@ fn follow(
     tx: watch::Sender<Arc<State>>,
     store: Store,
     stop: Arc<AtomicBool>,
+    (trust, rejected): (
+        Arc<crate::signing::Trust>,
+        prometheus_client::metrics::counter::Counter,
+    ),
 ) {
     let mut refreshed = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -556,9 +629,12 @@ fn follow(
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                 let (payload, offset) = (m.payload().map(<[u8]>::to_vec), m.offset());
                 store_component(&store, &key, payload.as_deref());
+                let apply = admitted(&trust, &rejected, &key, m.payload(), m.headers());
                 tx.send_modify(|s| {
                     let s = Arc::make_mut(s);
-                    s.apply(&key, payload.as_deref());
+                    if apply {
+                        s.apply(&key, payload.as_deref());
+                    }
                     s.next_offset = offset + 1;
                 });
             }

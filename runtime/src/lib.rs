@@ -36,6 +36,7 @@ pub mod quarantine;
 pub mod replay;
 pub mod route;
 pub mod shadow;
+pub mod signing;
 pub mod sink;
 pub mod source;
 pub mod status;

@@ -202,6 +202,13 @@ pub struct Lifecycle {
     taps: Mutex<Vec<Arc<Tap>>>,
 }
 
+impl Lifecycle {
+    /// Control-topic entries not applied for want of a trusted signature, so far.
+    pub fn control_rejected(&self) -> prometheus_client::metrics::counter::Counter {
+        self.control.rejected()
+    }
+}
+
 impl std::fmt::Debug for Lifecycle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lifecycle")

@@ -162,7 +162,18 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh set, registered under the `weir_` prefix.
     pub fn new() -> Metrics {
+        Metrics::with_control_rejected(Counter::default())
+    }
+
+    /// The metrics, with the control topic's count of entries not applied for want of a
+    /// trusted signature (the control topic keeps it).
+    pub fn with_control_rejected(control_rejected: Counter) -> Metrics {
         let mut r = Registry::with_prefix("weir");
+        r.register(
+            "control_entries_rejected",
+            "Control-topic entries not applied: unsigned, signed by an untrusted key, or forged",
+            control_rejected,
+        );
         let m = Metrics {
             received: Counter::default(),
             redelivered: Counter::default(),

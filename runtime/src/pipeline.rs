@@ -162,13 +162,25 @@ pub async fn prepare(
         key: "plugins.store".into(),
         problem: e.to_string(),
     })?;
-    let control = Control::open(&config.kafka, &config.plugins.control_topic, store.clone())
-        .await
-        .map_err(|e| StartError::Config {
+    let keys = crate::signing::Keys::for_config(&config.plugins).map_err(|(key, problem)| {
+        StartError::Config {
             file: file.into(),
-            key: "plugins.control_topic".into(),
-            problem: e.to_string(),
-        })?;
+            key,
+            problem,
+        }
+    })?;
+    let control = Control::open(
+        &config.kafka,
+        &config.plugins.control_topic,
+        store.clone(),
+        keys,
+    )
+    .await
+    .map_err(|e| StartError::Config {
+        file: file.into(),
+        key: "plugins.control_topic".into(),
+        problem: e.to_string(),
+    })?;
     let lifecycle = Lifecycle::start(config.clone(), Arc::new(host), store, control, seeds)
         .await
         .map_err(|e| match e {
@@ -304,7 +316,9 @@ pub async fn run(
     p: Prepared,
     mut signals: mpsc::UnboundedReceiver<()>,
 ) -> Result<Stopped, StartError> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_control_rejected(
+        p.lifecycle.control_rejected(),
+    ));
     let cfg = &p.config;
     let admin = admin::bind(&cfg.admin.listen)
         .await

@@ -660,3 +660,111 @@ fn shadow_reports_kelvin_as_live_rejected_and_publishes_nothing() {
         2 * rounds
     );
 }
+
+/// Whoever can write the control topic, but holds no trusted signing key, changes nothing:
+/// forged records written straight into it with an independent Kafka client (an unsigned
+/// pin, a pin signed by a stranger's key, a pin naming the trusted key with a signature it
+/// did not make, an unsigned upload) are counted and ignored, now and after a restart.
+#[test]
+fn forged_control_records_change_nothing() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p = unique("forge");
+    let config = config(&p);
+    let weir = Weir::start(&config, &[]);
+    assert_eq!(running(&weir, "thermostats"), "thermostat@1.0.0");
+
+    let pin = serde_json::json!({
+        "cohort": "thermostats",
+        "plugin": {"name": "thermostat", "version": "1.1.0", "sha256": sha256_file("thermostat-1.1.0")},
+        "previous": null, "rollback_to": [], "replaces": null,
+        "at_ms": 1, "by": "ops",
+    })
+    .to_string();
+    let upload = serde_json::json!({
+        "name": "evil", "version": "6.6.6", "sha256": sha256_file("adversarial-0.1.0"),
+        "size": 1, "schema": "\"string\"", "at_ms": 1, "by": "ops",
+    })
+    .to_string();
+    let stranger = weir::signing::Signer::from_secret([7; 32]);
+    let trusted = weir::signing::Signer::load_or_create(&signing_key()).unwrap();
+    let signed = |s: &weir::signing::Signer, key: &str, value: &str| {
+        let [signer, signature] = s.sign(key, value.as_bytes());
+        (signer.1, signature.1)
+    };
+    let (_, stranger_sig) = signed(&stranger, "pin/thermostats", &pin);
+    // (key, value, (signer, signature) headers)
+    type Forged = (String, String, Option<(String, String)>);
+    let forged: Vec<Forged> = vec![
+        ("pin/thermostats".into(), pin.clone(), None),
+        (
+            "pin/thermostats".into(),
+            pin.clone(),
+            Some(signed(&stranger, "pin/thermostats", &pin)),
+        ),
+        (
+            "pin/thermostats".into(),
+            pin.clone(),
+            Some((trusted.public().to_owned(), stranger_sig)),
+        ),
+        (
+            format!("upload/evil@6.6.6/{}", sha256_file("adversarial-0.1.0")),
+            upload,
+            None,
+        ),
+    ];
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    let topic = format!("{p}.control");
+    for (key, value, signature) in &forged {
+        let mut record = BaseRecord::to(&topic).key(key).payload(value).partition(0);
+        if let Some((signer, sig)) = signature {
+            record = record.headers(
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: weir::signing::SIGNER_HEADER,
+                        value: Some(signer),
+                    })
+                    .insert(Header {
+                        key: weir::signing::SIGNATURE_HEADER,
+                        value: Some(sig),
+                    }),
+            );
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let rejected = |weir: &Weir| {
+        weir.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_control_entries_rejected_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let started = Instant::now();
+    while rejected(&weir) < forged.len() as f64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the forged records were not all seen: {}",
+            weir.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(running(&weir, "thermostats"), "thermostat@1.0.0");
+    let (ok, out, err) = cli(&weir, Some(TOKEN), &["plugin", "list"]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("evil"), "{out}");
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("not signed"), "{log}");
+    assert!(log.contains("signer is not trusted"), "{log}");
+    assert!(log.contains("does not match"), "{log}");
+
+    // A restart reads the topic from the start: still nothing applied.
+    let weir = Weir::start(&config, &[]);
+    assert_eq!(running(&weir, "thermostats"), "thermostat@1.0.0");
+    assert_eq!(rejected(&weir), forged.len() as f64);
+}

@@ -69,6 +69,7 @@ listen = "127.0.0.1:0"
 [plugins]
 dir = "{dir}"
 control_topic = "{p}.control"
+signing_key_file = "{key}"
 [[cohort]]
 name = "thermostats"
 topic = "{p}/plant/+/thermostat/+"
@@ -97,7 +98,14 @@ output_topic = "{p}.chaos"
         kafka = kafka(),
         registry = registry(),
         dir = plugins_dir().display(),
+        key = signing_key().display(),
     )
+}
+
+/// The control-topic signing key every weir process of the tests shares, as the processes
+/// of one deployment do (each test's processes have stores of their own).
+pub fn signing_key() -> PathBuf {
+    plugins_dir().with_file_name("test-signing.key")
 }
 
 /// The benchmarks' config: one thermostat cohort under `run/`, raw capture on, batches of
