@@ -969,13 +969,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string(&done)?);
             } else {
                 println!(
-                    "{}selected {}  published {}  requarantined {}  refused {}  skipped {}",
+                    "{}selected {}  published {}  requarantined {}  refused {}  skipped {}  records already in Kafka {}",
                     if dry_run { "(dry run) " } else { "" },
                     done.selected,
                     done.published,
                     done.requarantined,
                     done.refused,
-                    done.skipped
+                    done.skipped,
+                    done.already_published
                 );
             }
             Ok(ExitCode::SUCCESS)

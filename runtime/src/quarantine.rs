@@ -83,6 +83,9 @@ pub struct Redriven {
     pub refused: u64,
     /// With no cohort recorded (unrouted, oversize): not redrivable.
     pub skipped: u64,
+    /// Records not written again because Kafka had them from the first attempt
+    /// (`weir.error.records-published`, through the same version).
+    pub already_published: u64,
 }
 
 fn matches(m: &BorrowedMessage<'_>, f: &Filter) -> bool {
@@ -275,6 +278,25 @@ pub async fn redrive(
     };
     let mut out = Redriven::default();
     let mut writes: Vec<Write> = Vec::new();
+    // Writes are sent as the scan goes, their answers awaited once more than IN_FLIGHT
+    // wait, so memory stays bounded whatever the quarantine holds.
+    const IN_FLIGHT: usize = 10_000;
+    let handle = tokio::runtime::Handle::current();
+    let (mut inflight, mut failed) = (0usize, 0usize);
+    let mut send = |writes: &mut Vec<Write>, keep: usize| {
+        let Some(sink) = &sink else { return };
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                for w in writes.drain(..) {
+                    match sink.send(&w, 0).await {
+                        Ok(()) => inflight += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                failed += sink.settle(&mut inflight, keep).await;
+            })
+        });
+    };
     let ends = scan(&c, &topic, true, |m| {
         if !matches(m, filter) {
             return Ok(());
@@ -319,10 +341,24 @@ pub async fn redrive(
             retained,
             oversize: None,
         };
+        // Records Kafka already has from the first attempt (it was quarantined after some
+        // of them were written): the same version makes the same records, so those are
+        // not written again. Through another version, all of its records are new.
+        let same_version = capture::header(m, h::PLUGIN_SHA256).as_deref()
+            == Some(configured.plugin().info().sha256.as_str());
+        let mut published: usize = capture::header(m, h::ERROR_RECORDS_PUBLISHED)
+            .filter(|_| same_version)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         let mut d = topo.plan(input, Some(0), Some(outcome));
         if let Next::Send { writes: ws, .. } = d.start() {
             let from = format!("{}:{}", m.partition(), m.offset());
             for (kind, mut w) in ws {
+                if kind == Kind::Record && published > 0 {
+                    published -= 1;
+                    out.already_published += 1;
+                    continue;
+                }
                 w.headers.push((REDRIVE_FROM.into(), from.clone().into()));
                 if kind == Kind::Quarantine {
                     w.headers
@@ -331,18 +367,17 @@ pub async fn redrive(
                 writes.push(w);
             }
         }
+        if writes.len() >= 1_000 {
+            send(&mut writes, IN_FLIGHT);
+        }
         Ok(())
     })?;
+    send(&mut writes, 0);
     if let Some(sink) = &sink {
-        let refused =
-            "Kafka did not take a redriven write; nothing was marked done — run the redrive again";
-        let mut outstanding = 0;
-        for w in &writes {
-            sink.send(w, 0).await.map_err(|_| refused.to_owned())?;
-            outstanding += 1;
-        }
-        if sink.settle(&mut outstanding, 0).await > 0 {
-            return Err(refused.into());
+        if failed > 0 {
+            return Err(format!(
+                "Kafka did not take {failed} redriven write(s); nothing was marked done — run the redrive again (entries already published are published again)"
+            ));
         }
         sink.flush(Duration::from_secs(30));
         // Done up to where the scan began its read: the next redrive starts there.

@@ -488,10 +488,12 @@ pub async fn run(
         if batch.len() >= 100 || stop {
             since_recorded += batch.len();
             flush(&mut batch, &mut summary, &mut pending)?;
-            // Progress is recorded only once everything before it is written.
+            // Progress is recorded only once everything before it is written and
+            // acknowledged; after a write that failed for good it is not recorded again, so
+            // a resumed run goes back to before the failure instead of skipping it.
             let checkpoint = group.is_some() && (since_recorded >= 5_000 || stop);
             send(&mut pending, &mut summary, checkpoint);
-            if checkpoint {
+            if checkpoint && summary.failed == 0 {
                 record(&done_to)?;
                 since_recorded = 0;
             }
@@ -509,7 +511,9 @@ pub async fn run(
     }
     flush(&mut batch, &mut summary, &mut pending)?;
     send(&mut pending, &mut summary, true);
-    record(&done_to)?;
+    if summary.failed == 0 {
+        record(&done_to)?;
+    }
     progress(summary.replayed + summary.unrouted, total as u64);
     if let Some(sink) = &sink {
         sink.flush(Duration::from_secs(30));

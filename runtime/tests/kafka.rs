@@ -940,3 +940,88 @@ fn a_control_topic_ending_in_a_transaction_marker_does_not_wedge_start_up() {
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
 }
+
+/// A message whose first record reached Kafka and whose second was refused for good is
+/// quarantined with `weir.error.records-published = 1`; redriven through the same version
+/// once the topic takes it, only the second record is written, so the topic holds each
+/// record once.
+#[test]
+fn a_redrive_writes_only_the_records_kafka_does_not_have() {
+    let p = unique("partial");
+    let out = format!("{p}.chaos");
+    create_topic_with(&kafka(), &out, &[("max.message.bytes", "5000")]);
+    // Batches of at most 10 kB: the small record and the large one travel in requests of
+    // their own, so Kafka takes the first and refuses the second.
+    let config = bed::config(&p).replace(
+        "[registry]",
+        "[kafka.properties]\n\"batch.size\" = \"10000\"\n[registry]",
+    );
+    let weir = Weir::start(&config, &[]);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    publisher.publish(&format!("{p}/chaos/x"), "pair:20000", &[]);
+    publisher.flush();
+    let q = consume(
+        &format!("{p}.quarantine"),
+        1,
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+    );
+    assert_eq!(q.len(), 1, "{}", weir.log.lock().unwrap());
+    assert_eq!(q[0].header("weir.error.code"), "sink.produce-failed");
+    assert_eq!(q[0].header("weir.error.records-published"), "1");
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+
+    // The topic is fixed to take the large record; the redrive writes only it.
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", kafka())
+                .create()
+                .unwrap();
+        let alter =
+            AlterConfig::new(ResourceSpecifier::Topic(&out)).set("max.message.bytes", "1000000");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for r in rt
+            .block_on(admin.alter_configs(&[alter], &AdminOptions::new()))
+            .unwrap()
+        {
+            r.unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, &config).unwrap();
+    let done = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "quarantine",
+            "redrive",
+            "--code",
+            "sink.produce-failed",
+            "--json",
+            "--config",
+        ])
+        .arg(&path)
+        .env("WEIR_NO_CACHE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(
+        (
+            done["published"].as_u64(),
+            done["already_published"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{done}"
+    );
+    let records = consume(&out, 3, Duration::from_secs(20), Duration::from_secs(2));
+    assert_eq!(records.len(), 2, "each record once");
+    assert!(records[0].value.len() < 100 && records[1].value.len() > 20_000);
+    assert!(!records[1].header("weir.redrive.from").is_empty());
+}

@@ -14,6 +14,7 @@
 //! | `spoof`       | sets the reserved header `weir.plugin`                 |
 //! | `forge`       | logs a line with a newline and a forged weir log line  |
 //! | `chatty`      | logs 1,000 lines, then emits                           |
+//! | `pair:N`      | emits two records: `{"text":"first"}`, then one of N bytes |
 //! | `alias`       | emits 1,000 records whose values all point at the same |
 //! |               | 100 KB of its memory (100 MB once copied out)          |
 //! | anything else | emits `{"text": <payload>}`                            |
@@ -81,6 +82,13 @@ impl Plugin for Adversarial {
                     "innocent\n2026-12-04T00:00:00.000000Z  INFO weir: FORGED all messages acknowledged",
                 );
                 Ok(Emit::one(json!({ "text": "forge" })))
+            }
+            pair if pair.starts_with("pair:") => {
+                let n: usize = pair[5..].parse().unwrap_or(0);
+                Ok(Emit::many([
+                    json!({ "text": "first" }),
+                    json!({ "text": "x".repeat(n) }),
+                ]))
             }
             "chatty" => {
                 for i in 0..1_000 {
