@@ -794,6 +794,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_component_entry_that_is_not_a_component_never_reaches_the_store() {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for junk in [&b"#!/bin/sh\nrm -rf /"[..], b"\0asm\x01\0\0\0core module"] {
+            let sha = hex::encode(sha2::Sha256::digest(junk));
+            store_component(&store, &format!("wasm/{sha}"), Some(junk));
+            assert_eq!(store.get(&sha).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn the_audit_kept_in_memory_is_the_newest_entries() {
+        let mut state = State::default();
+        for i in 0..MAX_AUDIT_KEPT + 5 {
+            let a = Audit {
+                cohort: None,
+                action: Action::Push,
+                plugin: format!("p@{i}"),
+                old_sha256: None,
+                new_sha256: "ab".into(),
+                at_ms: i as i64,
+                by: "ops".into(),
+                cutover: None,
+            };
+            state.apply(
+                &Key::audit(&a).to_string(),
+                Some(&serde_json::to_vec(&a).unwrap()),
+            );
+        }
+        assert_eq!(state.audit.len(), MAX_AUDIT_KEPT);
+        assert_eq!(state.audit[0].plugin, "p@5");
+        assert_eq!(
+            state.audit.last().unwrap().plugin,
+            format!("p@{}", MAX_AUDIT_KEPT + 4)
+        );
+    }
+
+    #[test]
     fn keys_read_back_what_they_write_and_what_earlier_weirs_wrote() {
         let keys = [
             Key::Wasm {
