@@ -26,6 +26,9 @@ pub const ERROR_CODE: &str = "weir.error.code";
 pub const ERROR_MESSAGE: &str = "weir.error.message";
 /// Quarantine: records of the message already published before a record write failed.
 pub const ERROR_RECORDS_PUBLISHED: &str = "weir.error.records-published";
+/// On `sink.produce-failed`: the indices (among the message's records, from 0, comma
+/// separated) of the records Kafka refused for good; the others it has.
+pub const ERROR_RECORDS_REFUSED: &str = "weir.error.records-refused";
 /// The value is a prefix of the payload; the full size follows.
 pub const PAYLOAD_TRUNCATED: &str = "weir.payload.truncated";
 /// Full payload size in bytes, when the value is a prefix.

@@ -133,6 +133,12 @@ pub struct Delivery {
     quarantine_written: bool,
     /// The raw capture was refused for good.
     uncaptured: bool,
+    /// The record writes of the round in flight, by their index among the message's
+    /// records, in the order sent; `None` in the first round (0, 1, 2, ...). Allocated only
+    /// when a round is retried.
+    in_flight: Option<Vec<u32>>,
+    /// Indices of records Kafka refused for good (allocated only when one is).
+    refused_records: Vec<u32>,
     /// Times the quarantine entry was cut down for size.
     shrunk: u8,
     /// Consecutive retry rounds.
@@ -175,6 +181,8 @@ impl Topology {
             refused: None,
             quarantine_written: false,
             uncaptured: false,
+            in_flight: None,
+            refused_records: Vec::new(),
             shrunk: 0,
             attempts: 0,
         };
@@ -341,6 +349,12 @@ impl Delivery {
                 h::ERROR_RECORDS_PUBLISHED.into(),
                 Bytes::from(n.to_string()),
             ));
+            // Which records are missing, so that a redrive writes those and only those.
+            let refused: Vec<String> = self.refused_records.iter().map(u32::to_string).collect();
+            headers.push((
+                h::ERROR_RECORDS_REFUSED.into(),
+                Bytes::from(refused.join(",")),
+            ));
         }
         if let Some(ci) = self.cohort {
             headers.extend(topo.cohorts[ci].identity.iter().cloned());
@@ -388,21 +402,36 @@ impl Delivery {
     ) -> Next {
         let mut again = Vec::new();
         let mut stuck = false;
+        // Which of the message's records each record result is (results come in the order
+        // the writes were sent).
+        let sent = self.in_flight.take();
+        let mut nth = 0usize;
+        let mut resent: Vec<u32> = Vec::new();
         for ((kind, mut w), r) in results {
+            let index = (kind == Kind::Record).then(|| {
+                let i = sent.as_ref().map_or(nth as u32, |v| v[nth]);
+                nth += 1;
+                i
+            });
             match (kind, r) {
                 (Kind::Record, Ok(())) => self.records_ok += 1,
                 (Kind::Quarantine, Ok(())) => self.quarantine_written = true,
                 (Kind::Raw, Ok(())) => {}
-                (Kind::Raw | Kind::Record, Err(Failure::Transient(_))) => again.push((kind, w)),
+                (Kind::Raw | Kind::Record, Err(Failure::Transient(_))) => {
+                    resent.extend(index);
+                    again.push((kind, w));
+                }
                 // Held until the operator grants the permission: retried with backoff and
                 // reported stuck (weir is not ready), never quarantined as the message's
                 // fault.
                 (_, Err(Failure::Unauthorized(_))) => {
                     stuck = true;
+                    resent.extend(index);
                     again.push((kind, w));
                 }
                 (Kind::Raw | Kind::Record, Err(f)) => {
                     self.uncaptured |= kind == Kind::Raw;
+                    self.refused_records.extend(index);
                     let what = if kind == Kind::Raw {
                         "its raw capture"
                     } else {
@@ -423,6 +452,7 @@ impl Delivery {
             }
         }
         if !again.is_empty() {
+            self.in_flight = Some(resent);
             self.attempts += 1;
             let after = if stuck || again.iter().any(|(k, _)| *k != Kind::Quarantine) {
                 retry_backoff(self.attempts)
@@ -710,6 +740,7 @@ mod tests {
         assert_eq!(*kind, Kind::Quarantine);
         assert_eq!(header(q, h::ERROR_CODE), Some("sink.produce-failed"));
         assert_eq!(header(q, h::ERROR_RECORDS_PUBLISHED), Some("2"));
+        assert_eq!(header(q, h::ERROR_RECORDS_REFUSED), Some("1"));
         assert!(
             header(q, h::ERROR_MESSAGE)
                 .unwrap()
@@ -720,6 +751,32 @@ mod tests {
         };
         assert_eq!(s.records, 2);
         assert_eq!(s.quarantined, Some(Code::SinkProduceFailed));
+
+        // A record refused in a retry round is named by its place in the message.
+        let mut d = t.plan(
+            input("d/2", b"{}"),
+            Some(0),
+            Some(Outcome::Emit(vec![record("a"), record("b"), record("c")])),
+        );
+        let results = sent(d.start())
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let r = match i {
+                    0 => Err(Failure::Transient("broker down".into())),
+                    _ => Ok(()),
+                };
+                (w, r)
+            })
+            .collect();
+        let retried = sent(d.settle(&t, results));
+        let refused = retried
+            .into_iter()
+            .map(|w| (w, Err(Failure::TooLarge("MessageSizeTooLarge".into()))))
+            .collect();
+        let q = sent(d.settle(&t, refused));
+        assert_eq!(header(&q[0].1, h::ERROR_RECORDS_PUBLISHED), Some("2"));
+        assert_eq!(header(&q[0].1, h::ERROR_RECORDS_REFUSED), Some("0"));
     }
 
     #[test]

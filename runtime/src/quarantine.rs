@@ -342,22 +342,30 @@ pub async fn redrive(
             oversize: None,
         };
         // Records Kafka already has from the first attempt (it was quarantined after some
-        // of them were written): the same version makes the same records, so those are
-        // not written again. Through another version, all of its records are new.
+        // of them were written, and the entry names the ones refused): the same version
+        // makes the same records, so only the refused ones are written. Through another
+        // version, or without the list, every record is written (at least once).
         let same_version = capture::header(m, h::PLUGIN_SHA256).as_deref()
             == Some(configured.plugin().info().sha256.as_str());
-        let mut published: usize = capture::header(m, h::ERROR_RECORDS_PUBLISHED)
+        let only: Option<Vec<usize>> = capture::header(m, h::ERROR_RECORDS_REFUSED)
             .filter(|_| same_version)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+            .and_then(|list| {
+                list.split(',')
+                    .filter(|i| !i.is_empty())
+                    .map(|i| i.parse().ok())
+                    .collect()
+            });
         let mut d = topo.plan(input, Some(0), Some(outcome));
         if let Next::Send { writes: ws, .. } = d.start() {
             let from = format!("{}:{}", m.partition(), m.offset());
+            let mut nth = 0usize;
             for (kind, mut w) in ws {
-                if kind == Kind::Record && published > 0 {
-                    published -= 1;
-                    out.already_published += 1;
-                    continue;
+                if kind == Kind::Record {
+                    nth += 1;
+                    if only.as_ref().is_some_and(|o| !o.contains(&(nth - 1))) {
+                        out.already_published += 1;
+                        continue;
+                    }
                 }
                 w.headers.push((REDRIVE_FROM.into(), from.clone().into()));
                 if kind == Kind::Quarantine {

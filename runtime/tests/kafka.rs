@@ -942,9 +942,9 @@ fn a_control_topic_ending_in_a_transaction_marker_does_not_wedge_start_up() {
 }
 
 /// A message whose first record reached Kafka and whose second was refused for good is
-/// quarantined with `weir.error.records-published = 1`; redriven through the same version
-/// once the topic takes it, only the second record is written, so the topic holds each
-/// record once.
+/// quarantined with `weir.error.records-published = 1` and `weir.error.records-refused =
+/// 1` (the second, by its place); redriven through the same version once the topic takes
+/// it, only that record is written, so the topic holds each record once.
 #[test]
 fn a_redrive_writes_only_the_records_kafka_does_not_have() {
     let p = unique("partial");
@@ -969,6 +969,7 @@ fn a_redrive_writes_only_the_records_kafka_does_not_have() {
     assert_eq!(q.len(), 1, "{}", weir.log.lock().unwrap());
     assert_eq!(q[0].header("weir.error.code"), "sink.produce-failed");
     assert_eq!(q[0].header("weir.error.records-published"), "1");
+    assert_eq!(q[0].header("weir.error.records-refused"), "1");
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
 
