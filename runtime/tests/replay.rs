@@ -367,3 +367,60 @@ fn an_interrupted_resumable_replay_finishes_without_duplicates() {
         assert!(second["replayed"].as_u64().unwrap() < n as u64, "{second}");
     }
 }
+
+/// A resumable replay whose writes Kafka refuses for good records no progress past them:
+/// run again once the target takes the records, it replays them instead of skipping them.
+#[test]
+fn a_resumed_replay_does_not_skip_writes_that_were_refused() {
+    let p = unique("refresume");
+    let cfg = config(&p).replace(
+        &format!("quarantine_topic = \"{p}.quarantine\""),
+        &format!("quarantine_topic = \"{p}.quarantine\"\nraw_topic = \"{p}.raw\""),
+    );
+    let weir = Weir::start(&cfg, &[]);
+    let n = 20;
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    for i in 0..n {
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/t{i}"),
+            format!(r#"{{"ts":{i},"temp_c":21.5}}"#),
+            &[],
+        );
+    }
+    publisher.flush();
+    assert_eq!(count(&format!("{p}.raw"), n, Duration::from_secs(60)), n);
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+    let to = format!("{p}.again");
+    // Too small for any replayed record: every write is refused for good.
+    create_topic_with(&kafka(), &to, &[("max.message.bytes", "100")]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let args = ["--from", &format!("{p}.raw"), "--to", &to, "--resume"];
+    let (_, first, err) = replay(&path, &[], &args);
+    assert!(first["failed"].as_u64().unwrap_or(0) > 0, "{first} {err}");
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", kafka())
+                .create()
+                .unwrap();
+        let alter =
+            AlterConfig::new(ResourceSpecifier::Topic(&to)).set("max.message.bytes", "1000000");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for r in rt
+            .block_on(admin.alter_configs(&[alter], &AdminOptions::new()))
+            .unwrap()
+        {
+            r.unwrap();
+        }
+    }
+    let (code, second, err) = replay(&path, &[], &args);
+    assert_eq!(code, 0, "{second} {err}");
+    assert_eq!(second["replayed"], n as u64, "{second}");
+    assert_eq!(second["failed"], 0, "{second}");
+    let records = consume(&to, n + 1, Duration::from_secs(20), Duration::from_secs(2));
+    assert_eq!(records.len(), n, "each record once, none skipped");
+}
