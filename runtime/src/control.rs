@@ -34,6 +34,14 @@ use tokio::sync::watch;
 /// Errors reading or writing the control topic.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// The signing keys of `[plugins]` cannot be used.
+    #[error("{key}: {problem}")]
+    Keys {
+        /// The config key.
+        key: String,
+        /// What is wrong, and the fix.
+        problem: String,
+    },
     /// Kafka refused or is unreachable.
     #[error("control topic {topic}: {problem}")]
     Kafka {
@@ -539,6 +547,16 @@ impl Control {
     /// Entries not applied for want of a trusted signature, so far.
     pub fn rejected(&self) -> prometheus_client::metrics::counter::Counter {
         self.rejected.clone()
+    }
+
+    /// [`Control::open`] on the control topic and signing keys `config` names.
+    pub async fn for_config(
+        config: &crate::config::Config,
+        store: Store,
+    ) -> Result<Control, ControlError> {
+        let keys = crate::signing::Keys::for_config(&config.plugins)
+            .map_err(|(key, problem)| ControlError::Keys { key, problem })?;
+        Control::open(&config.kafka, &config.plugins.control_topic, store, keys).await
     }
 
     /// The state as far as it has been read.

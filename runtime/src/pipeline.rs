@@ -17,7 +17,7 @@
 
 use crate::admin;
 use crate::config::{Config, GroupPlan};
-use crate::control::Control;
+use crate::control::{Control, ControlError};
 use crate::deliver::{Courier, Transformed};
 use crate::lifecycle::{Lifecycle, LifecycleError, Live, Switched};
 use crate::metrics::{CohortLabel, GroupMetrics, Metrics};
@@ -162,25 +162,20 @@ pub async fn prepare(
         key: "plugins.store".into(),
         problem: e.to_string(),
     })?;
-    let keys = crate::signing::Keys::for_config(&config.plugins).map_err(|(key, problem)| {
-        StartError::Config {
-            file: file.into(),
-            key,
-            problem,
-        }
-    })?;
-    let control = Control::open(
-        &config.kafka,
-        &config.plugins.control_topic,
-        store.clone(),
-        keys,
-    )
-    .await
-    .map_err(|e| StartError::Config {
-        file: file.into(),
-        key: "plugins.control_topic".into(),
-        problem: e.to_string(),
-    })?;
+    let control = Control::for_config(&config, store.clone())
+        .await
+        .map_err(|e| match e {
+            ControlError::Keys { key, problem } => StartError::Config {
+                file: file.into(),
+                key,
+                problem,
+            },
+            e @ ControlError::Kafka { .. } => StartError::Config {
+                file: file.into(),
+                key: "plugins.control_topic".into(),
+                problem: e.to_string(),
+            },
+        })?;
     let lifecycle = Lifecycle::start(config.clone(), Arc::new(host), store, control, seeds)
         .await
         .map_err(|e| match e {
@@ -399,9 +394,9 @@ pub async fn run(
     let written: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
     // Every group's producer is probed: readiness is all of them, and one that fails
     // fatally stops weir (its writes could never complete).
-    let mut probes: Vec<Probe> = lanes
+    let mut probes: Vec<AbortOnDrop<String>> = lanes
         .iter()
-        .map(|l| Probe(l.sink.watch(metrics.clone(), written.clone())))
+        .map(|l| AbortOnDrop(l.sink.watch(metrics.clone(), written.clone())))
         .collect();
     let in_flight = |lanes: &[Lane]| lanes.iter().map(|l| l.source.in_flight()).sum::<u32>();
     let _progress = {
@@ -1008,17 +1003,9 @@ pub fn transform(
     outcomes
 }
 
-/// A producer's probe task ([`Sink::watch`]), aborted when dropped.
-struct Probe(tokio::task::JoinHandle<String>);
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Ends when a producer has failed fatally, with why; never if none does.
-async fn fatal(probes: &mut [Probe]) -> String {
+/// Ends when a producer has failed fatally (its probe, [`Sink::watch`], ends), with why;
+/// never if none does.
+async fn fatal(probes: &mut [AbortOnDrop<String>]) -> String {
     if probes.is_empty() {
         return std::future::pending().await;
     }
@@ -1052,9 +1039,10 @@ fn supervised(
     }))
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A task, aborted when its handle is dropped.
+struct AbortOnDrop<T = ()>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

@@ -194,16 +194,9 @@ pub async fn redrive(
 ) -> Result<Redriven, String> {
     let store = Store::open(&config.plugins.store).map_err(|e| e.to_string())?;
     crate::capture::probe(&config.kafka).await?;
-    let keys = crate::signing::Keys::for_config(&config.plugins)
-        .map_err(|(key, problem)| format!("{key}: {problem}"))?;
-    let control = Control::open(
-        &config.kafka,
-        &config.plugins.control_topic,
-        store.clone(),
-        keys,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let control = Control::for_config(config, store.clone())
+        .await
+        .map_err(|e| e.to_string())?;
     let state = control.state();
     let registry = RegistryClient::for_config(&config.registry);
     // The version per cohort: --through, else the cohort's pin, else weir.toml's.

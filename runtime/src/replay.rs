@@ -192,16 +192,9 @@ pub async fn run(
     let (from, range, through) = (from.as_str(), &range, through.as_deref());
     let store = Store::open(&config.plugins.store).map_err(other)?;
     crate::capture::probe(&config.kafka).await.map_err(other)?;
-    let keys = crate::signing::Keys::for_config(&config.plugins)
-        .map_err(|(key, problem)| other(format!("{key}: {problem}")))?;
-    let control = Control::open(
-        &config.kafka,
-        &config.plugins.control_topic,
-        store.clone(),
-        keys,
-    )
-    .await
-    .map_err(other)?;
+    let control = Control::for_config(config, store.clone())
+        .await
+        .map_err(other)?;
     let state: std::sync::Arc<State> = control.state();
     let group = run_control
         .resume

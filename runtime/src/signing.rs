@@ -97,7 +97,7 @@ impl Signer {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let signer = Signer::from_secret(rand::random());
-                write_secret(path, &STANDARD.encode(signer.key.to_bytes()))
+                write_secret(path, STANDARD.encode(signer.key.to_bytes()).as_bytes())
                     .map_err(|e| format!("cannot create the signing key {shown}: {e}"))?;
                 // Another process may have made one meanwhile: the file's is the key.
                 Signer::load_or_create(path)
@@ -121,8 +121,9 @@ impl Signer {
     }
 }
 
-/// Write `text` to `path` with mode 0600, unless the file exists by then.
-fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+/// Write a secret to `path` with mode 0600, whole or not at all, unless the file exists by
+/// then (another process made one meanwhile: the caller reads that one back).
+pub(crate) fn write_secret(path: &Path, secret: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -131,7 +132,7 @@ fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
     let mut tmp = tempfile::NamedTempFile::with_prefix_in(".signing-", dir)?;
     tmp.as_file()
         .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    tmp.write_all(text.as_bytes())?;
+    tmp.write_all(secret)?;
     tmp.as_file().sync_all()?;
     match tmp.persist_noclobber(path) {
         Ok(_) => Ok(()),

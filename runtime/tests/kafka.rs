@@ -974,23 +974,7 @@ fn a_redrive_writes_only_the_records_kafka_does_not_have() {
     assert!(status.success(), "{log}");
 
     // The topic is fixed to take the large record; the redrive writes only it.
-    {
-        use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", kafka())
-                .create()
-                .unwrap();
-        let alter =
-            AlterConfig::new(ResourceSpecifier::Topic(&out)).set("max.message.bytes", "1000000");
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        for r in rt
-            .block_on(admin.alter_configs(&[alter], &AdminOptions::new()))
-            .unwrap()
-        {
-            r.unwrap();
-        }
-    }
+    alter_topic(&kafka(), &out, &[("max.message.bytes", "1000000")]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, &config).unwrap();

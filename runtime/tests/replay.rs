@@ -400,23 +400,7 @@ fn a_resumed_replay_does_not_skip_writes_that_were_refused() {
     let args = ["--from", &format!("{p}.raw"), "--to", &to, "--resume"];
     let (_, first, err) = replay(&path, &[], &args);
     assert!(first["failed"].as_u64().unwrap_or(0) > 0, "{first} {err}");
-    {
-        use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", kafka())
-                .create()
-                .unwrap();
-        let alter =
-            AlterConfig::new(ResourceSpecifier::Topic(&to)).set("max.message.bytes", "1000000");
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        for r in rt
-            .block_on(admin.alter_configs(&[alter], &AdminOptions::new()))
-            .unwrap()
-        {
-            r.unwrap();
-        }
-    }
+    alter_topic(&kafka(), &to, &[("max.message.bytes", "1000000")]);
     let (code, second, err) = replay(&path, &[], &args);
     assert_eq!(code, 0, "{second} {err}");
     assert_eq!(second["replayed"], n as u64, "{second}");

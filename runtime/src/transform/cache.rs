@@ -151,7 +151,6 @@ fn key_path(dir: &Path) -> PathBuf {
 
 /// The key in `path`, or a new random one written there (mode 0600) if there is none.
 fn read_or_make_key(path: &Path) -> std::io::Result<[u8; 32]> {
-    use std::io::Write;
     let read = |path: &Path| -> std::io::Result<[u8; 32]> {
         std::fs::read(path)?.try_into().map_err(|_| {
             std::io::Error::new(
@@ -161,24 +160,11 @@ fn read_or_make_key(path: &Path) -> std::io::Result<[u8; 32]> {
         })
     };
     match read(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        other => return other,
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let key: [u8; 32] = rand::random();
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::with_prefix_in(".key-", dir)?;
-    tmp.as_file()
-        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    tmp.write_all(&key)?;
-    tmp.as_file().sync_all()?;
-    // Another process may have made one meanwhile: theirs stands, and is read back.
-    match tmp.persist_noclobber(path) {
-        Ok(_) => Ok(key),
-        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => read(path),
-        Err(e) => Err(e.error),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::signing::write_secret(path, &rand::random::<[u8; 32]>())?;
+            read(path)
+        }
+        other => other,
     }
 }
 

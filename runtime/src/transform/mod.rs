@@ -544,27 +544,23 @@ fn encode_outcome(
                     ),
                 };
             }
-            let total: usize = records
-                .iter()
-                .map(|r| {
-                    r.value.len()
-                        + r.key.as_ref().map_or(0, String::len)
-                        + r.headers
-                            .iter()
-                            .map(|(k, v)| k.len() + v.len())
-                            .sum::<usize>()
-                })
-                .sum();
-            if total > output {
-                return Outcome::Fail {
-                    code: codes::OUTPUT_TOO_LARGE,
-                    reason: format!(
-                        "the records of one message total {total} bytes; the limit is {output} (plugin_output_kib)"
-                    ),
-                };
-            }
             let mut out = Vec::with_capacity(records.len());
+            let mut total = 0usize;
             for (i, r) in records.into_iter().enumerate() {
+                total += r.value.len()
+                    + r.key.as_ref().map_or(0, String::len)
+                    + r.headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>();
+                if total > output {
+                    return Outcome::Fail {
+                        code: codes::OUTPUT_TOO_LARGE,
+                        reason: format!(
+                            "the records of one message total more than {output} bytes by record {i}; the limit is {output} (plugin_output_kib)"
+                        ),
+                    };
+                }
                 if r.value.len() > limits.max_record_bytes {
                     return Outcome::Fail {
                         code: codes::OUTPUT_TOO_LARGE,

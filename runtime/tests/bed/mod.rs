@@ -1166,6 +1166,29 @@ pub fn create_topic_with(bootstrap: &str, topic: &str, configs: &[(&str, &str)])
     }
 }
 
+/// Set topic `configs` of an existing `topic` on the broker at `bootstrap`.
+pub fn alter_topic(bootstrap: &str, topic: &str, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in configs {
+        alter = alter.set(k, v);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for r in rt
+        .block_on(admin.alter_configs(&[alter], &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap_or_else(|e| panic!("altering {topic}: {e:?}"));
+    }
+}
+
 /// The end offset of partition 0 of `topic` on the broker at `bootstrap`.
 pub fn end_offset(bootstrap: &str, topic: &str) -> i64 {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
