@@ -91,6 +91,9 @@ pub struct Group {
     pub nice: u8,
 }
 
+/// Most scale-out slots (`mqtt.slots`): each is an MQTT session and a partition.
+pub const MAX_SLOTS: u16 = 1024;
+
 /// The highest nice value, the lowest priority a group can be given (a worker whose plugin
 /// ran past its budget goes lower still: `SCHED_IDLE`).
 pub const MAX_NICE: u8 = 19;
@@ -169,6 +172,19 @@ pub struct Mqtt {
     /// default (1,000,000 bytes) less room for headers.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
+    /// Scale-out slots (default: none, one session under `client_id`). With `slots = N`
+    /// the deployment has N persistent sessions, `<client_id>-0` to `<client_id>-<N-1>`,
+    /// on its shared subscriptions, and the weir processes running this config share them
+    /// out through a Kafka consumer group (one partition of the topic
+    /// `weir.slots.<client_id>` per slot): a process that dies leaves its sessions, and
+    /// their backlogs, to the others. Fixed once chosen, like a topic's partition count.
+    #[serde(default)]
+    pub slots: Option<u16>,
+    /// How long Kafka waits before moving the slots of a process it no longer hears from,
+    /// seconds (the consumer group's session timeout; the broker bounds it by its
+    /// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`).
+    #[serde(default = "default_slot_timeout")]
+    pub slot_timeout_s: u16,
 }
 
 pub use crate::source::codec::RetainHandling;
@@ -690,6 +706,9 @@ fn default_client_id() -> String {
 fn default_protocol() -> Protocol {
     Protocol::V5
 }
+fn default_slot_timeout() -> u16 {
+    10
+}
 fn default_session_expiry() -> u32 {
     24 * 3600
 }
@@ -974,6 +993,7 @@ impl Config {
         if self.mqtt.max_in_flight == 0 {
             return Err(("mqtt.max_in_flight".into(), "must be at least 1".into()));
         }
+        self.check_slots()?;
         if self.mqtt.max_messages_per_s == Some(0) {
             return Err(("mqtt.max_messages_per_s".into(), NO_ZERO_RATE.into()));
         }
@@ -1117,6 +1137,21 @@ impl Config {
 }
 
 impl Config {
+    /// How this process names itself (in cutover records and to Kafka): the client id, or,
+    /// with scale-out slots, where every process runs the same config, the client id with
+    /// the host and process id.
+    pub fn process_name(&self) -> String {
+        if self.mqtt.slots.is_none() {
+            return self.mqtt.client_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{}@{host}:{}", self.mqtt.client_id, std::process::id())
+    }
+
     /// The groups `weir run` runs, each with its session settings and cohorts: the default
     /// group (when `mqtt.subscriptions` is set) and every `[[group]]`, in config order.
     pub fn group_plans(&self) -> Vec<GroupPlan> {
@@ -1151,6 +1186,63 @@ impl Config {
             });
         }
         plans
+    }
+
+    /// Slots need a session per slot that shares the stream with the others (a shared
+    /// subscription), client ids that name a Kafka topic, and a timeout Kafka can keep.
+    fn check_slots(&self) -> Result<(), (String, String)> {
+        let Some(n) = self.mqtt.slots else {
+            return Ok(());
+        };
+        if !(1..=MAX_SLOTS).contains(&n) {
+            return Err((
+                "mqtt.slots".into(),
+                format!("{n} is out of range: use 1 to {MAX_SLOTS}"),
+            ));
+        }
+        if !(1..=1800).contains(&self.mqtt.slot_timeout_s) {
+            return Err((
+                "mqtt.slot_timeout_s".into(),
+                format!(
+                    "{} is out of range: use 1 to 1800 seconds (and within the broker's group.min/max.session.timeout.ms)",
+                    self.mqtt.slot_timeout_s
+                ),
+            ));
+        }
+        let id = &self.mqtt.client_id;
+        if id.is_empty()
+            || id.len() > 180
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err((
+                "mqtt.client_id".into(),
+                format!(
+                    "{id:?}: with mqtt.slots it names the slots' Kafka topic (weir.slots.<client_id>); use 1 to 180 letters, digits, `-`, `_` and `.`"
+                ),
+            ));
+        }
+        if n > 1 {
+            let plans = self.group_plans();
+            for plan in &plans {
+                if let Some((j, s)) = plan
+                    .mqtt
+                    .subscriptions
+                    .iter()
+                    .enumerate()
+                    .find(|(_, s)| !s.starts_with("$share/"))
+                {
+                    return Err((
+                        self.group_key(&plan.name, &format!("subscriptions[{j}]")),
+                        format!(
+                            "{s:?} is not a shared subscription: with mqtt.slots = {n} each of the {n} sessions would receive every message; use \"$share/<name>/{s}\""
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_groups(&self) -> Result<(), (String, String)> {

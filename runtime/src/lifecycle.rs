@@ -244,7 +244,7 @@ impl Lifecycle {
         });
         let (live, _) = watch::channel(placeholder);
         let lc = Lifecycle {
-            process: config.mqtt.client_id.clone(),
+            process: config.process_name(),
             config,
             host,
             store,

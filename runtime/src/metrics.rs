@@ -59,6 +59,10 @@ pub struct GroupMetrics {
     pub ack_seconds: Histogram,
     /// Time its lane held batches back to keep to its `max_messages_per_s`, seconds.
     pub throttled_seconds: Counter<f64, AtomicU64>,
+    /// Scale-out slots it holds in this process.
+    pub slots_held: Gauge,
+    /// Slots it took or gave up.
+    pub slot_changes: Counter,
     ready: Gauge,
 }
 
@@ -112,6 +116,10 @@ pub struct Metrics {
     pub group_ready: Family<GroupLabel, Gauge>,
     /// Time a group's lane held batches back to keep to its rate limit, seconds.
     pub group_throttled_seconds: Family<GroupLabel, Counter<f64, AtomicU64>>,
+    /// Scale-out slots an isolation group's sessions hold in this process.
+    pub group_slots_held: Family<GroupLabel, Gauge>,
+    /// Slots this process took or gave up in rebalances, by group.
+    pub group_slot_changes: Family<GroupLabel, Counter>,
     /// MQTT connections made after the first.
     pub reconnects: Counter,
     /// Subscriptions the broker refused (SUBACK failure or QoS 0).
@@ -191,6 +199,8 @@ impl Metrics {
             group_oldest_unacked_seconds: Family::default(),
             group_ready: Family::default(),
             group_throttled_seconds: Family::default(),
+            group_slots_held: Family::default(),
+            group_slot_changes: Family::default(),
             reconnects: Counter::default(),
             subscriptions_refused: Counter::default(),
             write_retries: Family::default(),
@@ -282,6 +292,16 @@ impl Metrics {
             "group_throttled_seconds",
             "Time an isolation group's batches were held back to keep to its max_messages_per_s",
             m.group_throttled_seconds.clone(),
+        );
+        r.register(
+            "slots_held",
+            "Scale-out slots (MQTT sessions) an isolation group holds in this process",
+            m.group_slots_held.clone(),
+        );
+        r.register(
+            "slot_changes",
+            "Scale-out slots this process took or gave up in Kafka group rebalances",
+            m.group_slot_changes.clone(),
         );
         r.register(
             "mqtt_reconnects",
@@ -398,6 +418,8 @@ impl Metrics {
                 .clone(),
             ack_seconds: self.ack_seconds.get_or_create(&label).clone(),
             throttled_seconds: self.group_throttled_seconds.get_or_create(&label).clone(),
+            slots_held: self.group_slots_held.get_or_create(&label).clone(),
+            slot_changes: self.group_slot_changes.get_or_create(&label).clone(),
             ready: self.group_ready.get_or_create(&label).clone(),
         };
         groups.push(g.clone());

@@ -23,6 +23,7 @@ use crate::lifecycle::{Lifecycle, LifecycleError, Live, Switched};
 use crate::metrics::{CohortLabel, GroupMetrics, Metrics};
 use crate::plan::{Input, Topology};
 use crate::sink::Sink;
+use crate::source::slots::Membership;
 use crate::source::{AckToken, Incoming, Source};
 use crate::store::Store;
 use crate::transform::{Host, Limits, Message, Outcome, Plugin};
@@ -379,7 +380,8 @@ pub async fn run(
             .check_topics(&topics)
             .await
             .map_err(|e| StartError::Other(format!("{}: {e}", p.file)))?;
-        lanes.push(Lane::start(
+        let slotted = plan.mqtt.slots.is_some().then(|| plan.mqtt.clone());
+        let mut lane = Lane::start(
             plan,
             runtime,
             cfg,
@@ -388,7 +390,13 @@ pub async fn run(
             &p.lifecycle,
             switched_tx.clone(),
             (stop_rx.clone(), ended_tx.clone(), panic_tx.clone()),
-        )?);
+        )?;
+        if let Some(mqtt) = slotted {
+            lane.join_slots(cfg, &mqtt, &metrics)
+                .await
+                .map_err(|e| StartError::Other(format!("{}: {e}", p.file)))?;
+        }
+        lanes.push(lane);
     }
     drop((switched_tx, ended_tx, panic_tx));
     let written: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
@@ -484,6 +492,15 @@ pub async fn run(
         )
         .await;
     }
+    // Leave the slots groups: the other processes take the slots now, not after the
+    // session timeout.
+    futures::future::join_all(
+        lanes
+            .iter_mut()
+            .filter_map(|l| l.membership.take())
+            .map(|m| m.leave(Duration::from_secs(5))),
+    )
+    .await;
     Ok(stopped)
 }
 
@@ -495,17 +512,50 @@ pub async fn run(
 /// other sessions go on leaving.
 struct Lane {
     /// The group's I/O threads: its session, batcher, pipeline task and courier run here.
-    _runtime: LaneRuntime,
+    runtime: LaneRuntime,
+    /// The group's name.
+    name: String,
     source: Source,
     sink: Sink,
     courier: Option<AbortOnDrop>,
     batcher: Option<AbortOnDrop>,
+    /// With scale-out slots: until the lane joins the slots group, what confirms its hold
+    /// ([`Lane::join_slots`]); then its membership.
+    lease: Option<watch::Sender<Option<std::time::Instant>>>,
+    membership: Option<Membership>,
     /// Routes, transforms and hands over batches; when it ends it says so, with the
     /// session's failure if there was one.
     task: AbortOnDrop,
 }
 
 impl Lane {
+    /// Join the slots group of the lane's deployment: its sessions are the slots Kafka
+    /// assigns this process.
+    async fn join_slots(
+        &mut self,
+        cfg: &Config,
+        mqtt: &crate::config::Mqtt,
+        metrics: &Metrics,
+    ) -> Result<(), String> {
+        let Some(lease) = self.lease.take() else {
+            return Ok(());
+        };
+        let group = metrics.group(&self.name);
+        let membership = Membership::join(
+            &cfg.kafka,
+            mqtt,
+            &cfg.process_name(),
+            self.source.clone(),
+            lease,
+            Duration::from_secs(cfg.output.shutdown_timeout_s),
+            group,
+            self.runtime.get().handle().clone(),
+        )
+        .await?;
+        self.membership = Some(membership);
+        Ok(())
+    }
+
     /// Start the group's tasks on `runtime` (its own) and its transform worker.
     #[allow(clippy::too_many_arguments)]
     fn start(
@@ -523,10 +573,18 @@ impl Lane {
         ),
     ) -> Result<Lane, StartError> {
         let inside = runtime.get().enter();
+        let name_of_lane = plan.name.clone();
         let group = metrics.group(&plan.name);
         let throttled = group.throttled_seconds.clone();
-        let (source, rx) = Source::start(&plan.mqtt, metrics.clone(), group.clone())
-            .map_err(|e| StartError::Other(e.to_string()))?;
+        let (lease, started) = if plan.mqtt.slots.is_some() {
+            let (lease, confirmed) = watch::channel(None);
+            let started = Source::for_slots(&plan.mqtt, metrics.clone(), group.clone(), confirmed);
+            (Some(lease), started)
+        } else {
+            let started = Source::start(&plan.mqtt, metrics.clone(), group.clone());
+            (None, started)
+        };
+        let (source, rx) = started.map_err(|e| StartError::Other(e.to_string()))?;
         let worker = Worker::start(&plan.name, runtime.nice).map_err(StartError::Other)?;
 
         // Delivery, on its own task so that transforming one batch overlaps writing the
@@ -589,11 +647,14 @@ impl Lane {
         );
         drop(inside);
         Ok(Lane {
-            _runtime: runtime,
+            runtime,
+            name: name_of_lane,
             source,
             sink,
             courier: Some(courier),
             batcher: Some(batcher),
+            lease,
+            membership: None,
             task,
         })
     }

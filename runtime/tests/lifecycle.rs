@@ -8,8 +8,7 @@ use bed::*;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "ops:0123456789abcdef-lifecycle";
@@ -81,73 +80,6 @@ fn wait_running(weir: &Weir, cohort: &str, want: &str) {
             weir.log.lock().unwrap()
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Publishes thermostat readings (firmware v1, `ts` = a per-device sequence) to `devices`
-/// devices until stopped; returns how many per device.
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-    thread: std::thread::JoinHandle<usize>,
-}
-
-impl Load {
-    fn start(p: &str, id: &str, devices: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicUsize::new(0));
-        let (stop_c, sent_c, p, id) = (stop.clone(), sent.clone(), p.to_owned(), id.to_owned());
-        let thread = std::thread::spawn(move || {
-            let mut publisher = Publisher::new(&id);
-            let mut rounds = 0usize;
-            while !stop_c.load(Ordering::Relaxed) {
-                for d in 0..devices {
-                    publisher.publish(
-                        &format!("{p}/plant/1/thermostat/d{d}"),
-                        format!(r#"{{"ts":{rounds},"temp_c":20.5}}"#),
-                        &[],
-                    );
-                    sent_c.fetch_add(1, Ordering::Relaxed);
-                }
-                rounds += 1;
-                if rounds.is_multiple_of(20) {
-                    publisher.flush();
-                }
-            }
-            publisher.flush();
-            rounds
-        });
-        Load { stop, sent, thread }
-    }
-
-    fn wait_sent(&self, n: usize) {
-        let start = Instant::now();
-        while self.sent.load(Ordering::Relaxed) < n {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "publisher stalled"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn finish(self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
-
-    /// Publish `more` messages, stop, and read back every record of `p`'s thermostat
-    /// topic; the rounds each device published, and the records.
-    fn finish_after(self, more: usize, p: &str, devices: usize) -> (usize, Vec<Rec>) {
-        self.wait_sent(self.sent.load(Ordering::Relaxed) + more);
-        let rounds = self.finish();
-        let records = consume(
-            &format!("{p}.thermostat"),
-            rounds * devices,
-            Duration::from_secs(120),
-            Duration::from_secs(2),
-        );
-        (rounds, records)
     }
 }
 
@@ -420,22 +352,6 @@ fn shared_config(p: &str, n: usize) -> String {
             &format!("client_id = \"{p}-weir\""),
             &format!("client_id = \"{p}-weir{n}\""),
         )
-}
-
-/// How many records each (device, reading) has.
-fn readings(records: &[Rec]) -> HashMap<(String, i64), usize> {
-    let mut seen: HashMap<(String, i64), usize> = HashMap::new();
-    let mut decoder = Decoder::new();
-    for r in records {
-        let v = decoder.decode(&r.value);
-        *seen
-            .entry((
-                v["device_id"].as_str().unwrap().to_owned(),
-                v["ts_ms"].as_i64().unwrap(),
-            ))
-            .or_default() += 1;
-    }
-    seen
 }
 
 #[test]

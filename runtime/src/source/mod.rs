@@ -22,6 +22,7 @@
 //!   reconnect they are an error log and a metric.
 
 pub mod codec;
+pub mod slots;
 pub mod tls;
 
 use crate::config::{Mqtt, Protocol, Secret};
@@ -30,8 +31,9 @@ use crate::metrics::{GroupMetrics, Metrics};
 use bytes::BytesMut;
 use codec::{ConnectOptions, Frame, Proto, ProtocolError, RetainHandling};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tls::Certain;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -84,12 +86,17 @@ pub struct AckToken {
     _permit: OwnedSemaphorePermit,
     /// `weir_in_flight` and its group's, decremented when the token goes, however it goes.
     gauges: [prometheus_client::metrics::gauge::Gauge; 2],
+    /// The session it arrived on.
+    link: Arc<Link>,
 }
 
 impl Drop for AckToken {
     fn drop(&mut self) {
         for g in &self.gauges {
             g.dec();
+        }
+        if self.link.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.link.idle.notify_waiters();
         }
     }
 }
@@ -189,16 +196,76 @@ fn backoff(n: u32) -> Duration {
     Duration::from_millis(jitter)
 }
 
-/// The MQTT side as the pipeline sees it: acks go in, a stop comes in.
-#[derive(Clone)]
-pub struct Source {
+/// One session's end of the ack path, and its messages inside weir (for releasing a slot
+/// only once they are acknowledged).
+#[derive(Debug)]
+struct Link {
     acks: mpsc::UnboundedSender<Vec<AckToken>>,
+    in_flight: AtomicU32,
+    idle: tokio::sync::Notify,
+}
+
+impl Link {
+    /// Wait until none of the session's messages is inside weir.
+    async fn idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// A running session, as the [`Source`] holds it.
+struct Running {
+    link: Arc<Link>,
     stop: watch::Sender<bool>,
-    fatal: watch::Receiver<Option<String>>,
-    permits: Arc<Semaphore>,
-    max_in_flight: u32,
+    /// While set, the session's reader takes no more messages.
+    pause: watch::Sender<bool>,
     done: Arc<tokio::sync::Notify>,
     finished: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Stop the session (writing the acks already given, then DISCONNECT) and wait for it
+    /// to end, at most `limit`.
+    async fn stop(&self, limit: Duration) {
+        let _ = self.stop.send(true);
+        let wait = self.done.notified();
+        if !self.finished.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(limit, wait).await;
+        }
+    }
+}
+
+/// What every session of a [`Source`] shares: how to reach the broker, the channel
+/// messages go out on, the in-flight budget.
+struct Inner {
+    addr: String,
+    proto: Proto,
+    mqtt: Mqtt,
+    tls: Option<tls::Settings>,
+    tx: mpsc::Sender<Incoming>,
+    permits: Arc<Semaphore>,
+    max_in_flight: u32,
+    metrics: Arc<Metrics>,
+    group: GroupMetrics,
+    fatal: Arc<watch::Sender<Option<String>>>,
+    /// When membership must be confirmed before a session (re)connects: until when the
+    /// last confirmation holds.
+    lease: Option<watch::Receiver<Option<Instant>>>,
+    /// Running sessions by slot (`None`: the one session of a deployment without slots).
+    sessions: Mutex<BTreeMap<Option<u16>, Running>>,
+}
+
+/// The MQTT side as the pipeline sees it: acks go in, a stop comes in. It runs one
+/// session, or, with scale-out slots, the sessions of the slots this process holds; their
+/// messages share one channel and one in-flight budget.
+#[derive(Clone)]
+pub struct Source {
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Source {
@@ -217,6 +284,28 @@ impl Source {
         metrics: Arc<Metrics>,
         group: GroupMetrics,
     ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
+        let (source, rx) = Source::prepare(cfg, metrics, group, None)?;
+        source.open(None);
+        Ok((source, rx))
+    }
+
+    /// A source for scale-out slots: no session runs until [`Source::open_slot`], and each
+    /// (re)connects only while `lease` says this process's hold on its slots is confirmed.
+    pub fn for_slots(
+        cfg: &Mqtt,
+        metrics: Arc<Metrics>,
+        group: GroupMetrics,
+        lease: watch::Receiver<Option<Instant>>,
+    ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
+        Source::prepare(cfg, metrics, group, Some(lease))
+    }
+
+    fn prepare(
+        cfg: &Mqtt,
+        metrics: Arc<Metrics>,
+        group: GroupMetrics,
+        lease: Option<watch::Receiver<Option<Instant>>>,
+    ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
         let (host, port, tls) = host_port(&cfg.url)?;
         let tls = if tls {
             let name = host.trim_start_matches('[').trim_end_matches(']');
@@ -225,42 +314,90 @@ impl Source {
             None
         };
         cfg.password().map_err(SourceError::Password)?;
-        let max_in_flight = u32::from(cfg.max_in_flight);
         let (tx, rx) = mpsc::channel(usize::from(cfg.max_in_flight));
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (fatal_tx, fatal_rx) = watch::channel(None);
-        let permits = Arc::new(Semaphore::new(usize::from(cfg.max_in_flight)));
-        let done = Arc::new(tokio::sync::Notify::new());
-        let finished = Arc::new(AtomicBool::new(false));
-        let session = Session {
+        let inner = Inner {
             addr: format!("{host}:{port}"),
             proto: match cfg.protocol {
                 Protocol::V5 => Proto::V5,
                 Protocol::V311 => Proto::V311,
             },
+            mqtt: cfg.clone(),
+            tls,
+            tx,
+            permits: Arc::new(Semaphore::new(usize::from(cfg.max_in_flight))),
+            max_in_flight: u32::from(cfg.max_in_flight),
+            metrics,
+            group,
+            fatal: Arc::new(watch::channel(None).0),
+            lease,
+            sessions: Mutex::new(BTreeMap::new()),
+        };
+        Ok((
+            Source {
+                inner: Arc::new(inner),
+            },
+            rx,
+        ))
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, BTreeMap<Option<u16>, Running>> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start the session of `slot` (`None`: the deployment's only one), unless it runs.
+    fn open(&self, slot: Option<u16>) {
+        let inner = &self.inner;
+        let mut sessions = self.sessions();
+        if sessions.contains_key(&slot) {
+            return;
+        }
+        let client_id = match slot {
+            Some(k) => slot_client_id(&inner.mqtt.client_id, k),
+            None => inner.mqtt.client_id.clone(),
+        };
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
+            acks: ack_tx,
+            in_flight: AtomicU32::new(0),
+            idle: tokio::sync::Notify::new(),
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (pause_tx, pause_rx) = watch::channel(false);
+        let done = Arc::new(tokio::sync::Notify::new());
+        let finished = Arc::new(AtomicBool::new(false));
+        let cfg = &inner.mqtt;
+        let session = Session {
+            addr: inner.addr.clone(),
+            proto: inner.proto,
             connect: ConnectOptions {
-                client_id: cfg.client_id.clone(),
+                client_id,
                 keep_alive_s: cfg.keep_alive_s,
                 session_expiry_s: cfg.session_expiry_s,
                 receive_maximum: cfg.max_in_flight,
                 login: None,
             },
+            slot,
             mqtt: cfg.clone(),
-            tls,
+            tls: inner.tls.clone(),
             subs: cfg.subscriptions.clone(),
             retain: cfg.retain_handling,
             keep_alive: Duration::from_secs(cfg.keep_alive_s.into()),
             max_message_bytes: cfg.max_message_bytes,
-            tx,
+            tx: inner.tx.clone(),
+            link: link.clone(),
             acks: ack_rx,
             stop: stop_rx,
-            permits: permits.clone(),
-            metrics,
-            group,
+            pause: pause_rx,
+            lease: inner.lease.clone(),
+            permits: inner.permits.clone(),
+            metrics: inner.metrics.clone(),
+            group: inner.group.clone(),
             connection: Arc::new(AtomicU64::new(0)),
             first: true,
-            fatal: fatal_tx,
+            fatal: inner.fatal.clone(),
         };
         {
             let (done, finished) = (done.clone(), finished.clone());
@@ -270,24 +407,69 @@ impl Source {
                 done.notify_waiters();
             });
         }
-        Ok((
-            Source {
-                acks: ack_tx,
+        sessions.insert(
+            slot,
+            Running {
+                link,
                 stop: stop_tx,
-                fatal: fatal_rx,
-                permits,
-                max_in_flight,
+                pause: pause_tx,
                 done,
                 finished,
             },
-            rx,
-        ))
+        );
     }
 
-    /// Resolves when the session has ended for good (a refused login or subscription),
-    /// with the reason.
+    /// Start holding `slot`: connect its session (once membership is confirmed) and take
+    /// its messages, the backlog another process left included.
+    pub fn open_slot(&self, slot: u16) {
+        self.open(Some(slot));
+    }
+
+    /// Give `slot` up cleanly: take no more of its messages, wait (at most `limit`) until
+    /// those inside weir are acknowledged, then disconnect; the session and anything still
+    /// unacknowledged stay at the broker for the next holder.
+    pub async fn release_slot(&self, slot: u16, limit: Duration) {
+        let Some(running) = self.sessions().remove(&Some(slot)) else {
+            return;
+        };
+        let _ = running.pause.send(true);
+        if tokio::time::timeout(limit, running.link.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                slot,
+                left = running.link.in_flight.load(Ordering::Acquire),
+                "slot released before all its messages were acknowledged; the next holder receives them again"
+            );
+        }
+        running.stop(HANDSHAKE).await;
+    }
+
+    /// Drop `slot` at once (Kafka gave it to another process already): what is
+    /// unacknowledged goes to the next holder.
+    pub async fn lose_slot(&self, slot: u16) {
+        let running = self.sessions().remove(&Some(slot));
+        if let Some(running) = running {
+            let _ = running.pause.send(true);
+            running.stop(HANDSHAKE).await;
+        }
+    }
+
+    /// The slots whose sessions run here.
+    pub fn slots(&self) -> Vec<u16> {
+        self.sessions().keys().filter_map(|k| *k).collect()
+    }
+
+    /// End every session for good, naming why ([`Source::failed`] resolves with it).
+    pub fn fail(&self, why: String) {
+        let _ = self.inner.fatal.send(Some(why));
+    }
+
+    /// Resolves when the source has ended for good (a refused login or subscription, a
+    /// membership Kafka refuses), with the reason.
     pub async fn failed(&self) -> String {
-        let mut fatal = self.fatal.clone();
+        let mut fatal = self.inner.fatal.subscribe();
         let why = fatal
             .wait_for(Option::is_some)
             .await
@@ -298,35 +480,54 @@ impl Source {
         }
     }
 
-    /// Acknowledge messages (PUBACKs, in this order), each on the connection it arrived
-    /// on; a token from an earlier connection is dropped (the broker redelivers that
-    /// message).
-    pub fn ack(&self, tokens: Vec<AckToken>) {
-        // If the session has ended the tokens are dropped, which releases their permits.
-        if !tokens.is_empty() {
-            let _ = self.acks.send(tokens);
+    /// Acknowledge messages (PUBACKs, in this order), each on the session and connection it
+    /// arrived on; a token from an earlier connection is dropped (the broker redelivers
+    /// that message).
+    pub fn ack(&self, mut tokens: Vec<AckToken>) {
+        // If a session has ended its tokens are dropped, which releases their permits.
+        while let Some(first) = tokens.first() {
+            let link = first.link.clone();
+            let run = tokens
+                .iter()
+                .take_while(|t| Arc::ptr_eq(&t.link, &link))
+                .count();
+            let rest = if run == tokens.len() {
+                Vec::new()
+            } else {
+                tokens.split_off(run)
+            };
+            let _ = link.acks.send(tokens);
+            tokens = rest;
         }
     }
 
     /// Messages inside weir: received and not yet acknowledged (or dropped).
     pub fn in_flight(&self) -> u32 {
-        self.max_in_flight - self.permits.available_permits() as u32
+        self.inner.max_in_flight - self.inner.permits.available_permits() as u32
     }
 
     /// Wait until every message handed on has been acknowledged or dropped.
     pub async fn drained(&self) {
-        let _ = self.permits.acquire_many(self.max_in_flight).await;
+        let _ = self
+            .inner
+            .permits
+            .acquire_many(self.inner.max_in_flight)
+            .await;
     }
 
-    /// Disconnect cleanly (the session, and anything unacknowledged, stays at the broker),
-    /// after writing the acks already given.
+    /// Disconnect every session cleanly (each session, and anything unacknowledged, stays
+    /// at the broker), after writing the acks already given.
     pub async fn disconnect(&self) {
-        let _ = self.stop.send(true);
-        let wait = self.done.notified();
-        if !self.finished.load(Ordering::Acquire) {
-            let _ = tokio::time::timeout(HANDSHAKE, wait).await;
-        }
+        let running: Vec<Running> = std::mem::take(&mut *self.sessions())
+            .into_values()
+            .collect();
+        futures::future::join_all(running.iter().map(|r| r.stop(HANDSHAKE))).await;
     }
+}
+
+/// The MQTT client id of scale-out slot `k` of a deployment whose client id is `base`.
+pub fn slot_client_id(base: &str, k: u16) -> String {
+    format!("{base}-{k}")
 }
 
 /// What the reader tells the connection loop.
@@ -346,6 +547,8 @@ struct Reader {
     connection: u64,
     max_message_bytes: usize,
     tx: mpsc::Sender<Incoming>,
+    link: Arc<Link>,
+    pause: watch::Receiver<bool>,
     control: mpsc::Sender<Control>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -525,6 +728,10 @@ impl Reader {
             );
         }
         self.waiting.store(true, Ordering::Relaxed);
+        if *self.pause.borrow() {
+            // The slot is being given up: what follows stays at the broker.
+            std::future::pending::<()>().await;
+        }
         let permit = self.permits.clone().acquire_owned().await;
         let Ok(permit) = permit else {
             return Ok(false);
@@ -556,8 +763,10 @@ impl Reader {
                 arrived: Instant::now(),
                 _permit: permit,
                 gauges: [self.metrics.in_flight.clone(), self.group.in_flight.clone()],
+                link: self.link.clone(),
             },
         };
+        self.link.in_flight.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(incoming).await.is_err() {
             // The pipeline stopped taking messages (shutting down): read no more, and let
             // the connection go on writing the acks of what is still in flight.
@@ -575,6 +784,8 @@ struct Session {
     proto: Proto,
     /// CONNECT's options; the login is filled in for each connection.
     connect: ConnectOptions,
+    /// The scale-out slot it is (`None`: the deployment has no slots).
+    slot: Option<u16>,
     /// The config, for what is read again at each connection (the password file).
     mqtt: Mqtt,
     tls: Option<tls::Settings>,
@@ -583,15 +794,19 @@ struct Session {
     keep_alive: Duration,
     max_message_bytes: usize,
     tx: mpsc::Sender<Incoming>,
+    link: Arc<Link>,
     acks: mpsc::UnboundedReceiver<Vec<AckToken>>,
     stop: watch::Receiver<bool>,
+    pause: watch::Receiver<bool>,
+    /// Until when this process's hold on its slots is confirmed (with slots).
+    lease: Option<watch::Receiver<Option<Instant>>>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     group: GroupMetrics,
     connection: Arc<AtomicU64>,
     /// No subscription granted yet in this process: a refusal is fatal.
     first: bool,
-    fatal: watch::Sender<Option<String>>,
+    fatal: Arc<watch::Sender<Option<String>>>,
 }
 
 /// How a connection ended.
@@ -608,7 +823,7 @@ impl Session {
     async fn run(mut self) {
         let mut failures = 0u32;
         loop {
-            if *self.stop.borrow() {
+            if *self.stop.borrow() || !self.confirmed().await {
                 return;
             }
             let before = self.connection.load(Ordering::Acquire);
@@ -634,6 +849,33 @@ impl Session {
                         _ = stop.changed() => return,
                     }
                 }
+            }
+        }
+    }
+
+    /// With slots, wait until Kafka has confirmed this process still holds its slots: a
+    /// process that was paused or cut off may have lost them, and connecting would take
+    /// the session from its new holder. `false` when stopped meanwhile.
+    async fn confirmed(&mut self) -> bool {
+        let Some(lease) = &mut self.lease else {
+            return true;
+        };
+        let mut said = false;
+        loop {
+            let until = *lease.borrow_and_update();
+            if until.is_some_and(|u| u > Instant::now()) {
+                return true;
+            }
+            if !said {
+                tracing::info!(
+                    slot = self.slot,
+                    "waiting for Kafka to confirm this process still holds the slot before connecting"
+                );
+                said = true;
+            }
+            tokio::select! {
+                r = lease.changed() => if r.is_err() { return false },
+                _ = self.stop.changed() => return false,
             }
         }
     }
@@ -760,7 +1002,12 @@ impl Session {
             Proto::V5 => "5",
             Proto::V311 => "3.1.1",
         };
-        tracing::info!(connection = n, session_present, "MQTT {version} connected");
+        tracing::info!(
+            connection = n,
+            slot = self.slot,
+            session_present,
+            "MQTT {version} connected"
+        );
 
         let (control_tx, mut control) = mpsc::channel(16);
         let clock = Clock(Instant::now());
@@ -773,6 +1020,8 @@ impl Session {
             connection: n,
             max_message_bytes: self.max_message_bytes,
             tx: self.tx.clone(),
+            link: self.link.clone(),
+            pause: self.pause.clone(),
             control: control_tx,
             permits: self.permits.clone(),
             metrics: self.metrics.clone(),
