@@ -1739,6 +1739,51 @@ key = "{topic[3]}"
         assert_eq!(meters.nice, 10);
     }
 
+    /// Slots need shared subscriptions (each slot's session would otherwise get every
+    /// message), a client id that can name their Kafka topic, and sane bounds; the process
+    /// then names itself by host and pid, since every process runs the same config.
+    #[test]
+    fn slots_need_shared_subscriptions_and_a_topic_safe_client_id() {
+        let slotted = MINIMAL.replace(
+            "subscriptions = [\"plant/#\"]",
+            "subscriptions = [\"$share/weir/plant/#\"]\nslots = 4",
+        );
+        let c = parse(&slotted, &[]).unwrap();
+        assert_eq!(c.mqtt.slots, Some(4));
+        assert_eq!(c.mqtt.slot_timeout_s, 10);
+        assert!(
+            c.process_name().starts_with("weir@"),
+            "{}",
+            c.process_name()
+        );
+        assert!(
+            c.process_name()
+                .ends_with(&format!(":{}", std::process::id()))
+        );
+        let e = parse(&MINIMAL.replace("[kafka]", "slots = 4\n[kafka]"), &[]).unwrap_err();
+        assert_eq!(e.key, "mqtt.subscriptions[0]");
+        assert!(e.problem.contains("$share/<name>/plant/#"), "{}", e.problem);
+        // One slot needs no sharing: one process at a time holds it (active/standby).
+        parse(&MINIMAL.replace("[kafka]", "slots = 1\n[kafka]"), &[]).unwrap();
+        let e = parse(&slotted.replace("slots = 4", "slots = 0"), &[]).unwrap_err();
+        assert_eq!(e.key, "mqtt.slots");
+        let e = parse(
+            &slotted.replace("slots = 4", "slots = 4\nslot_timeout_s = 0"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "mqtt.slot_timeout_s");
+        let e = parse(
+            &slotted.replace("slots = 4", "slots = 4\nclient_id = \"plant/weir\""),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "mqtt.client_id");
+        assert!(e.problem.contains("weir.slots."), "{}", e.problem);
+        // Without slots the process is its client id, as before.
+        assert_eq!(parse(MINIMAL, &[]).unwrap().process_name(), "weir");
+    }
+
     /// Admin tokens come from `token` (or the environment) or from `token_file`, not both;
     /// short ones are refused, by name and without showing them.
     #[test]

@@ -124,6 +124,20 @@ pub struct CohortView {
     pub output_topic: String,
     /// The isolation group it runs in.
     pub group: String,
+    /// With scale-out slots: which process holds each of the group's slots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots: Option<Vec<SlotView>>,
+}
+
+/// A scale-out slot and its holder.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotView {
+    /// The slot (the MQTT session `<client_id>-<slot>`).
+    pub slot: u16,
+    /// The process holding it.
+    pub process: String,
+    /// Held by this process.
+    pub here: bool,
 }
 
 /// A stored version as `weir plugin list` shows it.
@@ -1083,9 +1097,15 @@ impl Lifecycle {
                         .group
                         .clone()
                         .unwrap_or_else(|| crate::config::DEFAULT_GROUP.into()),
+                    slots: None,
                 }
             })
             .collect()
+    }
+
+    /// How this process names itself.
+    pub fn process(&self) -> &str {
+        &self.process
     }
 
     /// Every stored version and the cohorts that run it here.

@@ -641,6 +641,33 @@ fn table(v: &serde_json::Value, line: impl Fn(&serde_json::Value) -> String) -> 
     }
 }
 
+/// `  slots 0,3 here; 1,4 at <process>` for a cohort view's `slots`, or nothing.
+fn slots_summary(slots: &serde_json::Value) -> String {
+    let Some(slots) = slots.as_array() else {
+        return String::new();
+    };
+    let mut by: std::collections::BTreeMap<(bool, &str), Vec<String>> = Default::default();
+    for s in slots {
+        by.entry((!s["here"].as_bool().unwrap_or(false), str_of(&s["process"])))
+            .or_default()
+            .push(s["slot"].to_string());
+    }
+    if by.is_empty() {
+        return "  slots: none held yet".into();
+    }
+    let parts: Vec<String> = by
+        .into_iter()
+        .map(|((elsewhere, process), slots)| {
+            if elsewhere {
+                format!("{} at {process}", slots.join(","))
+            } else {
+                format!("{} here", slots.join(","))
+            }
+        })
+        .collect();
+    format!("  slots {}", parts.join("; "))
+}
+
 /// Milliseconds since the Unix epoch (what the audit trail stores) as RFC 3339, UTC.
 fn timestamp(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
@@ -848,8 +875,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         match c["since_ms"].as_i64() {
                             Some(ms) => format!("since {} by {}", timestamp(ms), str_of(&c["by"])),
                             None => "pinned by weir.toml".to_owned(),
-                        }
-                    )
+                        },
+                    ) + &slots_summary(&c["slots"])
                 })
             },
         ),

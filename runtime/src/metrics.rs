@@ -13,8 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weir_sdk::codes::Code;
 
@@ -63,10 +63,51 @@ pub struct GroupMetrics {
     pub slots_held: Gauge,
     /// Slots it took or gave up.
     pub slot_changes: Counter,
+    /// Every slot's holder (the whole deployment's), as last described.
+    holders: Arc<Mutex<Vec<(u16, String)>>>,
+    holder_family: Family<SlotLabel, Gauge>,
     ready: Gauge,
 }
 
+/// A scale-out slot and the process holding it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabel {
+    /// The isolation group.
+    pub group: String,
+    /// The slot.
+    pub slot: u16,
+    /// The process holding it (its Kafka client id: `<client_id>@<host>:<pid>`).
+    pub process: String,
+}
+
 impl GroupMetrics {
+    /// Record which process holds each slot of the group's deployment.
+    pub fn set_slot_holders(&self, mut holders: Vec<(u16, String)>) {
+        holders.sort();
+        let mut current = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        let label = |(slot, process): &(u16, String)| SlotLabel {
+            group: self.name.clone(),
+            slot: *slot,
+            process: process.clone(),
+        };
+        for h in current.iter() {
+            self.holder_family.remove(&label(h));
+        }
+        for h in &holders {
+            self.holder_family.get_or_create(&label(h)).set(1);
+        }
+        *current = holders;
+    }
+
+    /// Which process holds each slot (empty without slots, or before the group was
+    /// described).
+    pub fn slot_holders(&self) -> Vec<(u16, String)> {
+        self.holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The group's session is connected and every subscription granted (or not).
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
@@ -120,6 +161,8 @@ pub struct Metrics {
     pub group_slots_held: Family<GroupLabel, Gauge>,
     /// Slots this process took or gave up in rebalances, by group.
     pub group_slot_changes: Family<GroupLabel, Counter>,
+    /// Which process holds each slot, as the slots group last described itself.
+    pub slot_holder: Family<SlotLabel, Gauge>,
     /// MQTT connections made after the first.
     pub reconnects: Counter,
     /// Subscriptions the broker refused (SUBACK failure or QoS 0).
@@ -201,6 +244,7 @@ impl Metrics {
             group_throttled_seconds: Family::default(),
             group_slots_held: Family::default(),
             group_slot_changes: Family::default(),
+            slot_holder: Family::default(),
             reconnects: Counter::default(),
             subscriptions_refused: Counter::default(),
             write_retries: Family::default(),
@@ -302,6 +346,11 @@ impl Metrics {
             "slot_changes",
             "Scale-out slots this process took or gave up in Kafka group rebalances",
             m.group_slot_changes.clone(),
+        );
+        r.register(
+            "slot_holder",
+            "1 for the process holding a scale-out slot, as Kafka's group last described it",
+            m.slot_holder.clone(),
         );
         r.register(
             "mqtt_reconnects",
@@ -420,6 +469,8 @@ impl Metrics {
             throttled_seconds: self.group_throttled_seconds.get_or_create(&label).clone(),
             slots_held: self.group_slots_held.get_or_create(&label).clone(),
             slot_changes: self.group_slot_changes.get_or_create(&label).clone(),
+            holders: Arc::default(),
+            holder_family: self.slot_holder.clone(),
             ready: self.group_ready.get_or_create(&label).clone(),
         };
         groups.push(g.clone());

@@ -237,7 +237,7 @@ impl Rates {
         }
         h.push_str("</table>");
 
-        h.push_str("<h2>Isolation groups</h2><table><tr><th>group</th><th>MQTT session</th><th>in flight</th><th>oldest unacknowledged, s</th><th>acknowledged</th><th>rate</th></tr>");
+        h.push_str("<h2>Isolation groups</h2><table><tr><th>group</th><th>MQTT session</th><th>in flight</th><th>oldest unacknowledged, s</th><th>acknowledged</th><th>rate</th><th>scale-out slots</th></tr>");
         let of = |name: &str, group: &str| {
             s.all(name)
                 .find(|(l, _)| l.get("group").map(String::as_str) == Some(group))
@@ -255,9 +255,28 @@ impl Rates {
             };
             let acked = now.group_acked.get(group).copied().unwrap_or(0.0);
             let group_rate = rate(&|x| x.group_acked.get(group).copied().unwrap_or(0.0));
+            // Which process holds which slot, as the slots group last described itself.
+            let mut holders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for (l, _) in s.all("weir_slot_holder") {
+                if l.get("group") == Some(group)
+                    && let (Some(slot), Some(process)) = (l.get("slot"), l.get("process"))
+                {
+                    holders.entry(process).or_default().push(slot);
+                }
+            }
+            let slots = if holders.is_empty() {
+                "—".to_owned()
+            } else {
+                let held = of("weir_slots_held", group);
+                let all: Vec<String> = holders
+                    .iter()
+                    .map(|(p, slots)| format!("{}: {}", esc(p), slots.join(", ")))
+                    .collect();
+                format!("{} here; {}", num(held), all.join("; "))
+            };
             let _ = write!(
                 h,
-                "<tr><td>{name}</td><td id=\"session-{name}\">{session}</td><td class=\"n\" id=\"in_flight-{name}\">{}</td><td class=\"n\" id=\"oldest-{name}\">{}</td><td class=\"n\" id=\"acked-{name}\">{}</td><td class=\"n\" id=\"acked-{name}-rate\">{group_rate}</td></tr>",
+                "<tr><td>{name}</td><td id=\"session-{name}\">{session}</td><td class=\"n\" id=\"in_flight-{name}\">{}</td><td class=\"n\" id=\"oldest-{name}\">{}</td><td class=\"n\" id=\"acked-{name}\">{}</td><td class=\"n\" id=\"acked-{name}-rate\">{group_rate}</td><td id=\"slots-{name}\">{slots}</td></tr>",
                 num(of("weir_group_in_flight", group)),
                 num(of("weir_group_oldest_unacked_seconds", group)),
                 num(acked),

@@ -54,6 +54,39 @@ fn spread(ws: &[&Weir]) {
     );
 }
 
+/// The thermostats cohort's slots in `weir cohort list --json`: each slot's holder, and
+/// whether it is the process asked.
+fn cohort_slots(weir: &Weir) -> Vec<(String, bool)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["cohort", "list", "--json", "--admin", &weir.admin])
+        .env_remove("WEIR_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cohort"] == "thermostats")
+        .unwrap();
+    c["slots"]
+        .as_array()
+        .expect("slots listed")
+        .iter()
+        .map(|s| {
+            (
+                s["process"].as_str().unwrap().to_owned(),
+                s["here"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Every (device, reading) published is in Kafka at least once.
 fn nothing_lost(load: Load, more: usize, p: &str, devices: usize) -> usize {
     let (rounds, records) = load.finish_after(more, p, devices);
@@ -112,6 +145,24 @@ fn a_process_joining_takes_slots_and_nothing_is_lost() {
     load.wait_sent(800);
     let b = Weir::start(&config, &[]);
     spread(&[&a, &b]);
+    // `weir cohort list` says which process holds which slot, as Kafka's group does.
+    wait_until(
+        Duration::from_secs(30),
+        "cohort list shows both holders",
+        || {
+            let slots = cohort_slots(&a);
+            slots.len() == SLOTS
+                && slots.iter().filter(|(_, here)| *here).count() == held(&a)
+                && slots.iter().any(|(_, here)| !here)
+        },
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["cohort", "list", "--admin", &b.admin])
+        .env_remove("WEIR_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" here; ") && text.contains(" at "), "{text}");
     // Slots given up cleanly are not taken over: no session of a's was kicked.
     assert_eq!(metric(&a, "weir_mqtt_reconnects_total"), 0.0);
     let dups = nothing_lost(load, 800, &p, devices);

@@ -389,7 +389,25 @@ async fn plugins(State(app): State<App>) -> Response {
 
 async fn cohorts(State(app): State<App>) -> Response {
     match &app.lifecycle {
-        Some(lc) => axum::Json(lc.cohorts()).into_response(),
+        Some(lc) => {
+            let mut cohorts = lc.cohorts();
+            if lc.config().mqtt.slots.is_some() {
+                for c in &mut cohorts {
+                    let holders = app.metrics.group(&c.group).slot_holders();
+                    c.slots = Some(
+                        holders
+                            .into_iter()
+                            .map(|(slot, process)| crate::lifecycle::SlotView {
+                                here: process == lc.process(),
+                                slot,
+                                process,
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            axum::Json(cohorts).into_response()
+        }
         None => no_pipeline(),
     }
 }

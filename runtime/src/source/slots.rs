@@ -69,6 +69,69 @@ fn slots_of(list: &TopicPartitionList) -> Vec<u16> {
     slots
 }
 
+/// The slots a member's assignment (Kafka's consumer protocol `Assignment`, as the group
+/// describes it) gives it in `topic`; `None` when the bytes are not one.
+pub fn assigned(bytes: &[u8], topic: &str) -> Option<Vec<u16>> {
+    struct Reader<'a>(&'a [u8]);
+    impl Reader<'_> {
+        fn take(&mut self, n: usize) -> Option<&[u8]> {
+            let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+            self.0 = rest;
+            Some(head)
+        }
+        fn i16(&mut self) -> Option<i16> {
+            Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
+        }
+        fn i32(&mut self) -> Option<i32> {
+            Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+        }
+    }
+    let mut r = Reader(bytes);
+    let _version = r.i16()?;
+    let topics = r.i32()?;
+    let mut slots = Vec::new();
+    for _ in 0..topics.max(0) {
+        let len = usize::try_from(r.i16()?).ok()?;
+        let name = r.take(len)?.to_vec();
+        let partitions = r.i32()?;
+        // Each partition takes 4 bytes: a count beyond what is left is not an assignment.
+        if usize::try_from(partitions).ok()? > r.0.len() / 4 {
+            return None;
+        }
+        for _ in 0..partitions {
+            let p = r.i32()?;
+            if name == topic.as_bytes() {
+                slots.push(u16::try_from(p).ok()?);
+            }
+        }
+    }
+    slots.sort_unstable();
+    Some(slots)
+}
+
+/// Which process holds each slot: the group's members (named by their client ids) and
+/// their assignments.
+fn describe(consumer: &BaseConsumer<Holder>, topic: &str) -> Option<Vec<(u16, String)>> {
+    let list = consumer
+        .fetch_group_list(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let group = list.groups().iter().find(|g| g.name() == topic)?;
+    let mut holders = Vec::new();
+    for m in group.members() {
+        for k in m
+            .assignment()
+            .and_then(|a| assigned(a, topic))
+            .unwrap_or_default()
+        {
+            holders.push((k, m.client_id().to_owned()));
+        }
+    }
+    Some(holders)
+}
+
+/// How often the group's description (who holds which slot) is refreshed.
+const DESCRIBE_EVERY: Duration = Duration::from_secs(5);
+
 /// Errors from the group that retrying cannot fix: weir stops and names them.
 fn fatal(code: RDKafkaErrorCode) -> bool {
     matches!(
@@ -93,6 +156,8 @@ struct Holder {
     held: Arc<Mutex<BTreeSet<u16>>>,
     group: GroupMetrics,
     topic: String,
+    /// Set by a rebalance: the group's description is out of date.
+    changed: AtomicBool,
     /// Set when the process leaves the group: its sessions have ended (or are ending with
     /// the process), so a revocation only updates the count.
     leaving: Arc<AtomicBool>,
@@ -174,6 +239,7 @@ impl ConsumerContext for Holder {
                 }
                 self.group.slots_held.set(held.len() as i64);
                 self.group.slot_changes.inc_by(slots.len() as u64);
+                self.changed.store(true, Ordering::Release);
             }
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "scale-out slots: rebalance failed"),
@@ -198,6 +264,7 @@ impl ConsumerContext for Holder {
             held.extend(slots.iter().copied());
             self.group.slots_held.set(held.len() as i64);
             self.group.slot_changes.inc_by(slots.len() as u64);
+            self.changed.store(true, Ordering::Release);
             // A process holding no slot is ready: it stands by.
             if held.is_empty() {
                 self.group.set_ready(true);
@@ -247,6 +314,7 @@ impl Membership {
         let stop = Arc::new(AtomicBool::new(false));
         let holder = Holder {
             leaving: stop.clone(),
+            changed: AtomicBool::new(true),
             source,
             runtime,
             lease,
@@ -327,6 +395,7 @@ fn run(consumer: BaseConsumer<Holder>, stop: &AtomicBool, process: &str) {
     let every = renew_every(ctx.timeout);
     let mut next = Instant::now() + every;
     let mut warned: Option<Instant> = None;
+    let mut described = Instant::now();
     while !stop.load(Ordering::Acquire) {
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
             match e.rdkafka_error_code() {
@@ -335,6 +404,12 @@ fn run(consumer: BaseConsumer<Holder>, stop: &AtomicBool, process: &str) {
                     break;
                 }
                 _ => tracing::debug!(error = %e, "scale-out slots: consumer"),
+            }
+        }
+        if ctx.changed.swap(false, Ordering::AcqRel) || described.elapsed() > DESCRIBE_EVERY {
+            described = Instant::now();
+            if let Some(holders) = describe(&consumer, &ctx.topic) {
+                ctx.group.set_slot_holders(holders);
             }
         }
         if Instant::now() < next {
@@ -440,6 +515,34 @@ mod tests {
         assert_eq!(slots_of(&list), [0, 3]);
         assert_eq!(topic("plant"), "weir.slots.plant");
         assert_eq!(super::super::slot_client_id("plant", 2), "plant-2");
+    }
+
+    #[test]
+    fn assignments_are_read_from_the_consumer_protocol() {
+        // Version 1; two topics: the slots topic with partitions 4 and 1, another with 7;
+        // then user data.
+        let mut b = vec![0, 1, 0, 0, 0, 2];
+        for (name, parts) in [("weir.slots.x", &[4i32, 1][..]), ("other", &[7][..])] {
+            b.extend_from_slice(&(name.len() as i16).to_be_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&(parts.len() as i32).to_be_bytes());
+            for p in parts {
+                b.extend_from_slice(&p.to_be_bytes());
+            }
+        }
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(assigned(&b, "weir.slots.x"), Some(vec![1, 4]));
+        assert_eq!(assigned(&b, "nothing"), Some(vec![]));
+        // Truncated anywhere, or claiming more partitions than there are bytes: refused,
+        // never a panic or a huge allocation.
+        for n in 0..b.len() - 4 {
+            let _ = assigned(&b[..n], "weir.slots.x");
+        }
+        assert_eq!(
+            assigned(&[0, 1, 0, 0, 0, 1, 0, 1, b'a', 0x7f, 0, 0, 0], "a"),
+            None
+        );
+        assert_eq!(assigned(&[], "a"), None);
     }
 
     #[test]
