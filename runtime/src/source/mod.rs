@@ -456,6 +456,15 @@ impl Source {
         }
     }
 
+    /// Hold back (or let go on) every session's reader: while this process cannot confirm
+    /// its hold on its slots it takes no more of their messages; what it has goes on to
+    /// Kafka and is acknowledged.
+    pub fn hold_back(&self, paused: bool) {
+        for running in self.sessions().values() {
+            let _ = running.pause.send(paused);
+        }
+    }
+
     /// The slots whose sessions run here.
     pub fn slots(&self) -> Vec<u16> {
         self.sessions().keys().filter_map(|k| *k).collect()
@@ -729,8 +738,11 @@ impl Reader {
         }
         self.waiting.store(true, Ordering::Relaxed);
         if *self.pause.borrow() {
-            // The slot is being given up: what follows stays at the broker.
-            std::future::pending::<()>().await;
+            // The slot is being given up, or its hold is unconfirmed: what follows stays at
+            // the broker until the hold is confirmed again (or goes to the next holder).
+            if self.pause.wait_for(|p| !*p).await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
         let permit = self.permits.clone().acquire_owned().await;
         let Ok(permit) = permit else {

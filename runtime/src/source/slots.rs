@@ -396,6 +396,7 @@ fn run(consumer: BaseConsumer<Holder>, stop: &AtomicBool, process: &str) {
     let mut next = Instant::now() + every;
     let mut warned: Option<Instant> = None;
     let mut described = Instant::now();
+    let mut held_back = false;
     while !stop.load(Ordering::Acquire) {
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
             match e.rdkafka_error_code() {
@@ -411,6 +412,22 @@ fn run(consumer: BaseConsumer<Holder>, stop: &AtomicBool, process: &str) {
             if let Some(holders) = describe(&consumer, &ctx.topic) {
                 ctx.group.set_slot_holders(holders);
             }
+        }
+        // Unconfirmed, the slots take no more messages: Kafka may be giving them away.
+        let lapsed = ctx
+            .lease
+            .borrow()
+            .is_none_or(|until| until <= Instant::now());
+        if lapsed != held_back && !ctx.held().is_empty() {
+            if lapsed {
+                tracing::warn!(
+                    "scale-out slots: Kafka has not confirmed this process's hold for half the session timeout; taking no more messages until it does"
+                );
+            } else {
+                tracing::info!("scale-out slots: hold confirmed again; taking messages");
+            }
+            ctx.source.hold_back(lapsed);
+            held_back = lapsed;
         }
         if Instant::now() < next {
             continue;
