@@ -2,17 +2,19 @@
 //! listener holds a bounded number of them (each open connection is a file descriptor weir
 //! also needs for MQTT reconnects and Kafka sockets).
 
+mod bed;
+
+use bed::*;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const IDLE: usize = 5_000;
 
-#[test]
-fn five_thousand_idle_connections_do_not_lock_out_the_api() {
-    // The client side of the flood needs its own descriptors.
+/// Let this test process open `n` more descriptors (the client side of a flood).
+fn allow_descriptors(n: usize) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    let want = (IDLE as u64 + 1_000).min(limit.maximum.unwrap_or(u64::MAX));
+    let want = (n as u64 + 1_000).min(limit.maximum.unwrap_or(u64::MAX));
     setrlimit(
         Resource::Nofile,
         Rlimit {
@@ -22,9 +24,14 @@ fn five_thousand_idle_connections_do_not_lock_out_the_api() {
     )
     .unwrap();
     assert!(
-        want > IDLE as u64,
+        want > n as u64,
         "the hard file limit ({limit:?}) is too low for this test"
     );
+}
+
+#[test]
+fn five_thousand_idle_connections_do_not_lock_out_the_api() {
+    allow_descriptors(IDLE);
 
     let config = weir::config::Config::parse(
         "weir.toml",
@@ -98,4 +105,51 @@ output_topic = "telemetry.thermostat"
             "{open} idle connections still open"
         );
     });
+}
+
+/// The same flood against `weir run` while devices publish: ingest goes on (weir's MQTT
+/// and Kafka sockets need descriptors too), the API answers, and nothing is lost.
+#[test]
+fn an_admin_flood_during_ingest_stalls_nothing() {
+    allow_descriptors(IDLE);
+    let p = unique("adminflood");
+    let weir = Weir::start(&config(&p), &[]);
+    let devices = 4;
+    let load = Load::start(&p, &format!("{p}-pub"), devices);
+    load.wait_sent(200);
+    let addr = weir.admin.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        if let Ok(c) = std::net::TcpStream::connect(&addr) {
+            idle.push(c);
+        }
+    }
+    let acked = |w: &Weir| {
+        w.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_acked_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // While the connections are open, messages go on being acknowledged and the API
+    // answers.
+    let before = acked(&weir);
+    let start = Instant::now();
+    while acked(&weir) < before + 400.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ingest stalled under the admin flood"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _) = http_get(&format!("{}/v1/cohorts", weir.admin)).expect("the API answers");
+    assert_eq!(status, 200);
+    assert!(
+        idle.len() >= IDLE / 2,
+        "only {} flood connections were accepted",
+        idle.len()
+    );
+    let (rounds, records) = load.finish_after(200, &p, devices);
+    assert_eq!(readings(&records).len(), rounds * devices, "nothing lost");
+    drop(idle);
 }

@@ -24,7 +24,7 @@ fn slotted(p: &str) -> String {
 fn metric(weir: &Weir, name: &str) -> f64 {
     weir.metrics()
         .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ', ',']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -236,4 +236,38 @@ fn scaling_from_one_to_three_and_back_loses_nothing() {
         left.elapsed()
     );
     nothing_lost(load, 800, &p, devices);
+}
+
+/// An isolation group has slots of its own (`<client_id>-<group>-<k>`, its own consumer
+/// group): two processes share them, and one killed for good strands nothing of it.
+#[test]
+fn an_isolation_group_has_slots_of_its_own() {
+    let p = unique("slotgroup");
+    // Only the thermostats, in a group of their own; `[mqtt]` subscribes to nothing.
+    let base = config(&p);
+    let cohorts = base.find("[[cohort]]").unwrap();
+    let fleet = base.find("[[cohort]]\nname = \"fleet\"").unwrap();
+    let config = format!(
+        "{}[[group]]\nname = \"plant\"\nsubscriptions = [\"$share/{p}/{p}/plant/#\"]\n{}group = \"plant\"\n",
+        &base[..cohorts],
+        &base[cohorts..fleet]
+    )
+    .replace(
+        &format!("subscriptions = [\"{p}/#\"]"),
+        &format!("slots = {SLOTS}\nslot_timeout_s = 4"),
+    );
+    let a = Weir::start(&config, &[]);
+    let b = Weir::start(&config, &[]);
+    let plant = |w: &Weir| metric(w, "weir_slots_held{group=\"plant\"}") as usize;
+    wait_until(Duration::from_secs(60), "the group's slots spread", || {
+        plant(&a) + plant(&b) == SLOTS && plant(&a) > 0 && plant(&b) > 0
+    });
+    let devices = 4;
+    let load = Load::start(&p, &format!("{p}-pub"), devices);
+    load.wait_sent(400);
+    drop(b.kill());
+    wait_until(Duration::from_secs(60), "a takes the group's slots", || {
+        plant(&a) == SLOTS
+    });
+    nothing_lost(load, 400, &p, devices);
 }

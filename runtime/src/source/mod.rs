@@ -95,7 +95,7 @@ impl Drop for AckToken {
         for g in &self.gauges {
             g.dec();
         }
-        if self.link.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.link.counted && self.link.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.link.idle.notify_waiters();
         }
     }
@@ -201,8 +201,13 @@ fn backoff(n: u32) -> Duration {
 #[derive(Debug)]
 struct Link {
     acks: mpsc::UnboundedSender<Vec<AckToken>>,
+    /// Counted only for a slot (a session without slots is never released alone): the
+    /// count is two atomic writes per message on a line the reader and courier share.
+    counted: bool,
     in_flight: AtomicU32,
     idle: tokio::sync::Notify,
+    /// Mirrors the session's pause, so that the reader's per-message check is one load.
+    paused: AtomicBool,
 }
 
 impl Link {
@@ -229,6 +234,12 @@ struct Running {
 }
 
 impl Running {
+    /// Hold the reader back (or let it go on).
+    fn pause(&self, paused: bool) {
+        self.link.paused.store(paused, Ordering::Relaxed);
+        let _ = self.pause.send(paused);
+    }
+
     /// Stop the session (writing the acks already given, then DISCONNECT) and wait for it
     /// to end, at most `limit`.
     async fn stop(&self, limit: Duration) {
@@ -361,8 +372,10 @@ impl Source {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
             acks: ack_tx,
+            counted: slot.is_some(),
             in_flight: AtomicU32::new(0),
             idle: tokio::sync::Notify::new(),
+            paused: AtomicBool::new(false),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let (pause_tx, pause_rx) = watch::channel(false);
@@ -432,7 +445,7 @@ impl Source {
         let Some(running) = self.sessions().remove(&Some(slot)) else {
             return;
         };
-        let _ = running.pause.send(true);
+        running.pause(true);
         if tokio::time::timeout(limit, running.link.idle())
             .await
             .is_err()
@@ -451,7 +464,7 @@ impl Source {
     pub async fn lose_slot(&self, slot: u16) {
         let running = self.sessions().remove(&Some(slot));
         if let Some(running) = running {
-            let _ = running.pause.send(true);
+            running.pause(true);
             running.stop(HANDSHAKE).await;
         }
     }
@@ -461,7 +474,7 @@ impl Source {
     /// Kafka and is acknowledged.
     pub fn hold_back(&self, paused: bool) {
         for running in self.sessions().values() {
-            let _ = running.pause.send(paused);
+            running.pause(paused);
         }
     }
 
@@ -737,7 +750,7 @@ impl Reader {
             );
         }
         self.waiting.store(true, Ordering::Relaxed);
-        if *self.pause.borrow() {
+        if self.link.paused.load(Ordering::Relaxed) {
             // The slot is being given up, or its hold is unconfirmed: what follows stays at
             // the broker until the hold is confirmed again (or goes to the next holder).
             if self.pause.wait_for(|p| !*p).await.is_err() {
@@ -778,7 +791,9 @@ impl Reader {
                 link: self.link.clone(),
             },
         };
-        self.link.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.link.counted {
+            self.link.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
         if self.tx.send(incoming).await.is_err() {
             // The pipeline stopped taking messages (shutting down): read no more, and let
             // the connection go on writing the acks of what is still in flight.

@@ -211,8 +211,6 @@ impl ConsumerContext for Holder {
                 if lost {
                     // The hold lapsed: connect nothing until Kafka assigns slots again.
                     let _ = self.lease.send(None);
-                }
-                if lost {
                     tracing::warn!(
                         ?slots,
                         "scale-out slots lost: Kafka gave them to another process while this one was paused or cut off; dropping their sessions"
@@ -220,19 +218,18 @@ impl ConsumerContext for Holder {
                 } else {
                     tracing::info!(?slots, "scale-out slots: releasing");
                 }
-                let leaving = self.leaving.load(Ordering::Acquire);
-                (!leaving).then(|| {
-                    self.runtime.block_on(async {
-                        futures::future::join_all(slots.iter().map(|k| async move {
-                            if lost {
-                                self.source.lose_slot(*k).await;
-                            } else {
-                                self.source.release_slot(*k, self.drain).await;
-                            }
-                        }))
-                        .await;
-                    })
-                });
+                if !self.leaving.load(Ordering::Acquire) {
+                    self.runtime
+                        .block_on(futures::future::join_all(slots.iter().map(
+                            |k| async move {
+                                if lost {
+                                    self.source.lose_slot(*k).await;
+                                } else {
+                                    self.source.release_slot(*k, self.drain).await;
+                                }
+                            },
+                        )));
+                }
                 let mut held = self.held();
                 for k in &slots {
                     held.remove(k);
@@ -242,7 +239,12 @@ impl ConsumerContext for Holder {
                 self.changed.store(true, Ordering::Release);
             }
             Rebalance::Assign(_) => {}
-            Rebalance::Error(e) => tracing::warn!(error = %e, "scale-out slots: rebalance failed"),
+            Rebalance::Error(e) => {
+                // Until a renewal or an assignment confirms the hold again, the sessions
+                // neither reconnect nor take messages.
+                let _ = self.lease.send(None);
+                tracing::warn!(error = %e, "scale-out slots: rebalance failed");
+            }
         }
     }
 
