@@ -632,3 +632,121 @@ key = "{{topic[5]}}"
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
 }
+
+/// Healthy messages drained from a backlog on the adversarial cohort, with `spinners`
+/// messages that spin to their deadline spread among them: the time from the first
+/// acknowledgement to the last, seconds. `weir` is stopped first, so the backlog waits in
+/// its session, and started again on it.
+fn drain_with_spinners(
+    weir: Weir,
+    p: &str,
+    healthy: usize,
+    spinners: usize,
+    published: &mut usize,
+) -> (Weir, f64) {
+    let dir = weir.terminate();
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    let every = healthy / (spinners + 1);
+    for i in 0..healthy {
+        if spinners > 0 && i > 0 && i % every == 0 && i / every <= spinners {
+            publisher.publish(&format!("{p}/chaos/spin{i}"), "loop", &[]);
+        }
+        publisher.publish(&format!("{p}/chaos/d{}", i % 50), format!("ok-{i}"), &[]);
+        *published += 1;
+    }
+    publisher.flush();
+    let weir = Weir::restart(dir, &[]);
+    let total = (healthy + spinners) as f64;
+    let acked = |w: &Weir| metric(&w.metrics(), "weir_acked_total ");
+    let mut first = None;
+    let start = Instant::now();
+    loop {
+        let n = acked(&weir);
+        if n > 0.0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if n >= total {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the backlog was not drained: {n} of {total} acknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    (weir, took)
+}
+
+/// A message that spins to its deadline now and then costs the healthy messages of its
+/// own cohort little: its batch runs past a budget scaled to the plugin's measured cost,
+/// is re-run message by message, and the worker rests after. The time each spinning
+/// message adds to draining a backlog is bounded (before the batch budget, one cost its
+/// group about 10 s: 64 messages' budgets and seven times that in rest), so a spinner
+/// every 10 s leaves the cohort most of its throughput.
+#[test]
+fn an_intermittent_spinner_costs_its_own_cohort_little() {
+    let _one = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
+    let p = unique("samecohort");
+    let kafka = kafka();
+    create_topics(&kafka, &[&format!("{p}.chaos"), &format!("{p}.quarantine")]);
+    let config = format!(
+        r#"
+[mqtt]
+url = "{mqtt}"
+client_id = "{p}-weir"
+subscriptions = ["{p}/#"]
+keep_alive_s = 10
+[kafka]
+bootstrap = "{kafka}"
+[registry]
+url = "{registry}"
+[output]
+quarantine_topic = "{p}.quarantine"
+[admin]
+listen = "127.0.0.1:0"
+[plugins]
+dir = "{dir}"
+control_topic = "{p}.control"
+[[cohort]]
+name = "chaos"
+topic = "{p}/chaos/#"
+plugin = "adversarial@0.1.0"
+output_topic = "{p}.chaos"
+plugin_time_ms = {SPIN_MS}
+"#,
+        mqtt = mqtt_url(),
+        registry = registry(),
+        dir = plugins_dir().display(),
+    );
+    let mut weir = Weir::start(&config, &[]);
+    let (healthy, spinners) = (3000, 6);
+    let mut published = 0;
+    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    // Alternate, so that drift on a shared machine falls on both sides.
+    for with in [false, true, false, true, false, true] {
+        let (w, took) = drain_with_spinners(
+            weir,
+            &p,
+            healthy,
+            if with { spinners } else { 0 },
+            &mut published,
+        );
+        weir = w;
+        if with { &mut beside } else { &mut alone }.push(took);
+    }
+    let (alone, beside) = (median(&alone), median(&beside));
+    let per_spinner = (beside - alone).max(0.0) / spinners as f64;
+    eprintln!(
+        "draining {healthy} healthy messages: {alone:.2} s alone, {beside:.2} s with {spinners} spinners among them: {per_spinner:.2} s per spinning message ({:.0} % of the cohort's throughput kept with one every 10 s)",
+        100.0 * 10.0 / (10.0 + per_spinner)
+    );
+    assert!(
+        per_spinner < 1.5,
+        "each spinning message cost its cohort {per_spinner:.2} s"
+    );
+    // Every healthy message is a record, every spinner quarantined.
+    assert_eq!(end_offset(&kafka, &format!("{p}.chaos")), published as i64);
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+}

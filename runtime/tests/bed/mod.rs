@@ -310,6 +310,14 @@ impl Weir {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
+    /// SIGTERM (weir drains and disconnects), wait; its directory, to start it again.
+    pub fn terminate(mut self) -> tempfile::TempDir {
+        self.sigterm();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{}", self.log.lock().unwrap());
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
     /// Start again on the same config (same client id: the session resumes).
     pub fn restart(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Weir {
         let path = dir.path().join("weir.toml");
