@@ -655,7 +655,8 @@ fn drain_with_spinners(
         *published += 1;
     }
     publisher.flush();
-    let weir = Weir::restart(dir, &[]);
+    // Not waiting for readiness: the backlog starts draining before it.
+    let weir = Weir::relaunch(dir, &[]);
     let total = (healthy + spinners) as f64;
     let acked = |w: &Weir| metric(&w.metrics(), "weir_acked_total ");
     let mut first = None;
@@ -672,9 +673,10 @@ fn drain_with_spinners(
             start.elapsed() < Duration::from_secs(120),
             "the backlog was not drained: {n} of {total} acknowledged"
         );
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
     let took = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    weir.wait_ready(Duration::from_secs(30));
     (weir, took)
 }
 

@@ -310,6 +310,13 @@ impl Weir {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
+    /// Start again on the same config and return once its admin listener is open, ready
+    /// or not.
+    pub fn relaunch(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Weir {
+        let path = dir.path().join("weir.toml");
+        Self::spawn_at(dir, &path, env)
+    }
+
     /// SIGTERM (weir drains and disconnects), wait; its directory, to start it again.
     pub fn terminate(mut self) -> tempfile::TempDir {
         self.sigterm();
