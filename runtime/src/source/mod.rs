@@ -20,6 +20,9 @@
 //!   subscription only"), and no re-subscribe on a reconnect that found the session.
 //! - **Refused subscriptions** stop start-up with the filter and the reason; after a
 //!   reconnect they are an error log and a metric.
+//! - **Scale-out slots** ([`slots`]): a [`Source`] may run several sessions, one per slot
+//!   Kafka's group gives this process; their messages share one channel and one in-flight
+//!   budget, and each message's ack goes back to the session it came from.
 
 pub mod codec;
 pub mod slots;
