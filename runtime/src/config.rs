@@ -1223,6 +1223,22 @@ impl Config {
                 ),
             ));
         }
+        for plan in self.group_plans() {
+            let topic = crate::source::slots::topic(&plan.mqtt.client_id);
+            if topic.len() > 249 {
+                let key = if plan.name == DEFAULT_GROUP {
+                    "mqtt.client_id".to_owned()
+                } else {
+                    self.group_key(&plan.name, "name")
+                };
+                return Err((
+                    key,
+                    format!(
+                        "the slots topic {topic:?} would be longer than Kafka's 249 characters: shorten mqtt.client_id or the group's name"
+                    ),
+                ));
+            }
+        }
         if n > 1 {
             let plans = self.group_plans();
             for plan in &plans {

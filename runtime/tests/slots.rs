@@ -145,6 +145,8 @@ fn a_process_joining_takes_slots_and_nothing_is_lost() {
     load.wait_sent(800);
     let b = Weir::start(&config, &[]);
     spread(&[&a, &b]);
+    // Giving slots up cleanly leaves the first process ready (its other sessions are).
+    a.wait_ready(Duration::from_secs(10));
     // `weir cohort list` says which process holds which slot, as Kafka's group does.
     wait_until(
         Duration::from_secs(30),

@@ -98,9 +98,7 @@ impl Drop for AckToken {
         for g in &self.gauges {
             g.dec();
         }
-        if self.link.counted && self.link.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.link.idle.notify_waiters();
-        }
+        self.link.unclaim();
     }
 }
 
@@ -214,11 +212,25 @@ struct Link {
 }
 
 impl Link {
+    /// Count a message coming in (slots only).
+    fn claim(&self) {
+        if self.counted {
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Uncount a message: acknowledged, dropped, or not taken after all.
+    fn unclaim(&self) {
+        if self.counted && self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
     /// Wait until none of the session's messages is inside weir.
     async fn idle(&self) {
         loop {
             let idle = self.idle.notified();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
                 return;
             }
             idle.await;
@@ -239,7 +251,7 @@ struct Running {
 impl Running {
     /// Hold the reader back (or let it go on).
     fn pause(&self, paused: bool) {
-        self.link.paused.store(paused, Ordering::Relaxed);
+        self.link.paused.store(paused, Ordering::SeqCst);
         let _ = self.pause.send(paused);
     }
 
@@ -272,6 +284,8 @@ struct Inner {
     lease: Option<watch::Receiver<Option<Instant>>>,
     /// Running sessions by slot (`None`: the one session of a deployment without slots).
     sessions: Mutex<BTreeMap<Option<u16>, Running>>,
+    /// Set by [`Source::disconnect`]: no session starts after it.
+    closed: AtomicBool,
 }
 
 /// The MQTT side as the pipeline sees it: acks go in, a stop comes in. It runs one
@@ -345,6 +359,7 @@ impl Source {
             fatal: Arc::new(watch::channel(None).0),
             lease,
             sessions: Mutex::new(BTreeMap::new()),
+            closed: AtomicBool::new(false),
         };
         Ok((
             Source {
@@ -365,7 +380,7 @@ impl Source {
     fn open(&self, slot: Option<u16>) {
         let inner = &self.inner;
         let mut sessions = self.sessions();
-        if sessions.contains_key(&slot) {
+        if sessions.contains_key(&slot) || inner.closed.load(Ordering::Acquire) {
             return;
         }
         let client_id = match slot {
@@ -543,6 +558,7 @@ impl Source {
     /// Disconnect every session cleanly (each session, and anything unacknowledged, stays
     /// at the broker), after writing the acks already given.
     pub async fn disconnect(&self) {
+        self.inner.closed.store(true, Ordering::Release);
         let running: Vec<Running> = std::mem::take(&mut *self.sessions())
             .into_values()
             .collect();
@@ -753,7 +769,15 @@ impl Reader {
             );
         }
         self.waiting.store(true, Ordering::Relaxed);
-        if self.link.paused.load(Ordering::Relaxed) {
+        // The message is counted before the pause is looked at, and a release sets the
+        // pause before it looks at the count: one of them sees the other, so a slot is
+        // never released with a message on its way in.
+        loop {
+            self.link.claim();
+            if !self.link.paused.load(Ordering::SeqCst) {
+                break;
+            }
+            self.link.unclaim();
             // The slot is being given up, or its hold is unconfirmed: what follows stays at
             // the broker until the hold is confirmed again (or goes to the next holder).
             if self.pause.wait_for(|p| !*p).await.is_err() {
@@ -762,6 +786,7 @@ impl Reader {
         }
         let permit = self.permits.clone().acquire_owned().await;
         let Ok(permit) = permit else {
+            self.link.unclaim();
             return Ok(false);
         };
         self.metrics.received.inc();
@@ -794,9 +819,6 @@ impl Reader {
                 link: self.link.clone(),
             },
         };
-        if self.link.counted {
-            self.link.in_flight.fetch_add(1, Ordering::AcqRel);
-        }
         if self.tx.send(incoming).await.is_err() {
             // The pipeline stopped taking messages (shutting down): read no more, and let
             // the connection go on writing the acks of what is still in flight.
@@ -861,15 +883,18 @@ impl Session {
             if self.connection.load(Ordering::Acquire) != before {
                 failures = 0;
             }
-            self.group.set_ready(false);
             match end {
+                // Stopped on purpose (a slot released, weir stopping): the group's other
+                // sessions still say whether it is ready.
                 End::Stopped => return,
                 End::Fatal(e) => {
+                    self.group.set_ready(false);
                     tracing::error!(error = %e, "MQTT: giving up");
                     let _ = self.fatal.send(Some(e.to_string()));
                     return;
                 }
                 End::Lost(why) => {
+                    self.group.set_ready(false);
                     let wait = backoff(failures);
                     failures = failures.saturating_add(1);
                     tracing::warn!(error = %why, retry_in = ?wait, "MQTT connection lost; reconnecting");
@@ -978,6 +1003,18 @@ impl Session {
             Ok(halves) => halves,
             Err(end) => return end,
         };
+        // The handshake may have taken a while: a slot released or lost meanwhile, or a
+        // hold no longer confirmed, must not take the session from its new holder.
+        if *self.stop.borrow() {
+            return End::Stopped;
+        }
+        if self
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.borrow().is_none_or(|until| until <= Instant::now()))
+        {
+            return End::Lost("Kafka no longer confirms this process holds the slot".into());
+        }
         let mut out = BytesMut::with_capacity(4096);
         if let Err(e) = self.proto.connect(&self.connect, &mut out) {
             return End::Fatal(SourceError::Refused(e.to_string()));

@@ -111,8 +111,8 @@ pub fn assigned(bytes: &[u8], topic: &str) -> Option<Vec<u16>> {
 
 /// Which process holds each slot: the group's members (named by their client ids) and
 /// their assignments.
-fn describe(consumer: &BaseConsumer<Holder>, topic: &str) -> Option<Vec<(u16, String)>> {
-    let list = consumer
+fn describe(client: &BaseConsumer, topic: &str) -> Option<Vec<(u16, String)>> {
+    let list = client
         .fetch_group_list(Some(topic), Duration::from_secs(5))
         .ok()?;
     let group = list.groups().iter().find(|g| g.name() == topic)?;
@@ -131,6 +131,29 @@ fn describe(consumer: &BaseConsumer<Holder>, topic: &str) -> Option<Vec<(u16, St
 
 /// How often the group's description (who holds which slot) is refreshed.
 const DESCRIBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Refresh who holds which slot, on a thread and client of its own: describing the group
+/// asks every broker and waits for a slow one, which must not hold up the renewals.
+fn describer(
+    client: BaseConsumer,
+    topic: String,
+    changed: Arc<AtomicBool>,
+    group: GroupMetrics,
+    stop: Arc<AtomicBool>,
+) {
+    let mut described: Option<Instant> = None;
+    while !stop.load(Ordering::Acquire) {
+        if changed.swap(false, Ordering::AcqRel)
+            || described.is_none_or(|d| d.elapsed() > DESCRIBE_EVERY)
+        {
+            described = Some(Instant::now());
+            if let Some(holders) = describe(&client, &topic) {
+                group.set_slot_holders(holders);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 
 /// Errors from the group that retrying cannot fix: weir stops and names them.
 fn fatal(code: RDKafkaErrorCode) -> bool {
@@ -157,7 +180,7 @@ struct Holder {
     group: GroupMetrics,
     topic: String,
     /// Set by a rebalance: the group's description is out of date.
-    changed: AtomicBool,
+    changed: Arc<AtomicBool>,
     /// Set when the process leaves the group: its sessions have ended (or are ending with
     /// the process), so a revocation only updates the count.
     leaving: Arc<AtomicBool>,
@@ -314,9 +337,21 @@ impl Membership {
         let timeout = Duration::from_secs(mqtt.slot_timeout_s.into());
         let held = Arc::new(Mutex::new(BTreeSet::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let changed = Arc::new(AtomicBool::new(true));
+        {
+            let client: BaseConsumer = base
+                .create()
+                .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+            let (topic, changed, group, stop) =
+                (topic.clone(), changed.clone(), group.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("weir-slots-view".into())
+                .spawn(move || describer(client, topic, changed, group, stop))
+                .map_err(|e| format!("cannot start the slots' thread: {e}"))?;
+        }
         let holder = Holder {
             leaving: stop.clone(),
-            changed: AtomicBool::new(true),
+            changed: changed.clone(),
             source,
             runtime,
             lease,
@@ -335,6 +370,14 @@ impl Membership {
             .set(
                 "heartbeat.interval.ms",
                 heartbeat(timeout).as_millis().to_string(),
+            )
+            // A revocation may block the group's thread for the drain: Kafka must not
+            // take that for a dead process (and librdkafka wants it above the timeout).
+            .set(
+                "max.poll.interval.ms",
+                (timeout.max(drain + Duration::from_secs(30)).as_millis() + 60_000)
+                    .max(300_000)
+                    .to_string(),
             )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -397,22 +440,17 @@ fn run(consumer: BaseConsumer<Holder>, stop: &AtomicBool, process: &str) {
     let every = renew_every(ctx.timeout);
     let mut next = Instant::now() + every;
     let mut warned: Option<Instant> = None;
-    let mut described = Instant::now();
     let mut held_back = false;
     while !stop.load(Ordering::Acquire) {
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
             match e.rdkafka_error_code() {
                 Some(code) if fatal(code) => {
                     ctx.fail(ctx.explain(code, &e));
+                    // Leaving: the sessions end with the lane, not through revocations.
+                    stop.store(true, Ordering::Release);
                     break;
                 }
                 _ => tracing::debug!(error = %e, "scale-out slots: consumer"),
-            }
-        }
-        if ctx.changed.swap(false, Ordering::AcqRel) || described.elapsed() > DESCRIBE_EVERY {
-            described = Instant::now();
-            if let Some(holders) = describe(&consumer, &ctx.topic) {
-                ctx.group.set_slot_holders(holders);
             }
         }
         // Unconfirmed, the slots take no more messages: Kafka may be giving them away.
@@ -491,10 +529,21 @@ async fn ensure_topic(base: &rdkafka::ClientConfig, topic: &str, slots: u16) -> 
             let probe: BaseConsumer = admin_config
                 .create()
                 .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
-            let md = probe
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .map_err(|e| format!("cannot read the slots topic {topic:?}: {e}"))?;
-            Ok(md.topics().first().map_or(0, |t| t.partitions().len()))
+            // Just created, or created by another process starting at the same time, the
+            // topic may not show its partitions yet.
+            let started = Instant::now();
+            loop {
+                let md = probe
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                    .map_err(|e| format!("cannot read the slots topic {topic:?}: {e}"))?;
+                let t = md.topics().first();
+                let found = t.map_or(0, |t| t.partitions().len());
+                let settled = t.is_some_and(|t| t.error().is_none()) && found > 0;
+                if settled || started.elapsed() > crate::topics::PATIENCE {
+                    return Ok(found);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
         })
         .await
         .map_err(|e| e.to_string())??
