@@ -121,6 +121,11 @@ pub struct Pin {
     pub at_ms: i64,
     /// The admin token's name.
     pub by: String,
+    /// The name of the trusted key whose signature made this process apply it (`self`:
+    /// this deployment's own key). Set from the signature as the entry is read, never
+    /// taken from the entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// Where a process switched a cohort to a new version.
@@ -276,6 +281,10 @@ pub struct Audit {
     pub by: String,
     /// For `cutover`: where the process switched.
     pub cutover: Option<Cutover>,
+    /// The name of the trusted key whose signature made this process apply it. Set from
+    /// the signature as the entry is read, never taken from the entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// What the control topic says, as far as it has been read.
@@ -294,7 +303,9 @@ pub struct State {
 }
 
 impl State {
-    fn apply(&mut self, key: &str, value: Option<&[u8]>) {
+    /// Apply an entry admitted under `signer`'s signature (see [`admitted`]).
+    fn apply(&mut self, key: &str, value: Option<&[u8]>, signer: Option<&str>) {
+        let signer = signer.map(str::to_owned);
         let Some(value) = value else { return };
         let parsed = |what: &str| {
             tracing::warn!(
@@ -322,18 +333,20 @@ impl State {
             Some(Key::Pin { .. }) => match serde_json::from_slice::<Pin>(value) {
                 // A pin applies only over the pin it was decided against, so of two
                 // concurrent promotes the first written wins, in every process alike.
-                Ok(p) => match self.pins.get(&p.cohort) {
+                Ok(mut p) => match self.pins.get(&p.cohort) {
                     Some(current) if Some(&current.plugin.sha256) != p.replaces.as_ref() => {
                         tracing::warn!(cohort = %p.cohort, plugin = %p.plugin.id(), "control topic: a pin decided against an older pin lost to a concurrent change; ignored")
                     }
                     _ => {
+                        p.signer = signer;
                         self.pins.insert(p.cohort.clone(), p);
                     }
                 },
                 Err(_) => parsed("pin"),
             },
             Some(Key::Audit { .. }) => match serde_json::from_slice::<Audit>(value) {
-                Ok(a) => {
+                Ok(mut a) => {
+                    a.signer = signer;
                     // Every entry stays in the topic; memory keeps the newest.
                     if self.audit.len() >= MAX_AUDIT_KEPT {
                         self.audit.drain(..self.audit.len() + 1 - MAX_AUDIT_KEPT);
@@ -366,19 +379,21 @@ pub struct Control {
 /// Whether an entry may be applied: components are named by their sha256 (and used only
 /// through a signed upload or pin), everything else needs a trusted signature. Refusals
 /// are counted, and the first few logged.
+/// `None`: not to be applied; else the trusted key's name that signed it (none for what
+/// needs no signature).
 fn admitted(
     trust: &crate::signing::Trust,
     rejected: &prometheus_client::metrics::counter::Counter,
     key: &str,
     value: Option<&[u8]>,
     headers: Option<&rdkafka::message::BorrowedHeaders>,
-) -> bool {
+) -> Option<Admitted> {
     use rdkafka::message::Headers as _;
     let (Some(parsed), Some(value)) = (Key::parse(key), value) else {
-        return true;
+        return Some(Admitted { signer: None });
     };
     if matches!(parsed, Key::Wasm { .. }) {
-        return true;
+        return Some(Admitted { signer: None });
     }
     let header =
         |name: &str| headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value));
@@ -388,15 +403,23 @@ fn admitted(
         header(crate::signing::SIGNER_HEADER),
         header(crate::signing::SIGNATURE_HEADER),
     ) {
-        Ok(_) => true,
+        Ok(name) => Some(Admitted {
+            signer: Some(name.to_owned()),
+        }),
         Err(why) => {
             let n = rejected.inc();
             if n < 10 || n.is_power_of_two() {
                 tracing::warn!(key = %crate::untrusted::Untrusted(key), %why, refused = n + 1, "control topic: an entry is not applied");
             }
-            false
+            None
         }
     }
+}
+
+/// An entry [`admitted`] to be applied.
+struct Admitted {
+    /// The trusted key's name that signed it.
+    signer: Option<String>,
 }
 
 impl std::fmt::Debug for Control {
@@ -489,8 +512,8 @@ impl Control {
                     Some(Ok(m)) => {
                         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                         store_component(&store_c, &key, m.payload());
-                        if admitted(&trust, &rejected_c, &key, m.payload(), m.headers()) {
-                            state.apply(&key, m.payload());
+                        if let Some(a) = admitted(&trust, &rejected_c, &key, m.payload(), m.headers()) {
+                            state.apply(&key, m.payload(), a.signer.as_deref());
                         }
                         state.next_offset = m.offset() + 1;
                     }
@@ -650,8 +673,8 @@ fn follow(
                 let apply = admitted(&trust, &rejected, &key, m.payload(), m.headers());
                 tx.send_modify(|s| {
                     let s = Arc::make_mut(s);
-                    if apply {
-                        s.apply(&key, payload.as_deref());
+                    if let Some(a) = &apply {
+                        s.apply(&key, payload.as_deref(), a.signer.as_deref());
                     }
                     s.next_offset = offset + 1;
                 });
@@ -823,6 +846,29 @@ mod tests {
         }
     }
 
+    /// Who signed an entry comes from the signature it was admitted under; a `signer` the
+    /// entry itself claims is ignored.
+    #[test]
+    fn the_signer_comes_from_the_signature_not_the_entry() {
+        let mut state = State::default();
+        let a = Audit {
+            cohort: Some("c".into()),
+            action: Action::Promote,
+            plugin: "p@1".into(),
+            old_sha256: None,
+            new_sha256: "ab".into(),
+            at_ms: 1,
+            by: "ops".into(),
+            cutover: None,
+            signer: Some("ci-deploy".into()),
+        };
+        let key = Key::audit(&a).to_string();
+        state.apply(&key, Some(&serde_json::to_vec(&a).unwrap()), Some("deploy"));
+        assert_eq!(state.audit[0].signer.as_deref(), Some("deploy"));
+        state.apply(&key, Some(&serde_json::to_vec(&a).unwrap()), None);
+        assert_eq!(state.audit[1].signer, None);
+    }
+
     #[test]
     fn the_audit_kept_in_memory_is_the_newest_entries() {
         let mut state = State::default();
@@ -836,14 +882,17 @@ mod tests {
                 at_ms: i as i64,
                 by: "ops".into(),
                 cutover: None,
+                signer: None,
             };
             state.apply(
                 &Key::audit(&a).to_string(),
                 Some(&serde_json::to_vec(&a).unwrap()),
+                Some("self"),
             );
         }
         assert_eq!(state.audit.len(), MAX_AUDIT_KEPT);
         assert_eq!(state.audit[0].plugin, "p@5");
+        assert_eq!(state.audit[0].signer.as_deref(), Some("self"));
         assert_eq!(
             state.audit.last().unwrap().plugin,
             format!("p@{}", MAX_AUDIT_KEPT + 4)
@@ -922,6 +971,7 @@ mod tests {
             replaces: replaces.map(|r| v(r).sha256),
             at_ms: to as i64,
             by: "ops".into(),
+            signer: None,
         };
         let entries = [
             pin(1, Some(0), vec![v(0)]),
@@ -931,10 +981,10 @@ mod tests {
         let key = Key::Pin { cohort: "c".into() }.to_string();
         let mut full = State::default();
         for p in &entries {
-            full.apply(&key, Some(&serde_json::to_vec(p).unwrap()));
+            full.apply(&key, Some(&serde_json::to_vec(p).unwrap()), None);
         }
         let mut compacted = State::default();
-        compacted.apply(&key, Some(&serde_json::to_vec(&entries[2]).unwrap()));
+        compacted.apply(&key, Some(&serde_json::to_vec(&entries[2]).unwrap()), None);
         assert_eq!(full.pins, compacted.pins);
     }
 

@@ -471,6 +471,7 @@ impl Lifecycle {
                 at_ms: now_ms(),
                 by: by.to_owned(),
                 cutover: None,
+                signer: None,
             })
             .await
             .map_err(unavailable)?;
@@ -814,6 +815,7 @@ impl Lifecycle {
             replaces: current.as_ref().map(|p| p.plugin.sha256.clone()),
             at_ms,
             by: by.to_owned(),
+            signer: None,
         };
         let audit = Audit {
             cohort: Some(cohort.clone()),
@@ -824,6 +826,7 @@ impl Lifecycle {
             at_ms,
             by: by.to_owned(),
             cutover: None,
+            signer: None,
         };
         let written = self
             .control
@@ -945,6 +948,7 @@ impl Lifecycle {
                 at_ms,
                 first_topic: s.first_topic,
             }),
+            signer: None,
         };
         if let Err(e) = self.control.audit(&audit).await {
             tracing::error!(error = %e, "cannot record a cutover in the control topic");

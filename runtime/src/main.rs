@@ -930,8 +930,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                                 .collect::<String>()
                         ),
                     };
+                    let signed = match a["signer"].as_str() {
+                        Some(key) => format!(" (key {key})"),
+                        None => String::new(),
+                    };
                     format!(
-                        "{}  {:<8}  {}  by {}  {what}",
+                        "{}  {:<8}  {}  by {}{signed}  {what}",
                         timestamp(a["at_ms"].as_i64().unwrap_or(0)),
                         str_of(&a["action"]),
                         str_of(&a["plugin"]),
