@@ -385,6 +385,15 @@ fn two_processes_on_a_shared_subscription_converge() {
     assert!(versions.contains_key("thermostat@1.1.0"), "{versions:?}");
     // Both processes recorded their own cutover.
     let (entries, _) = history(&b, None, "thermostats");
+    // Every entry was applied under the deployment's own key, named from the signature.
+    assert!(
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["signer"] == "self"),
+        "{entries}"
+    );
     let cutovers: Vec<String> = entries
         .as_array()
         .unwrap()
