@@ -843,7 +843,18 @@ impl Lifecycle {
                 ),
             ])
             .await;
-        let won = self.control.state().pins.get(&cohort) == Some(&pin);
+        // The pin as applied also names the key it was verified under.
+        let won = self
+            .control
+            .state()
+            .pins
+            .get(&cohort)
+            .is_some_and(|applied| {
+                Pin {
+                    signer: None,
+                    ..applied.clone()
+                } == pin
+            });
         if written.is_err() || !won {
             self.built
                 .lock()

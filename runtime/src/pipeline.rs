@@ -1013,10 +1013,23 @@ async fn deliver(
                 metrics.refresh_oldest();
             }
             w = work.recv(), if open => match w {
-                Some(w) => courier.take(&w.topology, w.messages).await,
+                Some(w) => {
+                    #[cfg(debug_assertions)]
+                    failpoint("courier-panic");
+                    courier.take(&w.topology, w.messages).await
+                }
                 None => open = false,
             },
         }
+    }
+}
+
+/// Test builds only: panic here when `WEIR_FAILPOINT` names `point`, so that the tests can
+/// show what weir does when a task dies (release builds have no such switch).
+#[cfg(debug_assertions)]
+fn failpoint(point: &str) {
+    if std::env::var("WEIR_FAILPOINT").is_ok_and(|p| p == point) {
+        panic!("failpoint {point}");
     }
 }
 
