@@ -494,11 +494,23 @@ impl Control {
         let rejected = prometheus_client::metrics::counter::Counter::default();
         let (trust, rejected_c) = (keys.trust.clone(), rejected.clone());
         let (consumer, state) = tokio::task::spawn_blocking(move || {
-            let (_, high) = consumer
-                .fetch_watermarks(&topic_owned, 0, Duration::from_secs(10))
-                .map_err(|e| {
-                    format!("cannot read its end offset: {e}; check kafka.bootstrap and that the brokers are up")
-                })?;
+            // A topic just created, or a broker just started, has no leader for a moment
+            // (unknown partition, not leader): ask again for a while.
+            let asked = std::time::Instant::now();
+            let high = loop {
+                match consumer.fetch_watermarks(&topic_owned, 0, Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(e) if asked.elapsed() < Duration::from_secs(30) => {
+                        tracing::debug!(error = %e, "control topic: end offset not known yet; asking again");
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "cannot read its end offset: {e}; check kafka.bootstrap and that the brokers are up"
+                        ));
+                    }
+                }
+            };
             let mut state = State::default();
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while state.next_offset < high {
