@@ -496,11 +496,6 @@ impl Source {
         }
     }
 
-    /// The slots whose sessions run here.
-    pub fn slots(&self) -> Vec<u16> {
-        self.sessions().keys().filter_map(|k| *k).collect()
-    }
-
     /// End every session for good, naming why ([`Source::failed`] resolves with it).
     pub fn fail(&self, why: String) {
         let _ = self.inner.fatal.send(Some(why));
