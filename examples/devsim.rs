@@ -238,7 +238,7 @@ fn summary(since_ms: i64, expect: (u64, u64)) {
     for (c, n) in &per_code {
         println!("  {n:>6}  {c}");
     }
-    let mut schemas: HashMap<u32, weir::encode::avro::AvroSchema> = HashMap::new();
+    let mut schemas: HashMap<u32, weir_core::avro::AvroSchema> = HashMap::new();
     for (topic, list) in &samples {
         let topic = topic.as_str();
         for (key, value, headers) in list {
@@ -259,7 +259,7 @@ fn summary(since_ms: i64, expect: (u64, u64)) {
                 );
                 continue;
             }
-            let Some((id, datum)) = weir::encode::unframe(value) else {
+            let Some((id, datum)) = weir_core::frame::unframe(value) else {
                 continue;
             };
             let schema = schemas.entry(id).or_insert_with(|| {
@@ -268,7 +268,7 @@ fn summary(since_ms: i64, expect: (u64, u64)) {
                         .expect("registry")
                         .json()
                         .expect("JSON");
-                weir::encode::avro::AvroSchema::parse(v["schema"].as_str().unwrap_or_default())
+                weir_core::avro::AvroSchema::parse(v["schema"].as_str().unwrap_or_default())
                     .expect("schema")
             });
             println!(

@@ -24,14 +24,15 @@ use std::time::Instant;
 use weir::control::Version;
 use weir::deliver::{Acks, Arrived, Courier, Writes};
 use weir::lifecycle::Live;
-use weir::message::Message;
 use weir::metrics::Metrics;
 use weir::pipeline::{self, MessageIds};
-use weir::plan::{CohortPlan, Input, Topology};
-use weir::route::Rule;
-use weir::sink::{Answer, Failure, Tag, Write};
+use weir::sink::{Answer, Tag};
 use weir::source::codec::{self, Frame, Proto};
 use weir::transform::{Host, Limits};
+use weir_core::message::Message;
+use weir_core::plan::{CohortPlan, Input, Topology};
+use weir_core::route::Rule;
+use weir_core::write::{Failure, Write};
 
 const BATCH: usize = 64;
 

@@ -13,8 +13,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use thermostat::Thermostat;
-use weir::encode::avro::AvroSchema;
 use weir::transform::{Host, Limits, Message, Outcome};
+use weir_core::avro::AvroSchema;
 use weir_sdk::{Config, Emit, Plugin};
 
 const ROUNDS: usize = 15;

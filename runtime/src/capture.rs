@@ -3,13 +3,13 @@
 //! replay and quarantine redrive need them.
 
 use crate::config::Kafka;
-use crate::headers as h;
 use crate::transform::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use weir_core::headers as h;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

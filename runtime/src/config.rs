@@ -987,7 +987,7 @@ impl Config {
             ));
         }
         for (i, s) in self.mqtt.subscriptions.iter().enumerate() {
-            crate::route::check_filter(unshared(s))
+            weir_core::route::check_filter(unshared(s))
                 .map_err(|e| (format!("mqtt.subscriptions[{i}]"), e))?;
         }
         if self.mqtt.max_in_flight == 0 {
@@ -1104,7 +1104,7 @@ impl Config {
                     format!("cohort name {:?} is used twice", c.name),
                 ));
             }
-            crate::route::check_filter(&c.topic).map_err(|e| (at("topic"), e))?;
+            weir_core::route::check_filter(&c.topic).map_err(|e| (at("topic"), e))?;
             if c.plugin
                 .split_once('@')
                 .is_none_or(|(n, v)| n.is_empty() || v.is_empty())
@@ -1118,7 +1118,7 @@ impl Config {
                 ));
             }
             check_kafka_topic(&c.output_topic).map_err(|e| (at("output_topic"), e))?;
-            crate::route::KeyTemplate::parse(&c.key).map_err(|e| (at("key"), e))?;
+            weir_core::route::KeyTemplate::parse(&c.key).map_err(|e| (at("key"), e))?;
             if c.plugin_time_ms.is_some_and(|t| !(1..=60_000).contains(&t)) {
                 return Err((
                     at("plugin_time_ms"),
@@ -1298,7 +1298,7 @@ impl Config {
                 ));
             }
             for (j, s) in g.subscriptions.iter().enumerate() {
-                crate::route::check_filter(unshared(s))
+                weir_core::route::check_filter(unshared(s))
                     .map_err(|e| (at(&format!("subscriptions[{j}]")), e))?;
             }
             if g.max_in_flight == Some(0) {
@@ -1359,11 +1359,10 @@ impl Config {
         for (a, ga) in plans.iter().enumerate() {
             for gb in &plans[a + 1..] {
                 for fa in &ga.mqtt.subscriptions {
-                    if let Some(fb) = gb
-                        .mqtt
-                        .subscriptions
-                        .iter()
-                        .find(|fb| crate::route::filters_overlap(unshared(fa), unshared(fb)))
+                    if let Some(fb) =
+                        gb.mqtt.subscriptions.iter().find(|fb| {
+                            weir_core::route::filters_overlap(unshared(fa), unshared(fb))
+                        })
                     {
                         return Err((
                             self.group_key(&gb.name, "subscriptions"),
@@ -1381,7 +1380,7 @@ impl Config {
                     .mqtt
                     .subscriptions
                     .iter()
-                    .any(|f| crate::route::filters_overlap(unshared(f), &c.topic))
+                    .any(|f| weir_core::route::filters_overlap(unshared(f), &c.topic))
                 {
                     return Err((
                         format!("cohort[{ci}].topic"),

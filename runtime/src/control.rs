@@ -409,7 +409,7 @@ fn admitted(
         Err(why) => {
             let n = rejected.inc();
             if n < 10 || n.is_power_of_two() {
-                tracing::warn!(key = %crate::untrusted::Untrusted(key), %why, refused = n + 1, "control topic: an entry is not applied");
+                tracing::warn!(key = %weir_core::untrusted::Untrusted(key), %why, refused = n + 1, "control topic: an entry is not applied");
             }
             None
         }

@@ -1,5 +1,5 @@
 //! Delivery: drives every message's Kafka writes to their end with the planning core
-//! ([`crate::plan`]), and releases its MQTT ack in arrival order ([`crate::ack`]).
+//! ([`weir_core::plan`]), and releases its MQTT ack in arrival order ([`weir_core::ack`]).
 //!
 //! One owner, no task or future per message: writes go out tagged, Kafka's answers come
 //! back in bulk ([`Sink::answers`]) and are matched to their message by tag. When the last
@@ -7,17 +7,18 @@
 //! every ack now unblocked behind it, in one hand-over to the source), write again after a
 //! backoff, or quarantine instead.
 
-use crate::ack::AckQueue;
 use crate::metrics::{KindLabel, Metrics};
-use crate::plan::{Delivery, Input, Kind, Next, Settled, Topology};
-use crate::sink::{Answer, Failure, Sink, Tag, Write};
+use crate::sink::{Answer, Sink, Tag};
 use crate::source::{AckToken, Source};
 use crate::transform::Outcome;
-use crate::untrusted::Untrusted;
 use prometheus_client::metrics::counter::Counter;
 use slab::Slab;
 use std::sync::Arc;
 use std::time::Instant;
+use weir_core::ack::AckQueue;
+use weir_core::plan::{Delivery, Input, Kind, Next, Settled, Topology};
+use weir_core::untrusted::Untrusted;
+use weir_core::write::{Failure, Write};
 
 /// What the courier writes through: Kafka ([`Sink`]) in `weir run`; in tests, anything
 /// that takes writes and lets the test answer them.
@@ -347,9 +348,9 @@ impl<W: Writes, A: Acks> Courier<W, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
-    use crate::plan::Input;
     use std::sync::Mutex;
+    use weir_core::message::Message;
+    use weir_core::plan::Input;
 
     /// Takes writes and keeps them; the test answers them.
     #[derive(Default)]

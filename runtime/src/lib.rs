@@ -15,7 +15,6 @@
 /// weir's CPU.
 pub type Allocator = mimalloc::MiMalloc;
 
-pub mod ack;
 pub mod admin;
 pub mod admin_client;
 pub mod capture;
@@ -25,16 +24,12 @@ pub mod credentials;
 pub mod deliver;
 pub mod dryrun;
 pub mod encode;
-pub mod headers;
 pub mod lifecycle;
-pub mod message;
 pub mod metrics;
 pub mod pipeline;
-pub mod plan;
 pub mod priority;
 pub mod quarantine;
 pub mod replay;
-pub mod route;
 pub mod shadow;
 pub mod signing;
 pub mod sink;
@@ -43,4 +38,3 @@ pub mod status;
 pub mod store;
 pub mod topics;
 pub mod transform;
-pub mod untrusted;

@@ -15,9 +15,7 @@ use crate::config::Config;
 use crate::control::{
     Action, Audit, Control, Cutover, Fixtures, Key, Pin, Upload, Version, now_ms,
 };
-use crate::encode::{self, avro::AvroSchema, registry::RegistryClient};
-use crate::plan::{CohortPlan, Topology};
-use crate::route::KeyTemplate;
+use crate::encode::registry::RegistryClient;
 use crate::shadow::{Limit, Report, Shadow, Tap};
 use crate::store::Store;
 use crate::transform::{Configured, Host, Plugin};
@@ -26,6 +24,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+use weir_core::avro::AvroSchema;
+use weir_core::plan::{CohortPlan, Topology};
+use weir_core::route::KeyTemplate;
 
 /// What the pipeline runs: a topology and one configured plugin per cohort, swapped as one.
 pub struct Live {
@@ -189,12 +190,12 @@ pub fn cohort_plan(
         schema_id,
         schema: AvroSchema::clone(plugin.schema()),
         identity: vec![
-            (crate::headers::PLUGIN.into(), info.id().into()),
+            (weir_core::headers::PLUGIN.into(), info.id().into()),
             (
-                crate::headers::PLUGIN_SHA256.into(),
+                weir_core::headers::PLUGIN_SHA256.into(),
                 info.sha256.clone().into(),
             ),
-            (crate::headers::COHORT.into(), c.name.clone().into()),
+            (weir_core::headers::COHORT.into(), c.name.clone().into()),
         ],
     })
 }
@@ -323,7 +324,7 @@ impl Lifecycle {
             .config
             .cohorts
             .iter()
-            .map(|c| crate::route::Rule {
+            .map(|c| weir_core::route::Rule {
                 filter: c.topic.clone(),
                 properties: c
                     .properties
@@ -611,9 +612,9 @@ impl Lifecycle {
 
     fn subject(&self, ci: usize, plugin: &Plugin) -> String {
         let info = plugin.info();
-        let record_name =
-            encode::registry::record_full_name(&info.schema).unwrap_or_else(|| info.name.clone());
-        encode::registry::subject(
+        let record_name = crate::encode::registry::record_full_name(&info.schema)
+            .unwrap_or_else(|| info.name.clone());
+        crate::encode::registry::subject(
             self.config.registry.subject_strategy,
             &self.config.cohorts[ci].output_topic,
             &record_name,

@@ -5,10 +5,10 @@
 //! - The **pipeline task** routes the batch, runs each cohort's plugin on its share, and
 //!   hands the batch over in arrival order to
 //! - the **courier task** ([`crate::deliver`]), which asks the planning core
-//!   ([`crate::plan`]) for each message's writes, enqueues them, takes Kafka's answers in
+//!   ([`weir_core::plan`]) for each message's writes, enqueues them, takes Kafka's answers in
 //!   bulk and feeds them back to the core (acknowledge, write again, or quarantine
 //!   instead), and releases acknowledgements in arrival order (the watermark in
-//!   [`crate::ack`]) to the source, which writes the PUBACKs. No future or task per
+//!   [`weir_core::ack`]) to the source, which writes the PUBACKs. No future or task per
 //!   message; transforming one batch overlaps writing the one before.
 //!
 //! Memory is bounded by `mqtt.max_in_flight`: the source takes an in-flight permit before
@@ -21,7 +21,6 @@ use crate::control::{Control, ControlError};
 use crate::deliver::{Courier, Transformed};
 use crate::lifecycle::{Lifecycle, LifecycleError, Live, Switched};
 use crate::metrics::{CohortLabel, GroupMetrics, Metrics};
-use crate::plan::{Input, Topology};
 use crate::sink::Sink;
 use crate::source::slots::Membership;
 use crate::source::{AckToken, Incoming, Source};
@@ -31,6 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
+use weir_core::plan::{Input, Topology};
 
 /// Start-up errors.
 #[derive(Debug, thiserror::Error)]

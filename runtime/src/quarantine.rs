@@ -12,10 +12,8 @@ use crate::capture::{self, Captured, Range};
 use crate::config::Config;
 use crate::control::Control;
 use crate::encode::registry::RegistryClient;
-use crate::headers as h;
 use crate::lifecycle::cohort_plan;
-use crate::plan::{Input, Kind, Next, Topology};
-use crate::sink::{Sink, Write};
+use crate::sink::Sink;
 use crate::store::Store;
 use crate::transform::{Host, Outcome};
 use rdkafka::Message as _;
@@ -25,6 +23,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use weir_core::headers as h;
+use weir_core::plan::{Input, Kind, Next, Topology};
+use weir_core::write::Write;
 
 /// Provenance of a redriven record: the quarantine entry's `partition:offset`.
 pub const REDRIVE_FROM: &str = "weir.redrive.from";

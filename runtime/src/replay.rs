@@ -11,10 +11,8 @@ use crate::capture::{self, Captured};
 use crate::config::{Cohort, Config};
 use crate::control::{Control, State};
 use crate::encode::registry::RegistryClient;
-use crate::headers as h;
 use crate::lifecycle::cohort_plan;
-use crate::plan::{Input, Kind, Topology};
-use crate::sink::{Sink, Write};
+use crate::sink::Sink;
 use crate::store::Store;
 use crate::transform::{Configured, Host, Message, Outcome, Plugin};
 use rdkafka::Message as _;
@@ -22,6 +20,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+use weir_core::headers as h;
+use weir_core::plan::{Input, Kind, Topology};
+use weir_core::write::Write;
 
 /// Why a replay cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -431,7 +432,7 @@ pub async fn run(
                         oversize: None,
                     };
                     let mut d = topo.plan(input, Some(0), Some(outcome));
-                    if let crate::plan::Next::Send { writes, .. } = d.start() {
+                    if let weir_core::plan::Next::Send { writes, .. } = d.start() {
                         for (kind, w) in writes {
                             if kind == Kind::Record {
                                 summary.written += 1;

@@ -10,7 +10,6 @@
 
 use crate::config::Kafka;
 use crate::metrics::Metrics;
-use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::admin::{
     AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
@@ -22,11 +21,11 @@ use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use weir_core::write::{Failure, Write};
 
 /// The caller's name for a write, handed back with Kafka's answer.
 pub type Tag = usize;
@@ -78,7 +77,7 @@ impl ProducerContext for Context {
     fn delivery(&self, result: &DeliveryResult<'_>, tag: Tag) {
         let result = match result {
             Ok(_) => Ok(()),
-            Err((e, _)) => Err(Failure::of(e)),
+            Err((e, _)) => Err(classify(e)),
         };
         self.answers
             .queue
@@ -89,70 +88,25 @@ impl ProducerContext for Context {
     }
 }
 
-/// One Kafka header. weir's own names are static and user-property names owned; values
-/// are shared bytes, so a cohort's identity goes onto every record without a copy.
-pub type HeaderField = (Cow<'static, str>, Bytes);
-
-/// One Kafka write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Write {
-    /// Topic.
-    pub topic: String,
-    /// Key bytes.
-    pub key: Option<Vec<u8>>,
-    /// Value bytes.
-    pub value: Vec<u8>,
-    /// Headers.
-    pub headers: Vec<HeaderField>,
-}
-
-/// Why a write failed, as far as what to do next is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// The record is larger than Kafka accepts: writing it again cannot work, a smaller
-    /// one might.
-    TooLarge(String),
-    /// Kafka refuses this record for good (invalid, no such topic).
-    Permanent(String),
-    /// weir's principal may not write the topic (an ACL): not the message's fault, and an
-    /// operator can fix it while weir runs, so the write is held and retried, never
-    /// quarantined.
-    Unauthorized(String),
-    /// Anything else: worth writing again.
-    Transient(String),
-}
-
-impl Failure {
-    /// Classify a Kafka error.
-    pub fn of(e: &KafkaError) -> Failure {
-        use RDKafkaErrorCode as C;
-        let why = e.to_string();
-        match e.rdkafka_error_code() {
-            Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => Failure::TooLarge(why),
-            Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed) => {
-                Failure::Unauthorized(why)
-            }
-            Some(
-                C::InvalidMessage
-                | C::InvalidRecord
-                | C::InvalidTopic
-                | C::PolicyViolation
-                | C::UnknownTopic
-                | C::UnknownTopicOrPartition
-                | C::InvalidRequiredAcks,
-            ) => Failure::Permanent(why),
-            _ => Failure::Transient(why),
+/// Classify a Kafka error by what the plan should do next.
+pub fn classify(e: &KafkaError) -> Failure {
+    use RDKafkaErrorCode as C;
+    let why = e.to_string();
+    match e.rdkafka_error_code() {
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize) => Failure::TooLarge(why),
+        Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed) => {
+            Failure::Unauthorized(why)
         }
-    }
-
-    /// What Kafka said.
-    pub fn reason(&self) -> &str {
-        match self {
-            Failure::TooLarge(w)
-            | Failure::Permanent(w)
-            | Failure::Unauthorized(w)
-            | Failure::Transient(w) => w,
-        }
+        Some(
+            C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidTopic
+            | C::PolicyViolation
+            | C::UnknownTopic
+            | C::UnknownTopicOrPartition
+            | C::InvalidRequiredAcks,
+        ) => Failure::Permanent(why),
+        _ => Failure::Transient(why),
     }
 }
 
@@ -404,7 +358,7 @@ impl Sink {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((error, _)) => return Err(Failure::of(&error)),
+                Err((error, _)) => return Err(classify(&error)),
             }
         }
     }
@@ -597,23 +551,23 @@ mod tests {
     fn failures_are_classified() {
         let e = |c| KafkaError::MessageProduction(c);
         assert!(matches!(
-            Failure::of(&e(RDKafkaErrorCode::MessageSizeTooLarge)),
+            classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)),
             Failure::TooLarge(_)
         ));
         assert!(matches!(
-            Failure::of(&e(RDKafkaErrorCode::TopicAuthorizationFailed)),
+            classify(&e(RDKafkaErrorCode::TopicAuthorizationFailed)),
             Failure::Unauthorized(_)
         ));
         assert!(matches!(
-            Failure::of(&e(RDKafkaErrorCode::InvalidRecord)),
+            classify(&e(RDKafkaErrorCode::InvalidRecord)),
             Failure::Permanent(_)
         ));
         assert!(matches!(
-            Failure::of(&e(RDKafkaErrorCode::MessageTimedOut)),
+            classify(&e(RDKafkaErrorCode::MessageTimedOut)),
             Failure::Transient(_)
         ));
         assert!(matches!(
-            Failure::of(&e(RDKafkaErrorCode::BrokerTransportFailure)),
+            classify(&e(RDKafkaErrorCode::BrokerTransportFailure)),
             Failure::Transient(_)
         ));
     }

@@ -29,7 +29,6 @@ pub mod slots;
 pub mod tls;
 
 use crate::config::{Mqtt, Protocol, Secret};
-use crate::message::Message;
 use crate::metrics::{GroupMetrics, Metrics};
 use bytes::BytesMut;
 use codec::{ConnectOptions, Frame, Proto, ProtocolError, RetainHandling};
@@ -42,9 +41,8 @@ use tls::Certain;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use weir_core::message::{Message, OVERSIZE_PREFIX, Oversize};
 
-/// Bytes of an oversize payload kept for its quarantine entry.
-pub const OVERSIZE_PREFIX: usize = 4096;
 /// Room for topic and properties on top of `max_message_bytes` before a PUBLISH is streamed
 /// instead of read whole.
 const HEADER_ROOM: usize = 128 << 10;
@@ -68,15 +66,6 @@ pub struct Incoming {
     pub oversize: Option<Oversize>,
     /// The ack handle; it holds an in-flight permit until the PUBACK is written.
     pub ack: AckToken,
-}
-
-/// The full size and digest of a payload too large to keep.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Oversize {
-    /// Payload bytes.
-    pub size: u64,
-    /// sha256 of the whole payload, lowercase hex.
-    pub sha256: String,
 }
 
 /// Identifies a received PUBLISH for its PUBACK, and holds its in-flight permit.

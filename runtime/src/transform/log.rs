@@ -2,9 +2,9 @@
 //! and a volume bound per second per configured plugin (all its instances together), so a
 //! chatty or hostile plugin cannot flood the log or slow the host with it.
 
-pub use crate::untrusted::Untrusted;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+pub use weir_core::untrusted::Untrusted;
 
 /// Lines a configured plugin may log per second; more are counted and dropped.
 pub const LINES_PER_SECOND: u32 = 100;

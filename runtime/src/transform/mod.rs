@@ -25,15 +25,15 @@ mod cache;
 pub mod log;
 mod sandbox;
 
-pub use crate::message::Message;
 pub use sandbox::{CallLimits, Limits, MAX_CORE_INSTANCES_PER_COMPONENT};
+pub use weir_core::message::Message;
+pub use weir_core::outcome::{Outcome, Record};
 
-use crate::encode::avro::{AvroSchema, Violation};
 use sandbox::{CallError, Instance, WitMessage};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
-use weir_sdk::codes::Code;
+use weir_core::avro::{AvroSchema, Violation};
 
 /// Idle, initialised instances kept per configured plugin.
 pub const IDLE_INSTANCES: usize = 4;
@@ -111,40 +111,6 @@ impl PluginInfo {
     pub fn id(&self) -> String {
         format!("{}@{}", self.name, self.version)
     }
-}
-
-/// One output record, validated and Avro-encoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// Key set by the plugin, if any.
-    pub key: Option<String>,
-    /// The Avro binary datum (no framing).
-    pub value: Vec<u8>,
-    /// Headers set by the plugin.
-    pub headers: Vec<(String, String)>,
-}
-
-/// What became of one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Records to publish.
-    Emit(Vec<Record>),
-    /// The plugin rejected the message.
-    Reject {
-        /// The plugin's code.
-        code: String,
-        /// The plugin's reason.
-        reason: String,
-    },
-    /// Nothing to publish.
-    Skip,
-    /// The message failed in this stage; see [`codes`].
-    Fail {
-        /// One of [`codes`].
-        code: Code,
-        /// What happened.
-        reason: String,
-    },
 }
 
 /// The wasmtime engine and everything shared between plugins.

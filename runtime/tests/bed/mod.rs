@@ -591,7 +591,7 @@ pub fn consume_with(
 
 /// Decode a Confluent wire-format value through the registry.
 pub struct Decoder {
-    schemas: HashMap<u32, weir::encode::avro::AvroSchema>,
+    schemas: HashMap<u32, weir_core::avro::AvroSchema>,
 }
 
 impl Decoder {
@@ -602,14 +602,14 @@ impl Decoder {
     }
 
     pub fn decode(&mut self, value: &[u8]) -> serde_json::Value {
-        let (id, datum) = weir::encode::unframe(value).expect("Confluent wire format");
+        let (id, datum) = weir_core::frame::unframe(value).expect("Confluent wire format");
         let schema = self.schemas.entry(id).or_insert_with(|| {
             let v: serde_json::Value =
                 reqwest::blocking::get(format!("{}/schemas/ids/{id}", registry()))
                     .unwrap()
                     .json()
                     .unwrap();
-            weir::encode::avro::AvroSchema::parse(v["schema"].as_str().unwrap()).unwrap()
+            weir_core::avro::AvroSchema::parse(v["schema"].as_str().unwrap()).unwrap()
         });
         schema.decode_to_json(datum).unwrap()
     }

@@ -16,13 +16,13 @@
 //! - its quarantine entry failing otherwise → write it again with backoff, forever, marked
 //!   stuck (the message stays unacknowledged; weir is not ready and says why).
 
-use crate::encode::{self, avro::AvroSchema};
+use crate::avro::AvroSchema;
+use crate::frame;
 use crate::headers as h;
-use crate::message::Message;
+use crate::message::{Message, OVERSIZE_PREFIX, Oversize};
+use crate::outcome::Outcome;
 use crate::route::{self, KeyTemplate, Rule};
-use crate::sink::{Failure, HeaderField, Write};
-use crate::source::{OVERSIZE_PREFIX, Oversize};
-use crate::transform::Outcome;
+use crate::write::{Failure, HeaderField, Write};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -253,7 +253,7 @@ impl Topology {
                         Write {
                             topic: c.output_topic.clone(),
                             key: key.map(String::into_bytes),
-                            value: encode::frame(c.schema_id, &r.value),
+                            value: frame::frame(c.schema_id, &r.value),
                             headers,
                         },
                     ));
@@ -527,7 +527,7 @@ fn push_truncation(headers: &mut Vec<HeaderField>, size: u64, sha256: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::Record;
+    use crate::outcome::Record;
 
     const SCHEMA: &str = r#"{"type":"record","name":"R","fields":[{"name":"id","type":"string"}]}"#;
 

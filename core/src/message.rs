@@ -15,3 +15,16 @@ pub struct Message {
     /// When weir received it, Unix milliseconds (given to the plugin, so it is replayable).
     pub received_at_ms: i64,
 }
+
+/// Bytes of an oversize payload kept for its quarantine entry.
+pub const OVERSIZE_PREFIX: usize = 4096;
+
+/// The full size and digest of a payload too large to keep (the message then carries only
+/// its first [`OVERSIZE_PREFIX`] bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversize {
+    /// Payload bytes.
+    pub size: u64,
+    /// sha256 of the whole payload, lowercase hex.
+    pub sha256: String,
+}
