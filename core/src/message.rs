@@ -28,3 +28,7 @@ pub struct Oversize {
     /// sha256 of the whole payload, lowercase hex.
     pub sha256: String,
 }
+
+/// MQTT's largest remaining length (a variable byte integer of four bytes): no packet, and
+/// so no payload, is larger.
+pub const MQTT_MAX_REMAINING: usize = 268_435_455;

@@ -94,6 +94,12 @@ pub struct Group {
 /// Most scale-out slots (`mqtt.slots`): each is an MQTT session and a partition.
 pub const MAX_SLOTS: u16 = 1024;
 
+/// The Kafka topic whose partitions are the scale-out slots of `client_id`'s sessions
+/// (its consumer group has the same name).
+pub fn slots_topic(client_id: &str) -> String {
+    format!("weir.slots.{client_id}")
+}
+
 /// The highest nice value, the lowest priority a group can be given (a worker whose plugin
 /// ran past its budget goes lower still: `SCHED_IDLE`).
 pub const MAX_NICE: u8 = 19;
@@ -187,7 +193,16 @@ pub struct Mqtt {
     pub slot_timeout_s: u16,
 }
 
-pub use crate::source::codec::RetainHandling;
+/// MQTT 5 retain handling for weir's subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainHandling {
+    /// Send retained messages on every SUBSCRIBE.
+    Always,
+    /// Only when the subscription did not exist (the default).
+    NewSubscription,
+    /// Never send retained messages.
+    Never,
+}
 
 impl Mqtt {
     /// The password to log in with: `password_file` (read now), else `password`.
@@ -681,16 +696,6 @@ pub struct Cohort {
 }
 
 impl Cohort {
-    /// The cohort's own plugin limits (replay and redrive apply the same ones, so a
-    /// replayed message meets the limits it met live).
-    pub fn limits(&self) -> crate::transform::CallLimits {
-        crate::transform::CallLimits {
-            time_per_message: self.plugin_time_ms.map(std::time::Duration::from_millis),
-            memory_bytes: self.plugin_memory_mib.map(|m| m << 20),
-            output_bytes_per_message: self.plugin_output_kib.map(|k| k << 10),
-        }
-    }
-
     /// The cohort's `config` table as the plugin's `init` receives it.
     pub fn settings(&self) -> Vec<(String, String)> {
         self.config
@@ -1007,13 +1012,13 @@ impl Config {
                 ),
             ));
         }
-        if !(1024..=crate::source::codec::MAX_REMAINING).contains(&self.mqtt.max_message_bytes) {
+        if !(1024..=weir_core::message::MQTT_MAX_REMAINING).contains(&self.mqtt.max_message_bytes) {
             return Err((
                 "mqtt.max_message_bytes".into(),
                 format!(
                     "{} is out of range: use 1024 to {} (MQTT's largest packet)",
                     self.mqtt.max_message_bytes,
-                    crate::source::codec::MAX_REMAINING
+                    weir_core::message::MQTT_MAX_REMAINING
                 ),
             ));
         }
@@ -1224,7 +1229,7 @@ impl Config {
             ));
         }
         for plan in self.group_plans() {
-            let topic = crate::source::slots::topic(&plan.mqtt.client_id);
+            let topic = slots_topic(&plan.mqtt.client_id);
             if topic.len() > 249 {
                 let key = if plan.name == DEFAULT_GROUP {
                     "mqtt.client_id".to_owned()
@@ -1892,12 +1897,8 @@ key = "{topic[3]}"
             ],
         )
         .unwrap();
-        let l = c.cohorts[0].limits();
-        assert_eq!(
-            l.time_per_message,
-            Some(std::time::Duration::from_millis(5))
-        );
-        assert_eq!(l.memory_bytes, Some(16 << 20));
+        assert_eq!(c.cohorts[0].plugin_time_ms, Some(5));
+        assert_eq!(c.cohorts[0].plugin_memory_mib, Some(16));
         let e = parse(MINIMAL, &[("WEIR_COHORT_0_PLUGIN_TIME_MS", "0")]).unwrap_err();
         assert_eq!(e.key, "cohort[0].plugin_time_ms");
         let e = parse(MINIMAL, &[("WEIR_COHORT_0_PLUGIN_MEMORY_MIB", "0")]).unwrap_err();

@@ -589,8 +589,9 @@ impl Control {
         config: &crate::config::Config,
         store: Store,
     ) -> Result<Control, ControlError> {
-        let keys = crate::signing::Keys::for_config(&config.plugins)
-            .map_err(|(key, problem)| ControlError::Keys { key, problem })?;
+        let keys =
+            crate::signing::Keys::load(&config.plugins.signing_key(), &config.plugins.trusted_keys)
+                .map_err(|(key, problem)| ControlError::Keys { key, problem })?;
         Control::open(&config.kafka, &config.plugins.control_topic, store, keys).await
     }
 

@@ -572,7 +572,11 @@ impl Lifecycle {
         label: String,
     ) -> Result<Configured, LifecycleError> {
         let c = &self.config.cohorts[ci];
-        let (p, settings, limits) = (plugin.clone(), c.settings(), c.limits());
+        let (p, settings, limits) = (
+            plugin.clone(),
+            c.settings(),
+            crate::transform::CallLimits::of(c),
+        );
         tokio::task::spawn_blocking(move || p.configure_with(settings, label, limits))
             .await
             .map_err(unavailable)?

@@ -234,7 +234,11 @@ pub async fn redrive(
         let plugin = host.load(&bytes).map_err(|e| e.to_string())?;
         let settings = c.settings();
         let configured = plugin
-            .configure_with(settings, format!("redrive:{}:{id}", c.name), c.limits())
+            .configure_with(
+                settings,
+                format!("redrive:{}:{id}", c.name),
+                crate::transform::CallLimits::of(c),
+            )
             .map_err(|e| format!("{id} refused cohort {:?}'s config: {e}", c.name))?;
         let info = plugin.info();
         let record_name = crate::encode::registry::record_full_name(&info.schema)

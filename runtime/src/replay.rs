@@ -279,7 +279,7 @@ pub async fn run(
             .configure_with(
                 settings,
                 format!("replay:{cohort}:{}", plugin.info().id()),
-                c.limits(),
+                crate::transform::CallLimits::of(c),
             )
             .map_err(|e| {
                 other(format!(

@@ -34,11 +34,15 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// The keys `[plugins]` names; an error is `(key, problem)`.
-    pub fn for_config(plugins: &crate::config::Plugins) -> Result<Keys, (String, String)> {
-        let signer = Signer::load_or_create(&plugins.signing_key())
+    /// The keys `[plugins]` names (`signing_key_file`, `trusted_keys`); an error is
+    /// `(key, problem)`.
+    pub fn load(
+        signing_key: &std::path::Path,
+        trusted_keys: &[String],
+    ) -> Result<Keys, (String, String)> {
+        let signer = Signer::load_or_create(signing_key)
             .map_err(|e| ("plugins.signing_key_file".to_owned(), e))?;
-        let trust = Trust::parse(&plugins.trusted_keys)
+        let trust = Trust::parse(trusted_keys)
             .map_err(|e| ("plugins.trusted_keys".to_owned(), e))?
             .with("self", &signer);
         Ok(Keys {

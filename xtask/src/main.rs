@@ -1,3 +1,6 @@
+//! `cargo xtask imports`: fail on an import circle between the `weir` crate's modules
+//! (`imports.rs`).
+//!
 //! `cargo xtask plugins [--release-dir DIR]`: build every plugin in `plugins/` and
 //! `tests/plugins/` to a Wasm component in `target/plugins/<name>-<version>.wasm` (and each
 //! extra version a crate lists in `[package.metadata.weir.versions]`, built with its feature).
@@ -8,6 +11,8 @@
 //! a plugin nothing but `log`. Built this way, the component imports exactly the contract.
 
 #![forbid(unsafe_code)]
+
+mod imports;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -20,9 +25,14 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("plugins") => build_plugins(),
+        Some("imports") => imports::check(
+            &args
+                .get(1)
+                .map_or_else(|| workspace_root().join("runtime/src"), PathBuf::from),
+        ),
         _ => {
             eprintln!(
-                "usage: cargo xtask plugins\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>-<version>.wasm"
+                "usage: cargo xtask plugins|imports\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>-<version>.wasm\n  imports [SRC]   fail on an import circle between the modules of runtime/src (or SRC)"
             );
             std::process::exit(2);
         }

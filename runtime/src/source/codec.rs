@@ -7,11 +7,12 @@
 //! when it is larger than weir will hold. The second is what lets one huge message go to
 //! quarantine instead of stopping the connection.
 
+use crate::config::RetainHandling;
 use bytes::{BufMut, BytesMut};
 use rumqttc::v5::mqttbytes::v5;
 
 /// MQTT's largest remaining length (256 MiB − 1).
-pub const MAX_REMAINING: usize = 268_435_455;
+pub const MAX_REMAINING: usize = weir_core::message::MQTT_MAX_REMAINING;
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,17 +21,6 @@ pub enum Proto {
     V5,
     /// MQTT 3.1.1.
     V311,
-}
-
-/// MQTT 5 retain handling for weir's subscriptions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetainHandling {
-    /// Send retained messages on every SUBSCRIBE.
-    Always,
-    /// Only when the subscription did not exist (the default).
-    NewSubscription,
-    /// Never send retained messages.
-    Never,
 }
 
 /// What weir needs to say in CONNECT.

@@ -28,10 +28,11 @@ pub mod codec;
 pub mod slots;
 pub mod tls;
 
+use crate::config::RetainHandling;
 use crate::config::{Mqtt, Protocol, Secret};
 use crate::metrics::{GroupMetrics, Metrics};
 use bytes::BytesMut;
-use codec::{ConnectOptions, Frame, Proto, ProtocolError, RetainHandling};
+use codec::{ConnectOptions, Frame, Proto, ProtocolError};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

@@ -36,7 +36,7 @@ use tokio::sync::watch;
 /// The Kafka topic (and consumer group) whose partitions are the slots of the deployment
 /// whose client id is `client_id`.
 pub fn topic(client_id: &str) -> String {
-    format!("weir.slots.{client_id}")
+    crate::config::slots_topic(client_id)
 }
 
 /// Until when a hold confirmed by a request sent at `sent` may be relied on: half the

@@ -82,6 +82,16 @@ pub struct CallLimits {
 }
 
 impl CallLimits {
+    /// A cohort's own plugin limits (replay and redrive apply the same ones, so a
+    /// replayed message meets the limits it met live).
+    pub fn of(cohort: &crate::config::Cohort) -> Self {
+        CallLimits {
+            time_per_message: cohort.plugin_time_ms.map(Duration::from_millis),
+            memory_bytes: cohort.plugin_memory_mib.map(|m| m << 20),
+            output_bytes_per_message: cohort.plugin_output_kib.map(|k| k << 10),
+        }
+    }
+
     /// The output bound per message under `host`'s limits.
     pub fn output_per_message(&self, host: &Limits) -> usize {
         self.output_bytes_per_message
