@@ -488,7 +488,9 @@ impl Source {
 
     /// End every session for good, naming why ([`Source::failed`] resolves with it).
     pub fn fail(&self, why: String) {
-        let _ = self.inner.fatal.send(Some(why));
+        // `send_replace`, not `send`: the reason is kept even while nobody waits for it
+        // (`send` drops the value when no receiver exists).
+        self.inner.fatal.send_replace(Some(why));
     }
 
     /// Resolves when the source has ended for good (a refused login or subscription, a
@@ -875,7 +877,8 @@ impl Session {
                 End::Fatal(e) => {
                     self.group.set_ready(false);
                     tracing::error!(error = %e, "MQTT: giving up");
-                    let _ = self.fatal.send(Some(e.to_string()));
+                    // Kept even if the lane is not waiting yet (see `Source::fail`).
+                    self.fatal.send_replace(Some(e.to_string()));
                     return;
                 }
                 End::Lost(why) => {
@@ -1258,6 +1261,19 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session that fails before anyone waits on [`Source::failed`] (a TLS refusal at
+    /// start-up can come before the lane's first poll) still stops weir.
+    #[tokio::test]
+    async fn a_failure_nobody_waited_for_yet_is_kept() {
+        let cfg: Mqtt = toml::from_str("url = \"mqtt://127.0.0.1:1\"").unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let group = metrics.group("default");
+        let (source, _rx) = Source::prepare(&cfg, metrics, group, None).unwrap();
+        source.fail("refused".into());
+        let why = tokio::time::timeout(Duration::from_secs(5), source.failed()).await;
+        assert_eq!(why.as_deref(), Ok("refused"));
+    }
 
     #[test]
     fn urls_and_backoff() {

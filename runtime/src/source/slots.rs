@@ -233,7 +233,7 @@ impl ConsumerContext for Holder {
                 let lost = consumer.assignment_lost();
                 if lost {
                     // The hold lapsed: connect nothing until Kafka assigns slots again.
-                    let _ = self.lease.send(None);
+                    self.lease.send_replace(None);
                     tracing::warn!(
                         ?slots,
                         "scale-out slots lost: Kafka gave them to another process while this one was paused or cut off; dropping their sessions"
@@ -265,7 +265,7 @@ impl ConsumerContext for Holder {
             Rebalance::Error(e) => {
                 // Until a renewal or an assignment confirms the hold again, the sessions
                 // neither reconnect nor take messages.
-                let _ = self.lease.send(None);
+                self.lease.send_replace(None);
                 tracing::warn!(error = %e, "scale-out slots: rebalance failed");
             }
         }
@@ -275,9 +275,8 @@ impl ConsumerContext for Holder {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             let slots = slots_of(list);
-            let _ = self
-                .lease
-                .send(Some(lease_until(Instant::now(), self.timeout)));
+            self.lease
+                .send_replace(Some(lease_until(Instant::now(), self.timeout)));
             if !slots.is_empty() {
                 tracing::info!(?slots, "scale-out slots: taking");
             }
@@ -487,7 +486,7 @@ fn run(consumer: BaseConsumer<Holder>, stop: &AtomicBool, process: &str) {
         let sent = Instant::now();
         match consumer.commit(&list, CommitMode::Sync) {
             Ok(()) => {
-                let _ = ctx.lease.send(Some(lease_until(sent, ctx.timeout)));
+                ctx.lease.send_replace(Some(lease_until(sent, ctx.timeout)));
                 warned = None;
             }
             Err(e) => {
