@@ -24,6 +24,7 @@ pub mod credentials;
 pub mod deliver;
 pub mod dryrun;
 pub mod encode;
+pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;

@@ -18,7 +18,7 @@ use crate::control::{
 use crate::encode::registry::RegistryClient;
 use crate::shadow::{Limit, Report, Shadow, Tap};
 use crate::store::Store;
-use crate::transform::{Configured, Host, Plugin};
+use crate::transform::{Configured, Host, Plugin, PluginInfo};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -172,6 +172,14 @@ struct Built {
     /// The cohort's subject for this version, and the version's schema.
     subject: String,
     schema: String,
+}
+
+/// The registry subject of a plugin's schema when its records go to `output_topic`, as
+/// `registry.subject_strategy` names it.
+pub fn subject(config: &Config, output_topic: &str, info: &PluginInfo) -> String {
+    let record_name = crate::encode::registry::record_full_name(&info.schema)
+        .unwrap_or_else(|| info.name.clone());
+    crate::encode::registry::subject(config.registry.subject_strategy, output_topic, &record_name)
 }
 
 /// What the planning core needs to run cohort `c` on `plugin`, writing to `output_topic`
@@ -614,17 +622,6 @@ impl Lifecycle {
             })
     }
 
-    fn subject(&self, ci: usize, plugin: &Plugin) -> String {
-        let info = plugin.info();
-        let record_name = crate::encode::registry::record_full_name(&info.schema)
-            .unwrap_or_else(|| info.name.clone());
-        crate::encode::registry::subject(
-            self.config.registry.subject_strategy,
-            &self.config.cohorts[ci].output_topic,
-            &record_name,
-        )
-    }
-
     /// Load, compile and initialise `version` for cohort `ci`, and get its schema id
     /// (registering it when `register` is `Some(true)`; `None` leaves the id to the caller).
     async fn build(
@@ -659,7 +656,7 @@ impl Lifecycle {
         let configured = self
             .configure(ci, &plugin, format!("{}:{}", c.name, info.id()))
             .await?;
-        let subject = self.subject(ci, &plugin);
+        let subject = subject(&self.config, &c.output_topic, &info);
         let schema_id = match register {
             Some(register) => {
                 let id = self.schema_id(&subject, &info.schema, register).await?;

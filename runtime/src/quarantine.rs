@@ -10,12 +10,10 @@
 
 use crate::capture::{self, Captured, Range};
 use crate::config::Config;
-use crate::control::Control;
 use crate::encode::registry::RegistryClient;
-use crate::lifecycle::cohort_plan;
+use crate::jobs;
 use crate::sink::Sink;
-use crate::store::Store;
-use crate::transform::{Host, Outcome};
+use crate::transform::{Configured, Host, Outcome};
 use rdkafka::Message as _;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -184,29 +182,24 @@ fn group(config: &Config, filter: &Filter, through: Option<&str>) -> String {
     format!("weir-redrive-{}", &hex::encode(Sha256::digest(key))[..16])
 }
 
-/// Redrive the matching entries (not `dry_run`: only count what would happen).
-pub async fn redrive(
+/// The version each selected cohort's entries go through (`--through`, else the cohort's
+/// pin, else weir.toml's), prepared, with a one-cohort topology writing to the cohort's
+/// output topic and the quarantine.
+async fn redrive_plans(
     config: &Config,
-    host: Host,
+    host: &Host,
+    opened: &jobs::Opened,
     filter: &Filter,
     through: Option<&str>,
-    max_redrives: u32,
     dry_run: bool,
-) -> Result<Redriven, String> {
-    let store = Store::open(&config.plugins.store).map_err(|e| e.to_string())?;
-    crate::capture::probe(&config.kafka).await?;
-    let control = Control::for_config(config, store.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let state = control.state();
+) -> Result<BTreeMap<String, (usize, Topology, Configured)>, String> {
     let registry = RegistryClient::for_config(&config.registry);
-    // The version per cohort: --through, else the cohort's pin, else weir.toml's.
     let mut plans = BTreeMap::new();
     for (ci, c) in config.cohorts.iter().enumerate() {
         if filter.cohort.as_ref().is_some_and(|f| f != &c.name) {
             continue;
         }
-        let id = match (through, state.pins.get(&c.name)) {
+        let id = match (through, opened.state.pins.get(&c.name)) {
             (Some(t), _) => t.to_owned(),
             (None, Some(pin)) => pin.plugin.id(),
             (None, None) => c.plugin.clone(),
@@ -219,10 +212,11 @@ pub async fn redrive(
         {
             continue;
         }
-        let upload = state.uploads.get(&id).ok_or_else(|| {
+        let upload = opened.state.uploads.get(&id).ok_or_else(|| {
             format!("{id} is not in the plugin store; push it first (weir plugin push FILE.wasm)")
         })?;
-        let bytes = store
+        let bytes = opened
+            .store
             .get(&upload.plugin.sha256)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| {
@@ -231,40 +225,36 @@ pub async fn redrive(
                     upload.plugin.sha256
                 )
             })?;
-        let plugin = host.load(&bytes).map_err(|e| e.to_string())?;
-        let settings = c.settings();
-        let configured = plugin
-            .configure_with(
-                settings,
-                format!("redrive:{}:{id}", c.name),
-                crate::transform::CallLimits::of(c),
-            )
-            .map_err(|e| format!("{id} refused cohort {:?}'s config: {e}", c.name))?;
-        let info = plugin.info();
-        let record_name = crate::encode::registry::record_full_name(&info.schema)
-            .unwrap_or_else(|| info.name.clone());
-        let subject = crate::encode::registry::subject(
-            config.registry.subject_strategy,
+        let (plugin, configured) =
+            jobs::prepare(host, &bytes, c, |_| format!("redrive:{}:{id}", c.name))
+                .map_err(|e| e.to_string())?;
+        let quarantine = config.output.quarantine_topic.clone();
+        let topology = jobs::one_cohort(
+            config,
+            &registry,
+            (c, &plugin),
             &c.output_topic,
-            &record_name,
-        );
-        let schema_id = if dry_run {
-            0
-        } else {
-            registry
-                .schema_id(&subject, &info.schema, config.registry.auto_register)
-                .await
-                .map_err(|e| e.to_string())?
-        };
-        let plan = cohort_plan(c, &plugin, schema_id, &c.output_topic)?;
-        let topo = Topology {
-            cohorts: vec![plan],
-            rules: vec![],
-            quarantine_topic: config.output.quarantine_topic.clone(),
-            raw_topic: None,
-        };
-        plans.insert(c.name.clone(), (ci, topo, configured));
+            quarantine,
+            dry_run,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        plans.insert(c.name.clone(), (ci, topology, configured));
     }
+    Ok(plans)
+}
+
+/// Redrive the matching entries (not `dry_run`: only count what would happen).
+pub async fn redrive(
+    config: &Config,
+    host: Host,
+    filter: &Filter,
+    through: Option<&str>,
+    max_redrives: u32,
+    dry_run: bool,
+) -> Result<Redriven, String> {
+    let opened = jobs::open(config).await.map_err(|e| e.to_string())?;
+    let plans = redrive_plans(config, &host, &opened, filter, through, dry_run).await?;
 
     let topic = config.output.quarantine_topic.clone();
     let group_id = group(config, filter, through);
@@ -276,25 +266,10 @@ pub async fn redrive(
     };
     let mut out = Redriven::default();
     let mut writes: Vec<Write> = Vec::new();
-    // Writes are sent as the scan goes, their answers awaited once more than IN_FLIGHT
-    // wait, so memory stays bounded whatever the quarantine holds.
-    const IN_FLIGHT: usize = 10_000;
-    let handle = tokio::runtime::Handle::current();
-    let (mut inflight, mut failed) = (0usize, 0usize);
-    let mut send = |writes: &mut Vec<Write>, keep: usize| {
-        let Some(sink) = &sink else { return };
-        tokio::task::block_in_place(|| {
-            handle.block_on(async {
-                for w in writes.drain(..) {
-                    match sink.send(&w, 0).await {
-                        Ok(()) => inflight += 1,
-                        Err(_) => failed += 1,
-                    }
-                }
-                failed += sink.settle(&mut inflight, keep).await;
-            })
-        });
-    };
+    // Writes are sent as the scan goes, their answers awaited once more than 10,000 wait,
+    // so memory stays bounded whatever the quarantine holds.
+    let mut writer = jobs::Writer::new(sink.as_ref(), 10_000);
+    let mut failed = 0u64;
     let ends = scan(&c, &topic, true, |m| {
         if !matches(m, filter) {
             return Ok(());
@@ -374,11 +349,11 @@ pub async fn redrive(
             }
         }
         if writes.len() >= 1_000 {
-            send(&mut writes, IN_FLIGHT);
+            failed += writer.send(&mut writes, false);
         }
         Ok(())
     })?;
-    send(&mut writes, 0);
+    failed += writer.send(&mut writes, true);
     if let Some(sink) = &sink {
         if failed > 0 {
             return Err(format!(

@@ -9,16 +9,16 @@
 
 use crate::capture::{self, Captured};
 use crate::config::{Cohort, Config};
-use crate::control::{Control, State};
+use crate::control::State;
 use crate::encode::registry::RegistryClient;
-use crate::lifecycle::cohort_plan;
+use crate::jobs;
 use crate::sink::Sink;
-use crate::store::Store;
 use crate::transform::{Configured, Host, Message, Outcome, Plugin};
 use rdkafka::Message as _;
+use rdkafka::consumer::BaseConsumer;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 use weir_core::headers as h;
 use weir_core::plan::{Input, Kind, Topology};
@@ -190,48 +190,100 @@ pub async fn run(
         through,
         control: run_control,
     } = job;
-    let (from, range, through) = (from.as_str(), &range, through.as_deref());
-    let store = Store::open(&config.plugins.store).map_err(other)?;
-    crate::capture::probe(&config.kafka).await.map_err(other)?;
-    let control = Control::for_config(config, store.clone())
-        .await
-        .map_err(other)?;
-    let state: std::sync::Arc<State> = control.state();
+    let opened = jobs::open(config).await.map_err(other)?;
     let group = run_control
         .resume
-        .then(|| resume_group(from, &mode, through, range));
+        .then(|| resume_group(&from, &mode, through.as_deref(), &range));
     let consumer = capture::consumer(&config.kafka, group.as_deref())?;
-    let mut bounds = capture::offsets(&consumer, from, range)?;
-    if bounds.is_empty() && capture::offsets(&consumer, from, &Range::default())?.is_empty() {
+    let bounds = bounds(&consumer, &from, &range, group.is_some())?;
+    let through = match through {
+        Some(id) => Some(stored_sha256(&opened.state, &id)?),
+        None => None,
+    };
+    let needed = needed(&consumer, &from, &bounds, through.as_deref())?;
+    let runners = runners(config, &host, &opened, &needed)?;
+    let published = match &mode {
+        Mode::Verify => published(config, &consumer, &runners)?,
+        Mode::To(..) => HashMap::new(),
+    };
+    let target = match &mode {
+        Mode::To(to, quarantine_to) => {
+            Some(Target::open(config, &runners, to, quarantine_to.as_deref()).await?)
+        }
+        Mode::Verify => None,
+    };
+    let mut pass = Pass {
+        through: through.as_deref(),
+        runners: &runners,
+        published: &published,
+        target: target.as_ref(),
+        summary: Summary::default(),
+        pending: Vec::new(),
+        writer: jobs::Writer::new(target.as_ref().map(|t| &t.sink), IN_FLIGHT),
+    };
+    let read = Read {
+        consumer: &consumer,
+        from: &from,
+        bounds: &bounds,
+        resumable: group.is_some(),
+        stop: &run_control.stop,
+    };
+    read.through(&mut pass, progress)?;
+    if let Some(t) = &target {
+        t.sink.flush(Duration::from_secs(30));
+    }
+    Ok(pass.summary)
+}
+
+/// Writes awaiting Kafka's answer before more are sent: memory stays bounded, Kafka's pace
+/// sets the replay's, and the producer is never waited on one batch at a time.
+const IN_FLIGHT: usize = 20_000;
+
+/// The range to read per partition (start, end), from where the last run of a resumable
+/// replay stopped; an error if the topic is missing or empty.
+fn bounds(
+    consumer: &BaseConsumer,
+    from: &str,
+    range: &Range,
+    resume: bool,
+) -> Result<Vec<(i32, i64, i64)>, ReplayError> {
+    let mut bounds = capture::offsets(consumer, from, range)?;
+    if bounds.is_empty() && capture::offsets(consumer, from, &Range::default())?.is_empty() {
         return Err(other(format!(
             "topic {from} does not exist or is empty; is it the raw-capture topic (output.raw_topic)?"
         )));
     }
-    if group.is_some() {
-        // Start where the last run of this replay stopped.
-        capture::resume_from(&consumer, from, &mut bounds)?;
+    if resume {
+        capture::resume_from(consumer, from, &mut bounds)?;
     }
-    let total: i64 = bounds.iter().map(|(_, s, e)| e - s).sum();
+    Ok(bounds)
+}
 
-    // Pass 1: which (cohort, version) pairs the range needs; all must be there before work.
-    let mut needed: BTreeMap<(String, String), ()> = BTreeMap::new();
-    let through = match through {
-        Some(id) => Some(
-            state
-                .uploads
-                .get(id)
-                .map(|u| u.plugin.sha256.clone())
-                .ok_or_else(|| {
-                    other(format!(
-                        "{id} is not in the plugin store; push it first (weir plugin push FILE.wasm)"
-                    ))
-                })?,
-        ),
-        None => None,
-    };
+/// The sha256 of a stored version named `name@version`.
+fn stored_sha256(state: &State, id: &str) -> Result<String, ReplayError> {
+    state
+        .uploads
+        .get(id)
+        .map(|u| u.plugin.sha256.clone())
+        .ok_or_else(|| {
+            other(format!(
+                "{id} is not in the plugin store; push it first (weir plugin push FILE.wasm)"
+            ))
+        })
+}
+
+/// Pass 1: the (cohort, sha256) pairs the range needs (all must be at hand before any work);
+/// `through` replaces every recorded version.
+fn needed(
+    consumer: &BaseConsumer,
+    from: &str,
+    bounds: &[(i32, i64, i64)],
+    through: Option<&str>,
+) -> Result<BTreeSet<(String, String)>, ReplayError> {
+    let mut needed = BTreeSet::new();
     // A range is long runs of one version: only a change of pair is looked at closely.
     let mut last: (Vec<u8>, Vec<u8>) = Default::default();
-    capture::read::<ReplayError>(&consumer, from, &bounds, |m| {
+    capture::read::<ReplayError>(consumer, from, bounds, |m| {
         if let (Some(cohort), Some(sha)) = (
             capture::header_bytes(m, h::COHORT),
             capture::header_bytes(m, h::PLUGIN_SHA256),
@@ -240,25 +292,34 @@ pub async fn run(
             last = (cohort.to_vec(), sha.to_vec());
             let cohort = String::from_utf8_lossy(cohort).into_owned();
             let sha = String::from_utf8_lossy(sha).into_owned();
-            needed.insert((cohort, through.clone().unwrap_or(sha)), ());
+            needed.insert((cohort, through.map_or(sha, str::to_owned)));
         }
         Ok(())
     })?;
-    let registry = RegistryClient::for_config(&config.registry);
-    let mut runners: HashMap<(String, String), Runner> = HashMap::new();
-    for (cohort, sha) in needed.keys() {
+    Ok(needed)
+}
+
+/// Every needed version, loaded and configured for its cohort.
+fn runners(
+    config: &Config,
+    host: &Host,
+    opened: &jobs::Opened,
+    needed: &BTreeSet<(String, String)>,
+) -> Result<HashMap<(String, String), Runner>, ReplayError> {
+    let mut runners = HashMap::new();
+    for (cohort, sha) in needed {
         let ci = config
             .cohorts
             .iter()
             .position(|c| &c.name == cohort)
             .ok_or_else(|| {
                 other(format!(
-                    "the range holds messages of cohort {cohort:?}, which {} does not define; replay with the config the messages were processed under",
-                    "the config"
+                    "the range holds messages of cohort {cohort:?}, which the config does not define; replay with the config the messages were processed under"
                 ))
             })?;
-        let bytes = store.get(sha).map_err(other)?.ok_or_else(|| {
-            let what = state
+        let bytes = opened.store.get(sha).map_err(other)?.ok_or_else(|| {
+            let what = opened
+                .state
                 .uploads
                 .values()
                 .find(|u| &u.plugin.sha256 == sha)
@@ -269,24 +330,14 @@ pub async fn run(
             ReplayError::MissingVersion {
                 what,
                 sha256: sha.clone(),
-                store: store.dir().display().to_string(),
+                store: opened.store.dir().display().to_string(),
             }
         })?;
-        let plugin = host.load(&bytes).map_err(other)?;
         let c: &Cohort = &config.cohorts[ci];
-        let settings = c.settings();
-        let configured = plugin
-            .configure_with(
-                settings,
-                format!("replay:{cohort}:{}", plugin.info().id()),
-                crate::transform::CallLimits::of(c),
-            )
-            .map_err(|e| {
-                other(format!(
-                    "{} refused cohort {cohort:?}'s config: {e}",
-                    plugin.info().id()
-                ))
-            })?;
+        let (plugin, configured) = jobs::prepare(host, &bytes, c, |p| {
+            format!("replay:{cohort}:{}", p.info().id())
+        })
+        .map_err(other)?;
         runners.insert(
             (cohort.clone(), sha.clone()),
             Runner {
@@ -296,223 +347,248 @@ pub async fn run(
             },
         );
     }
+    Ok(runners)
+}
 
-    // Verify: what was published, by message id.
+/// Verify: what was published, by message id (the runners' output topics and the
+/// quarantine).
+fn published(
+    config: &Config,
+    consumer: &BaseConsumer,
+    runners: &HashMap<(String, String), Runner>,
+) -> Result<HashMap<String, Published>, ReplayError> {
     let mut published: HashMap<String, Published> = HashMap::new();
-    if matches!(mode, Mode::Verify) {
-        let mut topics: Vec<String> = runners
-            .values()
-            .map(|r| config.cohorts[r.cohort].output_topic.clone())
-            .collect();
-        topics.sort();
-        topics.dedup();
-        for t in &topics {
-            let b = capture::offsets(&consumer, t, &Range::default())?;
-            capture::read::<ReplayError>(&consumer, t, &b, |m| {
-                if let Some(id) = capture::header(m, h::MESSAGE_ID) {
-                    let v = m.payload().unwrap_or_default();
-                    let datum = v.get(5..).unwrap_or_default().to_vec();
-                    published.entry(id).or_default().records.push(datum);
-                }
-                Ok(())
-            })?;
-        }
-        let q = &config.output.quarantine_topic;
-        let b = capture::offsets(&consumer, q, &Range::default())?;
-        capture::read::<ReplayError>(&consumer, q, &b, |m| {
-            if let (Some(id), Some(code)) = (
-                capture::header(m, h::MESSAGE_ID),
-                capture::header(m, h::ERROR_CODE),
-            ) {
-                published.entry(id).or_default().quarantine = Some(code);
+    let topics: BTreeSet<&str> = runners
+        .values()
+        .map(|r| config.cohorts[r.cohort].output_topic.as_str())
+        .collect();
+    for t in topics {
+        let b = capture::offsets(consumer, t, &Range::default())?;
+        capture::read::<ReplayError>(consumer, t, &b, |m| {
+            if let Some(id) = capture::header(m, h::MESSAGE_ID) {
+                let v = m.payload().unwrap_or_default();
+                let datum = v.get(5..).unwrap_or_default().to_vec();
+                published.entry(id).or_default().records.push(datum);
             }
             Ok(())
         })?;
     }
+    let q = &config.output.quarantine_topic;
+    let b = capture::offsets(consumer, q, &Range::default())?;
+    capture::read::<ReplayError>(consumer, q, &b, |m| {
+        if let (Some(id), Some(code)) = (
+            capture::header(m, h::MESSAGE_ID),
+            capture::header(m, h::ERROR_CODE),
+        ) {
+            published.entry(id).or_default().quarantine = Some(code);
+        }
+        Ok(())
+    })?;
+    Ok(published)
+}
 
-    // --to: one topology per runner writing to the target topic.
-    let mut sink = None;
-    let mut topologies: HashMap<(String, String), Topology> = HashMap::new();
-    if let Mode::To(to, quarantine_to) = &mode {
-        let s = Sink::new(&config.kafka, "replay").map_err(other)?;
-        let mut topics = vec![(to.clone(), "--to".to_owned())];
+/// `--to`: the producer and, per runner, a one-cohort topology writing to the target topic.
+struct Target {
+    sink: Sink,
+    topologies: HashMap<(String, String), Topology>,
+    /// Whether quarantine outcomes are written (`--quarantine-to`) or only counted.
+    quarantines: bool,
+}
+
+impl Target {
+    async fn open(
+        config: &Config,
+        runners: &HashMap<(String, String), Runner>,
+        to: &str,
+        quarantine_to: Option<&str>,
+    ) -> Result<Target, ReplayError> {
+        let sink = Sink::new(&config.kafka, "replay").map_err(other)?;
+        let mut topics = vec![(to.to_owned(), "--to".to_owned())];
         if let Some(q) = quarantine_to {
-            topics.push((q.clone(), "--quarantine-to".to_owned()));
+            topics.push((q.to_owned(), "--quarantine-to".to_owned()));
         }
-        s.check_topics(&topics).await.map_err(other)?;
-        for (key, r) in &runners {
-            let info = r.plugin.info();
-            let record_name = crate::encode::registry::record_full_name(&info.schema)
-                .unwrap_or_else(|| info.name.clone());
-            let subject = crate::encode::registry::subject(
-                config.registry.subject_strategy,
-                to,
-                &record_name,
-            );
-            let schema_id = registry
-                .schema_id(&subject, &info.schema, config.registry.auto_register)
-                .await
-                .map_err(other)?;
+        sink.check_topics(&topics).await.map_err(other)?;
+        let registry = RegistryClient::for_config(&config.registry);
+        let mut topologies = HashMap::new();
+        for (key, r) in runners {
             let c = &config.cohorts[r.cohort];
-            let plan = cohort_plan(c, &r.plugin, schema_id, to).map_err(other)?;
-            topologies.insert(
-                key.clone(),
-                Topology {
-                    cohorts: vec![plan],
-                    rules: vec![],
-                    quarantine_topic: quarantine_to.clone().unwrap_or_default(),
-                    raw_topic: None,
-                },
-            );
+            let quarantine = quarantine_to.unwrap_or_default().to_owned();
+            let topology =
+                jobs::one_cohort(config, &registry, (c, &r.plugin), to, quarantine, false)
+                    .await
+                    .map_err(other)?;
+            topologies.insert(key.clone(), topology);
         }
-        sink = Some(s);
+        Ok(Target {
+            sink,
+            topologies,
+            quarantines: quarantine_to.is_some(),
+        })
+    }
+}
+
+/// Pass 2: the range's messages through their versions, in batches as live, each outcome
+/// verified or planned into writes.
+struct Pass<'a> {
+    through: Option<&'a str>,
+    runners: &'a HashMap<(String, String), Runner>,
+    published: &'a HashMap<String, Published>,
+    target: Option<&'a Target>,
+    summary: Summary,
+    /// Writes planned and not yet sent.
+    pending: Vec<Write>,
+    writer: jobs::Writer<'a>,
+}
+
+impl Pass<'_> {
+    /// The runner's key of a captured message: its cohort and the version it goes through
+    /// (`None`: it was not routed when captured).
+    fn key(&self, raw: &Captured) -> Option<(String, String)> {
+        match (&raw.cohort, &raw.sha256) {
+            (Some(c), Some(sha)) => Some((c.clone(), self.through.unwrap_or(sha).to_owned())),
+            _ => None,
+        }
     }
 
-    // Pass 2: replay.
-    let mut summary = Summary::default();
-    let mut batch: Vec<Captured> = Vec::with_capacity(64);
-    let mut pending = Vec::new();
-    let mut done = 0u64;
-    let mut flush = |batch: &mut Vec<Captured>,
-                     summary: &mut Summary,
-                     pending: &mut Vec<_>|
-     -> Result<(), ReplayError> {
-        // One plugin call per version for the whole batch, as live.
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+    /// Transform `batch` (emptied), one plugin call per version for the whole batch, and
+    /// verify or plan each outcome.
+    fn transform(&mut self, batch: &mut Vec<Captured>) {
+        let keys: Vec<Option<(String, String)>> = batch.iter().map(|raw| self.key(raw)).collect();
         let mut groups: BTreeMap<&(String, String), Vec<usize>> = BTreeMap::new();
-        let keys: Vec<Option<(String, String)>> = batch
-            .iter()
-            .map(|raw| match (&raw.cohort, &raw.sha256) {
-                (Some(c), Some(sha)) => Some((c.clone(), through.clone().unwrap_or(sha.clone()))),
-                _ => None,
-            })
-            .collect();
         for (i, k) in keys.iter().enumerate() {
             if let Some(k) = k {
                 groups.entry(k).or_default().push(i);
             }
         }
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         for (k, idx) in groups {
             // Lent to the plugin and given back (process leaves them unchanged).
             let mut msgs: Vec<Message> = idx
                 .iter()
                 .map(|&i| std::mem::take(&mut batch[i].message))
                 .collect();
-            let results = runners[k].configured.process(&mut msgs);
+            let results = self.runners[k].configured.process(&mut msgs);
             for ((i, o), m) in idx.iter().zip(results).zip(msgs) {
                 outcomes[*i] = Some(o);
                 batch[*i].message = m;
             }
         }
         for ((raw, key), outcome) in batch.drain(..).zip(keys).zip(outcomes) {
-            done += 1;
             let (Some(key), Some(outcome)) = (key, outcome) else {
-                summary.unrouted += 1;
+                self.summary.unrouted += 1;
                 continue;
             };
-            let r = &runners[&key];
-            summary.replayed += 1;
-            if let Outcome::Fail { .. } = &outcome {
-                summary.failed += 1;
-            }
-            match &mode {
-                Mode::Verify => verify(summary, &published, &raw, r, &outcome),
-                Mode::To(_, quarantine_to) => {
-                    if matches!(outcome, Outcome::Reject { .. } | Outcome::Fail { .. }) {
-                        summary.quarantined += 1;
-                        if quarantine_to.is_none() {
-                            continue;
-                        }
-                    }
-                    let topo = &topologies[&key];
-                    let input = Input {
-                        id: raw.id,
-                        message: raw.message,
-                        retained: raw.retained,
-                        oversize: None,
-                    };
-                    let mut d = topo.plan(input, Some(0), Some(outcome));
-                    if let weir_core::plan::Next::Send { writes, .. } = d.start() {
-                        for (kind, w) in writes {
-                            if kind == Kind::Record {
-                                summary.written += 1;
-                            }
-                            pending.push(w);
-                        }
-                    }
-                }
+            self.take(raw, &key, outcome);
+        }
+    }
+
+    /// One replayed outcome: compared with what was published, or planned into writes.
+    fn take(&mut self, raw: Captured, key: &(String, String), outcome: Outcome) {
+        let r = &self.runners[key];
+        self.summary.replayed += 1;
+        if let Outcome::Fail { .. } = &outcome {
+            self.summary.failed += 1;
+        }
+        let Some(target) = self.target else {
+            verify(&mut self.summary, self.published, &raw, r, &outcome);
+            return;
+        };
+        if matches!(outcome, Outcome::Reject { .. } | Outcome::Fail { .. }) {
+            self.summary.quarantined += 1;
+            if !target.quarantines {
+                return;
             }
         }
-        Ok(())
-    };
-    // Writes are enqueued as they are made and their answers awaited once more than
-    // IN_FLIGHT wait (and before progress is recorded), so memory stays bounded, Kafka's
-    // pace sets the replay's, and the producer is never waited on one batch at a time.
-    const IN_FLIGHT: usize = 20_000;
-    let handle = tokio::runtime::Handle::current();
-    let mut inflight = 0usize;
-    let mut send = |pending: &mut Vec<Write>, summary: &mut Summary, drain: bool| {
-        let Some(sink) = &sink else { return };
-        tokio::task::block_in_place(|| {
-            handle.block_on(async {
-                for w in pending.drain(..) {
-                    match sink.send(&w, 0).await {
-                        Ok(()) => inflight += 1,
-                        Err(_) => summary.failed += 1,
-                    }
+        let input = Input {
+            id: raw.id,
+            message: raw.message,
+            retained: raw.retained,
+            oversize: None,
+        };
+        let mut d = target.topologies[key].plan(input, Some(0), Some(outcome));
+        if let weir_core::plan::Next::Send { writes, .. } = d.start() {
+            for (kind, w) in writes {
+                if kind == Kind::Record {
+                    self.summary.written += 1;
                 }
-                let keep = if drain { 0 } else { IN_FLIGHT };
-                summary.failed += sink.settle(&mut inflight, keep).await as u64;
-            })
+                self.pending.push(w);
+            }
+        }
+    }
+
+    /// Send what is planned; with `drain`, wait until Kafka answered every write.
+    fn send(&mut self, drain: bool) {
+        self.summary.failed += self.writer.send(&mut self.pending, drain);
+    }
+}
+
+/// Reading the range for pass 2, recording progress for a resumable replay and stopping on
+/// a signal.
+struct Read<'a> {
+    consumer: &'a BaseConsumer,
+    from: &'a str,
+    bounds: &'a [(i32, i64, i64)],
+    /// Progress is kept in the replay's consumer group (`--resume`).
+    resumable: bool,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Read<'_> {
+    /// Run the range through `pass`, in batches of 100.
+    fn through(
+        &self,
+        pass: &mut Pass<'_>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), ReplayError> {
+        let total: u64 = self.bounds.iter().map(|(_, s, e)| (e - s) as u64).sum();
+        let mut batch: Vec<Captured> = Vec::with_capacity(100);
+        // Done up to (exclusive) per partition, recorded after each batch is written.
+        let mut done_to: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut since_recorded = 0usize;
+        let read = capture::read(self.consumer, self.from, self.bounds, |m| {
+            done_to.insert(m.partition(), m.offset() + 1);
+            batch.push(capture::captured(m));
+            let stop = self.stop.load(std::sync::atomic::Ordering::Relaxed);
+            if batch.len() >= 100 || stop {
+                since_recorded += batch.len();
+                pass.transform(&mut batch);
+                // Progress is recorded only once everything before it is written and
+                // acknowledged; after a write that failed for good it is not recorded
+                // again, so a resumed run goes back to before the failure instead of
+                // skipping it.
+                let checkpoint = self.resumable && (since_recorded >= 5_000 || stop);
+                pass.send(checkpoint);
+                if checkpoint && pass.summary.failed == 0 {
+                    self.record(&done_to)?;
+                    since_recorded = 0;
+                }
+                progress(pass.summary.replayed + pass.summary.unrouted, total);
+            }
+            if stop {
+                return Err(ReplayError::Interrupted);
+            }
+            Ok(())
         });
-    };
-    // Done up to (exclusive) per partition, recorded after each batch is written.
-    let mut done_to: BTreeMap<i32, i64> = BTreeMap::new();
-    let record = |done_to: &BTreeMap<i32, i64>| -> Result<(), ReplayError> {
-        if group.is_none() {
+        match read {
+            Ok(()) => {}
+            Err(ReplayError::Interrupted) => pass.summary.interrupted = true,
+            Err(e) => return Err(e),
+        }
+        pass.transform(&mut batch);
+        pass.send(true);
+        if pass.summary.failed == 0 {
+            self.record(&done_to)?;
+        }
+        progress(pass.summary.replayed + pass.summary.unrouted, total);
+        Ok(())
+    }
+
+    fn record(&self, done_to: &BTreeMap<i32, i64>) -> Result<(), ReplayError> {
+        if !self.resumable {
             return Ok(());
         }
-        capture::record_progress(&consumer, from, done_to).map_err(ReplayError::Other)
-    };
-    let mut since_recorded = 0usize;
-    let read_result = capture::read(&consumer, from, &bounds, |m| {
-        done_to.insert(m.partition(), m.offset() + 1);
-        batch.push(capture::captured(m));
-        let stop = run_control.stop.load(std::sync::atomic::Ordering::Relaxed);
-        if batch.len() >= 100 || stop {
-            since_recorded += batch.len();
-            flush(&mut batch, &mut summary, &mut pending)?;
-            // Progress is recorded only once everything before it is written and
-            // acknowledged; after a write that failed for good it is not recorded again, so
-            // a resumed run goes back to before the failure instead of skipping it.
-            let checkpoint = group.is_some() && (since_recorded >= 5_000 || stop);
-            send(&mut pending, &mut summary, checkpoint);
-            if checkpoint && summary.failed == 0 {
-                record(&done_to)?;
-                since_recorded = 0;
-            }
-            progress(summary.replayed + summary.unrouted, total as u64);
-        }
-        if stop {
-            return Err(ReplayError::Interrupted);
-        }
-        Ok(())
-    });
-    match read_result {
-        Ok(()) => {}
-        Err(ReplayError::Interrupted) => summary.interrupted = true,
-        Err(e) => return Err(e),
+        capture::record_progress(self.consumer, self.from, done_to).map_err(ReplayError::Other)
     }
-    flush(&mut batch, &mut summary, &mut pending)?;
-    send(&mut pending, &mut summary, true);
-    if summary.failed == 0 {
-        record(&done_to)?;
-    }
-    progress(summary.replayed + summary.unrouted, total as u64);
-    if let Some(sink) = &sink {
-        sink.flush(Duration::from_secs(30));
-    }
-    Ok(summary)
 }
 
 fn digest(bytes: &[u8]) -> String {
