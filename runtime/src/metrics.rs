@@ -261,132 +261,10 @@ impl Metrics {
             )])),
             registry: Registry::default(),
         };
-        r.register("received", "MQTT messages received", m.received.clone());
-        r.register(
-            "redelivered",
-            "MQTT messages received with DUP set (redelivered by the broker)",
-            m.redelivered.clone(),
-        );
-        r.register(
-            "retained",
-            "Retained MQTT messages received",
-            m.retained.clone(),
-        );
-        r.register(
-            "acked",
-            "PUBACKs written to the MQTT broker",
-            m.acked.clone(),
-        );
-        r.register(
-            "in_flight",
-            "Messages received and not yet acknowledged",
-            m.in_flight.clone(),
-        );
-        r.register(
-            "oldest_unacked_seconds",
-            "Age of the oldest unacknowledged message",
-            m.oldest_unacked_seconds.clone(),
-        );
-        r.register(
-            "records",
-            "Records published to governed topics",
-            m.records.clone(),
-        );
-        r.register(
-            "quarantined",
-            "Messages written to the quarantine topic",
-            m.quarantined.clone(),
-        );
-        r.register(
-            "transform_seconds",
-            "Plugin call time per batch",
-            m.transform_seconds.clone(),
-        );
-        r.register(
-            "handover_seconds",
-            "MQTT arrival to the message's Kafka writes being started (batching, transform, queueing), seconds",
-            m.handover_seconds.clone(),
-        );
-        r.register(
-            "produce_seconds",
-            "Kafka write time per message, enqueue to acknowledgement",
-            m.produce_seconds.clone(),
-        );
-        r.register(
-            "ack_seconds",
-            "Time from MQTT arrival to PUBACK written, per isolation group",
-            m.ack_seconds.clone(),
-        );
-        r.register(
-            "group_in_flight",
-            "Messages received and not yet acknowledged, per isolation group",
-            m.group_in_flight.clone(),
-        );
-        r.register(
-            "group_oldest_unacked_seconds",
-            "Age of the oldest unacknowledged message, per isolation group",
-            m.group_oldest_unacked_seconds.clone(),
-        );
-        r.register(
-            "group_ready",
-            "1 when the isolation group's MQTT session is connected and subscribed",
-            m.group_ready.clone(),
-        );
-        r.register(
-            "group_throttled_seconds",
-            "Time an isolation group's batches were held back to keep to its max_messages_per_s",
-            m.group_throttled_seconds.clone(),
-        );
-        r.register(
-            "slots_held",
-            "Scale-out slots (MQTT sessions) an isolation group holds in this process",
-            m.group_slots_held.clone(),
-        );
-        r.register(
-            "slot_changes",
-            "Scale-out slots this process took or gave up in Kafka group rebalances",
-            m.group_slot_changes.clone(),
-        );
-        r.register(
-            "slot_holder",
-            "1 for the process holding a scale-out slot, as Kafka's group last described it",
-            m.slot_holder.clone(),
-        );
-        r.register(
-            "mqtt_reconnects",
-            "MQTT connections after the first",
-            m.reconnects.clone(),
-        );
-        r.register(
-            "mqtt_subscriptions_refused",
-            "Subscriptions refused by the broker",
-            m.subscriptions_refused.clone(),
-        );
-        r.register(
-            "kafka_write_retries",
-            "Kafka writes retried after a failure",
-            m.write_retries.clone(),
-        );
-        r.register(
-            "kafka_stuck_writes",
-            "Kafka writes currently being retried",
-            m.stuck_writes.clone(),
-        );
-        r.register(
-            "kafka_throttled_seconds",
-            "Time Kafka's brokers held weir's produce requests back under a quota",
-            m.kafka_throttled_seconds.clone(),
-        );
-        r.register(
-            "oversize",
-            "Messages over mqtt.max_message_bytes",
-            m.oversize.clone(),
-        );
-        r.register(
-            "raw_capture_refused",
-            "Messages whose raw capture Kafka refused for good (their quarantine entry holds the original payload instead)",
-            m.raw_capture_refused.clone(),
-        );
+        m.register_source(&mut r);
+        m.register_stages(&mut r);
+        m.register_groups(&mut r);
+        m.register_kafka(&mut r);
         // Every kind of write from zero, so rates and alerts see the first retry.
         for kind in ["raw", "record", "quarantine"] {
             let _ = m
@@ -394,6 +272,148 @@ impl Metrics {
                 .get_or_create(&KindLabel { kind: kind.into() });
         }
         Metrics { registry: r, ..m }
+    }
+
+    /// The MQTT side: messages received, acknowledged, in flight, the session.
+    fn register_source(&self, r: &mut Registry) {
+        r.register("received", "MQTT messages received", self.received.clone());
+        r.register(
+            "redelivered",
+            "MQTT messages received with DUP set (redelivered by the broker)",
+            self.redelivered.clone(),
+        );
+        r.register(
+            "retained",
+            "Retained MQTT messages received",
+            self.retained.clone(),
+        );
+        r.register(
+            "acked",
+            "PUBACKs written to the MQTT broker",
+            self.acked.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Messages received and not yet acknowledged",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "oldest_unacked_seconds",
+            "Age of the oldest unacknowledged message",
+            self.oldest_unacked_seconds.clone(),
+        );
+        r.register(
+            "mqtt_reconnects",
+            "MQTT connections after the first",
+            self.reconnects.clone(),
+        );
+        r.register(
+            "mqtt_subscriptions_refused",
+            "Subscriptions refused by the broker",
+            self.subscriptions_refused.clone(),
+        );
+    }
+
+    /// Records, quarantine entries and the time each stage takes.
+    fn register_stages(&self, r: &mut Registry) {
+        r.register(
+            "records",
+            "Records published to governed topics",
+            self.records.clone(),
+        );
+        r.register(
+            "quarantined",
+            "Messages written to the quarantine topic",
+            self.quarantined.clone(),
+        );
+        r.register(
+            "transform_seconds",
+            "Plugin call time per batch",
+            self.transform_seconds.clone(),
+        );
+        r.register(
+        "handover_seconds",
+        "MQTT arrival to the message's Kafka writes being started (batching, transform, queueing), seconds",
+        self.handover_seconds.clone(),
+    );
+        r.register(
+            "produce_seconds",
+            "Kafka write time per message, enqueue to acknowledgement",
+            self.produce_seconds.clone(),
+        );
+    }
+
+    /// Per isolation group: latency, in flight, readiness, pacing, scale-out slots.
+    fn register_groups(&self, r: &mut Registry) {
+        r.register(
+            "ack_seconds",
+            "Time from MQTT arrival to PUBACK written, per isolation group",
+            self.ack_seconds.clone(),
+        );
+        r.register(
+            "group_in_flight",
+            "Messages received and not yet acknowledged, per isolation group",
+            self.group_in_flight.clone(),
+        );
+        r.register(
+            "group_oldest_unacked_seconds",
+            "Age of the oldest unacknowledged message, per isolation group",
+            self.group_oldest_unacked_seconds.clone(),
+        );
+        r.register(
+            "group_ready",
+            "1 when the isolation group's MQTT session is connected and subscribed",
+            self.group_ready.clone(),
+        );
+        r.register(
+            "group_throttled_seconds",
+            "Time an isolation group's batches were held back to keep to its max_messages_per_s",
+            self.group_throttled_seconds.clone(),
+        );
+        r.register(
+            "slots_held",
+            "Scale-out slots (MQTT sessions) an isolation group holds in this process",
+            self.group_slots_held.clone(),
+        );
+        r.register(
+            "slot_changes",
+            "Scale-out slots this process took or gave up in Kafka group rebalances",
+            self.group_slot_changes.clone(),
+        );
+        r.register(
+            "slot_holder",
+            "1 for the process holding a scale-out slot, as Kafka's group last described it",
+            self.slot_holder.clone(),
+        );
+    }
+
+    /// The Kafka side: retries, stuck writes, throttling, oversize and refused captures.
+    fn register_kafka(&self, r: &mut Registry) {
+        r.register(
+            "kafka_write_retries",
+            "Kafka writes retried after a failure",
+            self.write_retries.clone(),
+        );
+        r.register(
+            "kafka_stuck_writes",
+            "Kafka writes currently being retried",
+            self.stuck_writes.clone(),
+        );
+        r.register(
+            "kafka_throttled_seconds",
+            "Time Kafka's brokers held weir's produce requests back under a quota",
+            self.kafka_throttled_seconds.clone(),
+        );
+        r.register(
+            "oversize",
+            "Messages over mqtt.max_message_bytes",
+            self.oversize.clone(),
+        );
+        r.register(
+        "raw_capture_refused",
+        "Messages whose raw capture Kafka refused for good (their quarantine entry holds the original payload instead)",
+        self.raw_capture_refused.clone(),
+    );
     }
 
     /// The OpenMetrics text exposition.
