@@ -903,6 +903,20 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), (String, String)> {
+        self.check_mqtt_connection()?;
+        self.check_kafka_connection()?;
+        self.check_admin_tls()?;
+        self.check_mqtt_session()?;
+        self.check_output()?;
+        self.check_admin_access()?;
+        self.check_writes()?;
+        self.check_admin_listen()?;
+        self.check_cohorts()?;
+        Ok(())
+    }
+
+    /// The broker's URL, TLS and login.
+    fn check_mqtt_connection(&self) -> Result<(), (String, String)> {
         let tls_url = self.mqtt.url.starts_with("mqtts://");
         if !tls_url && !self.mqtt.url.starts_with("mqtt://") && !self.mqtt.url.starts_with("tcp://")
         {
@@ -932,6 +946,11 @@ impl Config {
                 "both mqtt.password and mqtt.password_file are set: keep one".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Kafka's TLS, SASL and the properties they govern.
+    fn check_kafka_connection(&self) -> Result<(), (String, String)> {
         if let Some(tls) = &self.kafka.tls {
             tls.check("kafka.tls")?;
             if tls.server_name.is_some() {
@@ -976,6 +995,11 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The admin listener's HTTPS.
+    fn check_admin_tls(&self) -> Result<(), (String, String)> {
         if let Some(tls) = &self.admin.tls {
             if tls.cert_file.is_none() {
                 return Err((
@@ -985,6 +1009,11 @@ impl Config {
             }
             tls.check("admin.tls")?;
         }
+        Ok(())
+    }
+
+    /// Subscriptions, in-flight budget, slots, rate, groups, keep-alive, message size.
+    fn check_mqtt_session(&self) -> Result<(), (String, String)> {
         if self.mqtt.subscriptions.is_empty() && self.groups.is_empty() {
             return Err((
                 "mqtt.subscriptions".into(),
@@ -1022,6 +1051,11 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Batches, the quarantine and control topics, trusted keys.
+    fn check_output(&self) -> Result<(), (String, String)> {
         if self.output.batch_size == 0 {
             return Err(("output.batch_size".into(), "must be at least 1".into()));
         }
@@ -1042,6 +1076,11 @@ impl Config {
             .map_err(|e| ("plugins.control_topic".to_owned(), e))?;
         crate::signing::Trust::parse(&self.plugins.trusted_keys)
             .map_err(|e| ("plugins.trusted_keys".to_owned(), e))?;
+        Ok(())
+    }
+
+    /// Who may reach the admin API: tokens, or a loopback listener.
+    fn check_admin_access(&self) -> Result<(), (String, String)> {
         let loopback = self
             .admin
             .listen
@@ -1070,6 +1109,11 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The raw topic, and Kafka properties that would expire writes.
+    fn check_writes(&self) -> Result<(), (String, String)> {
         if let Some(raw) = &self.output.raw_topic {
             check_kafka_topic(raw).map_err(|e| ("output.raw_topic".to_owned(), e))?;
         }
@@ -1085,6 +1129,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The admin listener's address.
+    fn check_admin_listen(&self) -> Result<(), (String, String)> {
         if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err((
                 "admin.listen".into(),
@@ -1094,6 +1143,11 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Every `[[cohort]]`: name, topic, plugin, output topic, key, limits.
+    fn check_cohorts(&self) -> Result<(), (String, String)> {
         if self.cohorts.is_empty() {
             return Err((
                 "cohort".into(),
