@@ -182,6 +182,117 @@ fn group(config: &Config, filter: &Filter, through: Option<&str>) -> String {
     format!("weir-redrive-{}", &hex::encode(Sha256::digest(key))[..16])
 }
 
+/// One selected quarantine entry and what it is redriven with.
+struct Redrive<'a> {
+    m: &'a BorrowedMessage<'a>,
+    plans: &'a Plans,
+    max_redrives: u32,
+    dry_run: bool,
+}
+
+impl Redrive<'_> {
+    /// Redrive the entry through its cohort's plan, its writes appended to `writes`, or
+    /// count it as skipped (no cohort, a truncated payload) or refused (at the limit).
+    fn redrive(&self, out: &mut Redriven, writes: &mut Vec<Write>) {
+        let m = self.m;
+        out.selected += 1;
+        let Some((_, topo, configured)) =
+            capture::header(m, h::COHORT).and_then(|c| self.plans.get(&c))
+        else {
+            out.skipped += 1;
+            return;
+        };
+        let count: u32 = capture::header(m, REDRIVE_COUNT)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if count >= self.max_redrives {
+            out.refused += 1;
+            return;
+        }
+        if capture::header(m, h::PAYLOAD_TRUNCATED).is_some() {
+            out.skipped += 1;
+            return;
+        }
+        let Captured {
+            id,
+            message,
+            retained,
+            ..
+        } = capture::captured(m);
+        let mut batch = vec![message.clone()];
+        let outcome = configured.process(&mut batch).pop().expect("one outcome");
+        let succeeded = matches!(outcome, Outcome::Emit(_) | Outcome::Skip);
+        if succeeded {
+            out.published += 1;
+        } else {
+            out.requarantined += 1;
+        }
+        if self.dry_run {
+            return;
+        }
+        let input = Input {
+            id,
+            message,
+            retained,
+            oversize: None,
+        };
+        self.plan(input, (topo, configured), (count, outcome), out, writes);
+    }
+
+    /// Plan the writes of the outcome: the records Kafka does not have yet, with the
+    /// entry's provenance, and a quarantine entry with the redrive count.
+    fn plan(
+        &self,
+        input: Input,
+        (topo, configured): (&Topology, &Configured),
+        (count, outcome): (u32, Outcome),
+        out: &mut Redriven,
+        writes: &mut Vec<Write>,
+    ) {
+        let m = self.m;
+        let only = refused_records(m, configured);
+        let mut d = topo.plan(input, Some(0), Some(outcome));
+        if let Next::Send { writes: ws, .. } = d.start() {
+            let from = format!("{}:{}", m.partition(), m.offset());
+            let mut nth = 0usize;
+            for (kind, mut w) in ws {
+                if kind == Kind::Record {
+                    nth += 1;
+                    if only.as_ref().is_some_and(|o| !o.contains(&(nth - 1))) {
+                        out.already_published += 1;
+                        continue;
+                    }
+                }
+                w.headers.push((REDRIVE_FROM.into(), from.clone().into()));
+                if kind == Kind::Quarantine {
+                    w.headers
+                        .push((REDRIVE_COUNT.into(), (count + 1).to_string().into()));
+                }
+                writes.push(w);
+            }
+        }
+    }
+}
+
+/// The records of an entry that Kafka refused, when it names them and the redrive goes
+/// through the version that made them: the same version makes the same records, and Kafka
+/// has the others from the first attempt. `None`: every record is written (at least once).
+fn refused_records(m: &BorrowedMessage<'_>, configured: &Configured) -> Option<Vec<usize>> {
+    let same_version = capture::header(m, h::PLUGIN_SHA256).as_deref()
+        == Some(configured.plugin().info().sha256.as_str());
+    capture::header(m, h::ERROR_RECORDS_REFUSED)
+        .filter(|_| same_version)
+        .and_then(|list| {
+            list.split(',')
+                .filter(|i| !i.is_empty())
+                .map(|i| i.parse().ok())
+                .collect()
+        })
+}
+
+/// Per cohort name: its index, the one-cohort topology and the configured version.
+type Plans = BTreeMap<String, (usize, Topology, Configured)>;
+
 /// The version each selected cohort's entries go through (`--through`, else the cohort's
 /// pin, else weir.toml's), prepared, with a one-cohort topology writing to the cohort's
 /// output topic and the quarantine.
@@ -192,7 +303,7 @@ async fn redrive_plans(
     filter: &Filter,
     through: Option<&str>,
     dry_run: bool,
-) -> Result<BTreeMap<String, (usize, Topology, Configured)>, String> {
+) -> Result<Plans, String> {
     let registry = RegistryClient::for_config(&config.registry);
     let mut plans = BTreeMap::new();
     for (ci, c) in config.cohorts.iter().enumerate() {
@@ -271,82 +382,14 @@ pub async fn redrive(
     let mut writer = jobs::Writer::new(sink.as_ref(), 10_000);
     let mut failed = 0u64;
     let ends = scan(&c, &topic, true, |m| {
-        if !matches(m, filter) {
-            return Ok(());
-        }
-        out.selected += 1;
-        let Some((_, topo, configured)) = capture::header(m, h::COHORT).and_then(|c| plans.get(&c))
-        else {
-            out.skipped += 1;
-            return Ok(());
-        };
-        let count: u32 = capture::header(m, REDRIVE_COUNT)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        if count >= max_redrives {
-            out.refused += 1;
-            return Ok(());
-        }
-        if capture::header(m, h::PAYLOAD_TRUNCATED).is_some() {
-            out.skipped += 1;
-            return Ok(());
-        }
-        let Captured {
-            id,
-            message,
-            retained,
-            ..
-        } = capture::captured(m);
-        let mut batch = vec![message.clone()];
-        let outcome = configured.process(&mut batch).pop().expect("one outcome");
-        let succeeded = matches!(outcome, Outcome::Emit(_) | Outcome::Skip);
-        if succeeded {
-            out.published += 1;
-        } else {
-            out.requarantined += 1;
-        }
-        if dry_run {
-            return Ok(());
-        }
-        let input = Input {
-            id,
-            message,
-            retained,
-            oversize: None,
-        };
-        // Records Kafka already has from the first attempt (it was quarantined after some
-        // of them were written, and the entry names the ones refused): the same version
-        // makes the same records, so only the refused ones are written. Through another
-        // version, or without the list, every record is written (at least once).
-        let same_version = capture::header(m, h::PLUGIN_SHA256).as_deref()
-            == Some(configured.plugin().info().sha256.as_str());
-        let only: Option<Vec<usize>> = capture::header(m, h::ERROR_RECORDS_REFUSED)
-            .filter(|_| same_version)
-            .and_then(|list| {
-                list.split(',')
-                    .filter(|i| !i.is_empty())
-                    .map(|i| i.parse().ok())
-                    .collect()
-            });
-        let mut d = topo.plan(input, Some(0), Some(outcome));
-        if let Next::Send { writes: ws, .. } = d.start() {
-            let from = format!("{}:{}", m.partition(), m.offset());
-            let mut nth = 0usize;
-            for (kind, mut w) in ws {
-                if kind == Kind::Record {
-                    nth += 1;
-                    if only.as_ref().is_some_and(|o| !o.contains(&(nth - 1))) {
-                        out.already_published += 1;
-                        continue;
-                    }
-                }
-                w.headers.push((REDRIVE_FROM.into(), from.clone().into()));
-                if kind == Kind::Quarantine {
-                    w.headers
-                        .push((REDRIVE_COUNT.into(), (count + 1).to_string().into()));
-                }
-                writes.push(w);
-            }
+        if matches(m, filter) {
+            let entry = Redrive {
+                m,
+                plans: &plans,
+                max_redrives,
+                dry_run,
+            };
+            entry.redrive(&mut out, &mut writes);
         }
         if writes.len() >= 1_000 {
             failed += writer.send(&mut writes, false);
