@@ -174,6 +174,54 @@ struct Built {
     schema: String,
 }
 
+/// A promote or rollback of one cohort from one version to another, as it is recorded.
+struct Change<'a> {
+    cohort: &'a str,
+    from: &'a Version,
+    to: &'a Version,
+    action: Action,
+    by: &'a str,
+    at_ms: i64,
+}
+
+impl Change<'_> {
+    /// The pin and the audit entry that record the change over `current` (the cohort's
+    /// pin, if any). A promote adds the version it leaves to the rollback chain; a
+    /// rollback cuts the chain back to below the version it returns to.
+    fn records(&self, current: Option<&Pin>) -> (Pin, Audit) {
+        let mut rollback_to = current.map(|p| p.rollback_to.clone()).unwrap_or_default();
+        if self.action == Action::Rollback {
+            if let Some(i) = rollback_to.iter().rposition(|v| v.sha256 == self.to.sha256) {
+                rollback_to.truncate(i);
+            }
+        } else {
+            rollback_to.push(self.from.clone());
+        }
+        let pin = Pin {
+            cohort: self.cohort.to_owned(),
+            plugin: self.to.clone(),
+            previous: Some(self.from.clone()),
+            rollback_to,
+            replaces: current.map(|p| p.plugin.sha256.clone()),
+            at_ms: self.at_ms,
+            by: self.by.to_owned(),
+            signer: None,
+        };
+        let audit = Audit {
+            cohort: Some(self.cohort.to_owned()),
+            action: self.action,
+            plugin: self.to.id(),
+            old_sha256: Some(self.from.sha256.clone()),
+            new_sha256: self.to.sha256.clone(),
+            at_ms: self.at_ms,
+            by: self.by.to_owned(),
+            cutover: None,
+            signer: None,
+        };
+        (pin, audit)
+    }
+}
+
 /// The registry subject of a plugin's schema when its records go to `output_topic`, as
 /// `registry.subject_strategy` names it.
 pub fn subject(config: &Config, output_topic: &str, info: &PluginInfo) -> String {
@@ -743,9 +791,6 @@ impl Lifecycle {
         by: &str,
         action: Action,
     ) -> Result<Promoted, LifecycleError> {
-        // A promote is gated; a rollback returns to a version whose schema is already in
-        // the subject's history and which ran with this config before.
-        let gated = action == Action::Promote;
         let _one = self.changes.lock().await;
         let started = Instant::now();
         let cohort = self.config.cohorts[ci].name.clone();
@@ -762,26 +807,10 @@ impl Lifecycle {
             )));
         }
         let mut built = self.build(ci, &to, None).await?;
-        if gated {
-            let subject = &built.subject;
-            if let Err(reasons) = self
-                .registry
-                .check_compatible(subject, &built.schema)
-                .await
-                .map_err(unavailable)?
-            {
-                return Err(LifecycleError::Conflict(format!(
-                    "the schema registry refuses {}'s schema under subject {subject:?}: {}; publish an evolution the subject's compatibility level accepts, or a new cohort and topic",
-                    to.id(),
-                    if reasons.is_empty() {
-                        "incompatible".to_owned()
-                    } else {
-                        reasons.join("; ")
-                    }
-                )));
-            }
-            self.check_fixtures(&to.id(), built.configured.clone())
-                .await?;
+        // A promote is gated; a rollback returns to a version whose schema is already in
+        // the subject's history and which ran with this config before.
+        if action == Action::Promote {
+            self.gate(&to, &built).await?;
         }
         // The gate passed: only now register the schema (a refused promote leaves the
         // subject as it was).
@@ -797,39 +826,61 @@ impl Lifecycle {
             .lock()
             .expect("not poisoned")
             .insert((ci, to.sha256.clone()), built);
-        let at_ms = now_ms();
-        let mut rollback_to = current
-            .as_ref()
-            .map(|p| p.rollback_to.clone())
-            .unwrap_or_default();
-        if action == Action::Rollback {
-            if let Some(i) = rollback_to.iter().rposition(|v| v.sha256 == to.sha256) {
-                rollback_to.truncate(i);
-            }
-        } else {
-            rollback_to.push(from.clone());
-        }
-        let pin = Pin {
-            cohort: cohort.clone(),
-            plugin: to.clone(),
-            previous: Some(from.clone()),
-            rollback_to,
-            replaces: current.as_ref().map(|p| p.plugin.sha256.clone()),
-            at_ms,
-            by: by.to_owned(),
-            signer: None,
-        };
-        let audit = Audit {
-            cohort: Some(cohort.clone()),
+        let change = Change {
+            cohort: &cohort,
+            from: &from,
+            to: &to,
             action,
-            plugin: to.id(),
-            old_sha256: Some(from.sha256.clone()),
-            new_sha256: to.sha256.clone(),
-            at_ms,
-            by: by.to_owned(),
-            cutover: None,
-            signer: None,
+            by,
+            at_ms: now_ms(),
         };
+        let (pin, audit) = change.records(current.as_ref());
+        self.write_pin(ci, pin, audit).await?;
+        self.wait_live(ci, &to).await?;
+        let swap_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(%cohort, from = %from.id(), to = %to.id(), by, gate_ms, swap_ms, "{action}: new version live");
+        let cutover = self
+            .cutover(&cohort, &to.sha256, Duration::from_secs(1))
+            .await;
+        Ok(Promoted {
+            cohort,
+            from,
+            to,
+            gate_ms,
+            swap_ms,
+            cutover,
+        })
+    }
+
+    /// A promote's gate: the registry accepts the schema under the cohort's subject, and
+    /// the version passes its fixtures.
+    async fn gate(&self, to: &Version, built: &Built) -> Result<(), LifecycleError> {
+        let subject = &built.subject;
+        if let Err(reasons) = self
+            .registry
+            .check_compatible(subject, &built.schema)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(LifecycleError::Conflict(format!(
+                "the schema registry refuses {}'s schema under subject {subject:?}: {}; publish an evolution the subject's compatibility level accepts, or a new cohort and topic",
+                to.id(),
+                if reasons.is_empty() {
+                    "incompatible".to_owned()
+                } else {
+                    reasons.join("; ")
+                }
+            )));
+        }
+        self.check_fixtures(&to.id(), built.configured.clone())
+            .await
+    }
+
+    /// Write the pin and its audit entry; the change stands only if the pin this process
+    /// then applies is this one (another process may have written first).
+    async fn write_pin(&self, ci: usize, pin: Pin, audit: Audit) -> Result<(), LifecycleError> {
+        let cohort = pin.cohort.clone();
+        let sha = pin.plugin.sha256.clone();
         let written = self
             .control
             .append(vec![
@@ -858,10 +909,7 @@ impl Lifecycle {
                 } == pin
             });
         if written.is_err() || !won {
-            self.built
-                .lock()
-                .expect("not poisoned")
-                .remove(&(ci, to.sha256.clone()));
+            self.built.lock().expect("not poisoned").remove(&(ci, sha));
         }
         written.map_err(unavailable)?;
         if !won {
@@ -869,11 +917,15 @@ impl Lifecycle {
                 "another change to cohort {cohort:?} was written first; see `weir plugin history {cohort}` and try again"
             )));
         }
+        Ok(())
+    }
+
+    /// Wait (at most 30 s) until this process runs `to` for cohort `ci`.
+    async fn wait_live(&self, ci: usize, to: &Version) -> Result<(), LifecycleError> {
         let mut live = self.live.subscribe();
-        let sha = to.sha256.clone();
         let swapped = tokio::time::timeout(
             Duration::from_secs(30),
-            live.wait_for(|l| l.versions.get(ci).is_some_and(|v| v.sha256 == sha)),
+            live.wait_for(|l| l.versions.get(ci).is_some_and(|v| v.sha256 == to.sha256)),
         )
         .await
         .is_ok_and(|r| r.is_ok());
@@ -883,19 +935,7 @@ impl Lifecycle {
                 to.id()
             )));
         }
-        let swap_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(%cohort, from = %from.id(), to = %to.id(), by, gate_ms, swap_ms, "{action}: new version live");
-        let cutover = self
-            .cutover(&cohort, &to.sha256, Duration::from_secs(1))
-            .await;
-        Ok(Promoted {
-            cohort,
-            from,
-            to,
-            gate_ms,
-            swap_ms,
-            cutover,
-        })
+        Ok(())
     }
 
     /// This process's cutover to `sha256` for `cohort`, waiting up to `wait` for it.
@@ -1173,5 +1213,81 @@ impl Lifecycle {
             .filter(|a| a.cohort.as_deref() == Some(cohort))
             .cloned()
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(version: &str) -> Version {
+        Version {
+            name: "thermostat".into(),
+            version: version.into(),
+            sha256: format!("sha-{version}"),
+        }
+    }
+
+    fn change<'a>(from: &'a Version, to: &'a Version, action: Action) -> Change<'a> {
+        Change {
+            cohort: "thermostats",
+            from,
+            to,
+            action,
+            by: "ops",
+            at_ms: 7,
+        }
+    }
+
+    #[test]
+    fn promotes_stack_the_versions_they_leave_and_rollbacks_unwind_them() {
+        let (v1, v2, v3) = (v("1"), v("2"), v("3"));
+        // The first promote over weir.toml's version: nothing pinned before.
+        let (p2, audit) = change(&v1, &v2, Action::Promote).records(None);
+        assert_eq!(p2.plugin, v2);
+        assert_eq!(p2.rollback_to, vec![v1.clone()]);
+        assert_eq!(p2.replaces, None);
+        assert_eq!(p2.previous, Some(v1.clone()));
+        assert_eq!(
+            (
+                audit.action,
+                audit.plugin.as_str(),
+                audit.new_sha256.as_str()
+            ),
+            (Action::Promote, "thermostat@2", "sha-2")
+        );
+        assert_eq!(audit.old_sha256.as_deref(), Some("sha-1"));
+        let (p3, _) = change(&v2, &v3, Action::Promote).records(Some(&p2));
+        assert_eq!(p3.rollback_to, vec![v1.clone(), v2.clone()]);
+        assert_eq!(p3.replaces.as_deref(), Some("sha-2"));
+        // Rolling back to 2 leaves only what was below it; a second rollback reaches 1.
+        let (back, audit) = change(&v3, &v2, Action::Rollback).records(Some(&p3));
+        assert_eq!(back.plugin, v2);
+        assert_eq!(back.rollback_to, vec![v1.clone()]);
+        assert_eq!(back.replaces.as_deref(), Some("sha-3"));
+        assert_eq!(audit.action, Action::Rollback);
+        let (first, _) = change(&v2, &v1, Action::Rollback).records(Some(&back));
+        assert!(first.rollback_to.is_empty());
+        // Records name who and when, and never a signer: that comes from the signature.
+        assert_eq!((first.by.as_str(), first.at_ms), ("ops", 7));
+        assert!(first.signer.is_none());
+    }
+
+    #[test]
+    fn a_rollback_to_a_version_deep_in_the_chain_drops_everything_above_it() {
+        let (v1, v2, v3, v4) = (v("1"), v("2"), v("3"), v("4"));
+        let pin = Pin {
+            cohort: "thermostats".into(),
+            plugin: v4.clone(),
+            previous: Some(v3.clone()),
+            rollback_to: vec![v1.clone(), v2.clone(), v3.clone()],
+            replaces: Some("sha-3".into()),
+            at_ms: 1,
+            by: "ops".into(),
+            signer: None,
+        };
+        let (back, _) = change(&v4, &v2, Action::Rollback).records(Some(&pin));
+        assert_eq!(back.rollback_to, vec![v1]);
+        assert_eq!(back.previous, Some(v4));
     }
 }
