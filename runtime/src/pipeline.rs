@@ -327,17 +327,7 @@ pub async fn run(
         p.tokens,
     )
     .map_err(StartError::Other)?;
-    let mut topics = vec![(
-        cfg.output.quarantine_topic.clone(),
-        "output.quarantine_topic".to_owned(),
-    )];
-    if let Some(raw) = &cfg.output.raw_topic {
-        topics.push((raw.clone(), "output.raw_topic".into()));
-    }
-    for (i, c) in cfg.cohorts.iter().enumerate() {
-        topics.push((c.output_topic.clone(), format!("cohort[{i}].output_topic")));
-    }
-
+    let topics = written_topics(cfg);
     let (switched_tx, switched_rx) = mpsc::unbounded_channel::<Switched>();
     let _follower = AbortOnDrop(tokio::spawn(p.lifecycle.clone().follow(switched_rx)));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -351,52 +341,15 @@ pub async fn run(
     }
     let mut lanes = Vec::new();
     for plan in plans {
-        let runtime = lane_runtime(&plan.name, plan.nice)?;
-        // One producer per group, so that a group's writes never queue behind another's,
-        // made on one of the group's threads: librdkafka's threads take their creator's
-        // CPU priority.
-        let kafka = cfg.kafka.clone();
-        let name = format!("group {:?}", plan.name);
-        let group_sink = runtime
-            .get()
-            .spawn_blocking(move || Sink::new(&kafka, &name))
-            .await
-            .map_err(|e| {
-                StartError::Other(format!(
-                    "creating group {:?}'s Kafka producer failed: {e}",
-                    plan.name
-                ))
-            })?
-            .map_err(|e| StartError::Config {
-                file: p.file.clone(),
-                key: "kafka".into(),
-                problem: e.to_string(),
-            })?;
-        group_sink.count_throttling(metrics.kafka_throttled_seconds.clone());
-        // Every topic weir writes to exists (the first group's check stops start-up before
-        // any session connects), and the producer is connected (and, idempotent, has its
-        // producer id) before its session brings the first messages.
-        group_sink
-            .check_topics(&topics)
-            .await
-            .map_err(|e| StartError::Other(format!("{}: {e}", p.file)))?;
-        let slotted = plan.mqtt.slots.is_some().then(|| plan.mqtt.clone());
-        let mut lane = Lane::start(
+        let channels = (stop_rx.clone(), ended_tx.clone(), panic_tx.clone());
+        let lane = start_lane(
+            (cfg, &p.file, &p.lifecycle),
             plan,
-            runtime,
-            cfg,
-            group_sink,
-            metrics.clone(),
-            &p.lifecycle,
-            switched_tx.clone(),
-            (stop_rx.clone(), ended_tx.clone(), panic_tx.clone()),
-        )?;
-        if let Some(mqtt) = slotted {
-            lane.join_slots(cfg, &mqtt, &metrics)
-                .await
-                .map_err(|e| StartError::Other(format!("{}: {e}", p.file)))?;
-        }
-        lanes.push(lane);
+            &metrics,
+            &topics,
+            (switched_tx.clone(), channels),
+        );
+        lanes.push(lane.await?);
     }
     drop((switched_tx, ended_tx, panic_tx));
     let written: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
@@ -406,23 +359,7 @@ pub async fn run(
         .iter()
         .map(|l| AbortOnDrop(l.sink.watch(metrics.clone(), written.clone())))
         .collect();
-    let in_flight = |lanes: &[Lane]| lanes.iter().map(|l| l.source.in_flight()).sum::<u32>();
-    let _progress = {
-        let metrics = metrics.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            let mut report = tokio::time::interval(Duration::from_secs(10));
-            report.tick().await;
-            loop {
-                report.tick().await;
-                tracing::info!(
-                    received = metrics.received.get(),
-                    acked = metrics.acked.get(),
-                    in_flight = metrics.in_flight.get(),
-                    "progress"
-                );
-            }
-        }))
-    };
+    let _progress = report_progress(metrics.clone());
 
     // Run until a signal, or until a lane ends (its session failed or closed).
     let failure = tokio::select! {
@@ -431,7 +368,7 @@ pub async fn run(
         Some(why) = panics.recv() => Some(why),
         why = fatal(&mut probes) => Some(why),
     };
-    let _ = stop_tx.send(true);
+    stop_tx.send_replace(true);
     for lane in &mut lanes {
         let _ = (&mut lane.task.0).await;
     }
@@ -439,15 +376,127 @@ pub async fn run(
         return Err(StartError::Other(why));
     }
 
+    finish(&mut lanes, cfg, &mut signals, &metrics, &mut panics).await
+}
+
+/// The topics weir writes to, each with the config key that names it.
+fn written_topics(cfg: &Config) -> Vec<(String, String)> {
+    let mut topics = vec![(
+        cfg.output.quarantine_topic.clone(),
+        "output.quarantine_topic".to_owned(),
+    )];
+    if let Some(raw) = &cfg.output.raw_topic {
+        topics.push((raw.clone(), "output.raw_topic".into()));
+    }
+    for (i, c) in cfg.cohorts.iter().enumerate() {
+        topics.push((c.output_topic.clone(), format!("cohort[{i}].output_topic")));
+    }
+
+    topics
+}
+
+/// What a lane is told (stop) and tells (its end, a task's panic).
+type LaneChannels = (
+    watch::Receiver<bool>,
+    mpsc::UnboundedSender<Option<String>>,
+    mpsc::UnboundedSender<String>,
+);
+
+/// Start one isolation group's lane: its producer (on the group's threads, which give
+/// librdkafka's threads the group's CPU priority), the topics checked, its session, and
+/// with slots its membership.
+async fn start_lane(
+    (cfg, file, lifecycle): (&Config, &str, &Arc<Lifecycle>),
+    plan: GroupPlan,
+    metrics: &Arc<Metrics>,
+    topics: &[(String, String)],
+    (switched, channels): (mpsc::UnboundedSender<Switched>, LaneChannels),
+) -> Result<Lane, StartError> {
+    let runtime = lane_runtime(&plan.name, plan.nice)?;
+    // One producer per group, so that a group's writes never queue behind another's,
+    // made on one of the group's threads: librdkafka's threads take their creator's
+    // CPU priority.
+    let kafka = cfg.kafka.clone();
+    let name = format!("group {:?}", plan.name);
+    let group_sink = runtime
+        .get()
+        .spawn_blocking(move || Sink::new(&kafka, &name))
+        .await
+        .map_err(|e| {
+            StartError::Other(format!(
+                "creating group {:?}'s Kafka producer failed: {e}",
+                plan.name
+            ))
+        })?
+        .map_err(|e| StartError::Config {
+            file: file.to_owned(),
+            key: "kafka".into(),
+            problem: e.to_string(),
+        })?;
+    group_sink.count_throttling(metrics.kafka_throttled_seconds.clone());
+    // Every topic weir writes to exists (the first group's check stops start-up before
+    // any session connects), and the producer is connected (and, idempotent, has its
+    // producer id) before its session brings the first messages.
+    group_sink
+        .check_topics(topics)
+        .await
+        .map_err(|e| StartError::Other(format!("{}: {e}", file)))?;
+    let slotted = plan.mqtt.slots.is_some().then(|| plan.mqtt.clone());
+    let mut lane = Lane::start(
+        plan,
+        runtime,
+        cfg,
+        group_sink,
+        metrics.clone(),
+        lifecycle,
+        switched,
+        channels,
+    )?;
+    if let Some(mqtt) = slotted {
+        lane.join_slots(cfg, &mqtt, metrics)
+            .await
+            .map_err(|e| StartError::Other(format!("{}: {e}", file)))?;
+    }
+    Ok(lane)
+}
+
+/// A progress line every 10 s, for as long as the handle lives.
+fn report_progress(metrics: Arc<Metrics>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut report = tokio::time::interval(Duration::from_secs(10));
+        report.tick().await;
+        loop {
+            report.tick().await;
+            tracing::info!(
+                received = metrics.received.get(),
+                acked = metrics.acked.get(),
+                in_flight = metrics.in_flight.get(),
+                "progress"
+            );
+        }
+    }))
+}
+
+/// After a signal: stop reading, let each courier finish what it was handed (until the
+/// drain timeout, a second signal, or Kafka being unable to take any write), disconnect,
+/// and leave the slots groups.
+async fn finish(
+    lanes: &mut [Lane],
+    cfg: &Config,
+    signals: &mut mpsc::UnboundedReceiver<()>,
+    metrics: &Arc<Metrics>,
+    panics: &mut mpsc::UnboundedReceiver<String>,
+) -> Result<Stopped, StartError> {
+    let in_flight = |lanes: &[Lane]| lanes.iter().map(|l| l.source.in_flight()).sum::<u32>();
     // Stop reading: what the sources have handed on but the lanes have not taken goes
     // back to the broker (it is redelivered to the next session).
-    for lane in &mut lanes {
+    for lane in lanes.iter_mut() {
         lane.batcher.take();
     }
     let timeout = Duration::from_secs(cfg.output.shutdown_timeout_s);
     let deadline = tokio::time::Instant::now() + timeout;
     tracing::info!(
-        in_flight = in_flight(&lanes),
+        in_flight = in_flight(lanes),
         timeout_s = timeout.as_secs(),
         "stopping: finishing in-flight messages"
     );
@@ -462,20 +511,20 @@ pub async fn run(
     let stopped = tokio::select! {
         r = tokio::time::timeout_at(deadline, finished) => match r {
             Ok(_) => Stopped::Drained,
-            Err(_) => Stopped::TimedOut { left: in_flight(&lanes) },
+            Err(_) => Stopped::TimedOut { left: in_flight(lanes) },
         },
-        _ = signals.recv() => Stopped::Interrupted { left: in_flight(&lanes) },
-        why = no_write_can_complete(&metrics) => Stopped::KafkaAway { left: in_flight(&lanes), why },
+        _ = signals.recv() => Stopped::Interrupted { left: in_flight(lanes) },
+        why = no_write_can_complete(metrics) => Stopped::KafkaAway { left: in_flight(lanes), why },
     };
     // An unfinished courier is stopped: what it held stays unacknowledged.
-    for lane in &mut lanes {
+    for lane in lanes.iter_mut() {
         lane.courier.take();
     }
     if let Ok(why) = panics.try_recv() {
         return Err(StartError::Other(why));
     }
     if stopped == Stopped::Drained {
-        for lane in &lanes {
+        for lane in lanes.iter() {
             lane.sink.flush(Duration::from_secs(5));
         }
         futures::future::join_all(lanes.iter().map(|l| l.source.disconnect())).await;
