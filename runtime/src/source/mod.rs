@@ -976,77 +976,12 @@ impl Session {
     }
 
     async fn connection(&mut self) -> End {
-        match self.mqtt.password() {
-            Ok(password) => {
-                self.connect.login = self
-                    .mqtt
-                    .username
-                    .clone()
-                    .map(|u| (u, password.unwrap_or_else(|| Secret::new(""))));
-            }
-            Err(e) if self.first => return End::Fatal(SourceError::Password(e)),
-            Err(e) => return End::Lost(e),
+        if let Err(end) = self.login() {
+            return end;
         }
-        let (read, mut write) = match self.open().await {
-            Ok(halves) => halves,
+        let (read, write, buf, session_present) = match self.handshake().await {
+            Ok(h) => h,
             Err(end) => return end,
-        };
-        // The handshake may have taken a while: a slot released or lost meanwhile, or a
-        // hold no longer confirmed, must not take the session from its new holder.
-        if *self.stop.borrow() {
-            return End::Stopped;
-        }
-        if self
-            .lease
-            .as_ref()
-            .is_some_and(|l| l.borrow().is_none_or(|until| until <= Instant::now()))
-        {
-            return End::Lost("Kafka no longer confirms this process holds the slot".into());
-        }
-        let mut out = BytesMut::with_capacity(4096);
-        if let Err(e) = self.proto.connect(&self.connect, &mut out) {
-            return End::Fatal(SourceError::Refused(e.to_string()));
-        }
-        if let Err(e) = send(&mut write, &out).await {
-            return self.tls_failure_or(&e, "write failed");
-        }
-        out.clear();
-        let mut buf = BytesMut::with_capacity(64 << 10);
-        let mut read = read;
-        let connack = tokio::time::timeout(HANDSHAKE, async {
-            loop {
-                if let Some(f) = codec::fixed_header(&buf).map_err(|e| Err(e.to_string()))?
-                    && buf.len() >= f.frame_len()
-                {
-                    return self.proto.decode(&mut buf).map_err(|e| Err(e.to_string()));
-                }
-                match read.read_buf(&mut buf).await {
-                    Ok(0) => return Err(Err("the broker closed the connection".to_owned())),
-                    Ok(_) => {}
-                    Err(e) => return Err(Ok(e)),
-                }
-            }
-        })
-        .await;
-        let session_present = match connack {
-            Ok(Ok(Frame::ConnAck {
-                refused: None,
-                session_present,
-            })) => session_present,
-            Ok(Ok(Frame::ConnAck {
-                refused: Some((why, fatal)),
-                ..
-            })) => {
-                return if fatal {
-                    End::Fatal(SourceError::Refused(why))
-                } else {
-                    End::Lost(format!("connection refused: {why}"))
-                };
-            }
-            Ok(Ok(other)) => return End::Lost(format!("expected CONNACK, got {other:?}")),
-            Ok(Err(Ok(e))) => return self.tls_failure_or(&e, "read failed"),
-            Ok(Err(Err(e))) => return End::Lost(e),
-            Err(_) => return End::Lost("no CONNACK within 10 s".into()),
         };
         let first = self.first;
         let n = self.connection.fetch_add(1, Ordering::AcqRel) + 1;
@@ -1063,11 +998,17 @@ impl Session {
             session_present,
             "MQTT {version} connected"
         );
-
-        let (control_tx, mut control) = mpsc::channel(16);
-        let clock = Clock(Instant::now());
-        let last_read = Arc::new(AtomicU64::new(clock.ms()));
-        let waiting = Arc::new(AtomicBool::new(false));
+        let (control_tx, control) = mpsc::channel(16);
+        let mut conn = Conn {
+            n,
+            write,
+            out: BytesMut::with_capacity(4096),
+            suback_deadline: None,
+            clock: Clock(Instant::now()),
+            last_read: Arc::new(AtomicU64::new(0)),
+            waiting: Arc::new(AtomicBool::new(false)),
+        };
+        conn.last_read.store(conn.clock.ms(), Ordering::Relaxed);
         let reader = Reader {
             read,
             buf,
@@ -1081,149 +1022,308 @@ impl Session {
             permits: self.permits.clone(),
             metrics: self.metrics.clone(),
             group: self.group.clone(),
-            last_read: last_read.clone(),
-            waiting: waiting.clone(),
-            clock,
+            last_read: conn.last_read.clone(),
+            waiting: conn.waiting.clone(),
+            clock: conn.clock,
         };
-        let reader = tokio::spawn(reader.run());
-        let _abort = AbortOnDrop(reader);
+        let _abort = AbortOnDrop(tokio::spawn(reader.run()));
 
         // Subscribe on the first connection (the config may have changed since the session
         // was made) and whenever the broker lost the session; not on a reconnect that found
         // it, which would fetch retained messages again under MQTT 3.1.1.
-        let mut suback_deadline = None;
         if first || !session_present {
-            if let Err(e) = self.proto.subscribe(1, &self.subs, self.retain, &mut out) {
-                return End::Fatal(SourceError::Subscription {
-                    filter: self.subs.join(", "),
-                    reason: e.to_string(),
-                });
+            if let Err(end) = self.subscribe(&mut conn).await {
+                return end;
             }
-            if let Err(e) = send(&mut write, &out).await {
-                return End::Lost(format!("write failed: {e}"));
-            }
-            out.clear();
-            suback_deadline = Some(tokio::time::Instant::now() + HANDSHAKE);
         } else {
             tracing::info!("MQTT session resumed; subscriptions kept by the broker");
             self.group.set_ready(true);
         }
+        self.serve(&mut conn, control).await
+    }
 
+    /// The login for this connection: the password file is read again each time.
+    fn login(&mut self) -> Result<(), End> {
+        match self.mqtt.password() {
+            Ok(password) => {
+                self.connect.login = self
+                    .mqtt
+                    .username
+                    .clone()
+                    .map(|u| (u, password.unwrap_or_else(|| Secret::new(""))));
+                Ok(())
+            }
+            Err(e) if self.first => Err(End::Fatal(SourceError::Password(e))),
+            Err(e) => Err(End::Lost(e)),
+        }
+    }
+
+    /// Connect, send CONNECT and read the CONNACK: the halves, what was read past the
+    /// CONNACK, and whether the broker had the session.
+    async fn handshake(&mut self) -> Result<(ReadHalf, WriteHalf, BytesMut, bool), End> {
+        let (mut read, mut write) = self.open().await?;
+        // The handshake may have taken a while: a slot released or lost meanwhile, or a
+        // hold no longer confirmed, must not take the session from its new holder.
+        if *self.stop.borrow() {
+            return Err(End::Stopped);
+        }
+        if self
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.borrow().is_none_or(|until| until <= Instant::now()))
+        {
+            return Err(End::Lost(
+                "Kafka no longer confirms this process holds the slot".into(),
+            ));
+        }
+        let mut out = BytesMut::with_capacity(256);
+        if let Err(e) = self.proto.connect(&self.connect, &mut out) {
+            return Err(End::Fatal(SourceError::Refused(e.to_string())));
+        }
+        if let Err(e) = send(&mut write, &out).await {
+            return Err(self.tls_failure_or(&e, "write failed"));
+        }
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        let proto = self.proto;
+        let connack = tokio::time::timeout(HANDSHAKE, async {
+            loop {
+                if let Some(f) = codec::fixed_header(&buf).map_err(|e| Err(e.to_string()))?
+                    && buf.len() >= f.frame_len()
+                {
+                    return proto.decode(&mut buf).map_err(|e| Err(e.to_string()));
+                }
+                match read.read_buf(&mut buf).await {
+                    Ok(0) => return Err(Err("the broker closed the connection".to_owned())),
+                    Ok(_) => {}
+                    Err(e) => return Err(Ok(e)),
+                }
+            }
+        })
+        .await;
+        match connack {
+            Ok(Ok(Frame::ConnAck {
+                refused: None,
+                session_present,
+            })) => Ok((read, write, buf, session_present)),
+            Ok(Ok(Frame::ConnAck {
+                refused: Some((why, fatal)),
+                ..
+            })) => Err(if fatal {
+                End::Fatal(SourceError::Refused(why))
+            } else {
+                End::Lost(format!("connection refused: {why}"))
+            }),
+            Ok(Ok(other)) => Err(End::Lost(format!("expected CONNACK, got {other:?}"))),
+            Ok(Err(Ok(e))) => Err(self.tls_failure_or(&e, "read failed")),
+            Ok(Err(Err(e))) => Err(End::Lost(e)),
+            Err(_) => Err(End::Lost("no CONNACK within 10 s".into())),
+        }
+    }
+
+    /// Send SUBSCRIBE for every filter; the SUBACK is awaited by [`Session::serve`].
+    async fn subscribe(&mut self, conn: &mut Conn) -> Result<(), End> {
+        if let Err(e) = self
+            .proto
+            .subscribe(1, &self.subs, self.retain, &mut conn.out)
+        {
+            return Err(End::Fatal(SourceError::Subscription {
+                filter: self.subs.join(", "),
+                reason: e.to_string(),
+            }));
+        }
+        if let Err(e) = send(&mut conn.write, &conn.out).await {
+            return Err(End::Lost(format!("write failed: {e}")));
+        }
+        conn.out.clear();
+        conn.suback_deadline = Some(tokio::time::Instant::now() + HANDSHAKE);
+        Ok(())
+    }
+
+    /// The connection's loop: PUBACKs as acks are released, keep-alive, what the reader
+    /// reports, the SUBACK's deadline, and a stop.
+    async fn serve(&mut self, conn: &mut Conn, mut control: mpsc::Receiver<Control>) -> End {
         let mut ping = tokio::time::interval(self.keep_alive);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut given = Vec::with_capacity(64);
         let mut tokens = Vec::with_capacity(1024);
         loop {
-            let suback_wait = async {
-                match suback_deadline {
+            let deadline = conn.suback_deadline;
+            let suback_wait = async move {
+                match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let end = tokio::select! {
                 got = self.acks.recv_many(&mut given, ACK_BATCH) => {
                     if got == 0 {
                         return End::Stopped;
                     }
                     tokens.extend(given.drain(..).flatten());
-                    for t in &tokens {
-                        if t.connection == n && t.pkid != 0 {
-                            self.proto.puback(t.pkid, &mut out);
-                        }
-                    }
-                    if !out.is_empty() {
-                        if let Err(e) = write_within(&mut write, &out, self.keep_alive).await {
-                            return End::Lost(e);
-                        }
-                        out.clear();
-                    }
-                    let now = Instant::now();
-                    for t in tokens.drain(..) {
-                        if t.connection == n {
-                            self.metrics.acked.inc();
-                            Metrics::observe(&self.group.ack_seconds, now - t.arrived);
-                        }
-                    }
+                    self.ack(conn, &mut tokens).await
                 }
-                _ = ping.tick() => {
-                    let silent = clock.ms().saturating_sub(last_read.load(Ordering::Relaxed));
-                    if !waiting.load(Ordering::Relaxed)
-                        && silent > 2 * self.keep_alive.as_millis() as u64
-                    {
-                        return End::Lost(format!("nothing from the broker for {silent} ms (keep-alive)"));
-                    }
-                    self.proto.pingreq(&mut out);
-                    if let Err(e) = write_within(&mut write, &out, self.keep_alive).await {
-                        return End::Lost(e);
-                    }
-                    out.clear();
-                }
-                c = control.recv() => match c {
-                    Some(Control::SubAck(granted)) => {
-                        suback_deadline = None;
-                        let refused: Vec<(String, String)> = self
-                            .subs
-                            .iter()
-                            .zip(granted.iter().map(Some).chain(std::iter::repeat(None)))
-                            .filter_map(|(f, g)| match g {
-                                Some(Ok(q)) if *q >= 1 => None,
-                                Some(Ok(q)) => Some((f.clone(), format!("granted QoS {q}, weir needs QoS 1 to acknowledge after Kafka"))),
-                                Some(Err(why)) => Some((f.clone(), why.clone())),
-                                None => Some((f.clone(), "missing from the SUBACK".into())),
-                            })
-                            .collect();
-                        if let Some((filter, reason)) = refused.first() {
-                            self.metrics.subscriptions_refused.inc_by(refused.len() as u64);
-                            if self.first {
-                                let e = SourceError::Subscription { filter: filter.clone(), reason: reason.clone() };
-                                disconnect(self.proto, &mut write).await;
-                                return End::Fatal(e);
-                            }
-                            for (filter, reason) in &refused {
-                                tracing::error!(%filter, %reason, "MQTT subscription refused after reconnecting; messages on it are not received");
-                            }
-                        } else {
-                            tracing::info!(filters = self.subs.len(), "MQTT subscriptions acknowledged");
-                            self.group.set_ready(true);
-                        }
-                        self.first = false;
-                    }
-                    Some(Control::PingResp) => {}
-                    Some(Control::Disconnect(why)) => {
-                        tracing::warn!(reason = %why, "the broker disconnected weir");
-                    }
-                    Some(Control::Closed(why)) => return End::Lost(why),
-                    None => return End::Lost("the reader stopped".into()),
-                },
+                _ = ping.tick() => self.ping(conn).await,
+                c = control.recv() => self.reported(conn, c).await,
                 () = suback_wait => {
-                    if waiting.load(Ordering::Relaxed) {
+                    if conn.waiting.load(Ordering::Relaxed) {
                         // Held back by weir (a session backlog ahead of the SUBACK), not
                         // by the broker.
-                        suback_deadline = Some(tokio::time::Instant::now() + HANDSHAKE);
-                        continue;
+                        conn.suback_deadline = Some(tokio::time::Instant::now() + HANDSHAKE);
+                        None
+                    } else {
+                        Some(End::Lost("no SUBACK within 10 s".into()))
                     }
-                    return End::Lost("no SUBACK within 10 s".into());
                 }
-                _ = self.stop.changed() => {
-                    // Write the acks already given, then leave.
-                    while let Ok(given) = self.acks.try_recv() {
-                        for t in given.into_iter().filter(|t| t.connection == n && t.pkid != 0) {
-                            self.proto.puback(t.pkid, &mut out);
-                            self.metrics.acked.inc();
-                            Metrics::observe(&self.group.ack_seconds, t.arrived.elapsed());
-                        }
-                    }
-                    if !out.is_empty() {
-                        let _ = write_within(&mut write, &out, self.keep_alive).await;
-                        out.clear();
-                    }
-                    disconnect(self.proto, &mut write).await;
-                    return End::Stopped;
-                }
+                _ = self.stop.changed() => return self.leave(conn).await,
+            };
+            if let Some(end) = end {
+                return end;
             }
         }
     }
+
+    /// PUBACK the released messages of this connection, in order (those of an earlier
+    /// connection are dropped: the broker redelivers them).
+    async fn ack(&mut self, conn: &mut Conn, tokens: &mut Vec<AckToken>) -> Option<End> {
+        for t in tokens.iter() {
+            if t.connection == conn.n && t.pkid != 0 {
+                self.proto.puback(t.pkid, &mut conn.out);
+            }
+        }
+        if !conn.out.is_empty() {
+            if let Err(e) = write_within(&mut conn.write, &conn.out, self.keep_alive).await {
+                return Some(End::Lost(e));
+            }
+            conn.out.clear();
+        }
+        let now = Instant::now();
+        for t in tokens.drain(..) {
+            if t.connection == conn.n {
+                self.metrics.acked.inc();
+                Metrics::observe(&self.group.ack_seconds, now - t.arrived);
+            }
+        }
+        None
+    }
+
+    /// Keep-alive: PINGREQ, or the connection is lost if the broker has been silent for
+    /// two periods (unless weir itself holds the reader back).
+    async fn ping(&mut self, conn: &mut Conn) -> Option<End> {
+        let silent = conn
+            .clock
+            .ms()
+            .saturating_sub(conn.last_read.load(Ordering::Relaxed));
+        if !conn.waiting.load(Ordering::Relaxed) && silent > 2 * self.keep_alive.as_millis() as u64
+        {
+            return Some(End::Lost(format!(
+                "nothing from the broker for {silent} ms (keep-alive)"
+            )));
+        }
+        self.proto.pingreq(&mut conn.out);
+        if let Err(e) = write_within(&mut conn.write, &conn.out, self.keep_alive).await {
+            return Some(End::Lost(e));
+        }
+        conn.out.clear();
+        None
+    }
+
+    /// What the reader reported.
+    async fn reported(&mut self, conn: &mut Conn, c: Option<Control>) -> Option<End> {
+        match c {
+            Some(Control::SubAck(granted)) => {
+                conn.suback_deadline = None;
+                self.suback(conn, &granted).await
+            }
+            Some(Control::PingResp) => None,
+            Some(Control::Disconnect(why)) => {
+                tracing::warn!(reason = %why, "the broker disconnected weir");
+                None
+            }
+            Some(Control::Closed(why)) => Some(End::Lost(why)),
+            None => Some(End::Lost("the reader stopped".into())),
+        }
+    }
+
+    /// The SUBACK: every filter granted QoS 1 or more makes the group ready; a refusal is
+    /// fatal before the first grant in this process, and logged after a reconnect.
+    async fn suback(&mut self, conn: &mut Conn, granted: &[codec::Granted]) -> Option<End> {
+        let refused = refusals(&self.subs, granted);
+        if let Some((filter, reason)) = refused.first() {
+            self.metrics
+                .subscriptions_refused
+                .inc_by(refused.len() as u64);
+            if self.first {
+                let e = SourceError::Subscription {
+                    filter: filter.clone(),
+                    reason: reason.clone(),
+                };
+                disconnect(self.proto, &mut conn.write).await;
+                return Some(End::Fatal(e));
+            }
+            for (filter, reason) in &refused {
+                tracing::error!(%filter, %reason, "MQTT subscription refused after reconnecting; messages on it are not received");
+            }
+        } else {
+            tracing::info!(filters = self.subs.len(), "MQTT subscriptions acknowledged");
+            self.group.set_ready(true);
+        }
+        self.first = false;
+        None
+    }
+
+    /// Stopping: write the acks already given, then DISCONNECT.
+    async fn leave(&mut self, conn: &mut Conn) -> End {
+        while let Ok(given) = self.acks.try_recv() {
+            for t in given
+                .into_iter()
+                .filter(|t| t.connection == conn.n && t.pkid != 0)
+            {
+                self.proto.puback(t.pkid, &mut conn.out);
+                self.metrics.acked.inc();
+                Metrics::observe(&self.group.ack_seconds, t.arrived.elapsed());
+            }
+        }
+        if !conn.out.is_empty() {
+            let _ = write_within(&mut conn.write, &conn.out, self.keep_alive).await;
+            conn.out.clear();
+        }
+        disconnect(self.proto, &mut conn.write).await;
+        End::Stopped
+    }
+}
+
+/// One connection's writing side and what its loop keeps between events.
+struct Conn {
+    /// The connection's number in this session (tokens of other connections are stale).
+    n: u64,
+    write: WriteHalf,
+    /// Packets to write, reused.
+    out: BytesMut,
+    /// When the SUBACK is due, while one is awaited.
+    suback_deadline: Option<tokio::time::Instant>,
+    clock: Clock,
+    /// When the reader last read anything ([`Clock::ms`]).
+    last_read: Arc<AtomicU64>,
+    /// The reader is held back by weir (paused, or out of in-flight permits).
+    waiting: Arc<AtomicBool>,
+}
+
+/// The filters a SUBACK refused, with why: a failure code, a grant below QoS 1 (weir
+/// acknowledges only after Kafka has the message), or no answer for the filter.
+fn refusals(subs: &[String], granted: &[codec::Granted]) -> Vec<(String, String)> {
+    subs.iter()
+        .zip(granted.iter().map(Some).chain(std::iter::repeat(None)))
+        .filter_map(|(f, g)| match g {
+            Some(Ok(q)) if *q >= 1 => None,
+            Some(Ok(q)) => Some((
+                f.clone(),
+                format!("granted QoS {q}, weir needs QoS 1 to acknowledge after Kafka"),
+            )),
+            Some(Err(why)) => Some((f.clone(), why.clone())),
+            None => Some((f.clone(), "missing from the SUBACK".into())),
+        })
+        .collect()
 }
 
 /// Write everything, or fail if the broker does not take it within `limit` (a peer that
@@ -1261,6 +1361,25 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suback_refuses_failures_grants_below_qos_1_and_missing_answers() {
+        let subs: Vec<String> = ["a/#", "b/#", "c/#", "d/#"].map(String::from).into();
+        let granted = vec![Ok(1), Ok(0), Err("not authorized".to_owned())];
+        let refused = refusals(&subs, &granted);
+        assert_eq!(
+            refused,
+            vec![
+                (
+                    "b/#".into(),
+                    "granted QoS 0, weir needs QoS 1 to acknowledge after Kafka".into()
+                ),
+                ("c/#".into(), "not authorized".into()),
+                ("d/#".into(), "missing from the SUBACK".into()),
+            ]
+        );
+        assert!(refusals(&subs[..1], &[Ok(2)]).is_empty());
+    }
 
     /// A session that fails before anyone waits on [`Source::failed`] (a TLS refusal at
     /// start-up can come before the lane's first poll) still stops weir.
