@@ -443,6 +443,104 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The control topic's producer (idempotent, entries up to [`ENTRY_BYTES`]) and its reader,
+/// assigned partition 0 from the beginning.
+fn clients(base: ClientConfig, topic: &str) -> Result<(FutureProducer, BaseConsumer), String> {
+    let mut pc = base.clone();
+    pc.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .set("message.max.bytes", ENTRY_BYTES.to_string())
+        .set("linger.ms", "0");
+    let producer: FutureProducer = pc
+        .create()
+        .map_err(|e| format!("cannot create a producer: {e}"))?;
+    let mut cc = base;
+    cc.set(
+        "group.id",
+        format!("weir-control-{}", rand::random::<u64>()),
+    )
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .set("fetch.message.max.bytes", ENTRY_BYTES.to_string())
+    .set("fetch.wait.max.ms", "100")
+    // The end of the partition is reported, so that start-up knows it has read
+    // everything even when the last offsets hold no record (transaction markers, a
+    // compacted tail).
+    .set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = cc
+        .create()
+        .map_err(|e| format!("cannot create a consumer: {e}"))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .map_err(|e| e.to_string())?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| format!("cannot read partition 0: {e}"))?;
+    Ok((producer, consumer))
+}
+
+/// The control topic's end offset. A topic just created, or a broker just started, has no
+/// leader for a moment (unknown partition, not leader): ask again for up to 30 s.
+fn end_offset(consumer: &BaseConsumer, topic: &str) -> Result<i64, String> {
+    let asked = std::time::Instant::now();
+    loop {
+        match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
+            Ok((_, high)) => return Ok(high),
+            Err(e) if asked.elapsed() < Duration::from_secs(30) => {
+                tracing::debug!(error = %e, "control topic: end offset not known yet; asking again");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot read its end offset: {e}; check kafka.bootstrap and that the brokers are up"
+                ));
+            }
+        }
+    }
+}
+
+/// Read the control topic from the beginning to its end (within 60 s): components go to
+/// `store`, entries with a trusted signature make the state, the rest are counted.
+fn read_to_end(
+    consumer: &BaseConsumer,
+    topic: &str,
+    store: &Store,
+    (trust, rejected): (
+        &crate::signing::Trust,
+        &prometheus_client::metrics::counter::Counter,
+    ),
+) -> Result<State, String> {
+    let high = end_offset(consumer, topic)?;
+    let mut state = State::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while state.next_offset < high {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "read only to offset {} of {high} in 60 s",
+                state.next_offset
+            ));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                store_component(store, &key, m.payload());
+                if let Some(a) = admitted(trust, rejected, &key, m.payload(), m.headers()) {
+                    state.apply(&key, m.payload(), a.signer.as_deref());
+                }
+                state.next_offset = m.offset() + 1;
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "control topic: read error; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            None => {}
+        }
+    }
+    Ok(state)
+}
+
 impl Control {
     /// Create the topic if it is missing, read it to its end (so the state is complete
     /// before start-up goes on), then follow it on a thread of its own. Components found
@@ -459,84 +557,12 @@ impl Control {
         };
         let base = crate::capture::connection(kafka).map_err(err)?;
         ensure_topic(&base, topic).await.map_err(err)?;
-        let mut pc = base.clone();
-        pc.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "30000")
-            .set("message.max.bytes", ENTRY_BYTES.to_string())
-            .set("linger.ms", "0");
-        let producer: FutureProducer = pc
-            .create()
-            .map_err(|e| err(format!("cannot create a producer: {e}")))?;
-        let mut cc = base;
-        cc.set(
-            "group.id",
-            format!("weir-control-{}", rand::random::<u64>()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("fetch.message.max.bytes", ENTRY_BYTES.to_string())
-        .set("fetch.wait.max.ms", "100")
-        // The end of the partition is reported, so that start-up knows it has read
-        // everything even when the last offsets hold no record (transaction markers, a
-        // compacted tail).
-        .set("enable.partition.eof", "true");
-        let consumer: BaseConsumer = cc
-            .create()
-            .map_err(|e| err(format!("cannot create a consumer: {e}")))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .map_err(|e| err(e.to_string()))?;
-        consumer
-            .assign(&tpl)
-            .map_err(|e| err(format!("cannot read partition 0: {e}")))?;
+        let (producer, consumer) = clients(base, topic).map_err(err)?;
         let (topic_owned, store_c) = (topic.to_owned(), store.clone());
         let rejected = prometheus_client::metrics::counter::Counter::default();
         let (trust, rejected_c) = (keys.trust.clone(), rejected.clone());
         let (consumer, state) = tokio::task::spawn_blocking(move || {
-            // A topic just created, or a broker just started, has no leader for a moment
-            // (unknown partition, not leader): ask again for a while.
-            let asked = std::time::Instant::now();
-            let high = loop {
-                match consumer.fetch_watermarks(&topic_owned, 0, Duration::from_secs(10)) {
-                    Ok((_, high)) => break high,
-                    Err(e) if asked.elapsed() < Duration::from_secs(30) => {
-                        tracing::debug!(error = %e, "control topic: end offset not known yet; asking again");
-                        std::thread::sleep(Duration::from_millis(250));
-                    }
-                    Err(e) => {
-                        return Err(format!(
-                            "cannot read its end offset: {e}; check kafka.bootstrap and that the brokers are up"
-                        ));
-                    }
-                }
-            };
-            let mut state = State::default();
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while state.next_offset < high {
-                if std::time::Instant::now() > deadline {
-                    return Err(format!(
-                        "read only to offset {} of {high} in 60 s",
-                        state.next_offset
-                    ));
-                }
-                match consumer.poll(Duration::from_millis(200)) {
-                    Some(Ok(m)) => {
-                        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                        store_component(&store_c, &key, m.payload());
-                        if let Some(a) = admitted(&trust, &rejected_c, &key, m.payload(), m.headers()) {
-                            state.apply(&key, m.payload(), a.signer.as_deref());
-                        }
-                        state.next_offset = m.offset() + 1;
-                    }
-                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "control topic: read error; retrying");
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    None => {}
-                }
-            }
+            let state = read_to_end(&consumer, &topic_owned, &store_c, (&trust, &rejected_c))?;
             Ok((consumer, state))
         })
         .await
