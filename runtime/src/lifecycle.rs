@@ -334,44 +334,8 @@ impl Lifecycle {
         let mut plans = Vec::new();
         let mut plugins = Vec::new();
         let mut versions = Vec::new();
-        for (ci, c) in lc.config.cohorts.iter().enumerate() {
-            let version = match state.pins.get(&c.name) {
-                Some(pin) => {
-                    tracing::info!(cohort = %c.name, plugin = %pin.plugin.id(), by = %pin.by, "pinned by the control topic (weir.toml's pin is only the first)");
-                    pin.plugin.clone()
-                }
-                None => match state.uploads.get(&c.plugin) {
-                    Some(u) => u.plugin.clone(),
-                    None => {
-                        return Err(LifecycleError::NotFound(format!(
-                            "cohort[{ci}].plugin: {} is not in {} nor in the plugin store (found: {:?}); build it, push it, or pin a version that is there",
-                            c.plugin,
-                            lc.config.plugins.dir.display(),
-                            state.uploads.keys().collect::<Vec<_>>()
-                        )));
-                    }
-                },
-            };
-            let register = Some(lc.config.registry.auto_register);
-            let built = match lc.build(ci, &version, register).await {
-                Ok(b) => b,
-                Err(e) if state.pins.contains_key(&c.name) => {
-                    // The promoted version no longer starts (its config or the registry
-                    // changed): run weir.toml's pin rather than not at all.
-                    tracing::error!(cohort = %c.name, plugin = %version.id(), error = %e, "the control topic's pin does not start; running weir.toml's pin instead — promote a working version");
-                    let first = state
-                        .uploads
-                        .get(&c.plugin)
-                        .map(|u| u.plugin.clone())
-                        .ok_or(e)?;
-                    let b = lc.build(ci, &first, register).await?;
-                    versions.push(first);
-                    plans.push(b.plan);
-                    plugins.push(b.configured);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+        for ci in 0..lc.config.cohorts.len() {
+            let (version, built) = lc.start_cohort(ci, &state).await?;
             plans.push(built.plan);
             plugins.push(built.configured);
             versions.push(version);
@@ -400,6 +364,43 @@ impl Lifecycle {
             versions,
         }));
         Ok(Arc::new(lc))
+    }
+
+    /// Build cohort `ci` at its pin: the control topic's, else weir.toml's. A pinned version
+    /// that no longer starts (its config or the registry changed) falls back to weir.toml's,
+    /// loudly, rather than not running at all.
+    async fn start_cohort(
+        &self,
+        ci: usize,
+        state: &crate::control::State,
+    ) -> Result<(Version, Built), LifecycleError> {
+        let c = &self.config.cohorts[ci];
+        let first = || state.uploads.get(&c.plugin).map(|u| u.plugin.clone());
+        let version = match state.pins.get(&c.name) {
+            Some(pin) => {
+                tracing::info!(cohort = %c.name, plugin = %pin.plugin.id(), by = %pin.by, "pinned by the control topic (weir.toml's pin is only the first)");
+                pin.plugin.clone()
+            }
+            None => first().ok_or_else(|| {
+                LifecycleError::NotFound(format!(
+                    "cohort[{ci}].plugin: {} is not in {} nor in the plugin store (found: {:?}); build it, push it, or pin a version that is there",
+                    c.plugin,
+                    self.config.plugins.dir.display(),
+                    state.uploads.keys().collect::<Vec<_>>()
+                ))
+            })?,
+        };
+        let register = Some(self.config.registry.auto_register);
+        match self.build(ci, &version, register).await {
+            Ok(built) => Ok((version, built)),
+            Err(e) if state.pins.contains_key(&c.name) => {
+                tracing::error!(cohort = %c.name, plugin = %version.id(), error = %e, "the control topic's pin does not start; running weir.toml's pin instead — promote a working version");
+                let first = first().ok_or(e)?;
+                let built = self.build(ci, &first, register).await?;
+                Ok((first, built))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A receiver of the live set; the pipeline reads it once per batch.
