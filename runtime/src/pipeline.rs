@@ -123,6 +123,38 @@ pub async fn prepare(
             key: key.into(),
             problem,
         })?;
+    check_cohort_limits(&config, &limits, file)?;
+    let host = Host::new(limits, cache).map_err(|e| StartError::Other(e.to_string()))?;
+    let seeds = load_seeds(&host, &config.plugins.dir, file)?;
+    crate::capture::probe(&config.kafka)
+        .await
+        .map_err(|problem| StartError::Config {
+            file: file.into(),
+            key: "kafka".into(),
+            problem,
+        })?;
+    let store = Store::open(&config.plugins.store).map_err(|e| StartError::Config {
+        file: file.into(),
+        key: "plugins.store".into(),
+        problem: e.to_string(),
+    })?;
+    let control = Control::for_config(&config, store.clone())
+        .await
+        .map_err(|e| control_error(e, file))?;
+    let lifecycle = Lifecycle::start(config.clone(), Arc::new(host), store, control, seeds)
+        .await
+        .map_err(|e| lifecycle_error(e, file))?;
+    Ok(Prepared {
+        config,
+        file: file.to_owned(),
+        lifecycle,
+        tokens,
+    })
+}
+
+/// Every cohort's own limits within the host's: a cohort cannot be given more memory or
+/// output than the sandbox allows.
+fn check_cohort_limits(config: &Config, limits: &Limits, file: &str) -> Result<(), StartError> {
     for (i, c) in config.cohorts.iter().enumerate() {
         if let Some(mib) = c.plugin_memory_mib
             && mib << 20 > limits.memory_bytes
@@ -149,57 +181,43 @@ pub async fn prepare(
             });
         }
     }
-    let host = Host::new(limits, cache).map_err(|e| StartError::Other(e.to_string()))?;
-    let seeds = load_seeds(&host, &config.plugins.dir, file)?;
-    crate::capture::probe(&config.kafka)
-        .await
-        .map_err(|problem| StartError::Config {
+    Ok(())
+}
+
+/// A control-topic error at start-up, named by the config key to fix.
+fn control_error(e: ControlError, file: &str) -> StartError {
+    match e {
+        ControlError::Keys { key, problem } => StartError::Config {
             file: file.into(),
-            key: "kafka".into(),
+            key,
             problem,
-        })?;
-    let store = Store::open(&config.plugins.store).map_err(|e| StartError::Config {
-        file: file.into(),
-        key: "plugins.store".into(),
-        problem: e.to_string(),
-    })?;
-    let control = Control::for_config(&config, store.clone())
-        .await
-        .map_err(|e| match e {
-            ControlError::Keys { key, problem } => StartError::Config {
+        },
+        e @ ControlError::Kafka { .. } => StartError::Config {
+            file: file.into(),
+            key: "plugins.control_topic".into(),
+            problem: e.to_string(),
+        },
+    }
+}
+
+/// A lifecycle error at start-up: a missing or invalid version is the config's (its key
+/// leads the message), the rest is not.
+fn lifecycle_error(e: LifecycleError, file: &str) -> StartError {
+    match e {
+        LifecycleError::NotFound(problem) | LifecycleError::Invalid(problem) => {
+            let (key, problem) = problem
+                .split_once(": ")
+                .map(|(k, p)| (k.to_owned(), p.to_owned()))
+                .filter(|(k, _)| k.starts_with("cohort["))
+                .unwrap_or(("plugins".into(), problem));
+            StartError::Config {
                 file: file.into(),
                 key,
                 problem,
-            },
-            e @ ControlError::Kafka { .. } => StartError::Config {
-                file: file.into(),
-                key: "plugins.control_topic".into(),
-                problem: e.to_string(),
-            },
-        })?;
-    let lifecycle = Lifecycle::start(config.clone(), Arc::new(host), store, control, seeds)
-        .await
-        .map_err(|e| match e {
-            LifecycleError::NotFound(problem) | LifecycleError::Invalid(problem) => {
-                let (key, problem) = problem
-                    .split_once(": ")
-                    .map(|(k, p)| (k.to_owned(), p.to_owned()))
-                    .filter(|(k, _)| k.starts_with("cohort["))
-                    .unwrap_or(("plugins".into(), problem));
-                StartError::Config {
-                    file: file.into(),
-                    key,
-                    problem,
-                }
             }
-            other => StartError::Other(other.to_string()),
-        })?;
-    Ok(Prepared {
-        config,
-        file: file.to_owned(),
-        lifecycle,
-        tokens,
-    })
+        }
+        other => StartError::Other(other.to_string()),
+    }
 }
 
 /// How `run` ended.
