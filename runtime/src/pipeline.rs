@@ -674,26 +674,11 @@ impl Lane {
                 .min(usize::from(plan.mqtt.max_in_flight)),
             Duration::from_millis(cfg.output.batch_wait_ms),
         );
-        let mut pace = plan.mqtt.max_messages_per_s.map(Pace::new);
+        let pace = plan.mqtt.max_messages_per_s.map(Pace::new);
         let batcher = supervised(
             format!("group {:?}'s batcher", plan.name),
             panics.clone(),
-            async move {
-                let mut rx = rx;
-                while let Some(b) = next_batch(&mut rx, size, wait).await {
-                    if let Some(pace) = &mut pace {
-                        let now = tokio::time::Instant::now();
-                        let at = pace.admit(now, b.len());
-                        if at > now {
-                            tokio::time::sleep_until(at).await;
-                            throttled.inc_by((at - now).as_secs_f64());
-                        }
-                    }
-                    if batch_tx.send(b).await.is_err() {
-                        break;
-                    }
-                }
-            },
+            batch(rx, batch_tx, (size, wait), pace, throttled),
         );
         let work = LaneWork {
             cohorts: plan.cohorts,
@@ -724,6 +709,32 @@ impl Lane {
             membership: None,
             task,
         })
+    }
+}
+
+/// A lane's batcher: batches of at most `size` messages, each taken within `wait` of its
+/// first, paced to the group's `max_messages_per_s` (time held back counted in
+/// `throttled`). It owns the source's channel, so a batch is never half taken when the
+/// lane stops to do something else.
+async fn batch(
+    mut rx: mpsc::Receiver<Incoming>,
+    batch_tx: mpsc::Sender<Vec<Incoming>>,
+    (size, wait): (usize, Duration),
+    mut pace: Option<Pace>,
+    throttled: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+) {
+    while let Some(b) = next_batch(&mut rx, size, wait).await {
+        if let Some(pace) = &mut pace {
+            let now = tokio::time::Instant::now();
+            let at = pace.admit(now, b.len());
+            if at > now {
+                tokio::time::sleep_until(at).await;
+                throttled.inc_by((at - now).as_secs_f64());
+            }
+        }
+        if batch_tx.send(b).await.is_err() {
+            break;
+        }
     }
 }
 
@@ -810,6 +821,22 @@ impl MessageIds {
         }
         id
     }
+
+    /// A batch's inputs, each with its id, and their ack tokens in the same order.
+    pub fn inputs(&mut self, batch: Vec<Incoming>) -> (Vec<Input>, Vec<AckToken>) {
+        let mut inputs = Vec::with_capacity(batch.len());
+        let mut tokens = Vec::with_capacity(batch.len());
+        for inc in batch {
+            tokens.push(inc.ack);
+            inputs.push(Input {
+                id: self.assign(),
+                message: inc.message,
+                retained: inc.retain,
+                oversize: inc.oversize,
+            });
+        }
+        (inputs, tokens)
+    }
 }
 
 /// What a lane's task needs to route, transform and hand over its batches.
@@ -857,34 +884,12 @@ impl LaneWork {
             // One live set for the whole batch: a swap lands between batches.
             let live = live_rx.borrow_and_update().clone();
             let topology = live.topology.clone();
-            let mut inputs = Vec::with_capacity(batch.len());
-            let mut tokens = Vec::with_capacity(batch.len());
-            for inc in batch {
-                tokens.push(inc.ack);
-                inputs.push(Input {
-                    id: ids.assign(),
-                    message: inc.message,
-                    retained: inc.retain,
-                    oversize: inc.oversize,
-                });
-            }
+            let (inputs, tokens) = ids.inputs(batch);
             let routes: Vec<Option<usize>> = inputs
                 .iter()
                 .map(|i| topology.route_among(&i.message, &self.cohorts))
                 .collect();
-            for (ci, version) in live.versions.iter().enumerate() {
-                if seen[ci] == version.sha256 {
-                    continue;
-                }
-                if let Some(first) = routes.iter().position(|r| *r == Some(ci)) {
-                    seen[ci] = version.sha256.clone();
-                    let _ = self.switched.send(Switched {
-                        cohort: ci,
-                        version: version.clone(),
-                        first_topic: inputs[first].message.topic.clone(),
-                    });
-                }
-            }
+            self.report_switches(&live, &inputs, &routes, &mut seen);
             // The plugins run on the lane's own worker thread; a signal does not wait for
             // them (what was not handed over stays unacknowledged with the broker).
             let job = Job {
@@ -905,15 +910,7 @@ impl LaneWork {
                 },
                 _ = stop.wait_for(|s| *s) => return None,
             };
-            for tap in self.lifecycle.taps() {
-                for ((input, route), outcome) in inputs.iter().zip(&routes).zip(&outcomes) {
-                    if let (Some(ci), Some(o)) = (route, outcome)
-                        && *ci == tap.cohort
-                    {
-                        tap.offer(&input.message, o);
-                    }
-                }
-            }
+            self.offer_taps(&inputs, &routes, &outcomes);
             let work = Work {
                 topology,
                 messages: tokens
@@ -931,6 +928,43 @@ impl LaneWork {
                     return Some(format!("group {group:?}'s courier ended while messages were still coming; what it held stays unacknowledged with the broker"));
                 },
                 _ = stop.wait_for(|s| *s) => return None,
+            }
+        }
+    }
+
+    /// Report each cohort whose version changed since its last message, with the topic of
+    /// its first message through the new one (the cutover record).
+    fn report_switches(
+        &self,
+        live: &Live,
+        inputs: &[Input],
+        routes: &[Option<usize>],
+        seen: &mut [String],
+    ) {
+        for (ci, version) in live.versions.iter().enumerate() {
+            if seen[ci] == version.sha256 {
+                continue;
+            }
+            if let Some(first) = routes.iter().position(|r| *r == Some(ci)) {
+                seen[ci] = version.sha256.clone();
+                let _ = self.switched.send(Switched {
+                    cohort: ci,
+                    version: version.clone(),
+                    first_topic: inputs[first].message.topic.clone(),
+                });
+            }
+        }
+    }
+
+    /// Offer each shadow tap the messages of its cohort and their live outcomes.
+    fn offer_taps(&self, inputs: &[Input], routes: &[Option<usize>], outcomes: &[Option<Outcome>]) {
+        for tap in self.lifecycle.taps() {
+            for ((input, route), outcome) in inputs.iter().zip(routes).zip(outcomes) {
+                if let (Some(ci), Some(o)) = (route, outcome)
+                    && *ci == tap.cohort
+                {
+                    tap.offer(&input.message, o);
+                }
             }
         }
     }
