@@ -295,10 +295,14 @@ impl AvroSchema {
     ///
     /// Values that take no bytes (a `null`, an empty record) let a block count promise
     /// any number of items for free, so a datum may hold at most [`MAX_DECODED_VALUES`]
-    /// values beyond one per byte: a crafted record read back for display or `--verify`
-    /// cannot loop or allocate without end.
+    /// values beyond one per byte, nested at most [`MAX_DECODE_DEPTH`] deep: a crafted
+    /// record read back for display or `--verify` cannot loop, allocate without end or
+    /// exhaust the stack.
     pub fn decode_to_json(&self, mut datum: &[u8]) -> Result<serde_json::Value, Violation> {
-        let mut budget = MAX_DECODED_VALUES.saturating_add(datum.len());
+        let mut budget = Budget {
+            values: MAX_DECODED_VALUES.saturating_add(datum.len()),
+            depth: 0,
+        };
         let v = self.decode(self.root, &mut datum, &mut budget)?;
         if !datum.is_empty() {
             return Err(Violation(format!(
@@ -313,63 +317,18 @@ impl AvroSchema {
         &self,
         node: usize,
         buf: &mut &[u8],
-        budget: &mut usize,
+        budget: &mut Budget,
     ) -> Result<serde_json::Value, Violation> {
         use serde_json::Value;
+        budget.value()?;
+        budget.depth += 1;
+        if budget.depth > MAX_DECODE_DEPTH {
+            return Err(Violation(format!(
+                "the datum nests deeper than {MAX_DECODE_DEPTH} levels"
+            )));
+        }
         let short = || Violation("datum is truncated".into());
-        *budget = budget.checked_sub(1).ok_or_else(|| {
-            Violation(format!(
-                "the datum holds more values than its bytes can ({MAX_DECODED_VALUES} beyond one per byte): a block count is out of proportion"
-            ))
-        })?;
-        let take = |buf: &mut &[u8], n: usize| -> Result<Vec<u8>, Violation> {
-            if buf.len() < n {
-                return Err(short());
-            }
-            let (head, rest) = buf.split_at(n);
-            *buf = rest;
-            Ok(head.to_vec())
-        };
-        Ok(match &self.nodes[node] {
-            Node::Null => Value::Null,
-            Node::Boolean => Value::Bool(take(buf, 1)?[0] != 0),
-            Node::Int | Node::Long => Value::from(read_long(buf).ok_or_else(short)?),
-            Node::Float => {
-                let b = take(buf, 4)?;
-                let f = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                // Shortest text that round-trips as f32, shown as a double: 48.2, not
-                // 48.200000762939453.
-                let shown: f64 = f.to_string().parse().unwrap_or(f64::from(f));
-                serde_json::Number::from_f64(shown).map_or(Value::Null, Value::Number)
-            }
-            Node::Double => {
-                let b = take(buf, 8)?;
-                let f = f64::from_le_bytes(b.try_into().expect("8 bytes"));
-                serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
-            }
-            Node::Bytes | Node::String => {
-                let n = read_len(buf).ok_or_else(short)?;
-                let b = take(buf, n)?;
-                match &self.nodes[node] {
-                    Node::String => {
-                        Value::String(String::from_utf8(b).map_err(|e| Violation(e.to_string()))?)
-                    }
-                    _ => Value::String(b.iter().map(|&c| char::from(c)).collect()),
-                }
-            }
-            Node::Fixed { size, .. } => {
-                Value::String(take(buf, *size)?.iter().map(|&c| char::from(c)).collect())
-            }
-            Node::Enum { symbols, .. } => {
-                let i = read_long(buf).ok_or_else(short)?;
-                Value::String(
-                    usize::try_from(i)
-                        .ok()
-                        .and_then(|i| symbols.get(i))
-                        .ok_or_else(|| Violation(format!("enum index {i} out of range")))?
-                        .clone(),
-                )
-            }
+        let v = match &self.nodes[node] {
             Node::Union(branches) => {
                 let i = read_long(buf).ok_or_else(short)?;
                 let b = usize::try_from(i)
@@ -380,11 +339,7 @@ impl AvroSchema {
             }
             Node::Array(items) => {
                 let mut out = Vec::new();
-                loop {
-                    let n = read_block_len(buf).ok_or_else(short)?;
-                    if n == 0 {
-                        break;
-                    }
+                while let Some(n) = next_block(buf)? {
                     for _ in 0..n {
                         out.push(self.decode(*items, buf, budget)?);
                     }
@@ -393,14 +348,10 @@ impl AvroSchema {
             }
             Node::Map(values) => {
                 let mut out = serde_json::Map::new();
-                loop {
-                    let n = read_block_len(buf).ok_or_else(short)?;
-                    if n == 0 {
-                        break;
-                    }
+                while let Some(n) = next_block(buf)? {
                     for _ in 0..n {
                         let klen = read_len(buf).ok_or_else(short)?;
-                        let k = String::from_utf8(take(buf, klen)?)
+                        let k = String::from_utf8(take(buf, klen)?.to_vec())
                             .map_err(|e| Violation(e.to_string()))?;
                         out.insert(k, self.decode(*values, buf, budget)?);
                     }
@@ -415,8 +366,99 @@ impl AvroSchema {
                 Value::Object(out)
             }
             Node::Pending => unreachable!("compiled schemas have no pending nodes"),
-        })
+            scalar => decode_scalar(scalar, buf)?,
+        };
+        budget.depth -= 1;
+        Ok(v)
     }
+}
+
+/// How much more a datum being decoded may hold: values beyond its bytes, and nesting.
+struct Budget {
+    values: usize,
+    depth: usize,
+}
+
+impl Budget {
+    /// Count one value.
+    fn value(&mut self) -> Result<(), Violation> {
+        self.values = self.values.checked_sub(1).ok_or_else(|| {
+            Violation(format!(
+                "the datum holds more values than its bytes can ({MAX_DECODED_VALUES} beyond one per byte): a block count is out of proportion"
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+/// Nesting a datum may have when decoded for display (a recursive schema lets each level
+/// cost a byte, and decoding recurses).
+pub const MAX_DECODE_DEPTH: usize = 256;
+
+/// The next `n` bytes of `buf`.
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], Violation> {
+    if buf.len() < n {
+        return Err(Violation("datum is truncated".into()));
+    }
+    let (head, rest) = buf.split_at(n);
+    *buf = rest;
+    Ok(head)
+}
+
+/// The item count of an array's or map's next block; `None` at the end.
+fn next_block(buf: &mut &[u8]) -> Result<Option<usize>, Violation> {
+    match read_block_len(buf) {
+        Some(0) => Ok(None),
+        Some(n) => Ok(Some(n)),
+        None => Err(Violation("datum is truncated".into())),
+    }
+}
+
+/// A value of a node that holds no other: null, boolean, numbers, bytes, string, fixed,
+/// enum.
+fn decode_scalar(node: &Node, buf: &mut &[u8]) -> Result<serde_json::Value, Violation> {
+    use serde_json::Value;
+    let short = || Violation("datum is truncated".into());
+    let chars = |b: &[u8]| Value::String(b.iter().map(|&c| char::from(c)).collect());
+    Ok(match node {
+        Node::Null => Value::Null,
+        Node::Boolean => Value::Bool(take(buf, 1)?[0] != 0),
+        Node::Int | Node::Long => Value::from(read_long(buf).ok_or_else(short)?),
+        Node::Float => {
+            let b = take(buf, 4)?;
+            let f = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            // Shortest text that round-trips as f32, shown as a double: 48.2, not
+            // 48.200000762939453.
+            let shown: f64 = f.to_string().parse().unwrap_or(f64::from(f));
+            serde_json::Number::from_f64(shown).map_or(Value::Null, Value::Number)
+        }
+        Node::Double => {
+            let b = take(buf, 8)?;
+            let f = f64::from_le_bytes(b.try_into().expect("8 bytes"));
+            serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+        }
+        Node::String => {
+            let n = read_len(buf).ok_or_else(short)?;
+            let b = take(buf, n)?;
+            Value::String(String::from_utf8(b.to_vec()).map_err(|e| Violation(e.to_string()))?)
+        }
+        Node::Bytes => {
+            let n = read_len(buf).ok_or_else(short)?;
+            chars(take(buf, n)?)
+        }
+        Node::Fixed { size, .. } => chars(take(buf, *size)?),
+        Node::Enum { symbols, .. } => {
+            let i = read_long(buf).ok_or_else(short)?;
+            Value::String(
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| symbols.get(i))
+                    .ok_or_else(|| Violation(format!("enum index {i} out of range")))?
+                    .clone(),
+            )
+        }
+        _ => unreachable!("containers are decoded by AvroSchema::decode"),
+    })
 }
 
 /// Values a decoded datum may hold beyond one per byte.
@@ -965,6 +1007,33 @@ mod tests {
             s.decode_to_json(&datum).unwrap().as_array().unwrap().len(),
             1000
         );
+    }
+
+    #[test]
+    fn a_datum_nested_past_the_depth_bound_is_refused_not_a_stack_overflow() {
+        let s = AvroSchema::parse(
+            r#"{"type":"record","name":"N","fields":[{"name":"next","type":["null","N"]}]}"#,
+        )
+        .unwrap();
+        // Each level costs one byte (the union's branch), so a megabyte could nest a
+        // million deep.
+        let nested = |levels: usize| {
+            let mut datum = vec![2u8; levels];
+            datum.push(0);
+            datum
+        };
+        let err = s.decode_to_json(&nested(1_000_000)).unwrap_err();
+        assert!(err.0.contains("nests deeper than"), "{}", err.0);
+        let mut v = s.decode_to_json(&nested(100)).unwrap();
+        let mut levels = 0;
+        while let Some(next) = v.get_mut("next").map(serde_json::Value::take) {
+            if next.is_null() {
+                break;
+            }
+            levels += 1;
+            v = next;
+        }
+        assert_eq!(levels, 100);
     }
 
     #[test]
