@@ -176,30 +176,7 @@ impl Compiler {
                 self.named.insert(e.name.fullname(None), id);
                 id
             }
-            Schema::Record(r) => {
-                let id = self.push(Node::Pending);
-                self.named.insert(r.name.fullname(None), id);
-                let mut fields = Vec::with_capacity(r.fields.len());
-                let mut index = HashMap::new();
-                for (i, f) in r.fields.iter().enumerate() {
-                    let node = self.compile(&f.schema)?;
-                    if let Some(d) = &f.default {
-                        self.defaults.push((id, i, d.clone()));
-                    }
-                    index.insert(f.name.clone(), i);
-                    fields.push(Field {
-                        name: f.name.clone(),
-                        node,
-                        default: None,
-                    });
-                }
-                self.nodes[id] = Node::Record {
-                    name: r.name.fullname(None),
-                    fields,
-                    index,
-                };
-                id
-            }
+            Schema::Record(r) => self.record(r)?,
             Schema::Ref { name } => {
                 let full = name.fullname(None);
                 *self
@@ -208,6 +185,33 @@ impl Compiler {
                     .ok_or_else(|| SchemaError::Parse(format!("unknown type `{full}`")))?
             }
         })
+    }
+
+    /// A record: its node is reserved first (as pending) so that its fields may refer to
+    /// it; defaults are kept to be filled in once every type is known.
+    fn record(&mut self, r: &apache_avro::schema::RecordSchema) -> Result<usize, SchemaError> {
+        let id = self.push(Node::Pending);
+        self.named.insert(r.name.fullname(None), id);
+        let mut fields = Vec::with_capacity(r.fields.len());
+        let mut index = HashMap::new();
+        for (i, f) in r.fields.iter().enumerate() {
+            let node = self.compile(&f.schema)?;
+            if let Some(d) = &f.default {
+                self.defaults.push((id, i, d.clone()));
+            }
+            index.insert(f.name.clone(), i);
+            fields.push(Field {
+                name: f.name.clone(),
+                node,
+                default: None,
+            });
+        }
+        self.nodes[id] = Node::Record {
+            name: r.name.fullname(None),
+            fields,
+            index,
+        };
+        Ok(id)
     }
 }
 
