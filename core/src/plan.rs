@@ -49,6 +49,34 @@ pub struct CohortPlan {
     pub identity: Vec<HeaderField>,
 }
 
+impl CohortPlan {
+    /// One record as a write to the cohort's topic: keyed by the template, framed with the
+    /// schema id, headed by the version's identity, the message's headers and the record's.
+    fn record(&self, topic: &str, base: &[HeaderField], r: crate::outcome::Record) -> Write {
+        let key = self.key.render(topic, r.key.as_deref(), |field| {
+            let v = self.schema.decode_to_json(&r.value).ok()?;
+            match v.get(field)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            }
+        });
+        let mut headers = Vec::with_capacity(self.identity.len() + base.len() + r.headers.len());
+        headers.extend(self.identity.iter().cloned());
+        headers.extend(base.iter().cloned());
+        headers.extend(
+            r.headers
+                .into_iter()
+                .map(|(k, v)| (Cow::Owned(k), Bytes::from(v))),
+        );
+        Write {
+            topic: self.output_topic.clone(),
+            key: key.map(String::into_bytes),
+            value: frame::frame(self.schema_id, &r.value),
+            headers,
+        }
+    }
+}
+
 /// Routing rules, cohorts and topics: everything a plan depends on. Immutable; a new
 /// topology replaces the old one between batches.
 #[derive(Debug, Clone)]
@@ -186,37 +214,23 @@ impl Topology {
             shrunk: 0,
             attempts: 0,
         };
-        let m = &d.input.message;
         if let Some(oversize) = &d.input.oversize {
             let why = format!(
                 "payload of {} bytes is larger than mqtt.max_message_bytes; the value holds its first {} bytes",
                 oversize.size,
-                m.payload.len()
+                d.input.message.payload.len()
             );
             d.quarantine(self, Code::PayloadTooLarge, &why, None);
             return d;
         }
         if let Some(raw) = &self.raw_topic {
-            // The raw capture records which cohort and version processed the message, so
-            // replay knows the version instead of inferring it.
-            let mut headers = message_headers(&d.input);
-            if let Some(ci) = cohort {
-                headers.extend(self.cohorts[ci].identity.iter().cloned());
-            }
-            d.first.push((
-                Kind::Raw,
-                Write {
-                    topic: raw.clone(),
-                    key: Some(m.topic.clone().into_bytes()),
-                    value: m.payload.clone(),
-                    headers,
-                },
-            ));
+            let capture = self.raw_capture(raw, &d.input, cohort);
+            d.first.push((Kind::Raw, capture));
         }
         let Some(ci) = cohort else {
             let why = format!(
                 "no cohort matches topic {:?} with these user properties",
-                m.topic
+                d.input.message.topic
             );
             d.quarantine(self, Code::RouteUnmatched, &why, None);
             return d;
@@ -232,35 +246,27 @@ impl Topology {
                 let c = &self.cohorts[ci];
                 let base = message_headers(&d.input);
                 for r in records {
-                    let key = c.key.render(&m.topic, r.key.as_deref(), |field| {
-                        let v = c.schema.decode_to_json(&r.value).ok()?;
-                        match v.get(field)? {
-                            serde_json::Value::String(s) => Some(s.clone()),
-                            other => Some(other.to_string()),
-                        }
-                    });
-                    let mut headers =
-                        Vec::with_capacity(c.identity.len() + base.len() + r.headers.len());
-                    headers.extend(c.identity.iter().cloned());
-                    headers.extend(base.iter().cloned());
-                    headers.extend(
-                        r.headers
-                            .into_iter()
-                            .map(|(k, v)| (Cow::Owned(k), Bytes::from(v))),
-                    );
-                    d.first.push((
-                        Kind::Record,
-                        Write {
-                            topic: c.output_topic.clone(),
-                            key: key.map(String::into_bytes),
-                            value: frame::frame(c.schema_id, &r.value),
-                            headers,
-                        },
-                    ));
+                    let write = c.record(&d.input.message.topic, &base, r);
+                    d.first.push((Kind::Record, write));
                 }
             }
         }
         d
+    }
+
+    /// The raw capture of a message: its payload keyed by its topic, with the cohort and
+    /// version that processed it (so replay knows the version instead of inferring it).
+    fn raw_capture(&self, raw: &str, input: &Input, cohort: Option<usize>) -> Write {
+        let mut headers = message_headers(input);
+        if let Some(ci) = cohort {
+            headers.extend(self.cohorts[ci].identity.iter().cloned());
+        }
+        Write {
+            topic: raw.to_owned(),
+            key: Some(input.message.topic.clone().into_bytes()),
+            value: input.message.payload.clone(),
+            headers,
+        }
     }
 }
 
@@ -300,6 +306,17 @@ fn clip(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+/// What one round of Kafka's answers leaves to do.
+#[derive(Default)]
+struct Round {
+    /// Writes to send again.
+    again: Vec<(Kind, Write)>,
+    /// Which of the message's records those are.
+    resent: Vec<u32>,
+    /// Retried because weir is not allowed to write (or cannot write quarantine).
+    stuck: bool,
 }
 
 impl Delivery {
@@ -400,87 +417,101 @@ impl Delivery {
         topo: &Topology,
         results: Vec<((Kind, Write), Result<(), Failure>)>,
     ) -> Next {
-        let mut again = Vec::new();
-        let mut stuck = false;
+        let mut round = Round::default();
         // Which of the message's records each record result is (results come in the order
         // the writes were sent).
         let sent = self.in_flight.take();
         let mut nth = 0usize;
-        let mut resent: Vec<u32> = Vec::new();
-        for ((kind, mut w), r) in results {
+        for ((kind, w), r) in results {
             let index = (kind == Kind::Record).then(|| {
                 let i = sent.as_ref().map_or(nth as u32, |v| v[nth]);
                 nth += 1;
                 i
             });
-            match (kind, r) {
-                (Kind::Record, Ok(())) => self.records_ok += 1,
-                (Kind::Quarantine, Ok(())) => self.quarantine_written = true,
-                (Kind::Raw, Ok(())) => {}
-                (Kind::Raw | Kind::Record, Err(Failure::Transient(_))) => {
-                    resent.extend(index);
-                    again.push((kind, w));
-                }
-                // Held until the operator grants the permission: retried with backoff and
-                // reported stuck (weir is not ready), never quarantined as the message's
-                // fault.
-                (_, Err(Failure::Unauthorized(_))) => {
-                    stuck = true;
-                    resent.extend(index);
-                    again.push((kind, w));
-                }
-                (Kind::Raw | Kind::Record, Err(f)) => {
-                    self.uncaptured |= kind == Kind::Raw;
-                    self.refused_records.extend(index);
-                    let what = if kind == Kind::Raw {
-                        "its raw capture"
-                    } else {
-                        "one of its records"
-                    };
-                    self.refused.get_or_insert_with(|| {
-                        format!("Kafka refused {what} for good: {}", f.reason())
-                    });
-                }
-                (Kind::Quarantine, Err(Failure::TooLarge(_))) if self.shrunk < 2 => {
-                    self.shrink(&mut w);
-                    again.push((kind, w));
-                }
-                (Kind::Quarantine, Err(_)) => {
-                    stuck = true;
-                    again.push((kind, w));
-                }
-            }
+            self.answered(&mut round, (kind, w, index), r);
         }
-        if !again.is_empty() {
-            self.in_flight = Some(resent);
+        if !round.again.is_empty() {
+            self.in_flight = Some(round.resent);
             self.attempts += 1;
-            let after = if stuck || again.iter().any(|(k, _)| *k != Kind::Quarantine) {
+            let after = if round.stuck || round.again.iter().any(|(k, _)| *k != Kind::Quarantine) {
                 retry_backoff(self.attempts)
             } else {
                 Duration::ZERO
             };
             return Next::Send {
-                writes: again,
+                writes: round.again,
                 after,
-                stuck,
+                stuck: round.stuck,
             };
         }
         self.attempts = 0;
-        if let Some(why) = self.refused.take() {
-            if self.quarantine_written {
-                tracing::error!(topic = %crate::untrusted::Untrusted(&self.input.message.topic), %why, "a write of an already quarantined message was refused; its quarantine entry holds the original payload");
-            } else {
-                let code = Code::SinkProduceFailed;
-                let w = self.quarantine_write(topo, &code, &why, Some(self.records_ok));
-                self.quarantined = Some(code);
-                return Next::Send {
-                    writes: vec![(Kind::Quarantine, w)],
-                    after: Duration::ZERO,
-                    stuck: false,
+        self.after_refusal(topo)
+            .unwrap_or_else(|| Next::Done(self.settled()))
+    }
+
+    /// One write's answer: counted, sent again (`index`: which record it is), or the
+    /// message marked refused.
+    fn answered(
+        &mut self,
+        round: &mut Round,
+        (kind, mut w, index): (Kind, Write, Option<u32>),
+        r: Result<(), Failure>,
+    ) {
+        match (kind, r) {
+            (Kind::Record, Ok(())) => self.records_ok += 1,
+            (Kind::Quarantine, Ok(())) => self.quarantine_written = true,
+            (Kind::Raw, Ok(())) => {}
+            (Kind::Raw | Kind::Record, Err(Failure::Transient(_))) => {
+                round.resent.extend(index);
+                round.again.push((kind, w));
+            }
+            // Held until the operator grants the permission: retried with backoff and
+            // reported stuck (weir is not ready), never quarantined as the message's
+            // fault.
+            (_, Err(Failure::Unauthorized(_))) => {
+                round.stuck = true;
+                round.resent.extend(index);
+                round.again.push((kind, w));
+            }
+            (Kind::Raw | Kind::Record, Err(f)) => {
+                self.uncaptured |= kind == Kind::Raw;
+                self.refused_records.extend(index);
+                let what = if kind == Kind::Raw {
+                    "its raw capture"
+                } else {
+                    "one of its records"
                 };
+                self.refused.get_or_insert_with(|| {
+                    format!("Kafka refused {what} for good: {}", f.reason())
+                });
+            }
+            (Kind::Quarantine, Err(Failure::TooLarge(_))) if self.shrunk < 2 => {
+                self.shrink(&mut w);
+                round.again.push((kind, w));
+            }
+            (Kind::Quarantine, Err(_)) => {
+                round.stuck = true;
+                round.again.push((kind, w));
             }
         }
-        Next::Done(self.settled())
+    }
+
+    /// Once nothing is to be sent again: a write refused for good sends the message to
+    /// quarantine, unless it is there already.
+    fn after_refusal(&mut self, topo: &Topology) -> Option<Next> {
+        let why = self.refused.take()?;
+        if self.quarantine_written {
+            tracing::error!(topic = %crate::untrusted::Untrusted(&self.input.message.topic), %why, "a write of an already quarantined message was refused; its quarantine entry holds the original payload");
+            return None;
+        }
+        let code = Code::SinkProduceFailed;
+        let w = self.quarantine_write(topo, &code, &why, Some(self.records_ok));
+        self.quarantined = Some(code);
+        Some(Next::Send {
+            writes: vec![(Kind::Quarantine, w)],
+            after: Duration::ZERO,
+            stuck: false,
+        })
     }
 
     /// Make a quarantine entry Kafka refused as too large smaller: first the payload to a
