@@ -499,66 +499,91 @@ fn encode_outcome(
                 ),
             },
         },
-        W::Emit(records) => {
-            if records.len() > limits.max_records_per_message {
-                return Outcome::Fail {
-                    code: codes::OUTPUT_TOO_LARGE,
-                    reason: format!(
-                        "{} records from one message; the limit is {}",
-                        records.len(),
-                        limits.max_records_per_message
-                    ),
-                };
-            }
-            let mut out = Vec::with_capacity(records.len());
-            let mut total = 0usize;
-            for (i, r) in records.into_iter().enumerate() {
-                total += r.value.len()
-                    + r.key.as_ref().map_or(0, String::len)
-                    + r.headers
-                        .iter()
-                        .map(|(k, v)| k.len() + v.len())
-                        .sum::<usize>();
-                if total > output {
-                    return Outcome::Fail {
-                        code: codes::OUTPUT_TOO_LARGE,
-                        reason: format!(
-                            "the records of one message total more than {output} bytes by record {i}; the limit is {output} (plugin_output_kib)"
-                        ),
-                    };
-                }
-                if r.value.len() > limits.max_record_bytes {
-                    return Outcome::Fail {
-                        code: codes::OUTPUT_TOO_LARGE,
-                        reason: format!(
-                            "record {i} is {} bytes of JSON; the limit is {}",
-                            r.value.len(),
-                            limits.max_record_bytes
-                        ),
-                    };
-                }
-                if let Some((name, _)) = r.headers.iter().find(|(k, _)| k.starts_with("weir.")) {
-                    return Outcome::Fail {
-                        code: codes::CONTRACT,
-                        reason: format!(
-                            "record {i} sets header {name:?}; names starting with `weir.` are reserved for weir"
-                        ),
-                    };
-                }
-                let mut value = Vec::with_capacity(r.value.len() / 2);
-                if let Err(Violation(why)) = schema.encode_json(&r.value, &mut value) {
-                    return Outcome::Fail {
-                        code: codes::SCHEMA_VIOLATION,
-                        reason: format!("record {i} does not match the declared schema: {why}"),
-                    };
-                }
-                out.push(Record {
-                    key: r.key,
-                    value,
-                    headers: r.headers,
-                });
-            }
-            Outcome::Emit(out)
-        }
+        W::Emit(records) => encode_records(schema, limits, output, records).map_or_else(
+            |(code, reason)| Outcome::Fail { code, reason },
+            Outcome::Emit,
+        ),
     }
+}
+
+/// Why a message's records cannot be published: its code and reason.
+type Refusal = (weir_sdk::codes::Code, String);
+
+/// Every record of one message, checked and encoded, or the first refusal.
+fn encode_records(
+    schema: &AvroSchema,
+    limits: &Limits,
+    output: usize,
+    records: Vec<sandbox::WitRecord>,
+) -> Result<Vec<Record>, Refusal> {
+    if records.len() > limits.max_records_per_message {
+        return Err((
+            codes::OUTPUT_TOO_LARGE,
+            format!(
+                "{} records from one message; the limit is {}",
+                records.len(),
+                limits.max_records_per_message
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(records.len());
+    let mut total = 0usize;
+    for (i, r) in records.into_iter().enumerate() {
+        total += r.value.len()
+            + r.key.as_ref().map_or(0, String::len)
+            + r.headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if total > output {
+            return Err((
+                codes::OUTPUT_TOO_LARGE,
+                format!(
+                    "the records of one message total more than {output} bytes by record {i}; the limit is {output} (plugin_output_kib)"
+                ),
+            ));
+        }
+        out.push(encode_record(schema, limits, i, r)?);
+    }
+    Ok(out)
+}
+
+/// Record `i` of a message: within the size bound, no reserved header, its JSON value
+/// valid for the declared schema and encoded as Avro.
+fn encode_record(
+    schema: &AvroSchema,
+    limits: &Limits,
+    i: usize,
+    r: sandbox::WitRecord,
+) -> Result<Record, Refusal> {
+    if r.value.len() > limits.max_record_bytes {
+        return Err((
+            codes::OUTPUT_TOO_LARGE,
+            format!(
+                "record {i} is {} bytes of JSON; the limit is {}",
+                r.value.len(),
+                limits.max_record_bytes
+            ),
+        ));
+    }
+    if let Some((name, _)) = r.headers.iter().find(|(k, _)| k.starts_with("weir.")) {
+        return Err((
+            codes::CONTRACT,
+            format!(
+                "record {i} sets header {name:?}; names starting with `weir.` are reserved for weir"
+            ),
+        ));
+    }
+    let mut value = Vec::with_capacity(r.value.len() / 2);
+    if let Err(Violation(why)) = schema.encode_json(&r.value, &mut value) {
+        return Err((
+            codes::SCHEMA_VIOLATION,
+            format!("record {i} does not match the declared schema: {why}"),
+        ));
+    }
+    Ok(Record {
+        key: r.key,
+        value,
+        headers: r.headers,
+    })
 }

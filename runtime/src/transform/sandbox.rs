@@ -20,7 +20,7 @@ mod bindings {
 }
 
 pub use bindings::weir::transform::types::{
-    Level, Message as WitMessage, Outcome as WitOutcome, PluginInfo,
+    Level, Message as WitMessage, Outcome as WitOutcome, PluginInfo, Record as WitRecord,
 };
 
 /// Limits applied to every plugin call.
