@@ -235,85 +235,9 @@ impl Proto {
     /// Decode one whole packet from the front of `buf` (the caller has checked that
     /// `fixed.frame_len()` bytes are there).
     pub fn decode(self, buf: &mut BytesMut) -> Result<Frame, ProtocolError> {
-        let err = |e: &dyn std::fmt::Debug| ProtocolError(format!("malformed packet: {e:?}"));
         match self {
-            Proto::V5 => {
-                let packet = v5::Packet::read(buf, None).map_err(|e| err(&e))?;
-                Ok(match packet {
-                    v5::Packet::ConnAck(a) => Frame::ConnAck {
-                        session_present: a.session_present,
-                        refused: connack_v5(a.code, a.properties.and_then(|p| p.reason_string)),
-                    },
-                    v5::Packet::Publish(p) => {
-                        let props = p.properties.unwrap_or_default();
-                        Frame::Publish(Publish {
-                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                            payload: p.payload.to_vec(),
-                            qos: p.qos as u8,
-                            pkid: p.pkid,
-                            dup: p.dup,
-                            retain: p.retain,
-                            properties: props.user_properties,
-                            content_type: props.content_type,
-                        })
-                    }
-                    v5::Packet::SubAck(s) => Frame::SubAck {
-                        pkid: s.pkid,
-                        granted: s
-                            .return_codes
-                            .into_iter()
-                            .map(|c| match c {
-                                v5::SubscribeReasonCode::Success(q) => Ok(q as u8),
-                                other => Err(format!("{other:?}")),
-                            })
-                            .collect(),
-                    },
-                    v5::Packet::PingResp(_) => Frame::PingResp,
-                    v5::Packet::Disconnect(d) => {
-                        let why = d.properties.and_then(|p| p.reason_string);
-                        Frame::Disconnect(match why {
-                            Some(w) => format!("{:?}: {w}", d.reason_code),
-                            None => format!("{:?}", d.reason_code),
-                        })
-                    }
-                    other => Frame::Other(packet_kind_v5(&other)),
-                })
-            }
-            Proto::V311 => {
-                let packet = rumqttc::Packet::read(buf, usize::MAX).map_err(|e| err(&e))?;
-                Ok(match packet {
-                    rumqttc::Packet::ConnAck(a) => Frame::ConnAck {
-                        session_present: a.session_present,
-                        refused: connack_v311(a.code),
-                    },
-                    rumqttc::Packet::Publish(p) => Frame::Publish(Publish {
-                        topic: p.topic,
-                        payload: p.payload.to_vec(),
-                        qos: p.qos as u8,
-                        pkid: p.pkid,
-                        dup: p.dup,
-                        retain: p.retain,
-                        properties: Vec::new(),
-                        content_type: None,
-                    }),
-                    rumqttc::Packet::SubAck(s) => Frame::SubAck {
-                        pkid: s.pkid,
-                        granted: s
-                            .return_codes
-                            .into_iter()
-                            .map(|c| match c {
-                                rumqttc::SubscribeReasonCode::Success(q) => Ok(q as u8),
-                                rumqttc::SubscribeReasonCode::Failure => {
-                                    Err("Failure (0x80)".to_owned())
-                                }
-                            })
-                            .collect(),
-                    },
-                    rumqttc::Packet::PingResp => Frame::PingResp,
-                    rumqttc::Packet::Disconnect => Frame::Disconnect("DISCONNECT".into()),
-                    _ => Frame::Other(0),
-                })
-            }
+            Proto::V5 => decode_v5(buf),
+            Proto::V311 => decode_v311(buf),
         }
     }
 
@@ -377,6 +301,89 @@ impl Proto {
             _ => Err(ProtocolError("not a PUBLISH".into())),
         }
     }
+}
+
+fn malformed(e: &dyn std::fmt::Debug) -> ProtocolError {
+    ProtocolError(format!("malformed packet: {e:?}"))
+}
+
+/// An MQTT 5 packet as weir acts on it.
+fn decode_v5(buf: &mut BytesMut) -> Result<Frame, ProtocolError> {
+    let packet = v5::Packet::read(buf, None).map_err(|e| malformed(&e))?;
+    Ok(match packet {
+        v5::Packet::ConnAck(a) => Frame::ConnAck {
+            session_present: a.session_present,
+            refused: connack_v5(a.code, a.properties.and_then(|p| p.reason_string)),
+        },
+        v5::Packet::Publish(p) => {
+            let props = p.properties.unwrap_or_default();
+            Frame::Publish(Publish {
+                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                payload: p.payload.to_vec(),
+                qos: p.qos as u8,
+                pkid: p.pkid,
+                dup: p.dup,
+                retain: p.retain,
+                properties: props.user_properties,
+                content_type: props.content_type,
+            })
+        }
+        v5::Packet::SubAck(s) => Frame::SubAck {
+            pkid: s.pkid,
+            granted: s
+                .return_codes
+                .into_iter()
+                .map(|c| match c {
+                    v5::SubscribeReasonCode::Success(q) => Ok(q as u8),
+                    other => Err(format!("{other:?}")),
+                })
+                .collect(),
+        },
+        v5::Packet::PingResp(_) => Frame::PingResp,
+        v5::Packet::Disconnect(d) => {
+            let why = d.properties.and_then(|p| p.reason_string);
+            Frame::Disconnect(match why {
+                Some(w) => format!("{:?}: {w}", d.reason_code),
+                None => format!("{:?}", d.reason_code),
+            })
+        }
+        other => Frame::Other(packet_kind_v5(&other)),
+    })
+}
+
+/// An MQTT 3.1.1 packet as weir acts on it.
+fn decode_v311(buf: &mut BytesMut) -> Result<Frame, ProtocolError> {
+    let packet = rumqttc::Packet::read(buf, usize::MAX).map_err(|e| malformed(&e))?;
+    Ok(match packet {
+        rumqttc::Packet::ConnAck(a) => Frame::ConnAck {
+            session_present: a.session_present,
+            refused: connack_v311(a.code),
+        },
+        rumqttc::Packet::Publish(p) => Frame::Publish(Publish {
+            topic: p.topic,
+            payload: p.payload.to_vec(),
+            qos: p.qos as u8,
+            pkid: p.pkid,
+            dup: p.dup,
+            retain: p.retain,
+            properties: Vec::new(),
+            content_type: None,
+        }),
+        rumqttc::Packet::SubAck(s) => Frame::SubAck {
+            pkid: s.pkid,
+            granted: s
+                .return_codes
+                .into_iter()
+                .map(|c| match c {
+                    rumqttc::SubscribeReasonCode::Success(q) => Ok(q as u8),
+                    rumqttc::SubscribeReasonCode::Failure => Err("Failure (0x80)".to_owned()),
+                })
+                .collect(),
+        },
+        rumqttc::Packet::PingResp => Frame::PingResp,
+        rumqttc::Packet::Disconnect => Frame::Disconnect("DISCONNECT".into()),
+        _ => Frame::Other(0),
+    })
 }
 
 fn connack_v5(code: v5::ConnectReturnCode, reason: Option<String>) -> Option<(String, bool)> {
