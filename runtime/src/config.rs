@@ -1512,16 +1512,8 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (S
         }
         let rest = rest.to_ascii_lowercase();
         if let Some(prop) = rest.strip_prefix("kafka_property_") {
-            let kafka = table
-                .entry("kafka")
-                .or_insert_with(|| toml::Value::Table(Default::default()));
-            if let Some(kafka) = kafka.as_table_mut() {
-                let props = kafka
-                    .entry("properties")
-                    .or_insert_with(|| toml::Value::Table(Default::default()));
-                if let Some(props) = props.as_table_mut() {
-                    props.insert(prop.replace('_', "."), toml::Value::String(value.clone()));
-                }
+            if let Some(props) = table_at(table, &["kafka", "properties"]) {
+                props.insert(prop.replace('_', "."), toml::Value::String(value.clone()));
             }
             continue;
         }
@@ -1531,24 +1523,8 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (S
             && let Some((index, key)) = rest.split_once('_')
             && let Ok(index) = index.parse::<usize>()
         {
-            let items = table.get_mut(array).and_then(|c| c.as_array_mut());
-            let count = items.as_ref().map_or(0, |a| a.len());
-            match items
-                .and_then(|a| a.get_mut(index))
-                .and_then(|c| c.as_table_mut())
-            {
-                Some(item) => {
-                    item.insert(key.to_owned(), toml_value(value));
-                }
-                None => {
-                    return Err((
-                        name.clone(),
-                        format!(
-                            "there is no {array} {index} to override (the file has {count}, numbered from 0)"
-                        ),
-                    ));
-                }
-            }
+            override_item(table, (array, index, key), value)
+                .map_err(|problem| (name.clone(), problem))?;
             continue;
         }
         // A secret stays text, whatever it looks like.
@@ -1561,16 +1537,8 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (S
             let key = rest.strip_prefix(&format!("{section}_{sub}_"))?;
             Some((section, sub, key))
         }) {
-            let t = table
-                .entry(*section)
-                .or_insert_with(|| toml::Value::Table(Default::default()));
-            if let Some(t) = t.as_table_mut() {
-                let t = t
-                    .entry(*sub)
-                    .or_insert_with(|| toml::Value::Table(Default::default()));
-                if let Some(t) = t.as_table_mut() {
-                    t.insert(key.to_owned(), value);
-                }
+            if let Some(t) = table_at(table, &[section, sub]) {
+                t.insert(key.to_owned(), value);
             }
             continue;
         }
@@ -1578,15 +1546,48 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (S
             let Some(key) = rest.strip_prefix(section).and_then(|k| k.strip_prefix('_')) else {
                 continue;
             };
-            let entry = table
-                .entry(section)
-                .or_insert_with(|| toml::Value::Table(Default::default()));
-            if let Some(t) = entry.as_table_mut() {
+            if let Some(t) = table_at(table, &[section]) {
                 t.insert(key.to_owned(), value.clone());
             }
         }
     }
     Ok(())
+}
+
+/// The table at `path`, made (empty) where missing; `None` if a key on the way holds
+/// something else (the config's own check then reports it).
+fn table_at<'a>(table: &'a mut toml::Table, path: &[&str]) -> Option<&'a mut toml::Table> {
+    let mut t = table;
+    for key in path {
+        t = t
+            .entry(*key)
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()?;
+    }
+    Some(t)
+}
+
+/// `WEIR_COHORT_<i>_<KEY>` / `WEIR_GROUP_<i>_<KEY>`: set `key` of item `index` of the
+/// array of tables `array`, which must exist.
+fn override_item(
+    table: &mut toml::Table,
+    (array, index, key): (&str, usize, &str),
+    value: &str,
+) -> Result<(), String> {
+    let items = table.get_mut(array).and_then(|c| c.as_array_mut());
+    let count = items.as_ref().map_or(0, |a| a.len());
+    match items
+        .and_then(|a| a.get_mut(index))
+        .and_then(|c| c.as_table_mut())
+    {
+        Some(item) => {
+            item.insert(key.to_owned(), toml_value(value));
+            Ok(())
+        }
+        None => Err(format!(
+            "there is no {array} {index} to override (the file has {count}, numbered from 0)"
+        )),
+    }
 }
 
 #[cfg(test)]
