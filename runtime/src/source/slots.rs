@@ -313,6 +313,38 @@ impl std::fmt::Debug for Membership {
     }
 }
 
+/// The slots group member's settings: cooperative rebalancing, the session timeout, and a
+/// poll interval that outlasts a revocation's drain.
+fn member_config(
+    base: rdkafka::ClientConfig,
+    topic: &str,
+    process: &str,
+    (timeout, drain): (Duration, Duration),
+) -> rdkafka::ClientConfig {
+    let mut config = base;
+    config
+        .set("group.id", topic)
+        .set("client.id", process)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", timeout.as_millis().to_string())
+        .set(
+            "heartbeat.interval.ms",
+            heartbeat(timeout).as_millis().to_string(),
+        )
+        // A revocation may block the group's thread for the drain: Kafka must not
+        // take that for a dead process (and librdkafka wants it above the timeout).
+        .set(
+            "max.poll.interval.ms",
+            (timeout.max(drain + Duration::from_secs(30)).as_millis() + 60_000)
+                .max(300_000)
+                .to_string(),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    config
+}
+
 impl Membership {
     /// Join the slots group of `mqtt`'s deployment (creating its topic with `slots`
     /// partitions if missing), driving `source`'s sessions from the assignment. `process`
@@ -360,27 +392,7 @@ impl Membership {
             group,
             topic: topic.clone(),
         };
-        let mut config = base;
-        config
-            .set("group.id", &topic)
-            .set("client.id", process)
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", timeout.as_millis().to_string())
-            .set(
-                "heartbeat.interval.ms",
-                heartbeat(timeout).as_millis().to_string(),
-            )
-            // A revocation may block the group's thread for the drain: Kafka must not
-            // take that for a dead process (and librdkafka wants it above the timeout).
-            .set(
-                "max.poll.interval.ms",
-                (timeout.max(drain + Duration::from_secs(30)).as_millis() + 60_000)
-                    .max(300_000)
-                    .to_string(),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+        let config = member_config(base, &topic, process, (timeout, drain));
         let consumer: BaseConsumer<Holder> = config
             .create_with_context(holder)
             .map_err(|e| format!("cannot create the slots' Kafka consumer: {e}"))?;
