@@ -69,35 +69,7 @@ async fn simulate(n: u32) {
         .as_millis() as u64;
     let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
     for i in 0..n {
-        let (kind, topic, payload, fw): (&str, String, Vec<u8>, &str) = match i % 20 {
-            // Thermostats: three firmware generations.
-            0..=2 => ("thermostat v1", format!("plant/7/thermostat/t-{}", i % 40),
-                format!(r#"{{"ts":{},"temp_c":{:.1},"setpoint_c":21.0,"fw":"1.4.2"}}"#, now + u64::from(i), 18.0 + f64::from(i % 60) / 10.0).into_bytes(), "1.4.2"),
-            3..=5 => ("thermostat v2", format!("plant/7/thermostat/t-{}", i % 40),
-                format!(r#"{{"ts":{},"temperature":{{"value":{:.1},"unit":"F"}},"setpoint":{{"value":69.8,"unit":"F"}},"fw":"2.0.1"}}"#, now + u64::from(i), 64.0 + f64::from(i % 80) / 10.0).into_bytes(), "2.0.1"),
-            6..=7 => ("thermostat v3", format!("plant/9/thermostat/t-{}", i % 40),
-                format!(r#"{{"ts":{},"temperature":{{"value":{:.2},"unit":"C"}},"humidity":{{"value":{},"unit":"%"}},"fw":"3.1.0"}}"#, now + u64::from(i), 19.5 + f64::from(i % 7) / 4.0, 35 + i % 20).into_bytes(), "3.1.0"),
-            // Vehicles: a batch of three fixes per message.
-            8..=11 => {
-                let (lat, lon) = (52.37 + f64::from(i % 100) / 1000.0, 4.89 + f64::from(i % 50) / 1000.0);
-                ("fleet", format!("fleet/v-{}/gps", i % 25), format!(
-                    r#"{{"positions":[{{"ts":{t},"lat":{lat:.5},"lon":{lon:.5},"speed_kmh":42.5,"heading":90}},{{"ts":{t1},"lat":{lat:.5},"lon":{lon2:.5},"speed_kmh":43}},{{"ts":{t2},"lat":{lat:.5},"lon":{lon3:.5}}}]}}"#,
-                    t = now + u64::from(i), t1 = now + u64::from(i) + 1000, t2 = now + u64::from(i) + 2000,
-                    lon2 = lon + 0.0002, lon3 = lon + 0.0004).into_bytes(), "5.2")
-            }
-            // Meters: binary frames.
-            12..=15 => ("meter", format!("meters/m-{}/frame", i % 30),
-                meter::encode_frame(4_000_000 + i % 30, now + u64::from(i), 1_000_000 + i * 7, if i % 97 == 0 { 1 } else { 0 }).to_vec(), "m1"),
-            // The bad ones.
-            16 => ("bad: malformed JSON", format!("plant/7/thermostat/t-{}", i % 40), b"{\"temp_c\": 21.5,".to_vec(), "1.4.2"),
-            17 => ("bad: out of range", format!("plant/7/thermostat/t-{}", i % 40), format!(r#"{{"ts":{now},"temp_c":140.0}}"#).into_bytes(), "1.4.2"),
-            18 => ("bad: corrupt frame", format!("meters/m-{}/frame", i % 30), {
-                let mut f = meter::encode_frame(4_000_000, now, 5, 0);
-                f[10] ^= 0xff;
-                f.to_vec()
-            }, "m1"),
-            _ => ("bad: unroutable", format!("unrouted/sensor-{}/data", i % 5), b"{\"v\":1}".to_vec(), "0"),
-        };
+        let (kind, topic, payload, fw) = device_message(i, now);
         *counts.entry(kind).or_default() += 1;
         let props = PublishProperties {
             user_properties: vec![("fw".into(), fw.into())],
@@ -131,14 +103,87 @@ async fn simulate(n: u32) {
     println!("expect records={records} quarantined={quarantined}");
 }
 
+/// Message `i` of the simulated fleet, sent at `now` (ms): what it is, its topic, payload
+/// and firmware. One in five is bad on purpose.
+fn device_message(i: u32, now: u64) -> (&'static str, String, Vec<u8>, &'static str) {
+    match i % 20 {
+            // Thermostats: three firmware generations.
+            0..=2 => ("thermostat v1", format!("plant/7/thermostat/t-{}", i % 40),
+                format!(r#"{{"ts":{},"temp_c":{:.1},"setpoint_c":21.0,"fw":"1.4.2"}}"#, now + u64::from(i), 18.0 + f64::from(i % 60) / 10.0).into_bytes(), "1.4.2"),
+            3..=5 => ("thermostat v2", format!("plant/7/thermostat/t-{}", i % 40),
+                format!(r#"{{"ts":{},"temperature":{{"value":{:.1},"unit":"F"}},"setpoint":{{"value":69.8,"unit":"F"}},"fw":"2.0.1"}}"#, now + u64::from(i), 64.0 + f64::from(i % 80) / 10.0).into_bytes(), "2.0.1"),
+            6..=7 => ("thermostat v3", format!("plant/9/thermostat/t-{}", i % 40),
+                format!(r#"{{"ts":{},"temperature":{{"value":{:.2},"unit":"C"}},"humidity":{{"value":{},"unit":"%"}},"fw":"3.1.0"}}"#, now + u64::from(i), 19.5 + f64::from(i % 7) / 4.0, 35 + i % 20).into_bytes(), "3.1.0"),
+            // Vehicles: a batch of three fixes per message.
+            8..=11 => {
+                let (lat, lon) = (52.37 + f64::from(i % 100) / 1000.0, 4.89 + f64::from(i % 50) / 1000.0);
+                ("fleet", format!("fleet/v-{}/gps", i % 25), format!(
+                    r#"{{"positions":[{{"ts":{t},"lat":{lat:.5},"lon":{lon:.5},"speed_kmh":42.5,"heading":90}},{{"ts":{t1},"lat":{lat:.5},"lon":{lon2:.5},"speed_kmh":43}},{{"ts":{t2},"lat":{lat:.5},"lon":{lon3:.5}}}]}}"#,
+                    t = now + u64::from(i), t1 = now + u64::from(i) + 1000, t2 = now + u64::from(i) + 2000,
+                    lon2 = lon + 0.0002, lon3 = lon + 0.0004).into_bytes(), "5.2")
+            }
+            // Meters: binary frames.
+            12..=15 => ("meter", format!("meters/m-{}/frame", i % 30),
+                meter::encode_frame(4_000_000 + i % 30, now + u64::from(i), 1_000_000 + i * 7, if i % 97 == 0 { 1 } else { 0 }).to_vec(), "m1"),
+            // The bad ones.
+            16 => ("bad: malformed JSON", format!("plant/7/thermostat/t-{}", i % 40), b"{\"temp_c\": 21.5,".to_vec(), "1.4.2"),
+            17 => ("bad: out of range", format!("plant/7/thermostat/t-{}", i % 40), format!(r#"{{"ts":{now},"temp_c":140.0}}"#).into_bytes(), "1.4.2"),
+            18 => ("bad: corrupt frame", format!("meters/m-{}/frame", i % 30), {
+                let mut f = meter::encode_frame(4_000_000, now, 5, 0);
+                f[10] ^= 0xff;
+                f.to_vec()
+            }, "m1"),
+            _ => ("bad: unroutable", format!("unrouted/sensor-{}/data", i % 5), b"{\"v\":1}".to_vec(), "0"),
+        }
+}
+
 /// A record kept for display: key, value, headers.
 type Sample = (Option<String>, Vec<u8>, HashMap<String, String>);
 
 fn summary(since_ms: i64, expect: (u64, u64)) {
     let bootstrap = env("WEIR_KAFKA_BOOTSTRAP", "127.0.0.1:9092");
     let registry = env("WEIR_REGISTRY_URL", "http://127.0.0.1:8081");
+    let consumer = reader(&bootstrap);
+    let mut tally = Tally::default();
+    // Read until weir has written everything the simulator expects (weir may still be
+    // working through the broker's backlog), or give up after 90 s and say so.
+    let start = Instant::now();
+    while tally.records < expect.0 || tally.quarantined < expect.1 {
+        if start.elapsed() > Duration::from_secs(90) {
+            eprintln!(
+                "devsim: after 90 s, {} of {} records and {} of {} quarantined arrived",
+                tally.records, expect.0, tally.quarantined, expect.1
+            );
+            break;
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            tally.take(&m, since_ms);
+        }
+    }
+    println!("\nrecords per cohort:");
+    for (c, n) in &tally.per_cohort {
+        println!("  {n:>6}  {c}");
+    }
+    println!("quarantined per code:");
+    for (c, n) in &tally.per_code {
+        println!("  {n:>6}  {c}");
+    }
+    let mut schemas: HashMap<u32, weir_core::avro::AvroSchema> = HashMap::new();
+    for (topic, list) in &tally.samples {
+        for (key, value, headers) in list {
+            if topic == "weir.quarantine" {
+                show_quarantined(topic, key, value, headers);
+            } else {
+                show_record(&registry, &mut schemas, (topic, key, value, headers));
+            }
+        }
+    }
+}
+
+/// A consumer assigned every partition of the demo's topics, from the beginning.
+fn reader(bootstrap: &str) -> BaseConsumer {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("devsim-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .create()
@@ -163,24 +208,23 @@ fn summary(since_ms: i64, expect: (u64, u64)) {
         }
     }
     consumer.assign(&tpl).expect("assign");
-    let mut per_cohort: BTreeMap<String, u64> = BTreeMap::new();
-    let mut per_code: BTreeMap<String, u64> = BTreeMap::new();
-    let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
-    let (mut records, mut quarantined) = (0u64, 0u64);
-    // Read until weir has written everything the simulator expects (weir may still be
-    // working through the broker's backlog), or give up after 90 s and say so.
-    let start = Instant::now();
-    while records < expect.0 || quarantined < expect.1 {
-        if start.elapsed() > Duration::from_secs(90) {
-            eprintln!(
-                "devsim: after 90 s, {records} of {} records and {quarantined} of {} quarantined arrived",
-                expect.0, expect.1
-            );
-            break;
-        }
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
+    consumer
+}
+
+/// What arrived: counts per cohort and per quarantine code, and a few samples per topic.
+#[derive(Default)]
+struct Tally {
+    records: u64,
+    quarantined: u64,
+    per_cohort: BTreeMap<String, u64>,
+    per_code: BTreeMap<String, u64>,
+    samples: BTreeMap<String, Vec<Sample>>,
+}
+
+impl Tally {
+    /// Count a record received by weir at or after `since_ms`; keep two per topic and one
+    /// quarantine entry per code as samples.
+    fn take(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, since_ms: i64) {
         let headers: HashMap<String, String> = m
             .headers()
             .map(|h| {
@@ -199,23 +243,19 @@ fn summary(since_ms: i64, expect: (u64, u64)) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if received < since_ms {
-            continue;
+            return;
         }
         let topic = m.topic().to_owned();
+        let label = |k: &str| headers.get(k).cloned().unwrap_or_default();
         if topic == "weir.quarantine" {
-            quarantined += 1;
-            *per_code
-                .entry(headers.get("weir.error.code").cloned().unwrap_or_default())
-                .or_default() += 1;
+            self.quarantined += 1;
+            *self.per_code.entry(label("weir.error.code")).or_default() += 1;
         } else {
-            records += 1;
-            *per_cohort
-                .entry(headers.get("weir.cohort").cloned().unwrap_or_default())
-                .or_default() += 1;
+            self.records += 1;
+            *self.per_cohort.entry(label("weir.cohort")).or_default() += 1;
         }
-        // Two records per topic; one quarantine entry per code.
         let code = headers.get("weir.error.code").cloned();
-        let s = samples.entry(topic).or_default();
+        let s = self.samples.entry(topic).or_default();
         let wanted = match &code {
             Some(c) => !s
                 .iter()
@@ -230,58 +270,56 @@ fn summary(since_ms: i64, expect: (u64, u64)) {
             ));
         }
     }
-    println!("\nrecords per cohort:");
-    for (c, n) in &per_cohort {
-        println!("  {n:>6}  {c}");
-    }
-    println!("quarantined per code:");
-    for (c, n) in &per_code {
-        println!("  {n:>6}  {c}");
-    }
-    let mut schemas: HashMap<u32, weir_core::avro::AvroSchema> = HashMap::new();
-    for (topic, list) in &samples {
-        let topic = topic.as_str();
-        for (key, value, headers) in list {
-            let value = value.as_slice();
-            if topic == "weir.quarantine" {
-                println!(
-                    "\n{topic}  key={key:?}\n  {} {}: {}\n  original payload: {}",
-                    headers.get("weir.error.stage").map_or("", String::as_str),
-                    headers.get("weir.error.code").map_or("", String::as_str),
-                    headers.get("weir.error.message").map_or("", String::as_str),
-                    match std::str::from_utf8(value) {
-                        Ok(text) => format!("{text:?}"),
-                        Err(_) => format!(
-                            "0x{}",
-                            value.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                        ),
-                    }
-                );
-                continue;
-            }
-            let Some((id, datum)) = weir_core::frame::unframe(value) else {
-                continue;
-            };
-            let schema = schemas.entry(id).or_insert_with(|| {
-                let v: serde_json::Value =
-                    reqwest::blocking::get(format!("{registry}/schemas/ids/{id}"))
-                        .expect("registry")
-                        .json()
-                        .expect("JSON");
-                weir_core::avro::AvroSchema::parse(v["schema"].as_str().unwrap_or_default())
-                    .expect("schema")
-            });
-            println!(
-                "\n{topic}  key={key:?}  schema id {id}  {}  sha256 {}…\n  {}",
-                headers.get("weir.plugin").map_or("", String::as_str),
-                headers
-                    .get("weir.plugin.sha256")
-                    .map_or("", |s| &s[..12.min(s.len())]),
-                schema
-                    .decode_to_json(datum)
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|e| e.to_string())
-            );
+}
+
+/// A quarantine entry: its stage, code, message and the original payload.
+fn show_quarantined(
+    topic: &str,
+    key: &Option<String>,
+    value: &[u8],
+    headers: &HashMap<String, String>,
+) {
+    println!(
+        "\n{topic}  key={key:?}\n  {} {}: {}\n  original payload: {}",
+        headers.get("weir.error.stage").map_or("", String::as_str),
+        headers.get("weir.error.code").map_or("", String::as_str),
+        headers.get("weir.error.message").map_or("", String::as_str),
+        match std::str::from_utf8(value) {
+            Ok(text) => format!("{text:?}"),
+            Err(_) => format!(
+                "0x{}",
+                value.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
         }
-    }
+    );
+}
+
+/// A governed record, decoded with its schema from the registry.
+fn show_record(
+    registry: &str,
+    schemas: &mut HashMap<u32, weir_core::avro::AvroSchema>,
+    (topic, key, value, headers): (&str, &Option<String>, &[u8], &HashMap<String, String>),
+) {
+    let Some((id, datum)) = weir_core::frame::unframe(value) else {
+        return;
+    };
+    let schema = schemas.entry(id).or_insert_with(|| {
+        let v: serde_json::Value = reqwest::blocking::get(format!("{registry}/schemas/ids/{id}"))
+            .expect("registry")
+            .json()
+            .expect("JSON");
+        weir_core::avro::AvroSchema::parse(v["schema"].as_str().unwrap_or_default())
+            .expect("schema")
+    });
+    println!(
+        "\n{topic}  key={key:?}  schema id {id}  {}  sha256 {}…\n  {}",
+        headers.get("weir.plugin").map_or("", String::as_str),
+        headers
+            .get("weir.plugin.sha256")
+            .map_or("", |s| &s[..12.min(s.len())]),
+        schema
+            .decode_to_json(datum)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|e| e.to_string())
+    );
 }
