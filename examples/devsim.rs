@@ -124,7 +124,7 @@ fn device_message(i: u32, now: u64) -> (&'static str, String, Vec<u8>, &'static 
             }
             // Meters: binary frames.
             12..=15 => ("meter", format!("meters/m-{}/frame", i % 30),
-                meter::encode_frame(4_000_000 + i % 30, now + u64::from(i), 1_000_000 + i * 7, if i % 97 == 0 { 1 } else { 0 }).to_vec(), "m1"),
+                meter::encode_frame(4_000_000 + i % 30, now + u64::from(i), 1_000_000 + i * 7, u8::from(i.is_multiple_of(97))).to_vec(), "m1"),
             // The bad ones.
             16 => ("bad: malformed JSON", format!("plant/7/thermostat/t-{}", i % 40), b"{\"temp_c\": 21.5,".to_vec(), "1.4.2"),
             17 => ("bad: out of range", format!("plant/7/thermostat/t-{}", i % 40), format!(r#"{{"ts":{now},"temp_c":140.0}}"#).into_bytes(), "1.4.2"),
