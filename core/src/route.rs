@@ -1,20 +1,32 @@
 //! The route stage: which cohort a message belongs to (topic filter + user properties, first
 //! match wins, in config order), and the cohort's Kafka key template.
 
+/// What is wrong with an MQTT topic filter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// No characters at all.
+    #[error("empty topic filter")]
+    Empty,
+    /// `#` inside a level, or not in the last one.
+    #[error("{0:?}: `#` must be a whole level and the last one")]
+    MultiLevel(String),
+    /// `+` inside a level.
+    #[error("{0:?}: `+` must be a whole level")]
+    SingleLevel(String),
+}
+
 /// Check an MQTT topic filter's syntax; the error says what is wrong.
-pub fn check_filter(filter: &str) -> Result<(), String> {
+pub fn check_filter(filter: &str) -> Result<(), FilterError> {
     if filter.is_empty() {
-        return Err("empty topic filter".into());
+        return Err(FilterError::Empty);
     }
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, l) in levels.iter().enumerate() {
         if l.contains('#') && (*l != "#" || i != levels.len() - 1) {
-            return Err(format!(
-                "{filter:?}: `#` must be a whole level and the last one"
-            ));
+            return Err(FilterError::MultiLevel(filter.to_owned()));
         }
         if l.contains('+') && *l != "+" {
-            return Err(format!("{filter:?}: `+` must be a whole level"));
+            return Err(FilterError::SingleLevel(filter.to_owned()));
         }
     }
     Ok(())
@@ -107,6 +119,32 @@ enum Part {
     Field(String),
 }
 
+/// What is wrong with a key template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// A `{` without its `}`.
+    #[error("{0:?}: unclosed `{{`")]
+    Unclosed(String),
+    /// `{topic[...]}` without a number.
+    #[error("{template:?}: `{{{placeholder}}}` needs a level number, like {{topic[2]}}")]
+    LevelNumber {
+        /// The template.
+        template: String,
+        /// What was between the braces.
+        placeholder: String,
+    },
+    /// A placeholder weir does not know.
+    #[error(
+        "{template:?}: unknown placeholder `{{{placeholder}}}`; use {{topic[N]}}, {{key}} or {{field.NAME}}"
+    )]
+    Unknown {
+        /// The template.
+        template: String,
+        /// What was between the braces.
+        placeholder: String,
+    },
+}
+
 /// A key template: `{topic[N]}`, `{key}`, `{field.NAME}` and literal text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTemplate {
@@ -115,7 +153,7 @@ pub struct KeyTemplate {
 
 impl KeyTemplate {
     /// Parse a template; an empty template means "the key the plugin set".
-    pub fn parse(s: &str) -> Result<KeyTemplate, String> {
+    pub fn parse(s: &str) -> Result<KeyTemplate, TemplateError> {
         if s.is_empty() {
             return Ok(KeyTemplate {
                 parts: vec![Part::PluginKey],
@@ -129,21 +167,26 @@ impl KeyTemplate {
             }
             let close = rest[open..]
                 .find('}')
-                .ok_or_else(|| format!("{s:?}: unclosed `{{`"))?
+                .ok_or_else(|| TemplateError::Unclosed(s.to_owned()))?
                 + open;
             let inner = &rest[open + 1..close];
             parts.push(if inner == "key" {
                 Part::PluginKey
-            } else if let Some(n) = inner.strip_prefix("topic[").and_then(|r| r.strip_suffix(']')) {
-                Part::TopicLevel(n.parse().map_err(|_| {
-                    format!("{s:?}: `{{{inner}}}` needs a level number, like {{topic[2]}}")
+            } else if let Some(n) = inner
+                .strip_prefix("topic[")
+                .and_then(|r| r.strip_suffix(']'))
+            {
+                Part::TopicLevel(n.parse().map_err(|_| TemplateError::LevelNumber {
+                    template: s.to_owned(),
+                    placeholder: inner.to_owned(),
                 })?)
             } else if let Some(f) = inner.strip_prefix("field.").filter(|f| !f.is_empty()) {
                 Part::Field(f.to_owned())
             } else {
-                return Err(format!(
-                    "{s:?}: unknown placeholder `{{{inner}}}`; use {{topic[N]}}, {{key}} or {{field.NAME}}"
-                ));
+                return Err(TemplateError::Unknown {
+                    template: s.to_owned(),
+                    placeholder: inner.to_owned(),
+                });
             });
             rest = &rest[close + 1..];
         }
@@ -185,6 +228,31 @@ impl KeyTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_the_filter_or_template_and_the_fix() {
+        assert_eq!(
+            check_filter("a/#/b").unwrap_err().to_string(),
+            "\"a/#/b\": `#` must be a whole level and the last one"
+        );
+        assert_eq!(
+            check_filter("a/b+").unwrap_err().to_string(),
+            "\"a/b+\": `+` must be a whole level"
+        );
+        assert_eq!(check_filter("").unwrap_err(), FilterError::Empty);
+        assert_eq!(
+            KeyTemplate::parse("{topic[x]}").unwrap_err().to_string(),
+            "\"{topic[x]}\": `{topic[x]}` needs a level number, like {topic[2]}"
+        );
+        assert_eq!(
+            KeyTemplate::parse("{nope}").unwrap_err().to_string(),
+            "\"{nope}\": unknown placeholder `{nope}`; use {topic[N]}, {key} or {field.NAME}"
+        );
+        assert_eq!(
+            KeyTemplate::parse("{topic[1]").unwrap_err().to_string(),
+            "\"{topic[1]\": unclosed `{`"
+        );
+    }
 
     #[test]
     fn filter_overlap() {

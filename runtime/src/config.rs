@@ -1022,7 +1022,7 @@ impl Config {
         }
         for (i, s) in self.mqtt.subscriptions.iter().enumerate() {
             weir_core::route::check_filter(unshared(s))
-                .map_err(|e| (format!("mqtt.subscriptions[{i}]"), e))?;
+                .map_err(|e| (format!("mqtt.subscriptions[{i}]"), e.to_string()))?;
         }
         if self.mqtt.max_in_flight == 0 {
             return Err(("mqtt.max_in_flight".into(), "must be at least 1".into()));
@@ -1163,7 +1163,7 @@ impl Config {
                     format!("cohort name {:?} is used twice", c.name),
                 ));
             }
-            weir_core::route::check_filter(&c.topic).map_err(|e| (at("topic"), e))?;
+            weir_core::route::check_filter(&c.topic).map_err(|e| (at("topic"), e.to_string()))?;
             if c.plugin
                 .split_once('@')
                 .is_none_or(|(n, v)| n.is_empty() || v.is_empty())
@@ -1177,7 +1177,7 @@ impl Config {
                 ));
             }
             check_kafka_topic(&c.output_topic).map_err(|e| (at("output_topic"), e))?;
-            weir_core::route::KeyTemplate::parse(&c.key).map_err(|e| (at("key"), e))?;
+            weir_core::route::KeyTemplate::parse(&c.key).map_err(|e| (at("key"), e.to_string()))?;
             if c.plugin_time_ms.is_some_and(|t| !(1..=60_000).contains(&t)) {
                 return Err((
                     at("plugin_time_ms"),
@@ -1394,7 +1394,7 @@ impl Config {
         }
         for (j, s) in g.subscriptions.iter().enumerate() {
             weir_core::route::check_filter(unshared(s))
-                .map_err(|e| (at(&format!("subscriptions[{j}]")), e))?;
+                .map_err(|e| (at(&format!("subscriptions[{j}]")), e.to_string()))?;
         }
         if g.max_in_flight == Some(0) {
             return Err((at("max_in_flight"), "must be at least 1".into()));

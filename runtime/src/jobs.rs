@@ -40,8 +40,8 @@ pub enum JobError {
         reason: String,
     },
     /// The cohort's key template does not parse.
-    #[error("{0}")]
-    Key(String),
+    #[error(transparent)]
+    Key(#[from] weir_core::route::TemplateError),
     /// The schema registry did not give the schema an id.
     #[error(transparent)]
     Registry(#[from] RegistryClientError),
@@ -112,7 +112,7 @@ pub async fn one_cohort(
             .schema_id(&subject, &info.schema, config.registry.auto_register)
             .await?
     };
-    let plan = cohort_plan(c, plugin, schema_id, output_topic).map_err(JobError::Key)?;
+    let plan = cohort_plan(c, plugin, schema_id, output_topic)?;
     Ok(Topology {
         cohorts: vec![plan],
         rules: vec![],

@@ -237,7 +237,7 @@ pub fn cohort_plan(
     plugin: &Plugin,
     schema_id: u32,
     output_topic: &str,
-) -> Result<CohortPlan, String> {
+) -> Result<CohortPlan, weir_core::route::TemplateError> {
     let info = plugin.info();
     Ok(CohortPlan {
         name: c.name.clone(),
@@ -714,8 +714,8 @@ impl Lifecycle {
             }
             None => 0,
         };
-        let plan =
-            cohort_plan(c, &plugin, schema_id, &c.output_topic).map_err(LifecycleError::Invalid)?;
+        let plan = cohort_plan(c, &plugin, schema_id, &c.output_topic)
+            .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
         Ok(Built {
             plan,
             configured: Arc::new(configured),
