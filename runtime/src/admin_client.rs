@@ -1,7 +1,12 @@
 //! The admin API's client, behind `weir plugin push|list|promote|rollback|history` and
 //! `weir cohort list`.
 
-use serde_json::Value;
+use crate::admin::api::{
+    ApiError, Audit, CohortView, FixturesRequest, FixturesStored, PluginView, PromoteRequest,
+    Promoted, Pushed, ShadowReport, ShadowRequest,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::time::Duration;
 
 /// Errors talking to the admin API; each is one line that says what to do.
@@ -32,6 +37,18 @@ pub enum ClientError {
         status: u16,
         /// The API's reason.
         message: String,
+    },
+    /// The answer is not what this version of weir expects (a server of another version?).
+    #[error(
+        "the admin API at {url} answered {path} with something unexpected: {reason}; are the CLI and the server the same version of weir?"
+    )]
+    Unexpected {
+        /// The base URL.
+        url: String,
+        /// The request's path.
+        path: String,
+        /// What did not fit.
+        reason: String,
     },
 }
 
@@ -79,12 +96,12 @@ impl AdminClient {
         })
     }
 
-    async fn call(
+    async fn call<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<(Vec<u8>, &str)>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<T, ClientError> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -98,18 +115,25 @@ impl AdminClient {
         })?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 300 {
-            let message = body["error"]
-                .as_str()
-                .map_or_else(|| body.to_string(), str::to_owned);
+            let message = serde_json::from_str::<ApiError>(&text).map_or(text, |e| e.error);
             return Err(ClientError::Refused { status, message });
         }
-        Ok(body)
+        serde_json::from_str(&text).map_err(|e| ClientError::Unexpected {
+            url: self.base.clone(),
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// A JSON request body.
+    fn json(body: &impl Serialize) -> Option<(Vec<u8>, &'static str)> {
+        let bytes = serde_json::to_vec(body).expect("request bodies serialise");
+        Some((bytes, "application/json"))
     }
 
     /// Upload a component.
-    pub async fn push(&self, bytes: Vec<u8>) -> Result<Value, ClientError> {
+    pub async fn push(&self, bytes: Vec<u8>) -> Result<Pushed, ClientError> {
         self.call(
             reqwest::Method::POST,
             "/v1/plugins",
@@ -124,43 +148,40 @@ impl AdminClient {
         plugin: &str,
         input: String,
         expected: String,
-    ) -> Result<Value, ClientError> {
-        let body = serde_json::json!({ "input": input, "expected": expected })
-            .to_string()
-            .into_bytes();
+    ) -> Result<FixturesStored, ClientError> {
         self.call(
             reqwest::Method::PUT,
             &format!("/v1/plugins/{}/fixtures", path_segment(plugin)),
-            Some((body, "application/json")),
+            Self::json(&FixturesRequest { input, expected }),
         )
         .await
     }
 
     /// Stored versions.
-    pub async fn plugins(&self) -> Result<Value, ClientError> {
+    pub async fn plugins(&self) -> Result<Vec<PluginView>, ClientError> {
         self.call(reqwest::Method::GET, "/v1/plugins", None).await
     }
 
     /// Cohorts and their pins.
-    pub async fn cohorts(&self) -> Result<Value, ClientError> {
+    pub async fn cohorts(&self) -> Result<Vec<CohortView>, ClientError> {
         self.call(reqwest::Method::GET, "/v1/cohorts", None).await
     }
 
     /// Promote `plugin` (`name@version`) to `cohort`.
-    pub async fn promote(&self, cohort: &str, plugin: &str) -> Result<Value, ClientError> {
-        let body = serde_json::json!({ "plugin": plugin })
-            .to_string()
-            .into_bytes();
+    pub async fn promote(&self, cohort: &str, plugin: &str) -> Result<Promoted, ClientError> {
+        let body = PromoteRequest {
+            plugin: plugin.to_owned(),
+        };
         self.call(
             reqwest::Method::POST,
             &format!("/v1/cohorts/{}/promote", path_segment(cohort)),
-            Some((body, "application/json")),
+            Self::json(&body),
         )
         .await
     }
 
     /// Roll `cohort` back to its previous pin.
-    pub async fn rollback(&self, cohort: &str) -> Result<Value, ClientError> {
+    pub async fn rollback(&self, cohort: &str) -> Result<Promoted, ClientError> {
         self.call(
             reqwest::Method::POST,
             &format!("/v1/cohorts/{}/rollback", path_segment(cohort)),
@@ -176,20 +197,22 @@ impl AdminClient {
         plugin: &str,
         messages: Option<u64>,
         for_ms: Option<u64>,
-    ) -> Result<Value, ClientError> {
-        let body = serde_json::json!({ "plugin": plugin, "messages": messages, "for_ms": for_ms })
-            .to_string()
-            .into_bytes();
+    ) -> Result<ShadowReport, ClientError> {
+        let body = ShadowRequest {
+            plugin: plugin.to_owned(),
+            messages,
+            for_ms,
+        };
         self.call(
             reqwest::Method::POST,
             &format!("/v1/cohorts/{}/shadow", path_segment(cohort)),
-            Some((body, "application/json")),
+            Self::json(&body),
         )
         .await
     }
 
     /// `cohort`'s audit entries.
-    pub async fn history(&self, cohort: &str) -> Result<Value, ClientError> {
+    pub async fn history(&self, cohort: &str) -> Result<Vec<Audit>, ClientError> {
         self.call(
             reqwest::Method::GET,
             &format!("/v1/cohorts/{}/history", path_segment(cohort)),

@@ -19,7 +19,7 @@ use crate::encode::registry::RegistryClient;
 use crate::shadow::{Limit, Report, Shadow, Tap};
 use crate::store::Store;
 use crate::transform::{Configured, Host, Plugin, PluginInfo};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -81,7 +81,7 @@ impl LifecycleError {
 }
 
 /// The answer to a push.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pushed {
     /// `name@version`.
     pub plugin: String,
@@ -94,7 +94,7 @@ pub struct Pushed {
 }
 
 /// The answer to a promote or a rollback.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Promoted {
     /// The cohort.
     pub cohort: String,
@@ -111,7 +111,7 @@ pub struct Promoted {
 }
 
 /// A cohort as `weir cohort list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CohortView {
     /// The cohort.
     pub cohort: String,
@@ -126,12 +126,12 @@ pub struct CohortView {
     /// The isolation group it runs in.
     pub group: String,
     /// With scale-out slots: which process holds each of the group's slots.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<Vec<SlotView>>,
 }
 
 /// A scale-out slot and its holder.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SlotView {
     /// The slot (the MQTT session `<client_id>-<slot>`).
     pub slot: u16,
@@ -142,7 +142,7 @@ pub struct SlotView {
 }
 
 /// A stored version as `weir plugin list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PluginView {
     /// The upload.
     #[serde(flatten)]
@@ -152,7 +152,7 @@ pub struct PluginView {
 }
 
 /// The answer to a shadow run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShadowReport {
     /// The cohort.
     pub cohort: String,

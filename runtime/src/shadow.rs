@@ -10,7 +10,7 @@
 //! records.
 
 use crate::transform::{Configured, Message, Outcome};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,20 +57,20 @@ impl Tap {
 }
 
 /// One field that differs between the live and the candidate record.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FieldDiff {
     /// Top-level field name.
     pub field: String,
     /// Its live value (absent: the live record has no such field).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<Value>,
     /// Its candidate value (absent: the candidate's record has no such field).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<Value>,
 }
 
 /// A message whose outcomes differ.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Example {
     /// The MQTT topic.
     pub topic: String,
@@ -83,7 +83,7 @@ pub struct Example {
 }
 
 /// What a shadow run found.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     /// Messages compared.
     pub messages: u64,

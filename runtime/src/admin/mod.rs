@@ -11,6 +11,7 @@
 //! - `/`: the status page ([`crate::status`]).
 //! - With `[admin.tls]` the listener speaks HTTPS only.
 
+pub mod api;
 pub mod listener;
 
 use crate::config::{Admin, Secret, TOKEN_FILE, Tls, read_token_file};
@@ -24,8 +25,6 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::json;
 use std::sync::Arc;
 
 /// What the handlers share.
@@ -253,7 +252,10 @@ async fn ready(State(app): State<App>) -> impl IntoResponse {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({"error": message.into()}))).into_response()
+    let body = api::ApiError {
+        error: message.into(),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// Constant-time comparison, so a wrong token's timing says nothing about the right one.
@@ -350,12 +352,6 @@ async fn push(
     }
 }
 
-#[derive(Deserialize)]
-struct FixturesBody {
-    input: String,
-    expected: String,
-}
-
 async fn put_fixtures(
     State(app): State<App>,
     Path(plugin): Path<String>,
@@ -365,7 +361,7 @@ async fn put_fixtures(
     let Some(lc) = app.lifecycle.clone() else {
         return no_pipeline();
     };
-    let Ok(FixturesBody { input, expected }) = serde_json::from_slice(&body) else {
+    let Ok(api::FixturesRequest { input, expected }) = serde_json::from_slice(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
             r#"the body must be {"input": "<input.jsonl>", "expected": "<expected.jsonl>"}"#,
@@ -375,7 +371,11 @@ async fn put_fixtures(
     let stored =
         tokio::spawn(async move { lc.put_fixtures(&id, input, expected, &by).await }).await;
     match stored.unwrap_or_else(|e| Err(LifecycleError::Unavailable(e.to_string()))) {
-        Ok(()) => axum::Json(json!({"plugin": plugin, "fixtures": "stored"})).into_response(),
+        Ok(()) => axum::Json(api::FixturesStored {
+            plugin,
+            fixtures: "stored".into(),
+        })
+        .into_response(),
         Err(e) => refused(e),
     }
 }
@@ -412,11 +412,6 @@ async fn cohorts(State(app): State<App>) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-struct PromoteBody {
-    plugin: String,
-}
-
 async fn promote(
     State(app): State<App>,
     Path(cohort): Path<String>,
@@ -426,7 +421,7 @@ async fn promote(
     let Some(lc) = app.lifecycle.clone() else {
         return no_pipeline();
     };
-    let Ok(PromoteBody { plugin }) = serde_json::from_slice(&body) else {
+    let Ok(api::PromoteRequest { plugin }) = serde_json::from_slice(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
             r#"the body must be {"plugin": "NAME@VERSION"}"#,
@@ -454,24 +449,17 @@ async fn rollback(
     }
 }
 
-#[derive(Deserialize)]
-struct ShadowBody {
-    plugin: String,
-    messages: Option<u64>,
-    for_ms: Option<u64>,
-}
-
 async fn shadow(State(app): State<App>, Path(cohort): Path<String>, body: Bytes) -> Response {
     let Some(lc) = app.lifecycle.clone() else {
         return no_pipeline();
     };
-    let limit = match serde_json::from_slice::<ShadowBody>(&body) {
-        Ok(ShadowBody {
+    let limit = match serde_json::from_slice::<api::ShadowRequest>(&body) {
+        Ok(api::ShadowRequest {
             plugin,
             messages: Some(n),
             for_ms: None,
         }) if n > 0 => (plugin, crate::shadow::Limit::Messages(n)),
-        Ok(ShadowBody {
+        Ok(api::ShadowRequest {
             plugin,
             messages: None,
             for_ms: Some(ms),

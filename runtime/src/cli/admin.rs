@@ -30,14 +30,11 @@ pub struct AdminArgs {
 impl AdminArgs {
     /// Call the admin API; print its answer as JSON (`--json`) or as `text` makes it. A
     /// refusal is printed with the server's reason and exits 1.
-    pub fn call<F, Fut>(
-        &self,
-        call: F,
-        text: impl FnOnce(&serde_json::Value) -> String,
-    ) -> Result<ExitCode>
+    pub fn call<F, Fut, T>(&self, call: F, text: impl FnOnce(&T) -> String) -> Result<ExitCode>
     where
         F: FnOnce(AdminClient) -> Fut,
-        Fut: std::future::Future<Output = Result<serde_json::Value, ClientError>>,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+        T: serde::Serialize,
     {
         let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         let client =
@@ -49,7 +46,7 @@ impl AdminArgs {
                 }
             };
         match rt.block_on(call(client)) {
-            Ok(v) if self.json => println!("{v}"),
+            Ok(v) if self.json => println!("{}", serde_json::to_string(&v)?),
             Ok(v) => println!("{}", text(&v)),
             Err(e) => {
                 eprintln!("refused: {e}");
@@ -60,14 +57,9 @@ impl AdminArgs {
     }
 }
 
-/// A JSON string, or `-`.
-pub fn str_of(v: &serde_json::Value) -> &str {
-    v.as_str().unwrap_or("-")
-}
-
-/// One line per element of a JSON array, or `(none)`.
-pub fn table(v: &serde_json::Value, line: impl Fn(&serde_json::Value) -> String) -> String {
-    let lines: Vec<String> = v.as_array().into_iter().flatten().map(line).collect();
+/// One line per element, or `(none)`.
+pub fn table<T>(items: &[T], line: impl Fn(&T) -> String) -> String {
+    let lines: Vec<String> = items.iter().map(line).collect();
     if lines.is_empty() {
         "(none)".into()
     } else {

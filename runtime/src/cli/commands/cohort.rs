@@ -1,9 +1,10 @@
 //! `weir cohort`: the cohorts of a running weir.
 
-use crate::admin::{AdminArgs, str_of, table, timestamp};
+use crate::admin::{AdminArgs, table, timestamp};
 use anyhow::Result;
 use clap::Subcommand;
 use std::process::ExitCode;
+use weir::admin::api::{CohortView, SlotView};
 
 #[derive(Subcommand)]
 pub enum CohortCommand {
@@ -19,36 +20,40 @@ pub fn execute(command: CohortCommand) -> Result<ExitCode> {
     match command {
         CohortCommand::List { admin } => admin.call(
             |c| async move { c.cohorts().await },
-            |v| table(v, cohort_line),
+            |v: &Vec<CohortView>| table(v, cohort_line),
         ),
     }
 }
 
 /// `thermostats  thermostat@1.2.0  <sha256>  since … by ops  slots 0,3 here`.
-fn cohort_line(c: &serde_json::Value) -> String {
+fn cohort_line(c: &CohortView) -> String {
     format!(
         "{}  {}@{}  {}  {}",
-        str_of(&c["cohort"]),
-        str_of(&c["plugin"]["name"]),
-        str_of(&c["plugin"]["version"]),
-        str_of(&c["plugin"]["sha256"]),
-        match c["since_ms"].as_i64() {
-            Some(ms) => format!("since {} by {}", timestamp(ms), str_of(&c["by"])),
+        c.cohort,
+        c.plugin.name,
+        c.plugin.version,
+        c.plugin.sha256,
+        match c.since_ms {
+            Some(ms) => format!(
+                "since {} by {}",
+                timestamp(ms),
+                c.by.as_deref().unwrap_or("-")
+            ),
             None => "pinned by weir.toml".to_owned(),
         },
-    ) + &slots_summary(&c["slots"])
+    ) + &slots_summary(c.slots.as_deref())
 }
 
 /// `  slots 0,3 here; 1,4 at <process>` for a cohort view's `slots`, or nothing.
-fn slots_summary(slots: &serde_json::Value) -> String {
-    let Some(slots) = slots.as_array() else {
+fn slots_summary(slots: Option<&[SlotView]>) -> String {
+    let Some(slots) = slots else {
         return String::new();
     };
     let mut by: std::collections::BTreeMap<(bool, &str), Vec<String>> = Default::default();
     for s in slots {
-        by.entry((!s["here"].as_bool().unwrap_or(false), str_of(&s["process"])))
+        by.entry((!s.here, s.process.as_str()))
             .or_default()
-            .push(s["slot"].to_string());
+            .push(s.slot.to_string());
     }
     if by.is_empty() {
         return "  slots: none held yet".into();
@@ -68,17 +73,25 @@ fn slots_summary(slots: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use weir::admin::api::SlotView;
 
     #[test]
     fn slots_are_grouped_by_holder_with_this_process_first() {
-        let v = json!([
-            {"slot": 1, "here": false, "process": "weir@b:2"},
-            {"slot": 0, "here": true, "process": "weir@a:1"},
-            {"slot": 3, "here": true, "process": "weir@a:1"},
-        ]);
-        assert_eq!(super::slots_summary(&v), "  slots 0,3 here; 1 at weir@b:2");
-        assert_eq!(super::slots_summary(&json!([])), "  slots: none held yet");
-        assert_eq!(super::slots_summary(&json!(null)), "");
+        let slot = |slot, here, process: &str| SlotView {
+            slot,
+            here,
+            process: process.into(),
+        };
+        let v = [
+            slot(1, false, "weir@b:2"),
+            slot(0, true, "weir@a:1"),
+            slot(3, true, "weir@a:1"),
+        ];
+        assert_eq!(
+            super::slots_summary(Some(&v)),
+            "  slots 0,3 here; 1 at weir@b:2"
+        );
+        assert_eq!(super::slots_summary(Some(&[])), "  slots: none held yet");
+        assert_eq!(super::slots_summary(None), "");
     }
 }

@@ -1,7 +1,7 @@
 //! `weir plugin`: inspect plugin files; push, promote, roll back and shadow versions in a
 //! running weir; its audit trail.
 
-use crate::admin::{AdminArgs, str_of, table, timestamp};
+use crate::admin::{AdminArgs, table, timestamp};
 use crate::engine::EngineArgs;
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -9,6 +9,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use weir::admin::api::{Action, Audit, Example, PluginView, Promoted, Pushed, ShadowReport};
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
@@ -101,7 +102,7 @@ pub fn execute(command: PluginCommand) -> Result<ExitCode> {
         } => push(&file, fixtures.as_deref(), &admin),
         P::List { admin } => admin.call(
             |c| async move { c.plugins().await },
-            |v| table(v, plugin_line),
+            |v: &Vec<PluginView>| table(v, plugin_line),
         ),
         P::Promote {
             cohort,
@@ -130,7 +131,7 @@ pub fn execute(command: PluginCommand) -> Result<ExitCode> {
         }
         P::History { cohort, admin } => admin.call(
             |c| async move { c.history(&cohort).await },
-            |v| table(v, history_line),
+            |v: &Vec<Audit>| table(v, history_line),
         ),
     }
 }
@@ -175,98 +176,83 @@ fn push(file: &Path, fixtures: Option<&Path>, admin: &AdminArgs) -> Result<ExitC
         |c| async move {
             let pushed = c.push(bytes).await?;
             if let Some((input, expected)) = fixtures {
-                let id = str_of(&pushed["plugin"]).to_owned();
-                c.put_fixtures(&id, input, expected).await?;
+                c.put_fixtures(&pushed.plugin, input, expected).await?;
             }
             Ok(pushed)
         },
-        |v| {
-            let verb = if v["new"] == true {
-                "stored"
-            } else {
-                "already stored"
-            };
-            format!(
-                "{} {} ({verb}, {} bytes)",
-                str_of(&v["plugin"]),
-                str_of(&v["sha256"]),
-                v["size"]
-            )
+        |v: &Pushed| {
+            let verb = if v.new { "stored" } else { "already stored" };
+            format!("{} {} ({verb}, {} bytes)", v.plugin, v.sha256, v.size)
         },
     )
 }
 
 /// `thermostat@1.2.0  <sha256>  12345 B  by ops  live in thermostats`.
-fn plugin_line(p: &Value) -> String {
-    let cohorts: Vec<&str> = p["cohorts"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
-        .unwrap_or_default();
+fn plugin_line(p: &PluginView) -> String {
+    let u = &p.upload;
     format!(
         "{}@{}  {}  {:>8} B  by {}  {}",
-        str_of(&p["name"]),
-        str_of(&p["version"]),
-        str_of(&p["sha256"]),
-        p["size"],
-        str_of(&p["by"]),
-        if cohorts.is_empty() {
+        u.plugin.name,
+        u.plugin.version,
+        u.plugin.sha256,
+        u.size,
+        u.by,
+        if p.cohorts.is_empty() {
             "-".to_owned()
         } else {
-            format!("live in {}", cohorts.join(", "))
+            format!("live in {}", p.cohorts.join(", "))
         }
     )
 }
 
+/// The first 12 characters of a digest.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
 /// One audit entry: when, what, which version, by whom (and under which key), old → new.
-fn history_line(a: &Value) -> String {
-    let what = match a["action"].as_str() {
-        Some("cutover") => format!(
-            "{} switched at message on {}",
-            str_of(&a["cutover"]["process"]),
-            str_of(&a["cutover"]["first_topic"])
-        ),
+fn history_line(a: &Audit) -> String {
+    let what = match (&a.action, &a.cutover) {
+        (Action::Cutover, Some(c)) => {
+            format!("{} switched at message on {}", c.process, c.first_topic)
+        }
         _ => format!(
             "{} → {}",
-            a["old_sha256"]
-                .as_str()
-                .map_or("-", |s| &s[..s.len().min(12)]),
-            str_of(&a["new_sha256"])
-                .chars()
-                .take(12)
-                .collect::<String>()
+            a.old_sha256.as_deref().map_or("-", short),
+            short(&a.new_sha256)
         ),
     };
-    let signed = match a["signer"].as_str() {
+    let signed = match &a.signer {
         Some(key) => format!(" (key {key})"),
         None => String::new(),
     };
     format!(
         "{}  {:<8}  {}  by {}{signed}  {what}",
-        timestamp(a["at_ms"].as_i64().unwrap_or(0)),
-        str_of(&a["action"]),
-        str_of(&a["plugin"]),
-        str_of(&a["by"]),
+        timestamp(a.at_ms),
+        a.action.as_str(),
+        a.plugin,
+        a.by,
     )
 }
 
 /// A promote or rollback: the versions, the gate's and the swap's time, the cutover.
-fn describe_change(v: &Value) -> String {
+fn describe_change(v: &Promoted) -> String {
     let mut out = format!(
         "{}: {}@{} → {}@{} (sha256 {}); gate {} ms, live in {} ms",
-        str_of(&v["cohort"]),
-        str_of(&v["from"]["name"]),
-        str_of(&v["from"]["version"]),
-        str_of(&v["to"]["name"]),
-        str_of(&v["to"]["version"]),
-        str_of(&v["to"]["sha256"]),
-        v["gate_ms"],
-        v["swap_ms"],
+        v.cohort,
+        v.from.name,
+        v.from.version,
+        v.to.name,
+        v.to.version,
+        v.to.sha256,
+        v.gate_ms,
+        v.swap_ms,
     );
-    match v["cutover"].as_object() {
+    match &v.cutover {
         Some(c) => out.push_str(&format!(
             "\ncutover: first message on {} at {}",
-            c.get("first_topic").and_then(|t| t.as_str()).unwrap_or("-"),
-            timestamp(c.get("at_ms").and_then(|t| t.as_i64()).unwrap_or(0))
+            c.first_topic,
+            timestamp(c.at_ms)
         )),
         None => out.push_str("\ncutover: with the cohort's next message"),
     }
@@ -274,52 +260,54 @@ fn describe_change(v: &Value) -> String {
 }
 
 /// A shadow run's counts, then each example with its field-level diff or its codes.
-fn describe_shadow(v: &Value) -> String {
+fn describe_shadow(v: &ShadowReport) -> String {
+    let r = &v.report;
     let mut out = format!(
         "{}: {}@{} (live) vs {}@{} over {} messages{}\n  identical {}  different {}  live-rejected {}  candidate-rejected {}  candidate-failed {}  skipped {}",
-        str_of(&v["cohort"]),
-        str_of(&v["live"]["name"]),
-        str_of(&v["live"]["version"]),
-        str_of(&v["candidate"]["name"]),
-        str_of(&v["candidate"]["version"]),
-        v["messages"],
-        if v["complete"] == true {
+        v.cohort,
+        v.live.name,
+        v.live.version,
+        v.candidate.name,
+        v.candidate.version,
+        r.messages,
+        if r.complete {
             ""
         } else {
             " (cut short at 10 minutes)"
         },
-        v["identical"],
-        v["different"],
-        v["live_rejected"],
-        v["candidate_rejected"],
-        v["candidate_failed"],
-        v["skipped"],
+        r.identical,
+        r.different,
+        r.live_rejected,
+        r.candidate_rejected,
+        r.candidate_failed,
+        r.skipped,
     );
-    for e in v["examples"].as_array().into_iter().flatten() {
+    for e in &r.examples {
         out.push_str(&describe_example(e));
     }
     out
 }
 
-fn describe_example(e: &Value) -> String {
+fn describe_example(e: &Example) -> String {
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
     let mut out = format!(
         "\n{}: live {} / candidate {}",
-        str_of(&e["topic"]),
-        str_of(&e["live"]["outcome"]),
-        str_of(&e["candidate"]["outcome"]),
+        e.topic,
+        text(&e.live["outcome"]),
+        text(&e.candidate["outcome"]),
     );
-    for d in e["diff"].as_array().into_iter().flatten() {
-        let show = |x: Option<&Value>| x.map_or("(absent)".to_owned(), |x| x.to_string());
+    for d in &e.diff {
+        let show = |x: &Option<Value>| x.as_ref().map_or("(absent)".to_owned(), Value::to_string);
         out.push_str(&format!(
             "\n    {}: {} → {}",
-            str_of(&d["field"]),
-            show(d.get("live")),
-            show(d.get("candidate")),
+            d.field,
+            show(&d.live),
+            show(&d.candidate),
         ));
     }
-    for (side, o) in [("live", &e["live"]), ("candidate", &e["candidate"])] {
+    for (side, o) in [("live", &e.live), ("candidate", &e.candidate)] {
         if let Some(code) = o["code"].as_str() {
-            out.push_str(&format!("\n    {side}: {code}: {}", str_of(&o["reason"])));
+            out.push_str(&format!("\n    {side}: {code}: {}", text(&o["reason"])));
         }
     }
     out
@@ -327,14 +315,29 @@ fn describe_example(e: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use weir::admin::api::{Action, Audit, Promoted, Version};
+
+    fn version(v: &str, sha256: &str) -> Version {
+        Version {
+            name: "p".into(),
+            version: v.into(),
+            sha256: sha256.into(),
+        }
+    }
 
     #[test]
     fn a_history_line_names_the_signing_key_and_shortens_digests() {
-        let a = json!({
-            "at_ms": 0, "action": "promote", "plugin": "thermostat@1.1.0", "by": "ops",
-            "signer": "deploy", "old_sha256": "a".repeat(64), "new_sha256": "b".repeat(64),
-        });
+        let a = Audit {
+            cohort: Some("t".into()),
+            action: Action::Promote,
+            plugin: "thermostat@1.1.0".into(),
+            old_sha256: Some("a".repeat(64)),
+            new_sha256: "b".repeat(64),
+            at_ms: 0,
+            by: "ops".into(),
+            cutover: None,
+            signer: Some("deploy".into()),
+        };
         assert_eq!(
             super::history_line(&a),
             "1970-01-01T00:00:00.000Z  promote   thermostat@1.1.0  by ops (key deploy)  aaaaaaaaaaaa → bbbbbbbbbbbb"
@@ -343,10 +346,14 @@ mod tests {
 
     #[test]
     fn a_change_without_a_cutover_says_it_comes_with_the_next_message() {
-        let v = json!({
-            "cohort": "t", "from": {"name": "p", "version": "1"},
-            "to": {"name": "p", "version": "2", "sha256": "s"}, "gate_ms": 5, "swap_ms": 7,
-        });
+        let v = Promoted {
+            cohort: "t".into(),
+            from: version("1", "r"),
+            to: version("2", "s"),
+            gate_ms: 5,
+            swap_ms: 7,
+            cutover: None,
+        };
         assert_eq!(
             super::describe_change(&v),
             "t: p@1 → p@2 (sha256 s); gate 5 ms, live in 7 ms\ncutover: with the cohort's next message"
