@@ -117,6 +117,11 @@ pub struct Pin {
     /// The sha256 of the pin this one was decided against (none: the cohort had no pin).
     #[serde(default)]
     pub replaces: Option<String>,
+    /// The pin's place in its cohort's chain: one more than the pin it replaces (the
+    /// first is 1). A pin at or below the applied one's place is an earlier entry written
+    /// again (a replay) and never applies; pins from before the chain was counted read 0.
+    #[serde(default)]
+    pub seq: u64,
     /// When the pin was written, ms since the Unix epoch.
     pub at_ms: i64,
     /// The admin token's name.
@@ -336,6 +341,9 @@ impl State {
                 Ok(mut p) => match self.pins.get(&p.cohort) {
                     Some(current) if Some(&current.plugin.sha256) != p.replaces.as_ref() => {
                         tracing::warn!(cohort = %p.cohort, plugin = %p.plugin.id(), "control topic: a pin decided against an older pin lost to a concurrent change; ignored")
+                    }
+                    Some(current) if p.seq <= current.seq && (p.seq, current.seq) != (0, 0) => {
+                        tracing::warn!(cohort = %p.cohort, plugin = %p.plugin.id(), seq = p.seq, applied = current.seq, "control topic: an earlier pin written again (a replay); ignored")
                     }
                     _ => {
                         p.signer = signer;
@@ -1002,20 +1010,21 @@ mod tests {
             version: format!("1.{n}.0"),
             sha256: format!("{n:02x}"),
         };
-        let pin = |to: u8, replaces: Option<u8>, rollback_to: Vec<Version>| Pin {
+        let pin = |to: u8, replaces: Option<u8>, rollback_to: Vec<Version>, seq: u64| Pin {
             cohort: "c".into(),
             plugin: v(to),
             previous: replaces.map(v),
             rollback_to,
             replaces: replaces.map(|r| v(r).sha256),
+            seq,
             at_ms: to as i64,
             by: "ops".into(),
             signer: None,
         };
         let entries = [
-            pin(1, Some(0), vec![v(0)]),
-            pin(0, Some(1), vec![]),
-            pin(1, Some(0), vec![v(0)]),
+            pin(1, Some(0), vec![v(0)], 1),
+            pin(0, Some(1), vec![], 2),
+            pin(1, Some(0), vec![v(0)], 3),
         ];
         let key = Key::Pin { cohort: "c".into() }.to_string();
         let mut full = State::default();
@@ -1025,6 +1034,49 @@ mod tests {
         let mut compacted = State::default();
         compacted.apply(&key, Some(&serde_json::to_vec(&entries[2]).unwrap()), None);
         assert_eq!(full.pins, compacted.pins);
+    }
+
+    #[test]
+    fn a_pin_written_again_later_does_not_apply_again() {
+        let v = |n: u8| Version {
+            name: "t".into(),
+            version: format!("1.{n}.0"),
+            sha256: format!("{n:02x}"),
+        };
+        let pin = |to: u8, from: u8, seq: u64| Pin {
+            cohort: "c".into(),
+            plugin: v(to),
+            previous: Some(v(from)),
+            rollback_to: vec![],
+            replaces: Some(v(from).sha256),
+            seq,
+            at_ms: 0,
+            by: "ops".into(),
+            signer: None,
+        };
+        let key = Key::Pin { cohort: "c".into() }.to_string();
+        let mut state = State::default();
+        let first = pin(0, 9, 1);
+        let to_b = pin(1, 0, 2);
+        let back = pin(0, 1, 3);
+        for p in [&first, &to_b, &back] {
+            state.apply(&key, Some(&serde_json::to_vec(p).unwrap()), None);
+        }
+        assert_eq!(state.pins["c"], back);
+        // Anyone who kept the signed "to 1.1.0" entry writes it again: it replaces what
+        // runs now (1.0.0), but its place in the chain is behind.
+        state.apply(&key, Some(&serde_json::to_vec(&to_b).unwrap()), None);
+        assert_eq!(state.pins["c"], back, "a replayed pin was applied");
+        // The next real change (place 4) applies.
+        let next = pin(1, 0, 4);
+        state.apply(&key, Some(&serde_json::to_vec(&next).unwrap()), None);
+        assert_eq!(state.pins["c"], next);
+        // Pins from before the chain was counted still follow each other.
+        let mut old = State::default();
+        for p in [pin(0, 9, 0), pin(1, 0, 0), pin(0, 1, 0)] {
+            old.apply(&key, Some(&serde_json::to_vec(&p).unwrap()), None);
+        }
+        assert_eq!(old.pins["c"].plugin, v(0));
     }
 
     #[test]

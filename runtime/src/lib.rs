@@ -39,3 +39,21 @@ pub mod status;
 pub mod store;
 pub mod topics;
 pub mod transform;
+
+/// Test builds only: panic here when `WEIR_FAILPOINT` names `point`, so that the tests can
+/// show what weir does when a task dies (release builds have no such switch).
+#[cfg(debug_assertions)]
+pub(crate) fn failpoint(point: &str) {
+    if std::env::var("WEIR_FAILPOINT").is_ok_and(|p| p == point) {
+        panic!("failpoint {point}");
+    }
+}
+
+/// What a panic said, for the error that reports it.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}

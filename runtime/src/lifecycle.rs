@@ -203,6 +203,7 @@ impl Change<'_> {
             previous: Some(self.from.clone()),
             rollback_to,
             replaces: current.map(|p| p.plugin.sha256.clone()),
+            seq: current.map_or(1, |p| p.seq + 1),
             at_ms: self.at_ms,
             by: self.by.to_owned(),
             signer: None,
@@ -988,7 +989,7 @@ impl Lifecycle {
     async fn record_cutover(&self, s: Switched) {
         let cohort = self.config.cohorts[s.cohort].name.clone();
         let at_ms = now_ms();
-        tracing::info!(%cohort, plugin = %s.version.id(), first_topic = %s.first_topic, "cutover: first message through the new version");
+        tracing::info!(%cohort, plugin = %s.version.id(), first_topic = %weir_core::untrusted::Untrusted(&s.first_topic), "cutover: first message through the new version");
         let audit = Audit {
             cohort: Some(cohort),
             action: Action::Cutover,
@@ -1261,6 +1262,11 @@ mod tests {
         let (p3, _) = change(&v2, &v3, Action::Promote).records(Some(&p2));
         assert_eq!(p3.rollback_to, vec![v1.clone(), v2.clone()]);
         assert_eq!(p3.replaces.as_deref(), Some("sha-2"));
+        assert_eq!(
+            (p2.seq, p3.seq),
+            (1, 2),
+            "each pin one more than the one it replaces"
+        );
         // Rolling back to 2 leaves only what was below it; a second rollback reaches 1.
         let (back, audit) = change(&v3, &v2, Action::Rollback).records(Some(&p3));
         assert_eq!(back.plugin, v2);
@@ -1283,12 +1289,14 @@ mod tests {
             previous: Some(v3.clone()),
             rollback_to: vec![v1.clone(), v2.clone(), v3.clone()],
             replaces: Some("sha-3".into()),
+            seq: 3,
             at_ms: 1,
             by: "ops".into(),
             signer: None,
         };
         let (back, _) = change(&v4, &v2, Action::Rollback).records(Some(&pin));
         assert_eq!(back.rollback_to, vec![v1]);
+        assert_eq!(back.seq, 4);
         assert_eq!(back.previous, Some(v4));
     }
 }

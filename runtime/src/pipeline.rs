@@ -1116,21 +1116,12 @@ async fn deliver(
             w = work.recv(), if open => match w {
                 Some(w) => {
                     #[cfg(debug_assertions)]
-                    failpoint("courier-panic");
+                    crate::failpoint("courier-panic");
                     courier.take(&w.topology, w.messages).await
                 }
                 None => open = false,
             },
         }
-    }
-}
-
-/// Test builds only: panic here when `WEIR_FAILPOINT` names `point`, so that the tests can
-/// show what weir does when a task dies (release builds have no such switch).
-#[cfg(debug_assertions)]
-fn failpoint(point: &str) {
-    if std::env::var("WEIR_FAILPOINT").is_ok_and(|p| p == point) {
-        panic!("failpoint {point}");
     }
 }
 
@@ -1202,11 +1193,7 @@ fn supervised(
     use futures::FutureExt;
     AbortOnDrop(tokio::spawn(async move {
         if let Err(panic) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
+            let what = crate::panic_message(&*panic);
             let _ = panics.send(format!(
                 "{name} panicked ({what}); what it held stays unacknowledged with the broker"
             ));

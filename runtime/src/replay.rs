@@ -60,8 +60,9 @@ impl From<String> for ReplayError {
 pub use crate::capture::Range;
 
 /// The config key of the topic `weir run` writes or reads that `topic` is, if it is one:
-/// a cohort's output, the quarantine, the raw capture or the control topic. Replaying into
-/// such a topic mixes replayed records with live ones (or feeds the control plane).
+/// a cohort's output, the quarantine, the raw capture, the control topic or a group's
+/// scale-out slots. Replaying into such a topic mixes replayed records with live ones (or
+/// feeds the control plane, or the membership of the slots).
 pub fn live_topic(config: &crate::config::Config, topic: &str) -> Option<String> {
     let out = &config.output;
     config
@@ -73,6 +74,17 @@ pub fn live_topic(config: &crate::config::Config, topic: &str) -> Option<String>
         .or_else(|| (out.quarantine_topic == topic).then(|| "output.quarantine_topic".into()))
         .or_else(|| (out.raw_topic.as_deref() == Some(topic)).then(|| "output.raw_topic".into()))
         .or_else(|| (config.plugins.control_topic == topic).then(|| "plugins.control_topic".into()))
+        .or_else(|| {
+            // A group's scale-out membership (`weir.slots.<client_id>`).
+            let slotted = config
+                .group_plans()
+                .into_iter()
+                .filter(|g| g.mqtt.slots.is_some());
+            slotted
+                .map(|g| crate::config::slots_topic(&g.mqtt.client_id))
+                .find(|t| t == topic)
+                .map(|_| "mqtt.slots".into())
+        })
 }
 
 /// What to do with the replayed outcomes.
@@ -679,4 +691,51 @@ fn example(
         published,
         replayed,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::live_topic;
+    use crate::config::Config;
+
+    #[test]
+    fn every_topic_weir_run_writes_or_reads_is_live() {
+        let text = r#"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+client_id = "plant"
+subscriptions = ["$share/weir/plant/#"]
+slots = 3
+[kafka]
+bootstrap = "127.0.0.1:9092"
+[registry]
+url = "http://127.0.0.1:8081"
+[output]
+raw_topic = "telemetry.raw"
+[plugins]
+dir = "plugins"
+[[cohort]]
+name = "t"
+topic = "plant/+/thermostat/+"
+plugin = "thermostat@1.0.0"
+output_topic = "telemetry.thermostat"
+"#;
+        let config = Config::parse("weir.toml", text, &[]).unwrap();
+        let live = |t: &str| live_topic(&config, t);
+        assert_eq!(
+            live("telemetry.thermostat").as_deref(),
+            Some("cohort[0].output_topic")
+        );
+        assert_eq!(live("telemetry.raw").as_deref(), Some("output.raw_topic"));
+        assert_eq!(
+            live(&config.output.quarantine_topic).as_deref(),
+            Some("output.quarantine_topic")
+        );
+        assert_eq!(
+            live(&config.plugins.control_topic).as_deref(),
+            Some("plugins.control_topic")
+        );
+        assert_eq!(live("weir.slots.plant").as_deref(), Some("mqtt.slots"));
+        assert_eq!(live("replayed.thermostat"), None);
+    }
 }

@@ -497,32 +497,45 @@ fn a_refused_subscription_stops_start_up_naming_the_filter() {
     assert!(err.contains("QoS 0"), "{err}");
 }
 
-/// A pipeline task that dies (here the courier, through a failpoint of test builds) stops
-/// weir with an error naming it, not an exit 0 saying everything was acknowledged; what it
-/// held was not acknowledged, so the next run writes it.
+/// A task that dies (the courier, the MQTT session; through failpoints of test builds)
+/// stops weir with an error naming it, not an exit 0 saying everything was acknowledged,
+/// nor a weir that runs on taking nothing in; what it held was not acknowledged, so the
+/// next run writes it.
 #[test]
-fn a_courier_that_dies_stops_weir_with_an_error_and_loses_nothing() {
-    let p = unique("courierpanic");
-    let weir = Weir::start(&config(&p), &[("WEIR_FAILPOINT", "courier-panic")]);
-    let mut publisher = Publisher::new(&format!("{p}-pub"));
-    publisher.publish(
-        &format!("{p}/plant/1/thermostat/t-1"),
-        r#"{"ts":7,"temp_c":19}"#,
-        &[],
-    );
-    publisher.flush();
-    let (status, log) = weir.wait_exit(Duration::from_secs(30));
-    let status = status.expect("weir stops by itself when its courier dies");
-    assert!(!status.success(), "{log}");
-    assert!(log.contains("courier"), "the error names the task: {log}");
-    // The same session, without the failpoint: the message arrives again and is written.
-    let weir = Weir::start(&config(&p), &[]);
-    let records = consume(
-        &format!("{p}.thermostat"),
-        1,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-    );
-    assert_eq!(ts_counts(&records).get(&7), Some(&1));
-    drop(weir);
+fn a_courier_or_session_that_dies_stops_weir_with_an_error_and_loses_nothing() {
+    // (failpoint, what the error names, whether Kafka had the record before the panic)
+    let cases = [
+        ("courier-panic", "courier", false),
+        ("session-panic", "MQTT session", true),
+    ];
+    for (i, (failpoint, task, written)) in cases.into_iter().enumerate() {
+        let p = unique(&format!("taskpanic{i}"));
+        let weir = Weir::start(&config(&p), &[("WEIR_FAILPOINT", failpoint)]);
+        let mut publisher = Publisher::new(&format!("{p}-pub"));
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/t-1"),
+            r#"{"ts":7,"temp_c":19}"#,
+            &[],
+        );
+        publisher.flush();
+        let (status, log) = weir.wait_exit(Duration::from_secs(30));
+        let status = status.expect("weir stops by itself when a task dies");
+        assert!(!status.success(), "{failpoint}: {log}");
+        assert!(
+            log.contains(task),
+            "{failpoint}: the error names the task: {log}"
+        );
+        // The same session, without the failpoint: the message arrives again and is
+        // written (twice when Kafka had it before the PUBACK was lost: at least once).
+        let weir = Weir::start(&config(&p), &[]);
+        let want = if written { 2 } else { 1 };
+        let records = consume(
+            &format!("{p}.thermostat"),
+            want,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        );
+        assert_eq!(ts_counts(&records).get(&7), Some(&want), "{failpoint}");
+        drop(weir);
+    }
 }

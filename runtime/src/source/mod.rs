@@ -421,9 +421,20 @@ impl Source {
             fatal: inner.fatal.clone(),
         };
         {
-            let (done, finished) = (done.clone(), finished.clone());
+            let (done, finished, fatal) = (done.clone(), finished.clone(), inner.fatal.clone());
             tokio::spawn(async move {
-                session.run().await;
+                use futures::FutureExt;
+                // A session that dies must stop weir, not leave its lane waiting for
+                // messages that will never come.
+                if let Err(panic) = std::panic::AssertUnwindSafe(session.run())
+                    .catch_unwind()
+                    .await
+                {
+                    let what = crate::panic_message(&*panic);
+                    fatal.send_replace(Some(format!(
+                        "the MQTT session panicked ({what}); weir stops, and the broker redelivers what was not acknowledged"
+                    )));
+                }
                 finished.store(true, Ordering::Release);
                 done.notify_waiters();
             });
@@ -1161,6 +1172,8 @@ impl Session {
                         return End::Stopped;
                     }
                     tokens.extend(given.drain(..).flatten());
+                    #[cfg(debug_assertions)]
+                    crate::failpoint("session-panic");
                     self.ack(conn, &mut tokens).await
                 }
                 _ = ping.tick() => self.ping(conn).await,
