@@ -973,6 +973,8 @@ impl Lifecycle {
                 changed = state.changed() => if changed.is_err() { return },
                 s = switched.recv() => match s {
                     Some(s) => {
+                        #[cfg(debug_assertions)]
+                        crate::failpoint("follower-panic");
                         let me = self.clone();
                         tokio::spawn(async move { me.record_cutover(s).await });
                         continue

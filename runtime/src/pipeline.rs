@@ -337,7 +337,10 @@ pub async fn run(
     let admin = admin::bind(&cfg.admin.listen)
         .await
         .map_err(StartError::Other)?;
-    let _admin = admin::spawn(
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ended_tx, mut ended) = mpsc::unbounded_channel::<Option<String>>();
+    let (panic_tx, mut panics) = mpsc::unbounded_channel::<String>();
+    let serving = admin::spawn(
         admin,
         cfg.admin.tls.as_ref(),
         metrics.clone(),
@@ -345,12 +348,22 @@ pub async fn run(
         p.tokens,
     )
     .map_err(StartError::Other)?;
+    // The admin listener and the lifecycle's follower are watched like the lanes' tasks: a
+    // panic in either stops weir with its reason.
+    let _admin = supervised("the admin listener".into(), panic_tx.clone(), async move {
+        if let Err(e) = serving.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    });
     let topics = written_topics(cfg);
     let (switched_tx, switched_rx) = mpsc::unbounded_channel::<Switched>();
-    let _follower = AbortOnDrop(tokio::spawn(p.lifecycle.clone().follow(switched_rx)));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (ended_tx, mut ended) = mpsc::unbounded_channel::<Option<String>>();
-    let (panic_tx, mut panics) = mpsc::unbounded_channel::<String>();
+    let _follower = supervised(
+        "the plugin lifecycle's follower".into(),
+        panic_tx.clone(),
+        p.lifecycle.clone().follow(switched_rx),
+    );
     let plans = cfg.group_plans();
     // Every group counts towards readiness from the start, not from when its lane starts:
     // weir is not ready while a group is still being set up.

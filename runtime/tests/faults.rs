@@ -539,3 +539,48 @@ fn a_courier_or_session_that_dies_stops_weir_with_an_error_and_loses_nothing() {
         drop(weir);
     }
 }
+
+/// The plugin lifecycle's follower (it records cutovers and converges on the pins) dying
+/// stops weir with its reason, instead of a weir whose promotes no longer take effect.
+#[test]
+fn a_lifecycle_follower_that_dies_stops_weir_with_an_error() {
+    let p = unique("followerpanic");
+    let weir = Weir::start(&config(&p), &[("WEIR_FAILPOINT", "follower-panic")]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["plugin", "promote", "thermostats", "thermostat@1.1.0"])
+        .args(["--admin", &weir.admin])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The first message through the new version is a cutover, which the follower records
+    // (here: where it panics).
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    publisher.publish(
+        &format!("{p}/plant/1/thermostat/t-1"),
+        r#"{"ts":7,"temp_c":19}"#,
+        &[],
+    );
+    publisher.flush();
+    let (status, log) = weir.wait_exit(Duration::from_secs(30));
+    let status = status.expect("weir stops by itself when its lifecycle follower dies");
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("lifecycle's follower"),
+        "the error names the task: {log}"
+    );
+    // Nothing is lost: the message is in Kafka after a restart, once or (when it was
+    // written but not acknowledged before the exit) twice.
+    let weir = Weir::start(&config(&p), &[]);
+    let records = consume(
+        &format!("{p}.thermostat"),
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    assert!(ts_counts(&records).get(&7).is_some_and(|n| *n >= 1));
+    drop(weir);
+}
