@@ -29,6 +29,24 @@ fn allow_descriptors(n: usize) {
     );
 }
 
+/// Hold a running weir to `n` open files (its soft limit), as under the common default of
+/// 1,024, whatever this test process was allowed: without a connection cap, the flood
+/// alone would take every descriptor weir has.
+fn limit_descriptors(weir: &Weir, n: u64) {
+    use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
+    let pid = Pid::from_raw(weir.child.id() as i32).expect("a process id");
+    let hard = getrlimit(Resource::Nofile).maximum;
+    prlimit(
+        Some(pid),
+        Resource::Nofile,
+        Rlimit {
+            current: Some(n),
+            maximum: hard,
+        },
+    )
+    .expect("prlimit on weir");
+}
+
 #[test]
 fn five_thousand_idle_connections_do_not_lock_out_the_api() {
     allow_descriptors(IDLE);
@@ -114,13 +132,20 @@ fn an_admin_flood_during_ingest_stalls_nothing() {
     allow_descriptors(IDLE);
     let p = unique("adminflood");
     let weir = Weir::start(&config(&p), &[]);
+    limit_descriptors(&weir, 1024);
     let devices = 4;
     let load = Load::start(&p, &format!("{p}-pub"), devices);
     load.wait_sent(200);
-    let addr = weir.admin.trim_start_matches("http://").to_owned();
+    let addr: std::net::SocketAddr = weir.admin.trim_start_matches("http://").parse().unwrap();
     let mut idle = Vec::with_capacity(IDLE);
+    // A listener that stopped accepting leaves connects waiting on SYN retries: each is
+    // bounded, and so is the flood.
+    let flood = Instant::now();
     for _ in 0..IDLE {
-        if let Ok(c) = std::net::TcpStream::connect(&addr) {
+        if flood.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        if let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
             idle.push(c);
         }
     }
