@@ -1323,13 +1323,7 @@ impl Config {
     fn check_groups(&self) -> Result<(), (String, String)> {
         let mut names = std::collections::HashSet::new();
         for (i, g) in self.groups.iter().enumerate() {
-            self.check_group(i, g)?;
-            if !names.insert(&g.name) {
-                return Err((
-                    format!("group[{i}].name"),
-                    format!("group name {:?} is used twice", g.name),
-                ));
-            }
+            self.check_group(i, g, &mut names)?;
         }
         for (i, c) in self.cohorts.iter().enumerate() {
             match &c.group {
@@ -1361,7 +1355,12 @@ impl Config {
 
     /// One `[[group]]`: its name, subscriptions, budgets, nice value, and that a cohort is
     /// in it.
-    fn check_group(&self, i: usize, g: &Group) -> Result<(), (String, String)> {
+    fn check_group<'a>(
+        &self,
+        i: usize,
+        g: &'a Group,
+        names: &mut std::collections::HashSet<&'a String>,
+    ) -> Result<(), (String, String)> {
         let at = |k: &str| format!("group[{i}].{k}");
         if g.name.is_empty()
             || g.name.len() > 64
@@ -1385,6 +1384,9 @@ impl Config {
                     "{DEFAULT_GROUP:?} is the group of cohorts that name none ([mqtt]'s own session); choose another name"
                 ),
             ));
+        }
+        if !names.insert(&g.name) {
+            return Err((at("name"), format!("group name {:?} is used twice", g.name)));
         }
         if g.subscriptions.is_empty() {
             return Err((

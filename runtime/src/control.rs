@@ -119,7 +119,8 @@ pub struct Pin {
     pub replaces: Option<String>,
     /// The pin's place in its cohort's chain: one more than the pin it replaces (the
     /// first is 1). A pin at or below the applied one's place is an earlier entry written
-    /// again (a replay) and never applies; pins from before the chain was counted read 0.
+    /// again (a replay) and never applies. 0: written by a weir that does not count (an
+    /// older binary in a rolling upgrade): unordered, it applies by `replaces` alone.
     #[serde(default)]
     pub seq: u64,
     /// When the pin was written, ms since the Unix epoch.
@@ -342,7 +343,7 @@ impl State {
                     Some(current) if Some(&current.plugin.sha256) != p.replaces.as_ref() => {
                         tracing::warn!(cohort = %p.cohort, plugin = %p.plugin.id(), "control topic: a pin decided against an older pin lost to a concurrent change; ignored")
                     }
-                    Some(current) if p.seq <= current.seq && (p.seq, current.seq) != (0, 0) => {
+                    Some(current) if p.seq != 0 && p.seq <= current.seq => {
                         tracing::warn!(cohort = %p.cohort, plugin = %p.plugin.id(), seq = p.seq, applied = current.seq, "control topic: an earlier pin written again (a replay); ignored")
                     }
                     _ => {
@@ -1071,6 +1072,11 @@ mod tests {
         let next = pin(1, 0, 4);
         state.apply(&key, Some(&serde_json::to_vec(&next).unwrap()), None);
         assert_eq!(state.pins["c"], next);
+        // A pin from an older weir (no place) still applies over a counted one: a rolling
+        // upgrade must not split the fleet.
+        let legacy = pin(0, 1, 0);
+        state.apply(&key, Some(&serde_json::to_vec(&legacy).unwrap()), None);
+        assert_eq!(state.pins["c"], legacy);
         // Pins from before the chain was counted still follow each other.
         let mut old = State::default();
         for p in [pin(0, 9, 0), pin(1, 0, 0), pin(0, 1, 0)] {

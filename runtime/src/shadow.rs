@@ -62,11 +62,24 @@ pub struct FieldDiff {
     /// Top-level field name.
     pub field: String,
     /// Its live value (absent: the live record has no such field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub live: Option<Value>,
     /// Its candidate value (absent: the candidate's record has no such field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub candidate: Option<Value>,
+}
+
+/// A field that is there, even as JSON `null`, is `Some` (absent ones default to `None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// A message whose outcomes differ.
