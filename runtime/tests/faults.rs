@@ -497,6 +497,25 @@ fn a_refused_subscription_stops_start_up_naming_the_filter() {
     assert!(err.contains("QoS 0"), "{err}");
 }
 
+/// One thermostat reading (`ts` 7) on the test's topics.
+fn publish_reading(p: &str) {
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    publisher.publish(
+        &format!("{p}/plant/1/thermostat/t-1"),
+        r#"{"ts":7,"temp_c":19}"#,
+        &[],
+    );
+    publisher.flush();
+}
+
+/// weir stops by itself within 30 s, with an error exit whose log names `task`.
+fn stops_naming(weir: Weir, task: &str) {
+    let (status, log) = weir.wait_exit(Duration::from_secs(30));
+    let status = status.unwrap_or_else(|| panic!("weir stops by itself when its {task} dies"));
+    assert!(!status.success(), "{task}: {log}");
+    assert!(log.contains(task), "the error names the {task}: {log}");
+}
+
 /// A task that dies (the courier, the MQTT session; through failpoints of test builds)
 /// stops weir with an error naming it, not an exit 0 saying everything was acknowledged,
 /// nor a weir that runs on taking nothing in; what it held was not acknowledged, so the
@@ -511,20 +530,8 @@ fn a_courier_or_session_that_dies_stops_weir_with_an_error_and_loses_nothing() {
     for (i, (failpoint, task, written)) in cases.into_iter().enumerate() {
         let p = unique(&format!("taskpanic{i}"));
         let weir = Weir::start(&config(&p), &[("WEIR_FAILPOINT", failpoint)]);
-        let mut publisher = Publisher::new(&format!("{p}-pub"));
-        publisher.publish(
-            &format!("{p}/plant/1/thermostat/t-1"),
-            r#"{"ts":7,"temp_c":19}"#,
-            &[],
-        );
-        publisher.flush();
-        let (status, log) = weir.wait_exit(Duration::from_secs(30));
-        let status = status.expect("weir stops by itself when a task dies");
-        assert!(!status.success(), "{failpoint}: {log}");
-        assert!(
-            log.contains(task),
-            "{failpoint}: the error names the task: {log}"
-        );
+        publish_reading(&p);
+        stops_naming(weir, task);
         // The same session, without the failpoint: the message arrives again and is
         // written (twice when Kafka had it before the PUBACK was lost: at least once).
         let weir = Weir::start(&config(&p), &[]);
@@ -558,20 +565,8 @@ fn a_lifecycle_follower_that_dies_stops_weir_with_an_error() {
     );
     // The first message through the new version is a cutover, which the follower records
     // (here: where it panics).
-    let mut publisher = Publisher::new(&format!("{p}-pub"));
-    publisher.publish(
-        &format!("{p}/plant/1/thermostat/t-1"),
-        r#"{"ts":7,"temp_c":19}"#,
-        &[],
-    );
-    publisher.flush();
-    let (status, log) = weir.wait_exit(Duration::from_secs(30));
-    let status = status.expect("weir stops by itself when its lifecycle follower dies");
-    assert!(!status.success(), "{log}");
-    assert!(
-        log.contains("lifecycle's follower"),
-        "the error names the task: {log}"
-    );
+    publish_reading(&p);
+    stops_naming(weir, "lifecycle's follower");
     // Nothing is lost: the message is in Kafka after a restart, once or (when it was
     // written but not acknowledged before the exit) twice.
     let weir = Weir::start(&config(&p), &[]);
