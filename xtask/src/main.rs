@@ -1,9 +1,14 @@
 //! `cargo xtask imports`: fail on an import circle between the `weir` crate's modules
 //! (`imports.rs`).
 //!
+//! `cargo xtask pytest`: run the Python SDK's and the Python plugins' native tests.
+//!
 //! `cargo xtask plugins [--release-dir DIR]`: build every plugin in `plugins/` and
 //! `tests/plugins/` to a Wasm component in `target/plugins/<name>-<version>.wasm` (and each
 //! extra version a crate lists in `[package.metadata.weir.versions]`, built with its feature).
+//!
+//! Python plugins (a `pyproject.toml` with `[tool.weir]`) are built with componentize-py
+//! into the same directory (`python.rs`).
 //!
 //! Plugins are compiled for `wasm32-unknown-unknown` and turned into components with
 //! `wit-component`, rather than built for `wasm32-wasip2`: a wasip2 binary imports a dozen
@@ -13,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod imports;
+mod python;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -25,6 +31,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("plugins") => build_plugins(),
+        Some("pytest") => python::test(&workspace_root(), &target_dir()),
         Some("imports") => imports::check(
             &args
                 .get(1)
@@ -32,7 +39,7 @@ fn main() -> Result<()> {
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask plugins|imports\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>-<version>.wasm\n  imports [SRC]   fail on an import circle between the modules of runtime/src (or SRC)"
+                "usage: cargo xtask plugins|pytest|imports\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>-<version>.wasm\n  pytest    run the Python SDK's and every Python plugin's native tests (pytest)\n  imports [SRC]   fail on an import circle between the modules of runtime/src (or SRC)"
             );
             std::process::exit(2);
         }
@@ -44,6 +51,12 @@ fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// One plugin crate and the versions it builds.
@@ -116,9 +129,7 @@ fn build_plugins() -> Result<()> {
     let root = workspace_root();
     let packages = plugin_packages(&root)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target_dir = target_dir();
     let out_dir = target_dir.join("plugins");
     std::fs::create_dir_all(&out_dir)?;
     // Every crate's own version in one build; then each extra version, one feature at a
@@ -165,6 +176,14 @@ fn build_plugins() -> Result<()> {
             std::fs::write(&out, &component)?;
             println!("{:>8} bytes  {}", component.len(), out.display());
         }
+    }
+    for p in python::find(&root)? {
+        let out = python::build(&root, &target_dir, &out_dir, &p)?;
+        println!(
+            "{:>8} bytes  {}",
+            std::fs::metadata(&out)?.len(),
+            out.display()
+        );
     }
     Ok(())
 }

@@ -105,7 +105,7 @@ impl CallLimits {
 /// may run up to a tick past its budget.
 const TICK: Duration = Duration::from_millis(5);
 /// Core Wasm instances one plugin component may hold.
-pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 /// Linear memories one plugin component may hold.
 pub const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
 /// Tables one plugin component may hold.
@@ -148,7 +148,7 @@ impl Sandbox {
         // component is a dozen or more core instances).
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(limits.max_instances)
-            .total_core_instances(limits.max_instances * 8)
+            .total_core_instances(limits.max_instances * 16)
             .total_memories(limits.max_instances * 4)
             .total_tables(limits.max_instances * 8)
             .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
