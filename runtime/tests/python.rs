@@ -1,0 +1,238 @@
+//! Plugins written in Python, against the real host: the Python thermostat publishes the
+//! Rust one's Avro bytes, message for message, and a hostile Python plugin is contained as
+//! a Rust one is. (End to end through `weir run` and `weir replay`: `pipeline.rs`.)
+
+mod common;
+
+use common::{kind, message, plugin_wasm, root};
+use std::sync::OnceLock;
+use weir::transform::{Host, Limits, Message, Outcome, Plugin};
+
+/// One host and each plugin compiled once for the whole file (an interpreter component
+/// takes seconds to compile).
+fn load(id: &'static str) -> &'static Plugin {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    static PLUGINS: OnceLock<std::sync::Mutex<Vec<(&'static str, &'static Plugin)>>> =
+        OnceLock::new();
+    let host = HOST.get_or_init(|| Host::new(Limits::default(), None).unwrap());
+    let mut loaded = PLUGINS.get_or_init(Default::default).lock().unwrap();
+    if let Some((_, p)) = loaded.iter().find(|(i, _)| *i == id) {
+        return p;
+    }
+    let plugin: &'static Plugin = Box::leak(Box::new(
+        host.load_file(&plugin_wasm(id))
+            .unwrap_or_else(|e| panic!("{id}: {e}")),
+    ));
+    loaded.push((id, plugin));
+    plugin
+}
+
+/// The shared fixtures' inputs and a generated corpus of every payload shape, with
+/// readings whose Fahrenheit conversion lands on a rounding half, unknown units, values
+/// out of range and payloads of the wrong shape.
+fn corpus() -> Vec<Message> {
+    let fixtures =
+        std::fs::read_to_string(root().join("plugins/thermostat/fixtures/input.jsonl")).unwrap();
+    let mut out: Vec<Message> = fixtures
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let mut m = message(
+                v["topic"].as_str().unwrap(),
+                v["payload"].as_str().unwrap().as_bytes(),
+            );
+            m.received_at_ms = v["received_at_ms"].as_i64().unwrap_or(0);
+            m
+        })
+        .collect();
+    let units = ["F", "C", "K", "f", "°F", "X"];
+    for i in 0..1_500i64 {
+        let f = -60.0 + (i as f64) * 0.137;
+        let payload = match i % 7 {
+            0 => format!(r#"{{"ts":{i},"temp_c":{:.2},"setpoint_c":21}}"#, f / 3.0),
+            1 => format!(
+                r#"{{"ts":{i},"temperature":{{"value":{f:.3},"unit":"{}"}},"setpoint":{{"value":{:.1}}}}}"#,
+                units[(i % 6) as usize],
+                f + 1.0
+            ),
+            2 => format!(
+                r#"{{"temperature":{{"value":{f:.2}}},"humidity":{{"value":{},"unit":"%"}},"fw":"3.{i}"}}"#,
+                i % 130
+            ),
+            3 => format!(r#"{{"device":"t-{}","temp_c":{}}}"#, i % 3, i % 120),
+            4 => format!(r#"{{"heartbeat":{}}}"#, i % 2 == 0),
+            5 => format!(
+                r#"{{"temperature":{{"value":-39.973,"unit":"F"}},"ts":{}}}"#,
+                i * 1000
+            ),
+            _ => [
+                "{",
+                r#"{"temp_c":"20"}"#,
+                r#"{"ts":1.5,"temp_c":2}"#,
+                "[]",
+                r#"{"temp_c":1e400}"#,
+            ][(i % 5) as usize]
+                .to_owned(),
+        };
+        let mut m = message(
+            &format!("plant/7/thermostat/t-{}", i % 3),
+            payload.as_bytes(),
+        );
+        m.received_at_ms = 1_700_000_000_000 + i;
+        out.push(m);
+    }
+    out
+}
+
+#[test]
+fn the_python_thermostat_publishes_the_rust_ones_bytes_for_every_message() {
+    let rust = load("thermostat@1.0.0").configure(vec![], "rust").unwrap();
+    let python = load("thermostat-py@1.0.0")
+        .configure(vec![], "python")
+        .unwrap();
+    let mut inputs = corpus();
+    let mut emitted = 0;
+    for chunk in inputs.chunks_mut(64) {
+        let (r, p) = (rust.process(&mut chunk.to_vec()), python.process(chunk));
+        for ((want, got), m) in r.iter().zip(&p).zip(chunk.iter()) {
+            let payload = String::from_utf8_lossy(&m.payload);
+            match (want, got) {
+                (Outcome::Emit(w), Outcome::Emit(g)) => {
+                    assert_eq!(w, g, "records differ for {payload}");
+                    emitted += 1;
+                }
+                (
+                    Outcome::Reject {
+                        code: wc,
+                        reason: wr,
+                    },
+                    Outcome::Reject {
+                        code: gc,
+                        reason: gr,
+                    },
+                ) => {
+                    assert_eq!(wc, gc, "{payload}: {wr} / {gr}");
+                    // A parser's reason is in its own words; every other is the plugin's.
+                    if wc != "payload.malformed" {
+                        assert_eq!(wr, gr, "{payload}");
+                    }
+                }
+                (w, g) => assert_eq!(kind(w), kind(g), "{payload}"),
+            }
+        }
+    }
+    assert!(emitted > 700, "the corpus must mostly emit: {emitted}");
+}
+
+/// The adversarial Python plugin with the default limits.
+fn hostile() -> weir::transform::Configured {
+    load("adversarial-py@0.1.0")
+        .configure(vec![], "adversarial-py")
+        .unwrap()
+}
+
+fn reason(o: &Outcome) -> &str {
+    match o {
+        Outcome::Fail { reason, .. } | Outcome::Reject { reason, .. } => reason,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_hostile_python_plugin_is_contained_and_healthy_messages_still_emit() {
+    let plugin = hostile();
+    let payloads = [
+        "a",
+        "loop",
+        "b",
+        "bomb",
+        "raise",
+        "c",
+        "recurse",
+        "clock",
+        "random",
+        "badschema",
+        "reject",
+        "d",
+    ];
+    let mut batch: Vec<_> = payloads
+        .iter()
+        .map(|p| message("t/x", p.as_bytes()))
+        .collect();
+    let out = plugin.process(&mut batch);
+    let kinds: Vec<String> = out.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "emit:1",
+            "fail:plugin.timeout",
+            "emit:1",
+            "fail:plugin.oom",
+            "fail:plugin.trap",
+            "emit:1",
+            "fail:plugin.trap",
+            "fail:plugin.trap",
+            "fail:plugin.trap",
+            "fail:schema.violation",
+            "reject:test.rejected",
+            "emit:1",
+        ]
+    );
+    // A trap names the exception and where in the plugin it was raised.
+    assert!(
+        reason(&out[4])
+            .contains("ValueError: adversarial exception on request (at adversarial.py:"),
+        "{}",
+        reason(&out[4])
+    );
+    assert!(
+        reason(&out[6]).contains("RecursionError"),
+        "{}",
+        reason(&out[6])
+    );
+    assert!(reason(&out[7]).contains("no clock"), "{}", reason(&out[7]));
+    assert!(
+        reason(&out[8]).contains("no randomness"),
+        "{}",
+        reason(&out[8])
+    );
+    // The instance that trapped was replaced: the plugin goes on.
+    let again = plugin.process(&mut [message("t/x", b"e")]);
+    assert_eq!(kind(&again[0]), "emit:1");
+}
+
+#[test]
+fn an_exception_in_a_python_constructor_refuses_the_config_with_its_words() {
+    let plugin = load("adversarial-py@0.1.0");
+    let raised = plugin
+        .configure(vec![("init".into(), "raise".into())], "a")
+        .err()
+        .expect("refused");
+    assert!(
+        raised.contains("RuntimeError: adversarial constructor fails on request"),
+        "{raised}"
+    );
+    let refused = plugin
+        .configure(vec![("init".into(), "refuse".into())], "b")
+        .err()
+        .expect("refused");
+    assert!(refused.contains("refused on request"), "{refused}");
+}
+
+#[test]
+fn what_a_python_build_computes_is_the_same_in_every_instance() {
+    let outputs: Vec<Vec<Outcome>> = (0..2)
+        .map(|_| {
+            hostile().process(&mut [
+                message("t/x", b"hash"),
+                message("t/x", b"seeded"),
+                message("t/x", b"seeded"),
+            ])
+        })
+        .collect();
+    assert_eq!(outputs[0], outputs[1]);
+    assert!(matches!(outputs[0][0], Outcome::Emit(_)));
+    // A generator the plugin seeds itself restarts with each message: same draw twice.
+    assert_eq!(outputs[0][1], outputs[0][2]);
+}
