@@ -10,10 +10,15 @@
 //! | key                      | value                                   | kept            |
 //! |--------------------------|-----------------------------------------|-----------------|
 //! | `wasm/<sha256>`          | the component's bytes                   | one per sha256  |
+//! | `wasm-part/<sha256>/<i>/<n>` | part i of n of a larger one (`parts`) | one per part   |
 //! | `upload/<name>@<version>`| [`Upload`] (JSON)                       | one per version |
 //! | `fixtures/<name>@<version>` | [`Fixtures`] (JSON)                  | the latest      |
 //! | `pin/<cohort>`           | [`Pin`] (JSON)                          | the latest      |
 //! | `audit/<cohort>/<unique>`| [`Audit`] (JSON)                        | all             |
+
+mod parts;
+
+pub use parts::{Assembly, MAX_COMPONENT_BYTES, entries as component_entries};
 
 use crate::config::Kafka;
 use crate::credentials::PasswordFile;
@@ -186,6 +191,15 @@ pub enum Key {
         /// The component's sha256.
         sha256: String,
     },
+    /// `wasm-part/<sha256>/<index>/<count>`: part of a component too large for one record.
+    WasmPart {
+        /// The whole component's sha256.
+        sha256: String,
+        /// Which part, from 0.
+        index: u32,
+        /// How many parts the component has.
+        count: u32,
+    },
     /// `upload/<name>@<version>/<sha256>`: a claim on a version; the first by offset wins.
     Upload {
         /// `name@version`.
@@ -221,6 +235,18 @@ impl Key {
             "wasm" => Key::Wasm {
                 sha256: non_empty(rest)?,
             },
+            "wasm-part" => {
+                let mut fields = rest.split('/');
+                let (sha256, index, count) = (fields.next()?, fields.next()?, fields.next()?);
+                if fields.next().is_some() {
+                    return None;
+                }
+                Key::WasmPart {
+                    sha256: non_empty(sha256)?,
+                    index: index.parse().ok()?,
+                    count: count.parse().ok()?,
+                }
+            }
             "upload" => {
                 let (plugin, sha256) = rest.rsplit_once('/')?;
                 Key::Upload {
@@ -258,6 +284,11 @@ impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Key::Wasm { sha256 } => write!(f, "wasm/{sha256}"),
+            Key::WasmPart {
+                sha256,
+                index,
+                count,
+            } => write!(f, "wasm-part/{sha256}/{index}/{count}"),
             Key::Upload { plugin, sha256 } => write!(f, "upload/{plugin}/{sha256}"),
             Key::Fixtures { plugin } => write!(f, "fixtures/{plugin}"),
             Key::Pin { cohort } => write!(f, "pin/{cohort}"),
@@ -364,9 +395,9 @@ impl State {
                 }
                 Err(_) => parsed("audit entry"),
             },
-            // Components go to the store (`store_component`); keys weir does not write
+            // Components go to the store (`Components::take`); keys weir does not write
             // are someone else's.
-            Some(Key::Wasm { .. }) | None => {}
+            Some(Key::Wasm { .. } | Key::WasmPart { .. }) | None => {}
         }
     }
 }
@@ -401,7 +432,7 @@ fn admitted(
     let (Some(parsed), Some(value)) = (Key::parse(key), value) else {
         return Some(Admitted { signer: None });
     };
-    if matches!(parsed, Key::Wasm { .. }) {
+    if matches!(parsed, Key::Wasm { .. } | Key::WasmPart { .. }) {
         return Some(Admitted { signer: None });
     }
     let header =
@@ -514,7 +545,7 @@ fn end_offset(consumer: &BaseConsumer, topic: &str) -> Result<i64, String> {
 fn read_to_end(
     consumer: &BaseConsumer,
     topic: &str,
-    store: &Store,
+    components: &mut Components,
     (trust, rejected): (
         &crate::signing::Trust,
         &prometheus_client::metrics::counter::Counter,
@@ -533,7 +564,7 @@ fn read_to_end(
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                store_component(store, &key, m.payload());
+                components.take(&key, m.payload());
                 if let Some(a) = admitted(trust, rejected, &key, m.payload(), m.headers()) {
                     state.apply(&key, m.payload(), a.signer.as_deref());
                 }
@@ -567,12 +598,21 @@ impl Control {
         let base = crate::capture::connection(kafka).map_err(err)?;
         ensure_topic(&base, topic).await.map_err(err)?;
         let (producer, consumer) = clients(base, topic).map_err(err)?;
-        let (topic_owned, store_c) = (topic.to_owned(), store.clone());
+        let topic_owned = topic.to_owned();
         let rejected = prometheus_client::metrics::counter::Counter::default();
         let (trust, rejected_c) = (keys.trust.clone(), rejected.clone());
-        let (consumer, state) = tokio::task::spawn_blocking(move || {
-            let state = read_to_end(&consumer, &topic_owned, &store_c, (&trust, &rejected_c))?;
-            Ok((consumer, state))
+        let (consumer, state, components) = tokio::task::spawn_blocking(move || {
+            let mut components = Components {
+                store,
+                assembly: Assembly::default(),
+            };
+            let state = read_to_end(
+                &consumer,
+                &topic_owned,
+                &mut components,
+                (&trust, &rejected_c),
+            )?;
+            Ok((consumer, state, components))
         })
         .await
         .map_err(|e| err(e.to_string()))?
@@ -591,7 +631,16 @@ impl Control {
         let (trust, rejected_c) = (keys.trust.clone(), rejected.clone());
         std::thread::Builder::new()
             .name("weir-control".into())
-            .spawn(move || follow(consumer, password, tx, store, stop_c, (trust, rejected_c)))
+            .spawn(move || {
+                follow(
+                    consumer,
+                    password,
+                    tx,
+                    components,
+                    stop_c,
+                    (trust, rejected_c),
+                )
+            })
             .map_err(|e| err(e.to_string()))?;
         let follower = crate::credentials::follow(kafka, "the control topic's producer", {
             let producer = producer.clone();
@@ -698,7 +747,7 @@ fn follow(
     consumer: BaseConsumer,
     mut password: Option<PasswordFile>,
     tx: watch::Sender<Arc<State>>,
-    store: Store,
+    mut components: Components,
     stop: Arc<AtomicBool>,
     (trust, rejected): (
         Arc<crate::signing::Trust>,
@@ -717,7 +766,7 @@ fn follow(
             Some(Ok(m)) => {
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                 let (payload, offset) = (m.payload().map(<[u8]>::to_vec), m.offset());
-                store_component(&store, &key, payload.as_deref());
+                components.take(&key, payload.as_deref());
                 let apply = admitted(&trust, &rejected, &key, m.payload(), m.headers());
                 tx.send_modify(|s| {
                     let s = Arc::make_mut(s);
@@ -736,37 +785,56 @@ fn follow(
     }
 }
 
-/// A `wasm/<sha256>` entry goes to the store (outside the state update: it is disk I/O).
-fn store_component(store: &Store, key: &str, value: Option<&[u8]>) {
-    let (Some(Key::Wasm { sha256: sha }), Some(value)) = (Key::parse(key), value) else {
-        return;
-    };
-    if let Err(e) = crate::transform::check_header(value) {
-        tracing::warn!(key, error = %e, "control topic: a component entry is not a Wasm component; ignored");
-        return;
-    }
-    match store.put(value) {
-        Ok(got) if got == sha => {}
-        Ok(got) => {
-            tracing::warn!(key, sha256 = %got, "control topic: component bytes do not match their key; ignored")
+/// Where the control topic's components go: the store, through the assembly of the parts
+/// of larger ones.
+struct Components {
+    store: Store,
+    assembly: Assembly,
+}
+
+impl Components {
+    /// A `wasm/<sha256>` entry, or the last part of a larger component, goes to the store
+    /// (outside the state update: it is disk I/O).
+    fn take(&mut self, key: &str, value: Option<&[u8]>) {
+        let (Some(parsed), Some(value)) = (Key::parse(key), value) else {
+            return;
+        };
+        let (sha, whole) = match parsed {
+            Key::Wasm { sha256 } => (sha256, value.to_vec()),
+            Key::WasmPart {
+                sha256,
+                index,
+                count,
+            } => match self.assembly.add(&sha256, index, count, value) {
+                Some(whole) => (sha256, whole),
+                None => return,
+            },
+            _ => return,
+        };
+        if let Err(e) = crate::transform::check_header(&whole) {
+            tracing::warn!(key, error = %e, "control topic: a component entry is not a Wasm component; ignored");
+            return;
         }
-        Err(e) => tracing::error!(error = %e, "control topic: cannot store a component"),
+        match self.store.put(&whole) {
+            Ok(got) if got == sha => {}
+            Ok(got) => {
+                tracing::warn!(key, sha256 = %got, "control topic: component bytes do not match their key; ignored")
+            }
+            Err(e) => tracing::error!(error = %e, "control topic: cannot store a component"),
+        }
     }
 }
 
 /// Audit entries a process keeps in memory (the newest): the topic keeps every one.
 pub const MAX_AUDIT_KEPT: usize = 10_000;
 
-/// The largest component the store takes: it travels in one control-topic record.
-pub const MAX_COMPONENT_BYTES: usize = 3 << 20;
-
-/// The largest control-topic record weir writes or reads (a component with its key, and
-/// room to spare), and the `max.message.bytes` it creates the topic with. Kafka's default
-/// (1 MiB) would refuse a component of more.
+/// The largest control-topic record weir writes or reads (a component part with its key,
+/// and room to spare), and the `max.message.bytes` it creates the topic with. Kafka's
+/// default (1 MiB) would refuse a part.
 const ENTRY_BYTES: usize = 4 << 20;
 
 /// The least `max.message.bytes` an existing control topic may have.
-const ENTRY_BYTES_NEEDED: usize = MAX_COMPONENT_BYTES + (64 << 10);
+const ENTRY_BYTES_NEEDED: usize = parts::PART_BYTES + (64 << 10);
 
 /// Create the control topic (compacted, one partition, records up to [`ENTRY_BYTES`]) if it
 /// does not exist; refuse one that exists with settings that would lose entries.
@@ -871,7 +939,8 @@ fn settings_problem(topic: &str, policy: Option<&str>, max_bytes: Option<&str>) 
         && max < ENTRY_BYTES_NEEDED
     {
         return Some(format!(
-            "has max.message.bytes={max}, too small for a component of up to {MAX_COMPONENT_BYTES} bytes, which travels in one record: {}",
+            "has max.message.bytes={max}, too small for the {} bytes of a component (or of one part of a larger one) in one record: {}",
+            parts::PART_BYTES,
             fix(format!("max.message.bytes={ENTRY_BYTES}"))
         ));
     }
@@ -887,11 +956,53 @@ mod tests {
         use sha2::Digest;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        let mut components = Components {
+            store: store.clone(),
+            assembly: Assembly::default(),
+        };
         for junk in [&b"#!/bin/sh\nrm -rf /"[..], b"\0asm\x01\0\0\0core module"] {
             let sha = hex::encode(sha2::Sha256::digest(junk));
-            store_component(&store, &format!("wasm/{sha}"), Some(junk));
+            components.take(&format!("wasm/{sha}"), Some(junk));
             assert_eq!(store.get(&sha).unwrap(), None);
         }
+    }
+
+    /// A large component arrives in parts; it is stored when its last part is read, and
+    /// only if the whole matches its sha256.
+    #[test]
+    fn a_component_in_parts_is_stored_whole_once_every_part_is_read() {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut components = Components {
+            store: store.clone(),
+            assembly: Assembly::default(),
+        };
+        // A component header followed by filler: what the store checks is the sha256.
+        let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+        bytes.resize(parts::PART_BYTES * 2 + 100, 7);
+        let sha = hex::encode(sha2::Sha256::digest(&bytes));
+        let entries = component_entries(&sha, &bytes);
+        assert_eq!(entries.len(), 3);
+        for (i, (key, value)) in entries.iter().enumerate() {
+            assert_eq!(store.get(&sha).unwrap(), None, "stored before part {i}");
+            components.take(&key.to_string(), Some(value));
+        }
+        assert_eq!(store.get(&sha).unwrap(), Some(bytes.clone()));
+        // Parts that do not add up to their sha256 store nothing.
+        let forged = "00".repeat(32);
+        for (key, value) in component_entries(&forged, &bytes) {
+            let Key::WasmPart { index, count, .. } = key else {
+                panic!()
+            };
+            let key = Key::WasmPart {
+                sha256: forged.clone(),
+                index,
+                count,
+            };
+            components.take(&key.to_string(), Some(&value));
+        }
+        assert_eq!(store.get(&forged).unwrap(), None);
     }
 
     /// Who signed an entry comes from the signature it was admitted under; a `signer` the
@@ -953,6 +1064,11 @@ mod tests {
             Key::Wasm {
                 sha256: "ab12".into(),
             },
+            Key::WasmPart {
+                sha256: "ab12".into(),
+                index: 3,
+                count: 9,
+            },
             Key::Upload {
                 plugin: "thermostat@1.1.0".into(),
                 sha256: "ab12".into(),
@@ -990,7 +1106,18 @@ mod tests {
                 unique: "1700000000000-0000000000000001".into()
             })
         );
-        for foreign in ["", "pin", "pin/", "upload/x", "other/thing", "wasm/"] {
+        for foreign in [
+            "",
+            "pin",
+            "pin/",
+            "upload/x",
+            "other/thing",
+            "wasm/",
+            "wasm-part/ab/1",
+            "wasm-part/ab/x/2",
+            "wasm-part//0/2",
+            "wasm-part/ab/0/2/extra",
+        ] {
             assert_eq!(Key::parse(foreign), None, "{foreign:?}");
         }
     }

@@ -448,24 +448,16 @@ impl Lifecycle {
             at_ms: now_ms(),
             by: by.to_owned(),
         };
-        self.control
-            .append(vec![
-                (
-                    Key::Wasm {
-                        sha256: info.sha256.clone(),
-                    },
-                    bytes.to_vec(),
-                ),
-                (
-                    Key::Upload {
-                        plugin: info.id(),
-                        sha256: info.sha256.clone(),
-                    },
-                    serde_json::to_vec(&upload).expect("serialisable"),
-                ),
-            ])
-            .await
-            .map_err(unavailable)?;
+        // The component (whole, or in parts), then the claim that names it.
+        let mut entries = crate::control::component_entries(&info.sha256, bytes);
+        entries.push((
+            Key::Upload {
+                plugin: info.id(),
+                sha256: info.sha256.clone(),
+            },
+            serde_json::to_vec(&upload).expect("serialisable"),
+        ));
+        self.control.append(entries).await.map_err(unavailable)?;
         // Another process may have claimed the version first with other bytes.
         match self.control.state().uploads.get(&info.id()) {
             Some(u) if u.plugin.sha256 != info.sha256 => Err(LifecycleError::Conflict(format!(
@@ -495,7 +487,7 @@ impl Lifecycle {
         const MAX: usize = crate::control::MAX_COMPONENT_BYTES;
         if bytes.len() > MAX {
             return Err(LifecycleError::Invalid(format!(
-                "the component is {} bytes; the store takes up to {MAX} (it travels in one control-topic record)",
+                "the component is {} bytes; the store takes up to {MAX}",
                 bytes.len()
             )));
         }

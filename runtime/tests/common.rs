@@ -18,7 +18,15 @@ pub fn plugin_wasm(id: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    let dir = target.join("plugins");
+    let mut dir = target.join("plugins");
+    // Python plugins are built into a directory of their own (`cargo xtask plugins`).
+    if id
+        .split('@')
+        .next()
+        .is_some_and(|name| name.ends_with("-py"))
+    {
+        dir = dir.join("python");
+    }
     let path = match id.split_once('@') {
         Some((name, version)) => dir.join(format!("{name}-{version}.wasm")),
         None => {

@@ -205,18 +205,16 @@ fn a_hostile_python_plugin_is_contained_and_healthy_messages_still_emit() {
 #[test]
 fn an_exception_in_a_python_constructor_refuses_the_config_with_its_words() {
     let plugin = load("adversarial-py@0.1.0");
-    let raised = plugin
-        .configure(vec![("init".into(), "raise".into())], "a")
-        .err()
-        .expect("refused");
+    let Err(raised) = plugin.configure(vec![("init".into(), "raise".into())], "a") else {
+        panic!("an exception in the constructor must refuse the config")
+    };
     assert!(
         raised.contains("RuntimeError: adversarial constructor fails on request"),
         "{raised}"
     );
-    let refused = plugin
-        .configure(vec![("init".into(), "refuse".into())], "b")
-        .err()
-        .expect("refused");
+    let Err(refused) = plugin.configure(vec![("init".into(), "refuse".into())], "b") else {
+        panic!("a ConfigError must refuse the config")
+    };
     assert!(refused.contains("refused on request"), "{refused}");
 }
 

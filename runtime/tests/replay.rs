@@ -408,3 +408,119 @@ fn a_resumed_replay_does_not_skip_writes_that_were_refused() {
     let records = consume(&to, n + 1, Duration::from_secs(20), Duration::from_secs(2));
     assert_eq!(records.len(), n, "each record once, none skipped");
 }
+
+/// The thermostat in Rust and in Python side by side in one `weir run`, fed the same
+/// stream: every record they publish is the same Avro, byte for byte; then `weir replay`
+/// re-runs the whole raw capture (both plugins, by the sha256 each message recorded) and
+/// gets byte-identical output.
+#[test]
+fn the_python_thermostat_publishes_and_replays_the_rust_ones_bytes() {
+    let p = unique("pylang");
+    // The usual plugins and the Python thermostat (built into a directory of its own).
+    let plugins = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(plugins_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wasm") {
+            std::fs::copy(&path, plugins.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(
+        plugins_dir().join("python/thermostat-py-1.0.0.wasm"),
+        plugins.path().join("thermostat-py-1.0.0.wasm"),
+    )
+    .unwrap();
+    let cfg = config(&p)
+        .replace(
+            &format!("dir = \"{}\"", plugins_dir().display()),
+            &format!("dir = \"{}\"", plugins.path().display()),
+        )
+        .replace(
+            &format!("quarantine_topic = \"{p}.quarantine\""),
+            &format!("quarantine_topic = \"{p}.quarantine\"\nraw_topic = \"{p}.raw\""),
+        )
+        + &format!(
+            r#"
+[[cohort]]
+name = "thermostats-py"
+topic = "{p}/py/+/thermostat/+"
+plugin = "thermostat-py@1.0.0"
+output_topic = "{p}.thermostat-py"
+key = "{{topic[4]}}"
+"#
+        );
+    let _weir = Weir::start(&cfg, &[]);
+    // The shared fixtures (each with a timestamp of its own: one without takes its receive
+    // time, which differs between the two publishes) and a stream of every shape.
+    let fixtures =
+        std::fs::read_to_string(root().join("plugins/thermostat/fixtures/input.jsonl")).unwrap();
+    let mut payloads: Vec<(String, String)> = fixtures
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["payload"].as_str().unwrap().contains("\"ts\""))
+        .map(|v| {
+            let device = v["topic"].as_str().unwrap().rsplit('/').next().unwrap();
+            (device.to_owned(), v["payload"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    for i in 0..300 {
+        let f = -40.0 + f64::from(i) * 0.401;
+        let payload = match i % 3 {
+            0 => format!(r#"{{"ts":{i},"temp_c":{:.2}}}"#, f / 2.0),
+            1 => format!(r#"{{"ts":{i},"temperature":{{"value":{f:.3},"unit":"F"}}}}"#),
+            _ => format!(
+                r#"{{"ts":{i},"temperature":{{"value":{f:.1}}},"humidity":{{"value":{}}}}}"#,
+                i % 90
+            ),
+        };
+        payloads.push((format!("d-{}", i % 5), payload));
+    }
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    for tree in ["plant", "py"] {
+        for (device, payload) in &payloads {
+            publisher.publish(
+                &format!("{p}/{tree}/7/thermostat/{device}"),
+                payload.as_bytes(),
+                &[],
+            );
+        }
+    }
+    publisher.flush();
+    let each = payloads.len();
+    let raw = format!("{p}.raw");
+    assert_eq!(count(&raw, 2 * each, Duration::from_secs(120)), 2 * each);
+
+    // Published: the same records (by device and timestamp), the same bytes.
+    let mut decoder = Decoder::new();
+    let mut by_reading = |topic: &str| {
+        let records = consume(topic, 1, Duration::from_secs(60), Duration::from_secs(2));
+        let mut out = std::collections::BTreeMap::new();
+        for r in records {
+            let v = decoder.decode(&r.value);
+            let at = (
+                v["device_id"].as_str().unwrap().to_owned(),
+                v["ts_ms"].as_i64().unwrap(),
+            );
+            assert_eq!(r.value[0], 0, "Confluent framing");
+            assert!(out.insert(at, r.value[5..].to_vec()).is_none());
+        }
+        out
+    };
+    let rust = by_reading(&format!("{p}.thermostat"));
+    let python = by_reading(&format!("{p}.thermostat-py"));
+    assert!(rust.len() > 250, "most of the stream emits: {}", rust.len());
+    assert_eq!(rust.len(), python.len());
+    for (at, bytes) in &rust {
+        assert_eq!(Some(bytes), python.get(at), "{at:?}");
+    }
+
+    // Replayed through the exact builds that first ran: identical, in both languages.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let (code, s, err) = replay(&path, &[], &["--from", &raw, "--verify"]);
+    assert_eq!(code, 0, "{err}\n{s}");
+    assert_eq!(s["replayed"], 2 * each, "{s}");
+    assert_eq!(s["identical"], 2 * each, "{s}");
+    assert_eq!(s["different"], 0, "{s}");
+}

@@ -8,7 +8,9 @@
 //! extra version a crate lists in `[package.metadata.weir.versions]`, built with its feature).
 //!
 //! Python plugins (a `pyproject.toml` with `[tool.weir]`) are built with componentize-py
-//! into the same directory (`python.rs`).
+//! into `target/plugins/python/` (`python.rs`): apart, because a component with an
+//! interpreter in it takes seconds to compile when weir first loads it, and weir loads every
+//! file of its `plugins.dir` (a deployment's directory holds what it runs).
 //!
 //! Plugins are compiled for `wasm32-unknown-unknown` and turned into components with
 //! `wit-component`, rather than built for `wasm32-wasip2`: a wasip2 binary imports a dozen
@@ -177,8 +179,12 @@ fn build_plugins() -> Result<()> {
             println!("{:>8} bytes  {}", component.len(), out.display());
         }
     }
+    // Interpreter components apart: each takes seconds to compile when weir first loads it,
+    // and weir loads every file of its plugins.dir.
+    let python_dir = out_dir.join("python");
+    std::fs::create_dir_all(&python_dir)?;
     for p in python::find(&root)? {
-        let out = python::build(&root, &target_dir, &out_dir, &p)?;
+        let out = python::build(&root, &target_dir, &python_dir, &p)?;
         println!(
             "{:>8} bytes  {}",
             std::fs::metadata(&out)?.len(),

@@ -153,7 +153,15 @@ pub fn router(metrics: Arc<Metrics>, lifecycle: Option<Arc<Lifecycle>>, tokens: 
         rates: Arc::default(),
     };
     let api = Router::new()
-        .route("/v1/plugins", post(push).get(plugins))
+        // A component (an interpreter's is ~18 MB) may be as large as the store takes.
+        .route(
+            "/v1/plugins",
+            post(push)
+                .layer(DefaultBodyLimit::max(
+                    crate::control::MAX_COMPONENT_BYTES + (64 << 10),
+                ))
+                .get(plugins),
+        )
         .route(
             "/v1/plugins/{plugin}/fixtures",
             axum::routing::put(put_fixtures),
