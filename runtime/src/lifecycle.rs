@@ -589,8 +589,11 @@ impl Lifecycle {
         let inputs = f.input.lines().filter(|l| !l.trim().is_empty());
         for (n, ((got, want), input)) in got.lines().zip(expected).zip(inputs).enumerate() {
             let parse = |l: &str| serde_json::from_str::<weir_sdk::dryrun::LineOutcome>(l).ok();
-            let got_outcome = parse(got);
-            if got_outcome.is_none() || got_outcome != parse(want) {
+            let matched = match (parse(got), parse(want)) {
+                (Some(got), Some(want)) => got.matches(&want),
+                _ => false,
+            };
+            if !matched {
                 return Err(LifecycleError::Invalid(format!(
                     "{id} fails its fixture line {}: input {input}; got {got}; expected {want}. Fix the plugin or push corrected fixtures (weir plugin push FILE --fixtures DIR)",
                     n + 1

@@ -4,6 +4,7 @@ mod common;
 
 use common::{plugin_wasm, root};
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 fn weir(args: &[&str], stdin: &str) -> Output {
@@ -288,4 +289,133 @@ output_topic = "telemetry.thermostat"
         assert!(err.contains(key), "{all:?}: {err}");
         assert!(err.contains("--allow-live-topic"), "{err}");
     }
+}
+
+/// The pytest the Python plugins' native tests run with (`cargo xtask pytest` installs it).
+fn pytest() -> PathBuf {
+    let tools = root().join("target/plugin-tools");
+    std::fs::read_dir(&tools)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin/pytest")))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no pytest under {}: run `cargo xtask pytest` first",
+                tools.display()
+            )
+        })
+}
+
+/// `weir plugin new --lang python` writes a plugin that passes its own native tests,
+/// builds to a component, and holds to its fixtures in `weir transform`.
+#[test]
+fn a_new_python_plugin_passes_its_tests_builds_and_holds_to_its_fixtures() {
+    let work = root().join("target/scaffold-tests");
+    std::fs::create_dir_all(&work).unwrap();
+    let work = tempfile::tempdir_in(work).unwrap();
+    let dir = work.path().join("door-sensor");
+    let out = weir(
+        &[
+            "plugin",
+            "new",
+            "door-sensor",
+            "--lang",
+            "python",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("cargo xtask pytest"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Again into the same directory: refused, nothing overwritten.
+    let again = weir(
+        &[
+            "plugin",
+            "new",
+            "door-sensor",
+            "--lang",
+            "python",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!again.status.success() && text(&again.stderr).contains("already exists"));
+
+    let tests = Command::new(pytest())
+        .args(["--quiet", "-p", "no:cacheprovider"])
+        .current_dir(&dir)
+        .env_remove("VIRTUAL_ENV")
+        .output()
+        .unwrap();
+    assert!(
+        tests.status.success(),
+        "{}{}",
+        text(&tests.stdout),
+        text(&tests.stderr)
+    );
+    assert!(
+        text(&tests.stdout).contains("2 passed"),
+        "{}",
+        text(&tests.stdout)
+    );
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["run", "--quiet", "-p", "xtask", "--", "python"])
+        .arg(&dir)
+        .arg(work.path())
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let wasm = work.path().join("door-sensor-0.1.0.wasm");
+    let input = dir.join("fixtures/input.jsonl");
+    let out = weir(
+        &[
+            "transform",
+            "--plugin",
+            wasm.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = std::fs::read_to_string(dir.join("fixtures/expected.jsonl")).unwrap();
+    let parse = |s: &str| -> Vec<serde_json::Value> {
+        s.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    assert_eq!(parse(&text(&out.stdout)), parse(&want));
+}
+
+/// `weir plugin new` refuses a name it cannot spell in every language, saying how.
+#[test]
+fn a_new_plugin_needs_a_usable_name() {
+    let work = tempfile::tempdir().unwrap();
+    let out = weir(
+        &[
+            "plugin",
+            "new",
+            "Door_Sensor",
+            "--dir",
+            work.path().join("x").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("lowercase letters"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!work.path().join("x").exists());
 }

@@ -47,7 +47,8 @@ pub fn run<P: Plugin>(plugin: &P, message: &crate::Message) -> LineOutcome {
 /// matching line of `dir/expected.jsonl`. The same files are checked against the Wasm build
 /// with `weir transform`, so native and Wasm are held to one expectation.
 ///
-/// Panics with the first mismatch, naming the line.
+/// Panics with the first mismatch, naming the line. The reason of a rejection by the JSON
+/// or text decoder is not compared ([`LineOutcome::matches`]): it is the parser's wording.
 pub fn check_fixtures<P: Plugin>(config: &Config, dir: impl AsRef<Path>) {
     let dir = dir.as_ref();
     let read = |name: &str| {
@@ -78,9 +79,8 @@ pub fn check_fixtures<P: Plugin>(config: &Config, dir: impl AsRef<Path>) {
         };
         let want: LineOutcome = serde_json::from_str(want)
             .unwrap_or_else(|e| panic!("expected.jsonl line {}: {e}", n + 1));
-        assert_eq!(
-            got,
-            want,
+        assert!(
+            got.matches(&want),
             "fixture line {} of {}:\n  input: {input}\n  got:   {}\n  want:  {}",
             n + 1,
             dir.display(),

@@ -3,6 +3,8 @@
 //!
 //! `cargo xtask pytest`: run the Python SDK's and the Python plugins' native tests.
 //!
+//! `cargo xtask python DIR OUT`: build one Python plugin, wherever it is.
+//!
 //! `cargo xtask plugins [--release-dir DIR]`: build every plugin in `plugins/` and
 //! `tests/plugins/` to a Wasm component in `target/plugins/<name>-<version>.wasm` (and each
 //! extra version a crate lists in `[package.metadata.weir.versions]`, built with its feature).
@@ -34,6 +36,18 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("plugins") => build_plugins(),
         Some("pytest") => python::test(&workspace_root(), &target_dir()),
+        Some("python") if args.len() == 3 => {
+            let dir = PathBuf::from(&args[1]);
+            let plugin = python::read(&dir, &dir.join("pyproject.toml"))?;
+            let out = python::build(
+                &workspace_root(),
+                &target_dir(),
+                Path::new(&args[2]),
+                &plugin,
+            )?;
+            println!("{}", out.display());
+            Ok(())
+        }
         Some("imports") => imports::check(
             &args
                 .get(1)
@@ -41,7 +55,7 @@ fn main() -> Result<()> {
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask plugins|pytest|imports\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>-<version>.wasm\n  pytest    run the Python SDK's and every Python plugin's native tests (pytest)\n  imports [SRC]   fail on an import circle between the modules of runtime/src (or SRC)"
+                "usage: cargo xtask plugins|pytest|python|imports\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>-<version>.wasm\n  pytest    run the Python SDK's and every Python plugin's native tests (pytest)\n  python DIR OUT   build the Python plugin in DIR into OUT/<name>-<version>.wasm\n  imports [SRC]   fail on an import circle between the modules of runtime/src (or SRC)"
             );
             std::process::exit(2);
         }

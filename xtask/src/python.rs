@@ -55,7 +55,8 @@ pub fn find(root: &Path) -> Result<Vec<PyPlugin>> {
     Ok(found)
 }
 
-fn read(dir: &Path, manifest: &Path) -> Result<PyPlugin> {
+/// The Python plugin in `dir`, described by `manifest` (its `pyproject.toml`).
+pub fn read(dir: &Path, manifest: &Path) -> Result<PyPlugin> {
     let shown = manifest.display();
     let doc: toml::Table = std::fs::read_to_string(manifest)
         .with_context(|| format!("reading {shown}"))?

@@ -1229,12 +1229,18 @@ pub struct Load {
 
 impl Load {
     pub fn start(p: &str, id: &str, devices: usize) -> Load {
+        Load::start_from(p, id, devices, 0)
+    }
+
+    /// As [`Load::start`], with readings numbered from `first` (a second load on the same
+    /// devices after an earlier one).
+    pub fn start_from(p: &str, id: &str, devices: usize, first: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicUsize::new(0));
         let (stop_c, sent_c, p, id) = (stop.clone(), sent.clone(), p.to_owned(), id.to_owned());
         let thread = std::thread::spawn(move || {
             let mut publisher = Publisher::new(&id);
-            let mut rounds = 0usize;
+            let mut rounds = first;
             while !stop_c.load(Ordering::Relaxed) {
                 for d in 0..devices {
                     publisher.publish(
@@ -1272,7 +1278,8 @@ impl Load {
     }
 
     /// Publish `more` messages, stop, and read back every record of `p`'s thermostat
-    /// topic; the rounds each device published, and the records.
+    /// topic; the rounds each device published (counting from 0, whatever the load's
+    /// first), and the records.
     pub fn finish_after(self, more: usize, p: &str, devices: usize) -> (usize, Vec<Rec>) {
         self.wait_sent(self.sent.load(Ordering::Relaxed) + more);
         let rounds = self.finish();

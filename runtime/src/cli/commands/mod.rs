@@ -6,4 +6,5 @@ pub mod quarantine;
 pub mod registry;
 pub mod replay;
 pub mod run;
+pub mod scaffold;
 pub mod transform;

@@ -79,6 +79,18 @@ pub enum PluginCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Start a new plugin: the transform, its Avro schema, fixtures and native tests, in
+    /// Rust or Python, which build and pass as written. Prints what to run next.
+    New {
+        /// The plugin's name: lowercase letters, digits and hyphens (e.g. door-sensor).
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: super::scaffold::Lang,
+        /// Where to write it (a new directory); `plugins/NAME` by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print a plugin's name, version, sha256, contract version and declared schema.
     Inspect {
         /// The plugin's .wasm component.
@@ -95,6 +107,14 @@ pub fn execute(command: PluginCommand) -> Result<ExitCode> {
     use PluginCommand as P;
     match command {
         P::Inspect { file, json, engine } => inspect(&file, json, &engine),
+        P::New { name, lang, dir } => {
+            let dir = dir.unwrap_or_else(|| Path::new("plugins").join(&name));
+            for path in super::scaffold::create(&name, lang, &dir)? {
+                println!("wrote {}", path.display());
+            }
+            println!("{}", super::scaffold::next_steps(&name, lang, &dir));
+            Ok(ExitCode::SUCCESS)
+        }
         P::Push {
             file,
             fixtures,
