@@ -1,5 +1,5 @@
 //! What a plugin costs in each language: the thermostat, the same schema and payloads, as
-//! a Rust component and as a Python one.
+//! a Rust, a Python and a TypeScript component.
 //!
 //! For each: component size; cold compile (no cache); start-up from weir's compiled cache;
 //! a fresh instance made and initialised; resident memory per instance; and the transform
@@ -129,16 +129,20 @@ fn main() {
     let languages = [
         load("rust", plugins.join("thermostat-1.0.0.wasm")),
         load("python", plugins.join("python/thermostat-py-1.0.0.wasm")),
+        load(
+            "typescript",
+            plugins.join("typescript/thermostat-ts-1.0.0.wasm"),
+        ),
     ];
     println!("thermostat plugin by language (300-byte payloads)");
     println!(
-        "{:>8} {:>12} {:>12} {:>12} {:>14} {:>14}",
+        "{:>10} {:>12} {:>12} {:>12} {:>14} {:>14}",
         "", "size MB", "compile s", "cached ms", "instance ms", "instance MiB"
     );
     for l in &languages {
         let (instance, memory) = instances(l);
         println!(
-            "{:>8} {:>12.2} {:>12.2} {:>12.1} {:>14.1} {:>14.1}",
+            "{:>10} {:>12.2} {:>12.2} {:>12.1} {:>14.1} {:>14.1}",
             l.name,
             l.size as f64 / 1e6,
             l.cold.as_secs_f64(),
@@ -150,8 +154,8 @@ fn main() {
     }
     println!("\ntransform per message, median of {ROUNDS} interleaved rounds");
     println!(
-        "{:>6} {:>12} {:>12} {:>14} {:>16}",
-        "batch", "rust µs", "python µs", "python/rust", "python msg/s/core"
+        "{:>6} {:>10} {:>10} {:>12} {:>10} {:>12}",
+        "batch", "rust µs", "python µs", "python/rust", "ts µs", "ts/rust"
     );
     for size in [1usize, 64] {
         let configured: Vec<Configured> = languages
@@ -168,13 +172,14 @@ fn main() {
                 t.push(measure(c, &mut input));
             }
         }
-        let (rust, python) = (median(times[0].clone()), median(times[1].clone()));
+        let [rust, python, ts] = [0, 1, 2].map(|i| median(times[i].clone()));
         println!(
-            "{size:>6} {:>12.2} {:>12.2} {:>14.1} {:>16.0}",
+            "{size:>6} {:>10.2} {:>10.2} {:>12.1} {:>10.2} {:>12.1}",
             rust / 1e3,
             python / 1e3,
             python / rust,
-            1e9 / python
+            ts / 1e3,
+            ts / rust,
         );
     }
 }

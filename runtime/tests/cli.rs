@@ -4,7 +4,6 @@ mod common;
 
 use common::{plugin_wasm, root};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 fn weir(args: &[&str], stdin: &str) -> Output {
@@ -89,6 +88,12 @@ fn transform_thermostat_fixtures() {
 #[test]
 fn transform_thermostat_py_fixtures() {
     check_fixtures_of("thermostat-py", "thermostat");
+}
+
+/// The TypeScript thermostat is held to the Rust one's fixtures.
+#[test]
+fn transform_thermostat_ts_fixtures() {
+    check_fixtures_of("thermostat-ts", "thermostat");
 }
 
 #[test]
@@ -291,89 +296,52 @@ output_topic = "telemetry.thermostat"
     }
 }
 
-/// The pytest the Python plugins' native tests run with (`cargo xtask pytest` installs it).
-fn pytest() -> PathBuf {
-    let tools = root().join("target/plugin-tools");
-    std::fs::read_dir(&tools)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin/pytest")))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "no pytest under {}: run `cargo xtask pytest` first",
-                tools.display()
-            )
-        })
+/// `cargo xtask ARGS` from the workspace root: whether it succeeded, and its output.
+fn xtask(args: &[&std::ffi::OsStr]) -> Output {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    Command::new(cargo)
+        .args(["run", "--quiet", "-p", "xtask", "--"])
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
 }
 
-/// `weir plugin new --lang python` writes a plugin that passes its own native tests,
-/// builds to a component, and holds to its fixtures in `weir transform`.
-#[test]
-fn a_new_python_plugin_passes_its_tests_builds_and_holds_to_its_fixtures() {
+/// `weir plugin new --lang LANG` writes a plugin that passes its own native tests, builds
+/// to a component, and holds to its fixtures in `weir transform`.
+fn a_new_plugin_passes_its_tests_builds_and_holds_to_its_fixtures(lang: &str) {
     let work = root().join("target/scaffold-tests");
     std::fs::create_dir_all(&work).unwrap();
     let work = tempfile::tempdir_in(work).unwrap();
     let dir = work.path().join("door-sensor");
-    let out = weir(
-        &[
-            "plugin",
-            "new",
-            "door-sensor",
-            "--lang",
-            "python",
-            "--dir",
-            dir.to_str().unwrap(),
-        ],
-        "",
-    );
+    let new = [
+        "plugin",
+        "new",
+        "door-sensor",
+        "--lang",
+        lang,
+        "--dir",
+        dir.to_str().unwrap(),
+    ];
+    let out = weir(&new, "");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("cargo xtask pytest"),
+        text(&out.stdout).contains("cargo xtask plugin-tests"),
         "{}",
         text(&out.stdout)
     );
     // Again into the same directory: refused, nothing overwritten.
-    let again = weir(
-        &[
-            "plugin",
-            "new",
-            "door-sensor",
-            "--lang",
-            "python",
-            "--dir",
-            dir.to_str().unwrap(),
-        ],
-        "",
-    );
+    let again = weir(&new, "");
     assert!(!again.status.success() && text(&again.stderr).contains("already exists"));
 
-    let tests = Command::new(pytest())
-        .args(["--quiet", "-p", "no:cacheprovider"])
-        .current_dir(&dir)
-        .env_remove("VIRTUAL_ENV")
-        .output()
-        .unwrap();
+    let tests = xtask(&["plugin-test".as_ref(), dir.as_os_str()]);
     assert!(
         tests.status.success(),
         "{}{}",
         text(&tests.stdout),
         text(&tests.stderr)
     );
-    assert!(
-        text(&tests.stdout).contains("2 passed"),
-        "{}",
-        text(&tests.stdout)
-    );
-
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
-        .args(["run", "--quiet", "-p", "xtask", "--", "python"])
-        .arg(&dir)
-        .arg(work.path())
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let built = xtask(&["plugin".as_ref(), dir.as_os_str(), work.path().as_os_str()]);
     assert!(built.status.success(), "{}", text(&built.stderr));
     let wasm = work.path().join("door-sensor-0.1.0.wasm");
     let input = dir.join("fixtures/input.jsonl");
@@ -395,6 +363,24 @@ fn a_new_python_plugin_passes_its_tests_builds_and_holds_to_its_fixtures() {
             .collect()
     };
     assert_eq!(parse(&text(&out.stdout)), parse(&want));
+    // The native tests can fail: a broken fixture is reported.
+    std::fs::write(
+        dir.join("fixtures/expected.jsonl"),
+        want.replace("21.5", "22.5"),
+    )
+    .unwrap();
+    let tests = xtask(&["plugin-test".as_ref(), dir.as_os_str()]);
+    assert!(!tests.status.success(), "{}", text(&tests.stdout));
+}
+
+#[test]
+fn a_new_python_plugin_passes_its_tests_builds_and_holds_to_its_fixtures() {
+    a_new_plugin_passes_its_tests_builds_and_holds_to_its_fixtures("python");
+}
+
+#[test]
+fn a_new_typescript_plugin_passes_its_tests_builds_and_holds_to_its_fixtures() {
+    a_new_plugin_passes_its_tests_builds_and_holds_to_its_fixtures("typescript");
 }
 
 /// `weir plugin new` refuses a name it cannot spell in every language, saying how.

@@ -19,13 +19,13 @@ pub fn plugin_wasm(id: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
     let mut dir = target.join("plugins");
-    // Python plugins are built into a directory of their own (`cargo xtask plugins`).
-    if id
-        .split('@')
-        .next()
-        .is_some_and(|name| name.ends_with("-py"))
-    {
+    // Python and TypeScript plugins are built into directories of their own (`cargo
+    // xtask plugins`); the tests' are named for their language.
+    let name = id.split('@').next().unwrap_or(id);
+    if name.ends_with("-py") {
         dir = dir.join("python");
+    } else if name.ends_with("-ts") {
+        dir = dir.join("typescript");
     }
     let path = match id.split_once('@') {
         Some((name, version)) => dir.join(format!("{name}-{version}.wasm")),

@@ -248,57 +248,111 @@ fn promote_under_load_then_refusals_leave_the_live_version_alone() {
     assert!(!ok && err.contains("422"), "{err}");
 }
 
-/// A Python plugin goes through the lifecycle as a Rust one does: pushed (an interpreter's
-/// 18 MB, through the control topic in parts) with the shared fixtures for the gate,
-/// promoted over the Rust thermostat while devices publish, and rolled back while they
-/// publish: every message once, in order, each switch once.
+/// Python and TypeScript plugins go through the lifecycle as a Rust one does: pushed (an
+/// interpreter's 12 to 19 MB, through the control topic in parts) with the shared fixtures
+/// for the gate; promoted from Rust to Python and from Python to TypeScript while devices
+/// publish, then rolled back while they publish: every message once, in order, each switch
+/// once. Then the TypeScript one is shadowed beside the live Python one: the same outcome
+/// for every message.
 #[test]
-fn a_python_plugin_is_pushed_promoted_and_rolled_back_under_load() {
-    let p = unique("pylife");
+fn python_and_typescript_plugins_are_pushed_promoted_and_rolled_back_under_load() {
+    let p = unique("langlife");
     let weir = Weir::start(&config(&p), &[]);
-    let wasm = plugins_dir().join("python/thermostat-py-1.0.0.wasm");
     let fixtures = root().join("plugins/thermostat/fixtures");
-    let (ok, out, err) = cli(
-        &weir,
-        None,
-        &[
-            "plugin",
-            "push",
-            wasm.to_str().unwrap(),
-            "--fixtures",
-            fixtures.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{err}");
-    let python = json(&out)["sha256"].as_str().unwrap().to_owned();
-    assert_eq!(
-        python,
-        hex::encode(Sha256::digest(std::fs::read(&wasm).unwrap()))
-    );
+    let push = |file: &str| {
+        let wasm = plugins_dir().join(file);
+        let (ok, out, err) = cli(
+            &weir,
+            None,
+            &[
+                "plugin",
+                "push",
+                wasm.to_str().unwrap(),
+                "--fixtures",
+                fixtures.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{file}: {err}");
+        let sha = json(&out)["sha256"].as_str().unwrap().to_owned();
+        assert_eq!(
+            sha,
+            hex::encode(Sha256::digest(std::fs::read(&wasm).unwrap()))
+        );
+        sha
+    };
+    let python = push("python/thermostat-py-1.0.0.wasm");
+    let typescript = push("typescript/thermostat-ts-1.0.0.wasm");
     let rust = sha256_file("thermostat@1.0.0");
 
+    // Each change under its own load; the readings of each load follow the last's.
     let devices = 4;
-    let load = Load::start(&p, &format!("{p}-pub"), devices);
-    load.wait_sent(300);
-    let (ok, _, err) = cli(
-        &weir,
-        None,
+    let mut first = 0;
+    let mut under_load = |args: &[&str], old: &str, new: &str| {
+        let load = Load::start_from(&p, &format!("{p}-pub{first}"), devices, first);
+        load.wait_sent(300);
+        let (ok, _, err) = cli(&weir, None, args);
+        assert!(ok, "{args:?}: {err}");
+        let (end, records) = load.finish_after(300, &p, devices);
+        assert_eq!(records.len(), end * devices, "every message once");
+        check_cutover_from(&records, devices, first..end, old, new);
+        first = end;
+    };
+    under_load(
         &["plugin", "promote", "thermostats", "thermostat-py@1.0.0"],
+        &rust,
+        &python,
     );
-    assert!(ok, "promote failed: {err}");
-    let (rounds, records) = load.finish_after(300, &p, devices);
-    assert_eq!(records.len(), rounds * devices, "every message once");
-    check_cutover(&records, devices, rounds, &rust, &python);
+    under_load(
+        &["plugin", "promote", "thermostats", "thermostat-ts@1.0.0"],
+        &python,
+        &typescript,
+    );
+    under_load(&["plugin", "rollback", "thermostats"], &typescript, &python);
+    assert_eq!(running(&weir, "thermostats"), "thermostat-py@1.0.0");
 
-    let load = Load::start_from(&p, &format!("{p}-pub2"), devices, rounds);
-    load.wait_sent(300);
-    let (ok, out, err) = cli(&weir, None, &["plugin", "rollback", "thermostats"]);
-    assert!(ok, "rollback failed: {err}");
-    assert_eq!(json(&out)["to"]["sha256"], rust.as_str());
-    let (end, records) = load.finish_after(300, &p, devices);
-    assert_eq!(records.len(), end * devices, "every message once");
-    check_cutover_from(&records, devices, rounds..end, &python, &rust);
-    assert_eq!(running(&weir, "thermostats"), "thermostat@1.0.0");
+    // Shadowed beside the live Python plugin on traffic of every shape: the same outcome
+    // for every message, the same record bytes for every reading.
+    let admin = weir.admin.clone();
+    let shadow = std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["plugin", "shadow", "thermostats", "thermostat-ts@1.0.0"])
+            .args(["--messages", "40", "--json", "--admin", &admin])
+            .env_remove("WEIR_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    });
+    let shapes = [
+        r#"{"ts":1,"temp_c":21.5}"#,
+        r#"{"ts":1,"temperature":{"value":-39.973,"unit":"F"}}"#,
+        r#"{"ts":1,"temperature":{"value":31.999,"unit":"F"}}"#,
+        r#"{"ts":1,"temperature":{"value":294.65,"unit":"K"}}"#,
+        r#"{"heartbeat":true}"#,
+        "not json",
+    ];
+    let mut publisher = Publisher::new(&format!("{p}-shadow"));
+    let start = Instant::now();
+    let mut round = 0;
+    while !shadow.is_finished() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "shadow never finished"
+        );
+        for payload in shapes {
+            publisher.publish(&format!("{p}/plant/1/thermostat/s{round}"), payload, &[]);
+        }
+        publisher.flush();
+        round += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = shadow.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r["messages"], 40, "{r}");
+    assert_eq!(r["identical"], 40, "{r}");
 }
 
 #[test]

@@ -409,14 +409,15 @@ fn a_resumed_replay_does_not_skip_writes_that_were_refused() {
     assert_eq!(records.len(), n, "each record once, none skipped");
 }
 
-/// The thermostat in Rust and in Python side by side in one `weir run`, fed the same
-/// stream: every record they publish is the same Avro, byte for byte; then `weir replay`
-/// re-runs the whole raw capture (both plugins, by the sha256 each message recorded) and
-/// gets byte-identical output.
+/// The thermostat in Rust, Python and TypeScript side by side in one `weir run`, fed the
+/// same stream: every record they publish is the same Avro, byte for byte; then
+/// `weir replay` re-runs the whole raw capture (each plugin by the sha256 each message
+/// recorded) and gets byte-identical output.
 #[test]
-fn the_python_thermostat_publishes_and_replays_the_rust_ones_bytes() {
+fn the_python_and_typescript_thermostats_publish_and_replay_the_rust_ones_bytes() {
     let p = unique("pylang");
-    // The usual plugins and the Python thermostat (built into a directory of its own).
+    // The usual plugins and the other languages' thermostats (built into directories of
+    // their own).
     let plugins = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(plugins_dir()).unwrap() {
         let path = entry.unwrap().path();
@@ -424,11 +425,13 @@ fn the_python_thermostat_publishes_and_replays_the_rust_ones_bytes() {
             std::fs::copy(&path, plugins.path().join(path.file_name().unwrap())).unwrap();
         }
     }
-    std::fs::copy(
-        plugins_dir().join("python/thermostat-py-1.0.0.wasm"),
-        plugins.path().join("thermostat-py-1.0.0.wasm"),
-    )
-    .unwrap();
+    for file in [
+        "python/thermostat-py-1.0.0.wasm",
+        "typescript/thermostat-ts-1.0.0.wasm",
+    ] {
+        let from = plugins_dir().join(file);
+        std::fs::copy(&from, plugins.path().join(from.file_name().unwrap())).unwrap();
+    }
     let cfg = config(&p)
         .replace(
             &format!("dir = \"{}\"", plugins_dir().display()),
@@ -445,6 +448,12 @@ name = "thermostats-py"
 topic = "{p}/py/+/thermostat/+"
 plugin = "thermostat-py@1.0.0"
 output_topic = "{p}.thermostat-py"
+key = "{{topic[4]}}"
+[[cohort]]
+name = "thermostats-ts"
+topic = "{p}/ts/+/thermostat/+"
+plugin = "thermostat-ts@1.0.0"
+output_topic = "{p}.thermostat-ts"
 key = "{{topic[4]}}"
 "#
         );
@@ -475,8 +484,14 @@ key = "{{topic[4]}}"
         };
         payloads.push((format!("d-{}", i % 5), payload));
     }
+    // A reading that rounds to -0 °C: the sign is in the Avro double.
+    payloads.push((
+        "d-z".into(),
+        r#"{"ts":100000,"temperature":{"value":31.999,"unit":"F"}}"#.into(),
+    ));
     let mut publisher = Publisher::new(&format!("{p}-pub"));
-    for tree in ["plant", "py"] {
+    let trees = ["plant", "py", "ts"];
+    for tree in trees {
         for (device, payload) in &payloads {
             publisher.publish(
                 &format!("{p}/{tree}/7/thermostat/{device}"),
@@ -488,7 +503,8 @@ key = "{{topic[4]}}"
     publisher.flush();
     let each = payloads.len();
     let raw = format!("{p}.raw");
-    assert_eq!(count(&raw, 2 * each, Duration::from_secs(120)), 2 * each);
+    let all = trees.len() * each;
+    assert_eq!(count(&raw, all, Duration::from_secs(120)), all);
 
     // Published: the same records (by device and timestamp), the same bytes.
     let mut decoder = Decoder::new();
@@ -507,20 +523,22 @@ key = "{{topic[4]}}"
         out
     };
     let rust = by_reading(&format!("{p}.thermostat"));
-    let python = by_reading(&format!("{p}.thermostat-py"));
     assert!(rust.len() > 250, "most of the stream emits: {}", rust.len());
-    assert_eq!(rust.len(), python.len());
-    for (at, bytes) in &rust {
-        assert_eq!(Some(bytes), python.get(at), "{at:?}");
+    for language in ["py", "ts"] {
+        let other = by_reading(&format!("{p}.thermostat-{language}"));
+        assert_eq!(rust.len(), other.len(), "{language}");
+        for (at, bytes) in &rust {
+            assert_eq!(Some(bytes), other.get(at), "{language}: {at:?}");
+        }
     }
 
-    // Replayed through the exact builds that first ran: identical, in both languages.
+    // Replayed through the exact builds that first ran: identical, in every language.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, &cfg).unwrap();
     let (code, s, err) = replay(&path, &[], &["--from", &raw, "--verify"]);
     assert_eq!(code, 0, "{err}\n{s}");
-    assert_eq!(s["replayed"], 2 * each, "{s}");
-    assert_eq!(s["identical"], 2 * each, "{s}");
+    assert_eq!(s["replayed"], all, "{s}");
+    assert_eq!(s["identical"], all, "{s}");
     assert_eq!(s["different"], 0, "{s}");
 }

@@ -1,16 +1,20 @@
 //! `cargo xtask imports`: fail on an import circle between the `weir` crate's modules
 //! (`imports.rs`).
 //!
-//! `cargo xtask pytest`: run the Python SDK's and the Python plugins' native tests.
+//! `cargo xtask plugin-tests`: run the Python and TypeScript SDKs' and plugins' native
+//! tests (pytest; Node's test runner).
 //!
-//! `cargo xtask python DIR OUT`: build one Python plugin, wherever it is.
+//! `cargo xtask plugin DIR OUT` / `cargo xtask plugin-test DIR`: build one Python or
+//! TypeScript plugin, or run its native tests, wherever it is.
 //!
 //! `cargo xtask plugins [--release-dir DIR]`: build every plugin in `plugins/` and
 //! `tests/plugins/` to a Wasm component in `target/plugins/<name>-<version>.wasm` (and each
 //! extra version a crate lists in `[package.metadata.weir.versions]`, built with its feature).
 //!
 //! Python plugins (a `pyproject.toml` with `[tool.weir]`) are built with componentize-py
-//! into `target/plugins/python/` (`python.rs`): apart, because a component with an
+//! into `target/plugins/python/` (`python.rs`), TypeScript ones (a `package.json` with a
+//! `weir` field) with esbuild and componentize-js into `target/plugins/typescript/`
+//! (`typescript.rs`): apart, because a component with an
 //! interpreter in it takes seconds to compile when weir first loads it, and weir loads every
 //! file of its `plugins.dir` (a deployment's directory holds what it runs).
 //!
@@ -23,6 +27,7 @@
 
 mod imports;
 mod python;
+mod typescript;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -35,16 +40,25 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("plugins") => build_plugins(),
-        Some("pytest") => python::test(&workspace_root(), &target_dir()),
-        Some("python") if args.len() == 3 => {
+        Some("plugin-tests") => python::test(&workspace_root(), &target_dir())
+            .and_then(|()| typescript::test(&workspace_root(), &target_dir())),
+        Some("plugin-test") if args.len() == 2 => {
             let dir = PathBuf::from(&args[1]);
-            let plugin = python::read(&dir, &dir.join("pyproject.toml"))?;
-            let out = python::build(
-                &workspace_root(),
-                &target_dir(),
-                Path::new(&args[2]),
-                &plugin,
-            )?;
+            if dir.join("package.json").exists() {
+                typescript::test_dir(&workspace_root(), &target_dir(), &dir)
+            } else {
+                python::test_dir(&target_dir(), &dir)
+            }
+        }
+        Some("plugin") if args.len() == 3 => {
+            let (dir, out_dir) = (PathBuf::from(&args[1]), PathBuf::from(&args[2]));
+            let (root, target) = (workspace_root(), target_dir());
+            let out = if dir.join("package.json").exists() {
+                typescript::build(&root, &target, &out_dir, &typescript::read(&dir)?)?
+            } else {
+                let plugin = python::read(&dir, &dir.join("pyproject.toml"))?;
+                python::build(&root, &target, &out_dir, &plugin)?
+            };
             println!("{}", out.display());
             Ok(())
         }
@@ -55,7 +69,7 @@ fn main() -> Result<()> {
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask plugins|pytest|python|imports\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>-<version>.wasm\n  pytest    run the Python SDK's and every Python plugin's native tests (pytest)\n  python DIR OUT   build the Python plugin in DIR into OUT/<name>-<version>.wasm\n  imports [SRC]   fail on an import circle between the modules of runtime/src (or SRC)"
+                "usage: cargo xtask plugins|plugin-tests|plugin-test|plugin|imports\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>-<version>.wasm\n  plugin-tests   run the Python and TypeScript SDKs' and plugins' native tests\n  plugin-test DIR  run the native tests of the Python or TypeScript plugin in DIR\n  plugin DIR OUT   build the Python or TypeScript plugin in DIR into OUT/<name>-<version>.wasm\n  imports [SRC]   fail on an import circle between the modules of runtime/src (or SRC)"
             );
             std::process::exit(2);
         }
@@ -199,6 +213,16 @@ fn build_plugins() -> Result<()> {
     std::fs::create_dir_all(&python_dir)?;
     for p in python::find(&root)? {
         let out = python::build(&root, &target_dir, &python_dir, &p)?;
+        println!(
+            "{:>8} bytes  {}",
+            std::fs::metadata(&out)?.len(),
+            out.display()
+        );
+    }
+    let typescript_dir = out_dir.join("typescript");
+    std::fs::create_dir_all(&typescript_dir)?;
+    for p in typescript::find(&root)? {
+        let out = typescript::build(&root, &target_dir, &typescript_dir, &p)?;
         println!(
             "{:>8} bytes  {}",
             std::fs::metadata(&out)?.len(),

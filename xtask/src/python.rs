@@ -85,7 +85,7 @@ pub fn read(dir: &Path, manifest: &Path) -> Result<PyPlugin> {
         }
     }
     Ok(PyPlugin {
-        dir: dir.to_path_buf(),
+        dir: std::path::absolute(dir)?,
         name: text("project", "name")?,
         version: text("project", "version")?,
         module: module.to_owned(),
@@ -206,19 +206,26 @@ fn has_tests(dir: &Path) -> bool {
 /// Run pytest over the Python SDK and every Python plugin, each from its own directory (so
 /// that its `pyproject.toml` configures it).
 pub fn test(root: &Path, target_dir: &Path) -> Result<()> {
-    let bin = tools(target_dir)?;
-    let dirs = std::iter::once(root.join("sdk/python"))
-        .chain(find(root)?.into_iter().map(|p| p.dir))
-        .filter(|d| has_tests(d));
+    let dirs =
+        std::iter::once(root.join("sdk/python")).chain(find(root)?.into_iter().map(|p| p.dir));
     for dir in dirs {
-        println!("==> pytest {}", dir.display());
-        run(Command::new(bin.join("pytest"))
-            .env_remove("VIRTUAL_ENV")
-            .args(["--quiet", "-p", "no:cacheprovider"])
-            .current_dir(&dir))
-        .with_context(|| format!("the native tests of {}", dir.display()))?;
+        test_dir(target_dir, &dir)?;
     }
     Ok(())
+}
+
+/// Run pytest in `dir`, if it holds tests.
+pub fn test_dir(target_dir: &Path, dir: &Path) -> Result<()> {
+    if !has_tests(dir) {
+        return Ok(());
+    }
+    let bin = tools(target_dir)?;
+    println!("==> pytest {}", dir.display());
+    run(Command::new(bin.join("pytest"))
+        .env_remove("VIRTUAL_ENV")
+        .args(["--quiet", "-p", "no:cacheprovider"])
+        .current_dir(dir))
+    .with_context(|| format!("the native tests of {}", dir.display()))
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ pub enum PluginCommand {
         admin: AdminArgs,
     },
     /// Start a new plugin: the transform, its Avro schema, fixtures and native tests, in
-    /// Rust or Python, which build and pass as written. Prints what to run next.
+    /// Rust, Python or TypeScript, which build and pass as written. Prints what to run next.
     New {
         /// The plugin's name: lowercase letters, digits and hyphens (e.g. door-sensor).
         name: String,

@@ -1,6 +1,6 @@
-//! `weir plugin new`: a new plugin's files, in Rust or Python — the transform, its Avro
-//! schema, fixtures and native tests — that build and pass as they are, for the author to
-//! change.
+//! `weir plugin new`: a new plugin's files, in Rust, Python or TypeScript — the transform,
+//! its Avro schema, fixtures and native tests — that build and pass as they are, for the
+//! author to change.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -12,6 +12,9 @@ pub enum Lang {
     Rust,
     /// A package built with `cargo xtask plugins` (componentize-py), tested with pytest.
     Python,
+    /// A package built with `cargo xtask plugins` (esbuild, componentize-js), tested with
+    /// Node's test runner.
+    Typescript,
 }
 
 /// The plugin's names in each spelling it needs.
@@ -146,6 +149,65 @@ def test_the_unit_comes_from_the_config():
     assert plugin.transform(Message("a/d-9", '{"value": 70}'))["unit"] == "F"
 "#;
 
+const PACKAGE_JSON: &str = r#"{
+  "name": "@NAME@",
+  "version": "0.1.0",
+  "description": "weir plugin: @NAME@ readings",
+  "private": true,
+  "type": "module",
+  "weir": {
+    "plugin": "@NAME@.ts:@CLASS@",
+    "schema": "@NAME@.avsc"
+  }
+}
+"#;
+
+const TYPESCRIPT: &str = r#"/**
+ * @NAME@: a device's JSON reading into one record (`@NAME@.avsc`).
+ *
+ * The device id is the last topic level; `{"heartbeat": true}` is skipped; a payload
+ * without a numeric `value` is rejected. Config: `unit` (default "C").
+ */
+
+import { Config, Message, Plugin, Rejection, SKIP } from "weir-sdk";
+
+export class @CLASS@ implements Plugin {
+  readonly unit: string;
+
+  constructor(config: Config) {
+    this.unit = config.get("unit", "C");
+  }
+
+  transform(message: Message) {
+    const reading = message.json();
+    if (typeof reading !== "object" || reading === null || Array.isArray(reading)) {
+      throw new Rejection("payload.malformed", "expected a JSON object");
+    }
+    const r = reading as { [k: string]: unknown };
+    if (r.heartbeat === true) return SKIP;
+    if (typeof r.value !== "number") {
+      throw new Rejection("reading.missing", "no reading: expected a JSON object with a numeric `value`");
+    }
+    return { device_id: message.topicLevel(-1), value: r.value, unit: this.unit };
+  }
+}
+"#;
+
+const TYPESCRIPT_TEST: &str = r#"// @NAME@'s native tests: Node's test runner, no Wasm, no weir. Run from this directory.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { Config, Message } from "weir-sdk";
+import { checkFixtures } from "weir-sdk/testing";
+import { @CLASS@ } from "./@NAME@";
+
+test("fixtures", () => checkFixtures(@CLASS@, "fixtures"));
+
+test("the unit comes from the config", () => {
+  const plugin = new @CLASS@(new Config([["unit", "F"]]));
+  assert.equal((plugin.transform(new Message("a/d-9", '{"value": 70}')) as any).unit, "F");
+});
+"#;
+
 const CARGO: &str = r#"[package]
 name = "@NAME@"
 description = "weir plugin: @NAME@ readings"
@@ -265,6 +327,14 @@ fn files(name: &str, lang: Lang, sdk: &str) -> Result<Vec<(PathBuf, String)>> {
             ("Cargo.toml".into(), n.fill(CARGO, sdk)),
             ("src/lib.rs".into(), n.fill(RUST, sdk)),
         ]),
+        Lang::Typescript => out.extend([
+            ("package.json".into(), n.fill(PACKAGE_JSON, sdk)),
+            (format!("{name}.ts").into(), n.fill(TYPESCRIPT, sdk)),
+            (
+                format!("{name}.test.ts").into(),
+                n.fill(TYPESCRIPT_TEST, sdk),
+            ),
+        ]),
     }
     Ok(out)
 }
@@ -309,7 +379,10 @@ pub fn next_steps(name: &str, lang: Lang, dir: &Path) -> String {
     let dir = dir.display();
     match lang {
         Lang::Python => format!(
-            "next:\n  cargo xtask pytest                     # its native tests (pytest)\n  cargo xtask plugins                    # builds target/plugins/python/{name}-0.1.0.wasm\n  weir transform --plugin target/plugins/python/{name}-0.1.0.wasm --input {dir}/fixtures/input.jsonl"
+            "next:\n  cargo xtask plugin-tests                     # its native tests (pytest)\n  cargo xtask plugins                    # builds target/plugins/python/{name}-0.1.0.wasm\n  weir transform --plugin target/plugins/python/{name}-0.1.0.wasm --input {dir}/fixtures/input.jsonl"
+        ),
+        Lang::Typescript => format!(
+            "next:\n  cargo xtask plugin-tests               # its native tests (node --test)\n  cargo xtask plugins                    # builds target/plugins/typescript/{name}-0.1.0.wasm\n  weir transform --plugin target/plugins/typescript/{name}-0.1.0.wasm --input {dir}/fixtures/input.jsonl"
         ),
         Lang::Rust => format!(
             "next:\n  add \"{dir}\" to [workspace] members in Cargo.toml\n  cargo test -p {name}                   # its native tests\n  cargo xtask plugins                    # builds target/plugins/{name}-0.1.0.wasm\n  weir transform --plugin target/plugins/{name}-0.1.0.wasm --input {dir}/fixtures/input.jsonl"
@@ -344,7 +417,7 @@ mod tests {
 
     #[test]
     fn every_placeholder_is_filled() {
-        for lang in [Lang::Rust, Lang::Python] {
+        for lang in [Lang::Rust, Lang::Python, Lang::Typescript] {
             for (path, text) in files("door-sensor", lang, "../../sdk/python").unwrap() {
                 for placeholder in ["@NAME@", "@MODULE@", "@CLASS@", "@SDK@"] {
                     assert!(

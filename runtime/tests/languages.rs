@@ -1,6 +1,7 @@
-//! Plugins written in Python, against the real host: the Python thermostat publishes the
-//! Rust one's Avro bytes, message for message, and a hostile Python plugin is contained as
-//! a Rust one is. (End to end through `weir run` and `weir replay`: `pipeline.rs`.)
+//! Plugins written in Python and TypeScript, against the real host: their thermostats
+//! publish the Rust one's Avro bytes, message for message, and a hostile plugin in either
+//! language is contained as a Rust one is. (End to end through `weir run` and
+//! `weir replay`: `replay.rs`; push, promote, rollback and shadow: `lifecycle.rs`.)
 
 mod common;
 
@@ -85,21 +86,20 @@ fn corpus() -> Vec<Message> {
     out
 }
 
-#[test]
-fn the_python_thermostat_publishes_the_rust_ones_bytes_for_every_message() {
+/// The thermostat in `id`'s language against the Rust one, message for message: the same
+/// records (Avro bytes), the same rejection codes and reasons (a parser's reason aside).
+fn same_bytes_as_rust(id: &'static str) {
     let rust = load("thermostat@1.0.0").configure(vec![], "rust").unwrap();
-    let python = load("thermostat-py@1.0.0")
-        .configure(vec![], "python")
-        .unwrap();
+    let other = load(id).configure(vec![], "other").unwrap();
     let mut inputs = corpus();
     let mut emitted = 0;
     for chunk in inputs.chunks_mut(64) {
-        let (r, p) = (rust.process(&mut chunk.to_vec()), python.process(chunk));
+        let (r, p) = (rust.process(&mut chunk.to_vec()), other.process(chunk));
         for ((want, got), m) in r.iter().zip(&p).zip(chunk.iter()) {
             let payload = String::from_utf8_lossy(&m.payload);
             match (want, got) {
                 (Outcome::Emit(w), Outcome::Emit(g)) => {
-                    assert_eq!(w, g, "records differ for {payload}");
+                    assert_eq!(w, g, "{id}: records differ for {payload}");
                     emitted += 1;
                 }
                 (
@@ -112,24 +112,32 @@ fn the_python_thermostat_publishes_the_rust_ones_bytes_for_every_message() {
                         reason: gr,
                     },
                 ) => {
-                    assert_eq!(wc, gc, "{payload}: {wr} / {gr}");
+                    assert_eq!(wc, gc, "{id}: {payload}: {wr} / {gr}");
                     // A parser's reason is in its own words; every other is the plugin's.
                     if wc != "payload.malformed" {
-                        assert_eq!(wr, gr, "{payload}");
+                        assert_eq!(wr, gr, "{id}: {payload}");
                     }
                 }
-                (w, g) => assert_eq!(kind(w), kind(g), "{payload}"),
+                (w, g) => assert_eq!(kind(w), kind(g), "{id}: {payload}"),
             }
         }
     }
     assert!(emitted > 700, "the corpus must mostly emit: {emitted}");
 }
 
-/// The adversarial Python plugin with the default limits.
-fn hostile() -> weir::transform::Configured {
-    load("adversarial-py@0.1.0")
-        .configure(vec![], "adversarial-py")
-        .unwrap()
+#[test]
+fn the_python_thermostat_publishes_the_rust_ones_bytes_for_every_message() {
+    same_bytes_as_rust("thermostat-py@1.0.0");
+}
+
+#[test]
+fn the_typescript_thermostat_publishes_the_rust_ones_bytes_for_every_message() {
+    same_bytes_as_rust("thermostat-ts@1.0.0");
+}
+
+/// An adversarial plugin with the default limits.
+fn hostile(id: &'static str) -> weir::transform::Configured {
+    load(id).configure(vec![], id).unwrap()
 }
 
 fn reason(o: &Outcome) -> &str {
@@ -139,9 +147,11 @@ fn reason(o: &Outcome) -> &str {
     }
 }
 
-#[test]
-fn a_hostile_python_plugin_is_contained_and_healthy_messages_still_emit() {
-    let plugin = hostile();
+/// The adversarial plugin `id` on every misbehaviour at once: each is classified, named,
+/// and the healthy messages beside them still emit. `raised` is how the language names
+/// the exception it was asked to raise.
+fn contained(id: &'static str, raised: &str) {
+    let plugin = hostile(id);
     let payloads = [
         "a",
         "loop",
@@ -177,20 +187,12 @@ fn a_hostile_python_plugin_is_contained_and_healthy_messages_still_emit() {
             "fail:schema.violation",
             "reject:test.rejected",
             "emit:1",
-        ]
+        ],
+        "{id}"
     );
     // A trap names the exception and where in the plugin it was raised.
-    assert!(
-        reason(&out[4])
-            .contains("ValueError: adversarial exception on request (at adversarial.py:"),
-        "{}",
-        reason(&out[4])
-    );
-    assert!(
-        reason(&out[6]).contains("RecursionError"),
-        "{}",
-        reason(&out[6])
-    );
+    assert!(reason(&out[4]).contains(raised), "{}", reason(&out[4]));
+    assert!(reason(&out[4]).contains("(at "), "{}", reason(&out[4]));
     assert!(reason(&out[7]).contains("no clock"), "{}", reason(&out[7]));
     assert!(
         reason(&out[8]).contains("no randomness"),
@@ -203,26 +205,61 @@ fn a_hostile_python_plugin_is_contained_and_healthy_messages_still_emit() {
 }
 
 #[test]
-fn an_exception_in_a_python_constructor_refuses_the_config_with_its_words() {
-    let plugin = load("adversarial-py@0.1.0");
-    let Err(raised) = plugin.configure(vec![("init".into(), "raise".into())], "a") else {
-        panic!("an exception in the constructor must refuse the config")
-    };
-    assert!(
-        raised.contains("RuntimeError: adversarial constructor fails on request"),
-        "{raised}"
+fn a_hostile_python_plugin_is_contained_and_healthy_messages_still_emit() {
+    contained(
+        "adversarial-py@0.1.0",
+        "ValueError: adversarial exception on request (at adversarial.py:",
     );
-    let Err(refused) = plugin.configure(vec![("init".into(), "refuse".into())], "b") else {
-        panic!("a ConfigError must refuse the config")
-    };
-    assert!(refused.contains("refused on request"), "{refused}");
+    let recursion = hostile("adversarial-py@0.1.0").process(&mut [message("t/x", b"recurse")]);
+    assert!(
+        reason(&recursion[0]).contains("RecursionError"),
+        "{recursion:?}"
+    );
+}
+
+#[test]
+fn a_hostile_typescript_plugin_is_contained_and_healthy_messages_still_emit() {
+    contained(
+        "adversarial-ts@0.1.0",
+        "RangeError: adversarial exception on request (at transform@",
+    );
+    let recursion = hostile("adversarial-ts@0.1.0").process(&mut [message("t/x", b"recurse")]);
+    assert!(
+        reason(&recursion[0]).contains("too much recursion"),
+        "{recursion:?}"
+    );
+}
+
+/// An exception in the constructor refuses the config with its words, in either language.
+#[test]
+fn an_exception_in_a_constructor_refuses_the_config_with_its_words() {
+    for (id, raised) in [
+        (
+            "adversarial-py@0.1.0",
+            "RuntimeError: adversarial constructor fails on request",
+        ),
+        (
+            "adversarial-ts@0.1.0",
+            "Error: adversarial constructor fails on request",
+        ),
+    ] {
+        let plugin = load(id);
+        let Err(e) = plugin.configure(vec![("init".into(), "raise".into())], "a") else {
+            panic!("{id}: an exception in the constructor must refuse the config")
+        };
+        assert!(e.contains(raised), "{id}: {e}");
+        let Err(e) = plugin.configure(vec![("init".into(), "refuse".into())], "b") else {
+            panic!("{id}: a ConfigError must refuse the config")
+        };
+        assert!(e.contains("refused on request"), "{id}: {e}");
+    }
 }
 
 #[test]
 fn what_a_python_build_computes_is_the_same_in_every_instance() {
     let outputs: Vec<Vec<Outcome>> = (0..2)
         .map(|_| {
-            hostile().process(&mut [
+            hostile("adversarial-py@0.1.0").process(&mut [
                 message("t/x", b"hash"),
                 message("t/x", b"seeded"),
                 message("t/x", b"seeded"),
