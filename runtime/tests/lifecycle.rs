@@ -257,7 +257,16 @@ fn promote_under_load_then_refusals_leave_the_live_version_alone() {
 #[test]
 fn python_and_typescript_plugins_are_pushed_promoted_and_rolled_back_under_load() {
     let p = unique("langlife");
-    let weir = Weir::start(&config(&p), &[]);
+    // One compile per interpreter component: the push compiles, the promote's gate loads it
+    // from the cache.
+    let cache = tempfile::tempdir().unwrap();
+    let weir = Weir::start(
+        &config(&p),
+        &[
+            ("WEIR_NO_CACHE", "0"),
+            ("WEIR_CACHE_DIR", cache.path().to_str().unwrap()),
+        ],
+    );
     let fixtures = root().join("plugins/thermostat/fixtures");
     let push = |file: &str| {
         let wasm = plugins_dir().join(file);

@@ -457,7 +457,14 @@ output_topic = "{p}.thermostat-ts"
 key = "{{topic[4]}}"
 "#
         );
-    let _weir = Weir::start(&cfg, &[]);
+    // Both processes (weir run, then weir replay) compile the interpreters through one
+    // cache: the replay loads what the run compiled.
+    let cache = tempfile::tempdir().unwrap();
+    let cache_env = [
+        ("WEIR_NO_CACHE", "0"),
+        ("WEIR_CACHE_DIR", cache.path().to_str().unwrap()),
+    ];
+    let _weir = Weir::start_within(&cfg, &cache_env, Duration::from_secs(240));
     // The shared fixtures (each with a timestamp of its own: one without takes its receive
     // time, which differs between the two publishes) and a stream of every shape.
     let fixtures =
@@ -536,7 +543,7 @@ key = "{{topic[4]}}"
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, &cfg).unwrap();
-    let (code, s, err) = replay(&path, &[], &["--from", &raw, "--verify"]);
+    let (code, s, err) = replay(&path, &cache_env, &["--from", &raw, "--verify"]);
     assert_eq!(code, 0, "{err}\n{s}");
     assert_eq!(s["replayed"], all, "{s}");
     assert_eq!(s["identical"], all, "{s}");

@@ -157,6 +157,9 @@ pub fn raw_producer_config() -> rdkafka::ClientConfig {
 }
 
 /// A running `weir run`.
+/// How long weir may take to start (its admin listener open, then ready).
+const STARTUP: Duration = Duration::from_secs(60);
+
 pub struct Weir {
     pub child: Child,
     pub log: Arc<Mutex<String>>,
@@ -190,16 +193,32 @@ impl Weir {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("weir.toml");
         std::fs::write(&path, config).unwrap();
-        Self::spawn_at(dir, &path, env)
+        Self::spawn_at(dir, &path, env, STARTUP)
     }
 
-    fn start_at(dir: tempfile::TempDir, path: &Path, env: &[(&str, &str)]) -> Weir {
-        let weir = Self::spawn_at(dir, path, env);
-        weir.wait_ready(Duration::from_secs(60));
+    /// As [`Weir::start`], allowing `within` for start-up: for a plugin directory with
+    /// interpreter components, each of which takes many seconds to compile at start-up.
+    pub fn start_within(config: &str, env: &[(&str, &str)], within: Duration) -> Weir {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, config).unwrap();
+        let weir = Self::spawn_at(dir, &path, env, within);
+        weir.wait_ready(within);
         weir
     }
 
-    fn spawn_at(dir: tempfile::TempDir, path: &Path, env: &[(&str, &str)]) -> Weir {
+    fn start_at(dir: tempfile::TempDir, path: &Path, env: &[(&str, &str)]) -> Weir {
+        let weir = Self::spawn_at(dir, path, env, STARTUP);
+        weir.wait_ready(STARTUP);
+        weir
+    }
+
+    fn spawn_at(
+        dir: tempfile::TempDir,
+        path: &Path,
+        env: &[(&str, &str)],
+        within: Duration,
+    ) -> Weir {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
         cmd.args(["run", "--config"])
             .arg(path)
@@ -227,10 +246,10 @@ impl Weir {
                 l.push('\n');
             }
         });
-        let Ok(admin) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let Ok(admin) = rx.recv_timeout(within) else {
             let _ = child.kill();
             panic!(
-                "weir did not open its admin listener within 60 s; its log:\n{}",
+                "weir did not open its admin listener within {within:?}; its log:\n{}",
                 log.lock().unwrap()
             );
         };
@@ -314,7 +333,7 @@ impl Weir {
     /// or not.
     pub fn relaunch(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Weir {
         let path = dir.path().join("weir.toml");
-        Self::spawn_at(dir, &path, env)
+        Self::spawn_at(dir, &path, env, STARTUP)
     }
 
     /// SIGTERM (weir drains and disconnects), wait; its directory, to start it again.
