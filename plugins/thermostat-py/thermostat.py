@@ -38,7 +38,10 @@ def _number(obj: dict, name: str) -> Optional[float]:
     value = _field(obj, name, (int, float), "a number")
     if value is None:
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        value = math.inf
     if not math.isfinite(value):
         raise Rejection(MALFORMED, f"payload JSON has the wrong shape: `{name}` is out of range")
     return value
@@ -118,6 +121,8 @@ class Thermostat(Plugin):
         # Every field is read (and its shape checked) before any decision, as the Rust
         # plugin's typed parse does: a payload of the wrong shape is malformed, whatever else.
         device = _field(p, "device", (str,), "text")
+        if "heartbeat" in p and p["heartbeat"] is None:
+            raise Rejection(MALFORMED, "payload JSON has the wrong shape: `heartbeat` must be true or false")
         heartbeat = _field(p, "heartbeat", (bool,), "true or false")
         temp_c, temperature = _number(p, "temp_c"), _quantity(p, "temperature")
         setpoint_c = _number(p, "setpoint_c")

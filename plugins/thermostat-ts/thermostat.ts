@@ -41,6 +41,9 @@ function number(obj: Obj, name: string): number | undefined {
 function timestamp(obj: Obj): number | undefined {
   const v = number(obj, "ts");
   if (v !== undefined && !Number.isInteger(v)) wrongShape("`ts` must be an integer (ms since the epoch)");
+  // Beyond 2^53 a JSON number is not the integer that was sent: refuse it rather than
+  // publish another timestamp.
+  if (v !== undefined && !Number.isSafeInteger(v)) wrongShape("`ts` is out of range");
   return v;
 }
 
@@ -64,7 +67,8 @@ function toCelsius(q: Quantity, what: string): number | undefined {
 }
 
 /** A number as Rust prints it: `180` for a whole number, `21.5` otherwise. */
-const show = (x: number) => (Number.isInteger(x) ? BigInt(x).toString() : String(x));
+const show = (x: number) =>
+  Number.isInteger(x) ? BigInt(x).toString() : Number.isFinite(x) ? String(x) : x > 0 ? "inf" : "-inf";
 
 export class Thermostat implements Plugin {
   readonly minC: number;
@@ -97,6 +101,7 @@ export class Thermostat implements Plugin {
     // Every field is read (and its shape checked) before any decision, as the Rust
     // plugin's typed parse does.
     const device: string | undefined = field(o, "device", "string", "text");
+    if (o.heartbeat === null) wrongShape("`heartbeat` must be true or false");
     const heartbeat: boolean | undefined = field(o, "heartbeat", "boolean", "true or false");
     const tempC = number(o, "temp_c");
     const temperature = quantity(o, "temperature");

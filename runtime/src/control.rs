@@ -801,6 +801,9 @@ impl Components {
         };
         let (sha, whole) = match parsed {
             Key::Wasm { sha256 } => (sha256, value.to_vec()),
+            // A component already stored is not gathered again (a replayed part, a second
+            // process seeding the same file, every start-up's read of the topic).
+            Key::WasmPart { sha256, .. } if self.store.has(&sha256) => return,
             Key::WasmPart {
                 sha256,
                 index,

@@ -449,6 +449,14 @@ impl Lifecycle {
             by: by.to_owned(),
         };
         // The component (whole, or in parts), then the claim that names it.
+        if bytes.len() > crate::control::MAX_COMPONENT_BYTES {
+            return Err(LifecycleError::Invalid(format!(
+                "{} is {} bytes; the control topic carries components of up to {}",
+                info.id(),
+                bytes.len(),
+                crate::control::MAX_COMPONENT_BYTES
+            )));
+        }
         let mut entries = crate::control::component_entries(&info.sha256, bytes);
         entries.push((
             Key::Upload {

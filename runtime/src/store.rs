@@ -95,6 +95,15 @@ impl Store {
     }
 
     /// The component with this sha256, checked against it; `None` if not stored.
+    /// Whether the component `sha256` is stored (a 64-digit lowercase hex digest).
+    pub fn has(&self, sha256: &str) -> bool {
+        sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && self.path(sha256).exists()
+    }
+
     pub fn get(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.path(sha256);
         let bytes = match std::fs::read(&path) {

@@ -326,7 +326,7 @@ fn a_new_plugin_passes_its_tests_builds_and_holds_to_its_fixtures(lang: &str) {
     let out = weir(&new, "");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("cargo xtask plugin-tests"),
+        text(&out.stdout).contains("cargo xtask plugin-test "),
         "{}",
         text(&out.stdout)
     );

@@ -63,8 +63,13 @@ fn corpus() -> Vec<Message> {
             ),
             3 => format!(r#"{{"device":"t-{}","temp_c":{}}}"#, i % 3, i % 120),
             4 => format!(r#"{{"heartbeat":{}}}"#, i % 2 == 0),
-            5 => format!(
+            // A rounding half, and a reading that rounds to -0 (its sign is in the Avro).
+            5 if i % 2 == 0 => format!(
                 r#"{{"temperature":{{"value":-39.973,"unit":"F"}},"ts":{}}}"#,
+                i * 1000
+            ),
+            5 => format!(
+                r#"{{"temperature":{{"value":31.999,"unit":"F"}},"ts":{}}}"#,
                 i * 1000
             ),
             _ => [
@@ -73,7 +78,10 @@ fn corpus() -> Vec<Message> {
                 r#"{"ts":1.5,"temp_c":2}"#,
                 "[]",
                 r#"{"temp_c":1e400}"#,
-            ][(i % 5) as usize]
+                r#"{"heartbeat":null,"temp_c":21}"#,
+                r#"{"temperature":{"value":1e307,"unit":"F"}}"#,
+                r#"{"temperature":{"value":-1e307,"unit":"F"}}"#,
+            ][(i % 8) as usize]
                 .to_owned(),
         };
         let mut m = message(
@@ -202,6 +210,11 @@ fn contained(id: &'static str, raised: &str) {
     // The instance that trapped was replaced: the plugin goes on.
     let again = plugin.process(&mut [message("t/x", b"e")]);
     assert_eq!(kind(&again[0]), "emit:1");
+    // Randomness bound before the plugin's first call is refused too; formatting a time
+    // the plugin gives is allowed.
+    let out = plugin.process(&mut [message("t/x", b"early"), message("t/x", b"date")]);
+    assert!(reason(&out[0]).contains("no randomness"), "{id}: {out:?}");
+    assert_eq!(kind(&out[1]), "emit:1", "{id}: {out:?}");
 }
 
 #[test]

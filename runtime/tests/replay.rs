@@ -515,8 +515,13 @@ key = "{{topic[4]}}"
 
     // Published: the same records (by device and timestamp), the same bytes.
     let mut decoder = Decoder::new();
-    let mut by_reading = |topic: &str| {
-        let records = consume(topic, 1, Duration::from_secs(60), Duration::from_secs(2));
+    let mut by_reading = |topic: &str, want: usize| {
+        let records = consume(
+            topic,
+            want,
+            Duration::from_secs(120),
+            Duration::from_secs(2),
+        );
         let mut out = std::collections::BTreeMap::new();
         for r in records {
             let v = decoder.decode(&r.value);
@@ -529,10 +534,12 @@ key = "{{topic[4]}}"
         }
         out
     };
-    let rust = by_reading(&format!("{p}.thermostat"));
+    // Every message is captured raw with its records, so the Rust cohort's records are all
+    // in; each other cohort must publish as many.
+    let rust = by_reading(&format!("{p}.thermostat"), 1);
     assert!(rust.len() > 250, "most of the stream emits: {}", rust.len());
     for language in ["py", "ts"] {
-        let other = by_reading(&format!("{p}.thermostat-{language}"));
+        let other = by_reading(&format!("{p}.thermostat-{language}"), rust.len());
         assert_eq!(rust.len(), other.len(), "{language}");
         for (at, bytes) in &rust {
             assert_eq!(Some(bytes), other.get(at), "{language}: {at:?}");

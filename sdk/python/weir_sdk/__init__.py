@@ -329,6 +329,8 @@ def round_half_away(x: float, digits: int = 0) -> float:
     plugin ported from Rust gives the same number, and the same Avro bytes."""
     scale = 10.0**digits
     scaled = x * scale
+    if not math.isfinite(scaled):
+        return scaled / scale
     whole = math.floor(abs(scaled))
     if abs(scaled) - whole >= 0.5:
         whole += 1

@@ -78,20 +78,39 @@ def _denied(what: str, instead: str) -> Callable[..., Any]:
     return refuse
 
 
+def _given(real: Callable[..., Any], needs: int, refuse: Callable[..., Any]) -> Callable[..., Any]:
+    """``real`` when called with at least ``needs`` arguments (an explicit time to format),
+    ``refuse`` when it would read the clock."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if len(args) + len(kwargs) >= needs:
+            return real(*args, **kwargs)
+        return refuse()
+
+    return call
+
+
 def deny_nondeterminism() -> None:
     """Make the clock and randomness fail with a reason instead of working or trapping
     without one: the interpreter's own stubs would trap silently (the clock) or, worse,
     work (``random`` is seeded when the component is built, and its state then advances
     call by call, so a replay would not give the same bytes). A generator the plugin seeds
-    itself, ``random.Random(42)``, stays available: it is deterministic."""
+    itself, ``random.Random(42)``, stays available: it is deterministic; so does formatting
+    a time the plugin gives (``time.strftime(fmt, t)``, ``datetime``'s ``strftime``).
+
+    Runs when this module is imported, before the plugin's module is: a plugin that binds
+    ``from random import random`` at its top level binds the refusal."""
     clock = _denied("clock", "use message.received_at_ms, fixed when weir received it")
     for name in (
         "time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns",
         "process_time", "process_time_ns", "thread_time", "thread_time_ns", "sleep",
-        "localtime", "gmtime", "ctime", "asctime", "strftime",
     ):
         if hasattr(time, name):
             setattr(time, name, clock)
+    # Given a time, these only format it; without one they read the clock.
+    for name, needs in (("localtime", 1), ("gmtime", 1), ("ctime", 1), ("asctime", 1), ("strftime", 2)):
+        if hasattr(time, name):
+            setattr(time, name, _given(getattr(time, name), needs, clock))
     chance = _denied("randomness", "seed a generator of your own: random.Random(seed)")
     for name in random.__all__:
         if getattr(getattr(random, name), "__self__", None) is random._inst:
@@ -103,7 +122,6 @@ def export(plugin_class: type, *, name: str, version: str, schema: str) -> type:
     """The ``WitWorld`` class ``componentize-py`` exports: ``describe``, ``init`` and
     ``process`` over ``plugin_class``."""
     weir_sdk._log_sink = _to_host_log
-    deny_nondeterminism()
     instance: dict[str, Any] = {}
 
     def build(config: list[tuple[str, str]]) -> Any:
@@ -146,3 +164,6 @@ def export(plugin_class: type, *, name: str, version: str, schema: str) -> type:
             ]
 
     return WitWorld
+
+
+deny_nondeterminism()

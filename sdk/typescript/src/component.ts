@@ -48,30 +48,43 @@ export function describeError(e: unknown): string {
 /**
  * Make the clock and randomness fail with a reason: the engine would otherwise give a
  * value fixed at build time or one that changes from call to call, and either way a replay
- * would not be byte-identical.
+ * would not be byte-identical. `new Date(ms)` (a time the plugin gives) stays available.
+ *
+ * Runs when this module is evaluated, before the plugin's module is (the generated entry
+ * imports this first): a plugin that keeps `const r = Math.random` keeps the refusal.
  */
 export function denyNondeterminism(): void {
   const refuse = (what: string, instead: string) => () => {
     throw new NotGranted(`a weir plugin is given no ${what}; ${instead}`);
   };
   const clock = refuse("clock", "use message.receivedAtMs, fixed when weir received it");
-  Math.random = refuse("randomness", "derive what you need from the message");
-  Date.now = clock;
+  const chance = refuse("randomness", "derive what you need from the message");
+  Math.random = chance;
   const RealDate = Date;
-  const NoDate = function (this: unknown, ...args: unknown[]) {
-    if (args.length === 0) clock();
+  // `Date()` without `new` is always the current time, whatever its arguments.
+  const NoDate = function (...args: unknown[]) {
+    if (!new.target || args.length === 0) clock();
     // @ts-ignore: forwarding to the real constructor.
-    return new.target ? new RealDate(...args) : RealDate(...args);
+    return new RealDate(...args);
   } as unknown as DateConstructor;
   NoDate.prototype = RealDate.prototype;
   NoDate.UTC = RealDate.UTC;
   NoDate.parse = RealDate.parse;
   NoDate.now = clock;
+  // The real constructor stays out of reach through an instance, too.
+  Object.defineProperty(RealDate.prototype, "constructor", { value: NoDate });
   globalThis.Date = NoDate;
   if (typeof performance !== "undefined") {
     (performance as { now: () => number }).now = clock;
   }
+  const crypto = (globalThis as { crypto?: { getRandomValues?: unknown; randomUUID?: unknown } }).crypto;
+  if (crypto) {
+    crypto.getRandomValues = chance;
+    crypto.randomUUID = chance;
+  }
 }
+
+denyNondeterminism();
 
 type WitMessage = {
   topic: string;
@@ -128,7 +141,6 @@ export function exportPlugin(
   info: { name: string; version: string; schema: string },
 ) {
   setLogSink((level: Level, message: string) => hostLog(level, message));
-  denyNondeterminism();
   let instance: Plugin | undefined;
   const build = (config: [string, string][]): Plugin => {
     try {

@@ -10,6 +10,8 @@ the behaviour:
 | `clock`     | reads the wall clock, which a plugin is not given          |
 | `random`    | draws from `random`, which a plugin is not given either    |
 | `seeded`    | draws from a generator it seeds itself (deterministic)     |
+| `early`     | calls `random.random` as imported when the module loaded   |
+| `date`      | formats a time it gives (`datetime(2026, 1, 2)`): allowed  |
 | `hash`      | emits the iteration order of a set of strings (fixed when  |
 |             | the component is built, so the same in every instance)     |
 | `badschema` | emits `{"text": 5}`, which violates the schema             |
@@ -22,6 +24,8 @@ Config `init = "raise"` makes the constructor raise; `init = "refuse"` refuses t
 
 import random
 import time
+from datetime import datetime
+from random import random as early
 
 from weir_sdk import ConfigError, Level, Plugin, Rejection, log
 
@@ -56,6 +60,10 @@ class Adversarial(Plugin):
             return {"text": str(time.time())}
         if text == "random":
             return {"text": repr(random.random())}
+        if text == "early":
+            return {"text": repr(early())}
+        if text == "date":
+            return {"text": datetime(2026, 1, 2).strftime("%Y-%m-%d")}
         if text == "seeded":
             return {"text": repr(random.Random(7).random())}
         if text == "hash":

@@ -10,6 +10,8 @@
  * | `recurse`   | unbounded recursion                                        |
  * | `clock`     | reads the clock (`Date.now()`), which a plugin is not given |
  * | `random`    | draws from `Math.random()`, which it is not given either   |
+ * | `early`     | calls `Math.random` as bound when the module loaded        |
+ * | `date`      | formats a time it gives (`new Date(0)`): allowed           |
  * | `badschema` | emits `{"text": 5}`, which violates the schema             |
  * | `reject`    | rejects with `test.rejected`                               |
  * | `log`       | logs a warning, then emits                                 |
@@ -19,6 +21,10 @@
  */
 
 import { Config, ConfigError, Message, Plugin, Rejection, log } from "weir-sdk";
+
+// Bound when the module is evaluated: after the SDK takes randomness away, so this is the
+// refusal too.
+const early = Math.random;
 
 function recurse(n: number): number {
   return recurse(n + 1) + 1;
@@ -50,6 +56,10 @@ export class Adversarial implements Plugin {
         return { text: String(Date.now()) };
       case "random":
         return { text: String(Math.random()) };
+      case "early":
+        return { text: String(early()) };
+      case "date":
+        return { text: new Date(0).toISOString() };
       case "badschema":
         return { text: 5 };
       case "reject":

@@ -40,6 +40,37 @@ impl Names {
                 "plugin name {name:?}: use lowercase letters, digits and single hyphens, starting with a letter (e.g. door-sensor)"
             );
         }
+        // The name becomes a module: it must not hide a module the plugin or the SDK
+        // imports, nor be a keyword.
+        const TAKEN: [&str; 22] = [
+            "json",
+            "random",
+            "time",
+            "os",
+            "sys",
+            "math",
+            "typing",
+            "re",
+            "string",
+            "types",
+            "test",
+            "datetime",
+            "collections",
+            "enum",
+            "dataclasses",
+            "traceback",
+            "base64",
+            "pathlib",
+            "weir",
+            "class",
+            "import",
+            "pytest",
+        ];
+        if TAKEN.contains(&name) {
+            bail!(
+                "plugin name {name:?} would hide a module of that name (or is a keyword); choose a more specific one (e.g. {name}-sensor)"
+            );
+        }
         Ok(Names {
             name: name.to_owned(),
             module: name.replace('-', "_"),
@@ -377,13 +408,14 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>> {
 /// What to do next, for the author.
 pub fn next_steps(name: &str, lang: Lang, dir: &Path) -> String {
     let dir = dir.display();
+    let build = |out: &str| {
+        format!(
+            "next:\n  cargo xtask plugin-test {dir}         # its native tests\n  cargo xtask plugin {dir} {out}   # builds {out}/{name}-0.1.0.wasm\n  weir transform --plugin {out}/{name}-0.1.0.wasm --input {dir}/fixtures/input.jsonl\n(in plugins/, `cargo xtask plugins` and `cargo xtask plugin-tests` include it)"
+        )
+    };
     match lang {
-        Lang::Python => format!(
-            "next:\n  cargo xtask plugin-tests                     # its native tests (pytest)\n  cargo xtask plugins                    # builds target/plugins/python/{name}-0.1.0.wasm\n  weir transform --plugin target/plugins/python/{name}-0.1.0.wasm --input {dir}/fixtures/input.jsonl"
-        ),
-        Lang::Typescript => format!(
-            "next:\n  cargo xtask plugin-tests               # its native tests (node --test)\n  cargo xtask plugins                    # builds target/plugins/typescript/{name}-0.1.0.wasm\n  weir transform --plugin target/plugins/typescript/{name}-0.1.0.wasm --input {dir}/fixtures/input.jsonl"
-        ),
+        Lang::Python => build("target/plugins/python"),
+        Lang::Typescript => build("target/plugins/typescript"),
         Lang::Rust => format!(
             "next:\n  add \"{dir}\" to [workspace] members in Cargo.toml\n  cargo test -p {name}                   # its native tests\n  cargo xtask plugins                    # builds target/plugins/{name}-0.1.0.wasm\n  weir transform --plugin target/plugins/{name}-0.1.0.wasm --input {dir}/fixtures/input.jsonl"
         ),
@@ -410,6 +442,8 @@ mod tests {
             "a--b",
             "a b",
             "é",
+            "json",
+            "random",
         ] {
             assert!(Names::of(bad).is_err(), "{bad:?}");
         }
