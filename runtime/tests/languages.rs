@@ -284,3 +284,42 @@ fn what_a_python_build_computes_is_the_same_in_every_instance() {
     // A generator the plugin seeds itself restarts with each message: same draw twice.
     assert_eq!(outputs[0][1], outputs[0][2]);
 }
+
+/// A cohort's own limits hold for an interpreter plugin as for a Rust one: a tighter
+/// memory cap stops the bomb sooner, a tighter time budget the loop, and healthy messages
+/// still fit within both.
+#[test]
+fn a_cohorts_own_limits_hold_for_interpreter_plugins() {
+    use std::time::Duration;
+    use weir::transform::CallLimits;
+    for id in ["adversarial-py@0.1.0", "adversarial-ts@0.1.0"] {
+        let limits = CallLimits {
+            time_per_message: Some(Duration::from_millis(30)),
+            memory_bytes: Some(40 << 20),
+            output_bytes_per_message: None,
+        };
+        let plugin = load(id).configure_with(vec![], id, limits).unwrap();
+        let out = plugin.process(&mut [
+            message("t/x", b"a"),
+            message("t/x", b"bomb"),
+            message("t/x", b"loop"),
+            message("t/x", b"b"),
+        ]);
+        let kinds: Vec<String> = out.iter().map(kind).collect();
+        assert_eq!(
+            kinds,
+            ["emit:1", "fail:plugin.oom", "fail:plugin.timeout", "emit:1"],
+            "{id}"
+        );
+        assert!(
+            reason(&out[1]).contains("40 MiB"),
+            "{id}: {}",
+            reason(&out[1])
+        );
+        assert!(
+            reason(&out[2]).contains("30ms"),
+            "{id}: {}",
+            reason(&out[2])
+        );
+    }
+}
