@@ -556,3 +556,80 @@ key = "{{topic[4]}}"
     assert_eq!(s["identical"], all, "{s}");
     assert_eq!(s["different"], 0, "{s}");
 }
+
+/// Redrive through an interpreter plugin: messages the Rust adversarial plugin trapped on
+/// are redriven through the Python one (pushed into the running weir; the redrive's own
+/// store gets it from the control topic, in parts), which publishes them with its
+/// provenance.
+#[test]
+fn quarantined_messages_redrive_through_a_python_plugin() {
+    let p = unique("pyredrive");
+    let cfg = config(&p);
+    let cache = tempfile::tempdir().unwrap();
+    let cache_env = [
+        ("WEIR_NO_CACHE", "0"),
+        ("WEIR_CACHE_DIR", cache.path().to_str().unwrap()),
+    ];
+    let weir = Weir::start(&cfg, &cache_env);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    for i in 0..3 {
+        publisher.publish(&format!("{p}/chaos/c{i}"), "panic", &[]);
+    }
+    publisher.flush();
+    let q = format!("{p}.quarantine");
+    assert_eq!(count(&q, 3, Duration::from_secs(60)), 3);
+    let wasm = plugins_dir().join("python/adversarial-py-0.1.0.wasm");
+    let pushed = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["plugin", "push"])
+        .arg(&wasm)
+        .args(["--admin", &weir.admin])
+        .env_remove("WEIR_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let mut redrive = Command::new(env!("CARGO_BIN_EXE_weir"));
+    redrive
+        .args(["quarantine", "redrive", "--config"])
+        .arg(&path)
+        .args([
+            "--cohort",
+            "chaos",
+            "--code",
+            "plugin.trap",
+            "--through",
+            "adversarial-py@0.1.0",
+            "--json",
+        ]);
+    for (k, v) in cache_env {
+        redrive.env(k, v);
+    }
+    let out = redrive.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["published"], 3, "{done}");
+    let records = consume(
+        &format!("{p}.chaos"),
+        3,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
+    assert_eq!(records.len(), 3);
+    let mut decoder = Decoder::new();
+    for r in &records {
+        assert_eq!(r.header("weir.plugin"), "adversarial-py@0.1.0");
+        assert!(!r.header("weir.redrive.from").is_empty());
+        assert_eq!(decoder.decode(&r.value)["text"], "panic");
+    }
+}
