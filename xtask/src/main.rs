@@ -56,7 +56,7 @@ fn main() -> Result<()> {
             let out = if dir.join("package.json").exists() {
                 typescript::build(&root, &target, &out_dir, &typescript::read(&dir)?)?
             } else {
-                let plugin = python::read(&dir, &dir.join("pyproject.toml"))?;
+                let plugin = python::read(&dir)?;
                 python::build(&root, &target, &out_dir, &plugin)?
             };
             println!("{}", out.display());
@@ -97,57 +97,61 @@ struct Package {
     versions: Vec<(String, Option<String>)>,
 }
 
+/// The directories in `plugins/` and `tests/plugins/` that hold a `manifest` file
+/// (`Cargo.toml`, `pyproject.toml`, `package.json`), in order.
+fn plugin_dirs(root: &Path, manifest: &str) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for parent in ["plugins", "tests/plugins"] {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join(parent))
+            .with_context(|| format!("reading {parent}/"))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        dirs.sort();
+        found.extend(dirs.into_iter().filter(|d| d.join(manifest).exists()));
+    }
+    Ok(found)
+}
+
 /// Every plugin crate in `plugins/` and `tests/plugins/`.
 fn plugin_packages(root: &Path) -> Result<Vec<Package>> {
     let mut packages = Vec::new();
-    for dir in ["plugins", "tests/plugins"] {
-        let mut entries: Vec<_> = std::fs::read_dir(root.join(dir))
-            .with_context(|| format!("reading {dir}/"))?
-            .collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.path());
-        for entry in entries {
-            let manifest = entry.path().join("Cargo.toml");
-            if !manifest.exists() {
-                continue;
-            }
-            let text = std::fs::read_to_string(&manifest)?;
-            let doc: toml::Table = text
-                .parse()
-                .with_context(|| format!("parsing {}", manifest.display()))?;
-            let package = doc
-                .get("package")
-                .with_context(|| format!("{} has no [package]", manifest.display()))?;
-            let field = |key: &str| {
-                package
-                    .get(key)
-                    .and_then(|n| n.as_str())
-                    .map(str::to_owned)
-                    .with_context(|| {
-                        format!("{} needs a literal package.{key}", manifest.display())
-                    })
-            };
-            let mut versions = vec![(field("version")?, None)];
-            if let Some(extra) = package
-                .get("metadata")
-                .and_then(|m| m.get("weir"))
-                .and_then(|w| w.get("versions"))
-                .and_then(|v| v.as_table())
-            {
-                for (version, feature) in extra {
-                    let feature = feature.as_str().with_context(|| {
+    for dir in plugin_dirs(root, "Cargo.toml")? {
+        let manifest = dir.join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)?;
+        let doc: toml::Table = text
+            .parse()
+            .with_context(|| format!("parsing {}", manifest.display()))?;
+        let package = doc
+            .get("package")
+            .with_context(|| format!("{} has no [package]", manifest.display()))?;
+        let field = |key: &str| {
+            package
+                .get(key)
+                .and_then(|n| n.as_str())
+                .map(str::to_owned)
+                .with_context(|| format!("{} needs a literal package.{key}", manifest.display()))
+        };
+        let mut versions = vec![(field("version")?, None)];
+        if let Some(extra) = package
+            .get("metadata")
+            .and_then(|m| m.get("weir"))
+            .and_then(|w| w.get("versions"))
+            .and_then(|v| v.as_table())
+        {
+            for (version, feature) in extra {
+                let feature = feature.as_str().with_context(|| {
                         format!(
                             "{}: package.metadata.weir.versions.\"{version}\" must name a cargo feature",
                             manifest.display()
                         )
                     })?;
-                    versions.push((version.clone(), Some(feature.to_owned())));
-                }
+                versions.push((version.clone(), Some(feature.to_owned())));
             }
-            packages.push(Package {
-                name: field("name")?,
-                versions,
-            });
         }
+        packages.push(Package {
+            name: field("name")?,
+            versions,
+        });
     }
     Ok(packages)
 }

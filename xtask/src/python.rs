@@ -38,27 +38,17 @@ pub struct PyPlugin {
 
 /// Every Python plugin in `plugins/` and `tests/plugins/`.
 pub fn find(root: &Path) -> Result<Vec<PyPlugin>> {
-    let mut found = Vec::new();
-    for parent in ["plugins", "tests/plugins"] {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join(parent))
-            .with_context(|| format!("reading {parent}/"))?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()?;
-        dirs.sort();
-        for dir in dirs {
-            let manifest = dir.join("pyproject.toml");
-            if manifest.exists() {
-                found.push(read(&dir, &manifest)?);
-            }
-        }
-    }
-    Ok(found)
+    crate::plugin_dirs(root, "pyproject.toml")?
+        .iter()
+        .map(|d| read(d))
+        .collect()
 }
 
-/// The Python plugin in `dir`, described by `manifest` (its `pyproject.toml`).
-pub fn read(dir: &Path, manifest: &Path) -> Result<PyPlugin> {
+/// The Python plugin in `dir`, described by its `pyproject.toml`.
+pub fn read(dir: &Path) -> Result<PyPlugin> {
+    let manifest = dir.join("pyproject.toml");
     let shown = manifest.display();
-    let doc: toml::Table = std::fs::read_to_string(manifest)
+    let doc: toml::Table = std::fs::read_to_string(&manifest)
         .with_context(|| format!("reading {shown}"))?
         .parse()
         .with_context(|| format!("parsing {shown}"))?;

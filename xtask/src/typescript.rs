@@ -50,20 +50,10 @@ pub struct TsPlugin {
 
 /// Every TypeScript plugin in `plugins/` and `tests/plugins/`.
 pub fn find(root: &Path) -> Result<Vec<TsPlugin>> {
-    let mut found = Vec::new();
-    for parent in ["plugins", "tests/plugins"] {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join(parent))
-            .with_context(|| format!("reading {parent}/"))?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()?;
-        dirs.sort();
-        for dir in dirs {
-            if dir.join("package.json").exists() {
-                found.push(read(&dir)?);
-            }
-        }
-    }
-    Ok(found)
+    crate::plugin_dirs(root, "package.json")?
+        .iter()
+        .map(|d| read(d))
+        .collect()
 }
 
 /// The TypeScript plugin in `dir`.
