@@ -321,15 +321,6 @@ fn python_and_typescript_plugins_are_pushed_promoted_and_rolled_back_under_load(
 
     // Shadowed beside the live Python plugin on traffic of every shape: the same outcome
     // for every message, the same record bytes for every reading.
-    let admin = weir.admin.clone();
-    let shadow = std::thread::spawn(move || {
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["plugin", "shadow", "thermostats", "thermostat-ts@1.0.0"])
-            .args(["--messages", "40", "--json", "--admin", &admin])
-            .env_remove("WEIR_ADMIN_TOKEN")
-            .output()
-            .unwrap()
-    });
     let shapes = [
         r#"{"ts":1,"temp_c":21.5}"#,
         r#"{"ts":1,"temperature":{"value":-39.973,"unit":"F"}}"#,
@@ -338,28 +329,7 @@ fn python_and_typescript_plugins_are_pushed_promoted_and_rolled_back_under_load(
         r#"{"heartbeat":true}"#,
         "not json",
     ];
-    let mut publisher = Publisher::new(&format!("{p}-shadow"));
-    let start = Instant::now();
-    let mut round = 0;
-    while !shadow.is_finished() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "shadow never finished"
-        );
-        for payload in shapes {
-            publisher.publish(&format!("{p}/plant/1/thermostat/s{round}"), payload, &[]);
-        }
-        publisher.flush();
-        round += 1;
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = shadow.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = json(&String::from_utf8_lossy(&out.stdout));
+    let (r, _) = shadow_40(&weir, &p, "thermostat-ts@1.0.0", &shapes);
     assert_eq!(r["messages"], 40, "{r}");
     assert_eq!(r["identical"], 40, "{r}");
 }
@@ -605,48 +575,32 @@ fn three_processes_absorb_one_killed_and_lose_nothing() {
     assert!(acked(&b) > 0.0, "b is back in the group");
 }
 
-#[test]
-fn shadow_reports_kelvin_as_live_rejected_and_publishes_nothing() {
-    let p = unique("shadow");
-    let weir = Weir::start(&config(&p), &[]);
-    let admin = weir.admin.clone();
+/// Run `weir plugin shadow thermostats CANDIDATE --messages 40` while devices publish
+/// `shapes` round after round; the shadow's report, and the rounds published.
+fn shadow_40(weir: &Weir, p: &str, candidate: &str, shapes: &[&str]) -> (serde_json::Value, usize) {
+    let (admin, candidate) = (weir.admin.clone(), candidate.to_owned());
     let shadow = std::thread::spawn(move || {
         Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args([
-                "plugin",
-                "shadow",
-                "thermostats",
-                "thermostat@1.1.0",
-                "--messages",
-                "40",
-                "--json",
-                "--admin",
-                &admin,
-            ])
+            .args(["plugin", "shadow", "thermostats", &candidate])
+            .args(["--messages", "40", "--json", "--admin", &admin])
             .env_remove("WEIR_ADMIN_TOKEN")
             .output()
             .unwrap()
     });
-    let round = [
-        r#"{"ts":1,"temp_c":21.5}"#,
-        r#"{"ts":1,"temperature":{"value":70.7,"unit":"F"}}"#,
-        r#"{"ts":1,"temperature":{"value":294.65,"unit":"K"}}"#,
-        r#"{"heartbeat":true}"#,
-        "not json",
-    ];
-    let mut publisher = Publisher::new(&format!("{p}-pub"));
-    let mut rounds = 0;
+    let mut publisher = Publisher::new(&format!("{p}-shadow"));
     let start = Instant::now();
+    let mut round = 0;
     while !shadow.is_finished() {
         assert!(
-            start.elapsed() < Duration::from_secs(90),
+            start.elapsed() < Duration::from_secs(120),
             "shadow never finished"
         );
-        for payload in round {
-            publisher.publish(&format!("{p}/plant/1/thermostat/t{rounds}"), payload, &[]);
+        for payload in shapes {
+            publisher.publish(&format!("{p}/plant/1/thermostat/s{round}"), *payload, &[]);
         }
         publisher.flush();
-        rounds += 1;
+        round += 1;
+        // The devices' pace: a round every 50 ms until the shadow has its 40.
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = shadow.join().unwrap();
@@ -655,7 +609,21 @@ fn shadow_reports_kelvin_as_live_rejected_and_publishes_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r = json(&String::from_utf8_lossy(&out.stdout));
+    (json(&String::from_utf8_lossy(&out.stdout)), round)
+}
+
+#[test]
+fn shadow_reports_kelvin_as_live_rejected_and_publishes_nothing() {
+    let p = unique("shadow");
+    let weir = Weir::start(&config(&p), &[]);
+    let round = [
+        r#"{"ts":1,"temp_c":21.5}"#,
+        r#"{"ts":1,"temperature":{"value":70.7,"unit":"F"}}"#,
+        r#"{"ts":1,"temperature":{"value":294.65,"unit":"K"}}"#,
+        r#"{"heartbeat":true}"#,
+        "not json",
+    ];
+    let (r, rounds) = shadow_40(&weir, &p, "thermostat@1.1.0", &round);
     assert_eq!(r["messages"], 40, "{r}");
     assert_eq!(r["complete"], true);
     let n = |k: &str| r[k].as_u64().unwrap();
