@@ -7,7 +7,7 @@ use crate::storage::{Event, Log, StorageError};
 use apache_avro::Schema;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A compatibility level, as Confluent names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +214,8 @@ struct Version {
 
 #[derive(Default)]
 struct State {
-    schemas: BTreeMap<u32, StoredSchema>,
+    /// Shared, so that a compatibility check can run on them without holding the lock.
+    schemas: BTreeMap<u32, Arc<StoredSchema>>,
     by_canonical: HashMap<String, u32>,
     subjects: BTreeMap<String, BTreeMap<u32, Version>>,
     global: Option<Compat>,
@@ -243,7 +244,7 @@ impl State {
                     }
                 };
                 self.by_canonical.insert(stored.canonical.clone(), *id);
-                self.schemas.insert(*id, stored);
+                self.schemas.insert(*id, Arc::new(stored));
             }
             Event::Version {
                 subject,
@@ -332,21 +333,51 @@ impl State {
         }
     }
 
-    /// Check `new` against `existing` (oldest first) under `mode`; one message per failure.
-    fn check(
-        &self,
-        mode: Compat,
-        new: &Schema,
-        existing: &[(u32, Version)],
-    ) -> Result<Vec<String>, RegistryError> {
-        let against: &[(u32, Version)] = if mode.transitive() {
+    /// What a new schema for `subject` is checked against under `mode`: the live versions
+    /// `existing` (oldest first), or the newest of them when `mode` is not transitive.
+    fn against(&self, mode: Compat, existing: &[(u32, Version)]) -> Against {
+        let chosen: &[(u32, Version)] = if mode.transitive() {
             existing
         } else {
             existing.last().map(std::slice::from_ref).unwrap_or(&[])
         };
+        Against {
+            mode,
+            versions: chosen
+                .iter()
+                .map(|(n, v)| (*n, v.id, Arc::clone(&self.schemas[&v.id])))
+                .collect(),
+        }
+    }
+}
+
+/// A compatibility check's inputs, taken under the lock and checked without it: a costly
+/// check (up to [`compatibility`]'s bound) must not hold every other request back.
+struct Against {
+    mode: Compat,
+    /// (version, schema id, schema), oldest first.
+    versions: Vec<(u32, u32, Arc<StoredSchema>)>,
+}
+
+impl Against {
+    /// Whether `other` checks against the same versions under the same mode (so a result
+    /// computed for one holds for the other).
+    fn same(&self, other: &Against) -> bool {
+        self.mode == other.mode
+            && self.versions.len() == other.versions.len()
+            && self
+                .versions
+                .iter()
+                .zip(&other.versions)
+                .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+    }
+
+    /// Check `new`; one message per failure.
+    fn check(&self, new: &Schema) -> Result<Vec<String>, RegistryError> {
+        let mode = self.mode;
         let mut messages = Vec::new();
-        for (n, v) in against.iter().rev() {
-            let old = match &self.schemas[&v.id].parsed {
+        for (n, _, stored) in self.versions.iter().rev() {
+            let old = match &stored.parsed {
                 Ok(old) => old,
                 Err(why) => {
                     messages.push(format!(
@@ -363,7 +394,7 @@ impl State {
                 let reasons: Vec<String> = found.iter().map(ToString::to_string).collect();
                 messages.push(format!(
                     "{{oldSchemaVersion: {n}, oldSchema: '{}', compatibility: '{}', reason: '{what}: {}'}}",
-                    self.schemas[&v.id].text,
+                    stored.text,
                     mode.name(),
                     reasons.join("; ")
                 ));
@@ -501,44 +532,71 @@ impl Registry {
             canonical,
             schema: parsed,
         } = parse_schema(schema)?;
-        self.with(|state, log| {
-            let live = state.live(subject);
-            if let Some(id) = state.by_canonical.get(&canonical)
-                && live.iter().any(|(_, v)| v.id == *id)
-            {
-                return Ok(*id);
-            }
-            let mode = state.compat_for(subject);
-            let details = state.check(mode, &parsed, &live)?;
+        // Checked without the lock, then registered under it if what was checked against
+        // is still what the subject holds (else checked again against the new state).
+        loop {
+            let against = self.with(|state, _| {
+                let live = state.live(subject);
+                match state.by_canonical.get(&canonical) {
+                    Some(id) if live.iter().any(|(_, v)| v.id == *id) => Err(*id),
+                    _ => Ok(state.against(state.compat_for(subject), &live)),
+                }
+            });
+            let against = match against {
+                Ok(against) => against,
+                Err(id) => return Ok(id),
+            };
+            let details = against.check(&parsed)?;
             if !details.is_empty() {
                 return Err(RegistryError::Incompatible {
                     subject: subject.to_owned(),
                     details,
                 });
             }
-            let mut events = Vec::new();
-            let id = match state.by_canonical.get(&canonical) {
-                Some(id) => *id,
-                None => {
-                    let id = state.schemas.keys().next_back().map_or(1, |m| m + 1);
-                    events.push(Event::Schema { id, schema: text });
-                    id
+            let registered = self.with(|state, log| {
+                let live = state.live(subject);
+                if let Some(id) = state.by_canonical.get(&canonical)
+                    && live.iter().any(|(_, v)| v.id == *id)
+                {
+                    return Some(Ok(*id));
                 }
-            };
-            let version = state
-                .subjects
-                .get(subject)
-                .and_then(|vs| vs.keys().next_back())
-                .map_or(1, |m| m + 1);
-            events.push(Event::Version {
-                subject: subject.to_owned(),
-                version,
-                id,
+                if !state
+                    .against(state.compat_for(subject), &live)
+                    .same(&against)
+                {
+                    return None;
+                }
+                let mut events = Vec::new();
+                let id = match state.by_canonical.get(&canonical) {
+                    Some(id) => *id,
+                    None => {
+                        let id = state.schemas.keys().next_back().map_or(1, |m| m + 1);
+                        events.push(Event::Schema {
+                            id,
+                            schema: text.clone(),
+                        });
+                        id
+                    }
+                };
+                let version = state
+                    .subjects
+                    .get(subject)
+                    .and_then(|vs| vs.keys().next_back())
+                    .map_or(1, |m| m + 1);
+                events.push(Event::Version {
+                    subject: subject.to_owned(),
+                    version,
+                    id,
+                });
+                Some(Self::commit(state, log, events).map(|()| {
+                    tracing::info!(subject, version, id, "schema registered");
+                    id
+                }))
             });
-            Self::commit(state, log, events)?;
-            tracing::info!(subject, version, id, "schema registered");
-            Ok(id)
-        })
+            if let Some(done) = registered {
+                return done;
+            }
+        }
     }
 
     /// Find `schema` among the live versions of `subject`.
@@ -755,20 +813,24 @@ impl Registry {
         schema: &str,
     ) -> Result<Vec<String>, RegistryError> {
         let parsed = parse_schema(schema)?.schema;
-        self.with(|state, _| {
+        let against = self.with(|state, _| {
             let mode = state.compat_for(subject);
             let live = state.live(subject);
-            let against = match v {
+            match v {
                 VersionRef::Latest => {
                     if live.is_empty() {
                         return Err(RegistryError::SubjectNotFound(subject.to_owned()));
                     }
-                    live
+                    Ok(state.against(mode, &live))
                 }
-                VersionRef::Number(_) => vec![state.resolve(subject, v)?],
-            };
-            state.check(mode, &parsed, &against)
-        })
+                VersionRef::Number(_) => {
+                    let one = state.resolve(subject, v)?;
+                    // One given version is checked as such, transitive or not.
+                    Ok(state.against(mode, std::slice::from_ref(&one)))
+                }
+            }
+        })?;
+        against.check(&parsed)
     }
 }
 

@@ -635,3 +635,74 @@ async fn a_schema_of_shared_types_nested_deep_is_checked_without_blowing_up() {
     assert_eq!((st, code(&e)), (StatusCode::CONFLICT, 409), "{e}");
     assert!(e["message"].as_str().unwrap().len() < 100_000);
 }
+
+/// A union of `n` records of `n` fields each: checking one against another compares every
+/// branch with every branch, up to the registry's bound on the work of one check.
+fn costly_union(n: usize, leaf: &str) -> String {
+    let branches: Vec<Value> = (0..n)
+        .map(|i| {
+            let fields: Vec<Value> = (0..n)
+                .map(|f| json!({"name": format!("f{f}"), "type": leaf}))
+                .collect();
+            json!({"type": "record", "name": format!("B{i}"), "fields": fields})
+        })
+        .collect();
+    Value::Array(branches).to_string()
+}
+
+/// A compatibility check as costly as the registry allows holds no lock that other
+/// requests need: while such checks run one after another, reads are answered in a small
+/// part of one check's time (they used to wait for the check to end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_requests_are_answered_while_a_costly_check_runs() {
+    let s = std::sync::Arc::new(start().await);
+    assert_eq!(
+        s.post(
+            "/subjects/costly/versions",
+            json!({"schema": costly_union(200, "int")})
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let heavy = json!({"schema": costly_union(200, "long")});
+    let checks = 4;
+    let checking = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut took = Vec::new();
+            for _ in 0..checks {
+                let started = std::time::Instant::now();
+                let (status, e) = s
+                    .post(
+                        "/compatibility/subjects/costly/versions/latest",
+                        heavy.clone(),
+                    )
+                    .await;
+                took.push(started.elapsed());
+                assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+            }
+            took
+        })
+    };
+    let mut reads = Vec::new();
+    while !checking.is_finished() {
+        let started = std::time::Instant::now();
+        let (status, _) = s.get("/subjects/costly/versions").await;
+        assert_eq!(status, StatusCode::OK);
+        reads.push(started.elapsed());
+    }
+    let took = checking.await.unwrap();
+    let check = took.iter().sum::<std::time::Duration>() / checks;
+    assert!(
+        check >= std::time::Duration::from_millis(40),
+        "the check is too cheap here ({check:?}) to show anything"
+    );
+    reads.sort();
+    let slowest = reads.last().copied().unwrap_or_default();
+    assert!(
+        reads.len() >= 3 && slowest < check / 2,
+        "{} reads during {checks} checks of {check:?} each; the slowest took {slowest:?}",
+        reads.len()
+    );
+}
