@@ -143,7 +143,8 @@ pub struct Settled {
     /// Its quarantine code, if it went to quarantine.
     pub quarantined: Option<Code>,
     /// Kafka refused its raw capture for good: the quarantine entry, which holds the
-    /// original payload, stands in for it (counted, so it is never silent).
+    /// original payload (or, if Kafka refused that as too large too, its prefix, size and
+    /// sha256), stands in for it (counted, so it is never silent).
     pub uncaptured: bool,
 }
 

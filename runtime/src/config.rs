@@ -627,7 +627,7 @@ pub struct Plugins {
     /// The plugin store: components by sha256 (relative to the config file).
     #[serde(default = "default_store")]
     pub store: PathBuf,
-    /// The compacted Kafka topic holding uploads, pins and the audit trail.
+    /// The Kafka topic holding uploads, pins and the audit trail, every record kept for good.
     #[serde(default = "default_control_topic")]
     pub control_topic: String,
     /// The key this process signs its control-topic entries with (ed25519, base64; made

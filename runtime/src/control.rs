@@ -1,11 +1,20 @@
 //! The control topic (`[plugins] control_topic`, default `weir.control`): plugin uploads,
-//! the pin of every cohort, and an audit entry for every change, in one compacted
-//! single-partition Kafka topic.
+//! the pin of every cohort, and an audit entry for every change, in one single-partition
+//! Kafka topic that keeps every record for good (`cleanup.policy=delete` with no retention
+//! limit).
 //!
 //! Kafka is weir's shared state: every weir process reads the topic from the beginning at
 //! start-up and follows it while it runs, so a restart keeps the promoted version and N
 //! processes sharing a `$share` subscription converge on the same pin. One partition keeps
-//! one order for every change. Keys decide what compaction keeps:
+//! one order for every change.
+//!
+//! **Why not compacted.** Compaction keeps the newest record of each key whatever its
+//! signature, so anyone who may write the topic could erase a signed pin or upload with an
+//! unsigned record of the same key. Kept for good, every signed record stays, and the
+//! readers skip what is not signed. The history is small (a pin and an audit entry per
+//! change; a component once per sha256). A topic created compacted by an earlier weir is
+//! still read (with a warning and the command that converts it); keys were chosen so that
+//! compaction keeps what matters:
 //!
 //! | key                      | value                                   | kept            |
 //! |--------------------------|-----------------------------------------|-----------------|
@@ -839,8 +848,9 @@ const ENTRY_BYTES: usize = 4 << 20;
 /// The least `max.message.bytes` an existing control topic may have.
 const ENTRY_BYTES_NEEDED: usize = parts::PART_BYTES + (64 << 10);
 
-/// Create the control topic (compacted, one partition, records up to [`ENTRY_BYTES`]) if it
-/// does not exist; refuse one that exists with settings that would lose entries.
+/// Create the control topic (one partition, every record kept for good, records up to
+/// [`ENTRY_BYTES`]) if it does not exist; refuse one that exists with settings that would
+/// lose entries.
 async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = base
         .create()
@@ -850,7 +860,9 @@ async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
         .operation_timeout(Some(Duration::from_secs(10)));
     let max_bytes = ENTRY_BYTES.to_string();
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
-        .set("cleanup.policy", "compact")
+        .set("cleanup.policy", "delete")
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
         .set("max.message.bytes", &max_bytes);
     let failed = crate::topics::create(&admin, &[new]).await?;
     let Some((_, code)) = failed.first() else {
@@ -865,7 +877,7 @@ async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
         return check_settings(&admin, &options, topic).await;
     }
     Err(format!(
-        "does not exist and cannot be created ({code:?}); create it with one partition, cleanup.policy=compact and max.message.bytes={ENTRY_BYTES}, or grant weir's principal CREATE on it"
+        "does not exist and cannot be created ({code:?}); create it with one partition, cleanup.policy=delete, retention.ms=-1, retention.bytes=-1 and max.message.bytes={ENTRY_BYTES}, or grant weir's principal CREATE on it"
     ))
 }
 
@@ -909,45 +921,94 @@ async fn check_settings(
     let resource = match resource {
         Ok(r) => r,
         Err(code) => {
-            tracing::warn!(topic, error = ?code, "cannot read the control topic's settings; make sure it has cleanup.policy=compact and max.message.bytes of at least {ENTRY_BYTES_NEEDED}");
+            tracing::warn!(topic, error = ?code, "cannot read the control topic's settings; make sure it keeps records for good (cleanup.policy=delete, retention.ms=-1, retention.bytes=-1) and has max.message.bytes of at least {ENTRY_BYTES_NEEDED}");
             return Ok(());
         }
     };
     let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
-    settings_problem(
+    match settings_problem(
         topic,
-        value("cleanup.policy").as_deref(),
-        value("max.message.bytes").as_deref(),
-    )
-    .map_or(Ok(()), Err)
+        &Settings {
+            policy: value("cleanup.policy"),
+            retention_ms: value("retention.ms"),
+            retention_bytes: value("retention.bytes"),
+            max_bytes: value("max.message.bytes"),
+        },
+    ) {
+        Verdict::Fine => Ok(()),
+        Verdict::Warn(why) => {
+            tracing::warn!(topic, "the control topic {why}");
+            Ok(())
+        }
+        Verdict::Refuse(why) => Err(why),
+    }
 }
 
-/// What is wrong with a control topic's `cleanup.policy` and `max.message.bytes`, with the
-/// fix; `None` if nothing (an unknown value is not held against it).
-fn settings_problem(topic: &str, policy: Option<&str>, max_bytes: Option<&str>) -> Option<String> {
-    let fix = |setting: String| {
+/// An existing control topic's settings, as the broker describes them.
+#[derive(Debug, Default)]
+struct Settings {
+    policy: Option<String>,
+    retention_ms: Option<String>,
+    retention_bytes: Option<String>,
+    max_bytes: Option<String>,
+}
+
+/// What weir makes of a control topic's settings.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Fine,
+    /// Usable, with a risk the operator should remove (and how).
+    Warn(String),
+    /// Kafka would lose entries: start-up stops with the fix.
+    Refuse(String),
+}
+
+/// Judge a control topic's settings (an unknown value is not held against it).
+fn settings_problem(topic: &str, s: &Settings) -> Verdict {
+    let fix = |setting: &str| {
         format!(
             "kafka-configs --bootstrap-server <broker> --alter --entity-type topics --entity-name {topic} --add-config {setting}"
         )
     };
-    if let Some(policy) = policy
-        && policy.trim() != "compact"
-    {
-        return Some(format!(
-            "has cleanup.policy={policy}, but weir keeps plugin versions, pins and history in it for good and needs cleanup.policy=compact (with delete, Kafka drops them as they age): {}",
-            fix("cleanup.policy=compact".into())
-        ));
-    }
-    if let Some(max) = max_bytes.and_then(|m| m.trim().parse::<usize>().ok())
+    let keep_for_good = "retention.ms=-1,retention.bytes=-1,cleanup.policy=delete";
+    let unlimited = |v: &Option<String>| v.as_deref().is_none_or(|v| v.trim().starts_with('-'));
+    let policy = match s.policy.as_deref().map(str::trim) {
+        None => Verdict::Fine,
+        Some("compact") => Verdict::Warn(format!(
+            "is compacted (an earlier weir created it so): compaction keeps the newest record of a key whatever its signature, so anyone who may write the topic can erase a signed pin or upload. Keep every record instead, in one command: {}",
+            fix(keep_for_good)
+        )),
+        Some("delete") if unlimited(&s.retention_ms) && unlimited(&s.retention_bytes) => {
+            Verdict::Fine
+        }
+        Some("delete") => {
+            return Verdict::Refuse(format!(
+                "has cleanup.policy=delete with retention.ms={} and retention.bytes={}, but weir keeps plugin versions, pins and history in it for good, and Kafka would drop them as they age: {}",
+                s.retention_ms.as_deref().unwrap_or("?"),
+                s.retention_bytes.as_deref().unwrap_or("?"),
+                fix(keep_for_good)
+            ));
+        }
+        Some(policy) => {
+            return Verdict::Refuse(format!(
+                "has cleanup.policy={policy}, but weir keeps plugin versions, pins and history in it for good, and Kafka would drop them: {}",
+                fix(keep_for_good)
+            ));
+        }
+    };
+    if let Some(max) = s
+        .max_bytes
+        .as_deref()
+        .and_then(|m| m.trim().parse::<usize>().ok())
         && max < ENTRY_BYTES_NEEDED
     {
-        return Some(format!(
+        return Verdict::Refuse(format!(
             "has max.message.bytes={max}, too small for the {} bytes of a component (or of one part of a larger one) in one record: {}",
             parts::PART_BYTES,
-            fix(format!("max.message.bytes={ENTRY_BYTES}"))
+            fix(&format!("max.message.bytes={ENTRY_BYTES}"))
         ));
     }
-    None
+    policy
 }
 
 #[cfg(test)]
@@ -1217,22 +1278,62 @@ mod tests {
 
     #[test]
     fn a_control_topic_that_would_lose_entries_is_refused_with_the_fix() {
-        let ok = ENTRY_BYTES.to_string();
-        assert_eq!(settings_problem("c", Some("compact"), Some(&ok)), None);
+        let ok = Some(ENTRY_BYTES.to_string());
+        let settings = |policy: &str, ms: &str, bytes: &str, max: Option<String>| Settings {
+            policy: Some(policy.into()),
+            retention_ms: Some(ms.into()),
+            retention_bytes: Some(bytes.into()),
+            max_bytes: max,
+        };
+        let refused = |v: Verdict| match v {
+            Verdict::Refuse(why) => why,
+            other => panic!("not refused: {other:?}"),
+        };
         assert_eq!(
-            settings_problem("c", None, None),
-            None,
+            settings_problem("c", &settings("delete", "-1", "-1", ok.clone())),
+            Verdict::Fine
+        );
+        assert_eq!(
+            settings_problem("c", &Settings::default()),
+            Verdict::Fine,
             "unknown is not held"
         );
-        let why = settings_problem("c", Some("delete"), Some(&ok)).unwrap();
+        // Compacted (as earlier weirs made it): read, with the conversion.
+        let Verdict::Warn(why) =
+            settings_problem("c", &settings("compact", "604800000", "-1", ok.clone()))
+        else {
+            panic!("a compacted topic is usable");
+        };
         assert!(
-            why.contains("cleanup.policy=delete")
-                && why.contains("--add-config cleanup.policy=compact"),
+            why.contains("erase a signed pin")
+                && why.contains(
+                    "--add-config retention.ms=-1,retention.bytes=-1,cleanup.policy=delete"
+                ),
             "{why}"
         );
-        let why = settings_problem("c", Some("compact,delete"), Some(&ok)).unwrap();
+        // Records that age out: refused.
+        let why = refused(settings_problem(
+            "c",
+            &settings("delete", "604800000", "-1", ok.clone()),
+        ));
+        assert!(
+            why.contains("retention.ms=604800000") && why.contains("retention.ms=-1"),
+            "{why}"
+        );
+        let why = refused(settings_problem(
+            "c",
+            &settings("delete", "-1", "1073741824", ok.clone()),
+        ));
+        assert!(why.contains("retention.bytes=1073741824"), "{why}");
+        let why = refused(settings_problem(
+            "c",
+            &settings("compact,delete", "-1", "-1", ok.clone()),
+        ));
         assert!(why.contains("compact,delete"), "{why}");
-        let why = settings_problem("c", Some("compact"), Some("1048588")).unwrap();
+        let why = refused(settings_problem(
+            "c",
+            &settings("delete", "-1", "-1", Some("1048588".into())),
+        ));
         assert!(
             why.contains("max.message.bytes=1048588")
                 && why.contains(&format!("max.message.bytes={ENTRY_BYTES}")),

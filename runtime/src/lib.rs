@@ -5,7 +5,7 @@
 #![deny(unsafe_code)] // Allowed only in `transform::cache` (loading precompiled artifacts),
 // `credentials` (librdkafka's call to change a running client's SASL password) and
 // `priority` (SCHED_IDLE for a worker whose plugin ran past its budget, the thread CPU
-// clock).
+// clock) and, in test builds only, `sink` (librdkafka's fatal-error injection).
 
 /// The memory allocator of every weir process (`#[global_allocator]` in the binary and in
 /// the instruction-count benchmark). Not glibc's: a message's buffers are allocated on one
@@ -47,6 +47,12 @@ pub(crate) fn failpoint(point: &str) {
     if std::env::var("WEIR_FAILPOINT").is_ok_and(|p| p == point) {
         panic!("failpoint {point}");
     }
+}
+
+/// Test builds only: whether `WEIR_FAILPOINT` names `point` (for faults other than a panic).
+#[cfg(debug_assertions)]
+pub(crate) fn failpoint_armed(point: &str) -> bool {
+    std::env::var("WEIR_FAILPOINT").is_ok_and(|p| p == point)
 }
 
 /// What a panic said, for the error that reports it.

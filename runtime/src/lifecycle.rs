@@ -279,6 +279,11 @@ impl Lifecycle {
     pub fn control_rejected(&self) -> prometheus_client::metrics::counter::Counter {
         self.control.rejected()
     }
+
+    /// Count plugin calls waiting long for room in the host's instance pool in `gauge`.
+    pub fn count_capacity_waits_in(&self, gauge: prometheus_client::metrics::gauge::Gauge) {
+        self.host.count_capacity_waits_in(gauge);
+    }
 }
 
 impl std::fmt::Debug for Lifecycle {

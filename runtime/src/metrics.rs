@@ -171,6 +171,8 @@ pub struct Metrics {
     pub write_retries: Family<KindLabel, Counter>,
     /// Writes currently stuck in a retry loop.
     pub stuck_writes: Gauge,
+    /// Plugin calls waiting over a second for room in the host's full instance pool.
+    pub plugin_instance_waits: Gauge,
     /// Time Kafka's brokers held weir's produce requests back under a quota, seconds.
     pub kafka_throttled_seconds: Counter<f64, AtomicU64>,
     /// Quarantined because the payload was too large (also in `quarantined`).
@@ -249,6 +251,7 @@ impl Metrics {
             subscriptions_refused: Counter::default(),
             write_retries: Family::default(),
             stuck_writes: Gauge::default(),
+            plugin_instance_waits: Gauge::default(),
             kafka_throttled_seconds: Counter::default(),
             oversize: Counter::default(),
             raw_capture_refused: Counter::default(),
@@ -340,6 +343,11 @@ impl Metrics {
             "produce_seconds",
             "Kafka write time per message, enqueue to acknowledgement",
             self.produce_seconds.clone(),
+        );
+        r.register(
+            "plugin_instance_waits",
+            "Plugin calls waiting over a second for room in the host's full instance pool",
+            self.plugin_instance_waits.clone(),
         );
     }
 
@@ -563,6 +571,12 @@ impl Metrics {
         if stuck > 0 {
             why.push(format!("{stuck} Kafka write(s) failing and being retried"));
         }
+        let waits = self.plugin_instance_waits.get();
+        if waits > 0 {
+            why.push(format!(
+                "{waits} plugin call(s) waiting for room in the host's full instance pool (more cohorts, workers or replays than it holds)"
+            ));
+        }
         (!why.is_empty()).then(|| why.join("; "))
     }
 
@@ -622,6 +636,15 @@ mod tests {
         assert!(m.encode().contains(r#"weir_group_ready{group="b"} 1"#));
         m.stuck_writes.inc();
         assert!(m.not_ready().unwrap().contains("being retried"));
+        m.stuck_writes.dec();
+        m.plugin_instance_waits.inc();
+        assert!(
+            m.not_ready()
+                .unwrap()
+                .contains("1 plugin call(s) waiting for room in the host's full instance pool")
+        );
+        m.plugin_instance_waits.dec();
+        assert_eq!(m.not_ready(), None);
     }
 
     #[test]

@@ -333,6 +333,8 @@ pub async fn run(
     let metrics = Arc::new(Metrics::with_control_rejected(
         p.lifecycle.control_rejected(),
     ));
+    p.lifecycle
+        .count_capacity_waits_in(metrics.plugin_instance_waits.clone());
     let cfg = &p.config;
     let admin = admin::bind(&cfg.admin.listen)
         .await
@@ -349,12 +351,12 @@ pub async fn run(
     )
     .map_err(StartError::Other)?;
     // The admin listener and the lifecycle's follower are watched like the lanes' tasks: a
-    // panic in either stops weir with its reason.
+    // panic in either stops weir with its reason, and so does a listener that stops
+    // accepting (it never ends by itself).
     let _admin = supervised("the admin listener".into(), panic_tx.clone(), async move {
-        if let Err(e) = serving.await
-            && e.is_panic()
-        {
-            std::panic::resume_unwind(e.into_panic());
+        match serving.await {
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            _ => panic!("it stopped accepting connections"),
         }
     });
     let topics = written_topics(cfg);

@@ -334,10 +334,34 @@ impl Sink {
         self.producer.client().native_ptr()
     }
 
+    /// Test builds only: with `WEIR_FAILPOINT=producer-fatal`, the process's first write makes
+    /// librdkafka fail this producer fatally, as a fenced or out-of-sequence idempotent
+    /// producer does, so that the tests can show what `weir run` does then.
+    #[cfg(debug_assertions)]
+    fn fail_fatally_once_for_tests(&self) {
+        static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if crate::failpoint_armed("producer-fatal")
+            && !DONE.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let reason = c"injected by WEIR_FAILPOINT=producer-fatal";
+            // SAFETY: the handle is this live producer's, and the reason is a static C string.
+            #[allow(unsafe_code)]
+            unsafe {
+                rdkafka::bindings::rd_kafka_test_fatal_error(
+                    self.native_handle(),
+                    rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                    reason.as_ptr(),
+                );
+            }
+        }
+    }
+
     /// Enqueue a write (waiting while the producer's queue is full). Its answer comes back
     /// through [`Sink::answers`] with `tag`; an error here means it was not enqueued and no
     /// answer will come.
     pub async fn send(&self, w: &Write, tag: Tag) -> Result<(), Failure> {
+        #[cfg(debug_assertions)]
+        self.fail_fatally_once_for_tests();
         let mut headers = OwnedHeaders::new_with_capacity(w.headers.len());
         for (k, v) in &w.headers {
             headers = headers.insert(Header {

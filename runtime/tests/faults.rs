@@ -547,6 +547,26 @@ fn a_courier_or_session_that_dies_stops_weir_with_an_error_and_loses_nothing() {
     }
 }
 
+/// A fatal producer error inside `weir run` (librdkafka's own fault injection, through a
+/// failpoint of test builds, at the first write): weir exits non-zero naming it instead of
+/// retrying for ever, and what it held is written by the next run.
+#[test]
+fn a_fatal_producer_error_stops_weir_run_with_an_error_and_loses_nothing() {
+    let p = unique("prodfatal");
+    let weir = Weir::start(&config(&p), &[("WEIR_FAILPOINT", "producer-fatal")]);
+    publish_reading(&p);
+    stops_naming(weir, "failed fatally");
+    let weir = Weir::start(&config(&p), &[]);
+    let records = consume(
+        &format!("{p}.thermostat"),
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    assert!(ts_counts(&records).get(&7).is_some_and(|n| *n >= 1));
+    drop(weir);
+}
+
 /// The plugin lifecycle's follower (it records cutovers and converges on the pins) dying
 /// stops weir with its reason, instead of a weir whose promotes no longer take effect.
 #[test]

@@ -383,9 +383,10 @@ fn control_state(weir: &Weir) -> [serde_json::Value; 3] {
     ]
 }
 
-/// Pushes, promotes and rollbacks, then Kafka compacts the control topic (made to compact
-/// at once: 100 ms segments, any dirty ratio); a restarted weir reads back exactly the
-/// same pins, stored versions and history.
+/// A control topic compacted as earlier weirs created it (still read, with a warning): after
+/// pushes, promotes and rollbacks Kafka compacts it (made to compact at once: 100 ms
+/// segments, any dirty ratio), and a restarted weir reads back exactly the same pins,
+/// stored versions and history.
 #[test]
 fn a_compacted_control_topic_keeps_pins_versions_and_history() {
     let p = unique("compact");
@@ -491,11 +492,123 @@ fn a_compacted_control_topic_keeps_pins_versions_and_history() {
     assert_eq!(records[0].header("weir.plugin"), "thermostat@1.1.0");
 }
 
-/// weir creates its control topic compacted with room for the largest component, and
-/// refuses at start-up one that exists with `cleanup.policy=delete` or a
-/// `max.message.bytes` too small, naming the setting and the fix.
+/// Nobody who may write the control topic can erase a signed pin through the log cleaner:
+/// weir keeps every record of the topic, so an unsigned record and a tombstone under the
+/// pin's key (written with an independent client) leave the pin in place, in the running
+/// weir and in one started after the cleaner has run. A compacted witness topic given the
+/// same records and the same eager cleaner settings shows the cleaner ran (and what it does
+/// to a compacted topic: the pin is gone).
 #[test]
-fn the_control_topic_is_compacted_and_big_enough() {
+fn a_signed_pin_cannot_be_erased_through_the_log_cleaner() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p = unique("erase");
+    let control = format!("{p}.control");
+    let witness = format!("{p}.witness");
+    let eager = [
+        ("segment.ms", "100"),
+        ("min.cleanable.dirty.ratio", "0.001"),
+        ("delete.retention.ms", "100"),
+    ];
+    let weir = Weir::start(&bed::config(&p), &[]);
+    // (AlterConfigs replaces the whole set: weir's own settings are named again.)
+    let mut control_config = vec![
+        ("cleanup.policy", "delete"),
+        ("retention.ms", "-1"),
+        ("retention.bytes", "-1"),
+        ("max.message.bytes", "4194304"),
+    ];
+    control_config.extend(eager);
+    alter_topic(&kafka(), &control, &control_config);
+    let mut witness_config = vec![("cleanup.policy", "compact")];
+    witness_config.extend(eager);
+    create_topic_with(&kafka(), &witness, &witness_config);
+
+    let (ok, _, err) = cli(
+        &weir,
+        &["plugin", "promote", "thermostats", "thermostat@1.1.0"],
+    );
+    assert!(ok, "{err}");
+    let pinned = |weir: &Weir| {
+        control_state(weir)[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cohort"] == "thermostats")
+            .unwrap()["plugin"]["version"]
+            .clone()
+    };
+    assert_eq!(pinned(&weir), "1.1.0");
+
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    let forged = serde_json::json!({
+        "cohort": "thermostats",
+        "plugin": {"name": "thermostat", "version": "1.0.0", "sha256": "0".repeat(64)},
+        "previous": null, "rollback_to": [], "replaces": null, "at_ms": 1, "by": "ops",
+    })
+    .to_string();
+    let write = |topic: &str, key: &str, value: Option<&str>| {
+        let mut record = BaseRecord::<str, str>::to(topic).key(key).partition(0);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    write(&witness, "pin/thermostats", Some("signed"));
+    for topic in [&control, &witness] {
+        write(topic, "pin/thermostats", Some(&forged));
+        write(topic, "pin/thermostats", None);
+    }
+    // The cleaner takes only closed segments: keep rolling both (a key weir does not write
+    // is ignored by its readers) until it has cleaned the witness, twice (the cleaner takes
+    // the dirtiest log first, so a compacted control topic would be cleaned in between).
+    let mut n = 0;
+    let mut removed = 0;
+    for round in 0..2 {
+        if round > 0 {
+            write(&witness, "pin/thermostats", Some(&forged));
+            write(&witness, "pin/thermostats", None);
+        }
+        let start = Instant::now();
+        loop {
+            let (read, end) = records_and_end(&kafka(), &witness);
+            if end - read as i64 > removed {
+                removed = end - read as i64;
+                eprintln!("witness cleaned: {read} records left of {end} offsets");
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "Kafka did not clean the witness {witness}: {read} records of {end}"
+            );
+            n += 1;
+            for topic in [&control, &witness] {
+                write(topic, &format!("roll/{n}"), Some("x"));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    let (read, end) = records_and_end(&kafka(), &control);
+    assert_eq!(read as i64, end, "the control topic lost records");
+    assert_eq!(pinned(&weir), "1.1.0", "the running weir");
+    let dir = weir.kill();
+    let weir = Weir::restart(dir, &[]);
+    assert_eq!(
+        pinned(&weir),
+        "1.1.0",
+        "a weir started after the cleaner ran"
+    );
+}
+
+/// weir creates its control topic keeping every record for good (not compacted) with room
+/// for the largest component, and refuses at start-up one that exists with records that age
+/// out or a `max.message.bytes` too small, naming the setting and the fix.
+#[test]
+fn the_control_topic_keeps_every_record_and_is_big_enough() {
     let p = unique("ctl");
     let weir = Weir::start(&bed::config(&p), &[]);
     drop(weir);
@@ -512,7 +625,9 @@ fn the_control_topic_is_compacted_and_big_enough() {
         ],
     );
     assert!(
-        described.contains("cleanup.policy=compact")
+        described.contains("cleanup.policy=delete")
+            && described.contains("retention.ms=-1")
+            && described.contains("retention.bytes=-1")
             && described.contains("max.message.bytes=4194304"),
         "{described}"
     );
@@ -521,13 +636,14 @@ fn the_control_topic_is_compacted_and_big_enough() {
     create_topic_with(
         &kafka(),
         &format!("{p}.control"),
-        &[("cleanup.policy", "delete")],
+        &[("cleanup.policy", "delete"), ("retention.ms", "604800000")],
     );
     let err = start_fails(&bed::config(&p), &[]);
     assert!(
         err.contains("plugins.control_topic")
-            && err.contains("cleanup.policy=delete")
-            && err.contains("--add-config cleanup.policy=compact"),
+            && err.contains("retention.ms=604800000")
+            && err
+                .contains("--add-config retention.ms=-1,retention.bytes=-1,cleanup.policy=delete"),
         "{err}"
     );
 
@@ -535,10 +651,7 @@ fn the_control_topic_is_compacted_and_big_enough() {
     create_topic_with(
         &kafka(),
         &format!("{p}.control"),
-        &[
-            ("cleanup.policy", "compact"),
-            ("max.message.bytes", "1048588"),
-        ],
+        &[("retention.ms", "-1"), ("max.message.bytes", "1048588")],
     );
     let err = start_fails(&bed::config(&p), &[]);
     assert!(

@@ -246,6 +246,24 @@ fn promote_under_load_then_refusals_leave_the_live_version_alone() {
         &["plugin", "push", file.path().to_str().unwrap()],
     );
     assert!(!ok && err.contains("422"), "{err}");
+    // A component that would take more of the instance pool than one plugin may: refused
+    // at push with the reason, before anything is stored or runs.
+    let n = weir::transform::MAX_CORE_INSTANCES_PER_COMPONENT + 1;
+    let instances: String = (0..n)
+        .map(|i| format!("(core instance $i{i} (instantiate $m))\n"))
+        .collect();
+    let greedy = wat::parse_str(format!("(component (core module $m) {instances})")).unwrap();
+    std::fs::write(file.path(), greedy).unwrap();
+    let (ok, _, err) = cli(
+        &weir,
+        Some(TOKEN),
+        &["plugin", "push", file.path().to_str().unwrap()],
+    );
+    assert!(
+        !ok && err.contains("422") && err.contains("over this host's limits"),
+        "{err}"
+    );
+    assert_eq!(running(&weir, "thermostats"), "thermostat@1.1.0");
 }
 
 /// Python and TypeScript plugins go through the lifecycle as a Rust one does: pushed (an

@@ -419,6 +419,95 @@ fn raw_capture_keeps_every_message_untouched() {
     drop(weir);
 }
 
+/// A registry that requires credentials (`weir registry serve --credentials-file`): weir
+/// presenting `[registry] credentials_file` registers its schemas and writes records; weir
+/// without it, or with a wrong one, stops at start-up naming the registry's refusal.
+#[test]
+fn a_registry_that_requires_credentials_is_used_with_them_and_refuses_without() {
+    use std::io::BufRead;
+    let p = unique("regauth");
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed");
+    std::fs::write(&allowed, "basic weir:s3cret\n").unwrap();
+    /// The registry process, stopped however the test ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--credentials-file")
+        .arg(&allowed)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(Server)
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("schema registry listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    // (The test bed's WEIR_REGISTRY_URL would override the config's url: set it to this one.)
+    let env = [("WEIR_REGISTRY_URL", url.as_str())];
+    let with_credential = |p: &str, credential: Option<&str>| {
+        let mut config = config(p);
+        if let Some(c) = credential {
+            let file = dir.path().join(format!("presented-{p}"));
+            std::fs::write(&file, format!("{c}\n")).unwrap();
+            config = config.replace(
+                &format!("url = \"{}\"", registry()),
+                &format!("url = \"{url}\"\ncredentials_file = \"{}\"", file.display()),
+            );
+        }
+        config
+    };
+
+    for (case, credential) in [("none", None), ("wrong", Some("basic weir:guess"))] {
+        let err = start_fails(&with_credential(&format!("{p}{case}"), credential), &env);
+        assert!(
+            err.contains("401") || err.to_lowercase().contains("unauthorized"),
+            "{case}: {err}"
+        );
+    }
+
+    let weir = Weir::start(&with_credential(&p, Some("basic weir:s3cret")), &env);
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    publisher.publish(
+        &format!("{p}/plant/1/thermostat/t-1"),
+        r#"{"ts":1,"temp_c":20}"#,
+        &[],
+    );
+    publisher.flush();
+    let records = consume(
+        &format!("{p}.thermostat"),
+        1,
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+    );
+    assert_eq!(records.len(), 1);
+    // The record's schema id is one this registry gave, read back with the credential.
+    let id = u32::from_be_bytes(records[0].value[1..5].try_into().unwrap());
+    let client = reqwest::blocking::Client::new();
+    let get = |auth: bool| {
+        let mut req = client.get(format!("{url}/schemas/ids/{id}"));
+        if auth {
+            req = req.basic_auth("weir", Some("s3cret"));
+        }
+        req.send().unwrap().status()
+    };
+    assert_eq!(get(true), reqwest::StatusCode::OK);
+    assert_eq!(get(false), reqwest::StatusCode::UNAUTHORIZED);
+    drop(weir);
+}
+
 #[test]
 fn a_bad_config_stops_start_up_naming_file_key_and_fix() {
     let dir = tempfile::tempdir().unwrap();

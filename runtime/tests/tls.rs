@@ -644,6 +644,33 @@ fn kafka_password_file_is_followed_without_a_restart() {
     }
 }
 
+/// The HTTPS listener's accept loop (its TLS handshakes run on tasks of their own) is
+/// supervised like every task of weir: when it dies (a failpoint of test builds, at the
+/// first connection), weir stops with an error naming the admin listener, instead of
+/// running on with an API that no longer answers.
+#[test]
+fn an_https_accept_loop_that_dies_stops_weir_with_an_error() {
+    let pki = Pki::new();
+    let p = unique("admdie");
+    let config = format!(
+        "{}\n[admin.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        config(&p),
+        pki.path("server.pem"),
+        pki.path("server.key")
+    );
+    let weir = Weir::launch(&config, &[("WEIR_FAILPOINT", "admin-accept-panic")]);
+    let addr = weir
+        .admin
+        .strip_prefix("https://")
+        .expect("the admin listener says https://")
+        .to_owned();
+    let _ = std::net::TcpStream::connect(&addr);
+    let (status, log) = weir.wait_exit(Duration::from_secs(30));
+    let status = status.expect("weir stops by itself when its admin listener dies");
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("admin listener"), "{log}");
+}
+
 /// `[admin.tls]`: the admin listener speaks HTTPS with the configured certificate, and the
 /// CLI reaches it with `--admin-ca`. Its tokens come from `admin.token_file`, rotated while
 /// weir runs.

@@ -200,4 +200,56 @@ mod tests {
         t.close(c);
         assert_eq!(t.open.len(), 1);
     }
+
+    /// The header timeout on its own (the connection cap far away): a client that sends
+    /// half a head, and one that goes quiet after a request on a kept-alive connection, are
+    /// both closed once it passes, and a whole request is answered.
+    #[tokio::test]
+    async fn a_head_that_does_not_arrive_in_time_closes_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (tx, rx) = mpsc::channel(4);
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(serve(rx, app));
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+
+        let slow = async {
+            let (mut client, server) = tokio::io::duplex(4096);
+            tx.send((server, peer)).await.unwrap();
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+                .await
+                .unwrap();
+            let started = Instant::now();
+            let mut rest = Vec::new();
+            tokio::time::timeout(HEADER_TIMEOUT * 3, client.read_to_end(&mut rest))
+                .await
+                .expect("a half-sent head is still open after 3× the header timeout")
+                .unwrap();
+            assert!(started.elapsed() >= HEADER_TIMEOUT - Duration::from_secs(1));
+            assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+        };
+        let quiet = async {
+            let (mut client, server) = tokio::io::duplex(4096);
+            tx.send((server, peer)).await.unwrap();
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = vec![0u8; 1024];
+            let n = client.read(&mut answer).await.unwrap();
+            assert!(
+                String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&answer[..n])
+            );
+            let started = Instant::now();
+            let mut rest = Vec::new();
+            tokio::time::timeout(HEADER_TIMEOUT * 3, client.read_to_end(&mut rest))
+                .await
+                .expect("a quiet kept-alive connection is still open after 3× the header timeout")
+                .unwrap();
+            assert!(started.elapsed() >= HEADER_TIMEOUT - Duration::from_secs(1));
+        };
+        tokio::join!(slow, quiet);
+    }
 }

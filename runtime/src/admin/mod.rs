@@ -553,6 +553,8 @@ pub fn spawn(
                         continue;
                     }
                 };
+                #[cfg(debug_assertions)]
+                crate::failpoint("admin-accept-panic");
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
@@ -568,8 +570,15 @@ pub fn spawn(
                 });
             }
         });
-        let _stop = AbortOnDrop(handshakes);
+        let mut handshakes = AbortOnDrop(handshakes);
         listener::serve(rx, app).await;
+        // Serving ends only once every sender is gone: the handshake loop itself ended.
+        // Its panic is this task's, for the supervisor to report.
+        if let Err(e) = (&mut handshakes.0).await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
     }))
 }
 

@@ -127,6 +127,12 @@ impl Host {
         Ok(Host { sandbox, cache })
     }
 
+    /// Count the plugin calls that have waited over a second for room in the host's full
+    /// instance pool in `gauge` (a stall `/readyz` must show: they wait, never fail).
+    pub fn count_capacity_waits_in(&self, gauge: prometheus_client::metrics::gauge::Gauge) {
+        self.sandbox.count_waits_in(gauge);
+    }
+
     /// Load a plugin from a file.
     pub fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
@@ -308,9 +314,11 @@ fn fresh_instance(
     let mut backoff = std::time::Duration::from_millis(5);
     let mut warned = None::<std::time::Instant>;
     let mut released = false;
+    let mut counted = Counted(None);
     loop {
         match Instance::new(&inner.sandbox, &inner.pre, label, limits, log_rate.clone()) {
             Ok(mut instance) => {
+                drop(counted);
                 instance.init(config)?;
                 return Ok(instance);
             }
@@ -324,6 +332,13 @@ fn fresh_instance(
                 if wait.is_some_and(|w| started.elapsed() >= w) {
                     return Err(CallError::HostCapacity(n));
                 }
+                if counted.0.is_none()
+                    && started.elapsed() >= std::time::Duration::from_secs(1)
+                    && let Some(gauge) = inner.sandbox.waits()
+                {
+                    gauge.inc();
+                    counted.0 = Some(gauge.clone());
+                }
                 if warned.is_none_or(|w| w.elapsed() >= std::time::Duration::from_secs(10)) {
                     warned = Some(std::time::Instant::now());
                     tracing::warn!(plugin = %label, instances = n, waited_s = started.elapsed().as_secs(), "the host's plugin instance pool is full; this plugin's messages wait for an instance (more cohorts or replays run than the pool holds)");
@@ -333,6 +348,17 @@ fn fresh_instance(
                 released = false;
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A long wait for room in the pool, counted while it lasts.
+struct Counted(Option<prometheus_client::metrics::gauge::Gauge>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
         }
     }
 }

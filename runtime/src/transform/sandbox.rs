@@ -122,6 +122,9 @@ struct Shared {
     /// Every configured plugin's idle instances: a cache that gives its pool slots back
     /// when the pool is full.
     idle_lists: std::sync::Mutex<Vec<std::sync::Weak<IdleList>>>,
+    /// Where calls waiting long for room in the full pool are counted (`/readyz` shows
+    /// them), once someone watches.
+    waits: std::sync::OnceLock<prometheus_client::metrics::gauge::Gauge>,
 }
 
 /// A configured plugin's idle, initialised instances, with the calls each has served.
@@ -189,7 +192,18 @@ impl Sandbox {
             limits,
             stop,
             idle_lists: std::sync::Mutex::new(Vec::new()),
+            waits: std::sync::OnceLock::new(),
         })))
+    }
+
+    /// Count calls waiting long for room in the full pool in `gauge` (the first one given).
+    pub(super) fn count_waits_in(&self, gauge: prometheus_client::metrics::gauge::Gauge) {
+        let _ = self.0.waits.set(gauge);
+    }
+
+    /// The gauge of long waits, if one is watched.
+    pub(super) fn waits(&self) -> Option<&prometheus_client::metrics::gauge::Gauge> {
+        self.0.waits.get()
     }
 
     /// Track `list` so that [`Sandbox::release_idle`] can empty it.

@@ -1202,6 +1202,8 @@ pub fn create_topic_with(bootstrap: &str, topic: &str, configs: &[(&str, &str)])
 }
 
 /// Set topic `configs` of an existing `topic` on the broker at `bootstrap`.
+/// Set `configs` on `topic`. Kafka's AlterConfigs replaces a topic's whole set: a setting
+/// not named here goes back to the broker's default.
 pub fn alter_topic(bootstrap: &str, topic: &str, configs: &[(&str, &str)]) {
     use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()

@@ -14,6 +14,7 @@
 //! | `spoof`       | sets the reserved header `weir.plugin`                 |
 //! | `forge`       | logs a line with a newline and a forged weir log line  |
 //! | `chatty`      | logs 1,000 lines, then emits                           |
+//! | `murmur`      | logs 50 lines (fewer than any per-call cap), then emits |
 //! | `pair:N`      | emits two records: `{"text":"first"}`, then one of N bytes |
 //! | `alias`       | emits 1,000 records whose values all point at the same |
 //! |               | 100 KB of its memory (100 MB once copied out)          |
@@ -89,6 +90,12 @@ impl Plugin for Adversarial {
                     json!({ "text": "first" }),
                     json!({ "text": "x".repeat(n) }),
                 ]))
+            }
+            "murmur" => {
+                for i in 0..50 {
+                    weir_sdk::log(weir_sdk::Level::Info, &format!("murmur line {i}"));
+                }
+                Ok(Emit::one(json!({ "text": "murmur" })))
             }
             "chatty" => {
                 for i in 0..1_000 {
