@@ -121,6 +121,29 @@ pub async fn one_cohort(
     })
 }
 
+/// Writes a job holds before it sends them, at most: this many...
+const PENDING_WRITES: usize = 100;
+/// ...or this many bytes of keys, values and headers.
+const PENDING_BYTES: usize = 4 << 20;
+
+/// Whether a job's `pending` writes are due to be sent: enough of them, or enough bytes,
+/// that holding more would let memory grow with what the job scans.
+pub fn send_due(pending: &[Write]) -> bool {
+    pending.len() >= PENDING_WRITES
+        || pending
+            .iter()
+            .map(|w| {
+                w.value.len()
+                    + w.key.as_ref().map_or(0, Vec::len)
+                    + w.headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            })
+            .sum::<usize>()
+            >= PENDING_BYTES
+}
+
 /// Writes sent as a job scans, their answers awaited once more than `in_flight` wait, so
 /// memory stays bounded and Kafka sets the pace. Without a sink (a dry run, a verify) writes
 /// are dropped. Called from inside a blocking scan on a multi-threaded runtime.
@@ -163,5 +186,29 @@ impl<'a> Writer<'a> {
                 failed + sink.settle(outstanding, keep).await as u64
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(value_bytes: usize) -> Write {
+        Write {
+            topic: "t".into(),
+            key: Some(b"k".to_vec()),
+            value: vec![0; value_bytes],
+            headers: vec![("h".into(), bytes::Bytes::from_static(b"v"))],
+        }
+    }
+
+    #[test]
+    fn pending_writes_are_sent_by_count_or_by_bytes() {
+        assert!(!send_due(&[]));
+        assert!(!send_due(&vec![write(10); PENDING_WRITES - 1]));
+        assert!(send_due(&vec![write(10); PENDING_WRITES]));
+        // A few large ones are due long before the count.
+        assert!(!send_due(&[write(1 << 20), write(1 << 20)]));
+        assert!(send_due(&[write(2 << 20), write(2 << 20)]));
     }
 }

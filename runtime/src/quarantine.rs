@@ -377,8 +377,8 @@ pub async fn redrive(
     };
     let mut out = Redriven::default();
     let mut writes: Vec<Write> = Vec::new();
-    // Writes are sent as the scan goes, their answers awaited once more than 10,000 wait,
-    // so memory stays bounded whatever the quarantine holds.
+    // Writes are sent as the scan goes (every 100 or 4 MiB), their answers awaited once more
+    // than 10,000 wait, so memory stays bounded whatever the quarantine holds.
     let mut writer = jobs::Writer::new(sink.as_ref(), 10_000);
     let mut failed = 0u64;
     let ends = scan(&c, &topic, true, |m| {
@@ -391,7 +391,7 @@ pub async fn redrive(
             };
             entry.redrive(&mut out, &mut writes);
         }
-        if writes.len() >= 1_000 {
+        if jobs::send_due(&writes) {
             failed += writer.send(&mut writes, false);
         }
         Ok(())

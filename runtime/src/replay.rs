@@ -526,6 +526,10 @@ impl Pass<'_> {
                 self.pending.push(w);
             }
         }
+        // A batch's records may be many and large: what is held stays bounded.
+        if jobs::send_due(&self.pending) {
+            self.send(false);
+        }
     }
 
     /// Send what is planned; with `drain`, wait until Kafka answered every write.
