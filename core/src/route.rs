@@ -151,13 +151,20 @@ pub struct KeyTemplate {
     parts: Vec<Part>,
 }
 
+/// The empty template: the key the plugin set.
+impl Default for KeyTemplate {
+    fn default() -> Self {
+        KeyTemplate {
+            parts: vec![Part::PluginKey],
+        }
+    }
+}
+
 impl KeyTemplate {
     /// Parse a template; an empty template means "the key the plugin set".
     pub fn parse(s: &str) -> Result<KeyTemplate, TemplateError> {
         if s.is_empty() {
-            return Ok(KeyTemplate {
-                parts: vec![Part::PluginKey],
-            });
+            return Ok(KeyTemplate::default());
         }
         let mut parts = Vec::new();
         let mut rest = s;

@@ -112,6 +112,7 @@ fn live(root: &std::path::Path) -> Live {
         plugin: info.id(),
         output_topic: "telemetry.thermostat".into(),
         key: "{topic[3]}".into(),
+        key_template: weir_core::route::KeyTemplate::parse("{topic[3]}").unwrap(),
         config: Default::default(),
         plugin_time_ms: None,
         plugin_memory_mib: None,
@@ -119,7 +120,7 @@ fn live(root: &std::path::Path) -> Live {
         group: None,
     };
     let plan: CohortPlan =
-        weir::lifecycle::cohort_plan(&cohort, &plugin, 1, "telemetry.thermostat").unwrap();
+        weir::lifecycle::cohort_plan(&cohort, &plugin, 1, "telemetry.thermostat");
     Live {
         topology: Arc::new(Topology {
             cohorts: vec![plan],

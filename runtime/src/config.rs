@@ -676,6 +676,9 @@ pub struct Cohort {
     /// plugin set) or `{field.NAME}` (a top-level record field). Empty: the plugin's key.
     #[serde(default)]
     pub key: String,
+    /// `key`, parsed (once, when the config is read).
+    #[serde(skip)]
+    pub key_template: weir_core::route::KeyTemplate,
     /// Plugin config, passed to its `init`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -896,10 +899,21 @@ impl Config {
                 .unwrap_or_else(|| "-".into());
             err(&key, format!("{msg}; see examples/weir.toml for every key"))
         })?;
+        let mut config = config;
         config
             .check()
+            .and_then(|()| config.parse_key_templates())
             .map_err(|(key, problem)| err(&key, problem))?;
         Ok(config)
+    }
+
+    /// Parse every cohort's key template into its type, where an error names the cohort.
+    fn parse_key_templates(&mut self) -> Result<(), (String, String)> {
+        for (i, c) in self.cohorts.iter_mut().enumerate() {
+            c.key_template = weir_core::route::KeyTemplate::parse(&c.key)
+                .map_err(|e| (format!("cohort[{i}].key"), e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), (String, String)> {
@@ -1177,7 +1191,6 @@ impl Config {
                 ));
             }
             check_kafka_topic(&c.output_topic).map_err(|e| (at("output_topic"), e))?;
-            weir_core::route::KeyTemplate::parse(&c.key).map_err(|e| (at("key"), e.to_string()))?;
             if c.plugin_time_ms.is_some_and(|t| !(1..=60_000).contains(&t)) {
                 return Err((
                     at("plugin_time_ms"),

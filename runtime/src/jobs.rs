@@ -39,9 +39,6 @@ pub enum JobError {
         /// What the plugin said.
         reason: String,
     },
-    /// The cohort's key template does not parse.
-    #[error(transparent)]
-    Key(#[from] weir_core::route::TemplateError),
     /// The schema registry did not give the schema an id.
     #[error(transparent)]
     Registry(#[from] RegistryClientError),
@@ -112,7 +109,7 @@ pub async fn one_cohort(
             .schema_id(&subject, &info.schema, config.registry.auto_register)
             .await?
     };
-    let plan = cohort_plan(c, plugin, schema_id, output_topic)?;
+    let plan = cohort_plan(c, plugin, schema_id, output_topic);
     Ok(Topology {
         cohorts: vec![plan],
         rules: vec![],

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use weir_core::avro::AvroSchema;
 use weir_core::plan::{CohortPlan, Topology};
-use weir_core::route::KeyTemplate;
 
 /// What the pipeline runs: a topology and one configured plugin per cohort, swapped as one.
 pub struct Live {
@@ -238,12 +237,12 @@ pub fn cohort_plan(
     plugin: &Plugin,
     schema_id: u32,
     output_topic: &str,
-) -> Result<CohortPlan, weir_core::route::TemplateError> {
+) -> CohortPlan {
     let info = plugin.info();
-    Ok(CohortPlan {
+    CohortPlan {
         name: c.name.clone(),
         output_topic: output_topic.to_owned(),
-        key: KeyTemplate::parse(&c.key)?,
+        key: c.key_template.clone(),
         schema_id,
         schema: AvroSchema::clone(plugin.schema()),
         identity: vec![
@@ -254,7 +253,7 @@ pub fn cohort_plan(
             ),
             (weir_core::headers::COHORT.into(), c.name.clone().into()),
         ],
-    })
+    }
 }
 
 /// The lifecycle of one weir process.
@@ -723,8 +722,7 @@ impl Lifecycle {
             }
             None => 0,
         };
-        let plan = cohort_plan(c, &plugin, schema_id, &c.output_topic)
-            .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        let plan = cohort_plan(c, &plugin, schema_id, &c.output_topic);
         Ok(Built {
             plan,
             configured: Arc::new(configured),
