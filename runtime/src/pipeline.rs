@@ -638,6 +638,58 @@ impl Lane {
         Ok(())
     }
 
+    /// The group's MQTT source: one session, or the slots Kafka's group gives this process
+    /// (then with the sender that confirms their lease).
+    #[allow(clippy::type_complexity)]
+    fn open_source(
+        mqtt: &crate::config::Mqtt,
+        metrics: &Arc<Metrics>,
+        group: &GroupMetrics,
+    ) -> Result<
+        (
+            Option<watch::Sender<Option<std::time::Instant>>>,
+            Source,
+            mpsc::Receiver<Incoming>,
+        ),
+        StartError,
+    > {
+        let (lease, started) = if mqtt.slots.is_some() {
+            let (lease, confirmed) = watch::channel(None);
+            let started = Source::for_slots(mqtt, metrics.clone(), group.clone(), confirmed);
+            (Some(lease), started)
+        } else {
+            (None, Source::start(mqtt, metrics.clone(), group.clone()))
+        };
+        let (source, rx) = started.map_err(|e| StartError::Other(e.to_string()))?;
+        Ok((lease, source, rx))
+    }
+
+    /// The group's batcher, which owns the source's channel (so a batch is never half
+    /// taken when the lane stops to do something else), and the batches it makes.
+    fn start_batcher(
+        cfg: &Config,
+        plan: &GroupPlan,
+        rx: mpsc::Receiver<Incoming>,
+        throttled: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+        panics: mpsc::UnboundedSender<String>,
+    ) -> (AbortOnDrop, mpsc::Receiver<Vec<Incoming>>) {
+        let (batch_tx, batches) = mpsc::channel::<Vec<Incoming>>(1);
+        // A batch never holds more than the group's in-flight budget.
+        let (size, wait) = (
+            cfg.output
+                .batch_size
+                .min(usize::from(plan.mqtt.max_in_flight)),
+            Duration::from_millis(cfg.output.batch_wait_ms),
+        );
+        let pace = plan.mqtt.max_messages_per_s.map(Pace::new);
+        let batcher = supervised(
+            format!("group {:?}'s batcher", plan.name),
+            panics,
+            batch(rx, batch_tx, (size, wait), pace, throttled),
+        );
+        (batcher, batches)
+    }
+
     /// Start the group's tasks on `runtime` (its own) and its transform worker.
     #[allow(clippy::too_many_arguments)]
     fn start(
@@ -658,15 +710,7 @@ impl Lane {
         let name_of_lane = plan.name.clone();
         let group = metrics.group(&plan.name);
         let throttled = group.throttled_seconds.clone();
-        let (lease, started) = if plan.mqtt.slots.is_some() {
-            let (lease, confirmed) = watch::channel(None);
-            let started = Source::for_slots(&plan.mqtt, metrics.clone(), group.clone(), confirmed);
-            (Some(lease), started)
-        } else {
-            let started = Source::start(&plan.mqtt, metrics.clone(), group.clone());
-            (None, started)
-        };
-        let (source, rx) = started.map_err(|e| StartError::Other(e.to_string()))?;
+        let (lease, source, rx) = Self::open_source(&plan.mqtt, &metrics, &group)?;
         let worker = Worker::start(&plan.name, runtime.nice).map_err(StartError::Other)?;
 
         // Delivery, on its own task so that transforming one batch overlaps writing the
@@ -679,22 +723,7 @@ impl Lane {
             deliver(courier, sink.clone(), metrics.clone(), group, work_rx),
         );
 
-        // The batcher owns the source's channel, so a batch is never half taken when the
-        // lane stops to do something else.
-        let (batch_tx, batches) = mpsc::channel::<Vec<Incoming>>(1);
-        // A batch never holds more than the group's in-flight budget.
-        let (size, wait) = (
-            cfg.output
-                .batch_size
-                .min(usize::from(plan.mqtt.max_in_flight)),
-            Duration::from_millis(cfg.output.batch_wait_ms),
-        );
-        let pace = plan.mqtt.max_messages_per_s.map(Pace::new);
-        let batcher = supervised(
-            format!("group {:?}'s batcher", plan.name),
-            panics.clone(),
-            batch(rx, batch_tx, (size, wait), pace, throttled),
-        );
+        let (batcher, batches) = Self::start_batcher(cfg, &plan, rx, throttled, panics.clone());
         let work = LaneWork {
             cohorts: plan.cohorts,
             source: source.clone(),
