@@ -25,6 +25,13 @@
 //! | `pin/<cohort>`           | [`Pin`] (JSON)                          | the latest      |
 //! | `audit/<cohort>/<unique>`| [`Audit`] (JSON)                        | all             |
 
+//!
+//! **Encoding.** Entry values are JSON objects carrying `"format"` ([`FORMAT`]), written by
+//! [`encode`]. A value without it was written before the field existed and reads as format
+//! 1; a value of a newer format is ignored (and logged), never half understood: a new
+//! format is for changes older readers must not apply. Fields added within a format
+//! default when missing, and unknown ones are skipped.
+
 mod parts;
 
 pub use parts::{Assembly, MAX_COMPONENT_BYTES, entries as component_entries};
@@ -333,6 +340,41 @@ pub struct Audit {
     pub signer: Option<String>,
 }
 
+/// The format of the entry values this weir writes, and the newest it reads.
+pub const FORMAT: u64 = 1;
+
+/// An entry's value as written to the control topic: its JSON with `"format"`.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut json = serde_json::to_value(value).expect("control entries serialise");
+    if let serde_json::Value::Object(fields) = &mut json {
+        fields.insert("format".into(), FORMAT.into());
+    }
+    serde_json::to_vec(&json).expect("JSON serialises")
+}
+
+/// Why an entry's value was not read.
+#[derive(Debug, PartialEq, Eq)]
+enum Unread {
+    /// Written by a newer weir, in this format.
+    Newer(u64),
+    /// Not a valid entry of its kind.
+    Invalid,
+}
+
+/// Read an entry's value written by [`encode`] (or before `format` existed).
+fn decode<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, Unread> {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(default)]
+        format: Option<u64>,
+    }
+    let head: Head = serde_json::from_slice(value).map_err(|_| Unread::Invalid)?;
+    match head.format {
+        Some(f) if f > FORMAT => Err(Unread::Newer(f)),
+        _ => serde_json::from_slice(value).map_err(|_| Unread::Invalid),
+    }
+}
+
 /// What the control topic says, as far as it has been read.
 #[derive(Debug, Clone, Default)]
 pub struct State {
@@ -353,30 +395,35 @@ impl State {
     fn apply(&mut self, key: &str, value: Option<&[u8]>, signer: Option<&str>) {
         let signer = signer.map(str::to_owned);
         let Some(value) = value else { return };
-        let parsed = |what: &str| {
-            tracing::warn!(
+        let parsed = |what: &str, why: Unread| match why {
+            Unread::Newer(format) => tracing::warn!(
+                key,
+                format,
+                "control topic: ignoring a {what} written by a newer weir (format {format}; this one reads up to {FORMAT}): upgrade this process"
+            ),
+            Unread::Invalid => tracing::warn!(
                 key,
                 "control topic: ignoring an entry that is not a valid {what}"
-            );
+            ),
         };
         match Key::parse(key) {
             Some(Key::Upload { .. }) => {
                 // Keyed by name@version and sha256, so compaction keeps every claim and the
                 // first one (by offset) wins in every process: a version is immutable.
-                match serde_json::from_slice::<Upload>(value) {
+                match decode::<Upload>(value) {
                     Ok(u) => {
                         self.uploads.entry(u.plugin.id()).or_insert(u);
                     }
-                    Err(_) => parsed("upload"),
+                    Err(why) => parsed("upload", why),
                 }
             }
-            Some(Key::Fixtures { .. }) => match serde_json::from_slice::<Fixtures>(value) {
+            Some(Key::Fixtures { .. }) => match decode::<Fixtures>(value) {
                 Ok(f) => {
                     self.fixtures.insert(f.plugin.clone(), f);
                 }
-                Err(_) => parsed("fixtures entry"),
+                Err(why) => parsed("fixtures entry", why),
             },
-            Some(Key::Pin { .. }) => match serde_json::from_slice::<Pin>(value) {
+            Some(Key::Pin { .. }) => match decode::<Pin>(value) {
                 // A pin applies only over the pin it was decided against, so of two
                 // concurrent promotes the first written wins, in every process alike.
                 Ok(mut p) => match self.pins.get(&p.cohort) {
@@ -391,9 +438,9 @@ impl State {
                         self.pins.insert(p.cohort.clone(), p);
                     }
                 },
-                Err(_) => parsed("pin"),
+                Err(why) => parsed("pin", why),
             },
-            Some(Key::Audit { .. }) => match serde_json::from_slice::<Audit>(value) {
+            Some(Key::Audit { .. }) => match decode::<Audit>(value) {
                 Ok(mut a) => {
                     a.signer = signer;
                     // Every entry stays in the topic; memory keeps the newest.
@@ -402,7 +449,7 @@ impl State {
                     }
                     self.audit.push(a);
                 }
-                Err(_) => parsed("audit entry"),
+                Err(why) => parsed("audit entry", why),
             },
             // Components go to the store (`Components::take`); keys weir does not write
             // are someone else's.
@@ -744,11 +791,7 @@ impl Control {
 
     /// Append an audit entry.
     pub async fn audit(&self, a: &Audit) -> Result<(), ControlError> {
-        self.append(vec![(
-            Key::audit(a),
-            serde_json::to_vec(a).expect("serialisable"),
-        )])
-        .await
+        self.append(vec![(Key::audit(a), encode(a))]).await
     }
 }
 
@@ -1193,6 +1236,51 @@ mod tests {
         assert_eq!(a.action, Action::Rollback);
         assert_eq!(serde_json::to_string(&a).unwrap(), json);
         assert!(serde_json::from_str::<Audit>(&json.replace("rollback", "delete")).is_err());
+    }
+
+    #[test]
+    fn entries_carry_their_format_and_a_newer_one_is_not_applied() {
+        let v = |n: u8| Version {
+            name: "t".into(),
+            version: format!("1.{n}.0"),
+            sha256: format!("{n:02x}"),
+        };
+        let pin = |to: u8, replaces: Option<u8>| Pin {
+            cohort: "c".into(),
+            plugin: v(to),
+            previous: replaces.map(v),
+            rollback_to: vec![],
+            replaces: replaces.map(|r| v(r).sha256),
+            seq: u64::from(to),
+            at_ms: 1,
+            by: "ops".into(),
+            signer: None,
+        };
+        let key = Key::Pin { cohort: "c".into() }.to_string();
+        let written = encode(&pin(1, None));
+        let json: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        assert_eq!(json["format"], FORMAT);
+        assert_eq!(decode::<Pin>(&written), Ok(pin(1, None)));
+
+        let mut state = State::default();
+        // Written before the field existed: read as it always was.
+        state.apply(
+            &key,
+            Some(&serde_json::to_vec(&pin(1, None)).unwrap()),
+            None,
+        );
+        assert_eq!(state.pins["c"], pin(1, None));
+        // A newer format is left alone, whatever else it holds.
+        let mut newer = serde_json::to_value(pin(2, Some(1))).unwrap();
+        newer["format"] = (FORMAT + 1).into();
+        let newer = serde_json::to_vec(&newer).unwrap();
+        assert_eq!(decode::<Pin>(&newer), Err(Unread::Newer(FORMAT + 1)));
+        state.apply(&key, Some(&newer), None);
+        assert_eq!(state.pins["c"], pin(1, None));
+        // This format applies.
+        state.apply(&key, Some(&encode(&pin(2, Some(1)))), None);
+        assert_eq!(state.pins["c"], pin(2, Some(1)));
+        assert_eq!(decode::<Pin>(b"[1]"), Err(Unread::Invalid));
     }
 
     #[test]

@@ -467,7 +467,7 @@ impl Lifecycle {
                 plugin: info.id(),
                 sha256: info.sha256.clone(),
             },
-            serde_json::to_vec(&upload).expect("serialisable"),
+            crate::control::encode(&upload),
         ));
         self.control.append(entries).await.map_err(unavailable)?;
         // Another process may have claimed the version first with other bytes.
@@ -573,7 +573,7 @@ impl Lifecycle {
                 Key::Fixtures {
                     plugin: id.to_owned(),
                 },
-                serde_json::to_vec(&f).expect("serialisable"),
+                crate::control::encode(&f),
             )])
             .await
             .map_err(unavailable)
@@ -896,12 +896,9 @@ impl Lifecycle {
                     Key::Pin {
                         cohort: cohort.clone(),
                     },
-                    serde_json::to_vec(&pin).expect("serialisable"),
+                    crate::control::encode(&pin),
                 ),
-                (
-                    Key::audit(&audit),
-                    serde_json::to_vec(&audit).expect("serialisable"),
-                ),
+                (Key::audit(&audit), crate::control::encode(&audit)),
             ])
             .await;
         // The pin as applied also names the key it was verified under.
