@@ -2,10 +2,9 @@
 //!
 //! One module per stage of the data path; stages talk through small types.
 
-#![deny(unsafe_code)] // Allowed only in `transform::cache` (loading precompiled artifacts),
-// `credentials` (librdkafka's call to change a running client's SASL password) and
-// `priority` (SCHED_IDLE for a worker whose plugin ran past its budget, the thread CPU
-// clock) and, in test builds only, `sink` (librdkafka's fatal-error injection).
+#![deny(unsafe_code)] // Allowed only in `credentials` (librdkafka's call to change a running
+// client's SASL password) and, in test builds only, `sink` (librdkafka's fatal-error
+// injection). The sandbox crate has the rest (precompiled artifacts, thread priority).
 
 /// The memory allocator of every weir process (`#[global_allocator]` in the binary and in
 /// the instruction-count benchmark). Not glibc's: a message's buffers are allocated on one
@@ -15,10 +14,16 @@
 /// weir's CPU.
 pub type Allocator = mimalloc::MiMalloc;
 
+// Crates of their own, under the names the stages use: the config (a leaf, read by every
+// part) and the Wasm sandbox (wasmtime, limits, the compiled cache, thread priority).
+pub use weir_config as config;
+pub use weir_config::signing;
+pub use weir_sandbox as transform;
+pub use weir_sandbox::priority;
+
 pub mod admin;
 pub mod admin_client;
 pub mod capture;
-pub mod config;
 pub mod control;
 pub mod credentials;
 pub mod deliver;
@@ -28,17 +33,14 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;
-pub mod priority;
 pub mod quarantine;
 pub mod replay;
 pub mod shadow;
-pub mod signing;
 pub mod sink;
 pub mod source;
 pub mod status;
 pub mod store;
 pub mod topics;
-pub mod transform;
 
 /// Test builds only: panic here when `WEIR_FAILPOINT` names `point`, so that the tests can
 /// show what weir does when a task dies (release builds have no such switch).

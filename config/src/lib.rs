@@ -10,6 +10,8 @@
 //!
 //! A bad config stops start-up with an error naming the file, the key and the fix.
 
+pub mod signing;
+
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

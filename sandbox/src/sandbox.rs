@@ -84,7 +84,7 @@ pub struct CallLimits {
 impl CallLimits {
     /// A cohort's own plugin limits (replay and redrive apply the same ones, so a
     /// replayed message meets the limits it met live).
-    pub fn of(cohort: &crate::config::Cohort) -> Self {
+    pub fn of(cohort: &weir_config::Cohort) -> Self {
         CallLimits {
             time_per_message: cohort.plugin_time_ms.map(Duration::from_millis),
             memory_bytes: cohort.plugin_memory_mib.map(|m| m << 20),

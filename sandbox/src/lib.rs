@@ -23,6 +23,7 @@
 
 mod cache;
 pub mod log;
+pub mod priority;
 mod sandbox;
 
 pub use sandbox::{CallLimits, Limits, MAX_CORE_INSTANCES_PER_COMPONENT};

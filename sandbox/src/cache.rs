@@ -161,7 +161,7 @@ fn read_or_make_key(path: &Path) -> std::io::Result<[u8; 32]> {
     };
     match read(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            crate::signing::write_secret(path, &rand::random::<[u8; 32]>())?;
+            weir_config::signing::write_secret(path, &rand::random::<[u8; 32]>())?;
             read(path)
         }
         other => other,

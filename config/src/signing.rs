@@ -127,7 +127,7 @@ impl Signer {
 
 /// Write a secret to `path` with mode 0600, whole or not at all, unless the file exists by
 /// then (another process made one meanwhile: the caller reads that one back).
-pub(crate) fn write_secret(path: &Path, secret: &[u8]) -> std::io::Result<()> {
+pub fn write_secret(path: &Path, secret: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

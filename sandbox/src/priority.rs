@@ -36,7 +36,7 @@ pub fn group_nice(increment: u8) -> Option<i32> {
     // The group's is relative to the one weir was started with (`nice -n 5 weir run` and
     // a group at +10 run at 15).
     let own = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(0);
-    Some((own + i32::from(increment)).min(i32::from(crate::config::MAX_NICE)))
+    Some((own + i32::from(increment)).min(i32::from(weir_config::MAX_NICE)))
 }
 
 /// Set the calling thread's nice value; whether it worked (if not, it says so and the
@@ -78,7 +78,7 @@ pub fn set_idle() -> bool {
     }
     let error = std::io::Error::last_os_error();
     tracing::warn!(%error, "cannot put this thread under SCHED_IDLE; it runs at nice 19 instead");
-    set_nice(i32::from(crate::config::MAX_NICE))
+    set_nice(i32::from(weir_config::MAX_NICE))
 }
 
 #[cfg(test)]
