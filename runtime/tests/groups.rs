@@ -99,14 +99,6 @@ fn metric(text: &str, line_prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn healthy_acked(w: &Weir) -> f64 {
     metric(&w.metrics(), r#"weir_ack_seconds_count{group="healthy"} "#)
 }
@@ -173,9 +165,12 @@ fn compare(p: &str, kafka: &str, weir: &Weir, other: &mut dyn Neighbour) -> Comp
         sent += 1;
     }
     healthy.flush();
-    wait_for("warm-up acknowledged", Duration::from_secs(60), || {
-        healthy_acked(weir) >= sent as f64
-    });
+    wait_until(
+        "warm-up acknowledged",
+        Duration::from_secs(60),
+        String::new,
+        || healthy_acked(weir) >= sent as f64,
+    );
     other.warm_up(weir);
 
     // A measurement whose phases alone disagree among themselves by more than half was
@@ -243,9 +238,10 @@ fn measure(
                 std::thread::sleep(wait);
             }
         }
-        wait_for(
+        wait_until(
             "the healthy group's messages acknowledged",
             Duration::from_secs(60),
+            String::new,
             || healthy_acked(weir) >= *sent as f64,
         );
         let elapsed = started.elapsed().as_secs_f64();
@@ -413,9 +409,10 @@ impl Neighbour for Spinning {
     }
 
     fn settle(&mut self, weir: &Weir) {
-        wait_for(
+        wait_until(
             "the broken group's messages quarantined",
             Duration::from_secs(120),
+            String::new,
             || spin_quarantined(weir) >= self.sent as f64,
         );
     }
@@ -566,9 +563,10 @@ impl Neighbour for Storming {
     fn settle(&mut self, weir: &Weir) {
         // The backlog waited at the broker; it drains at the limit.
         self.publisher.flush();
-        wait_for(
+        wait_until(
             "the storming group's backlog acknowledged",
             Duration::from_secs(120),
+            String::new,
             || storm_acked(weir) >= self.sent as f64,
         );
     }

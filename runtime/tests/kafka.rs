@@ -22,24 +22,6 @@ fn metric(weir: &Weir, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Wait until `done` holds, checking every 100 ms; `what` and `context` explain a timeout.
-fn wait_until(
-    what: &str,
-    timeout: Duration,
-    context: impl Fn() -> String,
-    mut done: impl FnMut() -> bool,
-) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < timeout,
-            "{what}: not within {timeout:?}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// `/readyz`: (status, body).
 fn readyz(weir: &Weir) -> (u16, String) {
     http_get(&format!("{}/readyz", weir.admin)).unwrap_or((0, String::new()))

@@ -72,15 +72,12 @@ fn history(weir: &Weir, token: Option<&str>, cohort: &str) -> (serde_json::Value
 }
 
 fn wait_running(weir: &Weir, cohort: &str, want: &str) {
-    let start = Instant::now();
-    while running(weir, cohort) != want {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{cohort} did not switch to {want}; log:\n{}",
-            weir.log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        &format!("{cohort} switches to {want}"),
+        Duration::from_secs(30),
+        || weir.log.lock().unwrap().clone(),
+        || running(weir, cohort) == want,
+    );
 }
 
 /// Every device's records in Kafka order: each message once, in order, and its version
@@ -547,14 +544,12 @@ fn three_processes_absorb_one_killed_and_lose_nothing() {
     let load = Load::start(&p, &format!("{p}-pub"), devices);
     load.wait_sent(600);
     for w in [&a, &b, &c] {
-        let start = Instant::now();
-        while acked(w) == 0.0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "every process gets a share"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            "every process gets a share",
+            Duration::from_secs(30),
+            String::new,
+            || acked(w) > 0.0,
+        );
     }
     let b_dir = b.kill();
     let before = acked(&a) + acked(&c);
@@ -568,19 +563,14 @@ fn three_processes_absorb_one_killed_and_lose_nothing() {
     wait_running(&c, "thermostats", "thermostat@1.1.0");
     load.wait_sent(sent_at_kill + 900);
     // While b is down, a and c take what is published: nearly all of it, not two thirds.
-    let start = Instant::now();
     let published = (load.sent.load(Ordering::Relaxed) - sent_at_kill) as f64;
-    loop {
-        let absorbed = acked(&a) + acked(&c) - before;
-        if absorbed >= 0.9 * published {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "a and c acknowledged {absorbed} of the {published} published while b was down"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let absorbed = || acked(&a) + acked(&c) - before;
+    wait_until(
+        "a and c acknowledge nearly all that is published while b is down",
+        Duration::from_secs(30),
+        || format!("{} of the {published} published", absorbed()),
+        || absorbed() >= 0.9 * published,
+    );
     let b = Weir::restart(b_dir, &[]);
     wait_running(&b, "thermostats", "thermostat@1.1.0");
     let (rounds, records) = load.finish_after(300, &p, devices);
@@ -783,15 +773,12 @@ fn forged_control_records_change_nothing() {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let started = Instant::now();
-    while rejected(&weir) < forged.len() as f64 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the forged records were not all seen: {}",
-            weir.metrics()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "every forged record is seen and rejected",
+        Duration::from_secs(30),
+        || weir.metrics(),
+        || rejected(&weir) >= forged.len() as f64,
+    );
     assert_eq!(running(&weir, "thermostats"), "thermostat@1.0.0");
     let (ok, out, err) = cli(&weir, Some(TOKEN), &["plugin", "list"]);
     assert!(ok, "{err}");

@@ -87,38 +87,30 @@ fn kafka_outage_loses_nothing() {
         records.len() - seen.len()
     );
     // Acks flow again: everything is acknowledged.
-    let start = std::time::Instant::now();
-    while bed::parse_metrics(&weir.metrics())["weir_in_flight{}"]
-        .as_f64()
-        .unwrap()
-        > 0.0
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "acks did not resume"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    bed::wait_until(
+        "acks resume",
+        Duration::from_secs(60),
+        || weir.metrics(),
+        || {
+            bed::parse_metrics(&weir.metrics())["weir_in_flight{}"]
+                .as_f64()
+                .unwrap()
+                == 0.0
+        },
+    );
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
 }
 
 /// Wait until `/readyz` says not ready, for `why`.
 fn wait_not_ready(weir: &Weir, why: &str) {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some((503, body)) = http_get(&format!("{}/readyz", weir.admin))
-            && body.contains(why)
-        {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "still ready: {:?}",
-            http_get(&format!("{}/readyz", weir.admin))
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let readyz = || http_get(&format!("{}/readyz", weir.admin));
+    bed::wait_until(
+        &format!("/readyz says not ready: {why}"),
+        Duration::from_secs(60),
+        || format!("{:?}", readyz()),
+        || matches!(readyz(), Some((503, body)) if body.contains(why)),
+    );
 }
 
 /// SIGTERM while Kafka is away: no write can complete, so weir stops within seconds

@@ -33,20 +33,12 @@ fn held(weir: &Weir) -> usize {
     metric(weir, "weir_slots_held") as usize
 }
 
-/// Wait until `check` holds, at most `limit`; `what` names it in the failure.
-fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Wait until the processes hold every slot between them, each at least one.
 fn spread(ws: &[&Weir]) {
     wait_until(
-        Duration::from_secs(60),
         "the slots spread over every process",
+        Duration::from_secs(60),
+        String::new,
         || {
             let h: Vec<usize> = ws.iter().map(|w| held(w)).collect();
             h.iter().sum::<usize>() == SLOTS && h.iter().all(|n| *n > 0)
@@ -116,16 +108,20 @@ fn a_process_killed_for_good_strands_nothing() {
     let devices = 6;
     let load = Load::start(&p, &format!("{p}-pub"), devices);
     load.wait_sent(600);
-    wait_until(Duration::from_secs(30), "b acknowledges messages", || {
-        metric(&b, "weir_acked_total") > 0.0
-    });
+    wait_until(
+        "b acknowledges messages",
+        Duration::from_secs(30),
+        String::new,
+        || metric(&b, "weir_acked_total") > 0.0,
+    );
     // Killed and never brought back: its sessions' backlogs must reach the others.
     drop(b.kill());
     let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
     load.wait_sent(sent + 1200);
     wait_until(
-        Duration::from_secs(60),
         "a and c take the killed process's slots",
+        Duration::from_secs(60),
+        String::new,
         || held(&a) + held(&c) == SLOTS,
     );
     let dups = nothing_lost(load, 600, &p, devices);
@@ -137,9 +133,12 @@ fn a_process_joining_takes_slots_and_nothing_is_lost() {
     let p = unique("slotjoin");
     let config = slotted(&p);
     let a = Weir::start(&config, &[]);
-    wait_until(Duration::from_secs(30), "a holds every slot", || {
-        held(&a) == SLOTS
-    });
+    wait_until(
+        "a holds every slot",
+        Duration::from_secs(30),
+        String::new,
+        || held(&a) == SLOTS,
+    );
     let devices = 4;
     let load = Load::start(&p, &format!("{p}-pub"), devices);
     load.wait_sent(800);
@@ -149,8 +148,9 @@ fn a_process_joining_takes_slots_and_nothing_is_lost() {
     a.wait_ready(Duration::from_secs(10));
     // `weir cohort list` says which process holds which slot, as Kafka's group does.
     wait_until(
-        Duration::from_secs(30),
         "cohort list shows both holders",
+        Duration::from_secs(30),
+        String::new,
         || {
             let slots = cohort_slots(&a);
             slots.len() == SLOTS
@@ -185,8 +185,9 @@ fn a_paused_process_does_not_take_its_slots_back() {
     // Past the session timeout Kafka gives b's slots to a, which connects under their
     // client ids (the broker closes b's frozen connections).
     wait_until(
-        Duration::from_secs(60),
         "a takes the paused process's slots",
+        Duration::from_secs(60),
+        String::new,
         || held(&a) == SLOTS,
     );
     let sent = load.sent.load(std::sync::atomic::Ordering::Relaxed);
@@ -230,9 +231,12 @@ fn scaling_from_one_to_three_and_back_loses_nothing() {
         let (status, log) = w.stop();
         assert!(status.success(), "{log}");
     }
-    wait_until(Duration::from_secs(30), "a holds every slot again", || {
-        held(&a) == SLOTS
-    });
+    wait_until(
+        "a holds every slot again",
+        Duration::from_secs(30),
+        String::new,
+        || held(&a) == SLOTS,
+    );
     eprintln!(
         "slots back at one process {:?} after the others left",
         left.elapsed()
@@ -261,15 +265,21 @@ fn an_isolation_group_has_slots_of_its_own() {
     let a = Weir::start(&config, &[]);
     let b = Weir::start(&config, &[]);
     let plant = |w: &Weir| metric(w, "weir_slots_held{group=\"plant\"}") as usize;
-    wait_until(Duration::from_secs(60), "the group's slots spread", || {
-        plant(&a) + plant(&b) == SLOTS && plant(&a) > 0 && plant(&b) > 0
-    });
+    wait_until(
+        "the group's slots spread",
+        Duration::from_secs(60),
+        String::new,
+        || plant(&a) + plant(&b) == SLOTS && plant(&a) > 0 && plant(&b) > 0,
+    );
     let devices = 4;
     let load = Load::start(&p, &format!("{p}-pub"), devices);
     load.wait_sent(400);
     drop(b.kill());
-    wait_until(Duration::from_secs(60), "a takes the group's slots", || {
-        plant(&a) == SLOTS
-    });
+    wait_until(
+        "a takes the group's slots",
+        Duration::from_secs(60),
+        String::new,
+        || plant(&a) == SLOTS,
+    );
     nothing_lost(load, 400, &p, devices);
 }

@@ -154,15 +154,13 @@ impl Mosquitto {
             expired,
             _dir: dir,
         };
-        let start = Instant::now();
         for port in [plain, tls, expired] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "mosquitto listens on {port}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_until(
+                &format!("mosquitto listens on {port}"),
+                Duration::from_secs(20),
+                String::new,
+                || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            );
         }
         m
     }
@@ -294,15 +292,12 @@ fn tls_failures_stop_start_up_with_the_cause() {
     ];
     for (what, url, tls, want) in hangups {
         let weir = Weir::launch(&tls_config(&p, &tls), &[("WEIR_MQTT_URL", &url)]);
-        let start = Instant::now();
-        while !weir.log.lock().unwrap().contains(want) {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{what}: expected {want:?} in:\n{}",
-                weir.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            &format!("{what}: {want:?} logged"),
+            Duration::from_secs(30),
+            || weir.log.lock().unwrap().clone(),
+            || weir.log.lock().unwrap().contains(want),
+        );
         assert_ne!(
             http_get(&format!("{}/readyz", weir.admin)).map(|r| r.0),
             Some(200),
@@ -370,15 +365,12 @@ fn password_file_is_read_at_every_connection_and_never_shown() {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let start = Instant::now();
-    while reconnects(&weir) < 1.0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "weir did not reconnect with the rotated password; its log:\n{}",
-            weir.log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "weir reconnects with the rotated password",
+        Duration::from_secs(60),
+        || weir.log.lock().unwrap().clone(),
+        || reconnects(&weir) >= 1.0,
+    );
     // Ready again: logged in with the new password and subscribed.
     weir.wait_ready(Duration::from_secs(30));
     let (_, log) = weir.stop();

@@ -103,6 +103,26 @@ output_topic = "{p}.chaos"
     )
 }
 
+/// Wait until `done` holds, checking every 50 ms: the one way the tests wait on a condition
+/// (never a fixed sleep). `what` names the condition and `context` (the log, the metrics)
+/// explains a timeout.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+    mut done: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: not within {timeout:?}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The control-topic signing key every weir process of the tests shares, as the processes
 /// of one deployment do (each test's processes have stores of their own).
 pub fn signing_key() -> PathBuf {
