@@ -539,7 +539,9 @@ async fn check_compat(
 ) -> Result<Response> {
     let v = VersionRef::parse(&version)?;
     let schema = schema_text(parse_body(&app, &headers, &body)?)?;
-    let messages = app.registry.check_compat(&subject, v, &schema)?;
+    let registry = app.registry.clone();
+    // A check may be costly (up to its bound): off the async workers, like a register.
+    let messages = blocking(move || registry.check_compat(&subject, v, &schema)).await?;
     if flag(&q, "verbose") {
         ok(json!({"is_compatible": messages.is_empty(), "messages": messages}))
     } else {

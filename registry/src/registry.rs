@@ -479,6 +479,10 @@ fn write_sorted(v: &serde_json::Value, out: &mut String) {
     }
 }
 
+/// Registrations checked without the lock before one is checked under it (see
+/// [`Registry::register`]).
+const OPTIMISTIC_TRIES: u32 = 3;
+
 /// The registry: state in memory, changes in the log.
 pub struct Registry {
     inner: Mutex<(State, Log)>,
@@ -533,8 +537,26 @@ impl Registry {
             schema: parsed,
         } = parse_schema(schema)?;
         // Checked without the lock, then registered under it if what was checked against
-        // is still what the subject holds (else checked again against the new state).
+        // is still what the subject holds (else checked again against the new state). A
+        // subject changing under every try (other writers racing) is checked under the
+        // lock the last time, so a registration always ends.
+        let mut tries = 0;
         loop {
+            if tries == OPTIMISTIC_TRIES {
+                return self.with(|state, log| {
+                    let live = state.live(subject);
+                    if let Some(id) = state.by_canonical.get(&canonical)
+                        && live.iter().any(|(_, v)| v.id == *id)
+                    {
+                        return Ok(*id);
+                    }
+                    let against = state.against(state.compat_for(subject), &live);
+                    Self::check_and_commit(
+                        state, log, subject, &text, &canonical, &parsed, &against,
+                    )
+                });
+            }
+            tries += 1;
             let against = self.with(|state, _| {
                 let live = state.live(subject);
                 match state.by_canonical.get(&canonical) {
@@ -566,37 +588,68 @@ impl Registry {
                 {
                     return None;
                 }
-                let mut events = Vec::new();
-                let id = match state.by_canonical.get(&canonical) {
-                    Some(id) => *id,
-                    None => {
-                        let id = state.schemas.keys().next_back().map_or(1, |m| m + 1);
-                        events.push(Event::Schema {
-                            id,
-                            schema: text.clone(),
-                        });
-                        id
-                    }
-                };
-                let version = state
-                    .subjects
-                    .get(subject)
-                    .and_then(|vs| vs.keys().next_back())
-                    .map_or(1, |m| m + 1);
-                events.push(Event::Version {
-                    subject: subject.to_owned(),
-                    version,
-                    id,
-                });
-                Some(Self::commit(state, log, events).map(|()| {
-                    tracing::info!(subject, version, id, "schema registered");
-                    id
-                }))
+                Some(Self::commit_version(state, log, subject, &text, &canonical))
             });
             if let Some(done) = registered {
                 return done;
             }
         }
+    }
+
+    /// Check `parsed` against `against` (what `state` holds now) and register it.
+    #[allow(clippy::too_many_arguments)]
+    fn check_and_commit(
+        state: &mut State,
+        log: &mut Log,
+        subject: &str,
+        text: &str,
+        canonical: &str,
+        parsed: &Schema,
+        against: &Against,
+    ) -> Result<u32, RegistryError> {
+        let details = against.check(parsed)?;
+        if !details.is_empty() {
+            return Err(RegistryError::Incompatible {
+                subject: subject.to_owned(),
+                details,
+            });
+        }
+        Self::commit_version(state, log, subject, text, canonical)
+    }
+
+    /// Register `text` as the subject's next version (under a new id if it is new).
+    fn commit_version(
+        state: &mut State,
+        log: &mut Log,
+        subject: &str,
+        text: &str,
+        canonical: &str,
+    ) -> Result<u32, RegistryError> {
+        let mut events = Vec::new();
+        let id = match state.by_canonical.get(canonical) {
+            Some(id) => *id,
+            None => {
+                let id = state.schemas.keys().next_back().map_or(1, |m| m + 1);
+                events.push(Event::Schema {
+                    id,
+                    schema: text.to_owned(),
+                });
+                id
+            }
+        };
+        let version = state
+            .subjects
+            .get(subject)
+            .and_then(|vs| vs.keys().next_back())
+            .map_or(1, |m| m + 1);
+        events.push(Event::Version {
+            subject: subject.to_owned(),
+            version,
+            id,
+        });
+        Self::commit(state, log, events)?;
+        tracing::info!(subject, version, id, "schema registered");
+        Ok(id)
     }
 
     /// Find `schema` among the live versions of `subject`.

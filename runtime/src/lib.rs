@@ -51,10 +51,15 @@ pub(crate) fn failpoint(point: &str) {
     }
 }
 
-/// Test builds only: whether `WEIR_FAILPOINT` names `point` (for faults other than a panic).
+/// Debug builds only: whether `WEIR_FAILPOINT` names `point` (for faults other than a
+/// panic). Read once: it is asked on the data path.
 #[cfg(debug_assertions)]
 pub(crate) fn failpoint_armed(point: &str) -> bool {
-    std::env::var("WEIR_FAILPOINT").is_ok_and(|p| p == point)
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ARMED
+        .get_or_init(|| std::env::var("WEIR_FAILPOINT").ok())
+        .as_deref()
+        == Some(point)
 }
 
 /// What a panic said, for the error that reports it.

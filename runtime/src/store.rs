@@ -3,7 +3,7 @@
 //! A file's name is its sha256, so a stored version cannot change under a name: the index
 //! `name@version → sha256` lives in the control topic (see [`crate::control`]), which refuses
 //! a second sha256 for a name@version, and is mirrored to `index.json` here for operators.
-//! Precompiled artifacts are cached by sha256 and engine (see `transform::cache`). Files are
+//! Precompiled artifacts are cached by sha256 and engine (the sandbox crate's cache). Files are
 //! written to a unique temporary name, fsynced and renamed, so readers never see half a
 //! file and two processes sharing the directory do not collide; a file whose content no
 //! longer matches its name is refused on read.

@@ -458,7 +458,8 @@ fn a_full_instance_pool_makes_room_instead_of_failing_messages() {
 /// A call that finds the pool full of busy instances waits for one (it is the host's
 /// state, not the plugin's fault: never quarantined), and is counted while it waits longer
 /// than a second, which is what makes `/readyz` report the stall; when an instance comes
-/// back, the call runs and the count goes back to zero.
+/// back, the call runs and the count goes back to zero. Three plugins spin at once on a
+/// pool of two: whatever order their threads run in, one of them waits for the others.
 #[test]
 fn a_call_waiting_for_room_in_a_busy_pool_is_counted_then_runs() {
     let limits = Limits {
@@ -470,35 +471,35 @@ fn a_call_waiting_for_room_in_a_busy_pool_is_counted_then_runs() {
     let waits = prometheus_client::metrics::gauge::Gauge::<i64>::default();
     host.count_capacity_waits_in(waits.clone());
     let plugin = host.load_file(&plugin_wasm("adversarial")).unwrap();
-    let a = plugin.configure(vec![], "a").unwrap();
-    let b = plugin.configure(vec![], "b").unwrap();
-    // b's instance goes with its trap; c takes the slot. a and c then spin, holding both.
-    assert_eq!(
-        kind(&b.process(&mut [message("t/x", b"panic")])[0]),
-        "fail:plugin.trap"
-    );
-    let c = plugin.configure(vec![], "c").unwrap();
+    let configured: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| plugin.configure(vec![], name).unwrap())
+        .collect();
     std::thread::scope(|s| {
-        let spinners: Vec<_> = [&a, &c]
-            .into_iter()
+        let spinners: Vec<_> = configured
+            .iter()
             .map(|p| s.spawn(move || kind(&p.process(&mut [message("t/x", b"loop")])[0])))
             .collect();
-        let waiting = s.spawn(|| kind(&b.process(&mut [message("t/x", b"fine")])[0]));
         let started = Instant::now();
         while waits.get() == 0 {
             assert!(
-                started.elapsed() < Duration::from_secs(30),
+                started.elapsed() < Duration::from_secs(60),
                 "a call waiting for room was never counted"
             );
-            assert!(!waiting.is_finished(), "the call did not wait");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Each ran to its own deadline: the wait cost none of them its budget, nor made
+        // any a failure of its own.
         for spinner in spinners {
             assert_eq!(spinner.join().unwrap(), "fail:plugin.timeout");
         }
-        assert_eq!(waiting.join().unwrap(), "emit:1");
     });
     assert_eq!(waits.get(), 0, "the wait is no longer counted");
+    // And the pool serves again.
+    assert_eq!(
+        kind(&configured[0].process(&mut [message("t/x", b"fine")])[0]),
+        "emit:1"
+    );
 }
 
 /// A component over the per-component instance limits is refused when it is loaded, with

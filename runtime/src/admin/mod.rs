@@ -527,8 +527,14 @@ pub fn spawn(
         tracing::info!("admin listening on http://{addr}");
         return Ok(tokio::spawn(async move {
             let (incoming, accepting) = listener::accept_tcp(listener);
-            let _stop = AbortOnDrop(accepting);
+            let mut accepting = AbortOnDrop(accepting);
             listener::serve(incoming, app).await;
+            // Serving ends only once the accept loop ended: its panic is this task's.
+            if let Err(e) = (&mut accepting.0).await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
         }));
     };
     let acceptor = server_tls(tls)?;
