@@ -65,6 +65,15 @@ pub enum LifecycleError {
     /// Kafka, the registry or the store failed (503); retry when it is back.
     #[error("{0}")]
     Unavailable(String),
+    /// A key of weir.toml cannot be used as it is (at start-up: a cohort's pin that is
+    /// nowhere to be found); 422 when it answers a request.
+    #[error("{key}: {problem}")]
+    Config {
+        /// The config key (`cohort[N].plugin`).
+        key: String,
+        /// What is wrong, and the fix.
+        problem: String,
+    },
 }
 
 impl LifecycleError {
@@ -73,7 +82,7 @@ impl LifecycleError {
         match self {
             LifecycleError::NotFound(_) => 404,
             LifecycleError::Conflict(_) => 409,
-            LifecycleError::Invalid(_) => 422,
+            LifecycleError::Invalid(_) | LifecycleError::Config { .. } => 422,
             LifecycleError::Unavailable(_) => 503,
         }
     }
@@ -386,13 +395,14 @@ impl Lifecycle {
                 tracing::info!(cohort = %c.name, plugin = %pin.plugin.id(), by = %pin.by, "pinned by the control topic (weir.toml's pin is only the first)");
                 pin.plugin.clone()
             }
-            None => first().ok_or_else(|| {
-                LifecycleError::NotFound(format!(
-                    "cohort[{ci}].plugin: {} is not in {} nor in the plugin store (found: {:?}); build it, push it, or pin a version that is there",
+            None => first().ok_or_else(|| LifecycleError::Config {
+                key: format!("cohort[{ci}].plugin"),
+                problem: format!(
+                    "{} is not in {} nor in the plugin store (found: {:?}); build it, push it, or pin a version that is there",
                     c.plugin,
                     self.config.plugins.dir.display(),
                     state.uploads.keys().collect::<Vec<_>>()
-                ))
+                ),
             })?,
         };
         let register = Some(self.config.registry.auto_register);
