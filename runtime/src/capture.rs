@@ -5,6 +5,7 @@
 use crate::config::Kafka;
 use crate::transform::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -12,6 +13,90 @@ use std::time::{Duration, Instant};
 use weir_core::headers as h;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reaching or reading Kafka failed: what weir was doing, Kafka's own error as the source,
+/// and the fix where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// A `[kafka]` setting cannot be used.
+    #[error("{0}")]
+    Settings(String),
+    /// librdkafka would not create a client.
+    #[error("cannot create a Kafka {what}: {source}")]
+    Client {
+        /// Which client.
+        what: &'static str,
+        /// librdkafka's reason.
+        #[source]
+        source: Box<KafkaError>,
+    },
+    /// Kafka refused weir's login.
+    #[error("Kafka refused weir's login: {0}; check kafka.sasl (mechanism, username, password)")]
+    Login(String),
+    /// TLS with the brokers failed.
+    #[error(
+        "TLS with Kafka failed: {0}; check kafka.tls.ca_file (the CA that issued the brokers' certificates) and that the brokers speak TLS"
+    )]
+    Tls(String),
+    /// No broker answered.
+    #[error(
+        "cannot reach Kafka at {bootstrap}: {source}{detail}; check kafka.bootstrap, that the brokers are up, and kafka.tls / kafka.sasl"
+    )]
+    Unreachable {
+        /// `kafka.bootstrap`.
+        bootstrap: String,
+        /// The last request's error.
+        #[source]
+        source: Box<KafkaError>,
+        /// What librdkafka reported meanwhile, if anything (` (…)`).
+        detail: String,
+    },
+    /// The probe's thread ended abnormally.
+    #[error("probing Kafka: {0}")]
+    Probe(#[source] tokio::task::JoinError),
+    /// A request about a topic (or a part of one) failed.
+    #[error("{doing} {topic}: {source}{hint}")]
+    Request {
+        /// What was being done (`cannot read the offsets of`).
+        doing: &'static str,
+        /// The topic, with the partition and offset where they matter.
+        topic: String,
+        /// Kafka's error.
+        #[source]
+        source: Box<KafkaError>,
+        /// The fix, if one is known (`; check kafka.bootstrap`).
+        hint: &'static str,
+    },
+    /// Nothing arrived where records were expected.
+    #[error(
+        "reading {topic}[{partition}]: nothing arrived for 60 s at offset {offset} of {end}; is the broker up?"
+    )]
+    Stalled {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The next offset expected.
+        offset: i64,
+        /// Where the read was to end.
+        end: i64,
+    },
+}
+
+/// A failed request about `topic`.
+fn request(
+    doing: &'static str,
+    topic: impl Into<String>,
+    hint: &'static str,
+) -> impl FnOnce(KafkaError) -> CaptureError {
+    let topic = topic.into();
+    move |source| CaptureError::Request {
+        doing,
+        topic,
+        source: Box::new(source),
+        hint,
+    }
+}
 
 /// A client config with the brokers and the connection's security settings of `kafka`
 /// (producer tuning does not apply to weir's readers and small control writes).
@@ -77,16 +162,19 @@ impl LastError {
 
 /// Reach the brokers once (cluster metadata, at most 10 s), so that a refused login, a
 /// failed TLS handshake or a wrong address stops start-up with its cause and the key to fix.
-pub async fn probe(kafka: &Kafka) -> Result<(), String> {
+pub async fn probe(kafka: &Kafka) -> Result<(), CaptureError> {
     use rdkafka::types::RDKafkaErrorCode as Code;
-    let config = connection(kafka)?;
+    let config = connection(kafka).map_err(CaptureError::Settings)?;
     let bootstrap = kafka.bootstrap.clone();
     let seen = LastError::default();
     let ctx = seen.clone();
     tokio::task::spawn_blocking(move || {
         let client: rdkafka::producer::BaseProducer<LastError> = config
             .create_with_context(ctx)
-            .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+            .map_err(|source| CaptureError::Client {
+                what: "client",
+                source: Box::new(source),
+            })?;
         let start = Instant::now();
         // Failed attempts with a login or TLS cause: two make it the answer (one may be a
         // broker restarting mid-handshake). librdkafka may not repeat an identical error,
@@ -114,39 +202,38 @@ pub async fn probe(kafka: &Kafka) -> Result<(), String> {
             };
             match &cause {
                 Some((Code::Authentication, why)) if strikes >= 2 => {
-                    return Err(format!(
-                        "Kafka refused weir's login: {why}; check kafka.sasl (mechanism, username, password)"
-                    ));
+                    return Err(CaptureError::Login(why.clone()));
                 }
                 Some((Code::SSL, why)) if strikes >= 2 => {
-                    return Err(format!(
-                        "TLS with Kafka failed: {why}; check kafka.tls.ca_file (the CA that issued the brokers' certificates) and that the brokers speak TLS"
-                    ));
+                    return Err(CaptureError::Tls(why.clone()));
                 }
                 _ if start.elapsed() >= Duration::from_secs(10) => {
                     let detail = cause
                         .map(|(_, why)| format!(" ({why})"))
                         .unwrap_or_default();
-                    return Err(format!(
-                        "cannot reach Kafka at {bootstrap}: {e}{detail}; check kafka.bootstrap, that the brokers are up, and kafka.tls / kafka.sasl"
-                    ));
+                    return Err(CaptureError::Unreachable {
+                        bootstrap: bootstrap.clone(),
+                        source: Box::new(e),
+                        detail,
+                    });
                 }
                 _ => {}
             }
         }
     })
     .await
-    .map_err(|e| format!("probing Kafka: {e}"))?
+    .map_err(CaptureError::Probe)?
 }
 
 /// A consumer that only reads what it is assigned and commits only when told, in consumer
 /// group `group` (a fresh one if none).
-pub fn consumer(kafka: &Kafka, group: Option<&str>) -> Result<BaseConsumer, String> {
+pub fn consumer(kafka: &Kafka, group: Option<&str>) -> Result<BaseConsumer, CaptureError> {
     let group = group.map_or_else(
         || format!("weir-reader-{}", rand::random::<u64>()),
         str::to_owned,
     );
-    connection(kafka)?
+    connection(kafka)
+        .map_err(CaptureError::Settings)?
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -155,7 +242,10 @@ pub fn consumer(kafka: &Kafka, group: Option<&str>) -> Result<BaseConsumer, Stri
         // delay the next assignment (the next pass, the next partition).
         .set("fetch.wait.max.ms", "20")
         .create()
-        .map_err(|e| format!("cannot create a Kafka consumer: {e}"))
+        .map_err(|source| CaptureError::Client {
+            what: "consumer",
+            source: Box::new(source),
+        })
 }
 
 /// A header's value as text.
@@ -254,25 +344,35 @@ pub type Bounds = Vec<(i32, i64, i64)>;
 
 /// The parts of `topic` that `range` covers, as it stands now; empty if the topic does not
 /// exist.
-pub fn offsets(consumer: &BaseConsumer, topic: &str, range: &Range) -> Result<Bounds, String> {
+pub fn offsets(
+    consumer: &BaseConsumer,
+    topic: &str,
+    range: &Range,
+) -> Result<Bounds, CaptureError> {
     let md = consumer
         .fetch_metadata(Some(topic), TIMEOUT)
-        .map_err(|e| format!("cannot read the metadata of {topic}: {e}; check kafka.bootstrap"))?;
+        .map_err(request(
+            "cannot read the metadata of",
+            topic,
+            "; check kafka.bootstrap",
+        ))?;
     let partitions: Vec<i32> = md
         .topics()
         .first()
         .filter(|t| t.error().is_none())
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
-    let at_time = |ms: i64| -> Result<HashMap<i32, i64>, String> {
+    let at_time = |ms: i64| -> Result<HashMap<i32, i64>, CaptureError> {
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             tpl.add_partition_offset(topic, *p, Offset::Offset(ms))
-                .map_err(|e| e.to_string())?;
+                .map_err(request("cannot ask for offsets by time in", topic, ""))?;
         }
-        let found = consumer
-            .offsets_for_times(tpl, TIMEOUT)
-            .map_err(|e| format!("cannot find offsets by time in {topic}: {e}"))?;
+        let found = consumer.offsets_for_times(tpl, TIMEOUT).map_err(request(
+            "cannot find offsets by time in",
+            topic,
+            "",
+        ))?;
         Ok(found
             .elements()
             .iter()
@@ -291,7 +391,11 @@ pub fn offsets(consumer: &BaseConsumer, topic: &str, range: &Range) -> Result<Bo
         }
         let (low, high) = consumer
             .fetch_watermarks(topic, p, TIMEOUT)
-            .map_err(|e| format!("cannot read the offsets of {topic}[{p}]: {e}"))?;
+            .map_err(request(
+                "cannot read the offsets of",
+                format!("{topic}[{p}]"),
+                "",
+            ))?;
         let mut start = low.max(range.start_offset.unwrap_or(low));
         let mut end = high.min(range.end_offset.unwrap_or(high));
         if let Some(s) = since.as_ref().and_then(|m| m.get(&p)) {
@@ -309,7 +413,7 @@ pub fn offsets(consumer: &BaseConsumer, topic: &str, range: &Range) -> Result<Bo
 
 /// Read each part of `bounds` in order, calling `f` on every record; an error from `f`
 /// stops the read and is returned.
-pub fn read<E: From<String>>(
+pub fn read<E: From<CaptureError>>(
     consumer: &BaseConsumer,
     topic: &str,
     bounds: &[(i32, i64, i64)],
@@ -317,9 +421,12 @@ pub fn read<E: From<String>>(
 ) -> Result<(), E> {
     for &(p, start, end) in bounds {
         let mut tpl = TopicPartitionList::new();
+        let part = || format!("{topic}[{p}]");
         tpl.add_partition_offset(topic, p, Offset::Offset(start))
-            .map_err(|e| e.to_string())?;
-        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+            .map_err(request("cannot start reading", part(), ""))?;
+        consumer
+            .assign(&tpl)
+            .map_err(request("cannot start reading", part(), ""))?;
         let mut next = start;
         let mut idle = Instant::now();
         while next < end {
@@ -332,12 +439,16 @@ pub fn read<E: From<String>>(
                     }
                 }
                 Some(Err(e)) => {
-                    return Err(format!("reading {topic}[{p}] at offset {next}: {e}").into());
+                    let at = format!("{topic}[{p}] at offset {next}");
+                    return Err(request("reading", at, "")(e).into());
                 }
                 None if idle.elapsed() > Duration::from_secs(60) => {
-                    return Err(format!(
-                        "reading {topic}[{p}]: nothing arrived for 60 s at offset {next} of {end}; is the broker up?"
-                    )
+                    return Err(CaptureError::Stalled {
+                        topic: topic.to_owned(),
+                        partition: p,
+                        offset: next,
+                        end,
+                    }
                     .into());
                 }
                 None => {}
@@ -353,14 +464,16 @@ pub fn resume_from(
     consumer: &BaseConsumer,
     topic: &str,
     bounds: &mut Bounds,
-) -> Result<(), String> {
+) -> Result<(), CaptureError> {
     let mut tpl = TopicPartitionList::new();
     for (p, _, _) in bounds.iter() {
         tpl.add_partition(topic, *p);
     }
-    let committed = consumer
-        .committed_offsets(tpl, TIMEOUT)
-        .map_err(|e| format!("cannot read the recorded progress in {topic}: {e}"))?;
+    let committed = consumer.committed_offsets(tpl, TIMEOUT).map_err(request(
+        "cannot read the recorded progress in",
+        topic,
+        "",
+    ))?;
     for e in committed.elements() {
         if let (Offset::Offset(o), Some(b)) = (
             e.offset(),
@@ -378,16 +491,16 @@ pub fn record_progress<'a>(
     consumer: &BaseConsumer,
     topic: &str,
     done_to: impl IntoIterator<Item = (&'a i32, &'a i64)>,
-) -> Result<(), String> {
+) -> Result<(), CaptureError> {
     let mut tpl = TopicPartitionList::new();
     for (p, o) in done_to {
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
-            .map_err(|e| e.to_string())?;
+            .map_err(request("cannot record progress in", topic, ""))?;
     }
     if tpl.count() == 0 {
         return Ok(());
     }
     consumer
         .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
-        .map_err(|e| format!("cannot record progress in {topic}: {e}"))
+        .map_err(request("cannot record progress in", topic, ""))
 }

@@ -21,8 +21,8 @@ pub enum JobError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Kafka did not answer (the probe names the cause: refused login, TLS, unreachable).
-    #[error("{0}")]
-    Kafka(String),
+    #[error(transparent)]
+    Kafka(#[from] crate::capture::CaptureError),
     /// The control topic could not be read.
     #[error(transparent)]
     Control(#[from] ControlError),
@@ -58,9 +58,7 @@ pub struct Opened {
 /// Probe Kafka, then open the store and read the control topic `config` names.
 pub async fn open(config: &Config) -> Result<Opened, JobError> {
     let store = Store::open(&config.plugins.store)?;
-    crate::capture::probe(&config.kafka)
-        .await
-        .map_err(JobError::Kafka)?;
+    crate::capture::probe(&config.kafka).await?;
     let control = Control::for_config(config, store.clone()).await?;
     Ok(Opened {
         store,

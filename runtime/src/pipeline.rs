@@ -131,7 +131,7 @@ pub async fn prepare(
         .map_err(|problem| StartError::Config {
             file: file.into(),
             key: "kafka".into(),
-            problem,
+            problem: problem.to_string(),
         })?;
     let store = Store::open(&config.plugins.store).map_err(|e| StartError::Config {
         file: file.into(),
@@ -204,15 +204,15 @@ fn control_error(e: ControlError, file: &str) -> StartError {
 /// leads the message), the rest is not.
 fn lifecycle_error(e: LifecycleError, file: &str) -> StartError {
     match e {
+        LifecycleError::Config { key, problem } => StartError::Config {
+            file: file.into(),
+            key,
+            problem,
+        },
         LifecycleError::NotFound(problem) | LifecycleError::Invalid(problem) => {
-            let (key, problem) = problem
-                .split_once(": ")
-                .map(|(k, p)| (k.to_owned(), p.to_owned()))
-                .filter(|(k, _)| k.starts_with("cohort["))
-                .unwrap_or(("plugins".into(), problem));
             StartError::Config {
                 file: file.into(),
-                key,
+                key: "plugins".into(),
                 problem,
             }
         }

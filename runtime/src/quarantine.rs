@@ -8,7 +8,7 @@
 //! after the selection, so a redrive resumes where the last one stopped and a second run
 //! finds only what was quarantined since.
 
-use crate::capture::{self, Captured, Range};
+use crate::capture::{self, CaptureError, Captured, Range};
 use crate::config::Config;
 use crate::encode::registry::RegistryClient;
 use crate::jobs;
@@ -99,14 +99,39 @@ fn matches(m: &BorrowedMessage<'_>, f: &Filter) -> bool {
         && f.until_ms.is_none_or(|u| ts.is_some_and(|t| t < u))
 }
 
+/// Why a quarantine command cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum QuarantineError {
+    /// Reaching or reading Kafka failed.
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    /// The store or the control topic could not be opened, or a version prepared.
+    #[error(transparent)]
+    Job(#[from] jobs::JobError),
+    /// The plugin store could not be read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The writer to Kafka could not be made.
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    /// A version the redrive needs is not stored, and the fix.
+    #[error("{0}")]
+    Missing(String),
+    /// Kafka did not take every redriven write.
+    #[error(
+        "Kafka did not take {0} redriven write(s); nothing was marked done — run the redrive again (entries already published are published again)"
+    )]
+    NotTaken(u64),
+}
+
 /// Read the quarantine topic to its current end — from where the consumer group's last run
 /// stopped when `resume` — calling `f` on each entry; where it ended, per partition.
 fn scan(
     consumer: &BaseConsumer,
     topic: &str,
     resume: bool,
-    f: impl FnMut(&BorrowedMessage<'_>) -> Result<(), String>,
-) -> Result<Vec<(i32, i64)>, String> {
+    f: impl FnMut(&BorrowedMessage<'_>) -> Result<(), QuarantineError>,
+) -> Result<Vec<(i32, i64)>, QuarantineError> {
     let mut bounds = capture::offsets(consumer, topic, &Range::default())?;
     let ends = bounds.iter().map(|(p, _, end)| (*p, *end)).collect();
     if resume {
@@ -117,7 +142,7 @@ fn scan(
 }
 
 /// Counts of matching entries by cohort and code.
-pub fn list(config: &Config, filter: &Filter) -> Result<Listing, String> {
+pub fn list(config: &Config, filter: &Filter) -> Result<Listing, QuarantineError> {
     let c = capture::consumer(&config.kafka, None)?;
     let mut out = Listing::default();
     scan(&c, &config.output.quarantine_topic, false, |m| {
@@ -135,7 +160,7 @@ pub fn list(config: &Config, filter: &Filter) -> Result<Listing, String> {
 }
 
 /// Matching entries, at most `limit`.
-pub fn show(config: &Config, filter: &Filter, limit: usize) -> Result<Vec<Entry>, String> {
+pub fn show(config: &Config, filter: &Filter, limit: usize) -> Result<Vec<Entry>, QuarantineError> {
     let c = capture::consumer(&config.kafka, None)?;
     let mut out = Vec::new();
     scan(&c, &config.output.quarantine_topic, false, |m| {
@@ -303,7 +328,7 @@ async fn redrive_plans(
     filter: &Filter,
     through: Option<&str>,
     dry_run: bool,
-) -> Result<Plans, String> {
+) -> Result<Plans, QuarantineError> {
     let registry = RegistryClient::for_config(&config.registry);
     let mut plans = BTreeMap::new();
     for (ci, c) in config.cohorts.iter().enumerate() {
@@ -324,21 +349,18 @@ async fn redrive_plans(
             continue;
         }
         let upload = opened.state.uploads.get(&id).ok_or_else(|| {
-            format!("{id} is not in the plugin store; push it first (weir plugin push FILE.wasm)")
+            QuarantineError::Missing(format!(
+                "{id} is not in the plugin store; push it first (weir plugin push FILE.wasm)"
+            ))
         })?;
-        let bytes = opened
-            .store
-            .get(&upload.plugin.sha256)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                format!(
-                    "{id} (sha256 {}) is not in the local store",
-                    upload.plugin.sha256
-                )
-            })?;
+        let bytes = opened.store.get(&upload.plugin.sha256)?.ok_or_else(|| {
+            QuarantineError::Missing(format!(
+                "{id} (sha256 {}) is not in the local store",
+                upload.plugin.sha256
+            ))
+        })?;
         let (plugin, configured) =
-            jobs::prepare(host, &bytes, c, |_| format!("redrive:{}:{id}", c.name))
-                .map_err(|e| e.to_string())?;
+            jobs::prepare(host, &bytes, c, |_| format!("redrive:{}:{id}", c.name))?;
         let quarantine = config.output.quarantine_topic.clone();
         let topology = jobs::one_cohort(
             config,
@@ -348,8 +370,7 @@ async fn redrive_plans(
             quarantine,
             dry_run,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         plans.insert(c.name.clone(), (ci, topology, configured));
     }
     Ok(plans)
@@ -363,8 +384,8 @@ pub async fn redrive(
     through: Option<&str>,
     max_redrives: u32,
     dry_run: bool,
-) -> Result<Redriven, String> {
-    let opened = jobs::open(config).await.map_err(|e| e.to_string())?;
+) -> Result<Redriven, QuarantineError> {
+    let opened = jobs::open(config).await?;
     let plans = redrive_plans(config, &host, &opened, filter, through, dry_run).await?;
 
     let topic = config.output.quarantine_topic.clone();
@@ -373,7 +394,7 @@ pub async fn redrive(
     let sink = if dry_run {
         None
     } else {
-        Some(Sink::new(&config.kafka, "redrive").map_err(|e| e.to_string())?)
+        Some(Sink::new(&config.kafka, "redrive")?)
     };
     let mut out = Redriven::default();
     let mut writes: Vec<Write> = Vec::new();
@@ -399,9 +420,7 @@ pub async fn redrive(
     failed += writer.send(&mut writes, true);
     if let Some(sink) = &sink {
         if failed > 0 {
-            return Err(format!(
-                "Kafka did not take {failed} redriven write(s); nothing was marked done — run the redrive again (entries already published are published again)"
-            ));
+            return Err(QuarantineError::NotTaken(failed));
         }
         sink.flush(Duration::from_secs(30));
         // Done up to where the scan began its read: the next redrive starts there.

@@ -42,6 +42,9 @@ pub enum ReplayError {
     /// Stopped by a signal (internal: the summary says `interrupted`).
     #[error("interrupted")]
     Interrupted,
+    /// Reaching or reading Kafka failed.
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
     /// Anything else, with its cause and fix.
     #[error("{0}")]
     Other(String),
@@ -603,7 +606,7 @@ impl Read<'_> {
         if !self.resumable {
             return Ok(());
         }
-        capture::record_progress(self.consumer, self.from, done_to).map_err(ReplayError::Other)
+        Ok(capture::record_progress(self.consumer, self.from, done_to)?)
     }
 }
 

@@ -104,7 +104,7 @@ pub fn execute(command: QuarantineCommand) -> Result<ExitCode> {
 
 fn list(filter: &QuarantineFilter) -> Result<ExitCode> {
     let (cfg, f) = filter.load()?;
-    let listing = weir::quarantine::list(&cfg, &f).map_err(anyhow::Error::msg)?;
+    let listing = weir::quarantine::list(&cfg, &f)?;
     if filter.json {
         println!("{}", serde_json::to_string(&listing)?);
     } else {
@@ -120,7 +120,7 @@ fn list(filter: &QuarantineFilter) -> Result<ExitCode> {
 
 fn show(filter: &QuarantineFilter, limit: usize) -> Result<ExitCode> {
     let (cfg, f) = filter.load()?;
-    let entries = weir::quarantine::show(&cfg, &f, limit).map_err(anyhow::Error::msg)?;
+    let entries = weir::quarantine::show(&cfg, &f, limit)?;
     if filter.json {
         println!("{}", serde_json::to_string(&entries)?);
     } else {
@@ -145,16 +145,14 @@ fn redrive(
     let (cfg, f) = filter.load()?;
     let host = engine.host()?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let done = rt
-        .block_on(weir::quarantine::redrive(
-            &cfg,
-            host,
-            &f,
-            through,
-            max_redrives,
-            dry_run,
-        ))
-        .map_err(anyhow::Error::msg)?;
+    let done = rt.block_on(weir::quarantine::redrive(
+        &cfg,
+        host,
+        &f,
+        through,
+        max_redrives,
+        dry_run,
+    ))?;
     if filter.json {
         println!("{}", serde_json::to_string(&done)?);
     } else {
