@@ -338,8 +338,11 @@ fn a_backlog_far_larger_than_the_window_drains_within_the_memory_bound() {
         peak >> 20
     );
     // max_in_flight = 500 messages of ~300 B, batch 64, the producer queue (64 MiB cap,
-    // far from reached): the peak must not grow with the backlog.
-    assert!(peak < 128 << 20, "peak RSS {} MiB", peak >> 20);
+    // far from reached): the peak must not grow with the backlog. This debug build peaks
+    // at 102-136 MiB here, run to run (the release build at ~36 MiB, README); a weir that held the
+    // backlog would add its 100,000 messages (30 MB of payload alone, about three times
+    // that with their topics, ids and buffers) on top.
+    assert!(peak < 160 << 20, "peak RSS {} MiB", peak >> 20);
     let m = parse_metrics(&weir.metrics());
     assert_eq!(m["weir_in_flight{}"], 0.0);
     assert!(m["weir_acked_total{}"].as_f64().unwrap() >= f64::from(total));
