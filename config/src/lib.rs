@@ -91,6 +91,9 @@ pub struct Group {
     /// not short, it changes nothing.
     #[serde(default)]
     pub nice: u8,
+    /// Exactly once for this group's QoS 2 messages (default: `mqtt.exactly_once`).
+    #[serde(default)]
+    pub exactly_once: Option<bool>,
 }
 
 /// Most scale-out slots (`mqtt.slots`): each is an MQTT session and a partition.
@@ -100,6 +103,13 @@ pub const MAX_SLOTS: u16 = 1024;
 /// (its consumer group has the same name).
 pub fn slots_topic(client_id: &str) -> String {
     format!("weir.slots.{client_id}")
+}
+
+/// The Kafka topic that keeps the state of exactly-once sessions whose deployment client id
+/// is `client_id`: one partition per slot (one without slots), the latest state of a
+/// session under its client id, written in the session's transactions.
+pub fn sessions_topic(client_id: &str) -> String {
+    format!("weir.sessions.{client_id}")
 }
 
 /// The highest nice value, the lowest priority a group can be given (a worker whose plugin
@@ -193,6 +203,17 @@ pub struct Mqtt {
     /// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`).
     #[serde(default = "default_slot_timeout")]
     pub slot_timeout_s: u16,
+    /// Exactly once for QoS 2 publishers (default `false`; a `[[group]]` may set its own).
+    /// The session subscribes at QoS 2; a batch's Kafka writes and the session's state
+    /// (the packet ids committed and not yet released) are written in one Kafka
+    /// transaction, and PUBREC leaves only after it committed. A redelivered message whose
+    /// packet id is committed is answered and not written again, so consumers reading
+    /// `read_committed` see each QoS 2 message once, across crashes and slot moves. QoS 1
+    /// messages on it stay at least once. Needs Kafka transactions (brokers 0.11 or later,
+    /// and the principal allowed to use the transactional id `weir.<session's client
+    /// id>`); the state lives in the topic `weir.sessions.<client_id>`.
+    #[serde(default)]
+    pub exactly_once: bool,
 }
 
 /// MQTT 5 retain handling for weir's subscriptions.
@@ -1044,6 +1065,9 @@ impl Config {
             return Err(("mqtt.max_in_flight".into(), "must be at least 1".into()));
         }
         self.check_slots()?;
+        if self.mqtt.slots.is_none() && self.group_plans().iter().any(|p| p.mqtt.exactly_once) {
+            self.check_topic_names()?;
+        }
         if self.mqtt.max_messages_per_s == Some(0) {
             return Err(("mqtt.max_messages_per_s".into(), NO_ZERO_RATE.into()));
         }
@@ -1252,6 +1276,7 @@ impl Config {
             mqtt.subscriptions = g.subscriptions.clone();
             mqtt.max_in_flight = g.max_in_flight.unwrap_or(self.mqtt.max_in_flight);
             mqtt.max_messages_per_s = g.max_messages_per_s.or(self.mqtt.max_messages_per_s);
+            mqtt.exactly_once = g.exactly_once.unwrap_or(self.mqtt.exactly_once);
             plans.push(GroupPlan {
                 name: g.name.clone(),
                 mqtt,
@@ -1260,6 +1285,42 @@ impl Config {
             });
         }
         plans
+    }
+
+    /// With slots or exactly once, the client id names Kafka topics (`weir.slots.<id>`,
+    /// `weir.sessions.<id>`): it must be a topic name's characters, and short enough.
+    fn check_topic_names(&self) -> Result<(), (String, String)> {
+        let id = &self.mqtt.client_id;
+        if id.is_empty()
+            || id.len() > 180
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err((
+                "mqtt.client_id".into(),
+                format!(
+                    "{id:?}: with mqtt.slots or exactly_once it names Kafka topics (weir.slots.<client_id>, weir.sessions.<client_id>); use 1 to 180 letters, digits, `-`, `_` and `.`"
+                ),
+            ));
+        }
+        for plan in self.group_plans() {
+            let topic = sessions_topic(&plan.mqtt.client_id);
+            if topic.len() > 249 {
+                let key = if plan.name == DEFAULT_GROUP {
+                    "mqtt.client_id".to_owned()
+                } else {
+                    self.group_key(&plan.name, "name")
+                };
+                return Err((
+                    key,
+                    format!(
+                        "the topic {topic:?} would be longer than Kafka's 249 characters: shorten mqtt.client_id or the group's name"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Slots need a session per slot that shares the stream with the others (a shared
@@ -1283,36 +1344,7 @@ impl Config {
                 ),
             ));
         }
-        let id = &self.mqtt.client_id;
-        if id.is_empty()
-            || id.len() > 180
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err((
-                "mqtt.client_id".into(),
-                format!(
-                    "{id:?}: with mqtt.slots it names the slots' Kafka topic (weir.slots.<client_id>); use 1 to 180 letters, digits, `-`, `_` and `.`"
-                ),
-            ));
-        }
-        for plan in self.group_plans() {
-            let topic = slots_topic(&plan.mqtt.client_id);
-            if topic.len() > 249 {
-                let key = if plan.name == DEFAULT_GROUP {
-                    "mqtt.client_id".to_owned()
-                } else {
-                    self.group_key(&plan.name, "name")
-                };
-                return Err((
-                    key,
-                    format!(
-                        "the slots topic {topic:?} would be longer than Kafka's 249 characters: shorten mqtt.client_id or the group's name"
-                    ),
-                ));
-            }
-        }
+        self.check_topic_names()?;
         if n > 1 {
             let plans = self.group_plans();
             for plan in &plans {
@@ -1890,6 +1922,31 @@ key = "{topic[3]}"
         assert!(e.problem.contains("weir.slots."), "{}", e.problem);
         // Without slots the process is its client id, as before.
         assert_eq!(parse(MINIMAL, &[]).unwrap().process_name(), "weir");
+    }
+
+    /// Exactly once is off by default, set in `[mqtt]` for every group that says nothing,
+    /// and per group; its client id names the sessions topic, so it must be a topic's.
+    #[test]
+    fn exactly_once_is_chosen_per_group_and_needs_a_topic_safe_client_id() {
+        let c = parse(MINIMAL, &[]).unwrap();
+        assert!(!c.group_plans()[0].mqtt.exactly_once);
+        let on = MINIMAL.replace("[kafka]", "exactly_once = true\n[kafka]");
+        let c = parse(&on, &[]).unwrap();
+        assert!(c.group_plans()[0].mqtt.exactly_once);
+        assert_eq!(sessions_topic("weir"), "weir.sessions.weir");
+        let grouped = on.replace(
+            "[[cohort]]",
+            "[[group]]\nname = \"meters\"\nsubscriptions = [\"meters/#\"]\nexactly_once = false\n[[cohort]]",
+        ) + "[[cohort]]\nname = \"m\"\ntopic = \"meters/+/frame\"\nplugin = \"meter@1.0.0\"\noutput_topic = \"telemetry.meter\"\ngroup = \"meters\"\n";
+        let plans = parse(&grouped, &[]).unwrap().group_plans();
+        assert!(plans[0].mqtt.exactly_once && !plans[1].mqtt.exactly_once);
+        let e = parse(
+            &on.replace("[kafka]", "client_id = \"plant weir\"\n[kafka]"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "mqtt.client_id");
+        assert!(e.problem.contains("weir.sessions."), "{}", e.problem);
     }
 
     /// Admin tokens come from `token` (or the environment) or from `token_file`, not both;

@@ -50,18 +50,30 @@ fn options(id: &str, persistent: bool) -> MqttOptions {
     o
 }
 
-/// Publish `n` messages (QoS 1) at full speed, or paced to `rate` msg/s, and wait for the
-/// broker's PUBACKs.
-async fn publish(id: &str, n: usize, rate: Option<f64>, topic: impl Fn(usize) -> String) {
+/// Publish `n` messages (QoS 1, or 2 with `qos2`) at full speed, or paced to `rate`
+/// msg/s, and wait for the broker's PUBACKs (PUBCOMPs).
+async fn publish(
+    id: &str,
+    (n, qos2): (usize, bool),
+    rate: Option<f64>,
+    topic: impl Fn(usize) -> String,
+) {
     let (client, mut eventloop) = AsyncClient::new(options(id, false), 10_000);
     let acks = tokio::spawn(async move {
         let mut acked = 0;
         while acked < n {
-            if let Ok(Event::Incoming(Packet::PubAck(_))) = eventloop.poll().await {
+            if let Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) =
+                eventloop.poll().await
+            {
                 acked += 1;
             }
         }
     });
+    let qos = if qos2 {
+        QoS::ExactlyOnce
+    } else {
+        QoS::AtLeastOnce
+    };
     let start = Instant::now();
     for i in 0..n {
         if let Some(rate) = rate
@@ -71,7 +83,7 @@ async fn publish(id: &str, n: usize, rate: Option<f64>, topic: impl Fn(usize) ->
             tokio::time::sleep_until(due.into()).await;
         }
         client
-            .publish(topic(i), QoS::AtLeastOnce, false, bed::bench_payload(i))
+            .publish(topic(i), qos, false, bed::bench_payload(i))
             .await
             .unwrap();
     }
@@ -96,7 +108,7 @@ async fn make_session(id: &str, filter: &str) {
 async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
     let id = format!("{run}-rawdrain");
     make_session(&id, &format!("{run}/raw/#")).await;
-    publish(&format!("{run}-rawpub"), n, None, |i| {
+    publish(&format!("{run}-rawpub"), (n, false), None, |i| {
         format!("{run}/raw/t-{}", i % 100)
     })
     .await;
@@ -289,9 +301,36 @@ fn main() {
     let kafka_rate = raw_kafka(n, &run);
     println!("raw Kafka produce (idempotent, acks=all):       {kafka_rate:>9.0} msg/s");
 
+    let (rate, p99) = weir_leg(&rt, &run, (n, false), (mqtt_rate, kafka_rate));
+    // The same with exactly once: a QoS 2 backlog, each batch a Kafka transaction.
+    println!();
+    println!("exactly once: the same with a QoS 2 backlog, each batch one Kafka transaction");
+    let (eo_rate, eo_p99) = weir_leg(&rt, &format!("{run}eo"), (n, true), (mqtt_rate, kafka_rate));
+    println!(
+        "exactly once / at least once:  drain {:>5.2}   p99 arrival → PUBACK/PUBREC {:>5.2}",
+        eo_rate / rate,
+        eo_p99 / p99
+    );
+}
+
+/// weir's drain of an `n`-message backlog (QoS 2 and `exactly_once` with `eo`), then its
+/// latency at half that rate; prints the figures and ratios to the raw legs, and returns
+/// (msg/s, p99 arrival to acknowledgement in seconds).
+fn weir_leg(
+    rt: &tokio::runtime::Runtime,
+    run: &str,
+    (n, eo): (usize, bool),
+    (mqtt_rate, kafka_rate): (f64, f64),
+) -> (f64, f64) {
     // weir's session: made by a first start, then the backlog published while it is away.
     let dir = tempfile::tempdir().unwrap();
-    let mut config = bed::bench_config(&run).replace(&format!("raw_topic = \"{run}.raw\"\n"), "");
+    let mut config = bed::bench_config(run).replace(&format!("raw_topic = \"{run}.raw\"\n"), "");
+    if eo {
+        config = config.replace(
+            "max_in_flight = 5000\n",
+            "max_in_flight = 5000\nexactly_once = true\n",
+        );
+    }
     if let Ok(extra) = std::env::var("WEIR_BENCH_CONFIG") {
         config.push_str(&extra);
     }
@@ -307,7 +346,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     weir.stop();
-    rt.block_on(publish(&format!("{run}-pub"), n, None, |i| {
+    rt.block_on(publish(&format!("{run}-pub"), (n, eo), None, |i| {
         format!("{run}/plant/1/thermostat/t-{}", i % 100)
     }));
 
@@ -359,7 +398,7 @@ fn main() {
     let stages = ["ack", "handover", "produce"];
     let before = stages.map(|s| buckets(&weir.admin, s));
     let target = n as u64 + m as u64;
-    rt.block_on(publish(&format!("{run}-lat"), m, Some(half), |i| {
+    rt.block_on(publish(&format!("{run}-lat"), (m, eo), Some(half), |i| {
         format!("{run}/plant/1/thermostat/t-{}", i % 100)
     }));
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -383,11 +422,12 @@ fn main() {
         bed::quantile(&before[2], &after[2], 0.5) * 1e3,
         bed::quantile(&before[2], &after[2], 0.99) * 1e3
     );
-    let (p50, p99) = raw_kafka_latency(m, half, &run);
+    let p99 = bed::quantile(&before[0], &after[0], 0.99);
+    let (raw50, raw99) = raw_kafka_latency(m, half, run);
     println!(
         "raw producer, send → Kafka's answer, same rate: p50 {:>6.2} ms  p99 {:>6.2} ms",
-        p50 * 1e3,
-        p99 * 1e3
+        raw50 * 1e3,
+        raw99 * 1e3
     );
     weir.stop();
     let got = bed::count(
@@ -396,4 +436,5 @@ fn main() {
         Duration::from_secs(120),
     );
     assert_eq!(got, n + m, "every message reaches Kafka");
+    (rate, p99)
 }

@@ -73,6 +73,15 @@ impl Arrived for AckToken {
 /// its transform outcome (if transformed).
 pub type Transformed<T> = (T, Input, Option<usize>, Option<Outcome>);
 
+/// A transformed batch handed to delivery: per message its ack, the message, its cohort
+/// and its transform outcome, planned against `topology`.
+pub struct Work {
+    /// The topology the batch was routed with.
+    pub topology: Arc<Topology>,
+    /// The messages, in arrival order.
+    pub messages: Vec<Transformed<AckToken>>,
+}
+
 /// One message on its way: the step in progress and what Kafka has said of it.
 struct Flight {
     seq: u64,

@@ -41,6 +41,7 @@ pub mod source;
 pub mod status;
 pub mod store;
 pub mod topics;
+pub mod transactions;
 
 /// Test builds only: panic here when `WEIR_FAILPOINT` names `point`, so that the tests can
 /// show what weir does when a task dies (release builds have no such switch).

@@ -130,6 +130,13 @@ pub struct Metrics {
     pub redelivered: Counter,
     /// Of those, retained messages.
     pub retained: Counter,
+    /// Exactly once: Kafka transactions committed.
+    pub transactions_committed: Counter,
+    /// Exactly once: Kafka transactions aborted (and written again, or given up when the
+    /// session moved to another process).
+    pub transactions_aborted: Counter,
+    /// Exactly once: QoS 2 redeliveries of committed packet ids, answered and not written.
+    pub duplicates_answered: Counter,
     /// PUBACKs written to the broker.
     pub acked: Counter,
     /// Messages received and not yet acknowledged.
@@ -231,6 +238,9 @@ impl Metrics {
             received: Counter::default(),
             redelivered: Counter::default(),
             retained: Counter::default(),
+            transactions_committed: Counter::default(),
+            transactions_aborted: Counter::default(),
+            duplicates_answered: Counter::default(),
             acked: Counter::default(),
             in_flight: Gauge::default(),
             oldest_unacked_seconds: Gauge::default(),
@@ -289,6 +299,21 @@ impl Metrics {
             "retained",
             "Retained MQTT messages received",
             self.retained.clone(),
+        );
+        r.register(
+            "transactions_committed",
+            "Exactly once: Kafka transactions committed (each a session's batch and state)",
+            self.transactions_committed.clone(),
+        );
+        r.register(
+            "transactions_aborted",
+            "Exactly once: Kafka transactions aborted and written again",
+            self.transactions_aborted.clone(),
+        );
+        r.register(
+            "duplicates_answered",
+            "Exactly once: QoS 2 redeliveries of committed packet ids, answered and not written again",
+            self.duplicates_answered.clone(),
         );
         r.register(
             "acked",

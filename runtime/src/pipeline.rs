@@ -18,19 +18,20 @@
 use crate::admin;
 use crate::config::{Config, GroupPlan};
 use crate::control::{Control, ControlError};
-use crate::deliver::{Courier, Transformed};
+use crate::deliver::{Courier, Work};
 use crate::lifecycle::{Lifecycle, LifecycleError, Live, Switched};
 use crate::metrics::{CohortLabel, GroupMetrics, Metrics};
 use crate::sink::Sink;
 use crate::source::slots::Membership;
-use crate::source::{AckToken, Incoming, Source};
+use crate::source::{AckToken, Incoming, Source, Transactional};
 use crate::store::Store;
+use crate::transactions::{Released, Transactions};
 use crate::transform::{Host, Limits, Message, Outcome, Plugin};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
-use weir_core::plan::{Input, Topology};
+use weir_core::plan::Input;
 
 /// Start-up errors.
 #[derive(Debug, thiserror::Error)]
@@ -474,12 +475,22 @@ async fn start_lane(
         .check_topics(topics)
         .await
         .map_err(|e| StartError::Other(format!("{}: {e}", file)))?;
+    // Exactly once: the sessions' state topic exists before any session opens.
+    let transactions = if plan.mqtt.exactly_once {
+        Some(
+            Transactions::new(&cfg.kafka, &plan.mqtt.client_id, plan.mqtt.slots)
+                .await
+                .map_err(|e| StartError::Other(format!("{file}: exactly once: {e}")))?,
+        )
+    } else {
+        None
+    };
     let slotted = plan.mqtt.slots.is_some().then(|| plan.mqtt.clone());
     let mut lane = Lane::start(
         plan,
         runtime,
         cfg,
-        group_sink,
+        (group_sink, transactions),
         metrics.clone(),
         lifecycle,
         switched,
@@ -645,6 +656,7 @@ impl Lane {
         mqtt: &crate::config::Mqtt,
         metrics: &Arc<Metrics>,
         group: &GroupMetrics,
+        transactions: Option<Arc<dyn Transactional>>,
     ) -> Result<
         (
             Option<watch::Sender<Option<std::time::Instant>>>,
@@ -655,10 +667,17 @@ impl Lane {
     > {
         let (lease, started) = if mqtt.slots.is_some() {
             let (lease, confirmed) = watch::channel(None);
-            let started = Source::for_slots(mqtt, metrics.clone(), group.clone(), confirmed);
+            let started = Source::for_slots(
+                mqtt,
+                metrics.clone(),
+                group.clone(),
+                confirmed,
+                transactions,
+            );
             (Some(lease), started)
         } else {
-            (None, Source::start(mqtt, metrics.clone(), group.clone()))
+            let started = Source::start(mqtt, metrics.clone(), group.clone(), transactions);
+            (None, started)
         };
         let (source, rx) = started.map_err(|e| StartError::Other(e.to_string()))?;
         Ok((lease, source, rx))
@@ -696,7 +715,10 @@ impl Lane {
         plan: GroupPlan,
         runtime: LaneRuntime,
         cfg: &Config,
-        sink: Sink,
+        (sink, transactions): (
+            Sink,
+            Option<(Transactions, mpsc::UnboundedReceiver<Released>)>,
+        ),
         metrics: Arc<Metrics>,
         lifecycle: &Arc<Lifecycle>,
         switched: mpsc::UnboundedSender<Switched>,
@@ -710,18 +732,34 @@ impl Lane {
         let name_of_lane = plan.name.clone();
         let group = metrics.group(&plan.name);
         let throttled = group.throttled_seconds.clone();
-        let (lease, source, rx) = Self::open_source(&plan.mqtt, &metrics, &group)?;
+        let side = transactions
+            .as_ref()
+            .map(|(t, _)| Arc::new(t.clone()) as Arc<dyn Transactional>);
+        let (lease, source, rx) = Self::open_source(&plan.mqtt, &metrics, &group, side)?;
         let worker = Worker::start(&plan.name, runtime.nice).map_err(StartError::Other)?;
 
         // Delivery, on its own task so that transforming one batch overlaps writing the
         // one before: each message's writes driven to their end, PUBACKs in arrival order.
-        let (work_tx, work_rx) = mpsc::channel::<Work>(4);
-        let courier = Courier::new(sink.clone(), source.clone(), metrics.clone());
-        let courier = supervised(
-            format!("group {:?}'s courier", plan.name),
-            panics.clone(),
-            deliver(courier, sink.clone(), metrics.clone(), group, work_rx),
-        );
+        // Exactly once, a batch is a transaction per session instead; the batches
+        // transformed while one commits wait (bounded by the in-flight budget) and go in
+        // the next transaction together, so a commit's round trip is paid once for many.
+        let depth = if transactions.is_some() { 64 } else { 4 };
+        let (work_tx, work_rx) = mpsc::channel::<Work>(depth);
+        let courier = match transactions {
+            Some((t, released)) => supervised(
+                format!("group {:?}'s transactions", plan.name),
+                panics.clone(),
+                t.deliver(source.clone(), metrics.clone(), work_rx, released),
+            ),
+            None => {
+                let courier = Courier::new(sink.clone(), source.clone(), metrics.clone());
+                supervised(
+                    format!("group {:?}'s courier", plan.name),
+                    panics.clone(),
+                    deliver(courier, sink.clone(), metrics.clone(), group, work_rx),
+                )
+            }
+        };
 
         let (batcher, batches) = Self::start_batcher(cfg, &plan, rx, throttled, panics.clone());
         let work = LaneWork {
@@ -1125,13 +1163,6 @@ impl Worker {
         }
         Ok(done)
     }
-}
-
-/// A transformed batch handed to the courier: per message its ack, the message, its
-/// cohort and its transform outcome, planned against `topology`.
-struct Work {
-    topology: Arc<Topology>,
-    messages: Vec<Transformed<AckToken>>,
 }
 
 /// The courier's task: plan and start each message handed over, feed Kafka's answers

@@ -140,6 +140,46 @@ pub enum SinkError {
     Topic(String),
 }
 
+/// How long a transaction may stay open before Kafka aborts it; its writes expire a little
+/// sooner, so a Kafka outage ends in an abort and a retry rather than a stall.
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a transaction call's error means for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxnError {
+    /// Call it again.
+    #[error("{0}")]
+    Retry(String),
+    /// Abort the transaction, then write it all again.
+    #[error("{0}")]
+    Abort(String),
+    /// This producer can write no more: fenced by a newer holder of its transactional id, or
+    /// failed fatally.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+fn txn_error(e: KafkaError) -> TxnError {
+    let why = e.to_string();
+    match &e {
+        KafkaError::Transaction(t) if t.is_fatal() => TxnError::Fatal(why),
+        KafkaError::Transaction(t) if t.txn_requires_abort() => TxnError::Abort(why),
+        KafkaError::Transaction(t) if t.is_retriable() => TxnError::Retry(why),
+        _ => match e.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::UnsupportedVersion
+                | RDKafkaErrorCode::UnsupportedForMessageFormat,
+            ) => TxnError::Fatal(why),
+            _ => TxnError::Abort(why),
+        },
+    }
+}
+
 /// The producer's queue is bounded (so is weir's memory): at most this many KiB wait in
 /// librdkafka unless `queue.buffering.max.kbytes` is set.
 const QUEUE_KBYTES: &str = "65536";
@@ -148,6 +188,22 @@ impl Sink {
     /// A producer for `cfg`: `enable.idempotence=true`, `acks=all`, and no delivery timeout.
     /// `name` says which (e.g. `group "meters"`), for messages about it.
     pub fn new(cfg: &Kafka, name: &str) -> Result<Sink, SinkError> {
+        Sink::build(cfg, name, None)
+    }
+
+    /// A transactional producer under `transactional_id` (an exactly-once session's), with
+    /// the same guarantees; writes then expire after [`TRANSACTION_TIMEOUT`], which aborts
+    /// the transaction and has it written again. [`Sink::init_transactions`] must come
+    /// first.
+    pub fn transactional(
+        cfg: &Kafka,
+        name: &str,
+        transactional_id: &str,
+    ) -> Result<Sink, SinkError> {
+        Sink::build(cfg, name, Some(transactional_id))
+    }
+
+    fn build(cfg: &Kafka, name: &str, transactional_id: Option<&str>) -> Result<Sink, SinkError> {
         let mut c = crate::capture::connection(cfg).map_err(SinkError::Security)?;
         c.set("linger.ms", "5")
             .set("compression.type", "none")
@@ -158,6 +214,7 @@ impl Sink {
             let fixed = match k.as_str() {
                 "enable.idempotence" => Some("true"),
                 "acks" | "request.required.acks" => Some("all"),
+                "transactional.id" => Some("<none: weir names exactly-once sessions' own>"),
                 _ => None,
             };
             if let Some(f) = fixed
@@ -168,9 +225,16 @@ impl Sink {
             }
             c.set(k, v);
         }
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "0");
+        c.set("enable.idempotence", "true").set("acks", "all");
+        match transactional_id {
+            None => c.set("message.timeout.ms", "0"),
+            Some(id) => {
+                let ms = TRANSACTION_TIMEOUT.as_millis();
+                c.set("transactional.id", id)
+                    .set("transaction.timeout.ms", ms.to_string())
+                    .set("message.timeout.ms", (ms - 5_000).to_string())
+            }
+        };
         let answers = Arc::new(Answers::default());
         let producer: ThreadedProducer<Context> = c
             .create_with_context(Context {
@@ -360,6 +424,16 @@ impl Sink {
     /// through [`Sink::answers`] with `tag`; an error here means it was not enqueued and no
     /// answer will come.
     pub async fn send(&self, w: &Write, tag: Tag) -> Result<(), Failure> {
+        self.send_to(w, None, tag).await
+    }
+
+    /// [`Sink::send`] to a given partition (`None`: the one the key hashes to).
+    pub async fn send_to(
+        &self,
+        w: &Write,
+        partition: Option<i32>,
+        tag: Tag,
+    ) -> Result<(), Failure> {
         #[cfg(debug_assertions)]
         self.fail_fatally_once_for_tests();
         let mut headers = OwnedHeaders::new_with_capacity(w.headers.len());
@@ -374,6 +448,9 @@ impl Sink {
             .headers(headers);
         if let Some(k) = &w.key {
             record = record.key(k.as_slice());
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         loop {
             match self.producer.send(record) {
@@ -419,6 +496,27 @@ impl Sink {
             got.clear();
         }
         failed
+    }
+
+    /// Fence earlier producers of this transactional id (their open transaction is
+    /// aborted) and make this one its holder. Blocks; call it off the async workers.
+    pub fn init_transactions(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.producer.init_transactions(timeout).map_err(txn_error)
+    }
+
+    /// Open a transaction.
+    pub fn begin_transaction(&self) -> Result<(), TxnError> {
+        self.producer.begin_transaction().map_err(txn_error)
+    }
+
+    /// Commit the open transaction (everything enqueued is delivered first). Blocks.
+    pub fn commit_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.producer.commit_transaction(timeout).map_err(txn_error)
+    }
+
+    /// Abort the open transaction. Blocks.
+    pub fn abort_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.producer.abort_transaction(timeout).map_err(txn_error)
     }
 
     /// Wait for everything enqueued to be delivered (bounded by `timeout`).

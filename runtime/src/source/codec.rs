@@ -1,5 +1,5 @@
 //! The MQTT wire format for the source: what weir sends (CONNECT, SUBSCRIBE, PUBACK,
-//! PINGREQ, DISCONNECT) and what it reads, for MQTT 5 and 3.1.1, on top of rumqttc's
+//! PUBREC, PUBCOMP, PINGREQ, DISCONNECT) and what it reads, for MQTT 5 and 3.1.1, on top of rumqttc's
 //! packet codec. Pure functions over byte buffers; the connection loop does the I/O.
 //!
 //! A PUBLISH is framed here in one of two ways: whole, when its packet fits in memory, or as
@@ -135,6 +135,9 @@ pub enum Frame {
     PingResp,
     /// The broker is closing the connection (MQTT 5), with its reason.
     Disconnect(String),
+    /// The second step of a QoS 2 delivery: the broker has the PUBREC of this packet id and
+    /// releases it; weir answers PUBCOMP once it has forgotten the id for good.
+    PubRel(u16),
     /// Anything else (weir publishes nothing, so PUBACK/PUBREC/... are unexpected).
     Other(u8),
 }
@@ -176,20 +179,24 @@ impl Proto {
         Ok(())
     }
 
-    /// SUBSCRIBE to every filter at QoS 1 (weir never asks for QoS 2: it acknowledges with
-    /// PUBACK once Kafka has the message, which is QoS 1's contract).
+    /// SUBSCRIBE to every filter at QoS 1, or at QoS 2 for an exactly-once group (whose
+    /// PUBREC leaves only after the Kafka transaction holding the message committed).
     pub fn subscribe(
         self,
         pkid: u16,
         filters: &[String],
-        retain: RetainHandling,
+        (retain, qos2): (RetainHandling, bool),
         out: &mut BytesMut,
     ) -> Result<(), ProtocolError> {
         match self {
             Proto::V5 => {
+                let qos = if qos2 {
+                    rumqttc::v5::mqttbytes::QoS::ExactlyOnce
+                } else {
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce
+                };
                 let filters = filters.iter().map(|f| {
-                    let mut filter =
-                        v5::Filter::new(f.clone(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce);
+                    let mut filter = v5::Filter::new(f.clone(), qos);
                     filter.retain_forward_rule = match retain {
                         RetainHandling::Always => v5::RetainForwardRule::OnEverySubscribe,
                         RetainHandling::NewSubscription => v5::RetainForwardRule::OnNewSubscribe,
@@ -204,9 +211,14 @@ impl Proto {
                     .map_err(|e| ProtocolError(format!("{e:?}")))?;
             }
             Proto::V311 => {
+                let qos = if qos2 {
+                    rumqttc::QoS::ExactlyOnce
+                } else {
+                    rumqttc::QoS::AtLeastOnce
+                };
                 let filters = filters
                     .iter()
-                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), rumqttc::QoS::AtLeastOnce));
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), qos));
                 let mut sub = rumqttc::Subscribe::new_many(filters);
                 sub.pkid = pkid;
                 sub.write(out)
@@ -219,6 +231,18 @@ impl Proto {
     /// PUBACK (success; the MQTT 5 short form without reason code is identical).
     pub fn puback(self, pkid: u16, out: &mut BytesMut) {
         out.put_slice(&[0x40, 0x02]);
+        out.put_u16(pkid);
+    }
+
+    /// PUBREC (success, short form): a QoS 2 message is received for good.
+    pub fn pubrec(self, pkid: u16, out: &mut BytesMut) {
+        out.put_slice(&[0x50, 0x02]);
+        out.put_u16(pkid);
+    }
+
+    /// PUBCOMP (success, short form): the packet id of a released QoS 2 message is free.
+    pub fn pubcomp(self, pkid: u16, out: &mut BytesMut) {
+        out.put_slice(&[0x70, 0x02]);
         out.put_u16(pkid);
     }
 
@@ -340,6 +364,7 @@ fn decode_v5(buf: &mut BytesMut) -> Result<Frame, ProtocolError> {
                 .collect(),
         },
         v5::Packet::PingResp(_) => Frame::PingResp,
+        v5::Packet::PubRel(r) => Frame::PubRel(r.pkid),
         v5::Packet::Disconnect(d) => {
             let why = d.properties.and_then(|p| p.reason_string);
             Frame::Disconnect(match why {
@@ -381,6 +406,7 @@ fn decode_v311(buf: &mut BytesMut) -> Result<Frame, ProtocolError> {
                 .collect(),
         },
         rumqttc::Packet::PingResp => Frame::PingResp,
+        rumqttc::Packet::PubRel(r) => Frame::PubRel(r.pkid),
         rumqttc::Packet::Disconnect => Frame::Disconnect("DISCONNECT".into()),
         _ => Frame::Other(0),
     })
@@ -536,11 +562,36 @@ mod tests {
                 .subscribe(
                     1,
                     &["a/#".into()],
-                    RetainHandling::NewSubscription,
+                    (RetainHandling::NewSubscription, false),
                     &mut out,
                 )
                 .unwrap();
             assert_eq!(out[0], 0x82);
+            // The subscription options' last byte: QoS 1, or QoS 2 when exactly once.
+            assert_eq!(out[out.len() - 1] & 0b11, 1);
+            let mut out = BytesMut::new();
+            proto
+                .subscribe(1, &["a/#".into()], (RetainHandling::Never, true), &mut out)
+                .unwrap();
+            assert_eq!(out[out.len() - 1] & 0b11, 2);
         }
+    }
+
+    #[test]
+    fn the_qos_2_handshake_encodes_and_decodes() {
+        for proto in [Proto::V5, Proto::V311] {
+            let mut out = BytesMut::new();
+            proto.pubrec(513, &mut out);
+            proto.pubcomp(513, &mut out);
+            assert_eq!(&out[..], &[0x50, 2, 2, 1, 0x70, 2, 2, 1]);
+        }
+        // PUBREL as the broker sends it (flags 0b0010), in its short form and in MQTT 5's
+        // with a reason code.
+        let mut buf = BytesMut::from(&[0x62, 0x02, 0x00, 0x09][..]);
+        assert_eq!(Proto::V311.decode(&mut buf).unwrap(), Frame::PubRel(9));
+        let mut buf = BytesMut::from(&[0x62, 0x02, 0x00, 0x09][..]);
+        assert_eq!(Proto::V5.decode(&mut buf).unwrap(), Frame::PubRel(9));
+        let mut buf = BytesMut::from(&[0x62, 0x03, 0x00, 0x0a, 0x92][..]);
+        assert_eq!(Proto::V5.decode(&mut buf).unwrap(), Frame::PubRel(10));
     }
 }

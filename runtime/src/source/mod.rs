@@ -23,6 +23,11 @@
 //! - **Scale-out slots** ([`slots`]): a [`Source`] may run several sessions, one per slot
 //!   Kafka's group gives this process; their messages share one channel and one in-flight
 //!   budget, and each message's ack goes back to the session it came from.
+//! - **Exactly once for QoS 2** ([`Transactional`]): an exactly-once session subscribes at
+//!   QoS 2 and connects only once the Kafka side has fenced earlier holders and read which
+//!   packet ids it committed; a PUBLISH whose id is committed or already on its way is
+//!   handed on marked [`AckToken::duplicate`] (answered, not written again); a PUBREL is
+//!   answered with PUBCOMP only once the Kafka side has forgotten the id for good.
 
 pub mod codec;
 pub mod slots;
@@ -75,6 +80,11 @@ pub struct AckToken {
     connection: u64,
     /// 0 for QoS 0 (nothing to send).
     pkid: u16,
+    /// 2: answered with PUBREC (the id stays taken until the broker's PUBREL).
+    qos: u8,
+    /// An exactly-once session's QoS 2 message whose packet id is committed in Kafka or on
+    /// its way there: answered, not written again.
+    duplicate: bool,
     arrived: Instant,
     _permit: OwnedSemaphorePermit,
     /// `weir_in_flight` and its group's, decremented when the token goes, however it goes.
@@ -97,6 +107,67 @@ impl AckToken {
     pub fn arrived(&self) -> Instant {
         self.arrived
     }
+
+    /// The message's QoS as delivered.
+    pub fn qos(&self) -> u8 {
+        self.qos
+    }
+
+    /// The packet id (0 for QoS 0).
+    pub fn pkid(&self) -> u16 {
+        self.pkid
+    }
+
+    /// Already in Kafka (or on its way there) under this packet id: acknowledge it, write
+    /// nothing.
+    pub fn duplicate(&self) -> bool {
+        self.duplicate
+    }
+
+    /// The scale-out slot of the session it arrived on (`None`: the only session).
+    pub fn slot(&self) -> Option<u16> {
+        self.link.slot
+    }
+
+    /// The connection of its session it arrived on.
+    pub fn connection(&self) -> u64 {
+        self.connection
+    }
+}
+
+/// Why an exactly-once session could not be opened on the Kafka side.
+#[derive(Debug, Clone)]
+pub struct OpenError {
+    /// What went wrong, and the fix.
+    pub why: String,
+    /// Retrying cannot help (transactions unsupported or not allowed): weir stops.
+    pub fatal: bool,
+}
+
+/// What an exactly-once session needs from the Kafka side (weir's transactions stage);
+/// the source itself knows nothing of Kafka.
+pub trait Transactional: Send + Sync + 'static {
+    /// Before session `slot` first connects: become the only writer of its transactions
+    /// (fencing any earlier holder) and read the QoS 2 packet ids it committed and the
+    /// broker has not released yet.
+    fn open(
+        &self,
+        slot: Option<u16>,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u16>, OpenError>>;
+    /// The broker released `pkid` (PUBREL) on `connection` of session `slot`: forget it
+    /// for good, then [`Source::complete`] it.
+    fn released(&self, slot: Option<u16>, connection: u64, pkid: u16);
+    /// Session `slot` ended here (its slot given up, or weir stopping).
+    fn closed(&self, slot: Option<u16>);
+}
+
+/// What goes to a session's connection loop to be written.
+#[derive(Debug)]
+enum Outgoing {
+    /// PUBACKs (PUBRECs for QoS 2), in this order.
+    Acks(Vec<AckToken>),
+    /// PUBCOMPs on a connection: these released ids are forgotten for good.
+    Complete(u64, Vec<u16>),
 }
 
 /// Source errors.
@@ -126,6 +197,10 @@ pub enum SourceError {
     /// The password cannot be read.
     #[error("{0}")]
     Password(String),
+    /// An exactly-once session's Kafka side cannot work (transactions unsupported or not
+    /// allowed).
+    #[error("exactly once: {0}")]
+    ExactlyOnce(String),
 }
 
 /// The read side of a connection, plain or TLS.
@@ -191,7 +266,15 @@ fn backoff(n: u32) -> Duration {
 /// only once they are acknowledged).
 #[derive(Debug)]
 struct Link {
-    acks: mpsc::UnboundedSender<Vec<AckToken>>,
+    acks: mpsc::UnboundedSender<Outgoing>,
+    /// The session's slot.
+    slot: Option<u16>,
+    /// An exactly-once session: QoS 2 is taken, and answered after Kafka committed.
+    exactly_once: bool,
+    /// Exactly once: the QoS 2 packet ids handed on or committed and not yet released by
+    /// the broker, each with the connection that took it (0: committed before this
+    /// process opened the session). A redelivery of one of them carries DUP.
+    qos2: Mutex<std::collections::HashMap<u16, u64>>,
     /// Counted only for a slot (a session without slots is never released alone): the
     /// count is two atomic writes per message on a line the reader and courier share.
     counted: bool,
@@ -214,6 +297,24 @@ impl Link {
         if self.counted && self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.idle.notify_waiters();
         }
+    }
+
+    /// Exactly once: take `pkid` for a QoS 2 message arriving on `connection`; the
+    /// connection that held it, if a message not yet released did.
+    fn take(&self, pkid: u16, connection: u64) -> Option<u64> {
+        self.qos2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pkid, connection)
+    }
+
+    /// Exactly once: the broker released `pkid` (PUBREL); a PUBLISH under it from now on is a
+    /// new message.
+    fn release(&self, pkid: u16) {
+        self.qos2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pkid);
     }
 
     /// Wait until none of the session's messages is inside weir.
@@ -276,6 +377,8 @@ struct Inner {
     sessions: Mutex<BTreeMap<Option<u16>, Running>>,
     /// Set by [`Source::disconnect`]: no session starts after it.
     closed: AtomicBool,
+    /// Exactly once: the Kafka side of the sessions.
+    transactions: Option<Arc<dyn Transactional>>,
 }
 
 /// The MQTT side as the pipeline sees it: acks go in, a stop comes in. It runs one
@@ -296,13 +399,16 @@ impl Source {
     /// Start the session: connect (retrying while the broker is unreachable), subscribe,
     /// and hand messages on through the returned channel — from the first CONNACK on, since
     /// a resumed session's backlog may arrive before the SUBACK. A refused login or
-    /// subscription ends the session: [`Source::failed`] says why.
+    /// subscription ends the session: [`Source::failed`] says why. With `transactions`
+    /// the session is exactly once: it takes QoS 2 and answers it after the Kafka
+    /// transaction holding it commits.
     pub fn start(
         cfg: &Mqtt,
         metrics: Arc<Metrics>,
         group: GroupMetrics,
+        transactions: Option<Arc<dyn Transactional>>,
     ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
-        let (source, rx) = Source::prepare(cfg, metrics, group, None)?;
+        let (source, rx) = Source::prepare(cfg, (metrics, group), None, transactions)?;
         source.open(None);
         Ok((source, rx))
     }
@@ -314,15 +420,16 @@ impl Source {
         metrics: Arc<Metrics>,
         group: GroupMetrics,
         lease: watch::Receiver<Option<Instant>>,
+        transactions: Option<Arc<dyn Transactional>>,
     ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
-        Source::prepare(cfg, metrics, group, Some(lease))
+        Source::prepare(cfg, (metrics, group), Some(lease), transactions)
     }
 
     fn prepare(
         cfg: &Mqtt,
-        metrics: Arc<Metrics>,
-        group: GroupMetrics,
+        (metrics, group): (Arc<Metrics>, GroupMetrics),
         lease: Option<watch::Receiver<Option<Instant>>>,
+        transactions: Option<Arc<dyn Transactional>>,
     ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
         let (host, port, tls) = host_port(&cfg.url)?;
         let tls = if tls {
@@ -350,6 +457,7 @@ impl Source {
             lease,
             sessions: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
+            transactions,
         };
         Ok((
             Source {
@@ -380,6 +488,9 @@ impl Source {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
             acks: ack_tx,
+            slot,
+            exactly_once: inner.transactions.is_some(),
+            qos2: Mutex::new(std::collections::HashMap::new()),
             counted: slot.is_some(),
             in_flight: AtomicU32::new(0),
             idle: tokio::sync::Notify::new(),
@@ -419,9 +530,11 @@ impl Source {
             connection: Arc::new(AtomicU64::new(0)),
             first: true,
             fatal: inner.fatal.clone(),
+            transactions: inner.transactions.clone(),
         };
         {
             let (done, finished, fatal) = (done.clone(), finished.clone(), inner.fatal.clone());
+            let transactions = inner.transactions.clone();
             tokio::spawn(async move {
                 use futures::FutureExt;
                 // A session that dies must stop weir, not leave its lane waiting for
@@ -434,6 +547,9 @@ impl Source {
                     fatal.send_replace(Some(format!(
                         "the MQTT session panicked ({what}); weir stops, and the broker redelivers what was not acknowledged"
                     )));
+                }
+                if let Some(t) = transactions {
+                    t.closed(slot);
                 }
                 finished.store(true, Ordering::Release);
                 done.notify_waiters();
@@ -534,8 +650,17 @@ impl Source {
             } else {
                 tokens.split_off(run)
             };
-            let _ = link.acks.send(tokens);
+            let _ = link.acks.send(Outgoing::Acks(tokens));
             tokens = rest;
+        }
+    }
+
+    /// PUBCOMP these released packet ids on `connection` of session `slot` (the Kafka side
+    /// has forgotten them for good). On another connection they are dropped: the broker
+    /// sends the PUBREL again on the new one.
+    pub fn complete(&self, slot: Option<u16>, connection: u64, ids: Vec<u16>) {
+        if let Some(running) = self.sessions().get(&slot) {
+            let _ = running.link.acks.send(Outgoing::Complete(connection, ids));
         }
     }
 
@@ -572,6 +697,7 @@ pub fn slot_client_id(base: &str, k: u16) -> String {
 /// What the reader tells the connection loop.
 enum Control {
     SubAck(Vec<codec::Granted>),
+    PubRel(u16),
     PingResp,
     Disconnect(String),
     Closed(String),
@@ -670,6 +796,14 @@ impl Reader {
                 }
                 Frame::SubAck { granted, .. } => Control::SubAck(granted),
                 Frame::PingResp => Control::PingResp,
+                Frame::PubRel(pkid) => {
+                    // Free the id here, before the next packet is read: a broker may reuse it
+                    // for a new message right after its PUBREL (mosquitto does, before
+                    // PUBCOMP), and the session's loop, which forgets it for good, may be
+                    // behind the reader.
+                    self.link.release(pkid);
+                    Control::PubRel(pkid)
+                }
                 Frame::Disconnect(why) => Control::Disconnect(why),
                 Frame::ConnAck { .. } => return Err("unexpected CONNACK".into()),
                 Frame::Other(kind) => {
@@ -760,7 +894,7 @@ impl Reader {
         p: codec::Publish,
         oversize: Option<Oversize>,
     ) -> Result<bool, String> {
-        if p.qos == 2 {
+        if p.qos == 2 && !self.link.exactly_once {
             return Err(
                 "the broker sent a QoS 2 message on a QoS 1 subscription (a protocol violation)"
                     .into(),
@@ -794,6 +928,23 @@ impl Reader {
         if p.dup {
             self.metrics.redelivered.inc();
         }
+        // A redelivery carries DUP, and under MQTT 5 comes only on a later connection than
+        // the one that took the id (3.1.1 may resend on the same one). Anything else under
+        // an id still taken is the broker reusing the id early (mosquitto does once a
+        // session queues more than 65,535 messages): a new message, written — a possible
+        // duplicate rather than a loss.
+        let taken = (p.qos == 2)
+            .then(|| self.link.take(p.pkid, self.connection))
+            .flatten();
+        let duplicate =
+            p.dup && taken.is_some_and(|by| by != self.connection || self.proto == Proto::V311);
+        if taken.is_some() {
+            tracing::debug!(
+                pkid = p.pkid,
+                dup = p.dup,
+                "QoS 2 PUBLISH under a packet id already taken"
+            );
+        }
         if p.retain {
             self.metrics.retained.inc();
         }
@@ -811,6 +962,8 @@ impl Reader {
             ack: AckToken {
                 connection: self.connection,
                 pkid: if p.qos == 0 { 0 } else { p.pkid },
+                qos: p.qos,
+                duplicate,
                 arrived: Instant::now(),
                 _permit: permit,
                 gauges: [self.metrics.in_flight.clone(), self.group.in_flight.clone()],
@@ -845,7 +998,7 @@ struct Session {
     max_message_bytes: usize,
     tx: mpsc::Sender<Incoming>,
     link: Arc<Link>,
-    acks: mpsc::UnboundedReceiver<Vec<AckToken>>,
+    acks: mpsc::UnboundedReceiver<Outgoing>,
     stop: watch::Receiver<bool>,
     pause: watch::Receiver<bool>,
     /// Until when this process's hold on its slots is confirmed (with slots).
@@ -857,6 +1010,8 @@ struct Session {
     /// No subscription granted yet in this process: a refusal is fatal.
     first: bool,
     fatal: Arc<watch::Sender<Option<String>>>,
+    /// Exactly once: the Kafka side, opened before the first connection.
+    transactions: Option<Arc<dyn Transactional>>,
 }
 
 /// How a connection ended.
@@ -872,9 +1027,33 @@ enum End {
 impl Session {
     async fn run(mut self) {
         let mut failures = 0u32;
+        let mut opened = self.transactions.is_none();
         loop {
             if *self.stop.borrow() || !self.confirmed().await {
                 return;
+            }
+            if !opened {
+                match self.open_transactions().await {
+                    Ok(()) => opened = true,
+                    Err(End::Stopped) => return,
+                    Err(End::Fatal(e)) => {
+                        self.group.set_ready(false);
+                        tracing::error!(error = %e, "MQTT: giving up");
+                        self.fatal.send_replace(Some(e.to_string()));
+                        return;
+                    }
+                    Err(End::Lost(why)) => {
+                        let wait = backoff(failures);
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(error = %why, retry_in = ?wait, slot = self.slot, "exactly once: the session's Kafka side is not ready; trying again");
+                        let mut stop = self.stop.clone();
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            _ = stop.changed() => return,
+                        }
+                        continue;
+                    }
+                }
             }
             let before = self.connection.load(Ordering::Acquire);
             let end = self.connection().await;
@@ -904,6 +1083,37 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// Exactly once, before the first connection: the Kafka side fences earlier holders of
+    /// the session and says which QoS 2 packet ids it committed (their redeliveries are
+    /// answered, not written again).
+    async fn open_transactions(&mut self) -> Result<(), End> {
+        let Some(t) = self.transactions.clone() else {
+            return Ok(());
+        };
+        let mut stop = self.stop.clone();
+        let opened = tokio::select! {
+            o = t.open(self.slot) => o,
+            _ = stop.changed() => return Err(End::Stopped),
+        };
+        match opened {
+            Ok(committed) => {
+                tracing::info!(
+                    slot = self.slot,
+                    committed = committed.len(),
+                    "exactly once: the session's transactions are this process's"
+                );
+                self.link
+                    .qos2
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(committed.into_iter().map(|id| (id, 0)));
+                Ok(())
+            }
+            Err(e) if e.fatal => Err(End::Fatal(SourceError::ExactlyOnce(e.why))),
+            Err(e) => Err(End::Lost(e.why)),
         }
     }
 
@@ -1133,10 +1343,12 @@ impl Session {
 
     /// Send SUBSCRIBE for every filter; the SUBACK is awaited by [`Session::serve`].
     async fn subscribe(&mut self, conn: &mut Conn) -> Result<(), End> {
-        if let Err(e) = self
-            .proto
-            .subscribe(1, &self.subs, self.retain, &mut conn.out)
-        {
+        if let Err(e) = self.proto.subscribe(
+            1,
+            &self.subs,
+            (self.retain, self.transactions.is_some()),
+            &mut conn.out,
+        ) {
             return Err(End::Fatal(SourceError::Subscription {
                 filter: self.subs.join(", "),
                 reason: e.to_string(),
@@ -1158,6 +1370,7 @@ impl Session {
         ping.tick().await;
         let mut given = Vec::with_capacity(64);
         let mut tokens = Vec::with_capacity(1024);
+        let mut complete = Vec::new();
         loop {
             let deadline = conn.suback_deadline;
             let suback_wait = async move {
@@ -1171,10 +1384,16 @@ impl Session {
                     if got == 0 {
                         return End::Stopped;
                     }
-                    tokens.extend(given.drain(..).flatten());
+                    for g in given.drain(..) {
+                        match g {
+                            Outgoing::Acks(t) => tokens.extend(t),
+                            Outgoing::Complete(n, ids) if n == conn.n => complete.extend(ids),
+                            Outgoing::Complete(..) => {}
+                        }
+                    }
                     #[cfg(debug_assertions)]
                     crate::failpoint("session-panic");
-                    self.ack(conn, &mut tokens).await
+                    self.ack(conn, &mut tokens, &mut complete).await
                 }
                 _ = ping.tick() => self.ping(conn).await,
                 c = control.recv() => self.reported(conn, c).await,
@@ -1196,13 +1415,28 @@ impl Session {
         }
     }
 
-    /// PUBACK the released messages of this connection, in order (those of an earlier
-    /// connection are dropped: the broker redelivers them).
-    async fn ack(&mut self, conn: &mut Conn, tokens: &mut Vec<AckToken>) -> Option<End> {
+    /// PUBACK (PUBREC for QoS 2) the released messages of this connection, in order (those
+    /// of an earlier connection are dropped: the broker redelivers them), and PUBCOMP the
+    /// released ids forgotten for good.
+    async fn ack(
+        &mut self,
+        conn: &mut Conn,
+        tokens: &mut Vec<AckToken>,
+        complete: &mut Vec<u16>,
+    ) -> Option<End> {
+        #[cfg(debug_assertions)]
+        if !tokens.is_empty() && crate::failpoint_armed("slow-acks") {
+            // Test builds: the answer leaves late, as over a slow link, so that a SIGKILL
+            // lands between Kafka taking a message and the broker hearing of it.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         for t in tokens.iter() {
             if t.connection == conn.n && t.pkid != 0 {
-                self.proto.puback(t.pkid, &mut conn.out);
+                ack_packet(self.proto, t, &mut conn.out);
             }
+        }
+        for pkid in complete.drain(..) {
+            self.proto.pubcomp(pkid, &mut conn.out);
         }
         if !conn.out.is_empty() {
             if let Err(e) = write_within(&mut conn.write, &conn.out, self.keep_alive).await {
@@ -1249,6 +1483,7 @@ impl Session {
                 self.suback(conn, &granted).await
             }
             Some(Control::PingResp) => None,
+            Some(Control::PubRel(pkid)) => self.pubrel(conn, pkid).await,
             Some(Control::Disconnect(why)) => {
                 tracing::warn!(reason = %why, "the broker disconnected weir");
                 None
@@ -1258,10 +1493,26 @@ impl Session {
         }
     }
 
+    /// PUBREL: exactly once, the Kafka side forgets the id for good before PUBCOMP goes
+    /// (a PUBCOMP before that would let the broker reuse the id while a new holder still
+    /// takes it for committed); otherwise PUBCOMP at once.
+    async fn pubrel(&mut self, conn: &mut Conn, pkid: u16) -> Option<End> {
+        if let Some(t) = &self.transactions {
+            t.released(self.slot, conn.n, pkid);
+            return None;
+        }
+        self.proto.pubcomp(pkid, &mut conn.out);
+        if let Err(e) = write_within(&mut conn.write, &conn.out, self.keep_alive).await {
+            return Some(End::Lost(e));
+        }
+        conn.out.clear();
+        None
+    }
+
     /// The SUBACK: every filter granted QoS 1 or more makes the group ready; a refusal is
     /// fatal before the first grant in this process, and logged after a reconnect.
     async fn suback(&mut self, conn: &mut Conn, granted: &[codec::Granted]) -> Option<End> {
-        let refused = refusals(&self.subs, granted);
+        let refused = refusals(&self.subs, granted, self.transactions.is_some());
         if let Some((filter, reason)) = refused.first() {
             self.metrics
                 .subscriptions_refused
@@ -1288,11 +1539,22 @@ impl Session {
     /// Stopping: write the acks already given, then DISCONNECT.
     async fn leave(&mut self, conn: &mut Conn) -> End {
         while let Ok(given) = self.acks.try_recv() {
+            let given = match given {
+                Outgoing::Acks(tokens) => tokens,
+                Outgoing::Complete(n, ids) => {
+                    if n == conn.n {
+                        for pkid in ids {
+                            self.proto.pubcomp(pkid, &mut conn.out);
+                        }
+                    }
+                    continue;
+                }
+            };
             for t in given
                 .into_iter()
                 .filter(|t| t.connection == conn.n && t.pkid != 0)
             {
-                self.proto.puback(t.pkid, &mut conn.out);
+                ack_packet(self.proto, &t, &mut conn.out);
                 self.metrics.acked.inc();
                 Metrics::observe(&self.group.ack_seconds, t.arrived.elapsed());
             }
@@ -1323,12 +1585,18 @@ struct Conn {
 }
 
 /// The filters a SUBACK refused, with why: a failure code, a grant below QoS 1 (weir
-/// acknowledges only after Kafka has the message), or no answer for the filter.
-fn refusals(subs: &[String], granted: &[codec::Granted]) -> Vec<(String, String)> {
+/// acknowledges only after Kafka has the message) or, exactly once (`qos2`), below QoS 2,
+/// or no answer for the filter.
+fn refusals(subs: &[String], granted: &[codec::Granted], qos2: bool) -> Vec<(String, String)> {
+    let need = if qos2 { 2 } else { 1 };
     subs.iter()
         .zip(granted.iter().map(Some).chain(std::iter::repeat(None)))
         .filter_map(|(f, g)| match g {
-            Some(Ok(q)) if *q >= 1 => None,
+            Some(Ok(q)) if *q >= need => None,
+            Some(Ok(q)) if qos2 => Some((
+                f.clone(),
+                format!("granted QoS {q}, exactly_once needs QoS 2 (raise the broker's maximum QoS, or set exactly_once = false)"),
+            )),
             Some(Ok(q)) => Some((
                 f.clone(),
                 format!("granted QoS {q}, weir needs QoS 1 to acknowledge after Kafka"),
@@ -1337,6 +1605,15 @@ fn refusals(subs: &[String], granted: &[codec::Granted]) -> Vec<(String, String)
             None => Some((f.clone(), "missing from the SUBACK".into())),
         })
         .collect()
+}
+
+/// A message's answer: PUBREC for QoS 2, PUBACK otherwise.
+fn ack_packet(proto: Proto, t: &AckToken, out: &mut BytesMut) {
+    if t.qos == 2 {
+        proto.pubrec(t.pkid, out);
+    } else {
+        proto.puback(t.pkid, out);
+    }
 }
 
 /// Write everything, or fail if the broker does not take it within `limit` (a peer that
@@ -1379,7 +1656,7 @@ mod tests {
     fn a_suback_refuses_failures_grants_below_qos_1_and_missing_answers() {
         let subs: Vec<String> = ["a/#", "b/#", "c/#", "d/#"].map(String::from).into();
         let granted = vec![Ok(1), Ok(0), Err("not authorized".to_owned())];
-        let refused = refusals(&subs, &granted);
+        let refused = refusals(&subs, &granted, false);
         assert_eq!(
             refused,
             vec![
@@ -1391,7 +1668,14 @@ mod tests {
                 ("d/#".into(), "missing from the SUBACK".into()),
             ]
         );
-        assert!(refusals(&subs[..1], &[Ok(2)]).is_empty());
+        assert!(refusals(&subs[..1], &[Ok(2)], false).is_empty());
+        // Exactly once needs every filter at QoS 2.
+        assert!(refusals(&subs[..1], &[Ok(2)], true).is_empty());
+        let refused = refusals(&subs[..1], &[Ok(1)], true);
+        assert!(
+            refused[0].1.contains("exactly_once needs QoS 2"),
+            "{refused:?}"
+        );
     }
 
     /// A session that fails before anyone waits on [`Source::failed`] (a TLS refusal at
@@ -1401,10 +1685,93 @@ mod tests {
         let cfg: Mqtt = toml::from_str("url = \"mqtt://127.0.0.1:1\"").unwrap();
         let metrics = Arc::new(Metrics::new());
         let group = metrics.group("default");
-        let (source, _rx) = Source::prepare(&cfg, metrics, group, None).unwrap();
+        let (source, _rx) = Source::prepare(&cfg, (metrics, group), None, None).unwrap();
         source.fail("refused".into());
         let why = tokio::time::timeout(Duration::from_secs(5), source.failed()).await;
         assert_eq!(why.as_deref(), Ok("refused"));
+    }
+
+    /// A broker may give a new message the packet id of one it just released (PUBREL),
+    /// before weir's PUBCOMP, or even before that PUBREL (mosquitto, past 65,535 queued
+    /// messages): the reader frees the id as it reads the PUBREL, however far behind the
+    /// session's loop is, and only a PUBLISH with DUP under an id taken before this
+    /// connection (MQTT 5) is a redelivery.
+    #[tokio::test]
+    async fn a_released_id_taken_again_is_a_new_message() {
+        use rumqttc::v5::mqttbytes::{QoS, v5 as p5};
+        let mut wire = BytesMut::new();
+        let publish = |wire: &mut BytesMut, pkid: u16, dup: bool| {
+            let mut p = p5::Publish::new("t/1", QoS::ExactlyOnce, b"x".to_vec(), None);
+            p.pkid = pkid;
+            p.dup = dup;
+            p5::Packet::Publish(p).write(wire, None).unwrap();
+        };
+        publish(&mut wire, 7, false);
+        wire.extend_from_slice(&[0x62, 0x02, 0x00, 0x07]);
+        publish(&mut wire, 7, false);
+        publish(&mut wire, 8, false);
+        publish(&mut wire, 8, false);
+        // MQTT 5 resends only on a later connection: DUP on this one is the broker's
+        // confusion, written (at worst a duplicate, never a loss).
+        publish(&mut wire, 8, true);
+        // Committed before this process opened the session, redelivered with DUP.
+        publish(&mut wire, 9, true);
+        publish(&mut wire, 10, false);
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(&wire).await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (acks, _acks_rx) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
+            acks,
+            slot: None,
+            exactly_once: true,
+            qos2: Mutex::new(std::collections::HashMap::new()),
+            counted: false,
+            in_flight: AtomicU32::new(0),
+            idle: tokio::sync::Notify::new(),
+            paused: AtomicBool::new(false),
+        });
+        let (tx, mut rx) = mpsc::channel(16);
+        // Nobody reads the control channel: the session's loop is behind.
+        let (control, _control_rx) = mpsc::channel(16);
+        let (_pause_tx, pause) = watch::channel(false);
+        let mut reader = Reader {
+            read: Box::new(server),
+            buf: BytesMut::new(),
+            proto: Proto::V5,
+            connection: 1,
+            max_message_bytes: 1 << 20,
+            tx,
+            link: link.clone(),
+            pause,
+            control,
+            permits: Arc::new(Semaphore::new(16)),
+            metrics: metrics.clone(),
+            group: metrics.group("default"),
+            last_read: Arc::new(AtomicU64::new(0)),
+            waiting: Arc::new(AtomicBool::new(false)),
+            clock: Clock(Instant::now()),
+        };
+        link.qos2.lock().unwrap().extend([(9, 0), (10, 0)]);
+        for _ in 0..8 {
+            assert!(reader.next().await.unwrap());
+        }
+        let mut marked = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            marked.push((m.ack.pkid(), m.ack.duplicate()));
+        }
+        assert_eq!(
+            marked,
+            [
+                (7, false),
+                (7, false),
+                (8, false),
+                (8, false),
+                (8, false),
+                (9, true),
+                (10, false)
+            ]
+        );
     }
 
     #[test]

@@ -397,6 +397,7 @@ pub struct Publisher {
     client: rumqttc::v5::AsyncClient,
     acked: Arc<std::sync::atomic::AtomicUsize>,
     sent: usize,
+    qos: rumqttc::v5::mqttbytes::QoS,
 }
 
 impl Publisher {
@@ -406,6 +407,12 @@ impl Publisher {
 
     /// A publisher to the broker at `url` (`mqtt://host:port`).
     pub fn at(url: &str, id: &str) -> Publisher {
+        Self::at_qos(url, id, 1)
+    }
+
+    /// A publisher at QoS `qos` (1 or 2): a message counts as acknowledged at its PUBACK,
+    /// or at QoS 2 its PUBCOMP.
+    pub fn at_qos(url: &str, id: &str, qos: u8) -> Publisher {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -423,7 +430,8 @@ impl Publisher {
             loop {
                 match eventloop.poll().await {
                     Ok(rumqttc::v5::Event::Incoming(
-                        rumqttc::v5::mqttbytes::v5::Packet::PubAck(_),
+                        rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)
+                        | rumqttc::v5::mqttbytes::v5::Packet::PubComp(_),
                     )) => {
                         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
@@ -437,6 +445,11 @@ impl Publisher {
             client,
             acked,
             sent: 0,
+            qos: if qos == 2 {
+                rumqttc::v5::mqttbytes::QoS::ExactlyOnce
+            } else {
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce
+            },
         }
     }
 
@@ -457,8 +470,8 @@ impl Publisher {
             .iter()
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect();
+        let qos = self.qos;
         self.rt.block_on(async move {
-            let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
             if props.is_empty() {
                 client.publish(topic, qos, retain, payload).await.unwrap();
             } else {
