@@ -100,9 +100,12 @@ fn request(
 
 /// A client config with the brokers and the connection's security settings of `kafka`
 /// (producer tuning does not apply to weir's readers and small control writes).
-pub fn connection(kafka: &Kafka) -> Result<ClientConfig, String> {
+pub fn connection(kafka: &Kafka) -> Result<ClientConfig, CaptureError> {
     let mut c = ClientConfig::new();
-    for (k, v) in kafka.connection_properties()? {
+    for (k, v) in kafka
+        .connection_properties()
+        .map_err(CaptureError::Settings)?
+    {
         c.set(k, v);
     }
     Ok(c)
@@ -164,7 +167,7 @@ impl LastError {
 /// failed TLS handshake or a wrong address stops start-up with its cause and the key to fix.
 pub async fn probe(kafka: &Kafka) -> Result<(), CaptureError> {
     use rdkafka::types::RDKafkaErrorCode as Code;
-    let config = connection(kafka).map_err(CaptureError::Settings)?;
+    let config = connection(kafka)?;
     let bootstrap = kafka.bootstrap.clone();
     let seen = LastError::default();
     let ctx = seen.clone();
@@ -232,8 +235,7 @@ pub fn consumer(kafka: &Kafka, group: Option<&str>) -> Result<BaseConsumer, Capt
         || format!("weir-reader-{}", rand::random::<u64>()),
         str::to_owned,
     );
-    connection(kafka)
-        .map_err(CaptureError::Settings)?
+    connection(kafka)?
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

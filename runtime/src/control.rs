@@ -388,9 +388,33 @@ pub struct State {
     pub audit: Vec<Audit>,
     /// The next offset to read: everything before it is applied.
     pub next_offset: i64,
+    /// The changes whose pin applied, newest last (at most [`MAX_AUDIT_KEPT`]): a promote's
+    /// or rollback's audit entry is applied only if its pin was, so of two concurrent
+    /// changes only the one that won is in the history.
+    changes: std::collections::VecDeque<Change>,
+}
+
+/// A change by its pin: cohort, version, when and by whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Change {
+    cohort: String,
+    sha256: String,
+    at_ms: i64,
+    by: String,
 }
 
 impl State {
+    /// Whether the change an audit entry records took effect: a promote or rollback only
+    /// if its pin applied (it is written right before its audit entry).
+    fn happened(&self, a: &Audit) -> bool {
+        let (Action::Promote | Action::Rollback, Some(cohort)) = (a.action, &a.cohort) else {
+            return true;
+        };
+        self.changes.iter().rev().any(|c| {
+            &c.cohort == cohort && c.sha256 == a.new_sha256 && c.at_ms == a.at_ms && c.by == a.by
+        })
+    }
+
     /// Apply an entry admitted under `signer`'s signature (see [`admitted`]).
     fn apply(&mut self, key: &str, value: Option<&[u8]>, signer: Option<&str>) {
         let signer = signer.map(str::to_owned);
@@ -434,6 +458,15 @@ impl State {
                         tracing::warn!(cohort = %p.cohort, plugin = %p.plugin.id(), seq = p.seq, applied = current.seq, "control topic: an earlier pin written again (a replay); ignored")
                     }
                     _ => {
+                        if self.changes.len() >= MAX_AUDIT_KEPT {
+                            self.changes.pop_front();
+                        }
+                        self.changes.push_back(Change {
+                            cohort: p.cohort.clone(),
+                            sha256: p.plugin.sha256.clone(),
+                            at_ms: p.at_ms,
+                            by: p.by.clone(),
+                        });
                         p.signer = signer;
                         self.pins.insert(p.cohort.clone(), p);
                     }
@@ -441,6 +474,9 @@ impl State {
                 Err(why) => parsed("pin", why),
             },
             Some(Key::Audit { .. }) => match decode::<Audit>(value) {
+                Ok(a) if !self.happened(&a) => {
+                    tracing::warn!(cohort = ?a.cohort, plugin = %a.plugin, by = %a.by, "control topic: the audit entry of a change that lost to a concurrent one; ignored")
+                }
                 Ok(mut a) => {
                     a.signer = signer;
                     // Every entry stays in the topic; memory keeps the newest.
@@ -651,7 +687,7 @@ impl Control {
             topic: topic.to_owned(),
             problem,
         };
-        let base = crate::capture::connection(kafka).map_err(err)?;
+        let base = crate::capture::connection(kafka).map_err(|e| err(e.to_string()))?;
         ensure_topic(&base, topic).await.map_err(err)?;
         let (producer, consumer) = clients(base, topic).map_err(err)?;
         let topic_owned = topic.to_owned();
@@ -795,6 +831,102 @@ impl Control {
     }
 }
 
+/// The control plane as the lifecycle sees it: the state read so far, its changes, and
+/// appending entries. [`Control`] is the control topic; [`Memory`] keeps one in memory, so
+/// that the lifecycle's decisions (pin races, convergence, cutover) are tested without a
+/// broker.
+pub trait Log: Send + Sync + 'static {
+    /// The state as far as it has been read.
+    fn state(&self) -> Arc<State>;
+    /// A receiver that sees every new state.
+    fn subscribe(&self) -> watch::Receiver<Arc<State>>;
+    /// Write entries, in order, and wait until this process has applied them.
+    fn append(
+        &self,
+        entries: Vec<(Key, Vec<u8>)>,
+    ) -> futures::future::BoxFuture<'_, Result<(), ControlError>>;
+    /// Entries not applied for want of a trusted signature, so far.
+    fn rejected(&self) -> prometheus_client::metrics::counter::Counter;
+    /// Append an audit entry.
+    fn audit(&self, a: &Audit) -> futures::future::BoxFuture<'_, Result<(), ControlError>> {
+        self.append(vec![(Key::audit(a), encode(a))])
+    }
+}
+
+impl Log for Control {
+    fn state(&self) -> Arc<State> {
+        Control::state(self)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        Control::subscribe(self)
+    }
+
+    fn append(
+        &self,
+        entries: Vec<(Key, Vec<u8>)>,
+    ) -> futures::future::BoxFuture<'_, Result<(), ControlError>> {
+        Box::pin(Control::append(self, entries))
+    }
+
+    fn rejected(&self) -> prometheus_client::metrics::counter::Counter {
+        Control::rejected(self)
+    }
+}
+
+/// A control log in memory, shared by the lifecycles of several simulated processes: an
+/// entry is applied as the control topic's reader applies it (components to the store,
+/// the rest to the state, in the order appended), signed by one trusted key.
+pub struct Memory {
+    state: watch::Sender<Arc<State>>,
+    components: std::sync::Mutex<Components>,
+}
+
+impl Memory {
+    /// An empty log whose components go to `store`.
+    pub fn new(store: Store) -> Memory {
+        Memory {
+            state: watch::channel(Arc::new(State::default())).0,
+            components: std::sync::Mutex::new(Components {
+                store,
+                assembly: Assembly::default(),
+            }),
+        }
+    }
+}
+
+impl Log for Memory {
+    fn state(&self) -> Arc<State> {
+        self.state.borrow().clone()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        self.state.subscribe()
+    }
+
+    fn append(
+        &self,
+        entries: Vec<(Key, Vec<u8>)>,
+    ) -> futures::future::BoxFuture<'_, Result<(), ControlError>> {
+        let mut components = self.components.lock().unwrap_or_else(|p| p.into_inner());
+        self.state.send_modify(|state| {
+            let mut next = State::clone(state);
+            for (key, value) in entries {
+                let key = key.to_string();
+                components.take(&key, Some(&value));
+                next.apply(&key, Some(&value), Some("memory"));
+                next.next_offset += 1;
+            }
+            *state = Arc::new(next);
+        });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn rejected(&self) -> prometheus_client::metrics::counter::Counter {
+        prometheus_client::metrics::counter::Counter::default()
+    }
+}
+
 fn follow(
     consumer: BaseConsumer,
     mut password: Option<PasswordFile>,
@@ -895,52 +1027,25 @@ const ENTRY_BYTES_NEEDED: usize = parts::PART_BYTES + (64 << 10);
 /// [`ENTRY_BYTES`]) if it does not exist; refuse one that exists with settings that would
 /// lose entries.
 async fn ensure_topic(base: &ClientConfig, topic: &str) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = base
-        .create()
-        .map_err(|e| format!("cannot create an admin client: {e}"))?;
-    let options = AdminOptions::new()
-        .request_timeout(Some(Duration::from_secs(10)))
-        .operation_timeout(Some(Duration::from_secs(10)));
     let max_bytes = ENTRY_BYTES.to_string();
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "delete")
         .set("retention.ms", "-1")
         .set("retention.bytes", "-1")
         .set("max.message.bytes", &max_bytes);
-    let failed = crate::topics::create(&admin, &[new]).await?;
-    let Some((_, code)) = failed.first() else {
-        return check_settings(&admin, &options, topic).await;
-    };
-    // A principal without CREATE is refused even for a topic that exists: use it then.
-    if matches!(
-        code,
-        RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed
-    ) && exists(base, topic).await
-    {
-        return check_settings(&admin, &options, topic).await;
-    }
-    Err(format!(
-        "does not exist and cannot be created ({code:?}); create it with one partition, cleanup.policy=delete, retention.ms=-1, retention.bytes=-1 and max.message.bytes={ENTRY_BYTES}, or grant weir's principal CREATE on it"
-    ))
-}
-
-/// Whether the brokers' metadata lists `topic` with its partitions.
-async fn exists(base: &ClientConfig, topic: &str) -> bool {
-    let Ok(consumer) = base.create::<BaseConsumer>() else {
-        return false;
-    };
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .is_ok_and(|md| {
-                md.topics()
-                    .first()
-                    .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
-            })
-    })
-    .await
-    .unwrap_or(false)
+    let fix = format!(
+        "create it with one partition, cleanup.policy=delete, retention.ms=-1, retention.bytes=-1 and max.message.bytes={ENTRY_BYTES}, or grant weir's principal CREATE on it"
+    );
+    crate::topics::ensure(base, new, &fix)
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin: AdminClient<DefaultClientContext> = base
+        .create()
+        .map_err(|e| format!("cannot create an admin client: {e}"))?;
+    let options = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(10)))
+        .operation_timeout(Some(Duration::from_secs(10)));
+    check_settings(&admin, &options, topic).await
 }
 
 /// Check an existing control topic's settings with the broker: a principal that may not
@@ -1119,7 +1224,7 @@ mod tests {
         let mut state = State::default();
         let a = Audit {
             cohort: Some("c".into()),
-            action: Action::Promote,
+            action: Action::Push,
             plugin: "p@1".into(),
             old_sha256: None,
             new_sha256: "ab".into(),
@@ -1133,6 +1238,65 @@ mod tests {
         assert_eq!(state.audit[0].signer.as_deref(), Some("deploy"));
         state.apply(&key, Some(&serde_json::to_vec(&a).unwrap()), None);
         assert_eq!(state.audit[1].signer, None);
+    }
+
+    /// Two promotes decided against the same pin are both written, each with its audit
+    /// entry: the first pin wins, and only its change is in the history.
+    #[test]
+    fn the_history_holds_only_the_change_whose_pin_applied() {
+        let v = |n: u8| Version {
+            name: "t".into(),
+            version: format!("1.{n}.0"),
+            sha256: format!("{n:02x}"),
+        };
+        let change = |by: &str, at_ms: i64| {
+            let pin = Pin {
+                cohort: "c".into(),
+                plugin: v(2),
+                previous: Some(v(1)),
+                rollback_to: vec![v(1)],
+                replaces: Some(v(1).sha256),
+                seq: 2,
+                at_ms,
+                by: by.into(),
+                signer: None,
+            };
+            let audit = Audit {
+                cohort: Some("c".into()),
+                action: Action::Promote,
+                plugin: v(2).id(),
+                old_sha256: Some(v(1).sha256),
+                new_sha256: v(2).sha256,
+                at_ms,
+                by: by.into(),
+                cutover: None,
+                signer: None,
+            };
+            [
+                (Key::Pin { cohort: "c".into() }, encode(&pin)),
+                (Key::audit(&audit), encode(&audit)),
+            ]
+        };
+        let mut state = State::default();
+        let first = Pin {
+            cohort: "c".into(),
+            plugin: v(1),
+            previous: None,
+            rollback_to: vec![],
+            replaces: None,
+            seq: 1,
+            at_ms: 1,
+            by: "ops".into(),
+            signer: None,
+        };
+        let key = Key::Pin { cohort: "c".into() }.to_string();
+        state.apply(&key, Some(&encode(&first)), Some("self"));
+        for (key, value) in change("alice", 10).into_iter().chain(change("bob", 11)) {
+            state.apply(&key.to_string(), Some(&value), Some("self"));
+        }
+        assert_eq!(state.pins["c"].by, "alice");
+        let by: Vec<&str> = state.audit.iter().map(|a| a.by.as_str()).collect();
+        assert_eq!(by, ["alice"]);
     }
 
     #[test]

@@ -12,9 +12,7 @@
 //! keeps it. The pin in `weir.toml` is only the pin a cohort starts with.
 
 use crate::config::Config;
-use crate::control::{
-    Action, Audit, Control, Cutover, Fixtures, Key, Pin, Upload, Version, now_ms,
-};
+use crate::control::{Action, Audit, Cutover, Fixtures, Key, Log, Pin, Upload, Version, now_ms};
 use crate::encode::registry::RegistryClient;
 use crate::shadow::{Limit, Report, Shadow, Tap};
 use crate::store::Store;
@@ -270,7 +268,7 @@ pub struct Lifecycle {
     config: Config,
     host: Arc<Host>,
     store: Store,
-    control: Control,
+    control: Arc<dyn Log>,
     registry: RegistryClient,
     process: String,
     live: watch::Sender<Arc<Live>>,
@@ -313,7 +311,7 @@ impl Lifecycle {
         config: Config,
         host: Arc<Host>,
         store: Store,
-        control: Control,
+        control: Arc<dyn Log>,
         seeds: Vec<(Plugin, Vec<u8>)>,
     ) -> Result<Arc<Lifecycle>, LifecycleError> {
         let registry = RegistryClient::for_config(&config.registry);
@@ -1313,5 +1311,208 @@ mod tests {
         assert_eq!(back.rollback_to, vec![v1]);
         assert_eq!(back.seq, 4);
         assert_eq!(back.previous, Some(v4));
+    }
+
+    /// Processes that share one control log (in memory) and one schema registry (weir's
+    /// own, in this process on loopback): what the lifecycle decides, without Kafka.
+    mod processes {
+        use super::*;
+        use crate::control::Memory;
+
+        struct Bed {
+            log: Arc<Memory>,
+            store: Store,
+            host: Arc<Host>,
+            registry: String,
+            _dirs: (tempfile::TempDir, tempfile::TempDir),
+        }
+
+        fn plugins_dir() -> std::path::PathBuf {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
+                })
+                .join("plugins")
+        }
+
+        async fn bed() -> Bed {
+            let (store_dir, registry_dir) =
+                (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let registry = format!("http://{}", listener.local_addr().unwrap());
+            let data = registry_dir.path().to_owned();
+            tokio::spawn(async move {
+                weir_registry::serve(
+                    listener,
+                    &data,
+                    weir_registry::api::ApiConfig::default(),
+                    std::future::pending(),
+                )
+                .await
+            });
+            let store = Store::open(store_dir.path()).unwrap();
+            Bed {
+                log: Arc::new(Memory::new(store.clone())),
+                store,
+                host: Arc::new(Host::new(Default::default(), None).unwrap()),
+                registry,
+                _dirs: (store_dir, registry_dir),
+            }
+        }
+
+        /// A process named `name` running cohort `thermostats` (first pinned by its config
+        /// to thermostat 1.0.0), following the shared log; its channel for cutovers.
+        async fn process(
+            bed: &Bed,
+            name: &str,
+        ) -> (Arc<Lifecycle>, mpsc::UnboundedSender<Switched>) {
+            let text = format!(
+                r#"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+client_id = "{name}"
+subscriptions = ["plant/#"]
+[kafka]
+bootstrap = "127.0.0.1:9092"
+[registry]
+url = "{registry}"
+[plugins]
+dir = "{dir}"
+[[cohort]]
+name = "thermostats"
+topic = "plant/+/thermostat/+"
+plugin = "thermostat@1.0.0"
+output_topic = "telemetry.thermostat"
+"#,
+                registry = bed.registry,
+                dir = plugins_dir().display(),
+            );
+            let config = Config::parse("weir.toml", &text, &[]).unwrap();
+            let seeds = ["thermostat-1.0.0.wasm", "thermostat-1.1.0.wasm"]
+                .map(|f| {
+                    let bytes = std::fs::read(plugins_dir().join(f)).unwrap_or_else(|e| {
+                        panic!("{f}: {e}; build the plugins (cargo xtask plugins)")
+                    });
+                    (bed.host.load(&bytes).unwrap(), bytes)
+                })
+                .into();
+            let log: Arc<dyn Log> = bed.log.clone();
+            let lc = Lifecycle::start(config, bed.host.clone(), bed.store.clone(), log, seeds)
+                .await
+                .unwrap();
+            let (switched, rx) = mpsc::unbounded_channel();
+            tokio::spawn(lc.clone().follow(rx));
+            (lc, switched)
+        }
+
+        fn running(lc: &Lifecycle) -> String {
+            lc.live().borrow().versions[0].id()
+        }
+
+        /// Until `lc` runs `id` for the cohort (it follows the log by itself).
+        async fn runs(lc: &Lifecycle, id: &str) {
+            let mut live = lc.live();
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                live.wait_for(|l| l.versions[0].id() == id),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{} still runs {}", lc.process(), running(lc)))
+            .unwrap();
+        }
+
+        /// Two operators promote the same cohort at once through two processes: exactly
+        /// one change is written, the other is refused as a conflict, and both processes
+        /// end up running the winner.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn of_two_concurrent_promotes_one_wins_and_every_process_runs_it() {
+            let bed = bed().await;
+            let ((a, _ta), (b, _tb)) = (process(&bed, "a").await, process(&bed, "b").await);
+            assert_eq!(running(&a), "thermostat@1.0.0");
+            let (pa, pb) = tokio::join!(
+                a.promote("thermostats", "thermostat@1.1.0", "alice"),
+                b.promote("thermostats", "thermostat@1.1.0", "bob"),
+            );
+            let won = usize::from(pa.is_ok()) + usize::from(pb.is_ok());
+            assert_eq!(won, 1, "{pa:?} / {pb:?}");
+            let lost = if pa.is_ok() { pb } else { pa };
+            assert!(matches!(lost, Err(LifecycleError::Conflict(_))), "{lost:?}");
+            runs(&a, "thermostat@1.1.0").await;
+            runs(&b, "thermostat@1.1.0").await;
+            let state = bed.log.state();
+            let promotes = state
+                .audit
+                .iter()
+                .filter(|e| e.action == Action::Promote)
+                .count();
+            assert_eq!(promotes, 1, "{:?}", state.audit);
+        }
+
+        /// A rollback written by one process is followed by the other; a second rollback
+        /// has nothing left to go back to.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_rollback_through_one_process_is_run_by_every_process() {
+            let bed = bed().await;
+            let ((a, _ta), (b, _tb)) = (process(&bed, "a").await, process(&bed, "b").await);
+            a.promote("thermostats", "thermostat@1.1.0", "alice")
+                .await
+                .unwrap();
+            runs(&b, "thermostat@1.1.0").await;
+            let back = b.rollback("thermostats", "bob").await.unwrap();
+            assert_eq!(back.to.id(), "thermostat@1.0.0");
+            runs(&a, "thermostat@1.0.0").await;
+            let again = a.rollback("thermostats", "alice").await;
+            assert!(
+                matches!(again, Err(LifecycleError::Conflict(_))),
+                "{again:?}"
+            );
+            let actions: Vec<Action> = a
+                .history("thermostats")
+                .unwrap()
+                .iter()
+                .map(|e| e.action)
+                .collect();
+            assert_eq!(actions, [Action::Promote, Action::Rollback]);
+        }
+
+        /// The pipeline reports the first message through the new version: the promote's
+        /// answer carries this process's cutover, and the log records it for every process.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_promote_reports_the_cutover_its_pipeline_made() {
+            let bed = bed().await;
+            let (a, switched) = process(&bed, "a").await;
+            let mut live = a.live();
+            let pipeline = tokio::spawn(async move {
+                let live = live
+                    .wait_for(|l| l.versions[0].id() == "thermostat@1.1.0")
+                    .await
+                    .unwrap()
+                    .clone();
+                switched
+                    .send(Switched {
+                        cohort: 0,
+                        version: live.versions[0].clone(),
+                        first_topic: "plant/1/thermostat/t-1".into(),
+                    })
+                    .unwrap();
+                switched
+            });
+            let promoted = a
+                .promote("thermostats", "thermostat@1.1.0", "alice")
+                .await
+                .unwrap();
+            let _switched = pipeline.await.unwrap();
+            let cutover = promoted.cutover.expect("the cutover is reported");
+            assert_eq!(cutover.process, "a");
+            assert_eq!(cutover.first_topic, "plant/1/thermostat/t-1");
+            assert!(
+                bed.log
+                    .state()
+                    .audit
+                    .iter()
+                    .any(|e| e.action == Action::Cutover && e.cutover.as_ref() == Some(&cutover))
+            );
+        }
     }
 }

@@ -46,6 +46,9 @@ pub enum StartError {
         /// What, and the fix.
         problem: String,
     },
+    /// The admin server cannot start.
+    #[error(transparent)]
+    Admin(#[from] admin::ServeError),
     /// Anything else that stops start-up.
     #[error("{0}")]
     Other(String),
@@ -142,9 +145,15 @@ pub async fn prepare(
     let control = Control::for_config(&config, store.clone())
         .await
         .map_err(|e| control_error(e, file))?;
-    let lifecycle = Lifecycle::start(config.clone(), Arc::new(host), store, control, seeds)
-        .await
-        .map_err(|e| lifecycle_error(e, file))?;
+    let lifecycle = Lifecycle::start(
+        config.clone(),
+        Arc::new(host),
+        store,
+        Arc::new(control),
+        seeds,
+    )
+    .await
+    .map_err(|e| lifecycle_error(e, file))?;
     Ok(Prepared {
         config,
         file: file.to_owned(),
@@ -337,9 +346,7 @@ pub async fn run(
     p.lifecycle
         .count_capacity_waits_in(metrics.plugin_instance_waits.clone());
     let cfg = &p.config;
-    let admin = admin::bind(&cfg.admin.listen)
-        .await
-        .map_err(StartError::Other)?;
+    let admin = admin::bind(&cfg.admin.listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<Option<String>>();
     let (panic_tx, mut panics) = mpsc::unbounded_channel::<String>();
@@ -349,8 +356,7 @@ pub async fn run(
         metrics.clone(),
         Some(p.lifecycle.clone()),
         p.tokens,
-    )
-    .map_err(StartError::Other)?;
+    )?;
     // The admin listener and the lifecycle's follower are watched like the lanes' tasks: a
     // panic in either stops weir with its reason, and so does a listener that stops
     // accepting (it never ends by itself).

@@ -45,19 +45,29 @@ pub enum ReplayError {
     /// Reaching or reading Kafka failed.
     #[error(transparent)]
     Capture(#[from] crate::capture::CaptureError),
-    /// Anything else, with its cause and fix.
-    #[error("{0}")]
-    Other(String),
-}
-
-fn other(e: impl std::fmt::Display) -> ReplayError {
-    ReplayError::Other(e.to_string())
-}
-
-impl From<String> for ReplayError {
-    fn from(e: String) -> Self {
-        ReplayError::Other(e)
-    }
+    /// The topic to replay holds nothing.
+    #[error(
+        "topic {0} does not exist or is empty; is it the raw-capture topic (output.raw_topic)?"
+    )]
+    Empty(String),
+    /// `--through NAME@VERSION` names a version the store does not have.
+    #[error("{0} is not in the plugin store; push it first (weir plugin push FILE.wasm)")]
+    NotStored(String),
+    /// The range holds a cohort the config does not define.
+    #[error(
+        "the range holds messages of cohort {0:?}, which the config does not define; replay with the config the messages were processed under"
+    )]
+    UnknownCohort(String),
+    /// Opening the store and control plane, loading or configuring a version, or getting
+    /// its schema id failed.
+    #[error(transparent)]
+    Job(#[from] jobs::JobError),
+    /// The plugin store could not be read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The producer of `--to` cannot be made, or its topics cannot be used.
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
 }
 
 pub use crate::capture::Range;
@@ -205,7 +215,7 @@ pub async fn run(
         through,
         control: run_control,
     } = job;
-    let opened = jobs::open(config).await.map_err(other)?;
+    let opened = jobs::open(config).await?;
     let group = run_control
         .resume
         .then(|| resume_group(&from, &mode, through.as_deref(), &range));
@@ -264,9 +274,7 @@ fn bounds(
 ) -> Result<Vec<(i32, i64, i64)>, ReplayError> {
     let mut bounds = capture::offsets(consumer, from, range)?;
     if bounds.is_empty() && capture::offsets(consumer, from, &Range::default())?.is_empty() {
-        return Err(other(format!(
-            "topic {from} does not exist or is empty; is it the raw-capture topic (output.raw_topic)?"
-        )));
+        return Err(ReplayError::Empty(from.to_owned()));
     }
     if resume {
         capture::resume_from(consumer, from, &mut bounds)?;
@@ -280,11 +288,7 @@ fn stored_sha256(state: &State, id: &str) -> Result<String, ReplayError> {
         .uploads
         .get(id)
         .map(|u| u.plugin.sha256.clone())
-        .ok_or_else(|| {
-            other(format!(
-                "{id} is not in the plugin store; push it first (weir plugin push FILE.wasm)"
-            ))
-        })
+        .ok_or_else(|| ReplayError::NotStored(id.to_owned()))
 }
 
 /// Pass 1: the (cohort, sha256) pairs the range needs (all must be at hand before any work);
@@ -327,12 +331,8 @@ fn runners(
             .cohorts
             .iter()
             .position(|c| &c.name == cohort)
-            .ok_or_else(|| {
-                other(format!(
-                    "the range holds messages of cohort {cohort:?}, which the config does not define; replay with the config the messages were processed under"
-                ))
-            })?;
-        let bytes = opened.store.get(sha).map_err(other)?.ok_or_else(|| {
+            .ok_or_else(|| ReplayError::UnknownCohort(cohort.clone()))?;
+        let bytes = opened.store.get(sha)?.ok_or_else(|| {
             let what = opened
                 .state
                 .uploads
@@ -351,8 +351,7 @@ fn runners(
         let c: &Cohort = &config.cohorts[ci];
         let (plugin, configured) = jobs::prepare(host, &bytes, c, |p| {
             format!("replay:{cohort}:{}", p.info().id())
-        })
-        .map_err(other)?;
+        })?;
         runners.insert(
             (cohort.clone(), sha.clone()),
             Runner {
@@ -417,21 +416,19 @@ impl Target {
         to: &str,
         quarantine_to: Option<&str>,
     ) -> Result<Target, ReplayError> {
-        let sink = Sink::new(&config.kafka, "replay").map_err(other)?;
+        let sink = Sink::new(&config.kafka, "replay")?;
         let mut topics = vec![(to.to_owned(), "--to".to_owned())];
         if let Some(q) = quarantine_to {
             topics.push((q.to_owned(), "--quarantine-to".to_owned()));
         }
-        sink.check_topics(&topics).await.map_err(other)?;
+        sink.check_topics(&topics).await?;
         let registry = RegistryClient::for_config(&config.registry);
         let mut topologies = HashMap::new();
         for (key, r) in runners {
             let c = &config.cohorts[r.cohort];
             let quarantine = quarantine_to.unwrap_or_default().to_owned();
             let topology =
-                jobs::one_cohort(config, &registry, (c, &r.plugin), to, quarantine, false)
-                    .await
-                    .map_err(other)?;
+                jobs::one_cohort(config, &registry, (c, &r.plugin), to, quarantine, false).await?;
             topologies.insert(key.clone(), topology);
         }
         Ok(Target {

@@ -138,6 +138,9 @@ pub enum SinkError {
     /// A topic weir writes to is not usable.
     #[error("{0}")]
     Topic(String),
+    /// Kafka did not answer a request to create topics.
+    #[error(transparent)]
+    CreateTopics(#[from] crate::topics::TopicError),
 }
 
 /// How long a transaction may stay open before Kafka aborts it; its writes expire a little
@@ -160,7 +163,12 @@ pub enum TxnError {
 }
 
 fn txn_error(e: KafkaError) -> TxnError {
-    let why = e.to_string();
+    // Kafka's error code by name as well as librdkafka's text: the name is what a search
+    // of Kafka's documentation finds.
+    let why = match e.rdkafka_error_code() {
+        Some(code) => format!("{e} ({code:?})"),
+        None => e.to_string(),
+    };
     match &e {
         KafkaError::Transaction(t) if t.is_fatal() => TxnError::Fatal(why),
         KafkaError::Transaction(t) if t.txn_requires_abort() => TxnError::Abort(why),
@@ -204,7 +212,8 @@ impl Sink {
     }
 
     fn build(cfg: &Kafka, name: &str, transactional_id: Option<&str>) -> Result<Sink, SinkError> {
-        let mut c = crate::capture::connection(cfg).map_err(SinkError::Security)?;
+        let mut c =
+            crate::capture::connection(cfg).map_err(|e| SinkError::Security(e.to_string()))?;
         c.set("linger.ms", "5")
             .set("compression.type", "none")
             .set("queue.buffering.max.kbytes", QUEUE_KBYTES)
@@ -323,9 +332,7 @@ impl Sink {
             .iter()
             .map(|(t, _)| NewTopic::new(t, -1, TopicReplication::Fixed(-1)))
             .collect();
-        let failed = crate::topics::create(&admin, &new)
-            .await
-            .map_err(SinkError::Topic)?;
+        let failed = crate::topics::create(&admin, &new).await?;
         if let Some((topic, code)) = failed.first() {
             let key = key_of(topic);
             let was = missing

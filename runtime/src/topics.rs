@@ -1,11 +1,57 @@
-//! Creating Kafka topics, in one place: every topic weir creates (the control topic, the
-//! cohorts' output, quarantine and raw topics) goes through [`create`], which asks again
-//! while the broker answers with an error that passes by itself.
+//! Creating Kafka topics, in one place: every topic weir creates (the cohorts' output,
+//! quarantine and raw topics through [`create`]; its own control, slots and sessions topics
+//! through [`ensure`]) asks again while the broker answers with an error that passes by
+//! itself.
 
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::{Duration, Instant};
+
+/// Creating a topic, or finding it, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// librdkafka would not create a client.
+    #[error("cannot create a Kafka {what}: {source}")]
+    Client {
+        /// Which client.
+        what: &'static str,
+        /// librdkafka's reason.
+        #[source]
+        source: KafkaError,
+    },
+    /// Kafka did not answer the request in time.
+    #[error("Kafka did not answer within 15 s; check kafka.bootstrap and that the brokers are up")]
+    Timeout,
+    /// The request failed as a whole.
+    #[error("cannot create topics: {0}; check kafka.bootstrap and that the brokers are up")]
+    Request(#[source] KafkaError),
+    /// Kafka refused to create the topic, and it does not exist.
+    #[error("{topic:?} does not exist and cannot be created ({code:?}); {fix}")]
+    NotCreated {
+        /// The topic.
+        topic: String,
+        /// Kafka's answer.
+        code: RDKafkaErrorCode,
+        /// How to create it by hand, or what to grant.
+        fix: String,
+    },
+    /// The brokers' metadata for the topic could not be read.
+    #[error("cannot read the partitions of {topic:?}: {source}")]
+    Metadata {
+        /// The topic.
+        topic: String,
+        /// Kafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The blocking metadata read ended abnormally.
+    #[error("reading the partitions of a topic: {0}")]
+    Join(#[source] tokio::task::JoinError),
+}
 
 /// How long creation keeps asking a broker whose answer may pass (one that has just
 /// started, a controller moving).
@@ -16,7 +62,7 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub async fn create(
     admin: &AdminClient<DefaultClientContext>,
     topics: &[NewTopic<'_>],
-) -> Result<Vec<(String, RDKafkaErrorCode)>, String> {
+) -> Result<Vec<(String, RDKafkaErrorCode)>, TopicError> {
     let options = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(10)))
         .operation_timeout(Some(Duration::from_secs(10)));
@@ -28,13 +74,8 @@ pub async fn create(
             admin.create_topics(left.iter().copied(), &options),
         )
         .await
-        .map_err(|_| {
-            "Kafka did not answer within 15 s; check kafka.bootstrap and that the brokers are up"
-                .to_owned()
-        })?
-        .map_err(|e| {
-            format!("cannot create topics: {e}; check kafka.bootstrap and that the brokers are up")
-        })?;
+        .map_err(|_| TopicError::Timeout)?
+        .map_err(TopicError::Request)?;
         let failed: Vec<(String, RDKafkaErrorCode)> = results
             .into_iter()
             .filter_map(Result::err)
@@ -59,6 +100,72 @@ pub async fn create(
         }
         return Ok(failed);
     }
+}
+
+/// One of weir's own topics: create `new` if it does not exist (a principal without CREATE
+/// is refused even for a topic that exists, and may use it), then wait until the brokers
+/// list its partitions; returns how many it has. `fix` says how to create it by hand.
+pub async fn ensure(
+    base: &ClientConfig,
+    new: NewTopic<'_>,
+    fix: &str,
+) -> Result<usize, TopicError> {
+    let admin: AdminClient<DefaultClientContext> =
+        base.create().map_err(|source| TopicError::Client {
+            what: "admin client",
+            source,
+        })?;
+    let topic = new.name.to_owned();
+    let failed = create(&admin, &[new]).await?;
+    let probe: BaseConsumer = base.create().map_err(|source| TopicError::Client {
+        what: "metadata client",
+        source,
+    })?;
+    let refused = failed.first().map(|(_, code)| *code);
+    let name = topic.clone();
+    // Just created, or created by another process starting at the same time, the topic may
+    // not show its partitions yet; one weir may not create is only looked up.
+    let found = tokio::task::spawn_blocking(move || partitions(&probe, &name, refused.is_none()))
+        .await
+        .map_err(TopicError::Join)??;
+    match refused {
+        Some(code) if found == 0 || !unauthorized(code) => Err(TopicError::NotCreated {
+            topic,
+            code,
+            fix: fix.to_owned(),
+        }),
+        _ => Ok(found),
+    }
+}
+
+/// How many partitions the brokers list for `topic`; with `wait`, asks again for up to
+/// [`PATIENCE`] while they list none.
+fn partitions(probe: &BaseConsumer, topic: &str, wait: bool) -> Result<usize, TopicError> {
+    let started = Instant::now();
+    loop {
+        let md = probe
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|source| TopicError::Metadata {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        let t = md.topics().first();
+        let found = t
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if found > 0 || !wait || started.elapsed() > PATIENCE {
+            return Ok(found);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Kafka refused the principal, not the topic.
+fn unauthorized(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed
+    )
 }
 
 /// Whether a broker's error on creating a topic may pass by itself: a broker still

@@ -172,7 +172,7 @@ impl Transactions {
             .map_err(|e| fatal(e.to_string()))?;
         sink.init_transactions(CALL_TIMEOUT).map_err(|e| match e {
             TxnError::Fatal(why) => fatal(format!(
-                "Kafka refused the transactional id {txid:?}: {why}; exactly_once needs brokers with transactions and weir's principal allowed WRITE and DESCRIBE on that transactional id"
+                "Kafka refused the transactional id {txid:?}: {why}; exactly_once needs brokers with transactions and weir's principal allowed WRITE and DESCRIBE on that transactional id (kafka-acls --add --allow-principal User:<weir's principal> --operation Write --operation Describe --transactional-id {txid}), or set exactly_once = false"
             )),
             other => OpenError {
                 why: format!(
@@ -545,93 +545,134 @@ async fn attempt_once(
         let changed = next.committed != state.committed;
         (next, changed)
     };
-    let state = Write {
-        topic: topic.to_owned(),
-        key: Some(session.client_id.clone().into_bytes()),
-        value: next.encode(),
-        headers: Vec::new(),
-    };
     let writes = batch.writes();
-    let places: Vec<(usize, Option<usize>)> = writes.iter().map(|(i, j, _)| (*i, *j)).collect();
-    let base = session
-        .tags
-        .fetch_add(places.len() + 1, std::sync::atomic::Ordering::Relaxed);
-    let mut results: Vec<Vec<Option<Result<(), Failure>>>> = batch
-        .items
-        .iter()
-        .map(|i| vec![None; i.step.len()])
-        .collect();
-    let mut failed: Option<String> = None;
-    let mut outstanding = 0usize;
+    let mut sent = Sent::new(batch, session, writes.len());
     for (k, (i, j, w)) in writes.into_iter().enumerate() {
-        match session.sink.send(w, base.wrapping_add(k)).await {
-            Ok(()) => outstanding += 1,
-            Err(e) => {
-                failed.get_or_insert_with(|| e.reason().to_owned());
-                if let Some(j) = j {
-                    results[i][j] = Some(Err(e));
-                }
-            }
-        }
+        let result = session.sink.send(w, sent.tag(k)).await;
+        sent.place((i, j));
+        sent.sent(result, Some((i, j)));
     }
     // A transaction of QoS 1 messages only leaves the state as it was.
     if changed {
-        match session
+        let state = Write {
+            topic: topic.to_owned(),
+            key: Some(session.client_id.clone().into_bytes()),
+            value: next.encode(),
+            headers: Vec::new(),
+        };
+        let tag = sent.tag(sent.places.len());
+        let result = session
             .sink
-            .send_to(
-                &state,
-                Some(session.partition),
-                base.wrapping_add(places.len()),
-            )
-            .await
-        {
-            Ok(()) => outstanding += 1,
-            Err(e) => {
-                failed.get_or_insert_with(|| format!("the session's state: {}", e.reason()));
-            }
-        }
+            .send_to(&state, Some(session.partition), tag)
+            .await;
+        sent.sent(result, None);
     }
-    let mut answers: Vec<Answer> = Vec::new();
-    while outstanding > 0 {
-        session.sink.answers(&mut answers).await;
-        for a in answers.drain(..) {
-            let k = a.tag.wrapping_sub(base);
-            if k > places.len() {
-                // An answer to an aborted attempt's write.
-                continue;
-            }
-            outstanding = outstanding.saturating_sub(1);
-            if let Err(e) = &a.result {
-                failed.get_or_insert_with(|| e.reason().to_owned());
-            }
-            if let Some((i, Some(j))) = places.get(k) {
-                results[*i][*j] = Some(a.result);
-            }
-        }
-    }
-    let done = batch.settle(results);
-    if let Some(why) = failed {
+    sent.answered(&session.sink).await;
+    let done = batch.settle(sent.results);
+    if let Some(why) = sent.failed {
         return Err(TxnError::Abort(format!("Kafka refused a write: {why}")));
     }
     if !done {
         return Err(TxnError::Abort("a message has more to write".into()));
     }
-    let sink = session.sink.clone();
+    commit(session).await?;
+    *session.state.lock().unwrap_or_else(|p| p.into_inner()) = next;
+    Ok(())
+}
+
+/// An attempt's writes on their way: each one's answer by its place in the batch, and the
+/// first refusal.
+struct Sent {
+    /// The first tag of the attempt: writes `k` has tag `base + k`, the state the last.
+    base: usize,
+    /// Each write's (message, step) in the batch.
+    places: Vec<(usize, Option<usize>)>,
+    results: Vec<Vec<Option<Result<(), Failure>>>>,
+    failed: Option<String>,
+    outstanding: usize,
+}
+
+impl Sent {
+    fn new(batch: &Batch<AckToken>, session: &SessionTx, writes: usize) -> Sent {
+        Sent {
+            base: session
+                .tags
+                .fetch_add(writes + 1, std::sync::atomic::Ordering::Relaxed),
+            places: Vec::with_capacity(writes),
+            results: batch
+                .items
+                .iter()
+                .map(|i| vec![None; i.step.len()])
+                .collect(),
+            failed: None,
+            outstanding: 0,
+        }
+    }
+
+    fn tag(&self, k: usize) -> usize {
+        self.base.wrapping_add(k)
+    }
+
+    fn place(&mut self, place: (usize, Option<usize>)) {
+        self.places.push(place);
+    }
+
+    /// A write handed to the producer (or refused at once); `place` is `None` for the
+    /// session's state.
+    fn sent(&mut self, result: Result<(), Failure>, place: Option<(usize, Option<usize>)>) {
+        match result {
+            Ok(()) => self.outstanding += 1,
+            Err(e) => {
+                let why = match place {
+                    Some(_) => e.reason().to_owned(),
+                    None => format!("the session's state: {}", e.reason()),
+                };
+                self.failed.get_or_insert(why);
+                if let Some((i, Some(j))) = place {
+                    self.results[i][j] = Some(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Wait for Kafka's answer to every write handed over.
+    async fn answered(&mut self, sink: &Sink) {
+        let mut answers: Vec<Answer> = Vec::new();
+        while self.outstanding > 0 {
+            sink.answers(&mut answers).await;
+            for a in answers.drain(..) {
+                let k = a.tag.wrapping_sub(self.base);
+                if k > self.places.len() {
+                    // An answer to an aborted attempt's write.
+                    continue;
+                }
+                self.outstanding = self.outstanding.saturating_sub(1);
+                if let Err(e) = &a.result {
+                    self.failed.get_or_insert_with(|| e.reason().to_owned());
+                }
+                if let Some((i, Some(j))) = self.places.get(k) {
+                    self.results[*i][*j] = Some(a.result);
+                }
+            }
+        }
+    }
+}
+
+/// Commit the session's open transaction, asking again while Kafka has not confirmed it.
+async fn commit(session: &SessionTx) -> Result<(), TxnError> {
     loop {
-        let s = sink.clone();
+        let s = session.sink.clone();
         match tokio::task::spawn_blocking(move || s.commit_transaction(CALL_TIMEOUT))
             .await
             .map_err(|e| TxnError::Abort(e.to_string()))?
         {
-            Ok(()) => break,
+            Ok(()) => return Ok(()),
             Err(TxnError::Retry(why)) => {
                 tracing::warn!(error = %why, "exactly once: commit not confirmed yet; asking again");
             }
             Err(e) => return Err(e),
         }
     }
-    *session.state.lock().unwrap_or_else(|p| p.into_inner()) = next;
-    Ok(())
 }
 
 /// Count a settled message in the metrics, as the courier does.
@@ -668,8 +709,10 @@ fn read_state(
     client_id: &str,
 ) -> Result<State, OpenError> {
     let retry = |why: String| OpenError { why, fatal: false };
-    let mut config =
-        crate::capture::connection(kafka).map_err(|why| OpenError { why, fatal: true })?;
+    let mut config = crate::capture::connection(kafka).map_err(|e| OpenError {
+        why: e.to_string(),
+        fatal: true,
+    })?;
     config
         .set("group.id", format!("weir.sessions.reader.{client_id}"))
         .set("enable.auto.commit", "false")
@@ -733,39 +776,16 @@ fn read_state(
 /// Create the sessions topic (compacted: only each session's latest state matters) with a
 /// partition per slot, if missing; refuse one with too few.
 async fn ensure_topic(kafka: &Kafka, topic: &str, partitions: i32) -> Result<(), String> {
-    use rdkafka::admin::{AdminClient, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let base = crate::capture::connection(kafka)?;
-    let admin: AdminClient<DefaultClientContext> = base
-        .create()
-        .map_err(|e| format!("cannot create an admin client: {e}"))?;
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    let base = crate::capture::connection(kafka).map_err(|e| e.to_string())?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "compact");
-    let failed = crate::topics::create(&admin, &[new]).await?;
-    if let Some((_, code)) = failed.first() {
-        return Err(format!(
-            "cannot create the exactly-once sessions topic {topic:?}: {code:?}; create it (compacted, {partitions} partitions) or give weir's principal CREATE on it"
-        ));
-    }
-    let probe: BaseConsumer = base
-        .create()
-        .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
-    let topic_name = topic.to_owned();
-    let found = tokio::task::spawn_blocking(move || -> Result<usize, String> {
-        let started = std::time::Instant::now();
-        loop {
-            let md = probe
-                .fetch_metadata(Some(&topic_name), Duration::from_secs(10))
-                .map_err(|e| format!("cannot read the sessions topic {topic_name:?}: {e}"))?;
-            let found = md.topics().first().map_or(0, |t| t.partitions().len());
-            if found > 0 || started.elapsed() > crate::topics::PATIENCE {
-                return Ok(found);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    })
-    .await
-    .map_err(|e| e.to_string())??;
+    let fix = format!(
+        "create it (compacted, {partitions} partitions) or give weir's principal CREATE on it"
+    );
+    let found = crate::topics::ensure(&base, new, &fix)
+        .await
+        .map_err(|e| format!("the exactly-once sessions topic: {e}"))?;
     if found < partitions as usize {
         return Err(format!(
             "the sessions topic {topic:?} has {found} partitions, fewer than the {partitions} slots: add partitions to it (kafka-topics --alter --partitions {partitions})"

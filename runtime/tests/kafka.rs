@@ -1105,3 +1105,93 @@ fn a_redrive_writes_only_the_records_kafka_does_not_have() {
     assert!(records[0].value.len() < 100 && records[1].value.len() > 20_000);
     assert!(!records[1].header("weir.redrive.from").is_empty());
 }
+
+/// `exactly_once` needs Kafka to let weir hold a transactional id per MQTT session: a
+/// principal that may write every topic but not use its transactional id stops start-up,
+/// naming the id and the grant that fixes it; once granted, weir starts and a QoS 2
+/// message reaches a `read_committed` consumer.
+#[test]
+fn exactly_once_stops_start_up_when_kafka_refuses_the_transactional_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let sasl = free_port();
+    let node = authorizing_kafka(dir.path(), sasl);
+    let admin = node.bootstrap();
+    let p = unique("txacl");
+    let client_id = format!("{p}-weir");
+    let sessions = format!("weir.sessions.{client_id}");
+    let topics =
+        ["thermostat", "fleet", "meter", "chaos", "quarantine"].map(|t| format!("{p}.{t}"));
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    create_topics(&admin, &names);
+    create_topic_with(
+        &admin,
+        &format!("{p}.control"),
+        &[
+            ("cleanup.policy", "compact"),
+            ("max.message.bytes", "4194304"),
+        ],
+    );
+    for t in topics.iter().chain([&format!("{p}.control"), &sessions]) {
+        acl(
+            &admin,
+            true,
+            &["--topic", t],
+            &["Write", "Describe", "Read", "DescribeConfigs", "Create"],
+        );
+    }
+    acl(
+        &admin,
+        true,
+        &["--group", "weir", "--resource-pattern-type", "prefixed"],
+        &["Read"],
+    );
+    let config = format!(
+        "{}\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"weir\"\n",
+        bed::config(&p).replace(
+            &format!("subscriptions = [\"{p}/#\"]"),
+            &format!("subscriptions = [\"{p}/#\"]\nexactly_once = true"),
+        )
+    );
+    let bootstrap = format!("127.0.0.1:{sasl}");
+    let env = [
+        ("WEIR_KAFKA_BOOTSTRAP", bootstrap.as_str()),
+        ("WEIR_KAFKA_SASL_PASSWORD", "weir-Secret-1"),
+    ];
+
+    let txid = format!("weir.{client_id}");
+    let err = start_fails(&config, &env);
+    assert!(
+        err.contains(&format!("{txid:?}"))
+            && err.to_lowercase().contains("authorization")
+            && err.contains(&format!("--transactional-id {txid}")),
+        "{err}"
+    );
+
+    acl(
+        &admin,
+        true,
+        &["--transactional-id", &txid],
+        &["Write", "Describe"],
+    );
+    let weir = Weir::start(&config, &env);
+    let mut publisher = Publisher::at_qos(&mqtt_url(), &format!("{p}-pub"), 2);
+    publisher.publish(
+        &format!("{p}/plant/1/thermostat/t-1"),
+        r#"{"ts":1,"temp_c":20}"#.to_owned(),
+        &[],
+    );
+    publisher.flush();
+    let reader = [
+        ("bootstrap.servers", admin.as_str()),
+        ("isolation.level", "read_committed"),
+    ];
+    assert_eq!(
+        count_with(&topics[0], 1, Duration::from_secs(60), &reader),
+        1,
+        "{}",
+        weir.log.lock().unwrap()
+    );
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+    drop(node);
+}

@@ -504,11 +504,39 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
+/// The admin server cannot start: the key at fault and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address cannot be bound.
+    #[error(
+        "admin.listen: cannot listen on {addr}: {source}; pick a free address (or 127.0.0.1:0 for any port)"
+    )]
+    Bind {
+        /// `admin.listen`.
+        addr: String,
+        /// The system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bound socket has no address.
+    #[error("admin.listen: {0}")]
+    Address(#[source] std::io::Error),
+    /// `[admin.tls]` without both files.
+    #[error("admin.tls: set cert_file and key_file")]
+    TlsIncomplete,
+    /// A TLS file or setting cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::source::tls::TlsError),
+}
+
 /// Bind the admin address; the error names the address and the fix.
-pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, String> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        format!("admin.listen: cannot listen on {addr}: {e}; pick a free address (or 127.0.0.1:0 for any port)")
-    })
+pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 /// Serve (HTTPS with `tls`) until the task is dropped; an error names the TLS file at fault.
@@ -518,11 +546,9 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     lifecycle: Option<Arc<Lifecycle>>,
     tokens: Tokens,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     let app = router(metrics, lifecycle, tokens);
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("admin.listen: {e}"))?;
+    let addr = listener.local_addr().map_err(ServeError::Address)?;
     let Some(tls) = tls else {
         tracing::info!("admin listening on http://{addr}");
         return Ok(tokio::spawn(async move {
@@ -595,24 +621,29 @@ const MAX_HANDSHAKES: usize = 64;
 const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The HTTPS acceptor of `[admin.tls]`.
-fn server_tls(tls: &Tls) -> Result<tokio_rustls::TlsAcceptor, String> {
+fn server_tls(tls: &Tls) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use crate::source::tls::TlsError;
     let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
-        return Err("admin.tls: set cert_file and key_file".into());
+        return Err(ServeError::TlsIncomplete);
     };
     let chain = crate::source::tls::read_certs(cert, "admin.tls.cert_file")?;
     let key_der = crate::source::tls::read_key(key, "admin.tls.key_file")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?
+        .map_err(|source| TlsError::Refused {
+            what: "TLS set-up".into(),
+            source,
+        })?
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
-        .map_err(|e| {
-            format!(
-                "admin.tls.key_file: {} does not fit admin.tls.cert_file {}: {e}",
+        .map_err(|source| TlsError::Refused {
+            what: format!(
+                "admin.tls.key_file: {} does not fit admin.tls.cert_file {}",
                 key.display(),
                 cert.display()
-            )
+            ),
+            source,
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))

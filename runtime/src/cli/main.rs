@@ -108,7 +108,42 @@ fn main() -> ExitCode {
         Command::Cohort(c) => cohort::execute(c),
     };
     done.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", chain(&e));
         ExitCode::FAILURE
     })
+}
+
+/// An error and its causes on one line, each cause once: library errors keep their
+/// source and may also say it in their own text, which would otherwise print twice.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read x.pem: {0}")]
+    struct Saying(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_the_error_already_says_is_printed_once() {
+        let io = || std::io::Error::other("no such file");
+        let e = anyhow::Error::new(Saying(io())).context("mqtt.tls.ca_file");
+        assert_eq!(
+            chain(&e),
+            "mqtt.tls.ca_file: cannot read x.pem: no such file"
+        );
+        let e = anyhow::Error::new(io()).context("reading the config");
+        assert_eq!(chain(&e), "reading the config: no such file");
+    }
 }

@@ -194,6 +194,9 @@ pub enum SourceError {
     /// TLS cannot work as configured (a file, a certificate the broker or weir rejects).
     #[error("MQTT {0}")]
     Tls(String),
+    /// A TLS file or setting cannot be used.
+    #[error("MQTT {0}")]
+    TlsSettings(#[from] tls::TlsError),
     /// The password cannot be read.
     #[error("{0}")]
     Password(String),
@@ -285,6 +288,19 @@ struct Link {
 }
 
 impl Link {
+    fn new(acks: mpsc::UnboundedSender<Outgoing>, slot: Option<u16>, exactly_once: bool) -> Link {
+        Link {
+            acks,
+            slot,
+            exactly_once,
+            qos2: Mutex::new(std::collections::HashMap::new()),
+            counted: slot.is_some(),
+            in_flight: AtomicU32::new(0),
+            idle: tokio::sync::Notify::new(),
+            paused: AtomicBool::new(false),
+        }
+    }
+
     /// Count a message coming in (slots only).
     fn claim(&self) {
         if self.counted {
@@ -434,7 +450,7 @@ impl Source {
         let (host, port, tls) = host_port(&cfg.url)?;
         let tls = if tls {
             let name = host.trim_start_matches('[').trim_end_matches(']');
-            Some(tls::Settings::new(cfg.tls.as_ref(), name).map_err(SourceError::Tls)?)
+            Some(tls::Settings::new(cfg.tls.as_ref(), name)?)
         } else {
             None
         };
@@ -486,16 +502,7 @@ impl Source {
             None => inner.mqtt.client_id.clone(),
         };
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let link = Arc::new(Link {
-            acks: ack_tx,
-            slot,
-            exactly_once: inner.transactions.is_some(),
-            qos2: Mutex::new(std::collections::HashMap::new()),
-            counted: slot.is_some(),
-            in_flight: AtomicU32::new(0),
-            idle: tokio::sync::Notify::new(),
-            paused: AtomicBool::new(false),
-        });
+        let link = Arc::new(Link::new(ack_tx, slot, inner.transactions.is_some()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (pause_tx, pause_rx) = watch::channel(false);
         let done = Arc::new(tokio::sync::Notify::new());
@@ -532,29 +539,7 @@ impl Source {
             fatal: inner.fatal.clone(),
             transactions: inner.transactions.clone(),
         };
-        {
-            let (done, finished, fatal) = (done.clone(), finished.clone(), inner.fatal.clone());
-            let transactions = inner.transactions.clone();
-            tokio::spawn(async move {
-                use futures::FutureExt;
-                // A session that dies must stop weir, not leave its lane waiting for
-                // messages that will never come.
-                if let Err(panic) = std::panic::AssertUnwindSafe(session.run())
-                    .catch_unwind()
-                    .await
-                {
-                    let what = crate::panic_message(&*panic);
-                    fatal.send_replace(Some(format!(
-                        "the MQTT session panicked ({what}); weir stops, and the broker redelivers what was not acknowledged"
-                    )));
-                }
-                if let Some(t) = transactions {
-                    t.closed(slot);
-                }
-                finished.store(true, Ordering::Release);
-                done.notify_waiters();
-            });
-        }
+        session.spawn(done.clone(), finished.clone());
         sessions.insert(
             slot,
             Running {
@@ -889,6 +874,39 @@ impl Reader {
         ))
     }
 
+    /// Count the message in its session before handing it on. The message is counted
+    /// before the pause is looked at, and a release sets the pause before it looks at the
+    /// count: one of them sees the other, so a slot is never released with a message on
+    /// its way in.
+    async fn claim(&mut self) {
+        loop {
+            self.link.claim();
+            if !self.link.paused.load(Ordering::SeqCst) {
+                return;
+            }
+            self.link.unclaim();
+            // The slot is being given up, or its hold is unconfirmed: what follows stays at
+            // the broker until the hold is confirmed again (or goes to the next holder).
+            if self.pause.wait_for(|p| !*p).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Exactly once: take `pkid` for a QoS 2 PUBLISH; whether it is a redelivery of one
+    /// already on its way to Kafka or committed there. A redelivery carries DUP, and under
+    /// MQTT 5 comes only on a later connection than the one that took the id (3.1.1 may
+    /// resend on the same one). Anything else under an id still taken is the broker reusing
+    /// the id early (mosquitto does once a session queues more than 65,535 messages): a new
+    /// message, written — a possible duplicate rather than a loss.
+    fn redelivery(&self, pkid: u16, dup: bool) -> bool {
+        let Some(by) = self.link.take(pkid, self.connection) else {
+            return false;
+        };
+        tracing::debug!(pkid, dup, "QoS 2 PUBLISH under a packet id already taken");
+        dup && (by != self.connection || self.proto == Proto::V311)
+    }
+
     async fn deliver(
         &mut self,
         p: codec::Publish,
@@ -901,21 +919,7 @@ impl Reader {
             );
         }
         self.waiting.store(true, Ordering::Relaxed);
-        // The message is counted before the pause is looked at, and a release sets the
-        // pause before it looks at the count: one of them sees the other, so a slot is
-        // never released with a message on its way in.
-        loop {
-            self.link.claim();
-            if !self.link.paused.load(Ordering::SeqCst) {
-                break;
-            }
-            self.link.unclaim();
-            // The slot is being given up, or its hold is unconfirmed: what follows stays at
-            // the broker until the hold is confirmed again (or goes to the next holder).
-            if self.pause.wait_for(|p| !*p).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+        self.claim().await;
         let permit = self.permits.clone().acquire_owned().await;
         let Ok(permit) = permit else {
             self.link.unclaim();
@@ -928,23 +932,7 @@ impl Reader {
         if p.dup {
             self.metrics.redelivered.inc();
         }
-        // A redelivery carries DUP, and under MQTT 5 comes only on a later connection than
-        // the one that took the id (3.1.1 may resend on the same one). Anything else under
-        // an id still taken is the broker reusing the id early (mosquitto does once a
-        // session queues more than 65,535 messages): a new message, written — a possible
-        // duplicate rather than a loss.
-        let taken = (p.qos == 2)
-            .then(|| self.link.take(p.pkid, self.connection))
-            .flatten();
-        let duplicate =
-            p.dup && taken.is_some_and(|by| by != self.connection || self.proto == Proto::V311);
-        if taken.is_some() {
-            tracing::debug!(
-                pkid = p.pkid,
-                dup = p.dup,
-                "QoS 2 PUBLISH under a packet id already taken"
-            );
-        }
+        let duplicate = p.qos == 2 && self.redelivery(p.pkid, p.dup);
         if p.retain {
             self.metrics.retained.inc();
         }
@@ -1025,6 +1013,31 @@ enum End {
 }
 
 impl Session {
+    /// Run the session on a task of its own; `done` is notified and `finished` set when it
+    /// ends, however it ends. A session that dies must stop weir, not leave its lane waiting
+    /// for messages that will never come.
+    fn spawn(self, done: Arc<tokio::sync::Notify>, finished: Arc<AtomicBool>) {
+        let (slot, fatal, transactions) =
+            (self.slot, self.fatal.clone(), self.transactions.clone());
+        tokio::spawn(async move {
+            use futures::FutureExt;
+            if let Err(panic) = std::panic::AssertUnwindSafe(self.run())
+                .catch_unwind()
+                .await
+            {
+                let what = crate::panic_message(&*panic);
+                fatal.send_replace(Some(format!(
+                    "the MQTT session panicked ({what}); weir stops, and the broker redelivers what was not acknowledged"
+                )));
+            }
+            if let Some(t) = transactions {
+                t.closed(slot);
+            }
+            finished.store(true, Ordering::Release);
+            done.notify_waiters();
+        });
+    }
+
     async fn run(mut self) {
         let mut failures = 0u32;
         let mut opened = self.transactions.is_none();
@@ -1176,7 +1189,7 @@ impl Session {
         };
         let connector = tls.connector().map_err(|e| {
             if self.first {
-                End::Fatal(SourceError::Tls(e))
+                End::Fatal(SourceError::TlsSettings(e))
             } else {
                 End::Lost(format!("TLS: {e}"))
             }
@@ -1721,16 +1734,7 @@ mod tests {
         client.write_all(&wire).await.unwrap();
         let metrics = Arc::new(Metrics::new());
         let (acks, _acks_rx) = mpsc::unbounded_channel();
-        let link = Arc::new(Link {
-            acks,
-            slot: None,
-            exactly_once: true,
-            qos2: Mutex::new(std::collections::HashMap::new()),
-            counted: false,
-            in_flight: AtomicU32::new(0),
-            idle: tokio::sync::Notify::new(),
-            paused: AtomicBool::new(false),
-        });
+        let link = Arc::new(Link::new(acks, None, true));
         let (tx, mut rx) = mpsc::channel(16);
         // Nobody reads the control channel: the session's loop is behind.
         let (control, _control_rx) = mpsc::channel(16);

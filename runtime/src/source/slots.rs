@@ -363,7 +363,7 @@ impl Membership {
     ) -> Result<Membership, String> {
         let slots = mqtt.slots.unwrap_or(1);
         let topic = topic(&mqtt.client_id);
-        let base = crate::capture::connection(kafka)?;
+        let base = crate::capture::connection(kafka).map_err(|e| e.to_string())?;
         ensure_topic(&base, &topic, slots).await?;
         let timeout = Duration::from_secs(mqtt.slot_timeout_s.into());
         let held = Arc::new(Mutex::new(BTreeSet::new()));
@@ -515,50 +515,12 @@ fn run(consumer: BaseConsumer<Holder>, stop: &AtomicBool, process: &str) {
 /// Create the slots topic with `slots` partitions if missing; refuse one with another
 /// count (slots are fixed once chosen, like partitions).
 async fn ensure_topic(base: &rdkafka::ClientConfig, topic: &str, slots: u16) -> Result<(), String> {
-    use rdkafka::admin::{AdminClient, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = base
-        .create()
-        .map_err(|e| format!("cannot create an admin client: {e}"))?;
+    use rdkafka::admin::{NewTopic, TopicReplication};
     let new = NewTopic::new(topic, i32::from(slots), TopicReplication::Fixed(-1));
-    let failed = crate::topics::create(&admin, &[new]).await?;
-    if let Some((_, code)) = failed.first()
-        && !matches!(
-            code,
-            RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::ClusterAuthorizationFailed
-        )
-    {
-        return Err(format!(
-            "cannot create the slots topic {topic:?}: {code}; create it with {slots} partitions, or give weir's principal CREATE on it"
-        ));
-    }
-    let found = {
-        let topic = topic.to_owned();
-        let admin_config = base.clone();
-        tokio::task::spawn_blocking(move || -> Result<usize, String> {
-            let probe: BaseConsumer = admin_config
-                .create()
-                .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
-            // Just created, or created by another process starting at the same time, the
-            // topic may not show its partitions yet.
-            let started = Instant::now();
-            loop {
-                let md = probe
-                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                    .map_err(|e| format!("cannot read the slots topic {topic:?}: {e}"))?;
-                let t = md.topics().first();
-                let found = t.map_or(0, |t| t.partitions().len());
-                let settled = t.is_some_and(|t| t.error().is_none()) && found > 0;
-                if settled || started.elapsed() > crate::topics::PATIENCE {
-                    return Ok(found);
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
+    let fix = format!("create it with {slots} partitions, or give weir's principal CREATE on it");
+    let found = crate::topics::ensure(base, new, &fix)
         .await
-        .map_err(|e| e.to_string())??
-    };
+        .map_err(|e| format!("the slots topic: {e}"))?;
     if found != usize::from(slots) {
         return Err(format!(
             "the slots topic {topic:?} has {found} partitions but mqtt.slots is {slots}: slots are fixed once chosen (each is a persistent MQTT session); set mqtt.slots = {found}, or start a new deployment under another mqtt.client_id"

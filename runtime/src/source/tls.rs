@@ -8,9 +8,66 @@ use crate::config::Tls;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{AlertDescription, CertificateError};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::TlsConnector;
+
+/// A TLS setting that cannot be used: the config key, the file, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The name to check the broker's certificate against is not one.
+    #[error("{key}: {text:?} is not a DNS name or an IP address")]
+    ServerName {
+        /// `mqtt.tls.server_name` or `mqtt.url`.
+        key: &'static str,
+        /// The name given.
+        text: String,
+    },
+    /// A PEM file cannot be read or parsed.
+    #[error("{key}: {}: {source}", path.display())]
+    Pem {
+        /// The config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The reader's error.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A certificate file holds no certificate.
+    #[error("{key}: {} holds no PEM certificate (BEGIN CERTIFICATE)", path.display())]
+    NoCertificate {
+        /// The config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key file holds no usable private key.
+    #[error("{key}: {}: no usable private key (PEM: PKCS#8, SEC1 or RSA): {source}", path.display())]
+    NoKey {
+        /// The config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The reader's error.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refused a certificate, key or setting.
+    #[error("{what}: {source}")]
+    Refused {
+        /// What was refused, with the config keys involved.
+        what: String,
+        /// rustls' reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// No CA to check the broker's certificate against.
+    #[error(
+        "mqtt.tls.ca_file is not set and the system's trust store has no CA certificates: set mqtt.tls.ca_file to the CA that issued the broker's certificate"
+    )]
+    NoTrust,
+}
 
 /// How to make TLS connections to the broker.
 #[derive(Debug, Clone)]
@@ -21,7 +78,7 @@ pub struct Settings {
 
 impl Settings {
     /// Settings for a broker at `host`; reads the files once to check them.
-    pub fn new(tls: Option<&Tls>, host: &str) -> Result<Settings, String> {
+    pub fn new(tls: Option<&Tls>, host: &str) -> Result<Settings, TlsError> {
         let tls = tls.cloned().unwrap_or_default();
         let key = if tls.server_name.is_some() {
             "mqtt.tls.server_name"
@@ -29,8 +86,8 @@ impl Settings {
             "mqtt.url"
         };
         let text = tls.server_name.clone().unwrap_or_else(|| host.to_owned());
-        let name = ServerName::try_from(text.clone())
-            .map_err(|_| format!("{key}: {text:?} is not a DNS name or an IP address"))?;
+        let name =
+            ServerName::try_from(text.clone()).map_err(|_| TlsError::ServerName { key, text })?;
         let s = Settings { tls, name };
         s.connector()?;
         Ok(s)
@@ -42,14 +99,15 @@ impl Settings {
     }
 
     /// A connector built from the files as they are now.
-    pub fn connector(&self) -> Result<TlsConnector, String> {
+    pub fn connector(&self) -> Result<TlsConnector, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         match &self.tls.ca_file {
             Some(f) => {
                 for c in read_certs(f, "mqtt.tls.ca_file")? {
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("mqtt.tls.ca_file: {}: {e}", f.display()))?;
+                    roots.add(c).map_err(|source| TlsError::Refused {
+                        what: format!("mqtt.tls.ca_file: {}", f.display()),
+                        source,
+                    })?;
                 }
             }
             None => {
@@ -57,28 +115,32 @@ impl Settings {
                     let _ = roots.add(c);
                 }
                 if roots.is_empty() {
-                    return Err(
-                        "mqtt.tls.ca_file is not set and the system's trust store has no CA certificates: set mqtt.tls.ca_file to the CA that issued the broker's certificate".into(),
-                    );
+                    return Err(TlsError::NoTrust);
                 }
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS set-up: {e}"))?
+            .map_err(|source| TlsError::Refused {
+                what: "TLS set-up".into(),
+                source,
+            })?
             .with_root_certificates(roots);
         let config = match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(cert), Some(key)) => {
                 let chain = read_certs(cert, "mqtt.tls.cert_file")?;
                 let k = read_key(key, "mqtt.tls.key_file")?;
-                builder.with_client_auth_cert(chain, k).map_err(|e| {
-                    format!(
-                        "mqtt.tls.key_file: {} does not fit mqtt.tls.cert_file {}: {e}",
-                        key.display(),
-                        cert.display()
-                    )
-                })?
+                builder
+                    .with_client_auth_cert(chain, k)
+                    .map_err(|source| TlsError::Refused {
+                        what: format!(
+                            "mqtt.tls.key_file: {} does not fit mqtt.tls.cert_file {}",
+                            key.display(),
+                            cert.display()
+                        ),
+                        source,
+                    })?
             }
             _ => builder.with_no_client_auth(),
         };
@@ -173,25 +235,31 @@ pub enum Certain {
 }
 
 /// The private key in a PEM file.
-pub(crate) fn read_key(path: &Path, key: &str) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| {
-        format!(
-            "{key}: {}: no usable private key (PEM: PKCS#8, SEC1 or RSA): {e}",
-            path.display()
-        )
+pub(crate) fn read_key(path: &Path, key: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::NoKey {
+        key,
+        path: path.to_owned(),
+        source,
     })
 }
 
 /// Every certificate in a PEM file; at least one.
-pub(crate) fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_certs(
+    path: &Path,
+    key: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{key}: {}: {e}", path.display()))?;
+        .map_err(|source| TlsError::Pem {
+            key,
+            path: path.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "{key}: {} holds no PEM certificate (BEGIN CERTIFICATE)",
-            path.display()
-        ));
+        return Err(TlsError::NoCertificate {
+            key,
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
