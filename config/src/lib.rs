@@ -229,7 +229,7 @@ pub enum RetainHandling {
 
 impl Mqtt {
     /// The password to log in with: `password_file` (read now), else `password`.
-    pub fn password(&self) -> Result<Option<Secret>, String> {
+    pub fn password(&self) -> Result<Option<Secret>, KeyedSecretError> {
         match &self.password_file {
             Some(f) => read_secret(f, "mqtt.password_file").map(Some),
             None => Ok(self.password.clone()),
@@ -298,22 +298,57 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// A secret file that cannot be used: the file and why, never its content.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file holds nothing.
+    #[error("{} is empty", path.display())]
+    Empty {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+}
+
+/// A secret file that cannot be used, with the config key that names it.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {source}")]
+pub struct KeyedSecretError {
+    /// The config key.
+    pub key: &'static str,
+    /// What is wrong with the file.
+    #[source]
+    pub source: SecretError,
+}
+
 /// Read a secret file (one trailing newline ignored); the error names `key` and the file,
 /// never the content.
-pub fn read_secret(path: &Path, key: &str) -> Result<Secret, String> {
-    read_secret_file(path).map_err(|e| format!("{key}: {e}"))
+pub fn read_secret(path: &Path, key: &'static str) -> Result<Secret, KeyedSecretError> {
+    read_secret_file(path).map_err(|source| KeyedSecretError { key, source })
 }
 
 /// [`read_secret`], its error not naming a key.
-pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let text = text
         .strip_suffix('\n')
         .map(|t| t.strip_suffix('\r').unwrap_or(t))
         .unwrap_or(&text);
     if text.is_empty() {
-        return Err(format!("{} is empty", path.display()));
+        return Err(SecretError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(Secret(text.to_owned()))
 }
@@ -409,7 +444,7 @@ pub const TOKEN_FILE: &str = "admin.token_file";
 
 /// Read an admin token file: its tokens (at least one, each well formed) and its text.
 pub fn read_token_file(file: &Path) -> Result<(Vec<(String, String)>, Secret), String> {
-    let text = read_secret_file(file)?;
+    let text = read_secret_file(file).map_err(|e| e.to_string())?;
     let tokens = parse_tokens(&text).map_err(|e| format!("{}: {e}", file.display()))?;
     if tokens.is_empty() {
         return Err(format!(
@@ -554,7 +589,7 @@ impl Kafka {
                 SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
             };
             let password = match &sasl.password_file {
-                Some(f) => read_secret(f, "kafka.sasl.password_file")?,
+                Some(f) => read_secret(f, "kafka.sasl.password_file").map_err(|e| e.to_string())?,
                 None => sasl.password.clone().ok_or(
                     "kafka.sasl: no password: set WEIR_KAFKA_SASL_PASSWORD or kafka.sasl.password_file",
                 )?,
@@ -1861,7 +1896,7 @@ key = "{topic[3]}"
         std::fs::write(&f, "rotated").unwrap();
         assert_eq!(c.mqtt.password().unwrap(), Some(Secret::new("rotated")));
         std::fs::write(&f, "").unwrap();
-        let e = c.mqtt.password().unwrap_err();
+        let e = c.mqtt.password().unwrap_err().to_string();
         assert!(
             e.contains("mqtt.password_file") && e.contains("empty"),
             "{e}"

@@ -58,7 +58,7 @@ impl PasswordFile {
     pub fn refresh<C: ClientContext>(&mut self, client: &Client<C>) {
         let password = match read_secret(&self.path, KEY) {
             Ok(p) => p,
-            Err(problem) => return self.complain(problem),
+            Err(problem) => return self.complain(problem.to_string()),
         };
         if self.given.as_ref() == Some(&password) {
             self.complained = None;

@@ -635,7 +635,7 @@ impl Lane {
         cfg: &Config,
         mqtt: &crate::config::Mqtt,
         metrics: &Metrics,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::source::slots::SlotsError> {
         let Some(lease) = self.lease.take() else {
             return Ok(());
         };

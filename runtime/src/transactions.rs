@@ -75,13 +75,10 @@ impl State {
 
     /// A record's value; an empty or newer-format value is refused (weir stops rather than
     /// guess which ids are committed).
-    pub fn decode(value: &[u8]) -> Result<State, String> {
-        let s: State = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    pub fn decode(value: &[u8]) -> Result<State, StateError> {
+        let s: State = serde_json::from_slice(value).map_err(StateError::Invalid)?;
         if s.format > FORMAT {
-            return Err(format!(
-                "format {} is newer than this weir's ({FORMAT})",
-                s.format
-            ));
+            return Err(StateError::Newer(s.format));
         }
         Ok(s)
     }
@@ -89,6 +86,40 @@ impl State {
     fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
+}
+
+/// A session's state record that this weir cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Not a state weir wrote.
+    #[error("not a session state: {0}")]
+    Invalid(#[source] serde_json::Error),
+    /// Written by a newer weir.
+    #[error("format {0} is newer than this weir's ({FORMAT})")]
+    Newer(u32),
+}
+
+/// The sessions topic cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionsTopicError {
+    /// Kafka's settings cannot be used.
+    #[error(transparent)]
+    Settings(#[from] crate::capture::CaptureError),
+    /// The topic cannot be created or found.
+    #[error("the exactly-once sessions topic: {0}")]
+    Topic(#[from] crate::topics::TopicError),
+    /// An existing topic has fewer partitions than the group has slots.
+    #[error(
+        "the sessions topic {topic:?} has {found} partitions, fewer than the {partitions} slots: add partitions to it (kafka-topics --alter --partitions {partitions})"
+    )]
+    TooFewPartitions {
+        /// The topic.
+        topic: String,
+        /// Its partitions.
+        found: usize,
+        /// The slots.
+        partitions: i32,
+    },
 }
 
 /// One exactly-once session's Kafka side.
@@ -132,7 +163,7 @@ impl Transactions {
         kafka: &Kafka,
         client_id: &str,
         slots: Option<u16>,
-    ) -> Result<(Transactions, mpsc::UnboundedReceiver<Released>), String> {
+    ) -> Result<(Transactions, mpsc::UnboundedReceiver<Released>), SessionsTopicError> {
         let topic = crate::config::sessions_topic(client_id);
         ensure_topic(kafka, &topic, i32::from(slots.unwrap_or(1))).await?;
         let (released, rx) = mpsc::unbounded_channel();
@@ -775,21 +806,25 @@ fn read_state(
 
 /// Create the sessions topic (compacted: only each session's latest state matters) with a
 /// partition per slot, if missing; refuse one with too few.
-async fn ensure_topic(kafka: &Kafka, topic: &str, partitions: i32) -> Result<(), String> {
+async fn ensure_topic(
+    kafka: &Kafka,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), SessionsTopicError> {
     use rdkafka::admin::{NewTopic, TopicReplication};
-    let base = crate::capture::connection(kafka).map_err(|e| e.to_string())?;
+    let base = crate::capture::connection(kafka)?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "compact");
     let fix = format!(
         "create it (compacted, {partitions} partitions) or give weir's principal CREATE on it"
     );
-    let found = crate::topics::ensure(&base, new, &fix)
-        .await
-        .map_err(|e| format!("the exactly-once sessions topic: {e}"))?;
+    let found = crate::topics::ensure(&base, new, &fix).await?;
     if found < partitions as usize {
-        return Err(format!(
-            "the sessions topic {topic:?} has {found} partitions, fewer than the {partitions} slots: add partitions to it (kafka-topics --alter --partitions {partitions})"
-        ));
+        return Err(SessionsTopicError::TooFewPartitions {
+            topic: topic.to_owned(),
+            found,
+            partitions,
+        });
     }
     Ok(())
 }

@@ -198,8 +198,8 @@ pub enum SourceError {
     #[error("MQTT {0}")]
     TlsSettings(#[from] tls::TlsError),
     /// The password cannot be read.
-    #[error("{0}")]
-    Password(String),
+    #[error(transparent)]
+    Password(#[from] crate::config::KeyedSecretError),
     /// An exactly-once session's Kafka side cannot work (transactions unsupported or not
     /// allowed).
     #[error("exactly once: {0}")]
@@ -454,7 +454,7 @@ impl Source {
         } else {
             None
         };
-        cfg.password().map_err(SourceError::Password)?;
+        cfg.password()?;
         let (tx, rx) = mpsc::channel(usize::from(cfg.max_in_flight));
         let inner = Inner {
             addr: format!("{host}:{port}"),
@@ -1288,7 +1288,7 @@ impl Session {
                 Ok(())
             }
             Err(e) if self.first => Err(End::Fatal(SourceError::Password(e))),
-            Err(e) => Err(End::Lost(e)),
+            Err(e) => Err(End::Lost(e.to_string())),
         }
     }
 

@@ -360,25 +360,26 @@ impl Membership {
         drain: Duration,
         group: GroupMetrics,
         runtime: tokio::runtime::Handle,
-    ) -> Result<Membership, String> {
+    ) -> Result<Membership, SlotsError> {
         let slots = mqtt.slots.unwrap_or(1);
         let topic = topic(&mqtt.client_id);
-        let base = crate::capture::connection(kafka).map_err(|e| e.to_string())?;
+        let base = crate::capture::connection(kafka)?;
         ensure_topic(&base, &topic, slots).await?;
         let timeout = Duration::from_secs(mqtt.slot_timeout_s.into());
         let held = Arc::new(Mutex::new(BTreeSet::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let changed = Arc::new(AtomicBool::new(true));
         {
-            let client: BaseConsumer = base
-                .create()
-                .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+            let client: BaseConsumer = base.create().map_err(|source| SlotsError::Client {
+                what: "metadata client",
+                source,
+            })?;
             let (topic, changed, group, stop) =
                 (topic.clone(), changed.clone(), group.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("weir-slots-view".into())
                 .spawn(move || describer(client, topic, changed, group, stop))
-                .map_err(|e| format!("cannot start the slots' thread: {e}"))?;
+                .map_err(SlotsError::Thread)?;
         }
         let holder = Holder {
             leaving: stop.clone(),
@@ -393,18 +394,25 @@ impl Membership {
             topic: topic.clone(),
         };
         let config = member_config(base, &topic, process, (timeout, drain));
-        let consumer: BaseConsumer<Holder> = config
-            .create_with_context(holder)
-            .map_err(|e| format!("cannot create the slots' Kafka consumer: {e}"))?;
+        let consumer: BaseConsumer<Holder> =
+            config
+                .create_with_context(holder)
+                .map_err(|source| SlotsError::Client {
+                    what: "consumer",
+                    source,
+                })?;
         consumer
             .subscribe(&[&topic])
-            .map_err(|e| format!("cannot join the slots' consumer group {topic:?}: {e}"))?;
+            .map_err(|source| SlotsError::Join {
+                topic: topic.clone(),
+                source,
+            })?;
         let thread = {
             let (stop, process) = (stop.clone(), process.to_owned());
             std::thread::Builder::new()
                 .name("weir-slots".into())
                 .spawn(move || run(consumer, &stop, &process))
-                .map_err(|e| format!("cannot start the slots' thread: {e}"))?
+                .map_err(SlotsError::Thread)?
         };
         Ok(Membership {
             stop,
@@ -514,19 +522,67 @@ fn run(consumer: BaseConsumer<Holder>, stop: &AtomicBool, process: &str) {
 
 /// Create the slots topic with `slots` partitions if missing; refuse one with another
 /// count (slots are fixed once chosen, like partitions).
-async fn ensure_topic(base: &rdkafka::ClientConfig, topic: &str, slots: u16) -> Result<(), String> {
+async fn ensure_topic(
+    base: &rdkafka::ClientConfig,
+    topic: &str,
+    slots: u16,
+) -> Result<(), SlotsError> {
     use rdkafka::admin::{NewTopic, TopicReplication};
     let new = NewTopic::new(topic, i32::from(slots), TopicReplication::Fixed(-1));
     let fix = format!("create it with {slots} partitions, or give weir's principal CREATE on it");
-    let found = crate::topics::ensure(base, new, &fix)
-        .await
-        .map_err(|e| format!("the slots topic: {e}"))?;
+    let found = crate::topics::ensure(base, new, &fix).await?;
     if found != usize::from(slots) {
-        return Err(format!(
-            "the slots topic {topic:?} has {found} partitions but mqtt.slots is {slots}: slots are fixed once chosen (each is a persistent MQTT session); set mqtt.slots = {found}, or start a new deployment under another mqtt.client_id"
-        ));
+        return Err(SlotsError::Changed {
+            topic: topic.to_owned(),
+            found,
+            slots,
+        });
     }
     Ok(())
+}
+
+/// Joining the slots' group failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotsError {
+    /// Kafka's settings cannot be used.
+    #[error(transparent)]
+    Settings(#[from] crate::capture::CaptureError),
+    /// The slots topic cannot be created or found.
+    #[error("the slots topic: {0}")]
+    Topic(#[from] crate::topics::TopicError),
+    /// The slots topic's partitions are not the configured slots.
+    #[error(
+        "the slots topic {topic:?} has {found} partitions but mqtt.slots is {slots}: slots are fixed once chosen (each is a persistent MQTT session); set mqtt.slots = {found}, or start a new deployment under another mqtt.client_id"
+    )]
+    Changed {
+        /// The topic.
+        topic: String,
+        /// Its partitions.
+        found: usize,
+        /// `mqtt.slots`.
+        slots: u16,
+    },
+    /// librdkafka would not create a client.
+    #[error("cannot create the slots' Kafka {what}: {source}")]
+    Client {
+        /// Which client.
+        what: &'static str,
+        /// librdkafka's reason.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The group cannot be joined.
+    #[error("cannot join the slots' consumer group {topic:?}: {source}")]
+    Join {
+        /// The slots topic (and group).
+        topic: String,
+        /// Kafka's reason.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A thread could not be started.
+    #[error("cannot start the slots' thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 #[cfg(test)]
