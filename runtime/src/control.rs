@@ -388,31 +388,41 @@ pub struct State {
     pub audit: Vec<Audit>,
     /// The next offset to read: everything before it is applied.
     pub next_offset: i64,
-    /// The changes whose pin applied, newest last (at most [`MAX_AUDIT_KEPT`]): a promote's
-    /// or rollback's audit entry is applied only if its pin was, so of two concurrent
-    /// changes only the one that won is in the history.
+    /// The changes whose pin applied, newest last (at most [`MAX_AUDIT_KEPT`]): of two
+    /// concurrent changes only the one that won is in the history ([`State::happened`]).
     changes: std::collections::VecDeque<Change>,
 }
 
-/// A change by its pin: cohort, version, when and by whom.
+/// A change by its pin: cohort, the version it left and the one it pinned, when and by
+/// whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Change {
     cohort: String,
+    left: Option<String>,
     sha256: String,
     at_ms: i64,
     by: String,
 }
 
 impl State {
-    /// Whether the change an audit entry records took effect: a promote or rollback only
-    /// if its pin applied (it is written right before its audit entry).
+    /// Whether the change an audit entry records took effect. A promote's or rollback's
+    /// pin is written right before its audit entry: the entry stands if its pin applied,
+    /// and is dropped if another change away from the same version applied instead (a
+    /// concurrent change won). With neither (earlier pins compacted away by an older
+    /// weir's topic), it stands.
     fn happened(&self, a: &Audit) -> bool {
         let (Action::Promote | Action::Rollback, Some(cohort)) = (a.action, &a.cohort) else {
             return true;
         };
-        self.changes.iter().rev().any(|c| {
-            &c.cohort == cohort && c.sha256 == a.new_sha256 && c.at_ms == a.at_ms && c.by == a.by
-        })
+        let mine = self.changes.iter().filter(|c| &c.cohort == cohort);
+        let mut won_instead = false;
+        for c in mine {
+            if c.sha256 == a.new_sha256 && c.at_ms == a.at_ms && c.by == a.by {
+                return true;
+            }
+            won_instead |= c.left.is_some() && c.left == a.old_sha256;
+        }
+        !won_instead
     }
 
     /// Apply an entry admitted under `signer`'s signature (see [`admitted`]).
@@ -463,6 +473,7 @@ impl State {
                         }
                         self.changes.push_back(Change {
                             cohort: p.cohort.clone(),
+                            left: p.previous.as_ref().map(|v| v.sha256.clone()),
                             sha256: p.plugin.sha256.clone(),
                             at_ms: p.at_ms,
                             by: p.by.clone(),
