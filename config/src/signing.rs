@@ -41,7 +41,7 @@ impl Keys {
         trusted_keys: &[String],
     ) -> Result<Keys, (String, String)> {
         let signer = Signer::load_or_create(signing_key)
-            .map_err(|e| ("plugins.signing_key_file".to_owned(), e))?;
+            .map_err(|e| ("plugins.signing_key_file".to_owned(), e.to_string()))?;
         let trust = Trust::parse(trusted_keys)
             .map_err(|e| ("plugins.trusted_keys".to_owned(), e))?
             .with("self", &signer);
@@ -86,27 +86,31 @@ impl Signer {
 
     /// The key in `path` (its secret in base64), or a new one written there (mode 0600)
     /// if the file does not exist.
-    pub fn load_or_create(path: &Path) -> Result<Signer, String> {
-        let shown = path.display();
+    pub fn load_or_create(path: &Path) -> Result<Signer, KeyFileError> {
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let secret: [u8; 32] = STANDARD
                     .decode(text.trim())
                     .ok()
                     .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| {
-                        format!("{shown} is not a signing key (32 bytes in base64); restore it, or delete it to have a new one made (then list the new public key where the old one was trusted)")
-                    })?;
+                    .ok_or_else(|| KeyFileError::NotAKey(path.to_owned()))?;
                 Ok(Signer::from_secret(secret))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let signer = Signer::from_secret(rand::random());
-                write_secret(path, STANDARD.encode(signer.key.to_bytes()).as_bytes())
-                    .map_err(|e| format!("cannot create the signing key {shown}: {e}"))?;
+                write_secret(path, STANDARD.encode(signer.key.to_bytes()).as_bytes()).map_err(
+                    |source| KeyFileError::Create {
+                        path: path.to_owned(),
+                        source,
+                    },
+                )?;
                 // Another process may have made one meanwhile: the file's is the key.
                 Signer::load_or_create(path)
             }
-            Err(e) => Err(format!("cannot read the signing key {shown}: {e}")),
+            Err(source) => Err(KeyFileError::Read {
+                path: path.to_owned(),
+                source,
+            }),
         }
     }
 
@@ -166,6 +170,35 @@ impl std::fmt::Display for Refusal {
             Refusal::Forged => "its signature does not match it (forged or altered)",
         })
     }
+}
+
+/// The signing key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// It holds something else.
+    #[error(
+        "{} is not a signing key (32 bytes in base64); restore it, or delete it to have a new one made (then list the new public key where the old one was trusted)",
+        .0.display()
+    )]
+    NotAKey(std::path::PathBuf),
+    /// It cannot be read.
+    #[error("cannot read the signing key {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It does not exist and cannot be made.
+    #[error("cannot create the signing key {}: {source}", path.display())]
+    Create {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The system's reason.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The keys whose signatures a process accepts, by name.
@@ -300,6 +333,7 @@ mod tests {
         assert!(
             Signer::load_or_create(&path)
                 .unwrap_err()
+                .to_string()
                 .contains("not a signing key")
         );
         assert!(
