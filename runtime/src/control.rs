@@ -391,14 +391,15 @@ pub struct State {
     /// The changes whose pin applied, newest last (at most [`MAX_AUDIT_KEPT`]): of two
     /// concurrent changes only the one that won is in the history ([`State::happened`]).
     changes: std::collections::VecDeque<Change>,
+    /// The changes whose pin was refused (lost to a concurrent change, or written again),
+    /// newest last (at most [`MAX_AUDIT_KEPT`]).
+    refused: std::collections::VecDeque<Change>,
 }
 
-/// A change by its pin: cohort, the version it left and the one it pinned, when and by
-/// whom.
+/// A change by its pin: cohort, the version it pinned, when and by whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Change {
     cohort: String,
-    left: Option<String>,
     sha256: String,
     at_ms: i64,
     by: String,
@@ -406,23 +407,30 @@ struct Change {
 
 impl State {
     /// Whether the change an audit entry records took effect. A promote's or rollback's
-    /// pin is written right before its audit entry: the entry stands if its pin applied,
-    /// and is dropped if another change away from the same version applied instead (a
-    /// concurrent change won). With neither (earlier pins compacted away by an older
-    /// weir's topic), it stands.
+    /// pin is written before its audit entry: the entry stands if its pin applied, and is
+    /// dropped if its pin was refused (a concurrent change won). With neither (its pin
+    /// compacted away in an older weir's topic), it stands.
     fn happened(&self, a: &Audit) -> bool {
         let (Action::Promote | Action::Rollback, Some(cohort)) = (a.action, &a.cohort) else {
             return true;
         };
-        let mine = self.changes.iter().filter(|c| &c.cohort == cohort);
-        let mut won_instead = false;
-        for c in mine {
-            if c.sha256 == a.new_sha256 && c.at_ms == a.at_ms && c.by == a.by {
-                return true;
-            }
-            won_instead |= c.left.is_some() && c.left == a.old_sha256;
+        let is = |c: &&Change| {
+            &c.cohort == cohort && c.sha256 == a.new_sha256 && c.at_ms == a.at_ms && c.by == a.by
+        };
+        self.changes.iter().rev().any(|c| is(&c)) || !self.refused.iter().rev().any(|c| is(&c))
+    }
+
+    /// Remember a change by its pin in `list` (bounded).
+    fn remember(list: &mut std::collections::VecDeque<Change>, p: &Pin) {
+        if list.len() >= MAX_AUDIT_KEPT {
+            list.pop_front();
         }
-        !won_instead
+        list.push_back(Change {
+            cohort: p.cohort.clone(),
+            sha256: p.plugin.sha256.clone(),
+            at_ms: p.at_ms,
+            by: p.by.clone(),
+        });
     }
 
     /// Apply an entry admitted under `signer`'s signature (see [`admitted`]).
@@ -462,22 +470,15 @@ impl State {
                 // concurrent promotes the first written wins, in every process alike.
                 Ok(mut p) => match self.pins.get(&p.cohort) {
                     Some(current) if Some(&current.plugin.sha256) != p.replaces.as_ref() => {
-                        tracing::warn!(cohort = %p.cohort, plugin = %p.plugin.id(), "control topic: a pin decided against an older pin lost to a concurrent change; ignored")
+                        tracing::warn!(cohort = %p.cohort, plugin = %p.plugin.id(), "control topic: a pin decided against an older pin lost to a concurrent change; ignored");
+                        State::remember(&mut self.refused, &p);
                     }
                     Some(current) if p.seq != 0 && p.seq <= current.seq => {
-                        tracing::warn!(cohort = %p.cohort, plugin = %p.plugin.id(), seq = p.seq, applied = current.seq, "control topic: an earlier pin written again (a replay); ignored")
+                        tracing::warn!(cohort = %p.cohort, plugin = %p.plugin.id(), seq = p.seq, applied = current.seq, "control topic: an earlier pin written again (a replay); ignored");
+                        State::remember(&mut self.refused, &p);
                     }
                     _ => {
-                        if self.changes.len() >= MAX_AUDIT_KEPT {
-                            self.changes.pop_front();
-                        }
-                        self.changes.push_back(Change {
-                            cohort: p.cohort.clone(),
-                            left: p.previous.as_ref().map(|v| v.sha256.clone()),
-                            sha256: p.plugin.sha256.clone(),
-                            at_ms: p.at_ms,
-                            by: p.by.clone(),
-                        });
+                        State::remember(&mut self.changes, &p);
                         p.signer = signer;
                         self.pins.insert(p.cohort.clone(), p);
                     }
@@ -1302,11 +1303,25 @@ mod tests {
         };
         let key = Key::Pin { cohort: "c".into() }.to_string();
         state.apply(&key, Some(&encode(&first)), Some("self"));
-        for (key, value) in change("alice", 10).into_iter().chain(change("bob", 11)) {
+        let [pin_a, audit_a] = change("alice", 10);
+        let [pin_b, audit_b] = change("bob", 11);
+        let mut interleaved = state.clone();
+        for (key, value) in [
+            pin_a.clone(),
+            audit_a.clone(),
+            pin_b.clone(),
+            audit_b.clone(),
+        ] {
             state.apply(&key.to_string(), Some(&value), Some("self"));
         }
         assert_eq!(state.pins["c"].by, "alice");
         let by: Vec<&str> = state.audit.iter().map(|a| a.by.as_str()).collect();
+        assert_eq!(by, ["alice"]);
+        // Each entry is sent on its own, so the two changes may interleave.
+        for (key, value) in [pin_a, pin_b, audit_b, audit_a] {
+            interleaved.apply(&key.to_string(), Some(&value), Some("self"));
+        }
+        let by: Vec<&str> = interleaved.audit.iter().map(|a| a.by.as_str()).collect();
         assert_eq!(by, ["alice"]);
     }
 

@@ -1476,10 +1476,11 @@ output_topic = "telemetry.thermostat"
             assert_eq!(actions, [Action::Promote, Action::Rollback]);
         }
 
-        /// The pipeline reports the first message through the new version: the promote's
-        /// answer carries this process's cutover, and the log records it for every process.
+        /// The pipeline reports the first message through the new version: the log records
+        /// this process's cutover for every process to see (the promote's answer carries it
+        /// too when it comes within its one-second wait, which a loaded machine may miss).
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn a_promote_reports_the_cutover_its_pipeline_made() {
+        async fn a_cutover_the_pipeline_reports_is_recorded() {
             let bed = bed().await;
             let (a, switched) = process(&bed, "a").await;
             let mut live = a.live();
@@ -1503,16 +1504,23 @@ output_topic = "telemetry.thermostat"
                 .await
                 .unwrap();
             let _switched = pipeline.await.unwrap();
-            let cutover = promoted.cutover.expect("the cutover is reported");
-            assert_eq!(cutover.process, "a");
-            assert_eq!(cutover.first_topic, "plant/1/thermostat/t-1");
-            assert!(
-                bed.log
-                    .state()
-                    .audit
-                    .iter()
-                    .any(|e| e.action == Action::Cutover && e.cutover.as_ref() == Some(&cutover))
-            );
+            let mut log = bed.log.subscribe();
+            let recorded = tokio::time::timeout(
+                Duration::from_secs(30),
+                log.wait_for(|s| s.audit.iter().any(|e| e.action == Action::Cutover)),
+            )
+            .await
+            .expect("the cutover is recorded within 30 s")
+            .unwrap()
+            .audit
+            .iter()
+            .find_map(|e| e.cutover.clone())
+            .unwrap();
+            assert_eq!(recorded.process, "a");
+            assert_eq!(recorded.first_topic, "plant/1/thermostat/t-1");
+            if let Some(answered) = promoted.cutover {
+                assert_eq!(answered, recorded);
+            }
         }
     }
 }

@@ -114,15 +114,18 @@ fn main() -> ExitCode {
 }
 
 /// An error and its causes on one line, each cause once: library errors keep their
-/// source and may also say it in their own text, which would otherwise print twice.
+/// source and may also say it in their own text, which would otherwise print twice. A
+/// cause is left out only when the link above it already says it.
 fn chain(e: &anyhow::Error) -> String {
     let mut text = e.to_string();
+    let mut above = text.clone();
     for cause in e.chain().skip(1) {
         let cause = cause.to_string();
-        if !text.contains(&cause) {
+        if !above.contains(&cause) {
             text.push_str(": ");
             text.push_str(&cause);
         }
+        above = cause;
     }
     text
 }
