@@ -1,16 +1,25 @@
-//! Avro for plugin output: validate a record's JSON text against the plugin's declared schema
-//! and write Avro binary in the same pass, with no intermediate value tree (DESIGN App. B:
-//! a `Value` tree costs ~10x the direct path). Plus the reverse, Avro binary to JSON, for
-//! showing records to people (`weir transform`, the demo).
+//! Avro for plugin output: validate a record's JSON text (contract 1.0's `record`) or
+//! MessagePack (1.1's `packed-record`) against the plugin's declared schema and write Avro
+//! binary in the same pass, with no intermediate value tree (DESIGN App. B: a `Value` tree
+//! costs ~10x the direct path). Both are read by one serde visitor, so one value gives the
+//! same Avro bytes whichever way it came. Plus the reverse, Avro binary to JSON, for showing
+//! records to people (`weir transform`, the demo).
 //!
 //! JSON conventions (what the SDK's serde output naturally is): a union value is written
 //! plain (`null`, `21.5`, `{..}`) and the branch is picked by the JSON type; where that is
 //! ambiguous (several record/map branches) the Avro JSON form `{"<branch name>": value}` is
 //! required. Missing record fields take the schema default; unknown fields are an error.
+//!
+//! MessagePack carries the same data model, with what JSON would make of it where the two
+//! differ: an `f32` is taken as its shortest decimal (as JSON prints it), a NaN or infinity
+//! as `null` (as serde_json writes it), an integer or boolean map key as its text. Binary
+//! (`bin`) is accepted for `bytes` and `fixed`, which JSON can only write as text.
 
 use apache_avro::Schema;
 use apache_avro::schema::{DecimalSchema, InnerDecimalSchema, UuidSchema};
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -295,6 +304,35 @@ impl AvroSchema {
         })
     }
 
+    /// Validate `packed` (a record value as MessagePack) and append its Avro binary encoding
+    /// to `out`: the same bytes [`AvroSchema::encode_json`] writes for the same value. On
+    /// error `out` is left as it was. Nesting is bounded as serde_json bounds JSON's, so a
+    /// crafted value cannot exhaust the stack.
+    pub fn encode_packed(&self, packed: &[u8], out: &mut Vec<u8>) -> Result<(), Violation> {
+        let start = out.len();
+        let mut de = rmp_serde::Deserializer::from_read_ref(packed);
+        de.set_max_depth(MAX_PACKED_DEPTH);
+        let result = Seed {
+            schema: self,
+            node: self.root,
+            out,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| Violation(e.to_string()))
+        .and_then(|()| {
+            // One value, nothing after it: reading another must find the end.
+            match de::IgnoredAny::deserialize(&mut de) {
+                Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
+                    Ok(())
+                }
+                _ => Err(Violation("bytes left over after the value".into())),
+            }
+        });
+        result.inspect_err(|_| out.truncate(start))
+    }
+
     /// Decode one Avro datum of this schema into JSON (unions shown as their plain value).
     ///
     /// Values that take no bytes (a `null`, an empty record) let a block count promise
@@ -464,6 +502,10 @@ fn decode_scalar(node: &Node, buf: &mut &[u8]) -> Result<serde_json::Value, Viol
         _ => unreachable!("containers are decoded by AvroSchema::decode"),
     })
 }
+
+/// Nesting a packed value may have: serde_json's limit for JSON, so that both forms of a
+/// value are read alike.
+const MAX_PACKED_DEPTH: usize = 128;
 
 /// Values a decoded datum may hold beyond one per byte.
 pub const MAX_DECODED_VALUES: usize = 1_000_000;
@@ -655,6 +697,10 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 
     fn visit_f64<E: de::Error>(mut self, v: f64) -> Result<(), E> {
+        if !v.is_finite() {
+            // JSON has no NaN or infinity: serde_json writes them as `null`.
+            return self.visit_unit();
+        }
         if let Some(b) = self.branch("a number with a fraction", |n| {
             matches!(n, Node::Float | Node::Double)
         })? {
@@ -667,6 +713,39 @@ impl<'de> Visitor<'de> for Seed<'_> {
             }
             Node::Float => self.out.extend_from_slice(&(v as f32).to_le_bytes()),
             _ => return Err(self.mismatch("a number with a fraction")),
+        }
+        Ok(())
+    }
+
+    fn visit_f32<E: de::Error>(self, v: f32) -> Result<(), E> {
+        // As JSON carries it: the shortest decimal that reads back as this f32 (0.1, not
+        // 0.10000000149011612), which is also what a double field then holds.
+        let shown = if v.is_finite() {
+            v.to_string().parse().unwrap_or(f64::from(v))
+        } else {
+            f64::NAN
+        };
+        self.visit_f64(shown)
+    }
+
+    fn visit_bytes<E: de::Error>(mut self, v: &[u8]) -> Result<(), E> {
+        if let Some(b) = self.branch("bytes", |n| match n {
+            Node::Bytes => true,
+            Node::Fixed { size, .. } => *size == v.len(),
+            _ => false,
+        })? {
+            return self.into_branch(b).visit_bytes(v);
+        }
+        match self.node() {
+            Node::Bytes => write_bytes(self.out, v),
+            Node::Fixed { name, size } if v.len() != *size => {
+                return Err(E::custom(format!(
+                    "fixed {name} takes {size} bytes, got {}",
+                    v.len()
+                )));
+            }
+            Node::Fixed { .. } => self.out.extend_from_slice(v),
+            _ => return Err(self.mismatch("bytes (or a string that is not UTF-8)")),
         }
         Ok(())
     }
@@ -749,7 +828,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
                 return self.into_branch(b).visit_map(map);
             }
             // Ambiguous or no composite branch: the Avro JSON form {"<branch>": value}.
-            let Some(key) = map.next_key::<String>()? else {
+            let Some(Key(key)) = map.next_key::<Key>()? else {
                 return Err(self.mismatch("an empty object"));
             };
             let Some(i) = branches
@@ -768,7 +847,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
                 node: b,
                 out: &mut *self.out,
             })?;
-            if map.next_key::<String>()?.is_some() {
+            if map.next_key::<Key>()?.is_some() {
                 return Err(de::Error::custom(
                     "a wrapped union value must have exactly one key",
                 ));
@@ -780,7 +859,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
                 let values = *values;
                 let mut body = Vec::new();
                 let mut n: i64 = 0;
-                while let Some(k) = map.next_key::<String>()? {
+                while let Some(Key(k)) = map.next_key::<Key>()? {
                     write_bytes(&mut body, k.as_bytes());
                     map.next_value_seed(Seed {
                         schema: self.schema,
@@ -796,6 +875,50 @@ impl<'de> Visitor<'de> for Seed<'_> {
             Node::Record { .. } => encode_record(self.schema, self.node, self.out, map),
             _ => Err(self.mismatch("an object")),
         }
+    }
+}
+
+/// A map key or record field name, borrowed from the input when it can be; an integer or
+/// boolean key is taken as its text, as serde_json writes it.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v)))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(if v { "true" } else { "false" })))
     }
 }
 
@@ -820,7 +943,7 @@ fn encode_record<'de, A: MapAccess<'de>>(
     // (field index, segment start) in arrival order.
     let mut seen: Vec<(usize, usize)> = Vec::with_capacity(fields.len());
     let mut in_order = true;
-    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
         // Fields usually come in schema order (serde writes a struct's in declaration
         // order): try the next one before hashing the name.
         let next = fields.get(seen.len()).filter(|f| f.name == key.as_ref());
@@ -1063,5 +1186,169 @@ mod tests {
             AvroSchema::parse(bad_default),
             Err(SchemaError::Default { .. }) | Err(SchemaError::Parse(_))
         ));
+    }
+
+    /// A value as MessagePack, the way the Rust SDK writes one (structs as maps).
+    fn packed<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        v.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_packed_value_gives_the_bytes_its_json_gives() {
+        let s = AvroSchema::parse(READING).unwrap();
+        for json in [
+            r#"{"id":"d1","n":-3,"t":1700000000000,"x":21.5,"f":1.5,"tags":["a","b"],"m":{"k":7},"e":"B","ok":false}"#,
+            r#"{"x":3.0,"t":2,"n":1,"id":"d"}"#,
+            r#"{"id":"é","n":2147483647,"t":-1,"x":-0.0,"f":null,"tags":[],"m":{"a":-1,"b":2}}"#,
+            r#"{"id":"","n":0,"t":0,"x":1e300,"f":3,"e":"A"}"#,
+        ] {
+            let value: serde_json::Value = serde_json::from_str(json).unwrap();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            s.encode_json(json, &mut a).unwrap();
+            s.encode_packed(&packed(&value), &mut b).unwrap();
+            assert_eq!(a, b, "{json}");
+        }
+        let wrapped = r#"{"type":"record","name":"W","fields":[{"name":"u","type":[
+            {"type":"record","name":"A","fields":[{"name":"a","type":"int"}]},
+            {"type":"record","name":"B","fields":[{"name":"b","type":"int"}]}]}]}"#;
+        let s = AvroSchema::parse(wrapped).unwrap();
+        #[derive(serde::Serialize)]
+        enum U {
+            B { b: i32 },
+        }
+        #[derive(serde::Serialize)]
+        struct W {
+            u: U,
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        s.encode_json(r#"{"u":{"B":{"b":4}}}"#, &mut a).unwrap();
+        s.encode_packed(&packed(&W { u: U::B { b: 4 } }), &mut b)
+            .unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn packed_floats_and_keys_are_taken_as_json_writes_them() {
+        #[derive(serde::Serialize)]
+        struct R {
+            id: &'static str,
+            n: i32,
+            t: i64,
+            x: f32,
+            f: Option<f64>,
+            m: std::collections::BTreeMap<u8, i64>,
+        }
+        let s = AvroSchema::parse(READING).unwrap();
+        let value = R {
+            id: "d",
+            n: 1,
+            t: 2,
+            x: 0.1,
+            f: Some(f64::NAN),
+            m: [(7, 1)].into(),
+        };
+        let json = serde_json::to_string(&value).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        s.encode_json(&json, &mut a).unwrap();
+        s.encode_packed(&packed(&value), &mut b).unwrap();
+        assert_eq!(a, b, "{json}");
+        let shown = s.decode_to_json(&b).unwrap();
+        assert_eq!(
+            shown["x"],
+            serde_json::json!(0.1),
+            "an f32 keeps its decimal"
+        );
+        assert_eq!(
+            shown["f"],
+            serde_json::Value::Null,
+            "NaN is null, as in JSON"
+        );
+        assert_eq!(shown["m"], serde_json::json!({"7": 1}));
+    }
+
+    #[test]
+    fn packed_binary_fills_bytes_and_fixed() {
+        let schema = r#"{"type":"record","name":"B","fields":[{"name":"b","type":"bytes"},
+            {"name":"f","type":["null",{"type":"fixed","name":"F","size":2}]}]}"#;
+        let s = AvroSchema::parse(schema).unwrap();
+        #[derive(serde::Serialize)]
+        struct B<'a> {
+            #[serde(with = "bin")]
+            b: &'a [u8],
+            #[serde(with = "bin")]
+            f: &'a [u8],
+        }
+        mod bin {
+            pub fn serialize<S: serde::Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(v)
+            }
+        }
+        let mut out = Vec::new();
+        s.encode_packed(
+            &packed(&B {
+                b: &[0, 255],
+                f: &[1, 2],
+            }),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, vec![4, 0, 255, 2, 1, 2]);
+        let err = s
+            .encode_packed(&packed(&B { b: &[], f: &[1] }), &mut out)
+            .unwrap_err();
+        assert!(err.0.contains("one of [null, F]"), "{err}");
+    }
+
+    #[test]
+    fn bad_packed_values_are_violations_that_leave_the_buffer_alone() {
+        let s = AvroSchema::parse(READING).unwrap();
+        let good = packed(&serde_json::json!({"id":"d","n":1,"t":2,"x":3.0}));
+        let mut out = vec![9];
+        let mut err = |bytes: &[u8]| s.encode_packed(bytes, &mut out).unwrap_err().0;
+        let mut trailing = good.clone();
+        trailing.push(0xc0);
+        assert!(err(&trailing).contains("left over"));
+        assert!(err(&good[..good.len() - 3]).to_lowercase().contains("fill"));
+        assert!(err(&[]).to_lowercase().contains("fill"));
+        assert!(
+            err(&packed(
+                &serde_json::json!({"id":"d","n":"1","t":2,"x":3.0})
+            ))
+            .contains("field `n`")
+        );
+        assert!(
+            err(&packed(
+                &serde_json::json!({"id":"d","n":1,"t":2,"x":3.0,"q":1})
+            ))
+            .contains("no field `q`")
+        );
+        // A string that is not UTF-8 is no string.
+        let mut bad_utf8 = packed(&serde_json::json!({"id":"dd","n":1,"t":2,"x":3.0}));
+        let at = bad_utf8.windows(2).position(|w| w == b"dd").unwrap();
+        bad_utf8[at] = 0xff;
+        assert!(err(&bad_utf8).to_lowercase().contains("utf"));
+        // Nested past serde_json's depth: refused, not a stack overflow.
+        let recursive = AvroSchema::parse(
+            r#"{"type":"record","name":"N","fields":[{"name":"next","type":["null","N"]}]}"#,
+        )
+        .unwrap();
+        let mut deep = Vec::new();
+        for _ in 0..10_000 {
+            deep.extend_from_slice(&[0x81, 0xa4]);
+            deep.extend_from_slice(b"next");
+        }
+        deep.push(0xc0);
+        let mut out2 = Vec::new();
+        assert!(
+            recursive
+                .encode_packed(&deep, &mut out2)
+                .unwrap_err()
+                .0
+                .contains("depth")
+        );
+        assert_eq!(out, vec![9]);
     }
 }

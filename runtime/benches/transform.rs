@@ -1,8 +1,8 @@
 //! Wasm vs native, end to end of the transform stage: the thermostat plugin on 300-byte
 //! payloads at batch sizes 1, 10, 64 and 100.
 //!
-//! - native: the plugin's Rust code called directly, its records serialised to JSON and
-//!   validated + encoded to Avro by the same code the host uses;
+//! - native: the plugin's Rust code called directly, its records packed as the SDK packs
+//!   them (MessagePack) and validated + encoded to Avro by the same code the host uses;
 //! - wasm: `Configured::process` on the built component (a reused, initialised instance; copy in
 //!   and out, validation + Avro encoding).
 //!
@@ -85,9 +85,9 @@ fn main() {
                 };
                 let mut encoded = Vec::with_capacity(records.len());
                 for r in records {
-                    let json = serde_json::to_string(&r.value).unwrap();
-                    let mut avro = Vec::with_capacity(64);
-                    schema.encode_json(&json, &mut avro).unwrap();
+                    let packed = weir_sdk::glue::pack(&r.value).unwrap();
+                    let mut avro = Vec::with_capacity(packed.len());
+                    schema.encode_packed(&packed, &mut avro).unwrap();
                     encoded.push(avro);
                 }
                 out.push(encoded);

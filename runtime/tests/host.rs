@@ -17,7 +17,7 @@ fn describe_gives_identity_and_schema() {
     let plugin = host().load_file(&path).unwrap();
     let info = plugin.info();
     assert_eq!(info.id(), "thermostat@1.0.0");
-    assert_eq!(info.contract, "weir:transform@1.0.0");
+    assert_eq!(info.contract, "weir:transform@1.1.0 (packed-plugin)");
     assert_eq!(
         info.sha256,
         hex::encode(Sha256::digest(std::fs::read(&path).unwrap()))

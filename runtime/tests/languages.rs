@@ -12,10 +12,9 @@ use weir::transform::{Host, Limits, Message, Outcome, Plugin};
 /// One host and each plugin compiled once for the whole file (an interpreter component
 /// takes seconds to compile).
 fn load(id: &'static str) -> &'static Plugin {
-    static HOST: OnceLock<Host> = OnceLock::new();
     static PLUGINS: OnceLock<std::sync::Mutex<Vec<(&'static str, &'static Plugin)>>> =
         OnceLock::new();
-    let host = HOST.get_or_init(|| Host::new(Limits::default(), None).unwrap());
+    let host = host();
     let mut loaded = PLUGINS.get_or_init(Default::default).lock().unwrap();
     if let Some((_, p)) = loaded.iter().find(|(i, _)| *i == id) {
         return p;
@@ -26,6 +25,11 @@ fn load(id: &'static str) -> &'static Plugin {
     ));
     loaded.push((id, plugin));
     plugin
+}
+
+fn host() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| Host::new(Limits::default(), None).unwrap())
 }
 
 /// The shared fixtures' inputs and a generated corpus of every payload shape, with
@@ -97,8 +101,13 @@ fn corpus() -> Vec<Message> {
 /// The thermostat in `id`'s language against the Rust one, message for message: the same
 /// records (Avro bytes), the same rejection codes and reasons (a parser's reason aside).
 fn same_bytes_as_rust(id: &'static str) {
+    same_bytes_as_rusts(id, load(id));
+}
+
+/// As [`same_bytes_as_rust`], for a loaded plugin.
+fn same_bytes_as_rusts(id: &str, plugin: &Plugin) {
     let rust = load("thermostat@1.0.0").configure(vec![], "rust").unwrap();
-    let other = load(id).configure(vec![], "other").unwrap();
+    let other = plugin.configure(vec![], "other").unwrap();
     let mut inputs = corpus();
     let mut emitted = 0;
     for chunk in inputs.chunks_mut(64) {
@@ -143,9 +152,38 @@ fn the_typescript_thermostat_publishes_the_rust_ones_bytes_for_every_message() {
     same_bytes_as_rust("thermostat-ts@1.0.0");
 }
 
+/// A plugin built against contract 1.0.0 still loads and publishes what it did: the
+/// TypeScript thermostat with its contract imports renamed to `@1.0.0` (names of the same
+/// length, so the component stays well formed) is a 1.0.0 `plugin` as an older SDK built
+/// it; the host links it to its 1.1.0 host interface by semver.
+#[test]
+fn a_plugin_built_against_contract_1_0_0_still_runs_and_publishes_the_same_bytes() {
+    let built = std::fs::read(plugin_wasm("thermostat-ts@1.0.0")).unwrap();
+    let (from, to) = (b"weir:transform/host@1.1.0", b"weir:transform/host@1.0.0");
+    let mut old = built.clone();
+    let mut renamed = 0;
+    let mut at = 0;
+    while let Some(i) = old[at..].windows(from.len()).position(|w| w == from) {
+        old[at + i..at + i + from.len()].copy_from_slice(to);
+        renamed += 1;
+        at += i + from.len();
+    }
+    assert!(renamed > 0, "the component names its host import");
+    let plugin = host().load(&old).unwrap();
+    assert_eq!(plugin.info().contract, "weir:transform@1.0.0");
+    same_bytes_as_rusts("thermostat-ts built against 1.0.0", &plugin);
+}
+
 /// An adversarial plugin with the default limits.
+/// With CPU time enough that a memory bomb meets its memory cap first even when the
+/// machine is loaded (an interpreter touching 64 MiB takes tens of ms, more while other
+/// processes fault pages in): `bomb` is then always `plugin.oom`, never a timeout.
 fn hostile(id: &'static str) -> weir::transform::Configured {
-    load(id).configure(vec![], id).unwrap()
+    let limits = weir::transform::CallLimits {
+        time_per_message: Some(std::time::Duration::from_millis(400)),
+        ..Default::default()
+    };
+    load(id).configure_with(vec![], id, limits).unwrap()
 }
 
 fn reason(o: &Outcome) -> &str {

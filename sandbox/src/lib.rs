@@ -78,7 +78,7 @@ pub enum LoadError {
     NotAComponent(String),
     /// A component, but not of the `weir:transform/plugin` world.
     #[error(
-        "not a weir plugin: {0}. A plugin must target the weir:transform@1.0.0 `plugin` world and import nothing but `weir:transform/host` (build it with weir-sdk and `cargo xtask plugins`)"
+        "not a weir plugin: {0}. A plugin must target the weir:transform `plugin` (1.0) or `packed-plugin` (1.1) world and import nothing but `weir:transform/host` (build it with weir-sdk and `cargo xtask plugins`)"
     )]
     WrongWorld(String),
     /// `describe` failed or returned something unusable.
@@ -177,7 +177,7 @@ impl Host {
                     name: described.name,
                     version: described.version,
                     sha256,
-                    contract: "weir:transform@1.0.0",
+                    contract: pre.contract(),
                     schema: described.schema,
                 },
                 schema,
@@ -412,11 +412,17 @@ impl Configured {
             Ok(outcomes) => {
                 let limits = self.plugin.inner.sandbox.limits();
                 let output = self.limits.output_per_message(limits);
-                out.extend(
-                    outcomes
-                        .into_iter()
-                        .map(|o| encode_outcome(&self.plugin.inner.schema, limits, output, o)),
-                );
+                let schema = &self.plugin.inner.schema;
+                match outcomes {
+                    sandbox::Outcomes::Plain(o) => out.extend(
+                        o.into_iter()
+                            .map(|o| plain_outcome(schema, limits, output, o)),
+                    ),
+                    sandbox::Outcomes::Packed(o) => out.extend(
+                        o.into_iter()
+                            .map(|o| packed_outcome(schema, limits, output, o)),
+                    ),
+                }
             }
             Err(e) if batch.len() == 1 => out.push(Outcome::Fail {
                 code: e.code(),
@@ -466,7 +472,7 @@ impl Configured {
 
     /// One call of `process` on an initialised instance: an idle one, or a fresh one. The
     /// instance goes back to the idle list only if the call succeeded.
-    fn call(&self, batch: &[WitMessage]) -> Result<Vec<sandbox::WitOutcome>, CallError> {
+    fn call(&self, batch: &[WitMessage]) -> Result<sandbox::Outcomes, CallError> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let (mut instance, calls) = match idle {
             Some(pair) => pair,
@@ -501,10 +507,10 @@ impl Configured {
     }
 }
 
-/// Validate and encode one outcome's records; any violation fails the whole message (a
-/// message's records are published all or none). `output` bounds the bytes of all its
-/// records together.
-fn encode_outcome(
+/// Validate and encode one outcome's records (contract 1.0: values as JSON text); any
+/// violation fails the whole message (a message's records are published all or none).
+/// `output` bounds the bytes of all its records together.
+fn plain_outcome(
     schema: &AvroSchema,
     limits: &Limits,
     output: usize,
@@ -513,23 +519,102 @@ fn encode_outcome(
     use sandbox::WitOutcome as W;
     match o {
         W::Skip => Outcome::Skip,
-        W::Reject(r) => match weir_sdk::codes::check_plugin_code(&r.code) {
-            Ok(()) => Outcome::Reject {
-                code: r.code,
-                reason: r.reason,
-            },
-            Err(why) => Outcome::Fail {
-                code: codes::CONTRACT,
-                reason: format!(
-                    "the plugin rejected the message with a malformed code: {why} (its reason: {})",
-                    r.reason
-                ),
-            },
+        W::Reject(r) => rejected(r),
+        W::Emit(records) => emitted(schema, limits, output, records),
+    }
+}
+
+/// As [`plain_outcome`], for contract 1.1's `packed-plugin` (values as MessagePack).
+fn packed_outcome(
+    schema: &AvroSchema,
+    limits: &Limits,
+    output: usize,
+    o: sandbox::PackedOutcome,
+) -> Outcome {
+    use sandbox::PackedOutcome as W;
+    match o {
+        W::Skip => Outcome::Skip,
+        W::Reject(r) => rejected(r),
+        W::Emit(records) => emitted(schema, limits, output, records),
+    }
+}
+
+/// A plugin's rejection, its code checked.
+fn rejected(r: sandbox::WitRejection) -> Outcome {
+    match weir_sdk::codes::check_plugin_code(&r.code) {
+        Ok(()) => Outcome::Reject {
+            code: r.code,
+            reason: r.reason,
         },
-        W::Emit(records) => encode_records(schema, limits, output, records).map_or_else(
-            |(code, reason)| Outcome::Fail { code, reason },
-            Outcome::Emit,
-        ),
+        Err(why) => Outcome::Fail {
+            code: codes::CONTRACT,
+            reason: format!(
+                "the plugin rejected the message with a malformed code: {why} (its reason: {})",
+                r.reason
+            ),
+        },
+    }
+}
+
+fn emitted<R: Returned>(
+    schema: &AvroSchema,
+    limits: &Limits,
+    output: usize,
+    records: Vec<R>,
+) -> Outcome {
+    encode_records(schema, limits, output, records).map_or_else(
+        |(code, reason)| Outcome::Fail { code, reason },
+        Outcome::Emit,
+    )
+}
+
+/// A record as a plugin returned it, in either world: its value is checked against the
+/// schema and encoded to Avro as the world says it is written.
+trait Returned {
+    /// What the value is written as, for messages.
+    const FORM: &'static str;
+    fn value_len(&self) -> usize;
+    fn key(&self) -> Option<&String>;
+    fn headers(&self) -> &[(String, String)];
+    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation>;
+    fn into_parts(self) -> (Option<String>, Vec<(String, String)>);
+}
+
+impl Returned for sandbox::WitRecord {
+    const FORM: &'static str = "JSON";
+    fn value_len(&self) -> usize {
+        self.value.len()
+    }
+    fn key(&self) -> Option<&String> {
+        self.key.as_ref()
+    }
+    fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation> {
+        schema.encode_json(&self.value, out)
+    }
+    fn into_parts(self) -> (Option<String>, Vec<(String, String)>) {
+        (self.key, self.headers)
+    }
+}
+
+impl Returned for sandbox::PackedRecord {
+    const FORM: &'static str = "MessagePack";
+    fn value_len(&self) -> usize {
+        self.value.len()
+    }
+    fn key(&self) -> Option<&String> {
+        self.key.as_ref()
+    }
+    fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation> {
+        schema.encode_packed(&self.value, out)
+    }
+    fn into_parts(self) -> (Option<String>, Vec<(String, String)>) {
+        (self.key, self.headers)
     }
 }
 
@@ -537,11 +622,11 @@ fn encode_outcome(
 type Refusal = (weir_sdk::codes::Code, String);
 
 /// Every record of one message, checked and encoded, or the first refusal.
-fn encode_records(
+fn encode_records<R: Returned>(
     schema: &AvroSchema,
     limits: &Limits,
     output: usize,
-    records: Vec<sandbox::WitRecord>,
+    records: Vec<R>,
 ) -> Result<Vec<Record>, Refusal> {
     if records.len() > limits.max_records_per_message {
         return Err((
@@ -556,9 +641,9 @@ fn encode_records(
     let mut out = Vec::with_capacity(records.len());
     let mut total = 0usize;
     for (i, r) in records.into_iter().enumerate() {
-        total += r.value.len()
-            + r.key.as_ref().map_or(0, String::len)
-            + r.headers
+        total += r.value_len()
+            + r.key().map_or(0, String::len)
+            + r.headers()
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>();
@@ -577,23 +662,24 @@ fn encode_records(
 
 /// Record `i` of a message: within the size bound, no reserved header, its JSON value
 /// valid for the declared schema and encoded as Avro.
-fn encode_record(
+fn encode_record<R: Returned>(
     schema: &AvroSchema,
     limits: &Limits,
     i: usize,
-    r: sandbox::WitRecord,
+    r: R,
 ) -> Result<Record, Refusal> {
-    if r.value.len() > limits.max_record_bytes {
+    if r.value_len() > limits.max_record_bytes {
         return Err((
             codes::OUTPUT_TOO_LARGE,
             format!(
-                "record {i} is {} bytes of JSON; the limit is {}",
-                r.value.len(),
+                "record {i} is {} bytes of {}; the limit is {}",
+                r.value_len(),
+                R::FORM,
                 limits.max_record_bytes
             ),
         ));
     }
-    if let Some((name, _)) = r.headers.iter().find(|(k, _)| k.starts_with("weir.")) {
+    if let Some((name, _)) = r.headers().iter().find(|(k, _)| k.starts_with("weir.")) {
         return Err((
             codes::CONTRACT,
             format!(
@@ -601,16 +687,17 @@ fn encode_record(
             ),
         ));
     }
-    let mut value = Vec::with_capacity(r.value.len() / 2);
-    if let Err(Violation(why)) = schema.encode_json(&r.value, &mut value) {
+    let mut value = Vec::with_capacity(r.value_len());
+    if let Err(Violation(why)) = r.encode(schema, &mut value) {
         return Err((
             codes::SCHEMA_VIOLATION,
             format!("record {i} does not match the declared schema: {why}"),
         ));
     }
+    let (key, headers) = r.into_parts();
     Ok(Record {
-        key: r.key,
+        key,
         value,
-        headers: r.headers,
+        headers,
     })
 }

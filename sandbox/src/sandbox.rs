@@ -19,8 +19,21 @@ mod bindings {
     });
 }
 
+/// The `packed-plugin` world (contract 1.1): the same types and host, its own `process`.
+mod packed {
+    wasmtime::component::bindgen!({
+        world: "packed-plugin",
+        path: "../wit",
+        with: {
+            "weir:transform/types": super::bindings::weir::transform::types,
+            "weir:transform/host": super::bindings::weir::transform::host,
+        },
+    });
+}
+
 pub use bindings::weir::transform::types::{
-    Level, Message as WitMessage, Outcome as WitOutcome, PluginInfo, Record as WitRecord,
+    Level, Message as WitMessage, Outcome as WitOutcome, PackedOutcome, PackedRecord, PluginInfo,
+    Record as WitRecord, Rejection as WitRejection,
 };
 
 /// Limits applied to every plugin call.
@@ -39,7 +52,7 @@ pub struct Limits {
     pub stack_bytes: usize,
     /// Most records one message may produce.
     pub max_records_per_message: usize,
-    /// Largest record value (JSON text) a plugin may return.
+    /// Largest record value (JSON text, or MessagePack) a plugin may return.
     pub max_record_bytes: usize,
     /// Most bytes the records of one message may total (values, keys and headers). The
     /// canonical ABI lets every record point at the same bytes of the plugin's memory, so
@@ -140,8 +153,45 @@ impl Drop for Shared {
 #[derive(Clone)]
 pub(super) struct Sandbox(Arc<Shared>);
 
-/// A component pre-instantiated against the linker.
-pub(super) type Pre = bindings::PluginPre<State>;
+/// A component pre-instantiated against the linker, by the world it targets.
+pub(super) enum Pre {
+    /// `plugin`: record values as JSON text.
+    Plain(bindings::PluginPre<State>),
+    /// `packed-plugin`: record values as MessagePack.
+    Packed(packed::PackedPluginPre<State>),
+}
+
+impl Pre {
+    /// The contract (and world) the plugin was built against, as `weir plugin inspect`
+    /// shows it.
+    pub(super) fn contract(&self) -> &'static str {
+        match self {
+            Pre::Plain(_) => "weir:transform@1.0.0",
+            Pre::Packed(_) => "weir:transform@1.1.0 (packed-plugin)",
+        }
+    }
+}
+
+/// An instance's exports, by the world it targets.
+enum Exports {
+    Plain(bindings::Plugin),
+    Packed(packed::PackedPlugin),
+}
+
+/// What one `process` call returned, by the world the plugin targets.
+pub(super) enum Outcomes {
+    Plain(Vec<WitOutcome>),
+    Packed(Vec<PackedOutcome>),
+}
+
+impl Outcomes {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Outcomes::Plain(v) => v.len(),
+            Outcomes::Packed(v) => v.len(),
+        }
+    }
+}
 
 impl Sandbox {
     pub(super) fn new(limits: Limits) -> Result<Self, LoadError> {
@@ -167,6 +217,11 @@ impl Sandbox {
             .concurrency_support(false)
             .max_wasm_stack(limits.stack_bytes)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // `perf` names plugin functions from /tmp/perf-<pid>.map when this is set: for
+        // profiling a plugin in place (`perf record -p <pid>`), never needed otherwise.
+        if std::env::var_os("WEIR_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
@@ -268,7 +323,17 @@ impl Sandbox {
             .linker
             .instantiate_pre(component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        bindings::PluginPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
+        // The world is told by the `process` it exports; each is then type-checked whole.
+        let packed = component
+            .component_type()
+            .exports(&self.0.engine)
+            .any(|(name, _)| name == "process-packed");
+        if packed {
+            packed::PackedPluginPre::new(pre).map(Pre::Packed)
+        } else {
+            bindings::PluginPre::new(pre).map(Pre::Plain)
+        }
+        .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
     }
 
     /// The CPU budget of instantiation, `describe` and `init`: the host's floor at least,
@@ -440,7 +505,7 @@ impl CallError {
 /// A fresh instance in its own store.
 pub(super) struct Instance {
     store: Store<State>,
-    plugin: bindings::Plugin,
+    plugin: Exports,
     sandbox: Sandbox,
     limits: CallLimits,
     /// The hostcall fuel the current call was given.
@@ -470,7 +535,11 @@ impl Instance {
         store.limiter(|s| s);
         store.epoch_deadline_callback(|store| Ok(on_deadline(store.data())));
         store.set_epoch_deadline(ticks(sandbox.setup_budget(&limits)));
-        let plugin = pre.instantiate(&mut store).map_err(|e| {
+        let plugin = match pre {
+            Pre::Plain(pre) => pre.instantiate(&mut store).map(Exports::Plain),
+            Pre::Packed(pre) => pre.instantiate(&mut store).map(Exports::Packed),
+        }
+        .map_err(|e| {
             match e.downcast_ref::<wasmtime::Trap>() {
                 // Its start-up code spins: a timeout, as in any other call.
                 Some(wasmtime::Trap::Interrupt) => {
@@ -568,15 +637,21 @@ impl Instance {
     pub(super) fn describe(&mut self) -> Result<PluginInfo, CallError> {
         let budget = self.sandbox.setup_budget(&self.limits);
         self.arm(budget, self.output_bound(1));
-        self.plugin
-            .call_describe(&mut self.store)
-            .map_err(|e| self.classify(e, budget))
+        match &self.plugin {
+            Exports::Plain(p) => p.call_describe(&mut self.store),
+            Exports::Packed(p) => p.call_describe(&mut self.store),
+        }
+        .map_err(|e| self.classify(e, budget))
     }
 
     pub(super) fn init(&mut self, config: &[(String, String)]) -> Result<(), CallError> {
         let budget = self.sandbox.setup_budget(&self.limits);
         self.arm(budget, self.output_bound(1));
-        match self.plugin.call_init(&mut self.store, config) {
+        let result = match &self.plugin {
+            Exports::Plain(p) => p.call_init(&mut self.store, config),
+            Exports::Packed(p) => p.call_init(&mut self.store, config),
+        };
+        match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(CallError::Config(msg)),
             Err(e) => Err(self.classify(e, budget)),
@@ -593,14 +668,19 @@ impl Instance {
         &mut self,
         batch: &[WitMessage],
         expected: Option<Duration>,
-    ) -> Result<(Vec<WitOutcome>, Duration), CallError> {
+    ) -> Result<(Outcomes, Duration), CallError> {
         let full = self.sandbox.budget(batch.len(), &self.limits);
         let budget = match expected {
             Some(e) if batch.len() > 1 => e.max(MIN_QUICK_BATCH).min(full),
             _ => full,
         };
         self.arm(budget, self.output_bound(batch.len()));
-        let outcomes = self.plugin.call_process(&mut self.store, batch);
+        let outcomes = match &self.plugin {
+            Exports::Plain(p) => p.call_process(&mut self.store, batch).map(Outcomes::Plain),
+            Exports::Packed(p) => p
+                .call_process_packed(&mut self.store, batch)
+                .map(Outcomes::Packed),
+        };
         let used = thread_cpu().saturating_sub(self.store.data().cpu_start);
         outcomes
             .map(|o| (o, used))

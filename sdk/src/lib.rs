@@ -4,7 +4,9 @@
 //! cohort's config and turns one [`Message`] into typed records (anything `Serialize` that
 //! matches the plugin's Avro schema) or a [`Rejection`]. [`export_plugin!`] generates the
 //! `weir:transform` glue: `describe` returns the name, version and schema, `init` builds the
-//! plugin, `process` runs the batch. The host validates every record against the schema.
+//! plugin, `process-packed` runs the batch. Records cross the boundary as MessagePack
+//! (contract 1.1's `packed-plugin` world: no number formatting in the plugin, no text
+//! parsing in the host); the host validates every record against the schema.
 //!
 //! ```ignore
 //! struct Echo;
@@ -31,7 +33,7 @@ use std::fmt;
 #[allow(unsafe_code)] // The generated canonical-ABI glue reads and writes guest memory.
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "plugin",
+        world: "packed-plugin",
         path: "../wit",
         default_bindings_module: "weir_sdk::bindings",
         pub_export_macro: true,
@@ -153,7 +155,9 @@ impl fmt::Display for Rejection {
 pub struct Record<R> {
     /// Kafka key; `None` leaves it to the cohort's key template.
     pub key: Option<String>,
-    /// The record value, serialised to JSON and validated against the schema by the host.
+    /// The record value, serialised (as MessagePack) and validated against the schema by the
+    /// host. Its serde form is what counts, as for JSON: a struct is a record, `Option` a
+    /// nullable union, a unit enum variant an enum symbol.
     pub value: R,
     /// Extra Kafka headers (names starting with `weir.` are reserved).
     pub headers: Vec<(String, String)>,
@@ -248,7 +252,8 @@ impl Config {
 
 /// A transform: one instance per Wasm instance, built from the cohort's config.
 pub trait Plugin: Sized {
-    /// The record type; its JSON form must match the plugin's Avro schema.
+    /// The record type; its serde form (as JSON shows it) must match the plugin's Avro
+    /// schema.
     type Record: Serialize;
 
     /// Build an instance from the cohort's config; an error refuses the config.
@@ -298,7 +303,7 @@ pub mod glue {
 
     /// Run a batch through the plugin built by `init` (or with an empty config if the host
     /// did not call `init`).
-    pub fn process<P: Plugin + 'static>(batch: Vec<wit::Message>) -> Vec<wit::Outcome> {
+    pub fn process<P: Plugin + 'static>(batch: Vec<wit::Message>) -> Vec<wit::PackedOutcome> {
         install_panic_hook();
         let missing = INSTANCE.with(|slot| slot.borrow().is_none());
         if missing && let Err(e) = init::<P>(Vec::new()) {
@@ -308,7 +313,7 @@ pub mod glue {
             };
             return batch
                 .iter()
-                .map(|_| wit::Outcome::Reject(rejection.clone()))
+                .map(|_| wit::PackedOutcome::Reject(rejection.clone()))
                 .collect();
         }
         INSTANCE.with(|slot| {
@@ -345,37 +350,47 @@ pub mod glue {
 
     /// Convert a typed result to the contract's outcome; a value that cannot be serialised
     /// becomes a `record.serialize` rejection rather than a trap.
-    pub fn to_wit<R: Serialize>(result: Result<R>) -> wit::Outcome {
+    /// One message's result as the contract carries it: each record's value packed as
+    /// MessagePack (structs as maps keyed by field name), which the host checks against
+    /// the schema and encodes to Avro.
+    pub fn to_wit<R: Serialize>(result: Result<R>) -> wit::PackedOutcome {
         match result {
-            Err(r) => wit::Outcome::Reject(wit::Rejection {
+            Err(r) => wit::PackedOutcome::Reject(wit::Rejection {
                 code: r.code,
                 reason: r.reason,
             }),
-            Ok(Emit::Skip) => wit::Outcome::Skip,
+            Ok(Emit::Skip) => wit::PackedOutcome::Skip,
             Ok(Emit::Records(records)) => {
                 let mut out = Vec::with_capacity(records.len());
                 for r in records {
-                    match serde_json::to_string(&r.value) {
-                        Ok(value) => out.push(wit::Record {
+                    match pack(&r.value) {
+                        Ok(value) => out.push(wit::PackedRecord {
                             key: r.key,
                             value,
                             headers: r.headers,
                         }),
                         Err(e) => {
-                            return wit::Outcome::Reject(wit::Rejection {
+                            return wit::PackedOutcome::Reject(wit::Rejection {
                                 code: "record.serialize".into(),
-                                reason: format!("record could not be serialised to JSON: {e}"),
+                                reason: format!("record could not be serialised: {e}"),
                             });
                         }
                     }
                 }
-                wit::Outcome::Emit(out)
+                wit::PackedOutcome::Emit(out)
             }
         }
     }
+
+    /// A record value as MessagePack, structs as maps keyed by field name.
+    pub fn pack<R: Serialize>(value: &R) -> std::result::Result<Vec<u8>, rmp_serde::encode::Error> {
+        let mut out = Vec::with_capacity(128);
+        value.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())?;
+        Ok(out)
+    }
 }
 
-/// Export a [`Plugin`] as the `weir:transform` world.
+/// Export a [`Plugin`] as the `weir:transform` `packed-plugin` world.
 ///
 /// `schema` is the path of the `.avsc` file, relative to the file that invokes the macro (as
 /// for `include_str!`). The name and version are the crate's `Cargo.toml` name and version;
@@ -408,9 +423,9 @@ macro_rules! export_plugin {
                 fn init(config: Vec<(String, String)>) -> Result<(), String> {
                     $crate::glue::init::<$plugin>(config)
                 }
-                fn process(
+                fn process_packed(
                     batch: Vec<$crate::bindings::weir::transform::types::Message>,
-                ) -> Vec<$crate::bindings::weir::transform::types::Outcome> {
+                ) -> Vec<$crate::bindings::weir::transform::types::PackedOutcome> {
                     $crate::glue::process::<$plugin>(batch)
                 }
             }

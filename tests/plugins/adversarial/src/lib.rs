@@ -127,28 +127,32 @@ mod export {
 
     struct Export;
 
-    /// One valid record's JSON, `ALIAS_BYTES` long, leaked so that it lives on.
-    fn shared_value() -> &'static str {
-        let filler = ALIAS_BYTES - r#"{"text":""}"#.len();
-        Box::leak(format!(r#"{{"text":"{}"}}"#, "x".repeat(filler)).into_boxed_str())
+    /// One valid record value, `ALIAS_BYTES` long, leaked so that it lives on.
+    fn shared_value() -> &'static [u8] {
+        // A one-entry map (1 byte), "text" (5), a str32 header (5), then the text.
+        let filler = ALIAS_BYTES - 11;
+        let value = weir_sdk::glue::pack(&json!({ "text": "x".repeat(filler) }))
+            .expect("a JSON value packs");
+        assert_eq!(value.len(), ALIAS_BYTES);
+        Box::leak(value.into_boxed_slice())
     }
 
     /// `ALIAS_RECORDS` records whose values are the same bytes. Each `String` claims the
     /// leaked buffer; the guest frees them after the host has copied them out, if it does.
-    fn aliased() -> wit::Outcome {
+    fn aliased() -> wit::PackedOutcome {
         let shared = shared_value();
         let records = (0..ALIAS_RECORDS)
-            .map(|_| wit::Record {
+            .map(|_| wit::PackedRecord {
                 key: None,
                 // SAFETY: deliberately unsound (the buffer is owned many times over); this
                 // plugin exists to show the host survives a guest that lies in the ABI.
                 value: unsafe {
-                    String::from_raw_parts(shared.as_ptr().cast_mut(), shared.len(), shared.len())
+                    Vec::from_raw_parts(shared.as_ptr().cast_mut(), shared.len(), shared.len())
                 },
                 headers: Vec::new(),
             })
             .collect();
-        wit::Outcome::Emit(records)
+        wit::PackedOutcome::Emit(records)
     }
 
     impl weir_sdk::bindings::Guest for Export {
@@ -158,7 +162,7 @@ mod export {
         fn init(config: Vec<(String, String)>) -> Result<(), String> {
             weir_sdk::glue::init::<Adversarial>(config)
         }
-        fn process(batch: Vec<wit::Message>) -> Vec<wit::Outcome> {
+        fn process_packed(batch: Vec<wit::Message>) -> Vec<wit::PackedOutcome> {
             batch
                 .into_iter()
                 .map(|m| {
