@@ -76,7 +76,7 @@ pub enum LoadError {
     /// Not a Wasm component at all.
     #[error("{0}")]
     NotAComponent(String),
-    /// A component, but not of the `weir:transform/plugin` world.
+    /// A component, but of neither `weir:transform` world (`plugin`, `packed-plugin`).
     #[error(
         "not a weir plugin: {0}. A plugin must target the weir:transform `plugin` (1.0) or `packed-plugin` (1.1) world and import nothing but `weir:transform/host` (build it with weir-sdk and `cargo xtask plugins`)"
     )]
@@ -556,6 +556,7 @@ fn rejected(r: sandbox::WitRejection) -> Outcome {
     }
 }
 
+/// A message's records, checked and encoded, or its failure.
 fn emitted<R: Returned>(
     schema: &AvroSchema,
     limits: &Limits,
