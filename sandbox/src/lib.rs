@@ -569,53 +569,69 @@ fn emitted<R: Returned>(
     )
 }
 
-/// A record as a plugin returned it, in either world: its value is checked against the
-/// schema and encoded to Avro as the world says it is written.
-trait Returned {
+/// A record value as a plugin returned it: JSON text (world `plugin`) or MessagePack
+/// (`packed-plugin`), checked against the schema and encoded to Avro accordingly.
+trait Value {
     /// What the value is written as, for messages.
     const FORM: &'static str;
-    fn value_len(&self) -> usize;
-    fn key(&self) -> Option<&String>;
-    fn headers(&self) -> &[(String, String)];
+    fn len(&self) -> usize;
     fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation>;
-    fn into_parts(self) -> (Option<String>, Vec<(String, String)>);
+}
+
+impl Value for String {
+    const FORM: &'static str = "JSON";
+    fn len(&self) -> usize {
+        self.len()
+    }
+    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation> {
+        schema.encode_json(self, out)
+    }
+}
+
+impl Value for Vec<u8> {
+    const FORM: &'static str = "MessagePack";
+    fn len(&self) -> usize {
+        self.len()
+    }
+    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation> {
+        schema.encode_packed(self, out)
+    }
+}
+
+/// A record as a plugin returned it, in either world: its value, and the rest of it as
+/// the record to publish (its value still to be encoded).
+trait Returned {
+    type Value: Value;
+    fn split(self) -> (Self::Value, Record);
 }
 
 impl Returned for sandbox::WitRecord {
-    const FORM: &'static str = "JSON";
-    fn value_len(&self) -> usize {
-        self.value.len()
-    }
-    fn key(&self) -> Option<&String> {
-        self.key.as_ref()
-    }
-    fn headers(&self) -> &[(String, String)] {
-        &self.headers
-    }
-    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation> {
-        schema.encode_json(&self.value, out)
-    }
-    fn into_parts(self) -> (Option<String>, Vec<(String, String)>) {
-        (self.key, self.headers)
+    type Value = String;
+    fn split(self) -> (String, Record) {
+        let (key, headers) = (self.key, self.headers);
+        (
+            self.value,
+            Record {
+                key,
+                value: Vec::new(),
+                headers,
+            },
+        )
     }
 }
 
 impl Returned for sandbox::PackedRecord {
-    const FORM: &'static str = "MessagePack";
-    fn value_len(&self) -> usize {
-        self.value.len()
-    }
-    fn key(&self) -> Option<&String> {
-        self.key.as_ref()
-    }
-    fn headers(&self) -> &[(String, String)] {
-        &self.headers
-    }
-    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation> {
-        schema.encode_packed(&self.value, out)
-    }
-    fn into_parts(self) -> (Option<String>, Vec<(String, String)>) {
-        (self.key, self.headers)
+    type Value = Vec<u8>;
+    fn split(self) -> (Vec<u8>, Record) {
+        let (key, headers) = (self.key, self.headers);
+        (
+            self.value,
+            Record {
+                key,
+                value: Vec::new(),
+                headers,
+            },
+        )
     }
 }
 
@@ -642,9 +658,11 @@ fn encode_records<R: Returned>(
     let mut out = Vec::with_capacity(records.len());
     let mut total = 0usize;
     for (i, r) in records.into_iter().enumerate() {
-        total += r.value_len()
-            + r.key().map_or(0, String::len)
-            + r.headers()
+        let (value, record) = r.split();
+        total += value.len()
+            + record.key.as_ref().map_or(0, String::len)
+            + record
+                .headers
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>();
@@ -656,31 +674,32 @@ fn encode_records<R: Returned>(
                 ),
             ));
         }
-        out.push(encode_record(schema, limits, i, r)?);
+        out.push(encode_record(schema, limits, i, &value, record)?);
     }
     Ok(out)
 }
 
-/// Record `i` of a message: within the size bound, no reserved header, its JSON value
-/// valid for the declared schema and encoded as Avro.
-fn encode_record<R: Returned>(
+/// Record `i` of a message: within the size bound, no reserved header, its `value` valid
+/// for the declared schema and encoded as Avro into `record`.
+fn encode_record<V: Value>(
     schema: &AvroSchema,
     limits: &Limits,
     i: usize,
-    r: R,
+    value: &V,
+    mut record: Record,
 ) -> Result<Record, Refusal> {
-    if r.value_len() > limits.max_record_bytes {
+    if value.len() > limits.max_record_bytes {
         return Err((
             codes::OUTPUT_TOO_LARGE,
             format!(
                 "record {i} is {} bytes of {}; the limit is {}",
-                r.value_len(),
-                R::FORM,
+                value.len(),
+                V::FORM,
                 limits.max_record_bytes
             ),
         ));
     }
-    if let Some((name, _)) = r.headers().iter().find(|(k, _)| k.starts_with("weir.")) {
+    if let Some((name, _)) = record.headers.iter().find(|(k, _)| k.starts_with("weir.")) {
         return Err((
             codes::CONTRACT,
             format!(
@@ -688,17 +707,12 @@ fn encode_record<R: Returned>(
             ),
         ));
     }
-    let mut value = Vec::with_capacity(r.value_len());
-    if let Err(Violation(why)) = r.encode(schema, &mut value) {
+    record.value.reserve_exact(value.len());
+    if let Err(Violation(why)) = value.encode(schema, &mut record.value) {
         return Err((
             codes::SCHEMA_VIOLATION,
             format!("record {i} does not match the declared schema: {why}"),
         ));
     }
-    let (key, headers) = r.into_parts();
-    Ok(Record {
-        key,
-        value,
-        headers,
-    })
+    Ok(record)
 }
