@@ -8,7 +8,8 @@
 //!   (connected before the clock starts);
 //! - weir drain: `weir run` resumes its session, and thermostat → Avro → Kafka → PUBACK
 //!   empties it; timed from its MQTT connection to its last PUBACK (`weir_acked_total`),
-//!   weir's CPU over the same span, peak RSS;
+//!   weir's CPU over the same span and how it splits between its threads' roles (source
+//!   and acks, transform, librdkafka), peak RSS;
 //! - latency: then, at half of weir's drain rate, publish-arrival-to-PUBACK p50 / p99 from
 //!   weir's `weir_ack_seconds` histogram (the broker hop on loopback is not included), the
 //!   part of it spent waiting on Kafka (`weir_produce_seconds`), and, for comparison, a raw
@@ -214,7 +215,86 @@ fn raw_kafka_latency(n: usize, rate: f64, run: &str) -> (f64, f64) {
 struct Weir {
     child: std::process::Child,
     admin: String,
-    connected: std::sync::mpsc::Receiver<(Instant, f64)>,
+    /// At weir's MQTT connection: the time, its CPU seconds and its threads' CPU.
+    connected: std::sync::mpsc::Receiver<(Instant, f64, Threads)>,
+}
+
+/// CPU seconds (user + system) of each of a process's live threads, by thread id, with the
+/// thread's name.
+type Threads = std::collections::HashMap<u32, (String, f64)>;
+
+/// The CPU of each live thread of `pid`, from /proc/<pid>/task.
+fn thread_cpu(pid: u32) -> Threads {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut out = Threads::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some((head, rest)), Ok(tid)) = (
+            stat.rsplit_once(')'),
+            task.file_name().to_string_lossy().parse::<u32>(),
+        ) else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+        out.insert(tid, (name, ticks / tick));
+    }
+    out
+}
+
+/// The role a weir thread plays, by its name (see the thread names in `weir run`).
+fn role(thread: &str) -> &'static str {
+    if thread.starts_with("weir-io-") {
+        "MQTT source, routing, planning, Kafka hand-off, acks"
+    } else if thread.starts_with("tokio-rt-worker") {
+        "main runtime (admin, metrics)"
+    } else if thread.starts_with("rdk:") || thread.starts_with("producer poll") {
+        "librdkafka (batching, network, delivery reports)"
+    } else if thread.starts_with("weir-")
+        && !matches!(thread, "weir-epoch" | "weir-control")
+        && !thread.starts_with("weir-slots")
+        && !thread.starts_with("weir-sasl")
+    {
+        "transform: plugin, Avro encoding"
+    } else {
+        "other threads"
+    }
+}
+
+/// Where weir's CPU went between two thread readings, per message, by role; `total` is the
+/// process's CPU over the span (it also counts threads that ended in between).
+fn print_roles(before: &Threads, after: &Threads, total: f64, n: usize) {
+    let mut roles: Vec<(&str, f64)> = Vec::new();
+    let mut counted = 0.0;
+    for (tid, (name, cpu)) in after {
+        let spent = cpu - before.get(tid).map_or(0.0, |b| b.1);
+        counted += spent;
+        let r = role(name);
+        match roles.iter_mut().find(|(n, _)| *n == r) {
+            Some(e) => e.1 += spent,
+            None => roles.push((r, spent)),
+        }
+    }
+    if total > counted {
+        match roles.iter_mut().find(|(n, _)| *n == "other threads") {
+            Some(e) => e.1 += total - counted,
+            None => roles.push(("other threads", total - counted)),
+        }
+    }
+    roles.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (r, cpu) in roles {
+        println!(
+            "  {r:<53} {:>6.2} µs/msg {:>5.1} %",
+            cpu * 1e6 / n as f64,
+            cpu * 100.0 / total.max(f64::EPSILON)
+        );
+    }
 }
 
 fn start_weir(config: &std::path::Path) -> Weir {
@@ -237,7 +317,7 @@ fn start_weir(config: &std::path::Path) -> Weir {
                 let _ = admin_tx.send(addr.trim().to_owned());
             }
             if line.contains("MQTT 5 connected") {
-                let _ = conn_tx.send((Instant::now(), bed::proc_usage(pid).0));
+                let _ = conn_tx.send((Instant::now(), bed::proc_usage(pid).0, thread_cpu(pid)));
             }
         }
     });
@@ -351,7 +431,7 @@ fn weir_leg(
     }));
 
     let weir = start_weir(&path);
-    let (start, cpu_start) = weir
+    let (start, cpu_start, threads_start) = weir
         .connected
         .recv_timeout(Duration::from_secs(120))
         .expect("weir connects");
@@ -372,6 +452,7 @@ fn weir_leg(
         std::thread::sleep(Duration::from_millis(20));
     };
     let (cpu_end, peak_rss) = bed::proc_usage(weir.child.id());
+    let threads_end = thread_cpu(weir.child.id());
     let cpu = cpu_end - cpu_start;
     let elapsed = end - start;
     let rate = n as f64 / elapsed.as_secs_f64();
@@ -379,6 +460,7 @@ fn weir_leg(
     println!(
         "weir drain (thermostat, Avro, acks after Kafka): {rate:>8.0} msg/s {cpu_per:>6.2} µs CPU/msg"
     );
+    print_roles(&threads_start, &threads_end, cpu, n);
     println!(
         "weir / raw MQTT drain:                          {:>9.2}",
         rate / mqtt_rate
