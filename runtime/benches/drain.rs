@@ -241,8 +241,13 @@ fn thread_cpu(pid: u32) -> Threads {
             continue;
         };
         let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+        // utime and stime: the 14th and 15th fields, the 12th and 13th after the name.
+        let ticks: f64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum();
         out.insert(tid, (name, ticks / tick));
     }
     out
