@@ -219,39 +219,9 @@ struct Weir {
     connected: std::sync::mpsc::Receiver<(Instant, f64, Threads)>,
 }
 
-/// CPU seconds (user + system) of each of a process's live threads, by thread id, with the
-/// thread's name.
+/// CPU seconds of each live thread of a process, by thread id, with its name
+/// (`bed::threads_cpu`).
 type Threads = std::collections::HashMap<u32, (String, f64)>;
-
-/// The CPU of each live thread of `pid`, from /proc/<pid>/task.
-fn thread_cpu(pid: u32) -> Threads {
-    let tick = 100.0; // USER_HZ on Linux
-    let mut out = Threads::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        let (Some((head, rest)), Ok(tid)) = (
-            stat.rsplit_once(')'),
-            task.file_name().to_string_lossy().parse::<u32>(),
-        ) else {
-            continue;
-        };
-        let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
-        // utime and stime: the 14th and 15th fields, the 12th and 13th after the name.
-        let ticks: f64 = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|v| v.parse::<f64>().ok())
-            .sum();
-        out.insert(tid, (name, ticks / tick));
-    }
-    out
-}
 
 /// The role a weir thread plays, by its name (see the thread names in `weir run`).
 fn role(thread: &str) -> &'static str {
@@ -322,7 +292,11 @@ fn start_weir(config: &std::path::Path) -> Weir {
                 let _ = admin_tx.send(addr.trim().to_owned());
             }
             if line.contains("MQTT 5 connected") {
-                let _ = conn_tx.send((Instant::now(), bed::proc_usage(pid).0, thread_cpu(pid)));
+                let _ = conn_tx.send((
+                    Instant::now(),
+                    bed::proc_usage(pid).0,
+                    bed::threads_cpu(pid),
+                ));
             }
         }
     });
@@ -457,7 +431,7 @@ fn weir_leg(
         std::thread::sleep(Duration::from_millis(20));
     };
     let (cpu_end, peak_rss) = bed::proc_usage(weir.child.id());
-    let threads_end = thread_cpu(weir.child.id());
+    let threads_end = bed::threads_cpu(weir.child.id());
     let cpu = cpu_end - cpu_start;
     let elapsed = end - start;
     let rate = n as f64 / elapsed.as_secs_f64();

@@ -809,23 +809,29 @@ pub fn proc_usage(pid: u32) -> (f64, u64) {
     (ticks as f64 / 100.0, hwm * 1024)
 }
 
-/// CPU seconds (user + system) the threads of process `pid` named `name` have used.
-pub fn thread_cpu(pid: u32, name: &str) -> f64 {
-    let mut ticks = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
+/// CPU seconds (user + system) of each live thread of process `pid`, by thread id, with
+/// the thread's name.
+pub fn threads_cpu(pid: u32) -> HashMap<u32, (String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    tasks
         .flatten()
-    {
-        let path = task.path();
-        if std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == name)
-            && let Ok(stat) = std::fs::read_to_string(path.join("stat"))
-            && let Some((_, rest)) = stat.rsplit_once(')')
-        {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-        }
-    }
-    ticks as f64 / 100.0
+        .filter_map(|task| {
+            let tid = task.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_owned();
+            // utime and stime: the 14th and 15th fields, the 12th and 13th after the name.
+            let ticks: f64 = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<f64>().ok())
+                .sum();
+            Some((tid, (name, ticks / 100.0)))
+        })
+        .collect()
 }
 
 /// Every thread of process `pid`: (name, nice value).
