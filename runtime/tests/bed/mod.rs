@@ -793,20 +793,30 @@ pub fn bench_payload(i: usize) -> Vec<u8> {
 /// (user+system CPU seconds, peak RSS bytes) of a process, from /proc.
 pub fn proc_usage(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let cpu = stat_fields(&stat)
+        .and_then(|(_, f)| cpu_seconds(&f))
+        .unwrap_or_else(|| panic!("/proc/{pid}/stat has no CPU times: {stat:?}"));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let hwm: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
-    (ticks as f64 / 100.0, hwm * 1024)
+    (cpu, hwm * 1024)
+}
+
+/// A `/proc/.../stat` line split at its name: the name (in parentheses, and free to hold
+/// spaces and parentheses itself) and the fields after it.
+fn stat_fields(stat: &str) -> Option<(&str, Vec<&str>)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    Some((head.split_once('(')?.1, rest.split_whitespace().collect()))
+}
+
+/// CPU seconds (user + system) from the fields after the name: utime and stime, the 14th
+/// and 15th of the line, in ticks of USER_HZ (100 on Linux).
+fn cpu_seconds(fields: &[&str]) -> Option<f64> {
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 /// CPU seconds (user + system) of each live thread of process `pid`, by thread id, with
@@ -820,16 +830,8 @@ pub fn threads_cpu(pid: u32) -> HashMap<u32, (String, f64)> {
         .filter_map(|task| {
             let tid = task.file_name().to_string_lossy().parse::<u32>().ok()?;
             let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(')')?;
-            let name = head.split_once('(')?.1.to_owned();
-            // utime and stime: the 14th and 15th fields, the 12th and 13th after the name.
-            let ticks: f64 = rest
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|v| v.parse::<f64>().ok())
-                .sum();
-            Some((tid, (name, ticks / 100.0)))
+            let (name, fields) = stat_fields(&stat)?;
+            Some((tid, (name.to_owned(), cpu_seconds(&fields)?)))
         })
         .collect()
 }
@@ -840,17 +842,10 @@ pub fn thread_nice(pid: u32) -> Vec<(String, i32)> {
         .unwrap()
         .flatten()
         .filter_map(|task| {
-            let path = task.path();
-            let name = std::fs::read_to_string(path.join("comm")).ok()?;
-            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-            let nice = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(16)?
-                .parse()
-                .ok()?;
-            Some((name.trim().to_owned(), nice))
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (name, fields) = stat_fields(&stat)?;
+            // nice: the 19th field of the line.
+            Some((name.to_owned(), fields.get(16)?.parse().ok()?))
         })
         .collect()
 }
