@@ -26,6 +26,7 @@ use crate::write::{Failure, HeaderField, Write};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 use weir_sdk::codes::{Code, Stage};
 
@@ -37,8 +38,8 @@ pub const MAX_ERROR_MESSAGE: usize = 4096;
 pub struct CohortPlan {
     /// Name (`weir.cohort`).
     pub name: String,
-    /// Governed topic.
-    pub output_topic: String,
+    /// Governed topic (shared by every write to it).
+    pub output_topic: Arc<str>,
     /// Kafka key template.
     pub key: KeyTemplate,
     /// Registry id of the plugin's schema.
@@ -86,9 +87,9 @@ pub struct Topology {
     /// One rule per cohort, same order.
     pub rules: Vec<Rule>,
     /// Where failed messages go.
-    pub quarantine_topic: String,
+    pub quarantine_topic: Arc<str>,
     /// Raw capture topic, if any.
-    pub raw_topic: Option<String>,
+    pub raw_topic: Option<Arc<str>>,
 }
 
 /// A message as it arrived, with what the source learnt about it.
@@ -224,8 +225,9 @@ impl Topology {
             d.quarantine(self, Code::PayloadTooLarge, &why, None);
             return d;
         }
+        let base = message_headers(&d.input);
         if let Some(raw) = &self.raw_topic {
-            let capture = self.raw_capture(raw, &d.input, cohort);
+            let capture = self.raw_capture(raw, &d.input, cohort, &base);
             d.first.push((Kind::Raw, capture));
         }
         let Some(ci) = cohort else {
@@ -245,7 +247,7 @@ impl Topology {
             Some(Outcome::Fail { code, reason }) => d.quarantine(self, code, &reason, None),
             Some(Outcome::Emit(records)) => {
                 let c = &self.cohorts[ci];
-                let base = message_headers(&d.input);
+                d.first.reserve_exact(records.len());
                 for r in records {
                     let write = c.record(&d.input.message.topic, &base, r);
                     d.first.push((Kind::Record, write));
@@ -257,13 +259,19 @@ impl Topology {
 
     /// The raw capture of a message: its payload keyed by its topic, with the cohort and
     /// version that processed it (so replay knows the version instead of inferring it).
-    fn raw_capture(&self, raw: &str, input: &Input, cohort: Option<usize>) -> Write {
-        let mut headers = message_headers(input);
-        if let Some(ci) = cohort {
-            headers.extend(self.cohorts[ci].identity.iter().cloned());
-        }
+    fn raw_capture(
+        &self,
+        raw: &Arc<str>,
+        input: &Input,
+        cohort: Option<usize>,
+        base: &[HeaderField],
+    ) -> Write {
+        let identity = cohort.map_or(&[][..], |ci| &self.cohorts[ci].identity[..]);
+        let mut headers = Vec::with_capacity(base.len() + identity.len());
+        headers.extend(base.iter().cloned());
+        headers.extend(identity.iter().cloned());
         Write {
-            topic: raw.to_owned(),
+            topic: raw.clone(),
             key: Some(input.message.topic.clone().into_bytes()),
             value: input.message.payload.clone(),
             headers,
@@ -272,16 +280,21 @@ impl Topology {
 }
 
 /// Headers every write of a message carries: its id, MQTT topic, receive time, retained
-/// flag, user properties.
+/// flag, user properties. The first three are slices of one buffer, so the message's
+/// writes share it rather than each copying them.
 fn message_headers(input: &Input) -> Vec<HeaderField> {
+    use std::io::Write as _;
     let m = &input.message;
-    let mut out = Vec::with_capacity(4 + m.properties.len());
-    out.push((h::MESSAGE_ID.into(), Bytes::from(input.id.clone())));
-    out.push((h::MQTT_TOPIC.into(), Bytes::from(m.topic.clone())));
-    out.push((
-        h::RECEIVED_AT.into(),
-        Bytes::from(m.received_at_ms.to_string()),
-    ));
+    let mut buf = Vec::with_capacity(input.id.len() + m.topic.len() + 20);
+    buf.extend_from_slice(input.id.as_bytes());
+    buf.extend_from_slice(m.topic.as_bytes());
+    let _ = write!(buf, "{}", m.received_at_ms);
+    let shared = Bytes::from(buf);
+    let (id_end, topic_end) = (input.id.len(), input.id.len() + m.topic.len());
+    let mut out = Vec::with_capacity(5 + m.properties.len());
+    out.push((h::MESSAGE_ID.into(), shared.slice(..id_end)));
+    out.push((h::MQTT_TOPIC.into(), shared.slice(id_end..topic_end)));
+    out.push((h::RECEIVED_AT.into(), shared.slice(topic_end..)));
     if input.retained {
         out.push((h::MQTT_RETAINED.into(), Bytes::from_static(b"true")));
     }
@@ -672,7 +685,7 @@ mod tests {
         let kinds: Vec<Kind> = writes.iter().map(|(k, _)| *k).collect();
         assert_eq!(kinds, [Kind::Raw, Kind::Record, Kind::Record]);
         let (_, r) = &writes[1];
-        assert_eq!(r.topic, "out");
+        assert_eq!(&*r.topic, "out");
         assert_eq!(r.key.as_deref(), Some(&b"a"[..]));
         assert_eq!(&r.value[..5], &[0, 0, 0, 0, 7]);
         assert_eq!(header(r, h::COHORT), Some("c"));
@@ -720,7 +733,7 @@ mod tests {
             assert_eq!(writes.len(), 1);
             let (kind, w) = &writes[0];
             assert_eq!(*kind, Kind::Quarantine);
-            assert_eq!(w.topic, "q");
+            assert_eq!(&*w.topic, "q");
             assert_eq!(w.value, b"payload", "original payload, untouched");
             assert_eq!(header(w, h::ERROR_CODE), Some(code));
             assert_eq!(header(w, h::ERROR_STAGE), Some(stage));

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// One Kafka header. weir's own names are static and user-property names owned; values
 /// are shared bytes, so a cohort's identity goes onto every record without a copy.
@@ -12,8 +13,8 @@ pub type HeaderField = (Cow<'static, str>, Bytes);
 /// One Kafka write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
-    /// Topic.
-    pub topic: String,
+    /// Topic (shared with the topology, not copied for each write).
+    pub topic: Arc<str>,
     /// Key bytes.
     pub key: Option<Vec<u8>>,
     /// Value bytes.

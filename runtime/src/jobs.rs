@@ -111,7 +111,7 @@ pub async fn one_cohort(
     Ok(Topology {
         cohorts: vec![plan],
         rules: vec![],
-        quarantine_topic,
+        quarantine_topic: quarantine_topic.into(),
         raw_topic: None,
     })
 }

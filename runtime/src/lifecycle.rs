@@ -248,7 +248,7 @@ pub fn cohort_plan(
     let info = plugin.info();
     CohortPlan {
         name: c.name.clone(),
-        output_topic: output_topic.to_owned(),
+        output_topic: output_topic.into(),
         key: c.key_template.clone(),
         schema_id,
         schema: AvroSchema::clone(plugin.schema()),
@@ -319,8 +319,8 @@ impl Lifecycle {
             topology: Arc::new(Topology {
                 cohorts: vec![],
                 rules: vec![],
-                quarantine_topic: config.output.quarantine_topic.clone(),
-                raw_topic: config.output.raw_topic.clone(),
+                quarantine_topic: config.output.quarantine_topic.as_str().into(),
+                raw_topic: config.output.raw_topic.as_deref().map(Arc::from),
             }),
             plugins: vec![],
             versions: vec![],
@@ -369,8 +369,8 @@ impl Lifecycle {
             topology: Arc::new(Topology {
                 cohorts: plans,
                 rules,
-                quarantine_topic: lc.config.output.quarantine_topic.clone(),
-                raw_topic: lc.config.output.raw_topic.clone(),
+                quarantine_topic: lc.config.output.quarantine_topic.as_str().into(),
+                raw_topic: lc.config.output.raw_topic.as_deref().map(Arc::from),
             }),
             plugins,
             versions,

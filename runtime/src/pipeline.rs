@@ -1,7 +1,8 @@
 //! `weir run`: wires the stages — source → route → transform → encode → sink → ack.
 //!
-//! - The **batcher** takes messages from the source until a batch is full or its wait ran
-//!   out, and holds it back as long as the group's rate limit says ([`Pace`]).
+//! - The **batcher** takes messages from the source (in chunks, a socket read's worth) until
+//!   a batch is full or its wait ran out, and holds it back as long as the group's rate
+//!   limit says ([`Pace`]).
 //! - The **pipeline task** routes the batch, runs each cohort's plugin on its share, and
 //!   hands the batch over in arrival order to
 //! - the **courier task** ([`crate::deliver`]), which asks the planning core
@@ -23,7 +24,7 @@ use crate::lifecycle::{Lifecycle, LifecycleError, Live, Switched};
 use crate::metrics::{CohortLabel, GroupMetrics, Metrics};
 use crate::sink::Sink;
 use crate::source::slots::Membership;
-use crate::source::{AckToken, Incoming, Source, Transactional};
+use crate::source::{AckToken, Chunk, Incoming, Source, Transactional};
 use crate::store::Store;
 use crate::transactions::{Released, Transactions};
 use crate::transform::{Host, Limits, Message, Outcome, Plugin};
@@ -310,23 +311,33 @@ impl Pace {
 }
 
 /// Take the next batch: wait for the first message, then take more until `size` or `wait`.
-async fn next_batch(
-    rx: &mut mpsc::Receiver<Incoming>,
+/// Messages come in chunks (a socket read's worth); what does not fit is `left` for the
+/// next batch.
+async fn next_batch<T>(
+    rx: &mut mpsc::Receiver<Vec<T>>,
+    left: &mut Vec<T>,
     size: usize,
     wait: Duration,
-) -> Option<Vec<Incoming>> {
-    let first = rx.recv().await?;
-    let mut batch = Vec::with_capacity(size);
-    batch.push(first);
+) -> Option<Vec<T>> {
+    let mut batch = if left.is_empty() {
+        rx.recv().await?
+    } else {
+        std::mem::take(left)
+    };
     let deadline = tokio::time::Instant::now() + wait;
     while batch.len() < size {
-        match rx.try_recv() {
-            Ok(m) => batch.push(m),
+        let mut chunk = match rx.try_recv() {
+            Ok(c) => c,
             Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(m)) => batch.push(m),
+                Ok(Some(c)) => c,
                 _ => break,
             },
-        }
+        };
+        batch.reserve(size.saturating_sub(batch.len()).max(chunk.len()));
+        batch.append(&mut chunk);
+    }
+    if batch.len() > size {
+        *left = batch.split_off(size);
     }
     Some(batch)
 }
@@ -667,7 +678,7 @@ impl Lane {
         (
             Option<watch::Sender<Option<std::time::Instant>>>,
             Source,
-            mpsc::Receiver<Incoming>,
+            mpsc::Receiver<Chunk>,
         ),
         StartError,
     > {
@@ -694,7 +705,7 @@ impl Lane {
     fn start_batcher(
         cfg: &Config,
         plan: &GroupPlan,
-        rx: mpsc::Receiver<Incoming>,
+        rx: mpsc::Receiver<Chunk>,
         throttled: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
         panics: mpsc::UnboundedSender<String>,
     ) -> (AbortOnDrop, mpsc::Receiver<Vec<Incoming>>) {
@@ -805,13 +816,14 @@ impl Lane {
 /// `throttled`). It owns the source's channel, so a batch is never half taken when the
 /// lane stops to do something else.
 async fn batch(
-    mut rx: mpsc::Receiver<Incoming>,
+    mut rx: mpsc::Receiver<Chunk>,
     batch_tx: mpsc::Sender<Vec<Incoming>>,
     (size, wait): (usize, Duration),
     mut pace: Option<Pace>,
     throttled: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
 ) {
-    while let Some(b) = next_batch(&mut rx, size, wait).await {
+    let mut left = Vec::new();
+    while let Some(b) = next_batch(&mut rx, &mut left, size, wait).await {
         if let Some(pace) = &mut pace {
             let now = tokio::time::Instant::now();
             let at = pace.admit(now, b.len());
@@ -1308,6 +1320,32 @@ mod tests {
             "{why}"
         );
         assert!(rx.recv().await.is_none(), "a normal end is not reported");
+    }
+
+    #[tokio::test]
+    async fn chunks_make_batches_of_at_most_the_size_in_order_and_the_rest_waits() {
+        let (tx, mut rx) = mpsc::channel::<Vec<u32>>(8);
+        let mut left = Vec::new();
+        let wait = Duration::from_millis(5);
+        tx.send(vec![1, 2, 3]).await.unwrap();
+        tx.send(vec![4, 5, 6, 7]).await.unwrap();
+        let b = next_batch(&mut rx, &mut left, 5, wait).await.unwrap();
+        assert_eq!(b, [1, 2, 3, 4, 5]);
+        assert_eq!(left, [6, 7]);
+        // The rest starts the next batch, which waits `wait` for more and goes without.
+        let b = next_batch(&mut rx, &mut left, 5, wait).await.unwrap();
+        assert_eq!(b, [6, 7]);
+        // A chunk larger than two batches is split across them.
+        tx.send((8..20).collect()).await.unwrap();
+        let b = next_batch(&mut rx, &mut left, 5, wait).await.unwrap();
+        assert_eq!(b, [8, 9, 10, 11, 12]);
+        let b = next_batch(&mut rx, &mut left, 5, wait).await.unwrap();
+        assert_eq!(b, [13, 14, 15, 16, 17]);
+        drop(tx);
+        // What is left goes out after the source closed; then nothing.
+        let b = next_batch(&mut rx, &mut left, 5, wait).await.unwrap();
+        assert_eq!(b, [18, 19]);
+        assert!(next_batch(&mut rx, &mut left, 5, wait).await.is_none());
     }
 
     #[test]

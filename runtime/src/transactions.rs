@@ -586,7 +586,7 @@ async fn attempt_once(
     // A transaction of QoS 1 messages only leaves the state as it was.
     if changed {
         let state = Write {
-            topic: topic.to_owned(),
+            topic: topic.into(),
             key: Some(session.client_id.clone().into_bytes()),
             value: next.encode(),
             headers: Vec::new(),
@@ -882,7 +882,7 @@ mod tests {
         Topology {
             cohorts: Vec::new(),
             rules: Vec::new(),
-            quarantine_topic: String::new(),
+            quarantine_topic: "".into(),
             raw_topic: None,
         }
     }

@@ -15,6 +15,9 @@
 //! - **Any size.** No Maximum Packet Size is announced; a PUBLISH larger than weir holds
 //!   in memory is streamed: its payload is hashed and only a prefix kept, and the message
 //!   is handed on marked [`Oversize`] for quarantine.
+//! - **Messages are handed on in chunks**: what one socket read brought (up to 64 messages)
+//!   goes on in one channel send, with one clock reading; the reader hands on what it
+//!   holds before it waits for anything (the socket, a permit, a pause).
 //! - **PUBACKs are batched**: every ack ready at once goes out in one write.
 //! - **Retained messages** are not re-fetched: MQTT 5 retain handling (default "new
 //!   subscription only"), and no re-subscribe on a reconnect that found the session.
@@ -58,6 +61,11 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 const MAX_CONTROL_PACKET: usize = 1 << 20;
 /// Most hand-overs of acks (each a run of them, in order) taken for one write.
 const ACK_BATCH: usize = 4096;
+/// Most messages a reader hands on at once: what one socket read brought, up to this.
+const CHUNK: usize = 64;
+
+/// Messages as the reader hands them on: those of one socket read, in arrival order.
+pub type Chunk = Vec<Incoming>;
 
 /// A received message and what is needed to acknowledge it.
 #[derive(Debug)]
@@ -257,6 +265,22 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Wait for `f` with `waiting` set: a reader held back by weir (for a permit, a pause, the
+/// pipeline), which the keep-alive must not take for the broker being silent. The silence
+/// counts from the end of the wait.
+async fn held<T>(
+    waiting: &AtomicBool,
+    last_read: &AtomicU64,
+    clock: Clock,
+    f: impl std::future::Future<Output = T>,
+) -> T {
+    waiting.store(true, Ordering::Relaxed);
+    let out = f.await;
+    last_read.store(clock.ms(), Ordering::Relaxed);
+    waiting.store(false, Ordering::Relaxed);
+    out
+}
+
 /// Backoff before reconnect attempt `n` (from 0): exponential to 10 s, with ±50 % jitter so
 /// a fleet of weir processes does not reconnect in lockstep.
 fn backoff(n: u32) -> Duration {
@@ -380,7 +404,7 @@ struct Inner {
     proto: Proto,
     mqtt: Mqtt,
     tls: Option<tls::Settings>,
-    tx: mpsc::Sender<Incoming>,
+    tx: mpsc::Sender<Chunk>,
     permits: Arc<Semaphore>,
     max_in_flight: u32,
     metrics: Arc<Metrics>,
@@ -423,7 +447,7 @@ impl Source {
         metrics: Arc<Metrics>,
         group: GroupMetrics,
         transactions: Option<Arc<dyn Transactional>>,
-    ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
+    ) -> Result<(Source, mpsc::Receiver<Chunk>), SourceError> {
         let (source, rx) = Source::prepare(cfg, (metrics, group), None, transactions)?;
         source.open(None);
         Ok((source, rx))
@@ -437,7 +461,7 @@ impl Source {
         group: GroupMetrics,
         lease: watch::Receiver<Option<Instant>>,
         transactions: Option<Arc<dyn Transactional>>,
-    ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
+    ) -> Result<(Source, mpsc::Receiver<Chunk>), SourceError> {
         Source::prepare(cfg, (metrics, group), Some(lease), transactions)
     }
 
@@ -446,7 +470,7 @@ impl Source {
         (metrics, group): (Arc<Metrics>, GroupMetrics),
         lease: Option<watch::Receiver<Option<Instant>>>,
         transactions: Option<Arc<dyn Transactional>>,
-    ) -> Result<(Source, mpsc::Receiver<Incoming>), SourceError> {
+    ) -> Result<(Source, mpsc::Receiver<Chunk>), SourceError> {
         let (host, port, tls) = host_port(&cfg.url)?;
         let tls = if tls {
             let name = host.trim_start_matches('[').trim_end_matches(']');
@@ -696,7 +720,7 @@ struct Reader {
     proto: Proto,
     connection: u64,
     max_message_bytes: usize,
-    tx: mpsc::Sender<Incoming>,
+    tx: mpsc::Sender<Chunk>,
     link: Arc<Link>,
     pause: watch::Receiver<bool>,
     control: mpsc::Sender<Control>,
@@ -708,10 +732,18 @@ struct Reader {
     last_read: Arc<AtomicU64>,
     waiting: Arc<AtomicBool>,
     clock: Clock,
+    /// Messages decoded but not yet handed on. Handed on before every wait (for the
+    /// socket, a permit, a pause, the session's loop), so none is held while the reader
+    /// could be stopped or a message behind it is waited for.
+    pending: Chunk,
+    /// When the messages being decoded arrived: the last read, or the end of the last wait
+    /// weir held the reader in (Unix ms for the record, monotonic for latency).
+    arrived: (i64, Instant),
 }
 
 impl Reader {
     async fn fill(&mut self) -> Result<(), String> {
+        self.flush().await;
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(64 << 10);
         }
@@ -719,9 +751,34 @@ impl Reader {
             Ok(0) => Err("the broker closed the connection".into()),
             Ok(_) => {
                 self.last_read.store(self.clock.ms(), Ordering::Relaxed);
+                self.arrived = (now_ms(), Instant::now());
                 Ok(())
             }
             Err(e) => Err(format!("read failed: {e}")),
+        }
+    }
+
+    /// Hand the pending messages on. The channel holds as many chunks as there are
+    /// in-flight permits, so it has room for this one and the send does not wait.
+    async fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK));
+        let sent = match self.tx.try_send(chunk) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(chunk)) => {
+                let tx = &self.tx;
+                held(&self.waiting, &self.last_read, self.clock, tx.send(chunk))
+                    .await
+                    .is_ok()
+            }
+        };
+        if !sent {
+            // The pipeline stopped taking messages (shutting down): read no more, and let
+            // the connection go on writing the acks of what is still in flight.
+            std::future::pending::<()>().await;
         }
     }
 
@@ -733,6 +790,8 @@ impl Reader {
                 Err(e) => break e,
             }
         };
+        // What was read before the failure goes on; the session then reconnects.
+        self.flush().await;
         let _ = self.control.send(Control::Closed(why)).await;
     }
 
@@ -796,6 +855,7 @@ impl Reader {
                     return Ok(true);
                 }
             };
+            self.flush().await;
             return Ok(self.control.send(control).await.is_ok());
         };
         let (p, oversize) = publish;
@@ -887,9 +947,19 @@ impl Reader {
             self.link.unclaim();
             // The slot is being given up, or its hold is unconfirmed: what follows stays at
             // the broker until the hold is confirmed again (or goes to the next holder).
-            if self.pause.wait_for(|p| !*p).await.is_err() {
+            // What was claimed before goes on first, so that the release can see it done.
+            self.flush().await;
+            let mut pause = self.pause.clone();
+            let waited = held(
+                &self.waiting,
+                &self.last_read,
+                self.clock,
+                pause.wait_for(|p| !*p),
+            );
+            if waited.await.is_err() {
                 std::future::pending::<()>().await;
             }
+            self.arrived = (now_ms(), Instant::now());
         }
     }
 
@@ -918,9 +988,26 @@ impl Reader {
                     .into(),
             );
         }
-        self.waiting.store(true, Ordering::Relaxed);
         self.claim().await;
-        let permit = self.permits.clone().acquire_owned().await;
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Ok(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                // The in-flight budget is spent: what is pending goes on first (its acks
+                // free the permits waited for).
+                self.flush().await;
+                let permits = self.permits.clone();
+                let waited = held(
+                    &self.waiting,
+                    &self.last_read,
+                    self.clock,
+                    permits.acquire_owned(),
+                );
+                let got = waited.await.map_err(|_| ());
+                self.arrived = (now_ms(), Instant::now());
+                got
+            }
+        };
         let Ok(permit) = permit else {
             self.link.unclaim();
             return Ok(false);
@@ -928,7 +1015,6 @@ impl Reader {
         self.metrics.received.inc();
         self.metrics.in_flight.inc();
         self.group.in_flight.inc();
-        self.last_read.store(self.clock.ms(), Ordering::Relaxed);
         if p.dup {
             self.metrics.redelivered.inc();
         }
@@ -942,7 +1028,7 @@ impl Reader {
                 payload: p.payload,
                 properties: p.properties,
                 content_type: p.content_type,
-                received_at_ms: now_ms(),
+                received_at_ms: self.arrived.0,
             },
             dup: p.dup,
             retain: p.retain,
@@ -952,19 +1038,16 @@ impl Reader {
                 pkid: if p.qos == 0 { 0 } else { p.pkid },
                 qos: p.qos,
                 duplicate,
-                arrived: Instant::now(),
+                arrived: self.arrived.1,
                 _permit: permit,
                 gauges: [self.metrics.in_flight.clone(), self.group.in_flight.clone()],
                 link: self.link.clone(),
             },
         };
-        if self.tx.send(incoming).await.is_err() {
-            // The pipeline stopped taking messages (shutting down): read no more, and let
-            // the connection go on writing the acks of what is still in flight.
-            std::future::pending::<()>().await;
+        self.pending.push(incoming);
+        if self.pending.len() >= CHUNK {
+            self.flush().await;
         }
-        self.last_read.store(self.clock.ms(), Ordering::Relaxed);
-        self.waiting.store(false, Ordering::Relaxed);
         Ok(true)
     }
 }
@@ -984,7 +1067,7 @@ struct Session {
     retain: RetainHandling,
     keep_alive: Duration,
     max_message_bytes: usize,
-    tx: mpsc::Sender<Incoming>,
+    tx: mpsc::Sender<Chunk>,
     link: Arc<Link>,
     acks: mpsc::UnboundedReceiver<Outgoing>,
     stop: watch::Receiver<bool>,
@@ -1259,6 +1342,8 @@ impl Session {
             last_read: conn.last_read.clone(),
             waiting: conn.waiting.clone(),
             clock: conn.clock,
+            pending: Vec::with_capacity(CHUNK),
+            arrived: (now_ms(), Instant::now()),
         };
         let _abort = AbortOnDrop(tokio::spawn(reader.run()));
 
@@ -1755,14 +1840,17 @@ mod tests {
             last_read: Arc::new(AtomicU64::new(0)),
             waiting: Arc::new(AtomicBool::new(false)),
             clock: Clock(Instant::now()),
+            pending: Vec::new(),
+            arrived: (0, Instant::now()),
         };
         link.qos2.lock().unwrap().extend([(9, 0), (10, 0)]);
         for _ in 0..8 {
             assert!(reader.next().await.unwrap());
         }
+        reader.flush().await;
         let mut marked = Vec::new();
-        while let Ok(m) = rx.try_recv() {
-            marked.push((m.ack.pkid(), m.ack.duplicate()));
+        while let Ok(chunk) = rx.try_recv() {
+            marked.extend(chunk.iter().map(|m| (m.ack.pkid(), m.ack.duplicate())));
         }
         assert_eq!(
             marked,
