@@ -283,12 +283,13 @@ impl Topology {
 /// flag, user properties. The first three are slices of one buffer, so the message's
 /// writes share it rather than each copying them.
 fn message_headers(input: &Input) -> Vec<HeaderField> {
-    use std::io::Write as _;
     let m = &input.message;
-    let mut buf = Vec::with_capacity(input.id.len() + m.topic.len() + 20);
+    let mut at = itoa::Buffer::new();
+    let at = at.format(m.received_at_ms);
+    let mut buf = Vec::with_capacity(input.id.len() + m.topic.len() + at.len());
     buf.extend_from_slice(input.id.as_bytes());
     buf.extend_from_slice(m.topic.as_bytes());
-    let _ = write!(buf, "{}", m.received_at_ms);
+    buf.extend_from_slice(at.as_bytes());
     let shared = Bytes::from(buf);
     let (id_end, topic_end) = (input.id.len(), input.id.len() + m.topic.len());
     let mut out = Vec::with_capacity(5 + m.properties.len());
@@ -648,11 +649,11 @@ mod tests {
         let ci = t.route(&inp.message);
         let mut d = t.plan(inp, ci, Some(Outcome::Emit(vec![record("a")])));
         let writes = sent(d.start());
-        assert!(
-            writes
-                .iter()
-                .all(|(_, w)| header(w, h::MESSAGE_ID) == Some("m-1"))
-        );
+        for (_, w) in &writes {
+            assert_eq!(header(w, h::MESSAGE_ID), Some("m-1"));
+            assert_eq!(header(w, h::MQTT_TOPIC), Some("d/1"));
+            assert_eq!(header(w, h::RECEIVED_AT), Some("5"));
+        }
         let (kind, raw) = &writes[0];
         assert_eq!(*kind, Kind::Raw);
         assert_eq!(
