@@ -46,22 +46,53 @@ pub fn filters_overlap(a: &str, b: &str) -> bool {
 }
 
 /// Does `topic` match `filter` (MQTT wildcards)? Topics starting with `$` do not match
-/// filters starting with a wildcard (MQTT-4.7.2-1).
+/// filters starting with a wildcard (MQTT-4.7.2-1). Every message is routed through this:
+/// it walks both as bytes, level by level, without splitting iterators.
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+    let (f, t) = (filter.as_bytes(), topic.as_bytes());
+    if t.first() == Some(&b'$') && matches!(f.first(), Some(b'+' | b'#')) {
         return false;
     }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
+    let (mut i, mut j) = (0, 0);
     loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
+        let fe = level_end(f, i);
+        let level = &f[i..fe];
+        if level == b"#" {
+            return true;
+        }
+        let te = level_end(t, j);
+        if level != b"+" && level != &t[j..te] {
+            return false;
+        }
+        match (fe == f.len(), te == t.len()) {
+            (true, true) => return true,
+            (false, false) => (i, j) = (fe + 1, te + 1),
+            // The topic ended: only a `#` (matching its parent level too) may follow.
+            (false, true) => return &f[fe + 1..] == b"#",
+            (true, false) => return false,
         }
     }
+}
+
+/// Where the level that starts at `from` ends: at the next `/` or the end.
+fn level_end(s: &[u8], from: usize) -> usize {
+    s[from..]
+        .iter()
+        .position(|&b| b == b'/')
+        .map_or(s.len(), |p| from + p)
+}
+
+/// Level `n` (from 0) of `topic`, if it has that many.
+fn topic_level(topic: &str, n: usize) -> Option<&str> {
+    let t = topic.as_bytes();
+    let mut start = 0;
+    for _ in 0..n {
+        start = level_end(t, start) + 1;
+        if start > t.len() {
+            return None;
+        }
+    }
+    Some(&topic[start..level_end(t, start)])
 }
 
 /// Glob match with `*` for any run of characters (for user-property values like `2.*`).
@@ -223,7 +254,7 @@ impl KeyTemplate {
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
-                Part::TopicLevel(n) => out.push_str(topic.split('/').nth(*n)?),
+                Part::TopicLevel(n) => out.push_str(topic_level(topic, *n)?),
                 Part::PluginKey => out.push_str(plugin_key?),
                 Part::Field(f) => out.push_str(&field(f)?),
             }
@@ -295,6 +326,40 @@ mod tests {
         assert!(topic_matches("fleet/#", "fleet/v-1/gps"));
         assert!(topic_matches("fleet/#", "fleet"));
         assert!(!topic_matches("#", "$SYS/broker"));
+        // Against the definition, level by level, on every pair of these.
+        fn reference(filter: &str, topic: &str) -> bool {
+            if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+                return false;
+            }
+            let (mut f, mut t) = (filter.split('/'), topic.split('/'));
+            loop {
+                match (f.next(), t.next()) {
+                    (Some("#"), _) => return true,
+                    (Some("+"), Some(_)) => {}
+                    (Some(a), Some(b)) if a == b => {}
+                    (None, None) => return true,
+                    _ => return false,
+                }
+            }
+        }
+        let filters = [
+            "#", "+", "a", "a/#", "a/+", "+/+", "a/+/c", "a//c", "a/", "/a", "+/#", "a/b/#", "/",
+            "", "$SYS/#", "a/b/c", "+/b/+",
+        ];
+        let topics = [
+            "", "a", "a/", "/a", "a/b", "a/b/c", "a//c", "a/b/c/d", "b", "/", "//", "$SYS/x", "ab",
+            "a/bc", "a/b/",
+        ];
+        for f in filters {
+            for t in topics {
+                assert_eq!(topic_matches(f, t), reference(f, t), "{f:?} {t:?}");
+            }
+        }
+        for t in topics {
+            for n in 0..5 {
+                assert_eq!(topic_level(t, n), t.split('/').nth(n), "{t:?} {n}");
+            }
+        }
         assert!(check_filter("a/#/b").is_err());
         assert!(check_filter("a/b+").is_err());
         assert!(check_filter("a/+/#").is_ok());
