@@ -17,7 +17,9 @@
 //!
 //! `WEIR_BENCH_CONFIG` is appended to weir's config, e.g. `[kafka.properties]` to try a
 //! producer setting. `WEIR_BENCH_WEIR` runs another weir binary (a copy of an earlier
-//! build, to compare two builds on the same test bed).
+//! build, to compare two builds on the same test bed). `WEIR_BENCH_LATENCY_RATE` (msg/s)
+//! measures the latency at that rate instead of half the drain rate's, so that two builds
+//! with different drain rates are compared under the same load.
 //!
 //! Run: `scripts/bench-drain` (WEIR_BENCH_MESSAGES, default 200000; 1000000 for the RSS
 //! target).
@@ -453,8 +455,12 @@ fn weir_leg(
         peak_rss as f64 / (1 << 20) as f64
     );
 
-    // Latency at half of the drain rate, for about five seconds.
-    let half = rate / 2.0;
+    // Latency at half of the drain rate (or the rate asked for), for about five seconds.
+    let half = std::env::var("WEIR_BENCH_LATENCY_RATE")
+        .ok()
+        .and_then(|r| r.parse::<f64>().ok())
+        .filter(|r| *r > 0.0)
+        .unwrap_or(rate / 2.0);
     let m = (half * 5.0) as usize;
     let stages = ["ack", "handover", "produce"];
     let before = stages.map(|s| buckets(&weir.admin, s));
