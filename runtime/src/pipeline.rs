@@ -28,6 +28,7 @@ use crate::source::{AckToken, Chunk, Incoming, Source, Transactional};
 use crate::store::Store;
 use crate::transactions::{Released, Transactions};
 use crate::transform::{Host, Limits, Message, Outcome, Plugin};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -312,17 +313,17 @@ impl Pace {
 
 /// Take the next batch: wait for the first message, then take more until `size` or `wait`.
 /// Messages come in chunks (a socket read's worth); what does not fit is `left` for the
-/// next batch.
+/// next batches.
 async fn next_batch<T>(
     rx: &mut mpsc::Receiver<Vec<T>>,
-    left: &mut Vec<T>,
+    left: &mut VecDeque<T>,
     size: usize,
     wait: Duration,
 ) -> Option<Vec<T>> {
     let mut batch = if left.is_empty() {
         rx.recv().await?
     } else {
-        std::mem::take(left)
+        left.drain(..left.len().min(size)).collect()
     };
     let deadline = tokio::time::Instant::now() + wait;
     while batch.len() < size {
@@ -337,7 +338,7 @@ async fn next_batch<T>(
         batch.append(&mut chunk);
     }
     if batch.len() > size {
-        *left = batch.split_off(size);
+        left.extend(batch.drain(size..));
     }
     Some(batch)
 }
@@ -822,7 +823,7 @@ async fn batch(
     mut pace: Option<Pace>,
     throttled: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
 ) {
-    let mut left = Vec::new();
+    let mut left = VecDeque::new();
     while let Some(b) = next_batch(&mut rx, &mut left, size, wait).await {
         if let Some(pace) = &mut pace {
             let now = tokio::time::Instant::now();
@@ -1325,26 +1326,33 @@ mod tests {
     #[tokio::test]
     async fn chunks_make_batches_of_at_most_the_size_in_order_and_the_rest_waits() {
         let (tx, mut rx) = mpsc::channel::<Vec<u32>>(8);
-        let mut left = Vec::new();
+        let mut left = VecDeque::new();
         let wait = Duration::from_millis(5);
         tx.send(vec![1, 2, 3]).await.unwrap();
         tx.send(vec![4, 5, 6, 7]).await.unwrap();
         let b = next_batch(&mut rx, &mut left, 5, wait).await.unwrap();
         assert_eq!(b, [1, 2, 3, 4, 5]);
         assert_eq!(left, [6, 7]);
-        // The rest starts the next batch, which waits `wait` for more and goes without.
+        // One at a time: the rest goes first, in order, before the channel is looked at.
+        tx.send(vec![8, 9]).await.unwrap();
+        let b = next_batch(&mut rx, &mut left, 1, wait).await.unwrap();
+        assert_eq!(b, [6]);
+        let b = next_batch(&mut rx, &mut left, 1, wait).await.unwrap();
+        assert_eq!(b, [7]);
+        assert!(left.is_empty());
+        // A batch short of its size waits `wait` for more and goes without.
         let b = next_batch(&mut rx, &mut left, 5, wait).await.unwrap();
-        assert_eq!(b, [6, 7]);
+        assert_eq!(b, [8, 9]);
         // A chunk larger than two batches is split across them.
-        tx.send((8..20).collect()).await.unwrap();
+        tx.send((10..22).collect()).await.unwrap();
         let b = next_batch(&mut rx, &mut left, 5, wait).await.unwrap();
-        assert_eq!(b, [8, 9, 10, 11, 12]);
+        assert_eq!(b, [10, 11, 12, 13, 14]);
         let b = next_batch(&mut rx, &mut left, 5, wait).await.unwrap();
-        assert_eq!(b, [13, 14, 15, 16, 17]);
+        assert_eq!(b, [15, 16, 17, 18, 19]);
         drop(tx);
         // What is left goes out after the source closed; then nothing.
         let b = next_batch(&mut rx, &mut left, 5, wait).await.unwrap();
-        assert_eq!(b, [18, 19]);
+        assert_eq!(b, [20, 21]);
         assert!(next_batch(&mut rx, &mut left, 5, wait).await.is_none());
     }
 

@@ -277,7 +277,8 @@ async fn held<T>(
     waiting.store(true, Ordering::Relaxed);
     let out = f.await;
     last_read.store(clock.ms(), Ordering::Relaxed);
-    waiting.store(false, Ordering::Relaxed);
+    // Released after `last_read`: whoever sees the wait over sees when it ended.
+    waiting.store(false, Ordering::Release);
     out
 }
 
@@ -777,7 +778,9 @@ impl Reader {
         };
         if !sent {
             // The pipeline stopped taking messages (shutting down): read no more, and let
-            // the connection go on writing the acks of what is still in flight.
+            // the connection go on writing the acks of what is still in flight, held back
+            // by weir (not a silent broker) for as long as that takes.
+            self.waiting.store(true, Ordering::Release);
             std::future::pending::<()>().await;
         }
     }
@@ -786,7 +789,10 @@ impl Reader {
         let why = loop {
             match self.next().await {
                 Ok(true) => {}
-                Ok(false) => return,
+                Ok(false) => {
+                    self.flush().await;
+                    return;
+                }
                 Err(e) => break e,
             }
         };
@@ -988,7 +994,8 @@ impl Reader {
                     .into(),
             );
         }
-        self.claim().await;
+        // The permit before the claim: a reader stopped while it waits for a permit has
+        // claimed nothing (a claim left behind would hold up every later release).
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => Ok(permit),
             Err(tokio::sync::TryAcquireError::Closed) => Err(()),
@@ -1009,9 +1016,9 @@ impl Reader {
             }
         };
         let Ok(permit) = permit else {
-            self.link.unclaim();
             return Ok(false);
         };
+        self.claim().await;
         self.metrics.received.inc();
         self.metrics.in_flight.inc();
         self.group.in_flight.inc();
@@ -1555,12 +1562,13 @@ impl Session {
     /// Keep-alive: PINGREQ, or the connection is lost if the broker has been silent for
     /// two periods (unless weir itself holds the reader back).
     async fn ping(&mut self, conn: &mut Conn) -> Option<End> {
+        // `waiting` first: a wait that ended since is then seen with its `last_read`.
+        let held = conn.waiting.load(Ordering::Acquire);
         let silent = conn
             .clock
             .ms()
             .saturating_sub(conn.last_read.load(Ordering::Relaxed));
-        if !conn.waiting.load(Ordering::Relaxed) && silent > 2 * self.keep_alive.as_millis() as u64
-        {
+        if !held && silent > 2 * self.keep_alive.as_millis() as u64 {
             return Some(End::Lost(format!(
                 "nothing from the broker for {silent} ms (keep-alive)"
             )));
