@@ -995,7 +995,8 @@ impl Reader {
             );
         }
         // The permit before the claim: a reader stopped while it waits for a permit has
-        // claimed nothing (a claim left behind would hold up every later release).
+        // claimed nothing (a claim left behind would hold up every later release). A
+        // paused reader so holds one permit while it waits: one per session at most.
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => Ok(permit),
             Err(tokio::sync::TryAcquireError::Closed) => Err(()),
