@@ -97,8 +97,8 @@ pub struct AckToken {
     _permit: OwnedSemaphorePermit,
     /// `weir_in_flight` and its group's, decremented when the token goes, however it goes.
     gauges: [prometheus_client::metrics::gauge::Gauge; 2],
-    /// The session it arrived on.
-    link: Arc<Link>,
+    /// The session it arrived on, which counts it until the token goes.
+    link: Claim,
 }
 
 impl Drop for AckToken {
@@ -106,7 +106,26 @@ impl Drop for AckToken {
         for g in &self.gauges {
             g.dec();
         }
-        self.link.unclaim();
+    }
+}
+
+/// A message counted in the session it arrived on ([`Link::claim`]) for as long as this
+/// lives: from before it is taken, through its ack token, to its PUBACK; released however it
+/// ends, a reader stopped mid-wait included.
+#[derive(Debug)]
+struct Claim(Arc<Link>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.unclaim();
+    }
+}
+
+impl std::ops::Deref for Claim {
+    type Target = Arc<Link>;
+
+    fn deref(&self) -> &Arc<Link> {
+        &self.0
     }
 }
 
@@ -650,10 +669,10 @@ impl Source {
     pub fn ack(&self, mut tokens: Vec<AckToken>) {
         // If a session has ended its tokens are dropped, which releases their permits.
         while let Some(first) = tokens.first() {
-            let link = first.link.clone();
+            let link = first.link.0.clone();
             let run = tokens
                 .iter()
-                .take_while(|t| Arc::ptr_eq(&t.link, &link))
+                .take_while(|t| Arc::ptr_eq(&t.link.0, &link))
                 .count();
             let rest = if run == tokens.len() {
                 Vec::new()
@@ -944,11 +963,11 @@ impl Reader {
     /// before the pause is looked at, and a release sets the pause before it looks at the
     /// count: one of them sees the other, so a slot is never released with a message on
     /// its way in.
-    async fn claim(&mut self) {
+    async fn claim(&mut self) -> Claim {
         loop {
             self.link.claim();
             if !self.link.paused.load(Ordering::SeqCst) {
-                return;
+                return Claim(self.link.clone());
             }
             self.link.unclaim();
             // The slot is being given up, or its hold is unconfirmed: what follows stays at
@@ -994,9 +1013,9 @@ impl Reader {
                     .into(),
             );
         }
-        // The permit before the claim: a reader stopped while it waits for a permit has
-        // claimed nothing (a claim left behind would hold up every later release). A
-        // paused reader so holds one permit while it waits: one per session at most.
+        // Counted before the permit is waited for, so that a release waits for it; a reader
+        // stopped while it waits drops the claim with it.
+        let claim = self.claim().await;
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => Ok(permit),
             Err(tokio::sync::TryAcquireError::Closed) => Err(()),
@@ -1019,7 +1038,6 @@ impl Reader {
         let Ok(permit) = permit else {
             return Ok(false);
         };
-        self.claim().await;
         self.metrics.received.inc();
         self.metrics.in_flight.inc();
         self.group.in_flight.inc();
@@ -1049,7 +1067,7 @@ impl Reader {
                 arrived: self.arrived.1,
                 _permit: permit,
                 gauges: [self.metrics.in_flight.clone(), self.group.in_flight.clone()],
-                link: self.link.clone(),
+                link: claim,
             },
         };
         self.pending.push(incoming);
