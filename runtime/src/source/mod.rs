@@ -284,6 +284,11 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// When a message that arrives now arrived: Unix ms for the record, monotonic for latency.
+fn arrival_now() -> (i64, Instant) {
+    (now_ms(), Instant::now())
+}
+
 /// Wait for `f` with `waiting` set: a reader held back by weir (for a permit, a pause, the
 /// pipeline), which the keep-alive must not take for the broker being silent. The silence
 /// counts from the end of the wait.
@@ -771,7 +776,7 @@ impl Reader {
             Ok(0) => Err("the broker closed the connection".into()),
             Ok(_) => {
                 self.last_read.store(self.clock.ms(), Ordering::Relaxed);
-                self.arrived = (now_ms(), Instant::now());
+                self.arrived = arrival_now();
                 Ok(())
             }
             Err(e) => Err(format!("read failed: {e}")),
@@ -984,7 +989,7 @@ impl Reader {
             if waited.await.is_err() {
                 std::future::pending::<()>().await;
             }
-            self.arrived = (now_ms(), Instant::now());
+            self.arrived = arrival_now();
         }
     }
 
@@ -1031,7 +1036,7 @@ impl Reader {
                     permits.acquire_owned(),
                 );
                 let got = waited.await.map_err(|_| ());
-                self.arrived = (now_ms(), Instant::now());
+                self.arrived = arrival_now();
                 got
             }
         };
@@ -1369,7 +1374,7 @@ impl Session {
             waiting: conn.waiting.clone(),
             clock: conn.clock,
             pending: Vec::with_capacity(CHUNK),
-            arrived: (now_ms(), Instant::now()),
+            arrived: arrival_now(),
         };
         let _abort = AbortOnDrop(tokio::spawn(reader.run()));
 
