@@ -221,7 +221,7 @@ fn inspect_prints_identity_and_schema() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["name"], "fleet-gps");
     assert_eq!(v["version"], "1.0.0");
-    assert_eq!(v["contract"], "weir:transform@1.1.0 (packed-plugin)");
+    assert_eq!(v["contract"], "weir:transform@1.2.0 (framed-plugin)");
     assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(v["schema"]["name"], "VehiclePosition");
     let human = weir(&["plugin", "inspect", wasm.to_str().unwrap()], "");

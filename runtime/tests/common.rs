@@ -91,6 +91,15 @@ pub fn kind(o: &weir::transform::Outcome) -> String {
 
 /// The adversarial plugin with a `memory_mib` cap, loaded and configured.
 pub fn adversarial(memory_mib: usize) -> (weir::transform::Plugin, weir::transform::Configured) {
+    adversarial_build("adversarial", memory_mib)
+}
+
+/// A build of the adversarial plugin (`adversarial@0.1.1` targets contract 1.1), with a
+/// `memory_mib` cap, loaded and configured.
+pub fn adversarial_build(
+    id: &str,
+    memory_mib: usize,
+) -> (weir::transform::Plugin, weir::transform::Configured) {
     use weir::transform::{Host, Limits};
     let limits = Limits {
         memory_bytes: memory_mib << 20,
@@ -98,8 +107,28 @@ pub fn adversarial(memory_mib: usize) -> (weir::transform::Plugin, weir::transfo
     };
     let plugin = Host::new(limits, None)
         .unwrap()
-        .load_file(&plugin_wasm("adversarial"))
+        .load_file(&plugin_wasm(id))
         .unwrap();
     let configured = plugin.configure(vec![], "adversarial").unwrap();
     (plugin, configured)
+}
+
+/// `component` with every `from` replaced by `to` (names of the same length, so that the
+/// component stays well formed): a plugin as an older SDK built it, by its import names.
+pub fn renamed(component: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len(), "a rename keeps the length");
+    let mut out = component.to_vec();
+    let mut renamed = 0;
+    let mut at = 0;
+    while let Some(i) = out[at..].windows(from.len()).position(|w| w == from) {
+        out[at + i..at + i + from.len()].copy_from_slice(to);
+        renamed += 1;
+        at += i + from.len();
+    }
+    assert!(
+        renamed > 0,
+        "the component names {}",
+        String::from_utf8_lossy(from)
+    );
+    out
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{adversarial, kind, message, plugin_wasm};
+use common::{adversarial, adversarial_build, kind, message, plugin_wasm};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use weir::transform::{Host, Limits, Outcome, codes};
@@ -11,13 +11,24 @@ fn host() -> Host {
     Host::new(Limits::default(), None).unwrap()
 }
 
+/// `payloads` on topic `t/x` through `p` in one batch: the outcomes, and their kinds.
+fn run(p: &weir::transform::Configured, payloads: &[&str]) -> (Vec<Outcome>, Vec<String>) {
+    let mut batch: Vec<_> = payloads
+        .iter()
+        .map(|m| message("t/x", m.as_bytes()))
+        .collect();
+    let out = p.process(&mut batch);
+    let kinds = out.iter().map(kind).collect();
+    (out, kinds)
+}
+
 #[test]
 fn describe_gives_identity_and_schema() {
     let path = plugin_wasm("thermostat");
     let plugin = host().load_file(&path).unwrap();
     let info = plugin.info();
     assert_eq!(info.id(), "thermostat@1.0.0");
-    assert_eq!(info.contract, "weir:transform@1.1.0 (packed-plugin)");
+    assert_eq!(info.contract, "weir:transform@1.2.0 (framed-plugin)");
     assert_eq!(
         info.sha256,
         hex::encode(Sha256::digest(std::fs::read(&path).unwrap()))
@@ -32,7 +43,17 @@ fn describe_gives_identity_and_schema() {
 
 #[test]
 fn adversarial_messages_are_classified_and_healthy_ones_still_emit() {
-    let (plugin, p) = adversarial(32);
+    classifies("adversarial@0.1.0");
+}
+
+/// The same, through contract 1.1's `packed-plugin` world, which weir still runs.
+#[test]
+fn adversarial_messages_are_classified_alike_through_contract_1_1() {
+    classifies("adversarial@0.1.1");
+}
+
+fn classifies(id: &str) {
+    let (plugin, p) = adversarial_build(id, 32);
     let payloads = [
         "a",
         "loop",
@@ -281,13 +302,8 @@ fn a_cohort_can_have_its_own_limits() {
 /// neighbours in the batch still emit.
 #[test]
 fn output_aliasing_one_buffer_is_bounded_as_it_is_copied() {
-    let (_, p) = adversarial(32);
-    let mut batch: Vec<_> = ["a", "alias", "b"]
-        .iter()
-        .map(|m| message("t/x", m.as_bytes()))
-        .collect();
-    let out = p.process(&mut batch);
-    let kinds: Vec<String> = out.iter().map(kind).collect();
+    let (_, p) = adversarial_build("adversarial@0.1.1", 32);
+    let (out, kinds) = run(&p, &["a", "alias", "b"]);
     assert_eq!(
         kinds,
         ["emit:1", "fail:plugin.output-too-large", "emit:1"],
@@ -298,6 +314,66 @@ fn output_aliasing_one_buffer_is_bounded_as_it_is_copied() {
     };
     assert!(reason.contains("4194304 bytes from one call"), "{reason}");
     assert!(reason.contains("plugin_output_kib"), "{reason}");
+}
+
+/// Framed outcomes (contract 1.2) that break the layout, cut short, with a byte too many
+/// or with a record count no reply could hold, fail the message that caused them as
+/// `plugin.contract` with the place and the problem; its neighbours still emit, and a lying
+/// count allocates nothing.
+#[test]
+fn malformed_framed_outcomes_fail_only_their_message() {
+    let (_, p) = adversarial(32);
+    for (attack, why) in [
+        ("frame:cut", "are left"),
+        ("frame:junk", "1 bytes follow the last outcome"),
+        ("frame:lie", "record count is 4294967295"),
+    ] {
+        let (out, kinds) = run(&p, &["a", attack, "b"]);
+        assert_eq!(
+            kinds,
+            ["emit:1", "fail:plugin.contract", "emit:1"],
+            "{attack}: {out:?}"
+        );
+        let Outcome::Fail { reason, .. } = &out[1] else {
+            unreachable!()
+        };
+        assert!(
+            reason.contains("`process-framed` returned malformed frame at byte"),
+            "{reason}"
+        );
+        assert!(reason.contains(why), "{attack}: {reason}");
+    }
+}
+
+/// A plugin built against contract 1.1 (its host import `@1.1.0`, its `process` the
+/// `packed-plugin` one) loads and publishes what a 1.2 build of the same code publishes.
+#[test]
+fn a_plugin_built_against_contract_1_1_0_still_runs_and_publishes_the_same_bytes() {
+    let built = std::fs::read(plugin_wasm("adversarial@0.1.1")).unwrap();
+    let old = common::renamed(
+        &built,
+        b"weir:transform/host@1.2.0",
+        b"weir:transform/host@1.1.0",
+    );
+    let packed = host().load(&old).unwrap();
+    assert_eq!(
+        packed.info().contract,
+        "weir:transform@1.1.0 (packed-plugin)"
+    );
+    let framed = host().load_file(&plugin_wasm("adversarial@0.1.0")).unwrap();
+    let batch = || {
+        ["a", "reject", "pair:300", "été"]
+            .iter()
+            .map(|m| message("t/x", m.as_bytes()))
+            .collect::<Vec<_>>()
+    };
+    let run = |p: &weir::transform::Plugin| p.configure(vec![], "t").unwrap().process(&mut batch());
+    let (old, new) = (run(&packed), run(&framed));
+    assert_eq!(
+        old.iter().map(kind).collect::<Vec<_>>(),
+        ["emit:1", "reject:test.rejected", "emit:2", "emit:1"]
+    );
+    assert_eq!(old, new);
 }
 
 /// Under the copy bound, the records of one message together are still held to the
@@ -328,7 +404,9 @@ fn a_cohorts_output_bound_counts_every_record_of_a_message() {
         unreachable!()
     };
     assert!(reason.contains("the limit is 65536"), "{reason}");
-    // Aliasing is caught while copying, at the cohort's bound.
+    // Aliasing (contract 1.1) is caught while copying, at the cohort's bound.
+    let (packed, _) = adversarial_build("adversarial@0.1.1", 64);
+    let tight = packed.configure_with(vec![], "tight", own).unwrap();
     let out = tight.process(&mut [message("t/x", b"alias")]);
     let Outcome::Fail { reason, .. } = &out[0] else {
         panic!("{out:?}")

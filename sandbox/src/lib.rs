@@ -76,9 +76,10 @@ pub enum LoadError {
     /// Not a Wasm component at all.
     #[error("{0}")]
     NotAComponent(String),
-    /// A component, but of neither `weir:transform` world (`plugin`, `packed-plugin`).
+    /// A component, but of no `weir:transform` world (`plugin`, `packed-plugin`,
+    /// `framed-plugin`).
     #[error(
-        "not a weir plugin: {0}. A plugin must target the weir:transform `plugin` (1.0) or `packed-plugin` (1.1) world and import nothing but `weir:transform/host` (build it with weir-sdk and `cargo xtask plugins`)"
+        "not a weir plugin: {0}. A plugin must target the weir:transform `plugin` (1.0), `packed-plugin` (1.1) or `framed-plugin` (1.2) world and import nothing but `weir:transform/host` (build it with weir-sdk and `cargo xtask plugins`)"
     )]
     WrongWorld(String),
     /// `describe` failed or returned something unusable.
@@ -408,22 +409,35 @@ impl Configured {
         if batch.is_empty() {
             return;
         }
-        match self.call(batch) {
-            Ok(outcomes) => {
-                let limits = self.plugin.inner.sandbox.limits();
-                let output = self.limits.output_per_message(limits);
-                let schema = &self.plugin.inner.schema;
-                match outcomes {
-                    sandbox::Outcomes::Plain(o) => out.extend(
-                        o.into_iter()
-                            .map(|o| plain_outcome(schema, limits, output, o)),
-                    ),
-                    sandbox::Outcomes::Packed(o) => out.extend(
-                        o.into_iter()
-                            .map(|o| packed_outcome(schema, limits, output, o)),
-                    ),
-                }
+        let limits = self.plugin.inner.sandbox.limits();
+        let output = self.limits.output_per_message(limits);
+        let schema = &self.plugin.inner.schema;
+        let framed;
+        let outcomes = match self.call(batch) {
+            Ok(sandbox::Outcomes::Plain(o)) => {
+                return out.extend(
+                    o.into_iter()
+                        .map(|o| plain_outcome(schema, limits, output, o)),
+                );
             }
+            Ok(sandbox::Outcomes::Packed(o)) => {
+                return out.extend(
+                    o.into_iter()
+                        .map(|o| packed_outcome(schema, limits, output, o)),
+                );
+            }
+            Ok(sandbox::Outcomes::Framed(buffer)) => {
+                framed = buffer;
+                weir_sdk::frame::read_outcomes(&framed, batch.len())
+                    .map_err(|e| CallError::Contract(format!("`process-framed` returned {e}")))
+            }
+            Err(e) => Err(e),
+        };
+        match outcomes {
+            Ok(o) => out.extend(
+                o.into_iter()
+                    .map(|o| framed_outcome(schema, limits, output, o)),
+            ),
             Err(e) if batch.len() == 1 => out.push(Outcome::Fail {
                 code: e.code(),
                 reason: e.to_string(),
@@ -490,10 +504,11 @@ impl Configured {
         };
         let (outcomes, used) = instance.process(batch, self.expected(batch.len()))?;
         self.observe(used, batch.len());
-        if outcomes.len() != batch.len() {
+        if let Some(n) = outcomes.len()
+            && n != batch.len()
+        {
             return Err(CallError::Contract(format!(
-                "`process` returned {} outcomes for {} messages",
-                outcomes.len(),
+                "`process` returned {n} outcomes for {} messages",
                 batch.len()
             )));
         }
@@ -536,6 +551,25 @@ fn packed_outcome(
         W::Skip => Outcome::Skip,
         W::Reject(r) => rejected(r),
         W::Emit(records) => emitted(schema, limits, output, records),
+    }
+}
+
+/// As [`plain_outcome`], for contract 1.2's `framed-plugin` (values as MessagePack, read in
+/// place from the framed reply).
+fn framed_outcome(
+    schema: &AvroSchema,
+    limits: &Limits,
+    output: usize,
+    o: weir_sdk::frame::OutcomeRef<'_>,
+) -> Outcome {
+    use weir_sdk::frame::OutcomeRef as F;
+    match o {
+        F::Skip => Outcome::Skip,
+        F::Reject { code, reason } => rejected(sandbox::WitRejection {
+            code: code.to_owned(),
+            reason: reason.to_owned(),
+        }),
+        F::Emit(records) => emitted(schema, limits, output, records),
     }
 }
 
@@ -588,6 +622,16 @@ impl Value for String {
     }
 }
 
+impl Value for &[u8] {
+    const FORM: &'static str = "MessagePack";
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation> {
+        schema.encode_packed(self, out)
+    }
+}
+
 impl Value for Vec<u8> {
     const FORM: &'static str = "MessagePack";
     fn len(&self) -> usize {
@@ -630,6 +674,24 @@ impl Returned for sandbox::PackedRecord {
                 key,
                 value: Vec::new(),
                 headers,
+            },
+        )
+    }
+}
+
+impl<'a> Returned for weir_sdk::frame::RecordRef<'a> {
+    type Value = &'a [u8];
+    fn split(self) -> (&'a [u8], Record) {
+        (
+            self.value,
+            Record {
+                key: self.key.map(str::to_owned),
+                value: Vec::new(),
+                headers: self
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
             },
         )
     }

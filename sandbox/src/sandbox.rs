@@ -31,6 +31,19 @@ mod packed {
     });
 }
 
+/// The `framed-plugin` world (contract 1.2): the batch and its outcomes framed in one buffer
+/// each (`weir_sdk::frame`).
+mod framed {
+    wasmtime::component::bindgen!({
+        world: "framed-plugin",
+        path: "../wit",
+        with: {
+            "weir:transform/types": super::bindings::weir::transform::types,
+            "weir:transform/host": super::bindings::weir::transform::host,
+        },
+    });
+}
+
 pub use bindings::weir::transform::types::{
     Level, Message as WitMessage, Outcome as WitOutcome, PackedOutcome, PackedRecord, PluginInfo,
     Record as WitRecord, Rejection as WitRejection,
@@ -159,6 +172,8 @@ pub(super) enum Pre {
     Plain(bindings::PluginPre<State>),
     /// `packed-plugin`: record values as MessagePack.
     Packed(packed::PackedPluginPre<State>),
+    /// `framed-plugin`: the batch and its outcomes framed, record values as MessagePack.
+    Framed(framed::FramedPluginPre<State>),
 }
 
 impl Pre {
@@ -168,6 +183,7 @@ impl Pre {
         match self {
             Pre::Plain(_) => "weir:transform@1.0.0",
             Pre::Packed(_) => "weir:transform@1.1.0 (packed-plugin)",
+            Pre::Framed(_) => "weir:transform@1.2.0 (framed-plugin)",
         }
     }
 }
@@ -176,19 +192,24 @@ impl Pre {
 enum Exports {
     Plain(bindings::Plugin),
     Packed(packed::PackedPlugin),
+    Framed(framed::FramedPlugin),
 }
 
 /// What one `process` call returned, by the world the plugin targets.
 pub(super) enum Outcomes {
     Plain(Vec<WitOutcome>),
     Packed(Vec<PackedOutcome>),
+    /// Framed outcomes, not yet read (`weir_sdk::frame::read_outcomes`).
+    Framed(Vec<u8>),
 }
 
 impl Outcomes {
-    pub(super) fn len(&self) -> usize {
+    /// How many outcomes came back; `None` for framed ones until they are read.
+    pub(super) fn len(&self) -> Option<usize> {
         match self {
-            Outcomes::Plain(v) => v.len(),
-            Outcomes::Packed(v) => v.len(),
+            Outcomes::Plain(v) => Some(v.len()),
+            Outcomes::Packed(v) => Some(v.len()),
+            Outcomes::Framed(_) => None,
         }
     }
 }
@@ -324,11 +345,14 @@ impl Sandbox {
             .instantiate_pre(component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         // The world is told by the `process` it exports; each is then type-checked whole.
-        let packed = component
-            .component_type()
+        let exports = component.component_type();
+        let exports: Vec<&str> = exports
             .exports(&self.0.engine)
-            .any(|(name, _)| name == "process-packed");
-        if packed {
+            .map(|(name, _)| name)
+            .collect();
+        if exports.contains(&"process-framed") {
+            framed::FramedPluginPre::new(pre).map(Pre::Framed)
+        } else if exports.contains(&"process-packed") {
             packed::PackedPluginPre::new(pre).map(Pre::Packed)
         } else {
             bindings::PluginPre::new(pre).map(Pre::Plain)
@@ -538,6 +562,7 @@ impl Instance {
         let plugin = match pre {
             Pre::Plain(pre) => pre.instantiate(&mut store).map(Exports::Plain),
             Pre::Packed(pre) => pre.instantiate(&mut store).map(Exports::Packed),
+            Pre::Framed(pre) => pre.instantiate(&mut store).map(Exports::Framed),
         }
         .map_err(|e| {
             match e.downcast_ref::<wasmtime::Trap>() {
@@ -640,6 +665,7 @@ impl Instance {
         match &self.plugin {
             Exports::Plain(p) => p.call_describe(&mut self.store),
             Exports::Packed(p) => p.call_describe(&mut self.store),
+            Exports::Framed(p) => p.call_describe(&mut self.store),
         }
         .map_err(|e| self.classify(e, budget))
     }
@@ -650,6 +676,7 @@ impl Instance {
         let result = match &self.plugin {
             Exports::Plain(p) => p.call_init(&mut self.store, config),
             Exports::Packed(p) => p.call_init(&mut self.store, config),
+            Exports::Framed(p) => p.call_init(&mut self.store, config),
         };
         match result {
             Ok(Ok(())) => Ok(()),
@@ -680,10 +707,44 @@ impl Instance {
             Exports::Packed(p) => p
                 .call_process_packed(&mut self.store, batch)
                 .map(Outcomes::Packed),
+            Exports::Framed(p) => p
+                .call_process_framed(&mut self.store, &frame_batch(batch))
+                .map(Outcomes::Framed),
         };
         let used = thread_cpu().saturating_sub(self.store.data().cpu_start);
         outcomes
             .map(|o| (o, used))
             .map_err(|e| self.classify(e, budget))
     }
+}
+
+/// `batch` framed for `process-framed` (contract 1.2).
+fn frame_batch(batch: &[WitMessage]) -> Vec<u8> {
+    use weir_sdk::frame;
+    let size: usize = batch
+        .iter()
+        .map(|m| {
+            // Three lengths, the content type's presence and the receive time: 21 bytes.
+            21 + m.topic.len()
+                + m.payload.len()
+                + m.properties
+                    .iter()
+                    .map(|(k, v)| 8 + k.len() + v.len())
+                    .sum::<usize>()
+                + m.content_type.as_ref().map_or(0, |c| 4 + c.len())
+        })
+        .sum();
+    let mut out = Vec::with_capacity(4 + size);
+    frame::put_len(&mut out, batch.len());
+    for m in batch {
+        frame::put_message(
+            &mut out,
+            &m.topic,
+            &m.payload,
+            &m.properties,
+            m.content_type.as_deref(),
+            m.received_at_ms,
+        );
+    }
+    out
 }

@@ -4,9 +4,10 @@
 //! cohort's config and turns one [`Message`] into typed records (anything `Serialize` that
 //! matches the plugin's Avro schema) or a [`Rejection`]. [`export_plugin!`] generates the
 //! `weir:transform` glue: `describe` returns the name, version and schema, `init` builds the
-//! plugin, `process-packed` runs the batch. Records cross the boundary as MessagePack
-//! (contract 1.1's `packed-plugin` world: no number formatting in the plugin, no text
-//! parsing in the host); the host validates every record against the schema.
+//! plugin, `process-framed` runs the batch. The batch and its outcomes cross the boundary as
+//! one buffer each, records as MessagePack (contract 1.2's `framed-plugin` world: no number
+//! formatting in the plugin, no text parsing in the host, no call into the plugin's
+//! allocator per field); the host validates every record against the schema.
 //!
 //! ```ignore
 //! struct Echo;
@@ -33,7 +34,7 @@ use std::fmt;
 #[allow(unsafe_code)] // The generated canonical-ABI glue reads and writes guest memory.
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "packed-plugin",
+        world: "framed-plugin",
         path: "../wit",
         default_bindings_module: "weir_sdk::bindings",
         pub_export_macro: true,
@@ -41,8 +42,27 @@ pub mod bindings {
     });
 }
 
+/// The `packed-plugin` world (contract 1.1), kept so that a plugin can still be built against
+/// it: the host's 1.1 path is tested with one.
+#[doc(hidden)]
+#[allow(unsafe_code)] // The generated canonical-ABI glue reads and writes guest memory.
+pub mod packed_bindings {
+    wit_bindgen::generate!({
+        world: "packed-plugin",
+        path: "../wit",
+        default_bindings_module: "weir_sdk::packed_bindings",
+        pub_export_macro: true,
+        export_macro_name: "__export_packed_world",
+        with: {
+            "weir:transform/types@1.2.0": crate::bindings::weir::transform::types,
+            "weir:transform/host@1.2.0": crate::bindings::weir::transform::host,
+        },
+    });
+}
+
 pub mod codes;
 pub mod dryrun;
+pub mod frame;
 pub mod testing;
 
 use bindings::weir::transform::types as wit;
@@ -66,6 +86,22 @@ pub struct Message {
     pub content_type: Option<String>,
     /// When weir received it (ms since the Unix epoch), fixed for replay.
     pub received_at_ms: i64,
+}
+
+impl From<frame::MessageRef<'_>> for Message {
+    fn from(m: frame::MessageRef<'_>) -> Self {
+        Message {
+            topic: m.topic.to_owned(),
+            payload: m.payload.to_owned(),
+            properties: m
+                .properties
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            content_type: m.content_type.map(str::to_owned),
+            received_at_ms: m.received_at_ms,
+        }
+    }
 }
 
 impl Message {
@@ -301,31 +337,112 @@ pub mod glue {
         Ok(())
     }
 
-    /// Run a batch through the plugin built by `init` (or with an empty config if the host
-    /// did not call `init`).
-    pub fn process<P: Plugin + 'static>(batch: Vec<wit::Message>) -> Vec<wit::PackedOutcome> {
+    /// The plugin built by `init` (built with an empty config if the host did not call
+    /// `init`), given to `f`; or why none can be built.
+    fn with_plugin<P: Plugin + 'static, T>(
+        f: impl FnOnce(&P) -> T,
+    ) -> std::result::Result<T, Rejection> {
         install_panic_hook();
         let missing = INSTANCE.with(|slot| slot.borrow().is_none());
         if missing && let Err(e) = init::<P>(Vec::new()) {
-            let rejection = wit::Rejection {
-                code: "plugin.config".into(),
-                reason: format!("plugin was not initialised and the empty config is refused: {e}"),
-            };
-            return batch
-                .iter()
-                .map(|_| wit::PackedOutcome::Reject(rejection.clone()))
-                .collect();
+            return Err(Rejection::new(
+                "plugin.config",
+                format!("plugin was not initialised and the empty config is refused: {e}"),
+            ));
         }
-        INSTANCE.with(|slot| {
+        Ok(INSTANCE.with(|slot| {
             let slot = slot.borrow();
             let plugin = slot
                 .as_ref()
                 .and_then(|p| p.downcast_ref::<P>())
                 .expect("the instance slot holds this plugin type");
+            f(plugin)
+        }))
+    }
+
+    /// Run a framed batch (contract 1.2) through the plugin; its framed outcomes. A batch
+    /// that is not well framed is the host's fault, not a message's: the call traps, naming
+    /// the place.
+    pub fn process_framed<P: Plugin + 'static>(batch: &[u8]) -> Vec<u8> {
+        let mut reader = frame::Reader::new(batch);
+        let n = reader
+            .u32("message count")
+            .unwrap_or_else(|e| panic!("weir sent a malformed batch: {e}"));
+        // Outcomes are mostly smaller than their messages.
+        let mut out = Vec::with_capacity(batch.len());
+        frame::put_len(&mut out, n as usize);
+        let done = with_plugin::<P, _>(|plugin| {
+            for _ in 0..n {
+                let m = reader
+                    .message()
+                    .unwrap_or_else(|e| panic!("weir sent a malformed batch: {e}"));
+                put_outcome(&mut out, plugin.transform(&Message::from(m)));
+            }
+        });
+        if let Err(r) = done {
+            for _ in 0..n {
+                frame::put_reject(&mut out, &r.code, &r.reason);
+            }
+        }
+        out
+    }
+
+    /// Append one message's result to framed outcomes; a value that cannot be serialised
+    /// becomes a `record.serialize` rejection rather than a trap.
+    pub fn put_outcome<R: Serialize>(out: &mut Vec<u8>, result: Result<R>) {
+        match result {
+            Err(r) => frame::put_reject(out, &r.code, &r.reason),
+            Ok(Emit::Skip) => frame::put_skip(out),
+            Ok(Emit::Records(records)) => {
+                let start = out.len();
+                frame::put_emit(out, records.len());
+                for r in &records {
+                    let packed = frame::put_record(
+                        out,
+                        r.key.as_deref(),
+                        |buf| pack_into(&r.value, buf),
+                        &r.headers,
+                    );
+                    if let Err(e) = packed {
+                        out.truncate(start);
+                        frame::put_reject(
+                            out,
+                            "record.serialize",
+                            &format!("record could not be serialised: {e}"),
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run a batch through the plugin, contract 1.1's way (`packed-plugin`).
+    pub fn process_packed<P: Plugin + 'static>(
+        batch: Vec<wit::Message>,
+    ) -> Vec<wit::PackedOutcome> {
+        let n = batch.len();
+        let done = with_plugin::<P, _>(|plugin| {
             batch
                 .into_iter()
-                .map(|m| to_wit(plugin.transform(&from_wit(m))))
+                .map(|m| {
+                    let m = Message {
+                        topic: m.topic,
+                        payload: m.payload,
+                        properties: m.properties,
+                        content_type: m.content_type,
+                        received_at_ms: m.received_at_ms,
+                    };
+                    to_wit(plugin.transform(&m))
+                })
                 .collect()
+        });
+        done.unwrap_or_else(|r| {
+            let rejection = wit::Rejection {
+                code: r.code,
+                reason: r.reason,
+            };
+            vec![wit::PackedOutcome::Reject(rejection); n]
         })
     }
 
@@ -338,21 +455,10 @@ pub mod glue {
         }
     }
 
-    fn from_wit(m: wit::Message) -> Message {
-        Message {
-            topic: m.topic,
-            payload: m.payload,
-            properties: m.properties,
-            content_type: m.content_type,
-            received_at_ms: m.received_at_ms,
-        }
-    }
-
-    /// Convert a typed result to the contract's outcome; a value that cannot be serialised
-    /// becomes a `record.serialize` rejection rather than a trap.
-    /// One message's result as the contract carries it: each record's value packed as
+    /// One message's result as contract 1.1 carries it: each record's value packed as
     /// MessagePack (structs as maps keyed by field name), which the host checks against
-    /// the schema and encodes to Avro.
+    /// the schema and encodes to Avro; a value that cannot be serialised becomes a
+    /// `record.serialize` rejection rather than a trap.
     pub fn to_wit<R: Serialize>(result: Result<R>) -> wit::PackedOutcome {
         match result {
             Err(r) => wit::PackedOutcome::Reject(wit::Rejection {
@@ -385,12 +491,20 @@ pub mod glue {
     /// A record value as MessagePack, structs as maps keyed by field name.
     pub fn pack<R: Serialize>(value: &R) -> std::result::Result<Vec<u8>, rmp_serde::encode::Error> {
         let mut out = Vec::with_capacity(128);
-        value.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())?;
+        pack_into(value, &mut out)?;
         Ok(out)
+    }
+
+    /// [`pack`], appending to `out`.
+    pub fn pack_into<R: Serialize>(
+        value: &R,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), rmp_serde::encode::Error> {
+        value.serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
     }
 }
 
-/// Export a [`Plugin`] as the `weir:transform` `packed-plugin` world.
+/// Export a [`Plugin`] as the `weir:transform` `framed-plugin` world.
 ///
 /// `schema` is the path of the `.avsc` file, relative to the file that invokes the macro (as
 /// for `include_str!`). The name and version are the crate's `Cargo.toml` name and version;
@@ -423,10 +537,8 @@ macro_rules! export_plugin {
                 fn init(config: Vec<(String, String)>) -> Result<(), String> {
                     $crate::glue::init::<$plugin>(config)
                 }
-                fn process_packed(
-                    batch: Vec<$crate::bindings::weir::transform::types::Message>,
-                ) -> Vec<$crate::bindings::weir::transform::types::PackedOutcome> {
-                    $crate::glue::process::<$plugin>(batch)
+                fn process_framed(batch: Vec<u8>) -> Vec<u8> {
+                    $crate::glue::process_framed::<$plugin>(&batch)
                 }
             }
 

@@ -9,7 +9,7 @@
 
 // The host's one import, resolved by componentize-js against wit/transform.wit.
 // @ts-ignore: a component import, not a module on disk.
-import { log as hostLog } from "weir:transform/host@1.1.0";
+import { log as hostLog } from "weir:transform/host@1.2.0";
 import {
   Config,
   ConfigError,

@@ -16,13 +16,19 @@
 //! | `chatty`      | logs 1,000 lines, then emits                           |
 //! | `murmur`      | logs 50 lines (fewer than any per-call cap), then emits |
 //! | `pair:N`      | emits two records: `{"text":"first"}`, then one of N bytes |
-//! | `alias`       | emits 1,000 records whose values all point at the same |
-//! |               | 100 KB of its memory (100 MB once copied out)          |
+//! | `frame:cut`   | its batch's framed outcomes lose their last byte       |
+//! | `frame:lie`   | its batch's framed outcomes claim 4 billion records    |
+//! | `frame:junk`  | a byte follows its batch's framed outcomes             |
 //! | anything else | emits `{"text": <payload>}`                            |
 //!
-//! `alias` is what the SDK cannot express: the canonical ABI passes a string as a pointer
-//! and a length, so nothing stops a plugin from returning the same bytes many times. It is
-//! built by hand below, around the SDK's own glue for every other payload.
+//! It is built twice (`cargo xtask plugins`):
+//! - 0.1.0 targets contract 1.2 (`framed-plugin`), as the SDK builds every plugin. The
+//!   `frame:*` payloads are what the SDK cannot express: a reply that breaks the frame's
+//!   layout, written by hand around the SDK's own glue.
+//! - 0.1.1 (feature `packed`) targets contract 1.1 (`packed-plugin`), which weir still
+//!   runs, and adds `alias`: 1,000 records whose values all point at the same 100 KB of its
+//!   memory (100 MB once copied out). The canonical ABI passes a list as a pointer and a
+//!   length, so nothing stops a 1.1 plugin from returning the same bytes many times.
 
 use serde_json::{Value, json};
 use weir_sdk::{Config, Emit, Message, Plugin, Record, Rejection};
@@ -120,6 +126,56 @@ pub const ALIAS_RECORDS: usize = 1_000;
 /// Length of the one buffer every `alias` record's value points at.
 pub const ALIAS_BYTES: usize = 100_000;
 
+#[cfg(not(feature = "packed"))]
+#[allow(unsafe_code)] // Exported entry points are generated `extern` fns.
+mod export {
+    use super::*;
+    use weir_sdk::bindings::weir::transform::types as wit;
+    use weir_sdk::frame;
+
+    struct Export;
+
+    /// The SDK's reply to `batch`, broken as its first `frame:*` payload asks.
+    fn process(batch: &[u8]) -> Vec<u8> {
+        let mut reader = frame::Reader::new(batch);
+        let n = reader.u32("count").expect("a framed batch");
+        let attack = (0..n)
+            .map(|_| reader.message().expect("a framed message").payload)
+            .find(|p| p.starts_with(b"frame:"))
+            .map(<[u8]>::to_vec);
+        let mut out = weir_sdk::glue::process_framed::<Adversarial>(batch);
+        match attack.as_deref() {
+            Some(b"frame:cut") => {
+                out.pop();
+            }
+            Some(b"frame:junk") => out.push(0),
+            Some(b"frame:lie") => {
+                out.truncate(4);
+                for _ in 0..n {
+                    frame::put_emit(&mut out, u32::MAX as usize);
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    impl weir_sdk::bindings::Guest for Export {
+        fn describe() -> wit::PluginInfo {
+            weir_sdk::glue::describe(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), SCHEMA)
+        }
+        fn init(config: Vec<(String, String)>) -> Result<(), String> {
+            weir_sdk::glue::init::<Adversarial>(config)
+        }
+        fn process_framed(batch: Vec<u8>) -> Vec<u8> {
+            process(&batch)
+        }
+    }
+
+    weir_sdk::bindings::__export_world!(Export with_types_in weir_sdk::bindings);
+}
+
+#[cfg(feature = "packed")]
 #[allow(unsafe_code)] // Exported entry points are generated `extern` fns; `alias` aliases memory.
 mod export {
     use super::*;
@@ -137,7 +193,7 @@ mod export {
         Box::leak(value.into_boxed_slice())
     }
 
-    /// `ALIAS_RECORDS` records whose values are the same bytes. Each `String` claims the
+    /// `ALIAS_RECORDS` records whose values are the same bytes. Each `Vec` claims the
     /// leaked buffer; the guest frees them after the host has copied them out, if it does.
     fn aliased() -> wit::PackedOutcome {
         let shared = shared_value();
@@ -155,9 +211,9 @@ mod export {
         wit::PackedOutcome::Emit(records)
     }
 
-    impl weir_sdk::bindings::Guest for Export {
+    impl weir_sdk::packed_bindings::Guest for Export {
         fn describe() -> wit::PluginInfo {
-            weir_sdk::glue::describe(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), SCHEMA)
+            weir_sdk::glue::describe(env!("CARGO_PKG_NAME"), "0.1.1", SCHEMA)
         }
         fn init(config: Vec<(String, String)>) -> Result<(), String> {
             weir_sdk::glue::init::<Adversarial>(config)
@@ -169,7 +225,7 @@ mod export {
                     if m.payload == b"alias" {
                         aliased()
                     } else {
-                        weir_sdk::glue::process::<Adversarial>(vec![m])
+                        weir_sdk::glue::process_packed::<Adversarial>(vec![m])
                             .pop()
                             .expect("one outcome per message")
                     }
@@ -178,5 +234,5 @@ mod export {
         }
     }
 
-    weir_sdk::bindings::__export_world!(Export with_types_in weir_sdk::bindings);
+    weir_sdk::packed_bindings::__export_packed_world!(Export with_types_in weir_sdk::packed_bindings);
 }
