@@ -113,22 +113,27 @@ pub fn adversarial_build(
     (plugin, configured)
 }
 
-/// `component` with every `from` replaced by `to` (names of the same length, so that the
-/// component stays well formed): a plugin as an older SDK built it, by its import names.
-pub fn renamed(component: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    assert_eq!(from.len(), to.len(), "a rename keeps the length");
+/// `component` as an older SDK built it: its contract imports (`weir:transform/host` and
+/// `/types`, `@1.2.0`) renamed to `version`, a name of the same length, so that the
+/// component stays well formed.
+pub fn built_against(component: &[u8], version: &str) -> Vec<u8> {
     let mut out = component.to_vec();
-    let mut renamed = 0;
-    let mut at = 0;
-    while let Some(i) = out[at..].windows(from.len()).position(|w| w == from) {
-        out[at + i..at + i + from.len()].copy_from_slice(to);
-        renamed += 1;
-        at += i + from.len();
+    for interface in ["host", "types"] {
+        let from = format!("weir:transform/{interface}@1.2.0");
+        let to = format!("weir:transform/{interface}@{version}");
+        assert_eq!(from.len(), to.len(), "a rename keeps the length");
+        let (from, to) = (from.as_bytes(), to.as_bytes());
+        let mut renamed = 0;
+        let mut at = 0;
+        while let Some(i) = out[at..].windows(from.len()).position(|w| w == from) {
+            out[at + i..at + i + from.len()].copy_from_slice(to);
+            renamed += 1;
+            at += i + from.len();
+        }
+        assert!(
+            renamed > 0,
+            "the component imports weir:transform/{interface}@1.2.0"
+        );
     }
-    assert!(
-        renamed > 0,
-        "the component names {}",
-        String::from_utf8_lossy(from)
-    );
     out
 }

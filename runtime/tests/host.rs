@@ -11,6 +11,14 @@ fn host() -> Host {
     Host::new(Limits::default(), None).unwrap()
 }
 
+/// The headers of an emitted message's first record.
+fn out_headers(o: &Outcome) -> usize {
+    match o {
+        Outcome::Emit(records) => records[0].headers.len(),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// `payloads` on topic `t/x` through `p` in one batch: the outcomes, and their kinds.
 fn run(p: &weir::transform::Configured, payloads: &[&str]) -> (Vec<Outcome>, Vec<String>) {
     let mut batch: Vec<_> = payloads
@@ -318,15 +326,17 @@ fn output_aliasing_one_buffer_is_bounded_as_it_is_copied() {
 
 /// Framed outcomes (contract 1.2) that break the layout, cut short, with a byte too many
 /// or with a record count no reply could hold, fail the message that caused them as
-/// `plugin.contract` with the place and the problem; its neighbours still emit, and a lying
-/// count allocates nothing.
+/// `plugin.contract` with the place and the problem, and its neighbours still emit. An
+/// instance that broke the frame is not used again: one that breaks every reply after
+/// `frame:poison` would otherwise fail the neighbours too.
 #[test]
 fn malformed_framed_outcomes_fail_only_their_message() {
     let (_, p) = adversarial(32);
     for (attack, why) in [
         ("frame:cut", "are left"),
-        ("frame:junk", "1 bytes follow the last outcome"),
+        ("frame:junk", "1 byte follows the last item"),
         ("frame:lie", "record count is 4294967295"),
+        ("frame:poison", "are left"),
     ] {
         let (out, kinds) = run(&p, &["a", attack, "b"]);
         assert_eq!(
@@ -350,11 +360,7 @@ fn malformed_framed_outcomes_fail_only_their_message() {
 #[test]
 fn a_plugin_built_against_contract_1_1_0_still_runs_and_publishes_the_same_bytes() {
     let built = std::fs::read(plugin_wasm("adversarial@0.1.1")).unwrap();
-    let old = common::renamed(
-        &built,
-        b"weir:transform/host@1.2.0",
-        b"weir:transform/host@1.1.0",
-    );
+    let old = common::built_against(&built, "1.1.0");
     let packed = host().load(&old).unwrap();
     assert_eq!(
         packed.info().contract,
@@ -402,6 +408,22 @@ fn a_cohorts_output_bound_counts_every_record_of_a_message() {
     );
     let Outcome::Fail { reason, .. } = &out[1] else {
         unreachable!()
+    };
+    assert!(reason.contains("the limit is 65536"), "{reason}");
+    // A framed reply over the call's bound is stopped as it is copied.
+    let out = tight.process(&mut [message("t/x", b"pair:100000")]);
+    let Outcome::Fail { code, reason } = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*code, codes::OUTPUT_TOO_LARGE);
+    assert!(reason.contains("more than 65536 bytes"), "{reason}");
+    // Empty headers are not free: each counts what the host holds for it.
+    let out = tight.process(&mut [message("t/x", b"headers:100")]);
+    assert_eq!(kind(&out[0]), "emit:1", "{out:?}");
+    assert_eq!(out_headers(&out[0]), 100);
+    let out = tight.process(&mut [message("t/x", b"headers:2000")]);
+    let Outcome::Fail { reason, .. } = &out[0] else {
+        panic!("{out:?}")
     };
     assert!(reason.contains("the limit is 65536"), "{reason}");
     // Aliasing (contract 1.1) is caught while copying, at the cohort's bound.

@@ -40,6 +40,9 @@ use weir_core::avro::{AvroSchema, Violation};
 pub const IDLE_INSTANCES: usize = 4;
 /// Calls an instance serves before it is replaced by a fresh one.
 pub const CALLS_PER_INSTANCE: u32 = 1000;
+
+/// An instance after a call, with the calls it has served.
+type Served = (Instance, u32);
 /// A batch may take this many times its measured cost (at least 20 ms) before it is cut
 /// short and re-run one message at a time; see [`Configured::process`].
 pub const COST_HEADROOM: u64 = 8;
@@ -414,22 +417,32 @@ impl Configured {
         let schema = &self.plugin.inner.schema;
         let framed;
         let outcomes = match self.call(batch) {
-            Ok(sandbox::Outcomes::Plain(o)) => {
+            Ok((sandbox::Outcomes::Plain(o), instance)) => {
+                self.keep(instance);
                 return out.extend(
                     o.into_iter()
                         .map(|o| plain_outcome(schema, limits, output, o)),
                 );
             }
-            Ok(sandbox::Outcomes::Packed(o)) => {
+            Ok((sandbox::Outcomes::Packed(o), instance)) => {
+                self.keep(instance);
                 return out.extend(
                     o.into_iter()
                         .map(|o| packed_outcome(schema, limits, output, o)),
                 );
             }
-            Ok(sandbox::Outcomes::Framed(buffer)) => {
-                framed = buffer;
-                weir_sdk::frame::read_outcomes(&framed, batch.len())
-                    .map_err(|e| CallError::Contract(format!("`process-framed` returned {e}")))
+            Ok((sandbox::Outcomes::Framed(reply), instance)) => {
+                framed = reply;
+                let read = weir_sdk::frame::read_outcomes(
+                    &framed,
+                    batch.len(),
+                    limits.max_records_per_message,
+                );
+                // An instance that broke the frame is not trusted with another call.
+                if read.is_ok() {
+                    self.keep(instance);
+                }
+                read.map_err(|e| CallError::Contract(format!("`process-framed` returned {e}")))
             }
             Err(e) => Err(e),
         };
@@ -484,9 +497,10 @@ impl Configured {
         );
     }
 
-    /// One call of `process` on an initialised instance: an idle one, or a fresh one. The
-    /// instance goes back to the idle list only if the call succeeded.
-    fn call(&self, batch: &[WitMessage]) -> Result<sandbox::Outcomes, CallError> {
+    /// One call of `process` on an initialised instance: an idle one, or a fresh one; with
+    /// the instance and the calls it has served, for [`Configured::keep`] once its outcomes
+    /// are found well formed. A failed call drops its instance.
+    fn call(&self, batch: &[WitMessage]) -> Result<(sandbox::Outcomes, Served), CallError> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let (mut instance, calls) = match idle {
             Some(pair) => pair,
@@ -512,13 +526,18 @@ impl Configured {
                 batch.len()
             )));
         }
-        if calls + 1 < CALLS_PER_INSTANCE {
+        Ok((outcomes, (instance, calls + 1)))
+    }
+
+    /// Put an instance whose call went well back in the idle list, unless it has served its
+    /// share of calls or the list is full.
+    fn keep(&self, (instance, calls): Served) {
+        if calls < CALLS_PER_INSTANCE {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < IDLE_INSTANCES {
-                idle.push((instance, calls + 1));
+                idle.push((instance, calls));
             }
         }
-        Ok(outcomes)
     }
 }
 
@@ -569,6 +588,10 @@ fn framed_outcome(
             code: code.to_owned(),
             reason: reason.to_owned(),
         }),
+        F::TooManyRecords(n) => {
+            let (code, reason) = too_many_records(n, limits);
+            Outcome::Fail { code, reason }
+        }
         F::Emit(records) => emitted(schema, limits, output, records),
     }
 }
@@ -604,7 +627,8 @@ fn emitted<R: Returned>(
 }
 
 /// A record value as a plugin returned it: JSON text (world `plugin`) or MessagePack
-/// (`packed-plugin`), checked against the schema and encoded to Avro accordingly.
+/// (`packed-plugin`, `framed-plugin`), checked against the schema and encoded to Avro
+/// accordingly.
 trait Value {
     /// What the value is written as, for messages.
     const FORM: &'static str;
@@ -642,15 +666,29 @@ impl Value for Vec<u8> {
     }
 }
 
-/// A record as a plugin returned it, in either world: its value, and the rest of it as
-/// the record to publish (its value still to be encoded).
+/// A record as a plugin returned it, in any world: its value, and the rest of it as the
+/// record to publish (its value still to be encoded).
 trait Returned {
     type Value: Value;
+    /// The bytes it counts toward its message's output bound ([`record_size`]).
+    fn size(&self) -> usize;
     fn split(self) -> (Self::Value, Record);
+}
+
+/// The headers' count and text bytes.
+fn header_sizes(headers: &[(String, String)]) -> (usize, usize) {
+    (
+        headers.len(),
+        headers.iter().map(|(k, v)| k.len() + v.len()).sum(),
+    )
 }
 
 impl Returned for sandbox::WitRecord {
     type Value = String;
+    fn size(&self) -> usize {
+        let (n, text) = header_sizes(&self.headers);
+        record_size(self.value.len(), self.key.as_deref(), n, text)
+    }
     fn split(self) -> (String, Record) {
         let (key, headers) = (self.key, self.headers);
         (
@@ -666,6 +704,10 @@ impl Returned for sandbox::WitRecord {
 
 impl Returned for sandbox::PackedRecord {
     type Value = Vec<u8>;
+    fn size(&self) -> usize {
+        let (n, text) = header_sizes(&self.headers);
+        record_size(self.value.len(), self.key.as_deref(), n, text)
+    }
     fn split(self) -> (Vec<u8>, Record) {
         let (key, headers) = (self.key, self.headers);
         (
@@ -681,6 +723,14 @@ impl Returned for sandbox::PackedRecord {
 
 impl<'a> Returned for weir_sdk::frame::RecordRef<'a> {
     type Value = &'a [u8];
+    fn size(&self) -> usize {
+        record_size(
+            self.value.len(),
+            self.key,
+            self.headers.len(),
+            self.headers.text_len(),
+        )
+    }
     fn split(self) -> (&'a [u8], Record) {
         (
             self.value,
@@ -689,7 +739,7 @@ impl<'a> Returned for weir_sdk::frame::RecordRef<'a> {
                 value: Vec::new(),
                 headers: self
                     .headers
-                    .into_iter()
+                    .iter()
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect(),
             },
@@ -708,26 +758,12 @@ fn encode_records<R: Returned>(
     records: Vec<R>,
 ) -> Result<Vec<Record>, Refusal> {
     if records.len() > limits.max_records_per_message {
-        return Err((
-            codes::OUTPUT_TOO_LARGE,
-            format!(
-                "{} records from one message; the limit is {}",
-                records.len(),
-                limits.max_records_per_message
-            ),
-        ));
+        return Err(too_many_records(records.len(), limits));
     }
     let mut out = Vec::with_capacity(records.len());
     let mut total = 0usize;
     for (i, r) in records.into_iter().enumerate() {
-        let (value, record) = r.split();
-        total += value.len()
-            + record.key.as_ref().map_or(0, String::len)
-            + record
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
+        total += r.size();
         if total > output {
             return Err((
                 codes::OUTPUT_TOO_LARGE,
@@ -736,9 +772,31 @@ fn encode_records<R: Returned>(
                 ),
             ));
         }
+        let (value, record) = r.split();
         out.push(encode_record(schema, limits, i, &value, record)?);
     }
     Ok(out)
+}
+
+/// The refusal of a message that returned `n` records, over the limit.
+fn too_many_records(n: usize, limits: &Limits) -> Refusal {
+    (
+        codes::OUTPUT_TOO_LARGE,
+        format!(
+            "{n} records from one message; the limit is {}",
+            limits.max_records_per_message
+        ),
+    )
+}
+
+/// What a header counts toward a message's output bound besides its name and value: what
+/// the host holds for it, so that a plugin cannot make it hold much more than the bound with
+/// many empty headers.
+const HEADER_COST: usize = std::mem::size_of::<(String, String)>();
+
+/// The bytes a record counts toward its message's output bound.
+fn record_size(value: usize, key: Option<&str>, headers: usize, header_text: usize) -> usize {
+    value + key.map_or(0, str::len) + header_text + headers * HEADER_COST
 }
 
 /// Record `i` of a message: within the size bound, no reserved header, its `value` valid

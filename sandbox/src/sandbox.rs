@@ -67,7 +67,8 @@ pub struct Limits {
     pub max_records_per_message: usize,
     /// Largest record value (JSON text, or MessagePack) a plugin may return.
     pub max_record_bytes: usize,
-    /// Most bytes the records of one message may total (values, keys and headers). The
+    /// Most bytes the records of one message may total (values, keys and headers, each
+    /// header counting 48 bytes besides its text: what the host holds for one). The
     /// canonical ABI lets every record point at the same bytes of the plugin's memory, so
     /// the memory cap does not bound what the host copies out: this does.
     pub max_output_bytes_per_message: usize,
@@ -701,6 +702,8 @@ impl Instance {
             Some(e) if batch.len() > 1 => e.max(MIN_QUICK_BATCH).min(full),
             _ => full,
         };
+        // Framed before the clock starts: the host's copy is not the plugin's time.
+        let framed = matches!(self.plugin, Exports::Framed(_)).then(|| frame_batch(batch));
         self.arm(budget, self.output_bound(batch.len()));
         let outcomes = match &self.plugin {
             Exports::Plain(p) => p.call_process(&mut self.store, batch).map(Outcomes::Plain),
@@ -708,7 +711,7 @@ impl Instance {
                 .call_process_packed(&mut self.store, batch)
                 .map(Outcomes::Packed),
             Exports::Framed(p) => p
-                .call_process_framed(&mut self.store, &frame_batch(batch))
+                .call_process_framed(&mut self.store, framed.as_deref().unwrap_or_default())
                 .map(Outcomes::Framed),
         };
         let used = thread_cpu().saturating_sub(self.store.data().cpu_start);

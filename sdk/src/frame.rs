@@ -1,15 +1,17 @@
 //! The framed batch of contract 1.2 (`framed-plugin`): a batch and its outcomes laid out in
 //! one buffer each, as `wit/transform.wit` describes. Both directions live here, the host's
 //! (write a batch, read outcomes) and the plugin's (read a batch, write outcomes), so that
-//! each is tested against the other. Reading never trusts a length or a count: every one is
-//! checked against the bytes that are left before anything is allocated for it.
+//! each is tested against the other. Reading never trusts a length or a count: each is
+//! checked against the bytes that are left before anything is allocated for it. What is read
+//! borrows from the buffer, and pairs (properties, headers) are checked in place and decoded
+//! only when iterated, so reading a reply costs the host little more than the reply itself.
 
 use std::fmt;
 
 /// Why a buffer is not a well-formed frame: what was expected, and at which byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
-    /// Offset of the field that could not be read.
+    /// Offset of the field that could not be read (of the bad byte, for text).
     pub at: usize,
     /// What was wrong there.
     pub what: String,
@@ -28,8 +30,8 @@ const EMIT: u8 = 0;
 const REJECT: u8 = 1;
 const SKIP: u8 = 2;
 
-/// Fewest bytes a record takes (absent key, empty value, no headers), and a header pair:
-/// bounds what a count can claim before its items are read.
+/// Fewest bytes a record takes (absent key, empty value, no headers), and a pair: bound what
+/// a count can claim before its items are read.
 const MIN_RECORD: usize = 1 + 4 + 4;
 const MIN_PAIR: usize = 4 + 4;
 
@@ -53,10 +55,11 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], FrameError> {
+    /// The next `n` bytes; a shortfall is reported at `from`, where their field starts.
+    fn take(&mut self, n: usize, from: usize, what: &str) -> Result<&'a [u8], FrameError> {
         let left = self.buf.len() - self.at;
         if n > left {
-            return self.fail(self.at, format!("{what} needs {n} bytes, {left} are left"));
+            return self.fail(from, format!("{what} needs {n} bytes, {left} are left"));
         }
         let out = &self.buf[self.at..self.at + n];
         self.at += n;
@@ -64,17 +67,17 @@ impl<'a> Reader<'a> {
     }
 
     fn u8(&mut self, what: &str) -> Result<u8, FrameError> {
-        Ok(self.take(1, what)?[0])
+        Ok(self.take(1, self.at, what)?[0])
     }
 
     /// A little-endian u32.
     pub fn u32(&mut self, what: &str) -> Result<u32, FrameError> {
-        let b = self.take(4, what)?;
+        let b = self.take(4, self.at, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     fn i64(&mut self, what: &str) -> Result<i64, FrameError> {
-        let b = self.take(8, what)?;
+        let b = self.take(8, self.at, what)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(i64::from_le_bytes(a))
@@ -95,14 +98,16 @@ impl<'a> Reader<'a> {
     }
 
     fn bytes(&mut self, what: &str) -> Result<&'a [u8], FrameError> {
+        let at = self.at;
         let n = self.u32(what)? as usize;
-        self.take(n, what)
+        self.take(n, at, what)
     }
 
     fn str(&mut self, what: &str) -> Result<&'a str, FrameError> {
-        let at = self.at;
+        let at = self.at + 4;
         let b = self.bytes(what)?;
-        std::str::from_utf8(b).or_else(|e| self.fail(at, format!("{what} is not UTF-8: {e}")))
+        std::str::from_utf8(b)
+            .or_else(|e| self.fail(at + e.valid_up_to(), format!("{what} is not UTF-8: {e}")))
     }
 
     fn opt_str(&mut self, what: &str) -> Result<Option<&'a str>, FrameError> {
@@ -114,20 +119,26 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn pairs(&mut self, what: &str) -> Result<Vec<(&'a str, &'a str)>, FrameError> {
+    /// Pairs, checked (lengths and UTF-8) but left in the buffer for [`Pairs::iter`].
+    fn pairs(&mut self, what: &str) -> Result<Pairs<'a>, FrameError> {
+        let start = self.at;
         let n = self.count(MIN_PAIR, what)?;
-        (0..n)
-            .map(|_| Ok((self.str(what)?, self.str(what)?)))
-            .collect()
+        for _ in 0..n {
+            self.str(what)?;
+            self.str(what)?;
+        }
+        Ok(Pairs {
+            raw: &self.buf[start..self.at],
+        })
     }
 
     /// Fail unless every byte was read.
     pub fn finish(&self) -> Result<(), FrameError> {
-        let left = self.buf.len() - self.at;
-        if left > 0 {
-            return self.fail(self.at, format!("{left} bytes follow the last outcome"));
+        match self.buf.len() - self.at {
+            0 => Ok(()),
+            1 => self.fail(self.at, "1 byte follows the last item"),
+            left => self.fail(self.at, format!("{left} bytes follow the last item")),
         }
-        Ok(())
     }
 
     /// The next message of a batch.
@@ -141,19 +152,30 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// The next outcome.
-    pub fn outcome(&mut self) -> Result<OutcomeRef<'a>, FrameError> {
+    fn record(&mut self) -> Result<RecordRef<'a>, FrameError> {
+        Ok(RecordRef {
+            key: self.opt_str("record key")?,
+            value: self.bytes("record value")?,
+            headers: self.pairs("record headers")?,
+        })
+    }
+
+    /// The next outcome. An emit of more than `max_records` records has them checked but
+    /// not kept: [`OutcomeRef::TooManyRecords`].
+    pub fn outcome(&mut self, max_records: usize) -> Result<OutcomeRef<'a>, FrameError> {
         let at = self.at;
         match self.u8("outcome tag")? {
             EMIT => {
                 let n = self.count(MIN_RECORD, "record count")?;
+                if n > max_records {
+                    for _ in 0..n {
+                        self.record()?;
+                    }
+                    return Ok(OutcomeRef::TooManyRecords(n));
+                }
                 let mut records = Vec::with_capacity(n);
                 for _ in 0..n {
-                    records.push(RecordRef {
-                        key: self.opt_str("record key")?,
-                        value: self.bytes("record value")?,
-                        headers: self.pairs("record headers")?,
-                    });
+                    records.push(self.record()?);
                 }
                 Ok(OutcomeRef::Emit(records))
             }
@@ -167,12 +189,44 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Name/value pairs (MQTT user properties, Kafka headers), checked and still in the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pairs<'a> {
+    /// The count and the pairs, as framed.
+    raw: &'a [u8],
+}
+
+impl<'a> Pairs<'a> {
+    /// How many pairs there are.
+    pub fn len(&self) -> usize {
+        u32::from_le_bytes([self.raw[0], self.raw[1], self.raw[2], self.raw[3]]) as usize
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes of every name and value together.
+    pub fn text_len(&self) -> usize {
+        self.raw.len() - 4 - MIN_PAIR * self.len()
+    }
+
+    /// The pairs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+        let mut r = Reader::new(self.raw);
+        let n = r.u32("count").map_or(0, |n| n as usize);
+        // Checked when the frame was read, so these reads succeed.
+        (0..n).map_while(move |_| Some((r.str("name").ok()?, r.str("value").ok()?)))
+    }
+}
+
 /// One message of a framed batch, borrowed from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRef<'a> {
     pub topic: &'a str,
     pub payload: &'a [u8],
-    pub properties: Vec<(&'a str, &'a str)>,
+    pub properties: Pairs<'a>,
     pub content_type: Option<&'a str>,
     pub received_at_ms: i64,
 }
@@ -181,7 +235,12 @@ pub struct MessageRef<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutcomeRef<'a> {
     Emit(Vec<RecordRef<'a>>),
-    Reject { code: &'a str, reason: &'a str },
+    /// An emit of more records than the reader keeps (well framed, each checked).
+    TooManyRecords(usize),
+    Reject {
+        code: &'a str,
+        reason: &'a str,
+    },
     Skip,
 }
 
@@ -190,20 +249,24 @@ pub enum OutcomeRef<'a> {
 pub struct RecordRef<'a> {
     pub key: Option<&'a str>,
     pub value: &'a [u8],
-    pub headers: Vec<(&'a str, &'a str)>,
+    pub headers: Pairs<'a>,
 }
 
 /// The outcomes of a batch of `expected` messages, all of them, or why they are malformed.
-pub fn read_outcomes(buf: &[u8], expected: usize) -> Result<Vec<OutcomeRef<'_>>, FrameError> {
+/// An outcome's records are kept only up to `max_records` ([`OutcomeRef::TooManyRecords`]).
+pub fn read_outcomes(
+    buf: &[u8],
+    expected: usize,
+    max_records: usize,
+) -> Result<Vec<OutcomeRef<'_>>, FrameError> {
     let mut r = Reader::new(buf);
     let n = r.u32("outcome count")? as usize;
     if n != expected {
         return r.fail(0, format!("{n} outcomes for {expected} messages"));
     }
-    // One byte at least per outcome: a count beyond the bytes left fails as it is read.
-    let mut out = Vec::with_capacity(n.min(buf.len()));
+    let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push(r.outcome()?);
+        out.push(r.outcome(max_records)?);
     }
     r.finish()?;
     Ok(out)
@@ -329,21 +392,23 @@ mod tests {
         put_message(&mut buf, "", b"", &[], None, i64::MAX);
         let mut r = Reader::new(&buf);
         assert_eq!(r.u32("count"), Ok(2));
-        assert_eq!(
-            r.message(),
-            Ok(MessageRef {
-                topic: "a/b",
-                payload: b"{\"t\":1}",
-                properties: vec![("site", "plant-7"), ("", "empty name")],
-                content_type: Some("application/json"),
-                received_at_ms: -5,
-            })
-        );
         let m = r.message().unwrap();
         assert_eq!(
-            (m.topic, m.payload, m.received_at_ms),
-            ("", &b""[..], i64::MAX)
+            (m.topic, m.payload, m.content_type, m.received_at_ms),
+            ("a/b", &b"{\"t\":1}"[..], Some("application/json"), -5)
         );
+        assert_eq!(
+            m.properties.iter().collect::<Vec<_>>(),
+            [("site", "plant-7"), ("", "empty name")]
+        );
+        assert_eq!((m.properties.len(), m.properties.text_len()), (2, 21));
+        let m = r.message().unwrap();
+        assert_eq!(
+            (m.topic, m.payload, m.content_type, m.received_at_ms),
+            ("", &b""[..], None, i64::MAX)
+        );
+        assert!(m.properties.is_empty());
+        assert_eq!(m.properties.iter().count(), 0);
         assert_eq!(r.finish(), Ok(()));
     }
 
@@ -371,33 +436,43 @@ mod tests {
     #[test]
     fn outcomes_read_back_as_written_and_only_for_their_batch() {
         let buf = three_outcomes();
+        let out = read_outcomes(&buf, 3, 10).unwrap();
+        let OutcomeRef::Emit(records) = &out[0] else {
+            panic!("{out:?}")
+        };
         assert_eq!(
-            read_outcomes(&buf, 3),
-            Ok(vec![
-                OutcomeRef::Emit(vec![
-                    RecordRef {
-                        key: Some("k"),
-                        value: b"\x81",
-                        headers: vec![]
-                    },
-                    RecordRef {
-                        key: None,
-                        value: b"",
-                        headers: vec![("h", "v")]
-                    },
-                ]),
+            (records[0].key, records[0].value),
+            (Some("k"), &b"\x81"[..])
+        );
+        assert!(records[0].headers.is_empty());
+        assert_eq!((records[1].key, records[1].value), (None, &b""[..]));
+        assert_eq!(records[1].headers.iter().collect::<Vec<_>>(), [("h", "v")]);
+        assert_eq!(
+            out[1..],
+            [
                 OutcomeRef::Reject {
                     code: "reading.bad",
                     reason: "why"
                 },
                 OutcomeRef::Skip,
-            ])
+            ]
         );
-        let e = read_outcomes(&buf, 4).unwrap_err();
+        let e = read_outcomes(&buf, 4, 10).unwrap_err();
         assert_eq!(
             e.to_string(),
             "malformed frame at byte 0: 3 outcomes for 4 messages"
         );
+    }
+
+    /// An emit of more records than the reader keeps is checked, not kept.
+    #[test]
+    fn records_beyond_the_limit_are_counted_not_kept() {
+        let buf = three_outcomes();
+        let out = read_outcomes(&buf, 3, 1).unwrap();
+        assert_eq!(out[0], OutcomeRef::TooManyRecords(2));
+        let mut cut = buf.clone();
+        cut.truncate(20);
+        assert!(read_outcomes(&cut, 3, 1).is_err(), "still checked");
     }
 
     /// Every cut of a well-formed reply, every trailing byte and every bad tag is refused
@@ -406,46 +481,65 @@ mod tests {
     fn malformed_outcomes_are_refused_with_their_place() {
         let buf = three_outcomes();
         for cut in 0..buf.len() {
-            let e = read_outcomes(&buf[..cut], 3).unwrap_err();
+            let e = read_outcomes(&buf[..cut], 3, 10).unwrap_err();
             assert!(e.at <= cut, "cut at {cut}: {e}");
         }
+        // Cut inside the reason's text: reported at its length field (byte 59).
+        let e = read_outcomes(&buf[..65], 3, 10).unwrap_err();
+        assert_eq!(
+            (e.at, e.what.as_str()),
+            (59, "rejection reason needs 3 bytes, 2 are left")
+        );
         let mut extra = buf.clone();
         extra.push(0);
-        let e = read_outcomes(&extra, 3).unwrap_err();
-        assert_eq!(e.what, "1 bytes follow the last outcome");
+        let e = read_outcomes(&extra, 3, 10).unwrap_err();
+        assert_eq!(
+            (e.at, e.what.as_str()),
+            (buf.len(), "1 byte follows the last item")
+        );
         let mut tag = buf.clone();
         tag[4] = 7;
-        let e = read_outcomes(&tag, 3).unwrap_err();
+        let e = read_outcomes(&tag, 3, 10).unwrap_err();
         assert_eq!(
             (e.at, e.what.as_str()),
             (4, "outcome tag 7 is none of 0, 1, 2")
         );
         let mut presence = buf.clone();
         presence[9] = 2;
-        assert!(
-            read_outcomes(&presence, 3)
-                .unwrap_err()
-                .what
-                .contains("presence byte 2")
+        let e = read_outcomes(&presence, 3, 10).unwrap_err();
+        assert_eq!(
+            (e.at, e.what.as_str()),
+            (9, "record key has presence byte 2, not 0 or 1")
         );
     }
 
     /// A count that claims more items than the bytes left could hold fails before anything
-    /// is allocated for it; a string that is not UTF-8 fails with the field's name.
+    /// is allocated for it, records and pairs alike; text that is not UTF-8 fails at its bad
+    /// byte, with the field's name.
     #[test]
     fn lying_counts_and_bad_text_fail_without_allocating() {
         let mut buf = Vec::new();
         put_len(&mut buf, 1);
         put_emit(&mut buf, u32::MAX as usize);
-        let e = read_outcomes(&buf, 1).unwrap_err();
+        let e = read_outcomes(&buf, 1, usize::MAX).unwrap_err();
         assert_eq!(e.at, 5);
         assert!(e.what.contains("record count is 4294967295"), "{e}");
         let mut buf = Vec::new();
         put_len(&mut buf, 1);
+        put_emit(&mut buf, 1);
+        buf.push(0);
+        put_bytes(&mut buf, b"");
+        put_len(&mut buf, 1 << 30);
+        let e = read_outcomes(&buf, 1, 10).unwrap_err();
+        assert_eq!(e.at, 14);
+        assert!(e.what.contains("record headers is 1073741824"), "{e}");
+        let mut buf = Vec::new();
+        put_len(&mut buf, 1);
         buf.push(REJECT);
         put_bytes(&mut buf, b"code");
-        put_bytes(&mut buf, b"\xff");
-        let e = read_outcomes(&buf, 1).unwrap_err();
+        put_bytes(&mut buf, b"ok\xff");
+        let e = read_outcomes(&buf, 1, 10).unwrap_err();
+        assert_eq!(e.at, 19);
         assert!(e.what.starts_with("rejection reason is not UTF-8"), "{e}");
     }
 }

@@ -352,8 +352,9 @@ pub mod glue {
         let n = reader
             .u32("message count")
             .unwrap_or_else(|e| panic!("weir sent a malformed batch: {e}"));
-        // Outcomes are mostly smaller than their messages.
-        let mut out = Vec::with_capacity(batch.len());
+        // Grown as needed: a batch of large payloads may have small outcomes, and the
+        // plugin's memory cap counts both.
+        let mut out = Vec::with_capacity(4 + 64 * n as usize);
         frame::put_len(&mut out, n as usize);
         let done = with_plugin::<P, _>(|plugin| {
             // One message, refilled for each of the batch: its buffers are reused, so a
@@ -384,10 +385,16 @@ pub mod glue {
         m.properties.clear();
         m.properties.extend(
             next.properties
-                .into_iter()
+                .iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
-        m.content_type = next.content_type.map(str::to_owned);
+        match (&mut m.content_type, next.content_type) {
+            (Some(held), Some(new)) => {
+                held.clear();
+                held.push_str(new);
+            }
+            (held, new) => *held = new.map(str::to_owned),
+        }
         m.received_at_ms = next.received_at_ms;
     }
 
@@ -590,6 +597,79 @@ mod tests {
         }
     }
 
+    /// A record value that cannot be serialised when it holds `true`.
+    struct Unpackable(bool);
+
+    impl Serialize for Unpackable {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            if self.0 {
+                return Err(serde::ser::Error::custom("refused on request"));
+            }
+            s.serialize_bool(false)
+        }
+    }
+
+    /// Emits two records for `bad`, the second of which cannot be serialised; refuses to be
+    /// built without a `ok` config key.
+    struct Picky;
+
+    impl Plugin for Picky {
+        type Record = Unpackable;
+        fn init(config: &Config) -> std::result::Result<Self, String> {
+            config
+                .get("ok")
+                .map(|_| Picky)
+                .ok_or_else(|| "needs `ok`".to_string())
+        }
+        fn transform(&self, m: &Message) -> Result<Unpackable> {
+            Ok(Emit::many([
+                Unpackable(false),
+                Unpackable(m.payload == b"bad"),
+            ]))
+        }
+    }
+
+    fn framed(payloads: &[&str]) -> Vec<u8> {
+        let mut batch = Vec::new();
+        frame::put_len(&mut batch, payloads.len());
+        for p in payloads {
+            frame::put_message(&mut batch, "t", p.as_bytes(), &[], None, 0);
+        }
+        batch
+    }
+
+    /// A record that cannot be serialised turns its message into a `record.serialize`
+    /// rejection: what was written of its outcome is taken back, and the reply stays well
+    /// framed for the messages around it.
+    #[test]
+    fn an_unserialisable_record_rejects_only_its_message() {
+        glue::init::<Picky>(vec![("ok".into(), "1".into())]).unwrap();
+        let out = glue::process_framed::<Picky>(&framed(&["a", "bad", "c"]));
+        let outcomes = frame::read_outcomes(&out, 3, 10).unwrap();
+        assert!(matches!(&outcomes[0], frame::OutcomeRef::Emit(r) if r.len() == 2));
+        let frame::OutcomeRef::Reject { code, reason } = outcomes[1] else {
+            panic!("{outcomes:?}")
+        };
+        assert_eq!(code, "record.serialize");
+        assert!(reason.contains("refused on request"), "{reason}");
+        assert!(matches!(&outcomes[2], frame::OutcomeRef::Emit(r) if r.len() == 2));
+    }
+
+    /// A plugin the host did not initialise, whose empty config is refused, rejects every
+    /// message of the batch with `plugin.config` and the plugin's words.
+    #[test]
+    fn an_uninitialised_plugin_that_needs_config_rejects_the_batch() {
+        let out = glue::process_framed::<Picky>(&framed(&["a", "b"]));
+        let outcomes = frame::read_outcomes(&out, 2, 10).unwrap();
+        for o in &outcomes {
+            let frame::OutcomeRef::Reject { code, reason } = o else {
+                panic!("{outcomes:?}")
+            };
+            assert_eq!(*code, "plugin.config");
+            assert!(reason.contains("needs `ok`"), "{reason}");
+        }
+    }
+
     /// A framed batch through the glue: each message reaches the plugin whole and alone
     /// (nothing of the one before it is left in the reused message), and each result comes
     /// back framed, in order, its record packed.
@@ -614,7 +694,7 @@ mod tests {
             frame::put_message(&mut batch, topic, payload, props, *ct, *at);
         }
         let out = glue::process_framed::<Echo>(&batch);
-        let outcomes = frame::read_outcomes(&out, sent.len()).unwrap();
+        let outcomes = frame::read_outcomes(&out, sent.len(), 10).unwrap();
         let echoed = |i: usize| match &outcomes[i] {
             frame::OutcomeRef::Emit(records) => {
                 assert_eq!(records.len(), 1);

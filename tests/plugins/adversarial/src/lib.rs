@@ -19,6 +19,9 @@
 //! | `frame:cut`   | its batch's framed outcomes lose their last byte       |
 //! | `frame:lie`   | its batch's framed outcomes claim 4 billion records    |
 //! | `frame:junk`  | a byte follows its batch's framed outcomes             |
+//! | `frame:poison`| its batch's framed outcomes, and every later call's of |
+//! |               | this instance, lose their last byte                    |
+//! | `headers:N`   | emits one record with N empty headers                  |
 //! | anything else | emits `{"text": <payload>}`                            |
 //!
 //! It is built twice (`cargo xtask plugins`):
@@ -109,6 +112,12 @@ impl Plugin for Adversarial {
                 }
                 Ok(Emit::one(json!({ "text": "chatty" })))
             }
+            headers if headers.starts_with("headers:") => {
+                let n: usize = headers[8..].parse().unwrap_or(0);
+                let mut record = Record::from(json!({ "text": "headers" }));
+                record.headers = vec![(String::new(), String::new()); n];
+                Ok(Emit::one(record))
+            }
             "spoof" => Ok(Emit::one(
                 Record::from(json!({ "text": "spoof" }))
                     .with_header("weir.plugin", "someone-else@9.9.9"),
@@ -135,8 +144,12 @@ mod export {
 
     struct Export;
 
+    /// Set by `frame:poison`: this instance breaks every reply from then on.
+    static POISONED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
     /// The SDK's reply to `batch`, broken as its first `frame:*` payload asks.
     fn process(batch: &[u8]) -> Vec<u8> {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut reader = frame::Reader::new(batch);
         let n = reader.u32("count").expect("a framed batch");
         let attack = (0..n)
@@ -144,7 +157,13 @@ mod export {
             .find(|p| p.starts_with(b"frame:"))
             .map(<[u8]>::to_vec);
         let mut out = weir_sdk::glue::process_framed::<Adversarial>(batch);
+        if attack.as_deref() == Some(b"frame:poison") {
+            POISONED.store(true, Relaxed);
+        }
         match attack.as_deref() {
+            _ if POISONED.load(Relaxed) => {
+                out.pop();
+            }
             Some(b"frame:cut") => {
                 out.pop();
             }
