@@ -747,7 +747,8 @@ pub struct Cohort {
     /// This cohort's plugin memory cap, MiB; at most the host's (`--plugin-memory-mib`).
     #[serde(default)]
     pub plugin_memory_mib: Option<usize>,
-    /// Most bytes the records of one message may total, KiB; at most the host's
+    /// Most bytes the records of one message may total, KiB (values, keys and headers, each
+    /// record counting 64 bytes and each header 48 besides); at most the host's
     /// (`--plugin-output-kib`). More is quarantined as `plugin.output-too-large`.
     #[serde(default)]
     pub plugin_output_kib: Option<usize>,

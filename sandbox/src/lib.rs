@@ -789,14 +789,15 @@ fn too_many_records(n: usize, limits: &Limits) -> Refusal {
     )
 }
 
-/// What a header counts toward a message's output bound besides its name and value: what
-/// the host holds for it, so that a plugin cannot make it hold much more than the bound with
-/// many empty headers.
-const HEADER_COST: usize = std::mem::size_of::<(String, String)>();
+/// What a record, and each of its headers, counts toward a message's output bound besides
+/// its bytes: about what the host holds for one, so that a plugin cannot make the host hold
+/// much more than the bound with many empty records or headers.
+const RECORD_COST: usize = 64;
+const HEADER_COST: usize = 48;
 
 /// The bytes a record counts toward its message's output bound.
 fn record_size(value: usize, key: Option<&str>, headers: usize, header_text: usize) -> usize {
-    value + key.map_or(0, str::len) + header_text + headers * HEADER_COST
+    RECORD_COST + value + key.map_or(0, str::len) + header_text + headers * HEADER_COST
 }
 
 /// Record `i` of a message: within the size bound, no reserved header, its `value` valid

@@ -68,7 +68,8 @@ pub struct Limits {
     /// Largest record value (JSON text, or MessagePack) a plugin may return.
     pub max_record_bytes: usize,
     /// Most bytes the records of one message may total (values, keys and headers, each
-    /// header counting 48 bytes besides its text: what the host holds for one). The
+    /// record counting 64 bytes and each header 48 besides their text: about what the host
+    /// holds for one). The
     /// canonical ABI lets every record point at the same bytes of the plugin's memory, so
     /// the memory cap does not bound what the host copies out: this does.
     pub max_output_bytes_per_message: usize,
