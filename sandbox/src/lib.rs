@@ -43,6 +43,7 @@ pub const CALLS_PER_INSTANCE: u32 = 1000;
 
 /// An instance after a call, with the calls it has served.
 type Served = (Instance, u32);
+
 /// A batch may take this many times its measured cost (at least 20 ms) before it is cut
 /// short and re-run one message at a time; see [`Configured::process`].
 pub const COST_HEADROOM: u64 = 8;

@@ -354,7 +354,7 @@ pub mod glue {
             .unwrap_or_else(|e| panic!("weir sent a malformed batch: {e}"));
         // Grown as needed: a batch of large payloads may have small outcomes, and the
         // plugin's memory cap counts both.
-        let mut out = Vec::with_capacity(4 + 64 * n as usize);
+        let mut out = Vec::with_capacity(4 + (n as usize).saturating_mul(64).min(batch.len()));
         frame::put_len(&mut out, n as usize);
         let done = with_plugin::<P, _>(|plugin| {
             // One message, refilled for each of the batch: its buffers are reused, so a
