@@ -1,9 +1,10 @@
 //! Avro for plugin output: validate a record's JSON text (contract 1.0's `record`) or
 //! MessagePack (1.1's `packed-record`) against the plugin's declared schema and write Avro
 //! binary in the same pass, with no intermediate value tree (DESIGN App. B: a `Value` tree
-//! costs ~10x the direct path). Both are read by one serde visitor, so one value gives the
-//! same Avro bytes whichever way it came. Plus the reverse, Avro binary to JSON, for showing
-//! records to people (`weir transform`, the demo).
+//! costs ~10x the direct path). One serde visitor takes the values of both: serde_json drives
+//! it for JSON, and a reader of MessagePack markers (`packed`) drives it for MessagePack, so
+//! one value gives the same Avro bytes whichever way it came. Plus the reverse, Avro binary to
+//! JSON, for showing records to people (`weir transform`, the demo).
 //!
 //! JSON conventions (what the SDK's serde output naturally is): a union value is written
 //! plain (`null`, `21.5`, `{..}`) and the branch is picked by the JSON type; where that is
@@ -19,9 +20,12 @@ use apache_avro::Schema;
 use apache_avro::schema::{DecimalSchema, InnerDecimalSchema, UuidSchema};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+
+mod packed;
 
 /// A schema the plugin declared, compiled for fast transcoding.
 #[derive(Debug, Clone)]
@@ -51,6 +55,13 @@ pub enum SchemaError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Violation(pub String);
+
+/// So that [`Seed`] can take values read without serde (`packed`).
+impl de::Error for Violation {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        Violation(msg.to_string())
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Field {
@@ -310,27 +321,8 @@ impl AvroSchema {
     /// crafted value cannot exhaust the stack.
     pub fn encode_packed(&self, packed: &[u8], out: &mut Vec<u8>) -> Result<(), Violation> {
         let start = out.len();
-        let mut de = rmp_serde::Deserializer::from_read_ref(packed);
-        de.set_max_depth(MAX_PACKED_DEPTH);
-        let result = Seed {
-            schema: self,
-            node: self.root,
-            out,
-        }
-        .deserialize(&mut de)
-        .map_err(|e| Violation(e.to_string()))
-        .and_then(|()| {
-            // One value, nothing after it: reading another must find the end.
-            match de::IgnoredAny::deserialize(&mut de) {
-                Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
-                    if e.kind() == std::io::ErrorKind::UnexpectedEof =>
-                {
-                    Ok(())
-                }
-                _ => Err(Violation("bytes left over after the value".into())),
-            }
-        });
-        result.inspect_err(|_| out.truncate(start))
+        self.transcode_packed(packed, out)
+            .inspect_err(|_| out.truncate(start))
     }
 
     /// Decode one Avro datum of this schema into JSON (unions shown as their plain value).
@@ -635,6 +627,55 @@ impl Seed<'_> {
     fn into_branch(self, node: usize) -> Self {
         Seed { node, ..self }
     }
+
+    /// A seed for a value inside this one (an item, an entry, a field), writing to the
+    /// same output.
+    fn child(&mut self, node: usize) -> Seed<'_> {
+        Seed {
+            schema: self.schema,
+            node,
+            out: &mut *self.out,
+        }
+    }
+
+    /// Ready this seed for an object (a map in MessagePack). In a union with exactly one
+    /// record or map branch, that branch is written and taken; `true` when the union has
+    /// none or several, so the object must be the wrapped form `{"<branch>": value}`.
+    fn object_branch(&mut self) -> bool {
+        let Node::Union(branches) = &self.schema.nodes[self.node] else {
+            return false;
+        };
+        let mut composite = branches
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| matches!(self.schema.nodes[b], Node::Record { .. } | Node::Map(_)));
+        match (composite.next(), composite.next()) {
+            (Some((i, &b)), None) => {
+                write_long(self.out, i as i64);
+                self.node = b;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// The branch a wrapped union value's key names, its index written.
+    fn wrapped_branch<E: de::Error>(&mut self, key: &str) -> Result<usize, E> {
+        let Node::Union(branches) = &self.schema.nodes[self.node] else {
+            unreachable!("wrapped values are asked for by unions only")
+        };
+        let Some(i) = branches
+            .iter()
+            .position(|&b| self.schema.nodes[b].branch_name() == key)
+        else {
+            return Err(E::custom(format!(
+                "`{key}` is not a branch of {}; write a union value as {{\"<branch>\": value}}",
+                self.expected()
+            )));
+        };
+        write_long(self.out, i as i64);
+        Ok(branches[i])
+    }
 }
 
 impl<'de> Visitor<'de> for Seed<'_> {
@@ -811,42 +852,13 @@ impl<'de> Visitor<'de> for Seed<'_> {
         Ok(())
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let schema = self.schema;
-        if let Node::Union(branches) = &schema.nodes[self.node] {
-            let composite: Vec<usize> = (0..branches.len())
-                .filter(|&i| {
-                    matches!(
-                        self.schema.nodes[branches[i]],
-                        Node::Record { .. } | Node::Map(_)
-                    )
-                })
-                .collect();
-            if let [i] = composite[..] {
-                let b = branches[i];
-                write_long(self.out, i as i64);
-                return self.into_branch(b).visit_map(map);
-            }
-            // Ambiguous or no composite branch: the Avro JSON form {"<branch>": value}.
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        if self.object_branch() {
             let Some(Key(key)) = map.next_key::<Key>()? else {
                 return Err(self.mismatch("an empty object"));
             };
-            let Some(i) = branches
-                .iter()
-                .position(|&b| self.schema.nodes[b].branch_name() == key)
-            else {
-                return Err(de::Error::custom(format!(
-                    "`{key}` is not a branch of {}; write a union value as {{\"<branch>\": value}}",
-                    self.expected()
-                )));
-            };
-            write_long(self.out, i as i64);
-            let b = branches[i];
-            map.next_value_seed(Seed {
-                schema: self.schema,
-                node: b,
-                out: &mut *self.out,
-            })?;
+            let branch = self.wrapped_branch(&key)?;
+            map.next_value_seed(self.child(branch))?;
             if map.next_key::<Key>()?.is_some() {
                 return Err(de::Error::custom(
                     "a wrapped union value must have exactly one key",
@@ -854,9 +866,8 @@ impl<'de> Visitor<'de> for Seed<'_> {
             }
             return Ok(());
         }
-        match self.node() {
+        match *self.node() {
             Node::Map(values) => {
-                let values = *values;
                 let mut body = Vec::new();
                 let mut n: i64 = 0;
                 while let Some(Key(k)) = map.next_key::<Key>()? {
@@ -872,7 +883,12 @@ impl<'de> Visitor<'de> for Seed<'_> {
                 write_blocks(self.out, n, &body);
                 Ok(())
             }
-            Node::Record { .. } => encode_record(self.schema, self.node, self.out, map),
+            Node::Record { .. } => encode_record(
+                self.schema,
+                self.node,
+                self.out,
+                Access(map, std::marker::PhantomData),
+            ),
             _ => Err(self.mismatch("an object")),
         }
     }
@@ -885,6 +901,12 @@ struct Key<'de>(Cow<'de, str>);
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(KeyVisitor)
+    }
+}
+
+impl AsRef<[u8]> for Key<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
@@ -922,15 +944,42 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 }
 
+/// A record's fields as they arrive, from JSON or MessagePack: a name, then its value.
+trait Fields {
+    /// A field name as sent: text, or bytes that may not be.
+    type Name: AsRef<[u8]>;
+    type Error: de::Error;
+    /// The next field's name; `None` after the last.
+    fn next_name(&mut self) -> Result<Option<Self::Name>, Self::Error>;
+    /// The value of the field just named, into `seed`.
+    fn next_value(&mut self, seed: Seed<'_>) -> Result<(), Self::Error>;
+}
+
+/// A serde map's entries as a record's fields.
+struct Access<'de, A>(A, std::marker::PhantomData<&'de ()>);
+
+impl<'de, A: MapAccess<'de>> Fields for Access<'de, A> {
+    type Name = Key<'de>;
+    type Error = A::Error;
+
+    fn next_name(&mut self) -> Result<Option<Key<'de>>, A::Error> {
+        self.0.next_key()
+    }
+
+    fn next_value(&mut self, seed: Seed<'_>) -> Result<(), A::Error> {
+        self.0.next_value_seed(seed)
+    }
+}
+
 /// Encode a record's fields, which JSON may give in any order, in schema order. Fields are
 /// appended as they come; when they came in schema order (the usual case: serde writes struct
 /// fields in declaration order) nothing more is done, otherwise the segments are reordered.
-fn encode_record<'de, A: MapAccess<'de>>(
+fn encode_record<F: Fields>(
     schema: &AvroSchema,
     node: usize,
     out: &mut Vec<u8>,
-    mut map: A,
-) -> Result<(), A::Error> {
+    mut map: F,
+) -> Result<(), F::Error> {
     let Node::Record {
         name,
         fields,
@@ -940,34 +989,52 @@ fn encode_record<'de, A: MapAccess<'de>>(
         unreachable!("called for records only")
     };
     let start = out.len();
-    // (field index, segment start) in arrival order.
-    let mut seen: Vec<(usize, usize)> = Vec::with_capacity(fields.len());
+    // (field index, segment start) in arrival order; on the stack for most records.
+    let mut seen: SmallVec<[(usize, usize); 16]> = SmallVec::new();
+    // Which of the first 64 fields have come, so that a repeat is found without a scan.
+    let mut came: u64 = 0;
     let mut in_order = true;
-    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+    while let Some(sent) = map.next_name()? {
         // Fields usually come in schema order (serde writes a struct's in declaration
-        // order): try the next one before hashing the name.
-        let next = fields.get(seen.len()).filter(|f| f.name == key.as_ref());
-        let Some(i) = next
-            .map(|_| seen.len())
-            .or_else(|| index.get(key.as_ref()).copied())
-        else {
+        // order): try the next one before hashing the name. A name equal to a field's is
+        // that field, and text; any other is looked up only if it is text.
+        let sent = sent.as_ref();
+        let key = || String::from_utf8_lossy(sent);
+        let next = fields.get(seen.len()).filter(|f| f.name.as_bytes() == sent);
+        let Some(i) = next.map(|_| seen.len()).or_else(|| {
+            std::str::from_utf8(sent)
+                .ok()
+                .and_then(|sent| index.get(sent).copied())
+        }) else {
             return Err(de::Error::custom(format!(
-                "record {name} has no field `{key}`"
+                "record {name} has no field `{}`",
+                key()
             )));
         };
-        if seen.iter().any(|&(j, _)| j == i) {
-            return Err(de::Error::custom(format!("field `{key}` appears twice")));
+        let repeat = match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) => {
+                let repeat = came & bit != 0;
+                came |= bit;
+                repeat
+            }
+            None => seen.iter().any(|&(j, _)| j == i),
+        };
+        if repeat {
+            return Err(de::Error::custom(format!(
+                "field `{}` appears twice",
+                key()
+            )));
         }
         if seen.len() != i {
             in_order = false;
         }
         seen.push((i, out.len()));
-        map.next_value_seed(Seed {
+        map.next_value(Seed {
             schema,
             node: fields[i].node,
             out: &mut *out,
         })
-        .map_err(|e| de::Error::custom(format!("field `{key}`: {e}")))?;
+        .map_err(|e| de::Error::custom(format!("field `{}`: {e}", key())))?;
     }
     if in_order && seen.len() == fields.len() {
         return Ok(());
@@ -1311,8 +1378,8 @@ mod tests {
         let mut trailing = good.clone();
         trailing.push(0xc0);
         assert!(err(&trailing).contains("left over"));
-        assert!(err(&good[..good.len() - 3]).to_lowercase().contains("fill"));
-        assert!(err(&[]).to_lowercase().contains("fill"));
+        assert!(err(&good[..good.len() - 3]).contains("cut short"));
+        assert!(err(&[]).contains("cut short"));
         assert!(
             err(&packed(
                 &serde_json::json!({"id":"d","n":"1","t":2,"x":3.0})
@@ -1330,6 +1397,14 @@ mod tests {
         let at = bad_utf8.windows(2).position(|w| w == b"dd").unwrap();
         bad_utf8[at] = 0xff;
         assert!(err(&bad_utf8).to_lowercase().contains("utf"));
+        // Markers that carry no value weir takes: an extension, and the one never used.
+        let mut ext = packed(&serde_json::json!({"id":"d","n":1,"t":2}));
+        ext[0] += 1;
+        ext.extend_from_slice(&[0xa1, b'x', 0xd4, 1, 0]);
+        assert!(err(&ext).contains("field `x`: expected double, found a MessagePack extension"));
+        ext.truncate(ext.len() - 3);
+        ext.push(0xc1);
+        assert!(err(&ext).contains("0xc1"));
         // Nested past serde_json's depth: refused, not a stack overflow.
         let recursive = AvroSchema::parse(
             r#"{"type":"record","name":"N","fields":[{"name":"next","type":["null","N"]}]}"#,
@@ -1350,5 +1425,238 @@ mod tests {
                 .contains("depth")
         );
         assert_eq!(out, vec![9]);
+    }
+
+    /// Every record shape the readers must agree on: unions plain and wrapped, bytes and
+    /// fixed, maps in and out of unions, recursion.
+    const WIDE: &str = r#"{"type":"record","name":"W","fields":[
+        {"name":"id","type":"string"},
+        {"name":"n","type":"int"},
+        {"name":"t","type":"long"},
+        {"name":"x","type":"double"},
+        {"name":"f","type":["null","float"],"default":null},
+        {"name":"tags","type":{"type":"array","items":["null","string","long"]},"default":[]},
+        {"name":"m","type":{"type":"map","values":"long"},"default":{}},
+        {"name":"e","type":{"type":"enum","name":"E","symbols":["A","B"]},"default":"A"},
+        {"name":"b","type":["null","bytes"],"default":null},
+        {"name":"k","type":["null",{"type":"fixed","name":"K","size":2}],"default":null},
+        {"name":"u","type":["null",
+            {"type":"record","name":"P","fields":[{"name":"a","type":"int"}]},
+            {"type":"record","name":"Q","fields":[{"name":"q","type":"string"}]}],"default":null},
+        {"name":"o","type":["null",{"type":"map","values":"string"}],"default":null},
+        {"name":"next","type":["null","W"],"default":null}
+    ]}"#;
+
+    /// How rmp-serde reads MessagePack into the same visitor: the reference the direct
+    /// reader must agree with.
+    fn through_rmp_serde(s: &AvroSchema, packed: &[u8]) -> Result<Vec<u8>, Violation> {
+        let mut out = Vec::new();
+        let mut de = rmp_serde::Deserializer::from_read_ref(packed);
+        de.set_max_depth(MAX_PACKED_DEPTH);
+        Seed {
+            schema: s,
+            node: s.root,
+            out: &mut out,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| Violation(e.to_string()))?;
+        match de::IgnoredAny::deserialize(&mut de) {
+            Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+                if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                Ok(out)
+            }
+            _ => Err(Violation("bytes left over".into())),
+        }
+    }
+
+    /// A generated value: objects keep the order their entries were made in.
+    #[derive(Debug, Clone)]
+    enum Gen {
+        Leaf(serde_json::Value),
+        List(Vec<Gen>),
+        Object(Vec<(String, Gen)>),
+    }
+
+    impl serde::Serialize for Gen {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{SerializeMap, SerializeSeq};
+            match self {
+                Gen::Leaf(v) => v.serialize(s),
+                Gen::List(items) => {
+                    let mut seq = s.serialize_seq(Some(items.len()))?;
+                    for item in items {
+                        seq.serialize_element(item)?;
+                    }
+                    seq.end()
+                }
+                Gen::Object(entries) => {
+                    let mut map = s.serialize_map(Some(entries.len()))?;
+                    for (k, v) in entries {
+                        map.serialize_entry(k, v)?;
+                    }
+                    map.end()
+                }
+            }
+        }
+    }
+
+    /// A value of `node` as the SDK's serde output would give it.
+    fn valid_value(s: &AvroSchema, node: usize, rng: &mut impl rand::Rng, depth: usize) -> Gen {
+        use serde_json::json;
+        const TEXT: [&str; 5] = ["", "d", "é", "t-100", "ab"];
+        let leaf = |v: serde_json::Value| Gen::Leaf(v);
+        match &s.nodes[node] {
+            Node::Null => leaf(serde_json::Value::Null),
+            Node::Boolean => leaf(json!(rng.random::<bool>())),
+            Node::Int => leaf(json!(rng.random::<i32>() >> rng.random_range(0..32))),
+            Node::Long => leaf(json!(rng.random::<i64>() >> rng.random_range(0..64))),
+            Node::Float => leaf(json!([0.5, -1.25, 3.0][rng.random_range(0..3)])),
+            Node::Double => leaf(json!([0.1, -0.0, 1e300, 21.5][rng.random_range(0..4)])),
+            Node::Bytes => leaf(json!(["", "\u{ff}\u{0}", "ab"][rng.random_range(0..3)])),
+            Node::String => leaf(json!(TEXT[rng.random_range(0..TEXT.len())])),
+            Node::Fixed { .. } => leaf(json!(["\u{1}\u{fe}", "zz"][rng.random_range(0..2)])),
+            Node::Enum { symbols, .. } => leaf(json!(symbols[rng.random_range(0..symbols.len())])),
+            Node::Array(items) => Gen::List(
+                (0..rng.random_range(0..3))
+                    .map(|_| valid_value(s, *items, rng, depth + 1))
+                    .collect(),
+            ),
+            Node::Map(values) => {
+                let mut entries: Vec<(String, Gen)> = Vec::new();
+                for _ in 0..rng.random_range(0..3) {
+                    let key = TEXT[rng.random_range(0..TEXT.len())].to_owned();
+                    if entries.iter().all(|(k, _)| *k != key) {
+                        entries.push((key, valid_value(s, *values, rng, depth + 1)));
+                    }
+                }
+                Gen::Object(entries)
+            }
+            Node::Union(branches) => {
+                // Deep down, null (the first branch here) ends the recursion.
+                let i = if depth > 3 {
+                    0
+                } else {
+                    rng.random_range(0..branches.len())
+                };
+                let v = valid_value(s, branches[i], rng, depth + 1);
+                let composite =
+                    |b: &usize| matches!(s.nodes[*b], Node::Record { .. } | Node::Map(_));
+                if composite(&branches[i]) && branches.iter().filter(|b| composite(b)).count() > 1 {
+                    Gen::Object(vec![(s.nodes[branches[i]].branch_name().to_owned(), v)])
+                } else {
+                    v
+                }
+            }
+            Node::Record { fields, .. } => {
+                let mut entries: Vec<(String, Gen)> = Vec::new();
+                for f in fields {
+                    if f.default.is_none() || rng.random_bool(0.7) {
+                        entries.push((f.name.clone(), valid_value(s, f.node, rng, depth + 1)));
+                    }
+                }
+                if rng.random_bool(0.2) {
+                    entries.reverse();
+                }
+                Gen::Object(entries)
+            }
+            Node::Pending => unreachable!(),
+        }
+    }
+
+    /// Any value at all, for putting in the wrong place.
+    fn stray_value(rng: &mut impl rand::Rng) -> Gen {
+        use serde_json::json;
+        Gen::Leaf(match rng.random_range(0..9) {
+            0 => serde_json::Value::Null,
+            1 => json!(true),
+            2 => json!(i64::MIN),
+            3 => json!(u64::MAX),
+            4 => json!(2.5),
+            5 => json!("B"),
+            6 => json!(["x", 1]),
+            7 => json!({"a": 1}),
+            _ => json!({"P": {"a": 1}, "Q": {"q": "x"}}),
+        })
+    }
+
+    /// Replace one part of `v`, picked at random, by a stray value, or drop or repeat an
+    /// entry of an object.
+    fn mutate(v: &mut Gen, rng: &mut impl rand::Rng) {
+        match v {
+            Gen::Object(entries) if !entries.is_empty() && rng.random_bool(0.2) => {
+                let at = rng.random_range(0..entries.len());
+                if rng.random_bool(0.5) {
+                    entries.remove(at);
+                } else {
+                    entries.push(entries[at].clone());
+                }
+            }
+            Gen::List(items) if !items.is_empty() && rng.random_bool(0.7) => {
+                let at = rng.random_range(0..items.len());
+                mutate(&mut items[at], rng);
+            }
+            Gen::Object(entries) if !entries.is_empty() && rng.random_bool(0.7) => {
+                let at = rng.random_range(0..entries.len());
+                mutate(&mut entries[at].1, rng);
+            }
+            _ => *v = stray_value(rng),
+        }
+    }
+
+    #[test]
+    fn the_direct_reader_agrees_with_rmp_serde_and_with_json() {
+        use rand::{Rng, SeedableRng};
+        let s = AvroSchema::parse(WIDE).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(28);
+        let (mut accepted, mut refused) = (0, 0);
+        for case in 0..20_000 {
+            let mut value = valid_value(&s, s.root, &mut rng, 0);
+            let as_given = rng.random_bool(0.4);
+            if !as_given {
+                mutate(&mut value, &mut rng);
+            }
+            let mut bytes = packed(&value);
+            if !as_given && rng.random_bool(0.3) {
+                // A byte changed, cut or added: markers, lengths and text go wrong.
+                let at = rng.random_range(0..bytes.len());
+                match rng.random_range(0..3) {
+                    0 => bytes[at] = rng.random(),
+                    1 => bytes.truncate(at),
+                    _ => bytes.insert(at, rng.random()),
+                }
+            }
+            let mut direct = vec![7];
+            let verdict = s
+                .encode_packed(&bytes, &mut direct)
+                .map(|()| direct.split_off(1));
+            let reference = through_rmp_serde(&s, &bytes);
+            match (&verdict, &reference) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "case {case}: {value:?}"),
+                (Err(_), Err(_)) => assert_eq!(direct, vec![7], "case {case}: output left alone"),
+                _ => panic!(
+                    "case {case}: {value:?} {bytes:x?}: direct {verdict:?}, rmp-serde {reference:?}"
+                ),
+            }
+            if as_given {
+                let mut from_json = Vec::new();
+                let json = serde_json::to_string(&value).unwrap();
+                s.encode_json(&json, &mut from_json)
+                    .unwrap_or_else(|e| panic!("case {case}: {json}: {e}"));
+                assert_eq!(
+                    verdict.as_ref().ok(),
+                    Some(&from_json),
+                    "case {case}: {json}"
+                );
+            }
+            match verdict {
+                Ok(_) => accepted += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(
+            accepted > 8_000 && refused > 4_000,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 }

@@ -17,6 +17,7 @@
 //!   (`thermostat-2.avsc`).
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::marker::PhantomData;
 use weir_sdk::{Config, Emit, Message, Plugin, Rejection};
 
@@ -32,29 +33,41 @@ pub struct Reading {
     pub firmware: Option<String>,
 }
 
+/// Text of the payload, borrowed from it: copied only when JSON escaped it. (serde borrows a
+/// `Cow` only where it is a field's whole type, so an optional one needs this wrapper.)
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
 /// A reading with a unit, as firmware v2+ sends it.
 #[derive(Deserialize)]
-struct Quantity {
+struct Quantity<'a> {
     value: Option<f64>,
-    #[serde(default)]
-    unit: Option<String>,
+    #[serde(default, borrow)]
+    unit: Option<Text<'a>>,
 }
 
-/// Every field any firmware sends; which are present tells the shape.
+/// Every field any firmware sends; which are present tells the shape. Its text is borrowed
+/// from the payload: only what the record keeps is copied.
 #[derive(Deserialize)]
-struct Payload {
-    device: Option<String>,
+struct Payload<'a> {
+    #[serde(borrow)]
+    device: Option<Text<'a>>,
     ts: Option<i64>,
-    fw: Option<String>,
+    #[serde(borrow)]
+    fw: Option<Text<'a>>,
     #[serde(default)]
     heartbeat: bool,
     // v1
     temp_c: Option<f64>,
     setpoint_c: Option<f64>,
     // v2, v3
-    temperature: Option<Quantity>,
-    setpoint: Option<Quantity>,
-    humidity: Option<Quantity>,
+    #[serde(borrow)]
+    temperature: Option<Quantity<'a>>,
+    #[serde(borrow)]
+    setpoint: Option<Quantity<'a>>,
+    #[serde(borrow)]
+    humidity: Option<Quantity<'a>>,
 }
 
 /// The record of 1.1.0 (schema: `thermostat-1.1.avsc`): 1.0.0's plus the unit the device sent.
@@ -142,11 +155,11 @@ pub struct Thermostat<G = V1_0> {
 }
 
 /// The unit a quantity is in: the device's, or Fahrenheit when it sent none.
-fn unit(q: &Quantity) -> &str {
-    q.unit.as_deref().unwrap_or("F")
+fn unit<'q>(q: &'q Quantity<'_>) -> &'q str {
+    q.unit.as_ref().map_or("F", |t| &t.0)
 }
 
-fn to_celsius(q: &Quantity, what: &str, kelvin: bool) -> Result<Option<f64>, Rejection> {
+fn to_celsius(q: &Quantity<'_>, what: &str, kelvin: bool) -> Result<Option<f64>, Rejection> {
     let Some(value) = q.value else {
         return Ok(None);
     };
@@ -207,7 +220,7 @@ impl<G: Generation> Plugin for Thermostat<G> {
             ));
         }
         let p: Payload = msg.json()?;
-        if let Some(d) = &p.device
+        if let Some(Text(d)) = &p.device
             && d != device_id
         {
             return Err(Rejection::new(
@@ -267,7 +280,7 @@ impl<G: Generation> Plugin for Thermostat<G> {
             setpoint_c,
             humidity_pct: humidity,
             payload_version: version,
-            firmware: p.fw,
+            firmware: p.fw.map(|t| t.0.into_owned()),
         };
         Ok(Emit::one(G::record(reading, source_unit)))
     }
@@ -338,6 +351,22 @@ mod tests {
             (21.5, Some(41.0), 3)
         );
         assert_eq!(v3.device_id, "t-100");
+    }
+
+    #[test]
+    fn escaped_text_reads_as_plain_text() {
+        // Borrowed text that JSON escapes is unescaped into its own string.
+        let r = reading(
+            r#"{"device":"t-\u0031\u00300","temperature":{"value":21.5,"unit":"\u00b0C"},"fw":"2\/1"}"#,
+        );
+        assert_eq!(
+            (r.temperature_c, r.firmware.as_deref()),
+            (21.5, Some("2/1"))
+        );
+        assert_eq!(
+            rejection(r#"{"device":"t-\u0032","temperature":{"value":1,"unit":"C"}}"#),
+            "device.mismatch"
+        );
     }
 
     #[test]

@@ -1,0 +1,333 @@
+//! MessagePack to Avro, read straight off the bytes with the schema in hand.
+//!
+//! The same [`Seed`] that takes JSON's values takes each scalar here, so a value gives the
+//! same Avro bytes and the same verdict either way; only the reading differs. A container's
+//! length comes first in MessagePack, so an array's or a map's block count is written before
+//! its items with nothing buffered, and a record's field names are compared as bytes (a
+//! name that equals a field's is that field, UTF-8 by construction). A string that is not
+//! UTF-8 is taken as bytes, as `rmp-serde` takes it, and is refused where text is due.
+
+use super::{AvroSchema, Fields, MAX_PACKED_DEPTH, Node, Seed, Violation, encode_record};
+use super::{write_bytes, write_long};
+use rmp::Marker;
+use serde::de::Visitor;
+use std::borrow::Cow;
+
+/// One MessagePack item: a scalar whole, a container by its length.
+enum Item<'a> {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    F32(f32),
+    F64(f64),
+    /// Text as sent: checked for UTF-8 only where text is due.
+    Str(&'a [u8]),
+    Bin(&'a [u8]),
+    Array(usize),
+    Map(usize),
+    Ext,
+}
+
+/// A cursor over the value's bytes.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    #[inline(always)]
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Violation> {
+        match self.buf.get(self.pos..self.pos.saturating_add(n)) {
+            Some(bytes) => {
+                self.pos += n;
+                Ok(bytes)
+            }
+            None => Err(Violation(format!(
+                "the value is cut short: {n} more bytes are due at byte {} of {}",
+                self.pos,
+                self.buf.len()
+            ))),
+        }
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Violation> {
+        Ok(self.take(N)?.try_into().expect("take gives N bytes"))
+    }
+
+    fn len8(&mut self) -> Result<usize, Violation> {
+        Ok(self.array::<1>()?[0].into())
+    }
+
+    fn len16(&mut self) -> Result<usize, Violation> {
+        Ok(u16::from_be_bytes(self.array()?).into())
+    }
+
+    fn len32(&mut self) -> Result<usize, Violation> {
+        usize::try_from(u32::from_be_bytes(self.array()?))
+            .map_err(|_| Violation("a length does not fit this machine".into()))
+    }
+
+    /// Inlined where it is read, so that the item's kind is matched on once.
+    #[inline(always)]
+    fn item(&mut self) -> Result<Item<'a>, Violation> {
+        let marker = self.array::<1>()?[0];
+        Ok(match Marker::from_u8(marker) {
+            Marker::Null => Item::Nil,
+            Marker::False => Item::Bool(false),
+            Marker::True => Item::Bool(true),
+            Marker::FixPos(v) => Item::Int(v.into()),
+            Marker::FixNeg(v) => Item::Int(v.into()),
+            Marker::U8 => Item::Int(u8::from_be_bytes(self.array()?).into()),
+            Marker::U16 => Item::Int(u16::from_be_bytes(self.array()?).into()),
+            Marker::U32 => Item::Int(u32::from_be_bytes(self.array()?).into()),
+            Marker::U64 => Item::Uint(u64::from_be_bytes(self.array()?)),
+            Marker::I8 => Item::Int(i8::from_be_bytes(self.array()?).into()),
+            Marker::I16 => Item::Int(i16::from_be_bytes(self.array()?).into()),
+            Marker::I32 => Item::Int(i32::from_be_bytes(self.array()?).into()),
+            Marker::I64 => Item::Int(i64::from_be_bytes(self.array()?)),
+            Marker::F32 => Item::F32(f32::from_be_bytes(self.array()?)),
+            Marker::F64 => Item::F64(f64::from_be_bytes(self.array()?)),
+            Marker::FixStr(n) => Item::Str(self.take(n.into())?),
+            Marker::Str8 => {
+                let n = self.len8()?;
+                Item::Str(self.take(n)?)
+            }
+            Marker::Str16 => {
+                let n = self.len16()?;
+                Item::Str(self.take(n)?)
+            }
+            Marker::Str32 => {
+                let n = self.len32()?;
+                Item::Str(self.take(n)?)
+            }
+            Marker::Bin8 => {
+                let n = self.len8()?;
+                Item::Bin(self.take(n)?)
+            }
+            Marker::Bin16 => {
+                let n = self.len16()?;
+                Item::Bin(self.take(n)?)
+            }
+            Marker::Bin32 => {
+                let n = self.len32()?;
+                Item::Bin(self.take(n)?)
+            }
+            Marker::FixArray(n) => Item::Array(n.into()),
+            Marker::Array16 => Item::Array(self.len16()?),
+            Marker::Array32 => Item::Array(self.len32()?),
+            Marker::FixMap(n) => Item::Map(n.into()),
+            Marker::Map16 => Item::Map(self.len16()?),
+            Marker::Map32 => Item::Map(self.len32()?),
+            Marker::FixExt1
+            | Marker::FixExt2
+            | Marker::FixExt4
+            | Marker::FixExt8
+            | Marker::FixExt16
+            | Marker::Ext8
+            | Marker::Ext16
+            | Marker::Ext32 => Item::Ext,
+            Marker::Reserved => {
+                return Err(Violation(format!(
+                    "byte {} is 0xc1, which MessagePack never uses",
+                    self.pos - 1
+                )));
+            }
+        })
+    }
+
+    /// A map key: text as sent (unchecked), or an integer or boolean as JSON writes it.
+    fn key(&mut self) -> Result<Cow<'a, [u8]>, Violation> {
+        Ok(match self.item()? {
+            Item::Str(bytes) => Cow::Borrowed(bytes),
+            Item::Int(v) => Cow::Owned(v.to_string().into_bytes()),
+            Item::Uint(v) => Cow::Owned(v.to_string().into_bytes()),
+            Item::Bool(v) => Cow::Borrowed(if v { b"true" } else { b"false" }),
+            other => {
+                return Err(Violation(format!(
+                    "a map key must be a string, found {}",
+                    other.kind()
+                )));
+            }
+        })
+    }
+}
+
+impl Item<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Item::Nil => "null",
+            Item::Bool(_) => "a boolean",
+            Item::Int(_) | Item::Uint(_) => "an integer",
+            Item::F32(_) | Item::F64(_) => "a number with a fraction",
+            Item::Str(_) => "a string",
+            Item::Bin(_) => "bytes",
+            Item::Array(_) => "an array",
+            Item::Map(_) => "an object",
+            Item::Ext => "a MessagePack extension",
+        }
+    }
+}
+
+/// Reads one value and writes it as Avro.
+struct Transcoder<'a> {
+    reader: Reader<'a>,
+    /// Containers open around the value being read.
+    depth: usize,
+}
+
+impl<'a> Transcoder<'a> {
+    fn value(&mut self, seed: Seed<'_>) -> Result<(), Violation> {
+        match self.reader.item()? {
+            Item::Nil => seed.visit_unit(),
+            Item::Bool(v) => seed.visit_bool(v),
+            Item::Int(v) => seed.visit_i64(v),
+            Item::Uint(v) => seed.visit_u64(v),
+            Item::F32(v) => seed.visit_f32(v),
+            Item::F64(v) => seed.visit_f64(v),
+            Item::Str(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => seed.visit_str(text),
+                // Not text, so perhaps bytes; if not those either, say why it is no text.
+                Err(e) => seed
+                    .visit_bytes::<Violation>(bytes)
+                    .map_err(|_| Violation(format!("a string that is not UTF-8: {e}"))),
+            },
+            Item::Bin(bytes) => seed.visit_bytes(bytes),
+            Item::Array(n) => self.nested(|t| t.array(seed, n)),
+            Item::Map(n) => self.nested(|t| t.map(seed, n)),
+            Item::Ext => Err(seed.mismatch("a MessagePack extension")),
+        }
+    }
+
+    /// A container's contents, one level deeper.
+    fn nested(
+        &mut self,
+        contents: impl FnOnce(&mut Self) -> Result<(), Violation>,
+    ) -> Result<(), Violation> {
+        if self.depth == MAX_PACKED_DEPTH {
+            return Err(Violation(format!(
+                "depth limit exceeded: the value nests more than {MAX_PACKED_DEPTH} arrays and maps"
+            )));
+        }
+        self.depth += 1;
+        let result = contents(self);
+        self.depth -= 1;
+        result
+    }
+
+    fn array(&mut self, mut seed: Seed<'_>, n: usize) -> Result<(), Violation> {
+        if let Some(b) = seed.branch::<Violation>("an array", |n| matches!(n, Node::Array(_)))? {
+            seed = seed.into_branch(b);
+        }
+        let Node::Array(items) = *seed.node() else {
+            return Err(seed.mismatch("an array"));
+        };
+        if n > 0 {
+            write_long(seed.out, n as i64);
+        }
+        for i in 0..n {
+            self.value(seed.child(items))
+                .map_err(|e| Violation(format!("[{i}]: {e}")))?;
+        }
+        write_long(seed.out, 0);
+        Ok(())
+    }
+
+    fn map(&mut self, mut seed: Seed<'_>, n: usize) -> Result<(), Violation> {
+        if seed.object_branch() {
+            // A union with no single composite branch: `{"<branch>": value}`.
+            if n == 0 {
+                return Err(seed.mismatch("an empty object"));
+            }
+            let key = self.reader.key()?;
+            let branch = seed.wrapped_branch::<Violation>(&String::from_utf8_lossy(&key))?;
+            self.value(seed.child(branch))?;
+            if n > 1 {
+                return Err(Violation(
+                    "a wrapped union value must have exactly one key".into(),
+                ));
+            }
+            return Ok(());
+        }
+        match *seed.node() {
+            Node::Map(values) => {
+                if n > 0 {
+                    write_long(seed.out, n as i64);
+                }
+                for _ in 0..n {
+                    let key = self.reader.key()?;
+                    let key = std::str::from_utf8(&key)
+                        .map_err(|e| Violation(format!("a map key that is not UTF-8: {e}")))?;
+                    write_bytes(seed.out, key.as_bytes());
+                    self.value(seed.child(values))
+                        .map_err(|e| Violation(format!("[{key:?}]: {e}")))?;
+                }
+                write_long(seed.out, 0);
+                Ok(())
+            }
+            Node::Record { .. } => encode_record(
+                seed.schema,
+                seed.node,
+                seed.out,
+                Entries {
+                    transcoder: self,
+                    left: n,
+                },
+            ),
+            _ => Err(seed.mismatch("an object")),
+        }
+    }
+}
+
+/// A MessagePack map's entries as a record's fields.
+struct Entries<'t, 'a> {
+    transcoder: &'t mut Transcoder<'a>,
+    left: usize,
+}
+
+impl<'a> Fields for Entries<'_, 'a> {
+    type Name = Cow<'a, [u8]>;
+    type Error = Violation;
+
+    fn next_name(&mut self) -> Result<Option<Self::Name>, Violation> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        self.transcoder.reader.key().map(Some)
+    }
+
+    fn next_value(&mut self, seed: Seed<'_>) -> Result<(), Violation> {
+        self.transcoder.value(seed)
+    }
+}
+
+impl AvroSchema {
+    /// The body of [`AvroSchema::encode_packed`]: `out` is truncated by the caller on error.
+    pub(super) fn transcode_packed(
+        &self,
+        packed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Violation> {
+        let mut t = Transcoder {
+            reader: Reader {
+                buf: packed,
+                pos: 0,
+            },
+            depth: 0,
+        };
+        t.value(Seed {
+            schema: self,
+            node: self.root,
+            out,
+        })?;
+        if t.reader.pos != packed.len() {
+            return Err(Violation(format!(
+                "bytes left over after the value: {} of {}",
+                packed.len() - t.reader.pos,
+                packed.len()
+            )));
+        }
+        Ok(())
+    }
+}
