@@ -138,6 +138,11 @@ impl<'a> Reader<'a> {
 
     /// A map key: text as sent (unchecked), or an integer or boolean as JSON writes it.
     fn key(&mut self) -> Result<Cow<'a, [u8]>, Violation> {
+        // Most keys are field names of up to 31 bytes: a fixstr.
+        if let Some(&marker @ 0xa0..=0xbf) = self.buf.get(self.pos) {
+            self.pos += 1;
+            return self.take(usize::from(marker & 0x1f)).map(Cow::Borrowed);
+        }
         Ok(match self.item()? {
             Item::Str(bytes) => Cow::Borrowed(bytes),
             Item::Int(v) => Cow::Owned(v.to_string().into_bytes()),
