@@ -1425,6 +1425,29 @@ mod tests {
                 .contains("depth")
         );
         assert_eq!(out, vec![9]);
+        // At the bound itself, as rmp-serde and serde_json count it: 127 nested maps are
+        // read, 128 are not, whichever way the value comes.
+        for (levels, ok) in [(MAX_PACKED_DEPTH - 1, true), (MAX_PACKED_DEPTH, false)] {
+            let mut packed = Vec::new();
+            let mut json = String::new();
+            for _ in 0..levels {
+                packed.extend_from_slice(&[0x81, 0xa4]);
+                packed.extend_from_slice(b"next");
+                json.push_str(r#"{"next":"#);
+            }
+            packed.push(0xc0);
+            json.push_str("null");
+            json.push_str(&"}".repeat(levels));
+            let mut direct = Vec::new();
+            let verdict = recursive.encode_packed(&packed, &mut direct);
+            assert_eq!(verdict.is_ok(), ok, "{levels} levels: {verdict:?}");
+            let mut from_json = Vec::new();
+            assert_eq!(recursive.encode_json(&json, &mut from_json).is_ok(), ok);
+            assert_eq!(
+                verdict.ok().map(|()| direct),
+                through_rmp_serde(&recursive, &packed).ok()
+            );
+        }
     }
 
     /// Every record shape the readers must agree on: unions plain and wrapped, bytes and

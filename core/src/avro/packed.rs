@@ -119,14 +119,24 @@ impl<'a> Reader<'a> {
             Marker::FixMap(n) => Item::Map(n.into()),
             Marker::Map16 => Item::Map(self.len16()?),
             Marker::Map32 => Item::Map(self.len32()?),
-            Marker::FixExt1
-            | Marker::FixExt2
-            | Marker::FixExt4
-            | Marker::FixExt8
-            | Marker::FixExt16
-            | Marker::Ext8
-            | Marker::Ext16
-            | Marker::Ext32 => Item::Ext,
+            // Read whole (type byte and data), though no schema takes one.
+            Marker::FixExt1 => self.ext(1)?,
+            Marker::FixExt2 => self.ext(2)?,
+            Marker::FixExt4 => self.ext(4)?,
+            Marker::FixExt8 => self.ext(8)?,
+            Marker::FixExt16 => self.ext(16)?,
+            Marker::Ext8 => {
+                let n = self.len8()?;
+                self.ext(n)?
+            }
+            Marker::Ext16 => {
+                let n = self.len16()?;
+                self.ext(n)?
+            }
+            Marker::Ext32 => {
+                let n = self.len32()?;
+                self.ext(n)?
+            }
             Marker::Reserved => {
                 return Err(Violation(format!(
                     "byte {} is 0xc1, which MessagePack never uses",
@@ -134,6 +144,12 @@ impl<'a> Reader<'a> {
                 )));
             }
         })
+    }
+
+    /// An extension's type byte and `n` bytes of data, skipped.
+    fn ext(&mut self, n: usize) -> Result<Item<'a>, Violation> {
+        self.take(n.saturating_add(1))?;
+        Ok(Item::Ext)
     }
 
     /// A map key: text as sent (unchecked), or an integer or boolean as JSON writes it.
@@ -209,9 +225,10 @@ impl<'a> Transcoder<'a> {
         &mut self,
         contents: impl FnOnce(&mut Self) -> Result<(), Violation>,
     ) -> Result<(), Violation> {
-        if self.depth == MAX_PACKED_DEPTH {
+        // As rmp-serde and serde_json count: the limit'th container is one too many.
+        if self.depth + 1 >= MAX_PACKED_DEPTH {
             return Err(Violation(format!(
-                "depth limit exceeded: the value nests more than {MAX_PACKED_DEPTH} arrays and maps"
+                "depth limit exceeded: the value nests {MAX_PACKED_DEPTH} or more arrays and maps"
             )));
         }
         self.depth += 1;
