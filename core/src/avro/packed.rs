@@ -89,30 +89,12 @@ impl<'a> Reader<'a> {
             Marker::F32 => Item::F32(f32::from_be_bytes(self.array()?)),
             Marker::F64 => Item::F64(f64::from_be_bytes(self.array()?)),
             Marker::FixStr(n) => Item::Str(self.take(n.into())?),
-            Marker::Str8 => {
-                let n = self.len8()?;
-                Item::Str(self.take(n)?)
-            }
-            Marker::Str16 => {
-                let n = self.len16()?;
-                Item::Str(self.take(n)?)
-            }
-            Marker::Str32 => {
-                let n = self.len32()?;
-                Item::Str(self.take(n)?)
-            }
-            Marker::Bin8 => {
-                let n = self.len8()?;
-                Item::Bin(self.take(n)?)
-            }
-            Marker::Bin16 => {
-                let n = self.len16()?;
-                Item::Bin(self.take(n)?)
-            }
-            Marker::Bin32 => {
-                let n = self.len32()?;
-                Item::Bin(self.take(n)?)
-            }
+            Marker::Str8 => Item::Str(self.sized(Self::len8)?),
+            Marker::Str16 => Item::Str(self.sized(Self::len16)?),
+            Marker::Str32 => Item::Str(self.sized(Self::len32)?),
+            Marker::Bin8 => Item::Bin(self.sized(Self::len8)?),
+            Marker::Bin16 => Item::Bin(self.sized(Self::len16)?),
+            Marker::Bin32 => Item::Bin(self.sized(Self::len32)?),
             Marker::FixArray(n) => Item::Array(n.into()),
             Marker::Array16 => Item::Array(self.len16()?),
             Marker::Array32 => Item::Array(self.len32()?),
@@ -125,18 +107,9 @@ impl<'a> Reader<'a> {
             Marker::FixExt4 => self.ext(4)?,
             Marker::FixExt8 => self.ext(8)?,
             Marker::FixExt16 => self.ext(16)?,
-            Marker::Ext8 => {
-                let n = self.len8()?;
-                self.ext(n)?
-            }
-            Marker::Ext16 => {
-                let n = self.len16()?;
-                self.ext(n)?
-            }
-            Marker::Ext32 => {
-                let n = self.len32()?;
-                self.ext(n)?
-            }
+            Marker::Ext8 => self.len8().and_then(|n| self.ext(n))?,
+            Marker::Ext16 => self.len16().and_then(|n| self.ext(n))?,
+            Marker::Ext32 => self.len32().and_then(|n| self.ext(n))?,
             Marker::Reserved => {
                 return Err(Violation(format!(
                     "byte {} is 0xc1, which MessagePack never uses",
@@ -144,6 +117,15 @@ impl<'a> Reader<'a> {
                 )));
             }
         })
+    }
+
+    /// Bytes whose length comes first, read by `len`.
+    fn sized(
+        &mut self,
+        len: fn(&mut Self) -> Result<usize, Violation>,
+    ) -> Result<&'a [u8], Violation> {
+        let n = len(self)?;
+        self.take(n)
     }
 
     /// An extension's type byte and `n` bytes of data, skipped.
