@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use smallvec::SmallVec;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -55,6 +56,72 @@ pub enum SchemaError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Violation(pub String);
+
+/// Why a record value could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// It does not fit the schema (a `schema.violation`).
+    #[error(transparent)]
+    Violation(#[from] Violation),
+    /// Its Avro encoding would be larger than the limit it was given. A field's default is
+    /// written for every value that leaves the field out, so a schema with a large default
+    /// can make a few bytes of input many bytes of Avro.
+    #[error("its Avro encoding is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
+}
+
+/// The Avro bytes one encoding may write: a default-heavy value is refused as soon as its
+/// defaults pass the limit, not after they have been written, and the whole is checked at
+/// the end (other values write at most a few bytes of Avro per byte of input).
+#[derive(Debug)]
+struct Bound {
+    limit: usize,
+    /// Default bytes that may still be written.
+    defaults_left: Cell<usize>,
+    /// Set when a default would pass the limit.
+    passed: Cell<bool>,
+}
+
+impl Bound {
+    fn new(limit: usize) -> Self {
+        Bound {
+            limit,
+            defaults_left: Cell::new(limit),
+            passed: Cell::new(false),
+        }
+    }
+
+    /// Take `n` bytes of default, or say that they would pass the limit.
+    fn take_default(&self, n: usize) -> Result<(), String> {
+        match self.defaults_left.get().checked_sub(n) {
+            Some(left) => {
+                self.defaults_left.set(left);
+                Ok(())
+            }
+            None => {
+                self.passed.set(true);
+                Err(format!(
+                    "its field defaults pass {} bytes of Avro",
+                    self.limit
+                ))
+            }
+        }
+    }
+
+    /// The outcome of an encoding that wrote `written` bytes, given its result.
+    fn verdict(&self, written: usize, result: Result<(), Violation>) -> Result<(), EncodeError> {
+        let too_large = EncodeError::TooLarge { limit: self.limit };
+        match result {
+            Err(_) if self.passed.get() => Err(too_large),
+            Err(v) => Err(EncodeError::Violation(v)),
+            Ok(()) if written > self.limit => Err(too_large),
+            Ok(()) => Ok(()),
+        }
+    }
+}
 
 /// So that [`Seed`] can take values read without serde (`packed`).
 impl de::Error for Violation {
@@ -292,36 +359,53 @@ impl AvroSchema {
             schema: self,
             node,
             out,
+            bound: &Bound::new(usize::MAX),
         }
         .deserialize(value)
         .map_err(|e: serde_json::Error| Violation(e.to_string()))
     }
 
     /// Validate `json` (a record value as JSON text) and append its Avro binary encoding to
-    /// `out`. On error `out` is left as it was.
-    pub fn encode_json(&self, json: &str, out: &mut Vec<u8>) -> Result<(), Violation> {
+    /// `out`, refused if that would take more than `limit` bytes. On error `out` is left as
+    /// it was.
+    pub fn encode_json(
+        &self,
+        json: &str,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         let start = out.len();
+        let bound = Bound::new(limit);
         let mut de = serde_json::Deserializer::from_str(json);
         let result = Seed {
             schema: self,
             node: self.root,
             out,
+            bound: &bound,
         }
         .deserialize(&mut de)
-        .and_then(|()| de.end());
-        result.map_err(|e| {
-            out.truncate(start);
-            Violation(e.to_string())
-        })
+        .and_then(|()| de.end())
+        .map_err(|e| Violation(e.to_string()));
+        bound
+            .verdict(out.len() - start, result)
+            .inspect_err(|_| out.truncate(start))
     }
 
     /// Validate `packed` (a record value as MessagePack) and append its Avro binary encoding
-    /// to `out`: the same bytes [`AvroSchema::encode_json`] writes for the same value. On
-    /// error `out` is left as it was. Nesting is bounded as serde_json bounds JSON's, so a
-    /// crafted value cannot exhaust the stack.
-    pub fn encode_packed(&self, packed: &[u8], out: &mut Vec<u8>) -> Result<(), Violation> {
+    /// to `out`: the same bytes [`AvroSchema::encode_json`] writes for the same value,
+    /// refused alike past `limit` bytes. On error `out` is left as it was. Nesting is
+    /// bounded as serde_json bounds JSON's, so a crafted value cannot exhaust the stack.
+    pub fn encode_packed(
+        &self,
+        packed: &[u8],
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         let start = out.len();
-        self.transcode_packed(packed, out)
+        let bound = Bound::new(limit);
+        let result = self.transcode_packed(packed, &bound, out);
+        bound
+            .verdict(out.len() - start, result)
             .inspect_err(|_| out.truncate(start))
     }
 
@@ -570,6 +654,7 @@ struct Seed<'a> {
     schema: &'a AvroSchema,
     node: usize,
     out: &'a mut Vec<u8>,
+    bound: &'a Bound,
 }
 
 impl<'de> DeserializeSeed<'de> for Seed<'_> {
@@ -635,6 +720,7 @@ impl Seed<'_> {
             schema: self.schema,
             node,
             out: &mut *self.out,
+            bound: self.bound,
         }
     }
 
@@ -842,6 +928,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
                 schema: self.schema,
                 node: items,
                 out: &mut body,
+                bound: self.bound,
             })
             .map_err(|e| de::Error::custom(format!("[{n}]: {e}")))?
             .is_some()
@@ -876,6 +963,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
                         schema: self.schema,
                         node: values,
                         out: &mut body,
+                        bound: self.bound,
                     })
                     .map_err(|e| de::Error::custom(format!("[{k:?}]: {e}")))?;
                     n += 1;
@@ -887,6 +975,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
                 self.schema,
                 self.node,
                 self.out,
+                self.bound,
                 Access(map, std::marker::PhantomData),
             ),
             _ => Err(self.mismatch("an object")),
@@ -978,6 +1067,7 @@ fn encode_record<F: Fields>(
     schema: &AvroSchema,
     node: usize,
     out: &mut Vec<u8>,
+    bound: &Bound,
     mut map: F,
 ) -> Result<(), F::Error> {
     let Node::Record {
@@ -1033,6 +1123,7 @@ fn encode_record<F: Fields>(
             schema,
             node: fields[i].node,
             out: &mut *out,
+            bound,
         })
         .map_err(|e| de::Error::custom(format!("field `{}`: {e}", key())))?;
     }
@@ -1051,7 +1142,12 @@ fn encode_record<F: Fields>(
     for (f, seg) in fields.iter().zip(segments) {
         match (seg, &f.default) {
             (Some(bytes), _) => out.extend_from_slice(bytes),
-            (None, Some(default)) => out.extend_from_slice(default),
+            (None, Some(default)) => {
+                bound
+                    .take_default(default.len())
+                    .map_err(de::Error::custom)?;
+                out.extend_from_slice(default);
+            }
             (None, None) => {
                 return Err(de::Error::custom(format!(
                     "record {name} is missing field `{}`, which has no default",
@@ -1084,7 +1180,7 @@ mod tests {
     fn roundtrip(schema: &str, json: &str) -> AvroValue {
         let s = AvroSchema::parse(schema).unwrap();
         let mut out = Vec::new();
-        s.encode_json(json, &mut out).unwrap();
+        s.encode_json(json, usize::MAX, &mut out).unwrap();
         let parsed = Schema::parse_str(schema).unwrap();
         apache_avro::reader::datum::GenericDatumReader::builder(&parsed)
             .build()
@@ -1128,10 +1224,11 @@ mod tests {
         let mut b = Vec::new();
         s.encode_json(
             r#"{"id":"d","n":1,"t":2,"x":3.0,"f":null,"tags":[],"m":{},"e":"A","ok":true}"#,
+            usize::MAX,
             &mut a,
         )
         .unwrap();
-        s.encode_json(r#"{"x":3.0,"t":2,"n":1,"id":"d"}"#, &mut b)
+        s.encode_json(r#"{"x":3.0,"t":2,"n":1,"id":"d"}"#, usize::MAX, &mut b)
             .unwrap();
         assert_eq!(a, b);
     }
@@ -1140,7 +1237,11 @@ mod tests {
     fn violations_name_the_field_and_problem() {
         let s = AvroSchema::parse(READING).unwrap();
         let mut out = vec![9];
-        let err = |json: &str, out: &mut Vec<u8>| s.encode_json(json, out).unwrap_err().0;
+        let err = |json: &str, out: &mut Vec<u8>| {
+            s.encode_json(json, usize::MAX, out)
+                .unwrap_err()
+                .to_string()
+        };
         let base = r#""id":"d","t":2,"x":3.0"#;
         assert!(err(&format!(r#"{{{base},"n":"one"}}"#), &mut out).contains("field `n`"));
         assert!(
@@ -1177,7 +1278,7 @@ mod tests {
             {"name":"next","type":["null","Node"],"default":null}]}"#;
         let s = AvroSchema::parse(schema).unwrap();
         let mut out = Vec::new();
-        s.encode_json(r#"{"v":1,"next":{"v":2}}"#, &mut out)
+        s.encode_json(r#"{"v":1,"next":{"v":2}}"#, usize::MAX, &mut out)
             .unwrap();
         assert_eq!(
             s.decode_to_json(&out).unwrap(),
@@ -1237,7 +1338,8 @@ mod tests {
         )
         .unwrap();
         let mut out = Vec::new();
-        s.encode_json(r#"{"f":48.2}"#, &mut out).unwrap();
+        s.encode_json(r#"{"f":48.2}"#, usize::MAX, &mut out)
+            .unwrap();
         assert_eq!(
             s.decode_to_json(&out).unwrap(),
             serde_json::json!({"f": 48.2})
@@ -1274,8 +1376,9 @@ mod tests {
         ] {
             let value: serde_json::Value = serde_json::from_str(json).unwrap();
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            s.encode_json(json, &mut a).unwrap();
-            s.encode_packed(&packed(&value), &mut b).unwrap();
+            s.encode_json(json, usize::MAX, &mut a).unwrap();
+            s.encode_packed(&packed(&value), usize::MAX, &mut b)
+                .unwrap();
             assert_eq!(a, b, "{json}");
         }
         let wrapped = r#"{"type":"record","name":"W","fields":[{"name":"u","type":[
@@ -1291,8 +1394,9 @@ mod tests {
             u: U,
         }
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        s.encode_json(r#"{"u":{"B":{"b":4}}}"#, &mut a).unwrap();
-        s.encode_packed(&packed(&W { u: U::B { b: 4 } }), &mut b)
+        s.encode_json(r#"{"u":{"B":{"b":4}}}"#, usize::MAX, &mut a)
+            .unwrap();
+        s.encode_packed(&packed(&W { u: U::B { b: 4 } }), usize::MAX, &mut b)
             .unwrap();
         assert_eq!(a, b);
     }
@@ -1319,8 +1423,9 @@ mod tests {
         };
         let json = serde_json::to_string(&value).unwrap();
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        s.encode_json(&json, &mut a).unwrap();
-        s.encode_packed(&packed(&value), &mut b).unwrap();
+        s.encode_json(&json, usize::MAX, &mut a).unwrap();
+        s.encode_packed(&packed(&value), usize::MAX, &mut b)
+            .unwrap();
         assert_eq!(a, b, "{json}");
         let shown = s.decode_to_json(&b).unwrap();
         assert_eq!(
@@ -1359,14 +1464,15 @@ mod tests {
                 b: &[0, 255],
                 f: &[1, 2],
             }),
+            usize::MAX,
             &mut out,
         )
         .unwrap();
         assert_eq!(out, vec![4, 0, 255, 2, 1, 2]);
         let err = s
-            .encode_packed(&packed(&B { b: &[], f: &[1] }), &mut out)
+            .encode_packed(&packed(&B { b: &[], f: &[1] }), usize::MAX, &mut out)
             .unwrap_err();
-        assert!(err.0.contains("one of [null, F]"), "{err}");
+        assert!(err.to_string().contains("one of [null, F]"), "{err}");
     }
 
     #[test]
@@ -1374,7 +1480,11 @@ mod tests {
         let s = AvroSchema::parse(READING).unwrap();
         let good = packed(&serde_json::json!({"id":"d","n":1,"t":2,"x":3.0}));
         let mut out = vec![9];
-        let mut err = |bytes: &[u8]| s.encode_packed(bytes, &mut out).unwrap_err().0;
+        let mut err = |bytes: &[u8]| {
+            s.encode_packed(bytes, usize::MAX, &mut out)
+                .unwrap_err()
+                .to_string()
+        };
         let mut trailing = good.clone();
         trailing.push(0xc0);
         assert!(err(&trailing).contains("left over"));
@@ -1419,9 +1529,9 @@ mod tests {
         let mut out2 = Vec::new();
         assert!(
             recursive
-                .encode_packed(&deep, &mut out2)
+                .encode_packed(&deep, usize::MAX, &mut out2)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("depth")
         );
         assert_eq!(out, vec![9]);
@@ -1439,10 +1549,15 @@ mod tests {
             json.push_str("null");
             json.push_str(&"}".repeat(levels));
             let mut direct = Vec::new();
-            let verdict = recursive.encode_packed(&packed, &mut direct);
+            let verdict = recursive.encode_packed(&packed, usize::MAX, &mut direct);
             assert_eq!(verdict.is_ok(), ok, "{levels} levels: {verdict:?}");
             let mut from_json = Vec::new();
-            assert_eq!(recursive.encode_json(&json, &mut from_json).is_ok(), ok);
+            assert_eq!(
+                recursive
+                    .encode_json(&json, usize::MAX, &mut from_json)
+                    .is_ok(),
+                ok
+            );
             assert_eq!(
                 verdict.ok().map(|()| direct),
                 through_rmp_serde(&recursive, &packed).ok()
@@ -1480,6 +1595,7 @@ mod tests {
             schema: s,
             node: s.root,
             out: &mut out,
+            bound: &Bound::new(usize::MAX),
         }
         .deserialize(&mut de)
         .map_err(|e| Violation(e.to_string()))?;
@@ -1651,7 +1767,7 @@ mod tests {
             }
             let mut direct = vec![7];
             let verdict = s
-                .encode_packed(&bytes, &mut direct)
+                .encode_packed(&bytes, usize::MAX, &mut direct)
                 .map(|()| direct.split_off(1));
             let reference = through_rmp_serde(&s, &bytes);
             match (&verdict, &reference) {
@@ -1664,7 +1780,7 @@ mod tests {
             if as_given {
                 let mut from_json = Vec::new();
                 let json = serde_json::to_string(&value).unwrap();
-                s.encode_json(&json, &mut from_json)
+                s.encode_json(&json, usize::MAX, &mut from_json)
                     .unwrap_or_else(|e| panic!("case {case}: {json}: {e}"));
                 assert_eq!(
                     verdict.as_ref().ok(),
@@ -1681,5 +1797,76 @@ mod tests {
             accepted > 8_000 && refused > 4_000,
             "{accepted} accepted, {refused} refused"
         );
+    }
+
+    /// A schema whose records default to a kilobyte each: an empty map (one byte of
+    /// MessagePack, three of JSON) in `pads` writes the whole default.
+    fn padded() -> AvroSchema {
+        let fill = "x".repeat(1000);
+        AvroSchema::parse(&format!(
+            r#"{{"type":"record","name":"P","fields":[
+                {{"name":"pads","type":{{"type":"array","items":{{"type":"record","name":"Pad",
+                    "fields":[{{"name":"fill","type":"string","default":"{fill}"}}]}}}}}},
+                {{"name":"xs","type":{{"type":"array","items":"double"}},"default":[]}}]}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_bounded_while_they_are_written() {
+        let s = padded();
+        // 100,000 empty records: 100 MB of defaults from 100 KB of MessagePack.
+        let mut packed = vec![0x81, 0xa4];
+        packed.extend_from_slice(b"pads");
+        packed.push(0xdd);
+        packed.extend_from_slice(&100_000u32.to_be_bytes());
+        packed.extend(std::iter::repeat_n(0x80, 100_000));
+        let json = format!(r#"{{"pads":[{}]}}"#, vec!["{}"; 100_000].join(","));
+        let limit = 1 << 20;
+        let mut out = vec![9];
+        assert_eq!(
+            s.encode_packed(&packed, limit, &mut out),
+            Err(EncodeError::TooLarge { limit })
+        );
+        // Refused as the limit was passed, not after 100 MB were written.
+        assert!(out.capacity() < 4 * limit, "{}", out.capacity());
+        assert_eq!(
+            s.encode_json(&json, limit, &mut out),
+            Err(EncodeError::TooLarge { limit })
+        );
+        assert_eq!(out, vec![9], "a refusal leaves the output alone");
+        // Within the limit, the same value is written whole, and agrees both ways.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        s.encode_packed(&packed, 200 << 20, &mut a).unwrap();
+        s.encode_json(&json, 200 << 20, &mut b).unwrap();
+        assert_eq!(a, b);
+        assert!(a.len() > 100_000_000, "{}", a.len());
+    }
+
+    #[test]
+    fn the_whole_encoding_is_bounded() {
+        let s = padded();
+        // 1,000 small integers as doubles: 1 KB of MessagePack, 8 KB of Avro, no defaults.
+        let mut doubles = vec![0x82, 0xa4];
+        doubles.extend_from_slice(b"pads");
+        doubles.push(0x90);
+        doubles.extend_from_slice(&[0xa2, b'x', b's', 0xdc]);
+        doubles.extend_from_slice(&1000u16.to_be_bytes());
+        doubles.extend(std::iter::repeat_n(0x01, 1000));
+        let mut out = Vec::new();
+        assert_eq!(
+            s.encode_packed(&doubles, 4096, &mut out),
+            Err(EncodeError::TooLarge { limit: 4096 })
+        );
+        assert!(out.is_empty());
+        s.encode_packed(&doubles, 9000, &mut out).unwrap();
+        // An empty array, then a block of 1,000 (two bytes), the doubles, the end.
+        assert_eq!(out.len(), 1 + 2 + 8000 + 1);
+        // A value that breaks the schema is a violation, whatever its size.
+        let bad = packed(&serde_json::json!({"pads": [{"fill": 5}]}));
+        assert!(matches!(
+            s.encode_packed(&bad, 0, &mut out),
+            Err(EncodeError::Violation(_))
+        ));
     }
 }

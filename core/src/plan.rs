@@ -615,7 +615,7 @@ mod tests {
         let schema = AvroSchema::parse(SCHEMA).unwrap();
         let mut value = Vec::new();
         schema
-            .encode_json(&format!(r#"{{"id":"{id}"}}"#), &mut value)
+            .encode_json(&format!(r#"{{"id":"{id}"}}"#), usize::MAX, &mut value)
             .unwrap();
         Record {
             key: None,

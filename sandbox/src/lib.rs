@@ -34,7 +34,7 @@ use sandbox::{CallError, Instance, WitMessage};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
-use weir_core::avro::{AvroSchema, Violation};
+use weir_core::avro::{AvroSchema, EncodeError};
 
 /// Idle, initialised instances kept per configured plugin.
 pub const IDLE_INSTANCES: usize = 4;
@@ -634,7 +634,13 @@ trait Value {
     /// What the value is written as, for messages.
     const FORM: &'static str;
     fn len(&self) -> usize;
-    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation>;
+    /// Encode it as Avro into `out`, refused past `limit` bytes of Avro.
+    fn encode(
+        &self,
+        schema: &AvroSchema,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError>;
 }
 
 impl Value for String {
@@ -642,8 +648,13 @@ impl Value for String {
     fn len(&self) -> usize {
         self.len()
     }
-    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation> {
-        schema.encode_json(self, out)
+    fn encode(
+        &self,
+        schema: &AvroSchema,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        schema.encode_json(self, limit, out)
     }
 }
 
@@ -652,8 +663,13 @@ impl Value for &[u8] {
     fn len(&self) -> usize {
         <[u8]>::len(self)
     }
-    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation> {
-        schema.encode_packed(self, out)
+    fn encode(
+        &self,
+        schema: &AvroSchema,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        schema.encode_packed(self, limit, out)
     }
 }
 
@@ -662,8 +678,13 @@ impl Value for Vec<u8> {
     fn len(&self) -> usize {
         self.len()
     }
-    fn encode(&self, schema: &AvroSchema, out: &mut Vec<u8>) -> Result<(), Violation> {
-        schema.encode_packed(self, out)
+    fn encode(
+        &self,
+        schema: &AvroSchema,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        schema.encode_packed(self, limit, out)
     }
 }
 
@@ -752,6 +773,10 @@ impl<'a> Returned for weir_sdk::frame::RecordRef<'a> {
 type Refusal = (weir_sdk::codes::Code, String);
 
 /// Every record of one message, checked and encoded, or the first refusal.
+///
+/// The output bound counts each record's value as the larger of what the plugin returned
+/// and its Avro encoding: a schema's field defaults can make a small reply a large record,
+/// and the host holds the Avro until Kafka has it.
 fn encode_records<R: Returned>(
     schema: &AvroSchema,
     limits: &Limits,
@@ -774,7 +799,11 @@ fn encode_records<R: Returned>(
             ));
         }
         let (value, record) = r.split();
-        out.push(encode_record(schema, limits, i, &value, record)?);
+        // The Avro may take the record limit, or what the message has left if that is less.
+        let room = limits.max_record_bytes.min(output - (total - value.len()));
+        let record = encode_record(schema, limits, i, room, &value, record)?;
+        total += record.value.len().saturating_sub(value.len());
+        out.push(record);
     }
     Ok(out)
 }
@@ -802,11 +831,12 @@ fn record_size(value: usize, key: Option<&str>, headers: usize, header_text: usi
 }
 
 /// Record `i` of a message: within the size bound, no reserved header, its `value` valid
-/// for the declared schema and encoded as Avro into `record`.
+/// for the declared schema and encoded as Avro into `record`, in at most `room` bytes.
 fn encode_record<V: Value>(
     schema: &AvroSchema,
     limits: &Limits,
     i: usize,
+    room: usize,
     value: &V,
     mut record: Record,
 ) -> Result<Record, Refusal> {
@@ -830,11 +860,101 @@ fn encode_record<V: Value>(
         ));
     }
     record.value.reserve_exact(value.len());
-    if let Err(Violation(why)) = value.encode(schema, &mut record.value) {
-        return Err((
+    match value.encode(schema, room, &mut record.value) {
+        Ok(()) => Ok(record),
+        Err(EncodeError::Violation(why)) => Err((
             codes::SCHEMA_VIOLATION,
             format!("record {i} does not match the declared schema: {why}"),
-        ));
+        )),
+        Err(EncodeError::TooLarge { limit }) => Err((
+            codes::OUTPUT_TOO_LARGE,
+            format!(
+                "record {i}'s Avro would pass the {limit} bytes left for it by the record limit ({} bytes) and the message's (plugin_output_kib); the schema's field defaults are written for every value that leaves them out",
+                limits.max_record_bytes
+            ),
+        )),
     }
-    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records of a kilobyte's default each: an empty map in `pads` (one byte of
+    /// MessagePack) writes the whole default.
+    fn padded() -> AvroSchema {
+        let fill = "x".repeat(1000);
+        AvroSchema::parse(&format!(
+            r#"{{"type":"record","name":"P","fields":[
+                {{"name":"pads","type":{{"type":"array","items":{{"type":"record","name":"Pad",
+                    "fields":[{{"name":"fill","type":"string","default":"{fill}"}}]}}}}}}]}}"#
+        ))
+        .unwrap()
+    }
+
+    /// A record of `n` defaulted pads, as a contract 1.1 plugin returns it.
+    fn pads(n: u16) -> sandbox::PackedRecord {
+        let mut value = vec![0x81, 0xa4];
+        value.extend_from_slice(b"pads");
+        value.push(0xdc);
+        value.extend_from_slice(&n.to_be_bytes());
+        value.extend(std::iter::repeat_n(0x80, n.into()));
+        sandbox::PackedRecord {
+            key: None,
+            value,
+            headers: Vec::new(),
+        }
+    }
+
+    fn refusal(outcome: Outcome) -> (weir_sdk::codes::Code, String) {
+        match outcome {
+            Outcome::Fail { code, reason } => (code, reason),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_is_bounded_by_its_avro_not_only_by_its_reply() {
+        let (schema, limits) = (padded(), Limits::default());
+        let output = limits.max_output_bytes_per_message;
+        // 2,000 bytes of reply, 2 MB of Avro: past the 1 MiB record limit.
+        let (code, reason) = refusal(emitted(&schema, &limits, output, vec![pads(2000)]));
+        assert_eq!(code, codes::OUTPUT_TOO_LARGE);
+        assert!(reason.contains("field defaults"), "{reason}");
+        assert!(reason.contains("record 0"), "{reason}");
+        // Within it, the record is written whole.
+        let Outcome::Emit(records) = emitted(&schema, &limits, output, vec![pads(1000)]) else {
+            panic!("1,000 pads fit")
+        };
+        assert!(records[0].value.len() > 1_000_000);
+    }
+
+    #[test]
+    fn a_message_is_bounded_by_its_records_avro_together() {
+        let (schema, limits) = (padded(), Limits::default());
+        // Each record's Avro (about 100 KB) fits the record limit; three do not fit 250 KB.
+        let (code, reason) = refusal(emitted(
+            &schema,
+            &limits,
+            250_000,
+            vec![pads(100), pads(100), pads(100)],
+        ));
+        assert_eq!(code, codes::OUTPUT_TOO_LARGE);
+        assert!(reason.contains("record 2"), "{reason}");
+        let Outcome::Emit(records) = emitted(&schema, &limits, 250_000, vec![pads(100), pads(100)])
+        else {
+            panic!("two fit")
+        };
+        assert_eq!(records.len(), 2);
+    }
+
+    #[test]
+    fn a_value_that_breaks_the_schema_is_still_a_violation() {
+        let (schema, limits) = (padded(), Limits::default());
+        let mut bad = pads(1);
+        bad.value = vec![0x81, 0xa4, b'p', b'a', b'd', b's', 0x05];
+        let output = limits.max_output_bytes_per_message;
+        let (code, reason) = refusal(emitted(&schema, &limits, output, vec![bad]));
+        assert_eq!(code, codes::SCHEMA_VIOLATION, "{reason}");
+    }
 }

@@ -7,7 +7,7 @@
 //! name that equals a field's is that field, UTF-8 by construction). A string that is not
 //! UTF-8 is taken as bytes, as `rmp-serde` takes it, and is refused where text is due.
 
-use super::{AvroSchema, Fields, MAX_PACKED_DEPTH, Node, Seed, Violation, encode_record};
+use super::{AvroSchema, Bound, Fields, MAX_PACKED_DEPTH, Node, Seed, Violation, encode_record};
 use super::{write_bytes, write_long};
 use rmp::Marker;
 use serde::de::Visitor;
@@ -273,6 +273,7 @@ impl<'a> Transcoder<'a> {
                 seed.schema,
                 seed.node,
                 seed.out,
+                seed.bound,
                 Entries {
                     transcoder: self,
                     left: n,
@@ -311,6 +312,7 @@ impl AvroSchema {
     pub(super) fn transcode_packed(
         &self,
         packed: &[u8],
+        bound: &Bound,
         out: &mut Vec<u8>,
     ) -> Result<(), Violation> {
         let mut t = Transcoder {
@@ -324,6 +326,7 @@ impl AvroSchema {
             schema: self,
             node: self.root,
             out,
+            bound,
         })?;
         if t.reader.pos != packed.len() {
             return Err(Violation(format!(
