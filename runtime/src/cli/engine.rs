@@ -17,7 +17,8 @@ pub struct EngineArgs {
     plugin_time_ms: u64,
     /// Most bytes the records of one message may total, KiB (values, keys and headers as
     /// copied out of the plugin, each record counting 64 bytes and each header 48 besides;
-    /// a call copies at most 64 MiB). More is quarantined as plugin.output-too-large.
+    /// a value counts as the larger of what the plugin returned and its Avro; a call
+    /// copies at most 64 MiB). More is quarantined as plugin.output-too-large.
     #[arg(long, env = "WEIR_PLUGIN_OUTPUT_KIB", default_value_t = 4096)]
     plugin_output_kib: usize,
     /// Directory for precompiled plugins (default: `weir run` keeps them beside the plugin
