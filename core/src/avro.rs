@@ -66,16 +66,31 @@ pub enum EncodeError {
     /// Its Avro encoding would be larger than the limit it was given. A field's default is
     /// written for every value that leaves the field out, so a schema with a large default
     /// can make a few bytes of input many bytes of Avro.
-    #[error("its Avro encoding is larger than {limit} bytes")]
+    #[error("{}", too_large(*limit, *by_defaults))]
     TooLarge {
         /// The limit, bytes.
         limit: usize,
+        /// Whether the field defaults written passed it, rather than the whole encoding.
+        by_defaults: bool,
     },
+}
+
+fn too_large(limit: usize, by_defaults: bool) -> String {
+    if by_defaults {
+        format!(
+            "the field defaults it leaves to the schema pass {limit} bytes of Avro (each default counting at least one)"
+        )
+    } else {
+        format!("its Avro encoding is larger than {limit} bytes")
+    }
 }
 
 /// The Avro bytes one encoding may write: a default-heavy value is refused as soon as its
 /// defaults pass the limit, not after they have been written, and the whole is checked at
 /// the end (other values write at most a few bytes of Avro per byte of input).
+///
+/// A default counts at least one byte even if it writes none (`null`, an empty record), so
+/// that one byte of input cannot have the host fill in thousands of fields for nothing.
 #[derive(Debug)]
 struct Bound {
     limit: usize,
@@ -94,30 +109,30 @@ impl Bound {
         }
     }
 
-    /// Take `n` bytes of default, or say that they would pass the limit.
+    /// Take `n` bytes of default (at least one), or say that they would pass the limit.
     fn take_default(&self, n: usize) -> Result<(), String> {
-        match self.defaults_left.get().checked_sub(n) {
+        match self.defaults_left.get().checked_sub(n.max(1)) {
             Some(left) => {
                 self.defaults_left.set(left);
                 Ok(())
             }
             None => {
                 self.passed.set(true);
-                Err(format!(
-                    "its field defaults pass {} bytes of Avro",
-                    self.limit
-                ))
+                Err(too_large(self.limit, true))
             }
         }
     }
 
     /// The outcome of an encoding that wrote `written` bytes, given its result.
     fn verdict(&self, written: usize, result: Result<(), Violation>) -> Result<(), EncodeError> {
-        let too_large = EncodeError::TooLarge { limit: self.limit };
+        let too_large = |by_defaults| EncodeError::TooLarge {
+            limit: self.limit,
+            by_defaults,
+        };
         match result {
-            Err(_) if self.passed.get() => Err(too_large),
+            Err(_) if self.passed.get() => Err(too_large(true)),
             Err(v) => Err(EncodeError::Violation(v)),
-            Ok(()) if written > self.limit => Err(too_large),
+            Ok(()) if written > self.limit => Err(too_large(false)),
             Ok(()) => Ok(()),
         }
     }
@@ -1823,18 +1838,24 @@ mod tests {
         packed.extend(std::iter::repeat_n(0x80, 100_000));
         let json = format!(r#"{{"pads":[{}]}}"#, vec!["{}"; 100_000].join(","));
         let limit = 1 << 20;
+        let too_large = Err(EncodeError::TooLarge {
+            limit,
+            by_defaults: true,
+        });
         let mut out = vec![9];
-        assert_eq!(
-            s.encode_packed(&packed, limit, &mut out),
-            Err(EncodeError::TooLarge { limit })
-        );
+        assert_eq!(s.encode_packed(&packed, limit, &mut out), too_large);
         // Refused as the limit was passed, not after 100 MB were written.
         assert!(out.capacity() < 4 * limit, "{}", out.capacity());
-        assert_eq!(
-            s.encode_json(&json, limit, &mut out),
-            Err(EncodeError::TooLarge { limit })
-        );
+        assert_eq!(s.encode_json(&json, limit, &mut out), too_large);
         assert_eq!(out, vec![9], "a refusal leaves the output alone");
+        // Refused before the end, too: a bad last item is never reached (a check only at
+        // the end would call this a violation).
+        let mut cut = packed.clone();
+        cut[7..11].copy_from_slice(&100_001u32.to_be_bytes());
+        cut.extend_from_slice(&[0x81, 0xa4, b'f', b'i', b'l', b'l', 0x05]);
+        assert_eq!(s.encode_packed(&cut, limit, &mut out), too_large);
+        let bad_last = json.replace("{}]", r#"{},{"fill":5}]"#);
+        assert_eq!(s.encode_json(&bad_last, limit, &mut out), too_large);
         // Within the limit, the same value is written whole, and agrees both ways.
         let (mut a, mut b) = (Vec::new(), Vec::new());
         s.encode_packed(&packed, 200 << 20, &mut a).unwrap();
@@ -1856,7 +1877,10 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(
             s.encode_packed(&doubles, 4096, &mut out),
-            Err(EncodeError::TooLarge { limit: 4096 })
+            Err(EncodeError::TooLarge {
+                limit: 4096,
+                by_defaults: false
+            })
         );
         assert!(out.is_empty());
         s.encode_packed(&doubles, 9000, &mut out).unwrap();
@@ -1868,5 +1892,43 @@ mod tests {
             s.encode_packed(&bad, 0, &mut out),
             Err(EncodeError::Violation(_))
         ));
+    }
+
+    #[test]
+    fn defaults_that_write_nothing_still_count() {
+        // 2,000 null-default fields: each empty record writes 2,000 bytes of branch indexes,
+        // and a record of empty records (zero bytes each) would write none at all.
+        let fields: Vec<String> = (0..2000)
+            .map(|i| format!(r#"{{"name":"f{i}","type":["null","long"],"default":null}}"#))
+            .collect();
+        let s = AvroSchema::parse(&format!(
+            r#"{{"type":"record","name":"W","fields":[{{"name":"many","type":{{"type":"array",
+                "items":{{"type":"record","name":"M","fields":[{}]}}}}}}]}}"#,
+            fields.join(",")
+        ))
+        .unwrap();
+        let empty = AvroSchema::parse(
+            r#"{"type":"record","name":"W","fields":[{"name":"many","type":{"type":"array",
+                "items":{"type":"record","name":"M","fields":[
+                    {"name":"e","type":{"type":"record","name":"E","fields":[]},"default":{}}]}}}]}"#,
+        )
+        .unwrap();
+        let mut packed = vec![0x81, 0xa4];
+        packed.extend_from_slice(b"many");
+        packed.push(0xdd);
+        packed.extend_from_slice(&100_000u32.to_be_bytes());
+        packed.extend(std::iter::repeat_n(0x80, 100_000));
+        let mut out = Vec::new();
+        for schema in [&s, &empty] {
+            assert_eq!(
+                schema.encode_packed(&packed, 50_000, &mut out),
+                Err(EncodeError::TooLarge {
+                    limit: 50_000,
+                    by_defaults: true
+                })
+            );
+        }
+        // 100,000 defaults of no bytes fit a limit of 100,000.
+        empty.encode_packed(&packed, 100_000, &mut out).unwrap();
     }
 }

@@ -866,11 +866,16 @@ fn encode_record<V: Value>(
             codes::SCHEMA_VIOLATION,
             format!("record {i} does not match the declared schema: {why}"),
         )),
-        Err(EncodeError::TooLarge { limit }) => Err((
+        Err(EncodeError::TooLarge { limit, by_defaults }) => Err((
             codes::OUTPUT_TOO_LARGE,
             format!(
-                "record {i}'s Avro would pass the {limit} bytes left for it by the record limit ({} bytes) and the message's (plugin_output_kib); the schema's field defaults are written for every value that leaves them out",
-                limits.max_record_bytes
+                "record {i}'s Avro would pass the {limit} bytes left for it by the record limit ({} bytes) and the message's (plugin_output_kib){}",
+                limits.max_record_bytes,
+                if by_defaults {
+                    ": the field defaults written for the fields it leaves out passed it"
+                } else {
+                    ""
+                }
             ),
         )),
     }
