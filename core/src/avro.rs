@@ -26,6 +26,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 
+pub mod defaults;
 mod packed;
 
 /// A schema the plugin declared, compiled for fast transcoding.
@@ -318,9 +319,13 @@ impl Compiler {
 }
 
 impl AvroSchema {
-    /// Parse and compile a schema from its JSON text.
+    /// Parse and compile a schema from its JSON text. A schema whose field defaults would
+    /// expand without measure is refused before they are built ([`defaults::check`]).
     pub fn parse(text: &str) -> Result<Self, SchemaError> {
-        let schema = Schema::parse_str(text).map_err(|e| SchemaError::Parse(e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| SchemaError::Parse(e.to_string()))?;
+        defaults::check(&json).map_err(SchemaError::Parse)?;
+        let schema = Schema::parse(&json).map_err(|e| SchemaError::Parse(e.to_string()))?;
         let mut c = Compiler {
             nodes: Vec::new(),
             named: HashMap::new(),

@@ -436,6 +436,10 @@ struct Parsed {
 fn parse_schema(text: &str) -> Result<Parsed, RegistryError> {
     let json: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| RegistryError::InvalidSchema(format!("{text}: not JSON: {e}")))?;
+    // Before the parser builds the defaults' values, which a few kilobytes of schema can
+    // multiply into gigabytes.
+    weir_core::avro::defaults::check(&json)
+        .map_err(|why| RegistryError::InvalidSchema(format!("{text}: {why}")))?;
     let schema =
         Schema::parse(&json).map_err(|e| RegistryError::InvalidSchema(format!("{text}: {e}")))?;
     let mut canonical = String::with_capacity(text.len());
@@ -951,6 +955,26 @@ mod tests {
         assert_eq!(err.code(), 409, "{err}");
         assert!(err.to_string().contains("cannot parse its schema"), "{err}");
         assert_eq!(r.register("t", r#""string""#).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_schema_whose_defaults_multiply_is_refused_before_it_is_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path()).unwrap();
+        // 3,000 records by default, each holding 3,000 of a kilobyte's default: 9 GB of
+        // values from 40 KB of schema, had the parser built them.
+        let empties = vec!["{}"; 3000].join(",");
+        let schema = format!(
+            r#"{{"type":"record","name":"O","fields":[{{"name":"bs","type":{{"type":"array",
+                "items":{{"type":"record","name":"B","fields":[{{"name":"pads","type":
+                {{"type":"array","items":{{"type":"record","name":"Pad","fields":[
+                    {{"name":"fill","type":"string","default":"{}"}}]}}}},
+                "default":[{empties}]}}]}}}},"default":[{empties}]}}]}}"#,
+            "x".repeat(1000)
+        );
+        let err = r.register("s", &schema).unwrap_err();
+        assert_eq!(err.code(), 42201, "{err}");
+        assert!(err.to_string().contains("expand to more than"), "{err}");
     }
 
     #[test]
