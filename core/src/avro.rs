@@ -1832,15 +1832,22 @@ mod tests {
         .unwrap()
     }
 
+    /// `{field: [{}, {}, …]}` with `n` empty maps, as MessagePack (`field` of 4 bytes: the
+    /// count is bytes 7 to 10).
+    fn empty_maps(field: &[u8; 4], n: u32) -> Vec<u8> {
+        let mut packed = vec![0x81, 0xa4];
+        packed.extend_from_slice(field);
+        packed.push(0xdd);
+        packed.extend_from_slice(&n.to_be_bytes());
+        packed.extend(std::iter::repeat_n(0x80, n as usize));
+        packed
+    }
+
     #[test]
     fn defaults_are_bounded_while_they_are_written() {
         let s = padded();
         // 100,000 empty records: 100 MB of defaults from 100 KB of MessagePack.
-        let mut packed = vec![0x81, 0xa4];
-        packed.extend_from_slice(b"pads");
-        packed.push(0xdd);
-        packed.extend_from_slice(&100_000u32.to_be_bytes());
-        packed.extend(std::iter::repeat_n(0x80, 100_000));
+        let packed = empty_maps(b"pads", 100_000);
         let json = format!(r#"{{"pads":[{}]}}"#, vec!["{}"; 100_000].join(","));
         let limit = 1 << 20;
         let too_large = Err(EncodeError::TooLarge {
@@ -1918,11 +1925,7 @@ mod tests {
                     {"name":"e","type":{"type":"record","name":"E","fields":[]},"default":{}}]}}}]}"#,
         )
         .unwrap();
-        let mut packed = vec![0x81, 0xa4];
-        packed.extend_from_slice(b"many");
-        packed.push(0xdd);
-        packed.extend_from_slice(&100_000u32.to_be_bytes());
-        packed.extend(std::iter::repeat_n(0x80, 100_000));
+        let packed = empty_maps(b"many", 100_000);
         let mut out = Vec::new();
         for schema in [&s, &empty] {
             assert_eq!(

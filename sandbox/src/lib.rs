@@ -635,25 +635,18 @@ trait Value {
     const FORM: &'static str;
     fn len(&self) -> usize;
     /// Encode it as Avro into `out`, refused past `limit` bytes of Avro.
-    fn encode(
-        &self,
-        schema: &AvroSchema,
-        limit: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<(), EncodeError>;
+    fn encode(&self, schema: &AvroSchema, limit: usize, out: &mut Vec<u8>) -> Encoded;
 }
+
+/// A value's Avro, written, or why not.
+type Encoded = Result<(), EncodeError>;
 
 impl Value for String {
     const FORM: &'static str = "JSON";
     fn len(&self) -> usize {
         self.len()
     }
-    fn encode(
-        &self,
-        schema: &AvroSchema,
-        limit: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<(), EncodeError> {
+    fn encode(&self, schema: &AvroSchema, limit: usize, out: &mut Vec<u8>) -> Encoded {
         schema.encode_json(self, limit, out)
     }
 }
@@ -663,28 +656,19 @@ impl Value for &[u8] {
     fn len(&self) -> usize {
         <[u8]>::len(self)
     }
-    fn encode(
-        &self,
-        schema: &AvroSchema,
-        limit: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<(), EncodeError> {
+    fn encode(&self, schema: &AvroSchema, limit: usize, out: &mut Vec<u8>) -> Encoded {
         schema.encode_packed(self, limit, out)
     }
 }
 
+/// As `&[u8]`: contract 1.1 copies each value out on its own.
 impl Value for Vec<u8> {
-    const FORM: &'static str = "MessagePack";
+    const FORM: &'static str = <&[u8] as Value>::FORM;
     fn len(&self) -> usize {
-        self.len()
+        self.as_slice().len()
     }
-    fn encode(
-        &self,
-        schema: &AvroSchema,
-        limit: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<(), EncodeError> {
-        schema.encode_packed(self, limit, out)
+    fn encode(&self, schema: &AvroSchema, limit: usize, out: &mut Vec<u8>) -> Encoded {
+        self.as_slice().encode(schema, limit, out)
     }
 }
 

@@ -260,20 +260,10 @@ impl<'a> Walk<'a> {
                         Ok(())
                     }
                     (Some(Value::String(t)), Value::Array(items), _) if t == "array" => {
-                        let Some(item) = def.get("items") else {
-                            return Ok(());
-                        };
-                        items
-                            .iter()
-                            .try_for_each(|v| self.value(item, &inner, v, depth))
+                        self.each(def.get("items"), &inner, items.iter(), depth)
                     }
                     (Some(Value::String(t)), Value::Object(entries), _) if t == "map" => {
-                        let Some(of) = def.get("values") else {
-                            return Ok(());
-                        };
-                        entries
-                            .values()
-                            .try_for_each(|v| self.value(of, &inner, v, depth))
+                        self.each(def.get("values"), &inner, entries.values(), depth)
                     }
                     // A named type's definition is its own: a record of no fields, an enum,
                     // a fixed.
@@ -294,6 +284,21 @@ impl<'a> Walk<'a> {
             }
             _ => Ok(()),
         }
+    }
+}
+
+impl<'a> Walk<'a> {
+    /// Count each of an array's items or a map's values as a value of `of`.
+    fn each<'v>(
+        &mut self,
+        of: Option<&'a Value>,
+        ns: &str,
+        values: impl Iterator<Item = &'v Value>,
+        depth: usize,
+    ) -> Result<(), String> {
+        let Some(of) = of else { return Ok(()) };
+        let mut values = values;
+        values.try_for_each(|v| self.value(of, ns, v, depth))
     }
 }
 
