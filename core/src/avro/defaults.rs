@@ -293,11 +293,10 @@ impl<'a> Walk<'a> {
         &mut self,
         of: Option<&'a Value>,
         ns: &str,
-        values: impl Iterator<Item = &'v Value>,
+        mut values: impl Iterator<Item = &'v Value>,
         depth: usize,
     ) -> Result<(), String> {
         let Some(of) = of else { return Ok(()) };
-        let mut values = values;
         values.try_for_each(|v| self.value(of, ns, v, depth))
     }
 }
