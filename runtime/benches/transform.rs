@@ -87,7 +87,9 @@ fn main() {
                 for r in records {
                     let packed = weir_sdk::glue::pack(&r.value).unwrap();
                     let mut avro = Vec::with_capacity(packed.len());
-                    schema.encode_packed(&packed, usize::MAX, &mut avro).unwrap();
+                    schema
+                        .encode_packed(&packed, usize::MAX, &mut avro)
+                        .unwrap();
                     encoded.push(avro);
                 }
                 out.push(encoded);
