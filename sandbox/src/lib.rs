@@ -856,9 +856,9 @@ fn encode_record<V: Value>(
                 "record {i}'s Avro would pass the {limit} bytes left for it by the record limit ({} bytes) and the message's (plugin_output_kib){}",
                 limits.max_record_bytes,
                 if by_defaults {
-                    ": the field defaults written for the fields it leaves out passed it"
+                    ": the field defaults written for the fields it leaves out passed it; give those fields in the record, or give the schema smaller defaults"
                 } else {
-                    ""
+                    "; return smaller records, or fewer in one message"
                 }
             ),
         )),
@@ -910,6 +910,7 @@ mod tests {
         let (code, reason) = refusal(emitted(&schema, &limits, output, vec![pads(2000)]));
         assert_eq!(code, codes::OUTPUT_TOO_LARGE);
         assert!(reason.contains("field defaults"), "{reason}");
+        assert!(reason.contains("give those fields"), "{reason}");
         assert!(reason.contains("record 0"), "{reason}");
         // Within it, the record is written whole.
         let Outcome::Emit(records) = emitted(&schema, &limits, output, vec![pads(1000)]) else {
