@@ -344,6 +344,15 @@ fn buckets(admin: &str, name: &str) -> Vec<(f64, f64)> {
     bed::buckets(&text, &format!("weir_{name}_seconds"), labels)
 }
 
+/// Plugin calls made so far: the count of `weir_transform_seconds`, over every cohort.
+fn plugin_calls(admin: &str) -> u64 {
+    let (_, text) = bed::http_get(&format!("{admin}/metrics")).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("weir_transform_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 fn main() {
     let n: usize = std::env::var("WEIR_BENCH_MESSAGES")
         .ok()
@@ -442,6 +451,13 @@ fn weir_leg(
         "weir drain (thermostat, Avro, acks after Kafka): {rate:>8.0} msg/s {cpu_per:>6.2} µs CPU/msg"
     );
     print_roles(&threads_start, &threads_end, cpu, n);
+    // Batches shape the transform's cost (a plugin call has a fixed part), and they depend
+    // on how fast the stages around it run: a slower stage can change them.
+    let calls = plugin_calls(&weir.admin);
+    println!(
+        "plugin calls (batches):                         {calls:>9} ({:.1} messages each)",
+        n as f64 / calls.max(1) as f64
+    );
     println!(
         "weir / raw MQTT drain:                          {:>9.2}",
         rate / mqtt_rate
