@@ -19,7 +19,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -54,21 +53,49 @@ struct Context {
 }
 
 impl ClientContext for Context {
-    fn stats(&self, statistics: Statistics) {
+    /// Read only the throttle windows. The statistics arrive on the thread that delivers
+    /// Kafka's answers, and rdkafka's whole `Statistics` (every broker's request counts,
+    /// every partition's figures) is hundreds of maps and strings built to be dropped.
+    fn stats_raw(&self, statistics: &[u8]) {
         let Some(counter) = self.throttled.get() else {
             return;
         };
-        // Each window covers the time since the last statistics: its sum is new time.
-        let ms: i64 = statistics
-            .brokers
-            .values()
-            .filter_map(|b| b.throttle.as_ref())
-            .map(|w| w.sum)
-            .sum();
-        if ms > 0 {
-            counter.inc_by(ms as f64 / 1000.0);
+        match throttled_ms(statistics) {
+            Ok(ms) if ms > 0 => {
+                counter.inc_by(ms as f64 / 1000.0);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("librdkafka's statistics could not be read: {e}"),
         }
     }
+}
+
+/// The part of librdkafka's statistics weir reads; everything else is skipped unbuilt.
+#[derive(serde::Deserialize)]
+struct Throttles {
+    #[serde(default)]
+    brokers: HashMap<String, BrokerThrottle>,
+}
+
+#[derive(serde::Deserialize)]
+struct BrokerThrottle {
+    throttle: Option<Window>,
+}
+
+#[derive(serde::Deserialize)]
+struct Window {
+    sum: i64,
+}
+
+/// Milliseconds brokers throttled the client in the statistics' window: each window covers
+/// the time since the last statistics, so its sum is new time.
+fn throttled_ms(statistics: &[u8]) -> Result<i64, serde_json::Error> {
+    let t: Throttles = serde_json::from_slice(statistics)?;
+    Ok(t.brokers
+        .values()
+        .filter_map(|b| b.throttle.as_ref())
+        .map(|w| w.sum)
+        .sum())
 }
 
 impl ProducerContext for Context {
@@ -648,6 +675,25 @@ pub fn write_problem(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_time_is_summed_over_brokers_from_the_statistics() {
+        let stats = br#"{"name":"rdkafka#producer-1","ts":1,"msg_cnt":3,
+            "brokers":{
+              "127.0.0.1:9092/1":{"name":"127.0.0.1:9092/1","state":"UP",
+                "rtt":{"min":1,"max":9,"avg":3,"sum":30,"cnt":10},
+                "throttle":{"min":0,"max":120,"avg":40,"sum":120,"cnt":3,"p99":120},
+                "req":{"Produce":12,"Metadata":2},
+                "toppars":{"t-0":{"topic":"t","partition":0}}},
+              "127.0.0.1:9093/2":{"name":"127.0.0.1:9093/2",
+                "throttle":{"min":0,"max":30,"avg":30,"sum":30,"cnt":1}},
+              "GroupCoordinator":{"name":"GroupCoordinator","state":"INIT"}},
+            "topics":{"t":{"topic":"t","partitions":{"0":{"partition":0,"txmsgs":3}}}}}"#;
+        assert_eq!(throttled_ms(stats).unwrap(), 150);
+        assert_eq!(throttled_ms(br#"{"name":"p","brokers":{}}"#).unwrap(), 0);
+        assert_eq!(throttled_ms(br#"{"name":"p"}"#).unwrap(), 0);
+        assert!(throttled_ms(b"not json").is_err());
+    }
 
     #[test]
     fn kafka_takes_writes_only_with_a_leader_and_enough_in_sync_replicas() {
