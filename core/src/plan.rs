@@ -72,7 +72,7 @@ impl CohortPlan {
         Write {
             topic: self.output_topic.clone(),
             key: key.map(String::into_bytes),
-            value: frame::frame(self.schema_id, &r.value),
+            value: frame::frame(self.schema_id, r.value),
             headers,
         }
     }

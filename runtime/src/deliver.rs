@@ -13,6 +13,7 @@ use crate::source::{AckToken, Source};
 use crate::transform::Outcome;
 use prometheus_client::metrics::counter::Counter;
 use slab::Slab;
+use smallvec::SmallVec;
 use std::sync::Arc;
 use std::time::Instant;
 use weir_core::ack::AckQueue;
@@ -88,7 +89,9 @@ struct Flight {
     delivery: Delivery,
     topology: Arc<Topology>,
     writes: Vec<(Kind, Write)>,
-    results: Vec<Option<Result<(), Failure>>>,
+    /// Kafka's answer to each of `writes`, as it comes (inline: a step is one or two
+    /// writes, a record and its raw capture, and this is per message).
+    results: SmallVec<[Option<Result<(), Failure>>; 2]>,
     /// Writes of this step not yet answered.
     left: usize,
     started: Instant,
@@ -160,7 +163,7 @@ impl<W: Writes, A: Acks> Courier<W, A> {
             delivery,
             topology,
             writes: Vec::new(),
-            results: Vec::new(),
+            results: SmallVec::new(),
             left: 0,
             started: Instant::now(),
             stuck: false,
@@ -257,7 +260,7 @@ impl<W: Writes, A: Acks> Courier<W, A> {
 
     /// Enqueue a step's writes; false when none was enqueued (no answer will come).
     async fn send(&mut self, key: usize, writes: Vec<(Kind, Write)>) -> bool {
-        let mut results = vec![None; writes.len()];
+        let mut results = smallvec::smallvec![None; writes.len()];
         let mut left = 0;
         for (i, (_, w)) in writes.iter().enumerate() {
             let tag = self.tags.insert((key, i));

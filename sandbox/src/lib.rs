@@ -843,7 +843,11 @@ fn encode_record<V: Value>(
             ),
         ));
     }
-    record.value.reserve_exact(value.len());
+    // Room for the wire-format header the plan puts in front, so that framing moves the
+    // bytes within this allocation instead of copying them to another.
+    record
+        .value
+        .reserve_exact(value.len() + weir_core::frame::HEADER_LEN);
     match value.encode(schema, room, &mut record.value) {
         Ok(()) => Ok(record),
         Err(EncodeError::Violation(why)) => Err((
