@@ -65,10 +65,18 @@ impl ClientContext for Context {
                 counter.inc_by(ms as f64 / 1000.0);
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!("librdkafka's statistics could not be read: {e}"),
+            // Once: they come every second, and each would say the same.
+            Err(e) => STATS_UNREADABLE.call_once(|| {
+                tracing::warn!(
+                    "librdkafka's statistics could not be read ({e}): weir_kafka_throttled_seconds will not count the time brokers throttle weir"
+                );
+            }),
         }
     }
 }
+
+/// Whether the statistics could not be read has been said.
+static STATS_UNREADABLE: std::sync::Once = std::sync::Once::new();
 
 /// The part of librdkafka's statistics weir reads; everything else is skipped unbuilt.
 #[derive(serde::Deserialize)]
