@@ -89,8 +89,8 @@ struct Flight {
     delivery: Delivery,
     topology: Arc<Topology>,
     writes: Vec<(Kind, Write)>,
-    /// Kafka's answer to each of `writes`, as it comes (inline: a step is one or two
-    /// writes, a record and its raw capture, and this is per message).
+    /// Kafka's answer to each of `writes`, as it comes. Inline for the usual step of one
+    /// or two writes (a record, and its raw capture): this is per message.
     results: SmallVec<[Option<Result<(), Failure>>; 2]>,
     /// Writes of this step not yet answered.
     left: usize,
