@@ -22,7 +22,7 @@ use crate::headers as h;
 use crate::message::{Message, OVERSIZE_PREFIX, Oversize};
 use crate::outcome::Outcome;
 use crate::route::{self, KeyTemplate, Rule};
-use crate::write::{Failure, HeaderField, Write};
+use crate::write::{Failure, HeaderField, Headers, SharedHeaders, Write};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -47,13 +47,13 @@ pub struct CohortPlan {
     /// The plugin's schema (to read fields for `{field.NAME}` keys).
     pub schema: AvroSchema,
     /// `weir.plugin`, `weir.plugin.sha256`, `weir.cohort`.
-    pub identity: Vec<HeaderField>,
+    pub identity: SharedHeaders,
 }
 
 impl CohortPlan {
     /// One record as a write to the cohort's topic: keyed by the template, framed with the
     /// schema id, headed by the version's identity, the message's headers and the record's.
-    fn record(&self, topic: &str, base: &[HeaderField], r: crate::outcome::Record) -> Write {
+    fn record(&self, topic: &str, base: &SharedHeaders, r: crate::outcome::Record) -> Write {
         let key = self.key.render(topic, r.key.as_deref(), |field| {
             let v = self.schema.decode_to_json(&r.value).ok()?;
             match v.get(field)? {
@@ -61,14 +61,10 @@ impl CohortPlan {
                 other => Some(other.to_string()),
             }
         });
-        let mut headers = Vec::with_capacity(self.identity.len() + base.len() + r.headers.len());
-        headers.extend(self.identity.iter().cloned());
-        headers.extend(base.iter().cloned());
-        headers.extend(
-            r.headers
-                .into_iter()
-                .map(|(k, v)| (Cow::Owned(k), Bytes::from(v))),
-        );
+        let mut headers = Headers::shared([self.identity.clone(), base.clone()]);
+        for (k, v) in r.headers {
+            headers.push((Cow::Owned(k), Bytes::from(v)));
+        }
         Write {
             topic: self.output_topic.clone(),
             key: key.map(String::into_bytes),
@@ -264,12 +260,10 @@ impl Topology {
         raw: &Arc<str>,
         input: &Input,
         cohort: Option<usize>,
-        base: &[HeaderField],
+        base: &SharedHeaders,
     ) -> Write {
-        let identity = cohort.map_or(&[][..], |ci| &self.cohorts[ci].identity[..]);
-        let mut headers = Vec::with_capacity(base.len() + identity.len());
-        headers.extend(base.iter().cloned());
-        headers.extend(identity.iter().cloned());
+        let identity = cohort.map(|ci| self.cohorts[ci].identity.clone());
+        let headers = Headers::shared(std::iter::once(base.clone()).chain(identity));
         Write {
             topic: raw.clone(),
             key: Some(input.message.topic.clone().into_bytes()),
@@ -280,9 +274,9 @@ impl Topology {
 }
 
 /// Headers every write of a message carries: its id, MQTT topic, receive time, retained
-/// flag, user properties. The first three are slices of one buffer, so the message's
-/// writes share it rather than each copying them.
-fn message_headers(input: &Input) -> Vec<HeaderField> {
+/// flag, user properties. One list the message's writes share; the first three values are
+/// slices of one buffer.
+fn message_headers(input: &Input) -> SharedHeaders {
     let m = &input.message;
     let mut at = itoa::Buffer::new();
     let at = at.format(m.received_at_ms);
@@ -308,7 +302,7 @@ fn message_headers(input: &Input) -> Vec<HeaderField> {
             Bytes::from(v.clone()),
         ));
     }
-    out
+    out.into()
 }
 
 /// Cut `s` to at most `max` bytes on a character boundary, marking the cut.
@@ -391,7 +385,7 @@ impl Delivery {
         if let Some(ci) = self.cohort {
             headers.extend(topo.cohorts[ci].identity.iter().cloned());
         }
-        headers.extend(message_headers(&self.input));
+        headers.extend(message_headers(&self.input).iter().cloned());
         if let Some(o) = &self.input.oversize {
             push_truncation(&mut headers, o.size, &o.sha256);
         }
@@ -399,7 +393,7 @@ impl Delivery {
             topic: topo.quarantine_topic.clone(),
             key: Some(m.topic.clone().into_bytes()),
             value: m.payload.clone(),
-            headers,
+            headers: headers.into(),
         }
     }
 
@@ -536,27 +530,23 @@ impl Delivery {
         if self.shrunk == 1 && w.value.len() > OVERSIZE_PREFIX {
             if self.input.oversize.is_none() {
                 let sha = hex::encode(Sha256::digest(&w.value));
-                push_truncation(&mut w.headers, w.value.len() as u64, &sha);
+                push_truncation(w.headers.to_mut(), w.value.len() as u64, &sha);
             }
             w.value.truncate(OVERSIZE_PREFIX);
             return;
         }
         self.shrunk = 2;
         w.value.truncate(OVERSIZE_PREFIX);
-        w.headers
-            .retain(|(k, _)| !k.starts_with(h::USER_PROPERTY_PREFIX));
-        for (k, v) in &mut w.headers {
+        let headers = w.headers.to_mut();
+        headers.retain(|(k, _)| !k.starts_with(h::USER_PROPERTY_PREFIX));
+        for (k, v) in headers.iter_mut() {
             if k == h::ERROR_MESSAGE {
                 v.truncate(256);
             }
         }
-        if !w.headers.iter().any(|(k, _)| k == h::PAYLOAD_TRUNCATED) {
+        if !headers.iter().any(|(k, _)| k == h::PAYLOAD_TRUNCATED) {
             let sha = hex::encode(Sha256::digest(&self.input.message.payload));
-            push_truncation(
-                &mut w.headers,
-                self.input.message.payload.len() as u64,
-                &sha,
-            );
+            push_truncation(headers, self.input.message.payload.len() as u64, &sha);
         }
     }
 }
@@ -585,7 +575,7 @@ mod tests {
                 key: KeyTemplate::parse("{field.id}").unwrap(),
                 schema_id: 7,
                 schema: AvroSchema::parse(SCHEMA).unwrap(),
-                identity: vec![(h::COHORT.into(), Bytes::from_static(b"c"))],
+                identity: vec![(h::COHORT.into(), Bytes::from_static(b"c"))].into(),
             }],
             rules: vec![Rule {
                 filter: "d/#".into(),

@@ -3,12 +3,87 @@
 //! [`Failure`]; everything that decides lives here and in [`crate::plan`].
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::sync::Arc;
 
 /// One Kafka header. weir's own names are static and user-property names owned; values
 /// are shared bytes, so a cohort's identity goes onto every record without a copy.
 pub type HeaderField = (Cow<'static, str>, Bytes);
+
+/// Headers held in common: a plugin version's identity (every record of the version) or a
+/// message's own headers (every write of the message).
+pub type SharedHeaders = Arc<[HeaderField]>;
+
+/// A write's headers, in order: the shared lists, then the write's own fields.
+///
+/// A write holds a shared list by one reference count instead of a copy of each field: the
+/// writes are built on one thread and dropped on another, and every field they copy is an
+/// atomic count touched twice.
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    shared: SmallVec<[SharedHeaders; 2]>,
+    own: Vec<HeaderField>,
+}
+
+impl Headers {
+    /// The shared lists, in order, and no fields of the write's own yet.
+    pub fn shared(lists: impl IntoIterator<Item = SharedHeaders>) -> Self {
+        Self {
+            shared: lists.into_iter().collect(),
+            own: Vec::new(),
+        }
+    }
+
+    /// Every field, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &HeaderField> {
+        self.shared.iter().flat_map(|l| l.iter()).chain(&self.own)
+    }
+
+    /// How many fields.
+    pub fn len(&self) -> usize {
+        self.shared.iter().map(|l| l.len()).sum::<usize>() + self.own.len()
+    }
+
+    /// No fields at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Add a field after the others.
+    pub fn push(&mut self, field: HeaderField) {
+        self.own.push(field);
+    }
+
+    /// Every field as this write's own, to change them (rare: shrinking a quarantine entry).
+    pub fn to_mut(&mut self) -> &mut Vec<HeaderField> {
+        if !self.shared.is_empty() {
+            let mut all: Vec<HeaderField> = Vec::with_capacity(self.len());
+            all.extend(self.shared.drain(..).flat_map(|l| l.to_vec()));
+            all.append(&mut self.own);
+            self.own = all;
+        }
+        &mut self.own
+    }
+}
+
+impl From<Vec<HeaderField>> for Headers {
+    fn from(own: Vec<HeaderField>) -> Self {
+        Self {
+            shared: SmallVec::new(),
+            own,
+        }
+    }
+}
+
+/// Equal when the fields are, however they are held.
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
 
 /// One Kafka write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +95,7 @@ pub struct Write {
     /// Value bytes.
     pub value: Vec<u8>,
     /// Headers.
-    pub headers: Vec<HeaderField>,
+    pub headers: Headers,
 }
 
 /// Why a write failed, as far as what to do next is concerned.
@@ -48,5 +123,50 @@ impl Failure {
             | Failure::Unauthorized(w)
             | Failure::Transient(w) => w,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(k: &'static str, v: &'static str) -> HeaderField {
+        (k.into(), Bytes::from_static(v.as_bytes()))
+    }
+
+    fn names(h: &Headers) -> Vec<&str> {
+        h.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+
+    #[test]
+    fn shared_lists_come_first_in_order_then_the_writes_own() {
+        let identity: SharedHeaders = vec![field("a", "1"), field("b", "2")].into();
+        let message: SharedHeaders = vec![field("c", "3")].into();
+        let mut h = Headers::shared([identity.clone(), message]);
+        h.push(field("d", "4"));
+        assert_eq!(names(&h), ["a", "b", "c", "d"]);
+        assert_eq!(h.len(), 4);
+        // Held by reference, not copied.
+        assert_eq!(Arc::strong_count(&identity), 2);
+    }
+
+    #[test]
+    fn equality_is_of_the_fields_however_held() {
+        let shared = Headers::shared([SharedHeaders::from(vec![field("a", "1")])]);
+        assert_eq!(shared, Headers::from(vec![field("a", "1")]));
+        assert_ne!(shared, Headers::from(vec![field("a", "2")]));
+        assert_ne!(shared, Headers::default());
+        assert!(Headers::default().is_empty());
+    }
+
+    #[test]
+    fn changing_fields_copies_the_shared_ones_and_leaves_the_lists_alone() {
+        let identity: SharedHeaders = vec![field("a", "1"), field("b", "2")].into();
+        let mut h = Headers::shared([identity.clone()]);
+        h.push(field("c", "3"));
+        h.to_mut().retain(|(k, _)| k != "b");
+        assert_eq!(names(&h), ["a", "c"]);
+        assert_eq!(identity.len(), 2);
+        assert_eq!(Arc::strong_count(&identity), 1);
     }
 }

@@ -193,7 +193,7 @@ mod tests {
             topic: "t".into(),
             key: Some(b"k".to_vec()),
             value: vec![0; value_bytes],
-            headers: vec![("h".into(), bytes::Bytes::from_static(b"v"))],
+            headers: vec![("h".into(), bytes::Bytes::from_static(b"v"))].into(),
         }
     }
 

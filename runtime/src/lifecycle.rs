@@ -259,7 +259,8 @@ pub fn cohort_plan(
                 info.sha256.clone().into(),
             ),
             (weir_core::headers::COHORT.into(), c.name.clone().into()),
-        ],
+        ]
+        .into(),
     }
 }
 

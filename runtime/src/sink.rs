@@ -479,7 +479,7 @@ impl Sink {
         #[cfg(debug_assertions)]
         self.fail_fatally_once_for_tests();
         let mut headers = OwnedHeaders::new_with_capacity(w.headers.len());
-        for (k, v) in &w.headers {
+        for (k, v) in w.headers.iter() {
             headers = headers.insert(Header {
                 key: k,
                 value: Some(v.as_ref()),

@@ -589,7 +589,7 @@ async fn attempt_once(
             topic: topic.into(),
             key: Some(session.client_id.clone().into_bytes()),
             value: next.encode(),
-            headers: Vec::new(),
+            headers: Default::default(),
         };
         let tag = sent.tag(sent.places.len());
         let result = session
