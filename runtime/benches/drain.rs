@@ -10,6 +10,9 @@
 //!   empties it; timed from its MQTT connection to its last PUBACK (`weir_acked_total`),
 //!   weir's CPU over the same span and how it splits between its threads' roles (source
 //!   and acks, transform, librdkafka), peak RSS;
+//! - under each drain and produce leg, the CPU per message of the test bed's mosquitto and
+//!   Kafka broker when they run on this machine: they share its cores with weir, so they
+//!   bound any drain's rate here;
 //! - latency: then, at half of weir's drain rate, publish-arrival-to-PUBACK p50 / p99 from
 //!   weir's `weir_ack_seconds` histogram (the broker hop on loopback is not included), the
 //!   part of it spent waiting on Kafka (`weir_produce_seconds`), and, for comparison, a raw
@@ -107,6 +110,38 @@ async fn make_session(id: &str, filter: &str) {
     while eventloop.poll().await.is_ok() {}
 }
 
+/// The test bed's services, by the pid files `scripts/testbed up` writes. They run on the
+/// same cores as weir, so what they spend per message bounds every drain on this machine.
+const SERVICES: [(&str, &str); 2] = [
+    ("mosquitto", "mosquitto.pid"),
+    ("Kafka broker", "kafka.pid"),
+];
+
+/// CPU seconds so far of each service running on this machine (none for a bed elsewhere).
+fn services_cpu() -> Vec<(&'static str, f64)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.testbed");
+    SERVICES
+        .iter()
+        .filter_map(|&(name, file)| {
+            let pid = std::fs::read_to_string(dir.join(file)).ok()?;
+            Some((name, bed::proc_cpu(pid.trim().parse().ok()?)?))
+        })
+        .collect()
+}
+
+/// What each service spent per message between two readings, one line each.
+fn print_services(before: &[(&str, f64)], after: &[(&str, f64)], n: usize) {
+    for (name, end) in after {
+        if let Some((_, start)) = before.iter().find(|(b, _)| b == name) {
+            println!(
+                "  {:<53} {:>6.2} µs/msg",
+                format!("{name} (test bed, same machine)"),
+                (end - start) * 1e6 / n as f64
+            );
+        }
+    }
+}
+
 /// (msg/s, CPU µs per message) of a plain rumqttc client draining its session's backlog.
 async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
     let id = format!("{run}-rawdrain");
@@ -116,6 +151,7 @@ async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
     })
     .await;
     let cpu = bed::proc_usage(std::process::id()).0;
+    let services = services_cpu();
     let start = Instant::now();
     let (client, mut eventloop) = AsyncClient::new(options(&id, true), 10_000);
     let mut got = 0;
@@ -126,9 +162,15 @@ async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
     }
     let elapsed = start.elapsed();
     let cpu = bed::proc_usage(std::process::id()).0 - cpu;
+    let rate = n as f64 / elapsed.as_secs_f64();
+    let cpu = cpu * 1e6 / n as f64;
+    println!(
+        "raw MQTT drain (rumqttc, ack each at once):     {rate:>9.0} msg/s {cpu:>6.2} µs CPU/msg"
+    );
+    print_services(&services, &services_cpu(), n);
     // Leave nothing behind: end the session.
     let _ = client.disconnect().await;
-    (n as f64 / elapsed.as_secs_f64(), cpu * 1e6 / n as f64)
+    (rate, cpu)
 }
 
 /// Collects each record's send-to-answer time.
@@ -167,6 +209,7 @@ fn raw_producer(topic: &str) -> (ThreadedProducer<Timed>, Timed) {
 fn raw_kafka(n: usize, run: &str) -> f64 {
     let topic = format!("{run}.rawkafka");
     let (producer, _) = raw_producer(&topic);
+    let services = services_cpu();
     let start = Instant::now();
     for i in 0..n {
         let p = bed::bench_payload(i);
@@ -185,7 +228,10 @@ fn raw_kafka(n: usize, run: &str) -> f64 {
         }
     }
     producer.flush(Duration::from_secs(120)).unwrap();
-    n as f64 / start.elapsed().as_secs_f64()
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    println!("raw Kafka produce (idempotent, acks=all):       {rate:>9.0} msg/s");
+    print_services(&services, &services_cpu(), n);
+    rate
 }
 
 /// (p50, p99) seconds from a raw idempotent producer's send to Kafka's answer, paced to
@@ -364,12 +410,8 @@ fn main() {
         "draining a backlog of {n} QoS 1 messages of 300 B from a persistent session (one run)"
     );
 
-    let (mqtt_rate, mqtt_cpu) = rt.block_on(raw_mqtt_drain(n, &run));
-    println!(
-        "raw MQTT drain (rumqttc, ack each at once):     {mqtt_rate:>9.0} msg/s {mqtt_cpu:>6.2} µs CPU/msg"
-    );
+    let (mqtt_rate, _) = rt.block_on(raw_mqtt_drain(n, &run));
     let kafka_rate = raw_kafka(n, &run);
-    println!("raw Kafka produce (idempotent, acks=all):       {kafka_rate:>9.0} msg/s");
 
     let (rate, p99) = weir_leg(&rt, &run, (n, false), (mqtt_rate, kafka_rate));
     // The same with exactly once: a QoS 2 backlog, each batch a Kafka transaction.
@@ -425,6 +467,7 @@ fn weir_leg(
         .connected
         .recv_timeout(Duration::from_secs(120))
         .expect("weir connects");
+    let services_start = services_cpu();
     let mut last = 0;
     let mut last_change = Instant::now();
     let end = loop {
@@ -443,6 +486,7 @@ fn weir_leg(
     };
     let (cpu_end, peak_rss) = bed::proc_usage(weir.child.id());
     let threads_end = bed::threads_cpu(weir.child.id());
+    let services_end = services_cpu();
     let cpu = cpu_end - cpu_start;
     let elapsed = end - start;
     let rate = n as f64 / elapsed.as_secs_f64();
@@ -451,6 +495,7 @@ fn weir_leg(
         "weir drain (thermostat, Avro, acks after Kafka): {rate:>8.0} msg/s {cpu_per:>6.2} µs CPU/msg"
     );
     print_roles(&threads_start, &threads_end, cpu, n);
+    print_services(&services_start, &services_end, n);
     // Batches shape the transform's cost (a plugin call has a fixed part), and they depend
     // on how fast the stages around it run: a slower stage can change them.
     let calls = plugin_calls(&weir.admin);

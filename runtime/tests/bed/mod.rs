@@ -805,6 +805,12 @@ pub fn proc_usage(pid: u32) -> (f64, u64) {
     (cpu, hwm * 1024)
 }
 
+/// User+system CPU seconds of a process, or `None` when it is not there to read.
+pub fn proc_cpu(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_fields(&stat).and_then(|(_, f)| cpu_seconds(&f))
+}
+
 /// A `/proc/.../stat` line split at its name: the name (in parentheses, and free to hold
 /// spaces and parentheses itself) and the fields after it.
 fn stat_fields(stat: &str) -> Option<(&str, Vec<&str>)> {
