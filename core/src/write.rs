@@ -12,8 +12,9 @@ use std::sync::Arc;
 pub type HeaderField = (Cow<'static, str>, Bytes);
 
 /// Headers held in common: a plugin version's identity (every record of the version) or a
-/// message's own headers (every write of the message).
-pub type SharedHeaders = Arc<[HeaderField]>;
+/// message's own headers (every write of the message). An `Arc<Vec>` rather than an
+/// `Arc<[_]>`: a message's list is built as a `Vec` and moved in whole, not copied.
+pub type SharedHeaders = Arc<Vec<HeaderField>>;
 
 /// A write's headers, in order: the shared lists, then the write's own fields.
 ///
