@@ -18,9 +18,9 @@ pub type SharedHeaders = Arc<Vec<HeaderField>>;
 
 /// A write's headers, in order: the shared lists, then the write's own fields.
 ///
-/// A write holds a shared list by one reference count instead of a copy of each field: the
-/// writes are built on one thread and dropped on another, and every field they copy is an
-/// atomic count touched twice.
+/// A write holds a shared list by one reference count instead of a copy of each field:
+/// each field copied would be an atomic count touched twice (clone and drop) and a slot in a
+/// list allocated per write.
 #[derive(Debug, Clone, Default)]
 pub struct Headers {
     shared: SmallVec<[SharedHeaders; 2]>,
