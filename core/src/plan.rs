@@ -274,9 +274,9 @@ impl Topology {
 }
 
 /// Headers every write of a message carries: its id, MQTT topic, receive time, retained
-/// flag, user properties. One list the message's writes share, so each value is its own
-/// buffer: nothing is cloned per write, and reference counts on shared slices would only
-/// cost atomics.
+/// flag, user properties, built once as a list its writes share. Each value has a buffer of
+/// its own: no write clones a value, so slices of one buffer would only add a promotion and
+/// atomic counts.
 fn message_headers(input: &Input) -> SharedHeaders {
     let m = &input.message;
     let mut at = itoa::Buffer::new();

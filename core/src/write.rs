@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 /// One Kafka header. weir's own names are static and user-property names owned; values
-/// are shared bytes, so a cohort's identity goes onto every record without a copy.
+/// are `Bytes`, cheap to clone where a field is copied (a quarantine entry's headers).
 pub type HeaderField = (Cow<'static, str>, Bytes);
 
 /// Headers held in common: a plugin version's identity (every record of the version) or a
@@ -60,7 +60,9 @@ impl Headers {
     pub fn to_mut(&mut self) -> &mut Vec<HeaderField> {
         if !self.shared.is_empty() {
             let mut all: Vec<HeaderField> = Vec::with_capacity(self.len());
-            all.extend(self.shared.drain(..).flat_map(|l| l.to_vec()));
+            for list in self.shared.drain(..) {
+                all.extend(list.iter().cloned());
+            }
             all.append(&mut self.own);
             self.own = all;
         }
