@@ -82,7 +82,7 @@ impl From<Vec<HeaderField>> for Headers {
 /// Equal when the fields are, however they are held.
 impl PartialEq for Headers {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
+        self.iter().eq(other.iter())
     }
 }
 
