@@ -3,7 +3,8 @@
 //! cost? All legs in one run, on the same test bed:
 //!
 //! - raw MQTT drain: a plain rumqttc client (acks each message at once) resumes its session
-//!   and receives the backlog; its process CPU per message;
+//!   and receives the backlog; its process CPU per message; and its rate until the broker
+//!   has taken every ack, the work weir's leg includes (see `raw_mqtt_drain`);
 //! - raw Kafka produce: a plain idempotent, acks=all producer writing the same bytes
 //!   (connected before the clock starts);
 //! - weir drain: `weir run` resumes its session, and thermostat → Avro → Kafka → PUBACK
@@ -117,33 +118,42 @@ const SERVICES: [(&str, &str); 2] = [
     ("Kafka broker", "kafka.pid"),
 ];
 
-/// CPU seconds so far of each service running on this machine (none for a bed elsewhere).
-fn services_cpu() -> Vec<(&'static str, f64)> {
+/// What each service running on this machine has done so far (none for a bed elsewhere).
+fn services_activity() -> Vec<(&'static str, bed::Activity)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.testbed");
     SERVICES
         .iter()
         .filter_map(|&(name, file)| {
             let pid = std::fs::read_to_string(dir.join(file)).ok()?;
-            Some((name, bed::proc_cpu(pid.trim().parse().ok()?)?))
+            Some((name, bed::proc_activity(pid.trim().parse().ok()?)?))
         })
         .collect()
 }
 
-/// What each service spent per message between two readings, one line each.
-fn print_services(before: &[(&str, f64)], after: &[(&str, f64)], n: usize) {
+/// What each service did per message between two readings, one line each: CPU, and the
+/// system calls and wake-ups that tell a busier peer from a chattier one.
+fn print_services(before: &[(&str, bed::Activity)], after: &[(&str, bed::Activity)], n: usize) {
     for (name, end) in after {
         if let Some((_, start)) = before.iter().find(|(b, _)| b == name) {
             println!(
-                "  {:<53} {:>6.2} µs/msg",
+                "  {:<53} {}",
                 format!("{name} (test bed, same machine)"),
-                (end - start) * 1e6 / n as f64
+                start.per_message(end, n)
             );
         }
     }
 }
 
-/// (msg/s, CPU µs per message) of a plain rumqttc client draining its session's backlog.
-async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
+/// A plain rumqttc client draining its session's backlog: (msg/s as received, msg/s until
+/// the broker took every ack, the client's CPU µs per message).
+///
+/// mosquitto writes a backlog a client reads fast in one loop and reads the acks only after
+/// it (three reads each: the type, the length, the packet id), so a drain timed to the last
+/// message received leaves the broker's work on the acks outside its window. weir's leg
+/// counts that work, interleaved with its own, so this leg also reports the span until an
+/// UNSUBSCRIBE sent after the last ack is answered: the broker reads a client's packets in
+/// order, so by then it has taken every ack. The services' line covers that span.
+async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64, f64) {
     let id = format!("{run}-rawdrain");
     make_session(&id, &format!("{run}/raw/#")).await;
     publish(&format!("{run}-rawpub"), (n, false), None, |i| {
@@ -151,7 +161,7 @@ async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
     })
     .await;
     let cpu = bed::proc_usage(std::process::id()).0;
-    let services = services_cpu();
+    let services = services_activity();
     let start = Instant::now();
     let (client, mut eventloop) = AsyncClient::new(options(&id, true), 10_000);
     let mut got = 0;
@@ -160,17 +170,28 @@ async fn raw_mqtt_drain(n: usize, run: &str) -> (f64, f64) {
             got += 1;
         }
     }
-    let elapsed = start.elapsed();
+    let received = start.elapsed();
+    client
+        .unsubscribe(format!("{run}/raw/after-the-acks"))
+        .await
+        .unwrap();
+    while !matches!(
+        eventloop.poll().await.unwrap(),
+        Event::Incoming(Packet::UnsubAck(_))
+    ) {}
+    let taken = start.elapsed();
     let cpu = bed::proc_usage(std::process::id()).0 - cpu;
-    let rate = n as f64 / elapsed.as_secs_f64();
+    let rate = n as f64 / received.as_secs_f64();
+    let taken_rate = n as f64 / taken.as_secs_f64();
     let cpu = cpu * 1e6 / n as f64;
     println!(
         "raw MQTT drain (rumqttc, ack each at once):     {rate:>9.0} msg/s {cpu:>6.2} µs CPU/msg"
     );
-    print_services(&services, &services_cpu(), n);
+    println!("  until the broker took every ack:               {taken_rate:>9.0} msg/s");
+    print_services(&services, &services_activity(), n);
     // Leave nothing behind: end the session.
     let _ = client.disconnect().await;
-    (rate, cpu)
+    (rate, taken_rate, cpu)
 }
 
 /// Collects each record's send-to-answer time.
@@ -209,7 +230,7 @@ fn raw_producer(topic: &str) -> (ThreadedProducer<Timed>, Timed) {
 fn raw_kafka(n: usize, run: &str) -> f64 {
     let topic = format!("{run}.rawkafka");
     let (producer, _) = raw_producer(&topic);
-    let services = services_cpu();
+    let services = services_activity();
     let start = Instant::now();
     for i in 0..n {
         let p = bed::bench_payload(i);
@@ -230,7 +251,7 @@ fn raw_kafka(n: usize, run: &str) -> f64 {
     producer.flush(Duration::from_secs(120)).unwrap();
     let rate = n as f64 / start.elapsed().as_secs_f64();
     println!("raw Kafka produce (idempotent, acks=all):       {rate:>9.0} msg/s");
-    print_services(&services, &services_cpu(), n);
+    print_services(&services, &services_activity(), n);
     rate
 }
 
@@ -410,14 +431,24 @@ fn main() {
         "draining a backlog of {n} QoS 1 messages of 300 B from a persistent session (one run)"
     );
 
-    let (mqtt_rate, _) = rt.block_on(raw_mqtt_drain(n, &run));
+    let (mqtt_rate, mqtt_taken_rate, _) = rt.block_on(raw_mqtt_drain(n, &run));
     let kafka_rate = raw_kafka(n, &run);
 
-    let (rate, p99) = weir_leg(&rt, &run, (n, false), (mqtt_rate, kafka_rate));
+    let (rate, p99) = weir_leg(
+        &rt,
+        &run,
+        (n, false),
+        (mqtt_rate, mqtt_taken_rate, kafka_rate),
+    );
     // The same with exactly once: a QoS 2 backlog, each batch a Kafka transaction.
     println!();
     println!("exactly once: the same with a QoS 2 backlog, each batch one Kafka transaction");
-    let (eo_rate, eo_p99) = weir_leg(&rt, &format!("{run}eo"), (n, true), (mqtt_rate, kafka_rate));
+    let (eo_rate, eo_p99) = weir_leg(
+        &rt,
+        &format!("{run}eo"),
+        (n, true),
+        (mqtt_rate, mqtt_taken_rate, kafka_rate),
+    );
     println!(
         "exactly once / at least once:  drain {:>5.2}   p99 arrival → PUBACK/PUBREC {:>5.2}",
         eo_rate / rate,
@@ -432,7 +463,7 @@ fn weir_leg(
     rt: &tokio::runtime::Runtime,
     run: &str,
     (n, eo): (usize, bool),
-    (mqtt_rate, kafka_rate): (f64, f64),
+    (mqtt_rate, mqtt_taken_rate, kafka_rate): (f64, f64, f64),
 ) -> (f64, f64) {
     // weir's session: made by a first start, then the backlog published while it is away.
     let dir = tempfile::tempdir().unwrap();
@@ -467,7 +498,8 @@ fn weir_leg(
         .connected
         .recv_timeout(Duration::from_secs(120))
         .expect("weir connects");
-    let services_start = services_cpu();
+    let services_start = services_activity();
+    let weir_start = bed::proc_activity(weir.child.id());
     let mut last = 0;
     let mut last_change = Instant::now();
     let end = loop {
@@ -486,7 +518,8 @@ fn weir_leg(
     };
     let (cpu_end, peak_rss) = bed::proc_usage(weir.child.id());
     let threads_end = bed::threads_cpu(weir.child.id());
-    let services_end = services_cpu();
+    let services_end = services_activity();
+    let weir_end = bed::proc_activity(weir.child.id());
     let cpu = cpu_end - cpu_start;
     let elapsed = end - start;
     let rate = n as f64 / elapsed.as_secs_f64();
@@ -495,6 +528,13 @@ fn weir_leg(
         "weir drain (thermostat, Avro, acks after Kafka): {rate:>8.0} msg/s {cpu_per:>6.2} µs CPU/msg"
     );
     print_roles(&threads_start, &threads_end, cpu, n);
+    if let (Some(start), Some(end)) = (weir_start, weir_end) {
+        println!(
+            "  {:<53} {}",
+            "weir, whole process",
+            start.per_message(&end, n)
+        );
+    }
     print_services(&services_start, &services_end, n);
     // Batches shape the transform's cost (a plugin call has a fixed part), and they depend
     // on how fast the stages around it run: a slower stage can change them.
@@ -506,6 +546,10 @@ fn weir_leg(
     println!(
         "weir / raw MQTT drain:                          {:>9.2}",
         rate / mqtt_rate
+    );
+    println!(
+        "  / until the broker took every ack:            {:>9.2}",
+        rate / mqtt_taken_rate
     );
     println!(
         "weir / raw Kafka produce:                       {:>9.2}",

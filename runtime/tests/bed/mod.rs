@@ -805,10 +805,56 @@ pub fn proc_usage(pid: u32) -> (f64, u64) {
     (cpu, hwm * 1024)
 }
 
-/// User+system CPU seconds of a process, or `None` when it is not there to read.
-pub fn proc_cpu(pid: u32) -> Option<f64> {
+/// What a process has done so far, from /proc: for telling apart what a message costs in
+/// CPU, in system calls and in wake-ups.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Activity {
+    /// User+system CPU seconds.
+    pub cpu: f64,
+    /// Read and write system calls (`syscr` + `syscw` of `/proc/<pid>/io`: read, write and
+    /// their vectored forms, which is how mosquitto and the JVM use their sockets).
+    pub reads_writes: u64,
+    /// Context switches of all its threads, voluntary (a wait: each one a later wake-up)
+    /// and not.
+    pub switches: u64,
+}
+
+/// A process's [`Activity`] so far, or `None` when it is not there to read.
+pub fn proc_activity(pid: u32) -> Option<Activity> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_fields(&stat).and_then(|(_, f)| cpu_seconds(&f))
+    let cpu = stat_fields(&stat).and_then(|(_, f)| cpu_seconds(&f))?;
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |text: &str, key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let reads_writes = field(&io, "syscr:") + field(&io, "syscw:");
+    let switches = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|s| field(&s, "voluntary_ctxt_switches:") + field(&s, "nonvoluntary_ctxt_switches:"))
+        .sum();
+    Some(Activity {
+        cpu,
+        reads_writes,
+        switches,
+    })
+}
+
+impl Activity {
+    /// One line: what was done between `self` and `later`, per message.
+    pub fn per_message(&self, later: &Activity, n: usize) -> String {
+        let n = n.max(1) as f64;
+        format!(
+            "{:>6.2} µs/msg {:>6.3} reads+writes/msg {:>6.3} switches/msg",
+            (later.cpu - self.cpu) * 1e6 / n,
+            later.reads_writes.saturating_sub(self.reads_writes) as f64 / n,
+            later.switches.saturating_sub(self.switches) as f64 / n,
+        )
+    }
 }
 
 /// A `/proc/.../stat` line split at its name: the name (in parentheses, and free to hold
