@@ -6,7 +6,7 @@
 //!   and receives the backlog; its process CPU per message; and its rate until the broker
 //!   has taken every ack, the work weir's leg includes (see `raw_mqtt_drain`);
 //! - raw Kafka produce: a plain idempotent, acks=all producer writing the same bytes
-//!   (connected before the clock starts);
+//!   (connected before the clock starts), then again with six headers like weir's;
 //! - weir drain: `weir run` resumes its session, and thermostat → Avro → Kafka → PUBACK
 //!   empties it; timed from its MQTT connection to its last PUBACK (`weir_acked_total`),
 //!   weir's CPU over the same span and how it splits between its threads' roles (source
@@ -32,7 +32,7 @@
 mod bed;
 
 use rdkafka::ClientContext;
-use rdkafka::message::DeliveryResult;
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet};
@@ -226,9 +226,12 @@ fn raw_producer(topic: &str) -> (ThreadedProducer<Timed>, Timed) {
     (producer, timed)
 }
 
-/// msg/s of a plain idempotent producer writing the same bytes.
-fn raw_kafka(n: usize, run: &str) -> f64 {
-    let topic = format!("{run}.rawkafka");
+/// msg/s of a plain idempotent producer writing the same bytes; with `headers`, each record
+/// also carries six headers of the names and sizes weir writes (plugin, its sha256, cohort,
+/// message id, MQTT topic, arrival time), so that the broker's share of those is measured
+/// apart from weir's.
+fn raw_kafka(n: usize, run: &str, headers: bool) -> f64 {
+    let topic = format!("{run}.rawkafka{}", if headers { "h" } else { "" });
     let (producer, _) = raw_producer(&topic);
     let services = services_activity();
     let start = Instant::now();
@@ -238,6 +241,38 @@ fn raw_kafka(n: usize, run: &str) -> f64 {
         let mut record = BaseRecord::with_opaque_to(&topic, Box::new(Instant::now()))
             .payload(&p)
             .key(&key);
+        if headers {
+            let id = format!("{:016x}-{i:010}", std::process::id());
+            let mqtt_topic = format!("{run}/plant/1/thermostat/t-{}", i % 100);
+            let at = (1_700_000_000_000u64 + i as u64).to_string();
+            record = record.headers(
+                OwnedHeaders::new_with_capacity(6)
+                    .insert(Header {
+                        key: "weir.plugin",
+                        value: Some("thermostat@1.0.0"),
+                    })
+                    .insert(Header {
+                        key: "weir.plugin.sha256",
+                        value: Some(&"5e".repeat(32)),
+                    })
+                    .insert(Header {
+                        key: "weir.cohort",
+                        value: Some("thermostats"),
+                    })
+                    .insert(Header {
+                        key: "weir.message.id",
+                        value: Some(&id),
+                    })
+                    .insert(Header {
+                        key: "weir.mqtt.topic",
+                        value: Some(&mqtt_topic),
+                    })
+                    .insert(Header {
+                        key: "weir.received_at",
+                        value: Some(&at),
+                    }),
+            );
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -250,7 +285,11 @@ fn raw_kafka(n: usize, run: &str) -> f64 {
     }
     producer.flush(Duration::from_secs(120)).unwrap();
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    println!("raw Kafka produce (idempotent, acks=all):       {rate:>9.0} msg/s");
+    if headers {
+        println!("  the same, six headers as weir writes:          {rate:>9.0} msg/s");
+    } else {
+        println!("raw Kafka produce (idempotent, acks=all):       {rate:>9.0} msg/s");
+    }
     print_services(&services, &services_activity(), n);
     rate
 }
@@ -432,7 +471,8 @@ fn main() {
     );
 
     let (mqtt_rate, mqtt_taken_rate, _) = rt.block_on(raw_mqtt_drain(n, &run));
-    let kafka_rate = raw_kafka(n, &run);
+    let kafka_rate = raw_kafka(n, &run, false);
+    raw_kafka(n, &run, true);
 
     let (rate, p99) = weir_leg(
         &rt,
