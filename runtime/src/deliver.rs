@@ -144,19 +144,33 @@ impl<W: Writes, A: Acks> Courier<W, A> {
     /// Take a transformed batch: each message's ack now waits behind every earlier one,
     /// its writes are planned against `topology` and started, and the acks released so
     /// far are handed to the source.
+    ///
+    /// The clock is read once for the batch: its messages' hand-over and their writes'
+    /// start are timed from that reading (a reading per message cost more than the rest of
+    /// the bookkeeping, and the batch is started within microseconds).
     pub async fn take(&mut self, topology: &Arc<Topology>, batch: Vec<Transformed<A::Token>>) {
+        let now = Instant::now();
         for (token, input, cohort, outcome) in batch {
-            Metrics::observe(&self.metrics.handover_seconds, token.arrived().elapsed());
+            Metrics::observe(
+                &self.metrics.handover_seconds,
+                now.saturating_duration_since(token.arrived()),
+            );
             let seq = self.acks.arrived(token);
             let delivery = topology.plan(input, cohort, outcome);
-            self.start(seq, delivery, Arc::clone(topology)).await;
+            self.start(seq, delivery, Arc::clone(topology), now).await;
         }
         self.release();
     }
 
-    /// Start delivering message `seq` (planned against `topology`). Acks it releases are
-    /// handed over by [`Courier::release`].
-    pub async fn start(&mut self, seq: u64, mut delivery: Delivery, topology: Arc<Topology>) {
+    /// Start delivering message `seq` (planned against `topology`) at `now`. Acks it
+    /// releases are handed over by [`Courier::release`].
+    pub async fn start(
+        &mut self,
+        seq: u64,
+        mut delivery: Delivery,
+        topology: Arc<Topology>,
+        now: Instant,
+    ) {
         let next = delivery.start();
         let key = self.flights.insert(Flight {
             seq,
@@ -165,15 +179,16 @@ impl<W: Writes, A: Acks> Courier<W, A> {
             writes: Vec::new(),
             results: SmallVec::new(),
             left: 0,
-            started: Instant::now(),
+            started: now,
             stuck: false,
         });
-        self.drive(key, next).await;
+        self.drive(key, next, now).await;
     }
 
     /// Take Kafka's answers (from [`Sink::answers`]); moves each message they complete a
     /// step of on.
     pub async fn answered(&mut self, answers: &mut Vec<Answer>) {
+        let now = Instant::now();
         for a in answers.drain(..) {
             let Some((key, i)) = self.tags.try_remove(a.tag) else {
                 continue;
@@ -182,8 +197,8 @@ impl<W: Writes, A: Acks> Courier<W, A> {
             f.results[i] = Some(a.result);
             f.left -= 1;
             if f.left == 0 {
-                let next = self.settle(key);
-                self.drive(key, next).await;
+                let next = self.settle(key, now);
+                self.drive(key, next, now).await;
             }
         }
         self.release();
@@ -209,10 +224,11 @@ impl<W: Writes, A: Acks> Courier<W, A> {
             .into_iter()
             .partition(|r| r.0 <= now);
         self.retries = wait;
+        let now = now.into_std();
         for (_, key, writes) in due {
-            if !self.send(key, writes).await {
-                let next = self.settle(key);
-                self.drive(key, next).await;
+            if !self.send(key, writes, now).await {
+                let next = self.settle(key, now);
+                self.drive(key, next, now).await;
             }
         }
         self.release();
@@ -229,8 +245,8 @@ impl<W: Writes, A: Acks> Courier<W, A> {
     }
 
     /// Follow the core's answers for one message until it waits on Kafka or a backoff,
-    /// or is done.
-    async fn drive(&mut self, key: usize, mut next: Next) {
+    /// or is done; writes sent are timed from `now`.
+    async fn drive(&mut self, key: usize, mut next: Next, now: Instant) {
         loop {
             match next {
                 Next::Done(s) => {
@@ -248,18 +264,19 @@ impl<W: Writes, A: Acks> Courier<W, A> {
                             .push((tokio::time::Instant::now() + after, key, writes));
                         return;
                     }
-                    if self.send(key, writes).await {
+                    if self.send(key, writes, now).await {
                         return;
                     }
                     // Nothing could be enqueued: the core decides on the errors at once.
-                    next = self.settle(key);
+                    next = self.settle(key, now);
                 }
             }
         }
     }
 
-    /// Enqueue a step's writes; false when none was enqueued (no answer will come).
-    async fn send(&mut self, key: usize, writes: Vec<(Kind, Write)>) -> bool {
+    /// Enqueue a step's writes, timed from `now`; false when none was enqueued (no answer
+    /// will come).
+    async fn send(&mut self, key: usize, writes: Vec<(Kind, Write)>, now: Instant) -> bool {
         let mut results = smallvec::smallvec![None; writes.len()];
         let mut left = 0;
         for (i, (_, w)) in writes.iter().enumerate() {
@@ -276,14 +293,17 @@ impl<W: Writes, A: Acks> Courier<W, A> {
         f.writes = writes;
         f.results = results;
         f.left = left;
-        f.started = Instant::now();
+        f.started = now;
         left > 0
     }
 
-    /// Every write of the step has its answer: report failures, ask the core.
-    fn settle(&mut self, key: usize) -> Next {
+    /// Every write of the step has its answer (by `now`): report failures, ask the core.
+    fn settle(&mut self, key: usize, now: Instant) -> Next {
         let f = &mut self.flights[key];
-        Metrics::observe(&self.metrics.produce_seconds, f.started.elapsed());
+        Metrics::observe(
+            &self.metrics.produce_seconds,
+            now.saturating_duration_since(f.started),
+        );
         let writes = std::mem::take(&mut f.writes);
         let results = std::mem::take(&mut f.results);
         let mut settled = Vec::with_capacity(writes.len());
@@ -466,7 +486,7 @@ mod tests {
             };
             let delivery = self.topology.plan(input, None, None);
             self.courier
-                .start(seq, delivery, self.topology.clone())
+                .start(seq, delivery, self.topology.clone(), Instant::now())
                 .await;
         }
 
