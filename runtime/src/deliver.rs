@@ -147,7 +147,8 @@ impl<W: Writes, A: Acks> Courier<W, A> {
     ///
     /// The clock is read once for the batch: its messages' hand-over and their writes'
     /// start are timed from that reading (a reading per message cost more than the rest of
-    /// the bookkeeping, and the batch is started within microseconds).
+    /// the bookkeeping, and the batch is started within microseconds). A wait for room in
+    /// librdkafka's queue so counts toward the produce time, as Kafka's backpressure.
     pub async fn take(&mut self, topology: &Arc<Topology>, batch: Vec<Transformed<A::Token>>) {
         let now = Instant::now();
         for (token, input, cohort, outcome) in batch {
