@@ -11,13 +11,14 @@
 //!   empties it; timed from its MQTT connection to its last PUBACK (`weir_acked_total`),
 //!   weir's CPU over the same span and how it splits between its threads' roles (source
 //!   and acks, transform, librdkafka), peak RSS;
-//! - under each drain and produce leg, the CPU per message of the test bed's mosquitto and
-//!   Kafka broker when they run on this machine: they share its cores with weir, so they
-//!   bound any drain's rate here;
+//! - under each drain and produce leg, what the test bed's mosquitto and Kafka broker spent
+//!   per message when they run on this machine (CPU, reads and writes, context switches):
+//!   they share its cores with weir, so they bound any drain's rate here;
 //! - latency: then, at half of weir's drain rate, publish-arrival-to-PUBACK p50 / p99 from
 //!   weir's `weir_ack_seconds` histogram (the broker hop on loopback is not included), the
 //!   part of it spent waiting on Kafka (`weir_produce_seconds`), and, for comparison, a raw
-//!   producer's send-to-answer latency at the same rate.
+//!   producer's send-to-answer latency at the same rate;
+//! - idle: then weir's CPU with nothing to do, over 4 s, by thread name.
 //!
 //! `WEIR_BENCH_CONFIG` is appended to weir's config, e.g. `[kafka.properties]` to try a
 //! producer setting. `WEIR_BENCH_WEIR` runs another weir binary (a copy of an earlier
@@ -380,6 +381,39 @@ fn print_roles(before: &Threads, after: &Threads, total: f64, n: usize) {
     }
 }
 
+/// What weir spends with nothing to do, over a few seconds: its total as a share of a core,
+/// then each thread name that used any (polling loops and tickers; an idle edge gateway pays
+/// for them all day).
+fn print_idle(pid: u32) {
+    const SPAN: Duration = Duration::from_secs(4);
+    let (cpu_start, _) = bed::proc_usage(pid);
+    let before = bed::threads_cpu(pid);
+    std::thread::sleep(SPAN);
+    let (cpu_end, _) = bed::proc_usage(pid);
+    let after = bed::threads_cpu(pid);
+    let mut by_name: Vec<(String, f64)> = Vec::new();
+    for (tid, (name, cpu)) in &after {
+        let spent = cpu - before.get(tid).map_or(0.0, |b| b.1);
+        match by_name.iter_mut().find(|(n, _)| n == name) {
+            Some(e) => e.1 += spent,
+            None => by_name.push((name.clone(), spent)),
+        }
+    }
+    by_name.retain(|(_, cpu)| *cpu > 0.0);
+    by_name.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let share = |cpu: f64| cpu * 100.0 / SPAN.as_secs_f64();
+    let threads: Vec<String> = by_name
+        .iter()
+        .map(|(name, cpu)| format!("{name} {:.2} %", share(*cpu)))
+        .collect();
+    println!(
+        "weir idle, {} s:                                {:>6.2} % of a core ({})",
+        SPAN.as_secs(),
+        share(cpu_end - cpu_start),
+        threads.join(", ")
+    );
+}
+
 fn start_weir(config: &std::path::Path) -> Weir {
     let weir =
         std::env::var("WEIR_BENCH_WEIR").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").into());
@@ -641,6 +675,7 @@ fn weir_leg(
         raw50 * 1e3,
         raw99 * 1e3
     );
+    print_idle(weir.child.id());
     weir.stop();
     let got = bed::count(
         &format!("{run}.thermostat"),
