@@ -354,22 +354,10 @@ fn role(thread: &str) -> &'static str {
 /// Where weir's CPU went between two thread readings, per message, by role; `total` is the
 /// process's CPU over the span (it also counts threads that ended in between).
 fn print_roles(before: &Threads, after: &Threads, total: f64, n: usize) {
-    let mut roles: Vec<(&str, f64)> = Vec::new();
-    let mut counted = 0.0;
-    for (tid, (name, cpu)) in after {
-        let spent = cpu - before.get(tid).map_or(0.0, |b| b.1);
-        counted += spent;
-        let r = role(name);
-        match roles.iter_mut().find(|(n, _)| *n == r) {
-            Some(e) => e.1 += spent,
-            None => roles.push((r, spent)),
-        }
-    }
+    let mut roles = spent_by(before, after, |name| role(name).to_owned());
+    let counted: f64 = roles.iter().map(|r| r.1).sum();
     if total > counted {
-        match roles.iter_mut().find(|(n, _)| *n == "other threads") {
-            Some(e) => e.1 += total - counted,
-            None => roles.push(("other threads", total - counted)),
-        }
+        add_to(&mut roles, "other threads".into(), total - counted);
     }
     roles.sort_by(|a, b| b.1.total_cmp(&a.1));
     for (r, cpu) in roles {
@@ -378,6 +366,27 @@ fn print_roles(before: &Threads, after: &Threads, total: f64, n: usize) {
             cpu * 1e6 / n as f64,
             cpu * 100.0 / total.max(f64::EPSILON)
         );
+    }
+}
+
+/// CPU seconds each thread of `after` spent since `before`, summed by `key` of its name.
+fn spent_by(before: &Threads, after: &Threads, key: impl Fn(&str) -> String) -> Vec<(String, f64)> {
+    let mut sums = Vec::new();
+    for (tid, (name, cpu)) in after {
+        add_to(
+            &mut sums,
+            key(name),
+            cpu - before.get(tid).map_or(0.0, |b| b.1),
+        );
+    }
+    sums
+}
+
+/// Add `cpu` to `key`'s sum (few keys: a short list).
+fn add_to(sums: &mut Vec<(String, f64)>, key: String, cpu: f64) {
+    match sums.iter_mut().find(|(k, _)| *k == key) {
+        Some(e) => e.1 += cpu,
+        None => sums.push((key, cpu)),
     }
 }
 
@@ -391,14 +400,7 @@ fn print_idle(pid: u32) {
     std::thread::sleep(SPAN);
     let (cpu_end, _) = bed::proc_usage(pid);
     let after = bed::threads_cpu(pid);
-    let mut by_name: Vec<(String, f64)> = Vec::new();
-    for (tid, (name, cpu)) in &after {
-        let spent = cpu - before.get(tid).map_or(0.0, |b| b.1);
-        match by_name.iter_mut().find(|(n, _)| n == name) {
-            Some(e) => e.1 += spent,
-            None => by_name.push((name.clone(), spent)),
-        }
-    }
+    let mut by_name = spent_by(&before, &after, str::to_owned);
     by_name.retain(|(_, cpu)| *cpu > 0.0);
     by_name.sort_by(|a, b| b.1.total_cmp(&a.1));
     let share = |cpu: f64| cpu * 100.0 / SPAN.as_secs_f64();
