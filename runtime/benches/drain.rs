@@ -338,7 +338,10 @@ fn role(thread: &str) -> &'static str {
         "MQTT source, routing, planning, Kafka hand-off, acks"
     } else if thread.starts_with("tokio-rt-worker") {
         "main runtime (admin, metrics)"
-    } else if thread.starts_with("rdk:") || thread.starts_with("producer poll") {
+    } else if thread.starts_with("rdk:")
+        || thread.starts_with("producer poll")
+        || matches!(thread, "weir-kafka-dr" | "weir-control-dr")
+    {
         "librdkafka (batching, network, delivery reports)"
     } else if thread.starts_with("weir-")
         && !matches!(thread, "weir-epoch" | "weir-control")

@@ -38,11 +38,12 @@ pub use parts::{Assembly, MAX_COMPONENT_BYTES, entries as component_entries};
 
 use crate::config::Kafka;
 use crate::credentials::PasswordFile;
+use crate::sink::events::{Producer, Record, Waiters};
 use crate::store::Store;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{BaseProducer, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -512,7 +513,7 @@ pub struct Control {
     /// handle to the producer before `producer` is dropped).
     _password: Option<crate::credentials::Follower>,
     topic: String,
-    producer: FutureProducer,
+    producer: Producer<Waiters>,
     state: watch::Receiver<Arc<State>>,
     stop: Arc<AtomicBool>,
     signer: Arc<crate::signing::Signer>,
@@ -589,16 +590,18 @@ pub fn now_ms() -> i64 {
 
 /// The control topic's producer (idempotent, entries up to [`ENTRY_BYTES`]) and its reader,
 /// assigned partition 0 from the beginning.
-fn clients(base: ClientConfig, topic: &str) -> Result<(FutureProducer, BaseConsumer), String> {
+fn clients(base: ClientConfig, topic: &str) -> Result<(Producer<Waiters>, BaseConsumer), String> {
     let mut pc = base.clone();
     pc.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "30000")
         .set("message.max.bytes", ENTRY_BYTES.to_string())
         .set("linger.ms", "0");
-    let producer: FutureProducer = pc
-        .create()
+    let producer: BaseProducer<Waiters> = pc
+        .create_with_context(Waiters::default())
         .map_err(|e| format!("cannot create a producer: {e}"))?;
+    let producer = Producer::start(producer, "weir-control-dr")
+        .map_err(|e| format!("cannot start the producer's event thread: {e}"))?;
     let mut cc = base;
     cc.set(
         "group.id",
@@ -805,22 +808,21 @@ impl Control {
                     value: Some(&v),
                 });
             }
-            let delivered = self
+            let record = Record {
+                topic: &self.topic,
+                partition: 0,
+                key: key.as_bytes(),
+                payload: &value,
+                headers,
+            };
+            last = self
                 .producer
-                .send(
-                    FutureRecord::to(&self.topic)
-                        .key(&key)
-                        .payload(&value)
-                        .headers(headers)
-                        .partition(0),
-                    Duration::from_secs(30),
-                )
+                .write(record, Duration::from_secs(30))
                 .await
-                .map_err(|(e, _)| ControlError::Kafka {
+                .map_err(|e| ControlError::Kafka {
                     topic: self.topic.clone(),
                     problem: format!("cannot write {key}: {e}"),
                 })?;
-            last = delivered.offset;
         }
         let mut rx = self.state.clone();
         let applied = rx.wait_for(|s| s.next_offset > last);

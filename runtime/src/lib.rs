@@ -3,8 +3,9 @@
 //! One module per stage of the data path; stages talk through small types.
 
 #![deny(unsafe_code)] // Allowed only in `credentials` (librdkafka's call to change a running
-// client's SASL password) and, in test builds only, `sink` (librdkafka's fatal-error
-// injection). The sandbox crate has the rest (precompiled artifacts, thread priority).
+// client's SASL password), `sink::events` (a producer's event queue read by a thread of
+// weir's) and, in test builds only, `sink` (librdkafka's fatal-error injection). The
+// sandbox crate has the rest (precompiled artifacts, thread priority).
 
 /// The memory allocator of every weir process (`#[global_allocator]` in the binary and in
 /// the instruction-count benchmark). Not glibc's: a message's buffers are allocated on one

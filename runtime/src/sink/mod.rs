@@ -1,7 +1,7 @@
 //! The sink stage: an idempotent, acks=all Kafka producer (rdkafka). Writes are enqueued in
 //! arrival order, each with a caller's [`Tag`]; Kafka's answers come back as tagged
-//! [`Answer`]s, collected by the producer's delivery callback and taken in bulk (one wake-up
-//! for many answers, no future per write). Any librdkafka property can be set from config,
+//! [`Answer`]s, filed by the producer's event thread ([`events`]) a batch at a time and
+//! taken in bulk (one wake-up for many answers, no future per write). Any librdkafka property can be set from config,
 //! except those the no-loss guarantee rests on.
 //!
 //! Writes never expire (`message.timeout.ms=0`): while Kafka is down they wait, weir stops
@@ -18,13 +18,16 @@ use rdkafka::admin::{
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weir_core::write::{Failure, Write};
+
+pub mod events;
+use events::{Producer, Report, Reports};
 
 /// The caller's name for a write, handed back with Kafka's answer.
 pub type Tag = usize;
@@ -45,8 +48,8 @@ struct Answers {
     ready: tokio::sync::Notify,
 }
 
-/// The producer's context: its delivery callback (on the producer's polling thread) files
-/// each answer; its statistics callback counts the time brokers throttled it.
+/// The producer's context: it files Kafka's answers (on the producer's event thread) and
+/// counts the time brokers throttled it from the statistics.
 struct Context {
     answers: Arc<Answers>,
     throttled: std::sync::OnceLock<Counter<f64, AtomicU64>>,
@@ -109,16 +112,27 @@ fn throttled_ms(statistics: &[u8]) -> Result<i64, serde_json::Error> {
 impl ProducerContext for Context {
     type DeliveryOpaque = Tag;
 
+    /// Answers rdkafka itself reads (in a flush, and when the producer is dropped).
     fn delivery(&self, result: &DeliveryResult<'_>, tag: Tag) {
-        let result = match result {
-            Ok(_) => Ok(()),
-            Err((e, _)) => Err(classify(e)),
-        };
+        self.reports(&[Report::of(result, tag)]);
+    }
+}
+
+impl Reports for Context {
+    /// File a batch of answers with one lock and one wake-up (on the event thread).
+    fn reports(&self, reports: &[Report]) {
+        let answers = reports.iter().map(|r| Answer {
+            tag: r.opaque,
+            result: match r.kafka_error() {
+                None => Ok(()),
+                Some(e) => Err(classify(&e)),
+            },
+        });
         self.answers
             .queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Answer { tag, result });
+            .extend(answers);
         self.answers.ready.notify_one();
     }
 }
@@ -151,7 +165,7 @@ pub struct Sink {
     /// Keeps the producer's SASL password in step with its file, while any clone lives
     /// (first: it lets go of its handle to the producer before `producer` is dropped).
     _password: Option<Arc<crate::credentials::Follower>>,
-    producer: ThreadedProducer<Context>,
+    producer: Producer<Context>,
     answers: Arc<Answers>,
     config: ClientConfig,
     /// Which producer this is (`group "meters"`), for messages about it.
@@ -170,6 +184,9 @@ pub enum SinkError {
     /// The connection's security settings cannot be applied (a secret file unreadable).
     #[error("{0}")]
     Security(String),
+    /// The thread that reads the producer's events could not be started.
+    #[error("cannot start the Kafka producer's event thread: {0}")]
+    Thread(std::io::Error),
     /// A topic weir writes to is not usable.
     #[error("{0}")]
     Topic(String),
@@ -280,12 +297,13 @@ impl Sink {
             }
         };
         let answers = Arc::new(Answers::default());
-        let producer: ThreadedProducer<Context> = c
+        let producer: BaseProducer<Context> = c
             .create_with_context(Context {
                 answers: answers.clone(),
                 throttled: std::sync::OnceLock::new(),
             })
             .map_err(SinkError::Create)?;
+        let producer = Producer::start(producer, "weir-kafka-dr").map_err(SinkError::Thread)?;
         let follower = crate::credentials::follow(cfg, &format!("{name}'s producer"), {
             let producer = producer.clone();
             move |file| file.refresh(producer.client())
@@ -585,7 +603,7 @@ pub struct PartitionState {
 /// The partitions of `topics`, from a metadata request per topic (the brokers answer from
 /// their controller's view).
 fn partitions(
-    producer: &ThreadedProducer<Context>,
+    producer: &BaseProducer<Context>,
     topics: &[String],
 ) -> Result<Vec<PartitionState>, String> {
     let mut out = Vec::new();

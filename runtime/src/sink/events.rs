@@ -1,0 +1,370 @@
+//! A Kafka producer whose events (delivery reports, statistics, logs, errors) one thread of
+//! weir's reads, blocked in librdkafka until an event comes.
+//!
+//! rdkafka's `ThreadedProducer` (and the `FutureProducer` built on it) polls in a loop of
+//! 100 ms deadlines and hands librdkafka the time left in whole milliseconds, rounded down:
+//! for the last fraction of a millisecond of every deadline it polls with a zero timeout in
+//! a tight loop, about 1 % of a core per producer, idle or busy. Here the thread waits in
+//! `rd_kafka_queue_poll` with no deadline of its own, and is woken to stop by
+//! `rd_kafka_queue_yield`. Delivery reports come a librdkafka event at a time, so the
+//! context files each event's answers at once, with one lock and one wake-up.
+
+// Foreign calls: rdkafka 0.39 has no safe way to read a producer's event queue from a
+// thread of one's own (its loop is the one this replaces).
+#![allow(unsafe_code)]
+
+use rdkafka::ClientContext;
+use rdkafka::bindings as rd;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{DeliveryResult, Message as _};
+use rdkafka::producer::BaseRecord;
+use rdkafka::producer::{BaseProducer, Producer as _, ProducerContext};
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Kafka's answer to one write, as librdkafka's delivery report gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// The write's opaque (its tag).
+    pub opaque: usize,
+    /// Why it failed; `None` when Kafka took it.
+    pub error: Option<RDKafkaErrorCode>,
+    /// Where Kafka put it (−1 when it did not).
+    pub offset: i64,
+}
+
+impl Report {
+    /// The report in rdkafka's form, for the delivery callback rdkafka itself calls (from
+    /// polls inside `flush` and on drop).
+    pub fn of(result: &DeliveryResult<'_>, opaque: usize) -> Report {
+        match result {
+            Ok(m) => Report {
+                opaque,
+                error: None,
+                offset: m.offset(),
+            },
+            Err((e, _)) => Report {
+                opaque,
+                error: Some(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)),
+                offset: -1,
+            },
+        }
+    }
+
+    /// The failure as rdkafka names it.
+    pub fn kafka_error(&self) -> Option<KafkaError> {
+        self.error.map(KafkaError::MessageProduction)
+    }
+}
+
+/// A producer context that takes delivery reports a batch at a time.
+pub trait Reports: ProducerContext<DeliveryOpaque = usize> + 'static {
+    /// Kafka's answers to some writes (never empty).
+    fn reports(&self, reports: &[Report]);
+}
+
+/// librdkafka's main queue of one client: where a producer's events arrive.
+struct Queue(*mut rd::rd_kafka_queue_t);
+
+// SAFETY: librdkafka's queues are thread-safe; the handle is a counted reference that stays
+// valid until `rd_kafka_queue_destroy`, which only `Drop` calls.
+unsafe impl Send for Queue {}
+unsafe impl Sync for Queue {}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // SAFETY: the reference was taken by `rd_kafka_queue_get_main` and is released once.
+        unsafe { rd::rd_kafka_queue_destroy(self.0) }
+    }
+}
+
+/// The polling thread and what stops it.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    queue: Arc<Queue>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // SAFETY: the queue is live (`self.queue`). A yield sent while the thread is not
+        // waiting is kept, and ends its next wait at once.
+        unsafe { rd::rd_kafka_queue_yield(self.queue.0) };
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("a Kafka producer's event thread panicked");
+        }
+    }
+}
+
+/// A `BaseProducer` with its own event thread. Clones share both; the last one to go stops
+/// the thread, then drops the producer (which purges and flushes what is left).
+pub struct Producer<C: Reports> {
+    // Declared first so that it is dropped first: the thread stops before the producer goes.
+    poller: Arc<Poller>,
+    producer: Arc<BaseProducer<C>>,
+}
+
+impl<C: Reports> Clone for Producer<C> {
+    fn clone(&self) -> Self {
+        Producer {
+            poller: self.poller.clone(),
+            producer: self.producer.clone(),
+        }
+    }
+}
+
+impl<C: Reports> std::ops::Deref for Producer<C> {
+    type Target = BaseProducer<C>;
+    fn deref(&self) -> &BaseProducer<C> {
+        &self.producer
+    }
+}
+
+impl<C: Reports> Producer<C> {
+    /// Start the event thread of `producer`, named `name` (at most 15 bytes show in `top`).
+    pub fn start(producer: BaseProducer<C>, name: &str) -> std::io::Result<Producer<C>> {
+        // SAFETY: the client is live for the call; the queue reference taken is ours.
+        let queue = Arc::new(Queue(unsafe {
+            rd::rd_kafka_queue_get_main(producer.client().native_ptr())
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let context = producer.context().clone();
+        let thread = std::thread::Builder::new().name(name.into()).spawn({
+            let (queue, stop) = (queue.clone(), stop.clone());
+            move || serve(&queue, &stop, &*context)
+        })?;
+        Ok(Producer {
+            poller: Arc::new(Poller {
+                stop,
+                queue,
+                thread: Some(thread),
+            }),
+            producer: Arc::new(producer),
+        })
+    }
+}
+
+/// A context for writes that are each awaited (the control topic's, a few at a time).
+#[derive(Default)]
+pub struct Waiters {
+    next: AtomicUsize,
+    waiting: Mutex<HashMap<usize, tokio::sync::oneshot::Sender<Report>>>,
+}
+
+impl ClientContext for Waiters {}
+
+impl ProducerContext for Waiters {
+    type DeliveryOpaque = usize;
+
+    /// Answers rdkafka itself reads (in a flush, and when the producer is dropped).
+    fn delivery(&self, result: &DeliveryResult<'_>, id: usize) {
+        self.reports(&[Report::of(result, id)]);
+    }
+}
+
+impl Reports for Waiters {
+    fn reports(&self, reports: &[Report]) {
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for r in reports {
+            if let Some(tx) = waiting.remove(&r.opaque) {
+                let _ = tx.send(*r);
+            }
+        }
+    }
+}
+
+/// What is written with [`Producer::write`].
+pub struct Record<'a> {
+    /// The topic.
+    pub topic: &'a str,
+    /// The partition.
+    pub partition: i32,
+    /// The key.
+    pub key: &'a [u8],
+    /// The value.
+    pub payload: &'a [u8],
+    /// The headers.
+    pub headers: OwnedHeaders,
+}
+
+impl Producer<Waiters> {
+    /// Write `record` and wait for Kafka's answer: the offset it took. While librdkafka's
+    /// queue is full the write waits for room, up to `queue_timeout`.
+    pub async fn write(
+        &self,
+        record: Record<'_>,
+        queue_timeout: Duration,
+    ) -> Result<i64, KafkaError> {
+        let waiters = self.producer.context();
+        let id = waiters.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        waiters
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, tx);
+        let forget = || {
+            waiters
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+        };
+        let mut base: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(record.topic, id)
+                .partition(record.partition)
+                .key(record.key)
+                .payload(record.payload)
+                .headers(record.headers);
+        let deadline = Instant::now() + queue_timeout;
+        loop {
+            match self.producer.send(base) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), b))
+                    if Instant::now() < deadline =>
+                {
+                    base = b;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => {
+                    forget();
+                    return Err(e);
+                }
+            }
+        }
+        // The sender goes only with the producer: a write purged then is not answered.
+        let report = rx.await.map_err(|_| KafkaError::Canceled)?;
+        match report.kafka_error() {
+            None => Ok(report.offset),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// How long one wait for an event lasts at most. Stopping does not wait for it (the queue
+/// is yielded); it bounds how long a lost wake-up could go unnoticed.
+const WAIT_MS: i32 = 1_000;
+
+/// Read and dispatch events until told to stop.
+fn serve<C: Reports>(queue: &Queue, stop: &AtomicBool, context: &C) {
+    let mut batch = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        // SAFETY: the queue is live while the thread runs (the poller joins it before the
+        // last reference goes).
+        let event = unsafe { rd::rd_kafka_queue_poll(queue.0, WAIT_MS) };
+        if event.is_null() {
+            continue;
+        }
+        // SAFETY: `event` is a live event, owned here until destroyed below.
+        unsafe {
+            dispatch(event, context, &mut batch);
+            rd::rd_kafka_event_destroy(event);
+        }
+    }
+}
+
+/// Hand one event to the context, as rdkafka's own loop would.
+///
+/// # Safety
+/// `event` must be a live event, not destroyed during the call.
+unsafe fn dispatch<C: Reports>(
+    event: *mut rd::rd_kafka_event_t,
+    context: &C,
+    batch: &mut Vec<Report>,
+) {
+    // SAFETY (the whole body): `event` is live; the pointers it hands out live as long as it.
+    unsafe {
+        match rd::rd_kafka_event_type(event) {
+            rd::RD_KAFKA_EVENT_DR => {
+                batch.clear();
+                loop {
+                    let m = rd::rd_kafka_event_message_next(event);
+                    if m.is_null() {
+                        break;
+                    }
+                    let m = &*m;
+                    batch.push(Report {
+                        opaque: m._private as usize,
+                        error: (m.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+                            .then(|| m.err.into()),
+                        offset: m.offset,
+                    });
+                }
+                if !batch.is_empty() {
+                    context.reports(batch);
+                }
+            }
+            rd::RD_KAFKA_EVENT_STATS => {
+                let json = rd::rd_kafka_event_stats(event);
+                if !json.is_null() {
+                    context.stats_raw(CStr::from_ptr(json).to_bytes());
+                }
+            }
+            rd::RD_KAFKA_EVENT_ERROR => {
+                let code = rd::rd_kafka_event_error(event);
+                let reason = text(rd::rd_kafka_event_error_string(event));
+                context.error(KafkaError::Global(code.into()), reason.trim());
+            }
+            rd::RD_KAFKA_EVENT_LOG => {
+                let (mut fac, mut message, mut level) = (std::ptr::null(), std::ptr::null(), 0);
+                if rd::rd_kafka_event_log(event, &mut fac, &mut message, &mut level) == 0 {
+                    context.log(log_level(level), text(fac).trim(), text(message).trim());
+                }
+            }
+            // OAUTHBEARER token refreshes: weir's contexts do not make tokens (rdkafka's
+            // loop drops them the same way).
+            _ => {}
+        }
+    }
+}
+
+/// A C string librdkafka handed out, as text (empty when there is none).
+///
+/// # Safety
+/// `s` is null or a NUL-terminated string that outlives the result.
+unsafe fn text<'a>(s: *const std::ffi::c_char) -> std::borrow::Cow<'a, str> {
+    if s.is_null() {
+        return "".into();
+    }
+    // SAFETY: as the caller promises.
+    unsafe { CStr::from_ptr(s) }.to_string_lossy()
+}
+
+/// librdkafka's syslog level as rdkafka's type.
+fn log_level(level: i32) -> RDKafkaLogLevel {
+    match level {
+        0 => RDKafkaLogLevel::Emerg,
+        1 => RDKafkaLogLevel::Alert,
+        2 => RDKafkaLogLevel::Critical,
+        3 => RDKafkaLogLevel::Error,
+        4 => RDKafkaLogLevel::Warning,
+        5 => RDKafkaLogLevel::Notice,
+        6 => RDKafkaLogLevel::Info,
+        _ => RDKafkaLogLevel::Debug,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syslog_levels_map_to_rdkafka_levels() {
+        assert!(matches!(log_level(3), RDKafkaLogLevel::Error));
+        assert!(matches!(log_level(4), RDKafkaLogLevel::Warning));
+        assert!(matches!(log_level(7), RDKafkaLogLevel::Debug));
+        assert!(matches!(log_level(42), RDKafkaLogLevel::Debug));
+    }
+}
