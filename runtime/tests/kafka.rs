@@ -1235,7 +1235,7 @@ fn an_idle_weir_spins_no_thread_and_wakes_few() {
     let p = unique("idle");
     let weir = Weir::start(&config(&p), &[]);
     let pid = weir.child.id();
-    let names = ["weir-kafka-dr", "weir-control-dr"];
+    let names = ["weir-kafka-dr", "weir-control-dr", "weir-epoch"];
     let before = names.map(|n| thread_activity(pid, n));
     for (name, threads) in names.iter().zip(&before) {
         assert!(!threads.is_empty(), "no thread named {name}");

@@ -4,8 +4,7 @@
 
 use super::{LoadError, codes, log};
 use crate::priority::thread_cpu;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
@@ -146,7 +145,7 @@ struct Shared {
     engine: Engine,
     linker: Linker<State>,
     limits: Limits,
-    stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
     /// Every configured plugin's idle instances: a cache that gives its pool slots back
     /// when the pool is full.
     idle_lists: std::sync::Mutex<Vec<std::sync::Weak<IdleList>>>,
@@ -160,7 +159,68 @@ pub(super) type IdleList = std::sync::Mutex<Vec<(Instance, u32)>>;
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
+    }
+}
+
+/// The epoch thread's orders: it advances the epoch every [`TICK`] while any call into a
+/// plugin runs, and sleeps while none does (an idle weir then wakes no thread 200 times a
+/// second). Epoch deadlines count ticks from when a call is armed, so ticks not counted
+/// while idle take nothing from a call's budget.
+#[derive(Default)]
+struct Ticker {
+    state: Mutex<Ticking>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Ticking {
+    /// Calls into plugins running now.
+    running: usize,
+    stop: bool,
+}
+
+impl Ticker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ticking> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keep the epoch advancing until the returned guard goes.
+    fn run(self: &Arc<Self>) -> Running {
+        let mut t = self.lock();
+        t.running += 1;
+        if t.running == 1 {
+            self.wake.notify_one();
+        }
+        Running(self.clone())
+    }
+
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.wake.notify_one();
+    }
+
+    /// Wait until a call runs; `false` once told to stop.
+    fn wait_for_calls(&self) -> bool {
+        let mut t = self.lock();
+        while t.running == 0 && !t.stop {
+            t = self
+                .wake
+                .wait(t)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        !t.stop
+    }
+}
+
+/// A call into a plugin, running: the epoch advances while one lives.
+struct Running(Arc<Ticker>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.lock().running -= 1;
     }
 }
 
@@ -249,15 +309,14 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let ticker = engine.weak();
-        let flag = stop.clone();
+        let ticker = Arc::new(Ticker::default());
+        let (weak, orders) = (engine.weak(), ticker.clone());
         std::thread::Builder::new()
             .name("weir-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                while orders.wait_for_calls() {
                     std::thread::sleep(TICK);
-                    match ticker.upgrade() {
+                    match weak.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => break,
                     }
@@ -268,7 +327,7 @@ impl Sandbox {
             engine,
             linker,
             limits,
-            stop,
+            ticker,
             idle_lists: std::sync::Mutex::new(Vec::new()),
             waits: std::sync::OnceLock::new(),
         })))
@@ -561,6 +620,7 @@ impl Instance {
         store.limiter(|s| s);
         store.epoch_deadline_callback(|store| Ok(on_deadline(store.data())));
         store.set_epoch_deadline(ticks(sandbox.setup_budget(&limits)));
+        let running = sandbox.0.ticker.run();
         let plugin = match pre {
             Pre::Plain(pre) => pre.instantiate(&mut store).map(Exports::Plain),
             Pre::Packed(pre) => pre.instantiate(&mut store).map(Exports::Packed),
@@ -581,6 +641,7 @@ impl Instance {
                 _ => CallError::Instantiate(format!("{e:#}")),
             }
         })?;
+        drop(running);
         Ok(Instance {
             store,
             plugin,
@@ -592,8 +653,10 @@ impl Instance {
 
     /// Reset the call's state, give it `budget` of CPU time from now and let the host copy
     /// at most `output` bytes out of it (wasmtime's hostcall fuel bounds every string and
-    /// list lifted from the guest, as it is lifted).
-    fn arm(&mut self, budget: Duration, output: usize) {
+    /// list lifted from the guest, as it is lifted). The epoch advances while the returned
+    /// guard lives: hold it for the call.
+    #[must_use]
+    fn arm(&mut self, budget: Duration, output: usize) -> Running {
         self.store.set_hostcall_fuel(output);
         self.output_fuel = output;
         let state = self.store.data_mut();
@@ -602,6 +665,7 @@ impl Instance {
         state.cpu_start = thread_cpu();
         state.cpu_budget = budget;
         self.store.set_epoch_deadline(ticks(budget));
+        self.sandbox.0.ticker.run()
     }
 
     fn classify(&mut self, err: wasmtime::Error, budget: Duration) -> CallError {
@@ -663,23 +727,25 @@ impl Instance {
 
     pub(super) fn describe(&mut self) -> Result<PluginInfo, CallError> {
         let budget = self.sandbox.setup_budget(&self.limits);
-        self.arm(budget, self.output_bound(1));
-        match &self.plugin {
+        let running = self.arm(budget, self.output_bound(1));
+        let info = match &self.plugin {
             Exports::Plain(p) => p.call_describe(&mut self.store),
             Exports::Packed(p) => p.call_describe(&mut self.store),
             Exports::Framed(p) => p.call_describe(&mut self.store),
-        }
-        .map_err(|e| self.classify(e, budget))
+        };
+        drop(running);
+        info.map_err(|e| self.classify(e, budget))
     }
 
     pub(super) fn init(&mut self, config: &[(String, String)]) -> Result<(), CallError> {
         let budget = self.sandbox.setup_budget(&self.limits);
-        self.arm(budget, self.output_bound(1));
+        let running = self.arm(budget, self.output_bound(1));
         let result = match &self.plugin {
             Exports::Plain(p) => p.call_init(&mut self.store, config),
             Exports::Packed(p) => p.call_init(&mut self.store, config),
             Exports::Framed(p) => p.call_init(&mut self.store, config),
         };
+        drop(running);
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(CallError::Config(msg)),
@@ -705,7 +771,7 @@ impl Instance {
         };
         // Framed before the clock starts: the host's copy is not the plugin's time.
         let framed = matches!(self.plugin, Exports::Framed(_)).then(|| frame_batch(batch));
-        self.arm(budget, self.output_bound(batch.len()));
+        let running = self.arm(budget, self.output_bound(batch.len()));
         let outcomes = match &self.plugin {
             Exports::Plain(p) => p.call_process(&mut self.store, batch).map(Outcomes::Plain),
             Exports::Packed(p) => p
@@ -715,6 +781,7 @@ impl Instance {
                 .call_process_framed(&mut self.store, framed.as_deref().unwrap_or_default())
                 .map(Outcomes::Framed),
         };
+        drop(running);
         let used = thread_cpu().saturating_sub(self.store.data().cpu_start);
         outcomes
             .map(|o| (o, used))
