@@ -18,7 +18,8 @@
 //!   weir's `weir_ack_seconds` histogram (the broker hop on loopback is not included), the
 //!   part of it spent waiting on Kafka (`weir_produce_seconds`), and, for comparison, a raw
 //!   producer's send-to-answer latency at the same rate;
-//! - idle: then weir's CPU with nothing to do, over 4 s, by thread name.
+//! - idle: then weir's CPU with nothing to do, over 4 s, by thread name, and its threads'
+//!   wake-ups per second.
 //!
 //! `WEIR_BENCH_CONFIG` is appended to weir's config, e.g. `[kafka.properties]` to try a
 //! producer setting. `WEIR_BENCH_WEIR` runs another weir binary (a copy of an earlier
@@ -394,15 +395,16 @@ fn add_to(sums: &mut Vec<(String, f64)>, key: String, cpu: f64) {
 }
 
 /// What weir spends with nothing to do, over a few seconds: its total as a share of a core,
-/// then each thread name that used any (polling loops and tickers; an idle edge gateway pays
-/// for them all day).
+/// each thread name that used any, and how often its threads woke (polling loops and
+/// tickers; an idle edge gateway pays for them all day). CPU is counted in clock ticks:
+/// 0.25 % is one tick in 4 s.
 fn print_idle(pid: u32) {
     const SPAN: Duration = Duration::from_secs(4);
     let (cpu_start, _) = bed::proc_usage(pid);
-    let before = bed::threads_cpu(pid);
+    let (before, woken) = (bed::threads_cpu(pid), bed::threads_woken(pid));
     std::thread::sleep(SPAN);
     let (cpu_end, _) = bed::proc_usage(pid);
-    let after = bed::threads_cpu(pid);
+    let (after, woken_after) = (bed::threads_cpu(pid), bed::threads_woken(pid));
     let mut by_name = spent_by(&before, &after, str::to_owned);
     by_name.retain(|(_, cpu)| *cpu > 0.0);
     by_name.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -411,11 +413,20 @@ fn print_idle(pid: u32) {
         .iter()
         .map(|(name, cpu)| format!("{name} {:.2} %", share(*cpu)))
         .collect();
+    let wakeups: u64 = woken_after
+        .iter()
+        .filter_map(|(tid, (_, n))| Some(n - woken.get(tid)?.1))
+        .sum();
     println!(
-        "weir idle, {} s:                                {:>6.2} % of a core ({})",
+        "weir idle, {} s:                                {:>6.2} % of a core{}, {:.0} wake-ups/s",
         SPAN.as_secs(),
         share(cpu_end - cpu_start),
-        threads.join(", ")
+        if threads.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", threads.join(", "))
+        },
+        wakeups as f64 / SPAN.as_secs_f64()
     );
 }
 

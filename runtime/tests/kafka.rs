@@ -1196,35 +1196,6 @@ fn exactly_once_stops_start_up_when_kafka_refuses_the_transactional_id() {
     drop(node);
 }
 
-/// CPU time (user + system, in clock ticks) and voluntary context switches (waits that
-/// ended) of each of `pid`'s threads named `name`.
-fn thread_activity(pid: u32, name: &str) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // The fields after the name's closing parenthesis: state first, utime 12th.
-        let rest: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or(vec![], |(_, r)| r.split_whitespace().collect());
-        let field = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap();
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        let switches = status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap();
-        out.push((field(11) + field(12), switches));
-    }
-    out
-}
-
 /// An idle weir spins no thread and wakes few. Its Kafka event threads (its group's
 /// producer's and the control topic producer's) wait in librdkafka: rdkafka's own polling
 /// loop wakes ten times a second and spins for the last millisecond of every 100 ms, about
@@ -1236,19 +1207,27 @@ fn an_idle_weir_spins_no_thread_and_wakes_few() {
     let weir = Weir::start(&config(&p), &[]);
     let pid = weir.child.id();
     let names = ["weir-kafka-dr", "weir-control-dr", "weir-epoch"];
-    let before = names.map(|n| thread_activity(pid, n));
-    for (name, threads) in names.iter().zip(&before) {
-        assert!(!threads.is_empty(), "no thread named {name}");
+    let (cpu, woken) = (threads_cpu(pid), threads_woken(pid));
+    for name in names {
+        assert!(
+            cpu.values().any(|(n, _)| n == name),
+            "no thread named {name}"
+        );
     }
     std::thread::sleep(Duration::from_secs(5));
-    let after = names.map(|n| thread_activity(pid, n));
-    for ((name, b), a) in names.iter().zip(&before).zip(&after) {
-        for ((cpu_b, woke_b), (cpu_a, woke_a)) in b.iter().zip(a) {
-            let (cpu, woke) = (cpu_a - cpu_b, woke_a - woke_b);
-            assert!(cpu <= 1, "idle, {name} took {cpu} ticks of CPU in 5 s");
-            // The producer's statistics come once a second; a wait ends at least as often.
-            let most = if *name == "weir-epoch" { 2 } else { 15 };
-            assert!(woke <= most, "idle, {name} woke {woke} times in 5 s");
-        }
+    let (cpu_after, woken_after) = (threads_cpu(pid), threads_woken(pid));
+    for (tid, (name, after)) in &cpu_after {
+        let Some((_, before)) = cpu.get(tid).filter(|_| names.contains(&name.as_str())) else {
+            continue;
+        };
+        let ticks = ((after - before) * 100.0).round();
+        assert!(
+            ticks <= 1.0,
+            "idle, {name} took {ticks} ticks of CPU in 5 s"
+        );
+        let woke = woken_after[tid].1 - woken[tid].1;
+        // The producer's statistics come once a second; a wait ends at least as often.
+        let most = if name == "weir-epoch" { 2 } else { 15 };
+        assert!(woke <= most, "idle, {name} woke {woke} times in 5 s");
     }
 }

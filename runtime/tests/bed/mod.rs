@@ -888,6 +888,30 @@ pub fn threads_cpu(pid: u32) -> HashMap<u32, (String, f64)> {
         .collect()
 }
 
+/// Voluntary context switches (waits that ended) of each live thread of process `pid`, by
+/// thread id, with the thread's name.
+pub fn threads_woken(pid: u32) -> HashMap<u32, (String, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
+            let name = field("Name:")?.trim().to_owned();
+            Some((
+                tid,
+                (
+                    name,
+                    field("voluntary_ctxt_switches:")?.trim().parse().ok()?,
+                ),
+            ))
+        })
+        .collect()
+}
+
 /// Every thread of process `pid`: (name, nice value).
 pub fn thread_nice(pid: u32) -> Vec<(String, i32)> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
