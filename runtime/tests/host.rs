@@ -153,6 +153,31 @@ fn a_lone_infinite_loop_is_stopped_at_its_deadline() {
     );
 }
 
+/// Set-up calls are held to their deadline too: the epoch advances while any call into a
+/// plugin runs (`init` here; instantiation and `describe` take the same path), not only
+/// while messages are processed.
+#[test]
+fn an_init_that_spins_is_stopped_at_its_deadline() {
+    let plugin = host().load_file(&plugin_wasm("adversarial")).unwrap();
+    let started = Instant::now();
+    // On a thread of its own: were the call never stopped, the test fails instead of hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let configured = plugin.configure(vec![("init".into(), "loop".into())], "adversarial");
+        let _ = tx.send(configured.err());
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a spinning init was not stopped within 30 s")
+        .expect("a spinning init was refused");
+    assert!(err.contains("CPU time budget"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn output_is_deterministic_across_hosts() {
     let path = plugin_wasm("thermostat");

@@ -24,6 +24,8 @@
 //! | `headers:N`   | emits one record with N empty headers                  |
 //! | anything else | emits `{"text": <payload>}`                            |
 //!
+//! Configured with `init = "loop"`, its `init` spins forever (the set-up call's deadline).
+//!
 //! It is built twice (`cargo xtask plugins`):
 //! - 0.1.0 targets contract 1.2 (`framed-plugin`), as the SDK builds every plugin. The
 //!   `frame:*` payloads are what the SDK cannot express: a reply that breaks the frame's
@@ -36,7 +38,7 @@
 use serde_json::{Value, json};
 use weir_sdk::{Config, Emit, Message, Plugin, Record, Rejection};
 
-/// The plugin; no config.
+/// The plugin; its one config key is `init` (see the module's doc).
 #[derive(Debug)]
 pub struct Adversarial;
 
@@ -54,7 +56,13 @@ fn recurse(depth: u64, sink: &mut [u64; 16]) -> u64 {
 impl Plugin for Adversarial {
     type Record = Value;
 
-    fn init(_: &Config) -> Result<Self, String> {
+    fn init(config: &Config) -> Result<Self, String> {
+        if config.get("init") == Some("loop") {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
         Ok(Adversarial)
     }
 
