@@ -874,23 +874,33 @@ fn cpu_seconds(fields: &[&str]) -> Option<f64> {
 /// CPU seconds (user + system) of each live thread of process `pid`, by thread id, with
 /// the thread's name.
 pub fn threads_cpu(pid: u32) -> HashMap<u32, (String, f64)> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return HashMap::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| {
-            let tid = task.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let (name, fields) = stat_fields(&stat)?;
-            Some((tid, (name.to_owned(), cpu_seconds(&fields)?)))
-        })
-        .collect()
+    per_thread(pid, |task| {
+        let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+        let (name, fields) = stat_fields(&stat)?;
+        Some((name.to_owned(), cpu_seconds(&fields)?))
+    })
 }
 
 /// Voluntary context switches (waits that ended) of each live thread of process `pid`, by
 /// thread id, with the thread's name.
 pub fn threads_woken(pid: u32) -> HashMap<u32, (String, u64)> {
+    per_thread(pid, |task| {
+        let status = std::fs::read_to_string(task.join("status")).ok()?;
+        let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
+        let name = field("Name:")?.trim().to_owned();
+        Some((
+            name,
+            field("voluntary_ctxt_switches:")?.trim().parse().ok()?,
+        ))
+    })
+}
+
+/// `read` of each live thread of process `pid` (its `/proc/<pid>/task/<tid>` directory), by
+/// thread id; threads it reads nothing of are left out.
+fn per_thread<T>(
+    pid: u32,
+    read: impl Fn(&std::path::Path) -> Option<(String, T)>,
+) -> HashMap<u32, (String, T)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return HashMap::new();
     };
@@ -898,16 +908,7 @@ pub fn threads_woken(pid: u32) -> HashMap<u32, (String, u64)> {
         .flatten()
         .filter_map(|task| {
             let tid = task.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
-            let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
-            let name = field("Name:")?.trim().to_owned();
-            Some((
-                tid,
-                (
-                    name,
-                    field("voluntary_ctxt_switches:")?.trim().parse().ok()?,
-                ),
-            ))
+            Some((tid, read(&task.path())?))
         })
         .collect()
 }
