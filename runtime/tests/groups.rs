@@ -491,7 +491,7 @@ plugin_time_ms = {SPIN_MS}
 }
 
 /// The storming group's threads — its I/O threads, its transform worker and its Kafka
-/// producer's (librdkafka's and the polling thread) — run at its `nice`, the healthy
+/// producer's (librdkafka's and the event thread) — run at its `nice`, the healthy
 /// group's at weir's own.
 fn runs_at_its_own_priority(weir: &Weir) {
     let threads = thread_nice(weir.child.id());
@@ -520,7 +520,8 @@ fn runs_at_its_own_priority(weir: &Weir) {
     // storming group's runs at its priority.
     assert!(at("rdk:main").len() >= 3, "{all}");
     assert_eq!(niced("rdk:main"), 1, "{all}");
-    assert_eq!(niced("producer pollin"), 1, "{all}");
+    assert_eq!(at("weir-kafka-dr").len(), 2, "{all}");
+    assert_eq!(niced("weir-kafka-dr"), 1, "{all}");
 }
 
 /// A group whose devices publish valid messages over three times faster than its rate limit

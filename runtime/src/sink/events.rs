@@ -17,10 +17,8 @@ use rdkafka::ClientContext;
 use rdkafka::bindings as rd;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
-use rdkafka::message::{DeliveryResult, Message as _};
-use rdkafka::producer::BaseRecord;
-use rdkafka::producer::{BaseProducer, Producer as _, ProducerContext};
+use rdkafka::message::{DeliveryResult, Message as _, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -84,7 +82,7 @@ impl Drop for Queue {
     }
 }
 
-/// The polling thread and what stops it.
+/// The event thread and what stops it.
 struct Poller {
     stop: Arc<AtomicBool>,
     queue: Arc<Queue>,

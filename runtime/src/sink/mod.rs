@@ -1,8 +1,8 @@
 //! The sink stage: an idempotent, acks=all Kafka producer (rdkafka). Writes are enqueued in
 //! arrival order, each with a caller's [`Tag`]; Kafka's answers come back as tagged
 //! [`Answer`]s, filed by the producer's event thread ([`events`]) a batch at a time and
-//! taken in bulk (one wake-up for many answers, no future per write). Any librdkafka property can be set from config,
-//! except those the no-loss guarantee rests on.
+//! taken in bulk (one wake-up for many answers, no future per write). Any librdkafka
+//! property can be set from config, except those the no-loss guarantee rests on.
 //!
 //! Writes never expire (`message.timeout.ms=0`): while Kafka is down they wait, weir stops
 //! reading at its in-flight bound, and the MQTT broker keeps the backlog. A write that does
