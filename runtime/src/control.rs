@@ -817,7 +817,7 @@ impl Control {
             };
             last = self
                 .producer
-                .write(record, Duration::from_secs(30))
+                .write(record, Duration::from_secs(45))
                 .await
                 .map_err(|e| ControlError::Kafka {
                     topic: self.topic.clone(),

@@ -574,6 +574,18 @@ fn a_fatal_producer_error_stops_weir_run_with_an_error_and_loses_nothing() {
     written_after_restart(&p);
 }
 
+/// The thread that reads a producer's answers from librdkafka dying (a panic, through a
+/// failpoint of test builds, at the first answers) stops weir with its reason, instead of a
+/// weir whose writes are never acknowledged; what it held is written by the next run.
+#[test]
+fn a_kafka_event_thread_that_dies_stops_weir_with_an_error_and_loses_nothing() {
+    let p = unique("eventspanic");
+    let weir = Weir::start(&config(&p), &[("WEIR_FAILPOINT", "kafka-events-panic")]);
+    publish_reading(&p);
+    stops_naming(weir, "event thread panicked (failpoint kafka-events-panic)");
+    written_after_restart(&p);
+}
+
 /// The plugin lifecycle's follower (it records cutovers and converges on the pins) dying
 /// stops weir with its reason, instead of a weir whose promotes no longer take effect.
 #[test]

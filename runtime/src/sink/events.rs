@@ -22,7 +22,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,8 @@ struct Poller {
     stop: Arc<AtomicBool>,
     queue: Arc<Queue>,
     thread: Option<JoinHandle<()>>,
+    /// Why the thread ended while the producer lives (it panicked): no answer comes after.
+    ended: Arc<OnceLock<String>>,
 }
 
 impl Drop for Poller {
@@ -95,10 +97,8 @@ impl Drop for Poller {
         // SAFETY: the queue is live (`self.queue`). A yield sent while the thread is not
         // waiting is kept, and ends its next wait at once.
         unsafe { rd::rd_kafka_queue_yield(self.queue.0) };
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::error!("a Kafka producer's event thread panicked");
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -135,19 +135,34 @@ impl<C: Reports> Producer<C> {
             rd::rd_kafka_queue_get_main(producer.client().native_ptr())
         }));
         let stop = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(OnceLock::new());
         let context = producer.context().clone();
         let thread = std::thread::Builder::new().name(name.into()).spawn({
-            let (queue, stop) = (queue.clone(), stop.clone());
-            move || serve(&queue, &stop, &*context)
+            let (queue, stop, ended) = (queue.clone(), stop.clone(), ended.clone());
+            move || {
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve(&queue, &stop, &*context)
+                }));
+                if let Err(panic) = served {
+                    let _ = ended.set(format!("panicked ({})", crate::panic_message(&*panic)));
+                }
+            }
         })?;
         Ok(Producer {
             poller: Arc::new(Poller {
                 stop,
                 queue,
                 thread: Some(thread),
+                ended,
             }),
             producer: Arc::new(producer),
         })
+    }
+
+    /// Why the event thread ended, if it did while the producer lives: Kafka's answers are
+    /// no longer read, so nothing this producer writes is answered again.
+    pub fn events_ended(&self) -> Option<&str> {
+        self.poller.ended.get().map(String::as_str)
     }
 }
 
@@ -197,14 +212,28 @@ pub struct Record<'a> {
     pub headers: OwnedHeaders,
 }
 
+/// Why a write through [`Producer::write`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Kafka or librdkafka refused it.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The producer's event thread ended: Kafka's answers are not read.
+    #[error("the Kafka producer's event thread {0}; restart weir")]
+    Events(String),
+    /// No answer came in time.
+    #[error("Kafka did not answer within {0:?}")]
+    NoAnswer(Duration),
+}
+
 impl Producer<Waiters> {
-    /// Write `record` and wait for Kafka's answer: the offset it took. While librdkafka's
-    /// queue is full the write waits for room, up to `queue_timeout`.
-    pub async fn write(
-        &self,
-        record: Record<'_>,
-        queue_timeout: Duration,
-    ) -> Result<i64, KafkaError> {
+    /// Write `record` and wait for Kafka's answer: the offset it took. The whole write,
+    /// waiting for room in librdkafka's queue included, has `within` (longer than the
+    /// producer's `message.timeout.ms`, which bounds librdkafka's own retries).
+    pub async fn write(&self, record: Record<'_>, within: Duration) -> Result<i64, WriteError> {
+        if let Some(why) = self.events_ended() {
+            return Err(WriteError::Events(why.to_owned()));
+        }
         let waiters = self.producer.context();
         let id = waiters.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -226,7 +255,7 @@ impl Producer<Waiters> {
                 .key(record.key)
                 .payload(record.payload)
                 .headers(record.headers);
-        let deadline = Instant::now() + queue_timeout;
+        let deadline = Instant::now() + within;
         loop {
             match self.producer.send(base) {
                 Ok(()) => break,
@@ -238,15 +267,27 @@ impl Producer<Waiters> {
                 }
                 Err((e, _)) => {
                     forget();
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         }
-        // The sender goes only with the producer: a write purged then is not answered.
-        let report = rx.await.map_err(|_| KafkaError::Canceled)?;
-        match report.kafka_error() {
-            None => Ok(report.offset),
-            Some(e) => Err(e),
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answered = tokio::time::timeout(left, rx).await;
+        // Answered or not, the waiter goes: a late answer finds no one.
+        forget();
+        match answered {
+            // The sender goes only with the producer: a write purged then is not answered.
+            Ok(report) => {
+                let report = report.map_err(|_| KafkaError::Canceled)?;
+                match report.kafka_error() {
+                    None => Ok(report.offset),
+                    Some(e) => Err(e.into()),
+                }
+            }
+            Err(_) => Err(match self.events_ended() {
+                Some(why) => WriteError::Events(why.to_owned()),
+                None => WriteError::NoAnswer(within),
+            }),
         }
     }
 }

@@ -121,6 +121,8 @@ impl ProducerContext for Context {
 impl Reports for Context {
     /// File a batch of answers with one lock and one wake-up (on the event thread).
     fn reports(&self, reports: &[Report]) {
+        #[cfg(debug_assertions)]
+        panic_once_for_tests();
         let answers = reports.iter().map(|r| Answer {
             tag: r.opaque,
             result: match r.kafka_error() {
@@ -134,6 +136,19 @@ impl Reports for Context {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend(answers);
         self.answers.ready.notify_one();
+    }
+}
+
+/// Test builds only: with `WEIR_FAILPOINT=kafka-events-panic`, the first answers a sink's
+/// event thread files make it panic (once), so that the tests can show what `weir run` does
+/// when Kafka's answers stop being read.
+#[cfg(debug_assertions)]
+fn panic_once_for_tests() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if crate::failpoint_armed("kafka-events-panic")
+        && !DONE.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        panic!("failpoint kafka-events-panic");
     }
 }
 
@@ -420,6 +435,13 @@ impl Sink {
             let mut min_isr = HashMap::new();
             let mut described: Option<std::time::Instant> = None;
             loop {
+                if let Some(why) = producer.events_ended() {
+                    let why = format!(
+                        "the Kafka producer of {name} no longer reads Kafka's answers: its event thread {why}; weir stops so that its supervisor restarts it (what is unacknowledged stays with the MQTT broker)"
+                    );
+                    metrics.set_kafka_problem(&name, Some(why.clone()));
+                    return why;
+                }
                 // A fatal error (e.g. an idempotent producer fenced or out of sequence)
                 // leaves the producer unable to write again; retrying its writes would
                 // stall for ever.
