@@ -409,6 +409,60 @@ fn a_resumed_replay_does_not_skip_writes_that_were_refused() {
     assert_eq!(records.len(), n, "each record once, none skipped");
 }
 
+/// A replay whose producer's event thread dies (the first answers it reads panic it, through
+/// a failpoint of test builds) ends, counting the writes no answer will come for as failed,
+/// instead of waiting for ever; resumed, it writes every record.
+#[test]
+fn a_replay_whose_kafka_answers_stop_being_read_ends_and_resumes() {
+    let p = unique("evresume");
+    let cfg = config(&p).replace(
+        &format!("quarantine_topic = \"{p}.quarantine\""),
+        &format!("quarantine_topic = \"{p}.quarantine\"\nraw_topic = \"{p}.raw\""),
+    );
+    let weir = Weir::start(&cfg, &[]);
+    let n = 20;
+    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    for i in 0..n {
+        publisher.publish(
+            &format!("{p}/plant/1/thermostat/t{i}"),
+            format!(r#"{{"ts":{i},"temp_c":21.5}}"#),
+            &[],
+        );
+    }
+    publisher.flush();
+    assert_eq!(count(&format!("{p}.raw"), n, Duration::from_secs(60)), n);
+    let (status, log) = weir.stop();
+    assert!(status.success(), "{log}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let to = format!("{p}.again");
+    let args = ["--from", &format!("{p}.raw"), "--to", &to, "--resume"];
+    // On a thread: were the replay to wait for ever, the test fails instead of hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (first_path, first_args) = (path.clone(), args.map(str::to_owned));
+    std::thread::spawn(move || {
+        let args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+        let _ = tx.send(replay(
+            &first_path,
+            &[("WEIR_FAILPOINT", "kafka-events-panic")],
+            &args,
+        ));
+    });
+    let (_, first, err) = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("a replay whose Kafka answers stop being read ends");
+    assert!(first["failed"].as_u64().unwrap_or(0) > 0, "{first} {err}");
+    assert!(err.contains("event thread"), "{err}");
+    let (code, second, err) = replay(&path, &[], &args);
+    assert_eq!(code, 0, "{second} {err}");
+    assert_eq!(second["failed"], 0, "{second}");
+    // At least once: what Kafka took before its answer was lost may be there twice.
+    let records = consume(&to, 2 * n, Duration::from_secs(20), Duration::from_secs(2));
+    let values: std::collections::HashSet<_> = records.iter().map(|r| r.value.clone()).collect();
+    assert_eq!(values.len(), n, "every record written");
+}
+
 /// The thermostat in Rust, Python and TypeScript side by side in one `weir run`, fed the
 /// same stream: every record they publish is the same Avro, byte for byte; then
 /// `weir replay` re-runs the whole raw capture (each plugin by the sha256 each message

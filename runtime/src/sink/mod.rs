@@ -567,12 +567,27 @@ impl Sink {
     }
 
     /// Wait until at most `keep` of `outstanding` writes are unanswered; returns how many
-    /// of those answered failed. For callers that count writes rather than track each.
+    /// of those answered failed. For callers that count writes rather than track each. If
+    /// the producer's event thread has ended, no answer can come: every outstanding write
+    /// counts as failed.
     pub async fn settle(&self, outstanding: &mut usize, keep: usize) -> usize {
         let mut failed = 0;
         let mut got = Vec::new();
         while *outstanding > keep {
-            self.answers(&mut got).await;
+            tokio::select! {
+                () = self.answers(&mut got) => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if let Some(why) = self.producer.events_ended() {
+                        tracing::error!(
+                            producer = %self.name,
+                            "{} writes will not be answered: the Kafka producer's event thread {why}",
+                            *outstanding
+                        );
+                        failed += std::mem::take(outstanding);
+                        break;
+                    }
+                }
+            }
             *outstanding = outstanding.saturating_sub(got.len());
             failed += got.iter().filter(|a| a.result.is_err()).count();
             got.clear();
