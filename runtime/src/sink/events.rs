@@ -242,13 +242,9 @@ impl Producer<Waiters> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id, tx);
-        let forget = || {
-            waiters
-                .waiting
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&id);
-        };
+        // However the write ends (answered, refused, timed out, or the caller gone), its
+        // waiter goes with it: a late answer finds no one.
+        let _forget = Forget(waiters, id);
         let mut base: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(record.topic, id)
                 .partition(record.partition)
@@ -265,17 +261,11 @@ impl Producer<Waiters> {
                     base = b;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err((e, _)) => {
-                    forget();
-                    return Err(e.into());
-                }
+                Err((e, _)) => return Err(e.into()),
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let answered = tokio::time::timeout(left, rx).await;
-        // Answered or not, the waiter goes: a late answer finds no one.
-        forget();
-        match answered {
+        match tokio::time::timeout(left, rx).await {
             // The sender goes only with the producer: a write purged then is not answered.
             Ok(report) => {
                 let report = report.map_err(|_| KafkaError::Canceled)?;
@@ -289,6 +279,19 @@ impl Producer<Waiters> {
                 None => WriteError::NoAnswer(within),
             }),
         }
+    }
+}
+
+/// Removes a write's waiter when dropped.
+struct Forget<'a>(&'a Waiters, usize);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.1);
     }
 }
 
