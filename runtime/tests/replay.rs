@@ -368,17 +368,14 @@ fn an_interrupted_resumable_replay_finishes_without_duplicates() {
     }
 }
 
-/// A resumable replay whose writes Kafka refuses for good records no progress past them:
-/// run again once the target takes the records, it replays them instead of skipping them.
-#[test]
-fn a_resumed_replay_does_not_skip_writes_that_were_refused() {
-    let p = unique("refresume");
-    let cfg = config(&p).replace(
+/// A config for `p` with a raw capture topic (`{p}.raw`), and `n` readings captured there
+/// by a `weir run` that then stops.
+fn captured(p: &str, n: usize) -> String {
+    let cfg = config(p).replace(
         &format!("quarantine_topic = \"{p}.quarantine\""),
         &format!("quarantine_topic = \"{p}.quarantine\"\nraw_topic = \"{p}.raw\""),
     );
     let weir = Weir::start(&cfg, &[]);
-    let n = 20;
     let mut publisher = Publisher::new(&format!("{p}-pub"));
     for i in 0..n {
         publisher.publish(
@@ -391,6 +388,16 @@ fn a_resumed_replay_does_not_skip_writes_that_were_refused() {
     assert_eq!(count(&format!("{p}.raw"), n, Duration::from_secs(60)), n);
     let (status, log) = weir.stop();
     assert!(status.success(), "{log}");
+    cfg
+}
+
+/// A resumable replay whose writes Kafka refuses for good records no progress past them:
+/// run again once the target takes the records, it replays them instead of skipping them.
+#[test]
+fn a_resumed_replay_does_not_skip_writes_that_were_refused() {
+    let p = unique("refresume");
+    let n = 20;
+    let cfg = captured(&p, n);
     let to = format!("{p}.again");
     // Too small for any replayed record: every write is refused for good.
     create_topic_with(&kafka(), &to, &[("max.message.bytes", "100")]);
@@ -415,24 +422,8 @@ fn a_resumed_replay_does_not_skip_writes_that_were_refused() {
 #[test]
 fn a_replay_whose_kafka_answers_stop_being_read_ends_and_resumes() {
     let p = unique("evresume");
-    let cfg = config(&p).replace(
-        &format!("quarantine_topic = \"{p}.quarantine\""),
-        &format!("quarantine_topic = \"{p}.quarantine\"\nraw_topic = \"{p}.raw\""),
-    );
-    let weir = Weir::start(&cfg, &[]);
     let n = 20;
-    let mut publisher = Publisher::new(&format!("{p}-pub"));
-    for i in 0..n {
-        publisher.publish(
-            &format!("{p}/plant/1/thermostat/t{i}"),
-            format!(r#"{{"ts":{i},"temp_c":21.5}}"#),
-            &[],
-        );
-    }
-    publisher.flush();
-    assert_eq!(count(&format!("{p}.raw"), n, Duration::from_secs(60)), n);
-    let (status, log) = weir.stop();
-    assert!(status.success(), "{log}");
+    let cfg = captured(&p, n);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, &cfg).unwrap();
