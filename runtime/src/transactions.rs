@@ -598,7 +598,7 @@ async fn attempt_once(
             .await;
         sent.sent(result, None);
     }
-    sent.answered(&session.sink).await;
+    sent.answered(&session.sink).await?;
     let done = batch.settle(sent.results);
     if let Some(why) = sent.failed {
         return Err(TxnError::Abort(format!("Kafka refused a write: {why}")));
@@ -666,11 +666,21 @@ impl Sent {
         }
     }
 
-    /// Wait for Kafka's answer to every write handed over.
-    async fn answered(&mut self, sink: &Sink) {
+    /// Wait for Kafka's answer to every write handed over. Fatal when the producer's event
+    /// thread has ended: no answer can come, and this producer can write no more.
+    async fn answered(&mut self, sink: &Sink) -> Result<(), TxnError> {
         let mut answers: Vec<Answer> = Vec::new();
         while self.outstanding > 0 {
-            sink.answers(&mut answers).await;
+            tokio::select! {
+                () = sink.answers(&mut answers) => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if let Some(why) = sink.events_ended() {
+                        return Err(TxnError::Fatal(format!(
+                            "Kafka's answers are no longer read: the producer's event thread {why}"
+                        )));
+                    }
+                }
+            }
             for a in answers.drain(..) {
                 let k = a.tag.wrapping_sub(self.base);
                 if k > self.places.len() {
@@ -686,6 +696,7 @@ impl Sent {
                 }
             }
         }
+        Ok(())
     }
 }
 

@@ -586,6 +586,35 @@ fn a_kafka_event_thread_that_dies_stops_weir_with_an_error_and_loses_nothing() {
     written_after_restart(&p);
 }
 
+/// The same under exactly once: the session's transactional producer's event thread dying
+/// stops weir with its reason, and the QoS 2 message is written by the next run.
+#[test]
+fn an_exactly_once_sessions_event_thread_that_dies_stops_weir_with_an_error() {
+    let p = unique("eoevents");
+    let exactly_once = config(&p).replace(
+        &format!("subscriptions = [\"{p}/#\"]"),
+        &format!("subscriptions = [\"{p}/#\"]\nexactly_once = true"),
+    );
+    let weir = Weir::start(&exactly_once, &[("WEIR_FAILPOINT", "kafka-events-panic")]);
+    let mut publisher = Publisher::at_qos(&mqtt_url(), &format!("{p}-pub"), 2);
+    publisher.publish(
+        &format!("{p}/plant/1/thermostat/t-1"),
+        r#"{"ts":7,"temp_c":19}"#,
+        &[],
+    );
+    publisher.flush();
+    stops_naming(weir, "event thread panicked (failpoint kafka-events-panic)");
+    let weir = Weir::start(&exactly_once, &[]);
+    let records = consume(
+        &format!("{p}.thermostat"),
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    assert!(ts_counts(&records).get(&7).is_some_and(|n| *n >= 1));
+    drop(weir);
+}
+
 /// The plugin lifecycle's follower (it records cutovers and converges on the pins) dying
 /// stops weir with its reason, instead of a weir whose promotes no longer take effect.
 #[test]

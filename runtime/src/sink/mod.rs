@@ -566,6 +566,11 @@ impl Sink {
         }
     }
 
+    /// Why the producer's event thread ended, if it did: no answer comes after that.
+    pub fn events_ended(&self) -> Option<String> {
+        self.producer.events_ended().map(str::to_owned)
+    }
+
     /// Wait until at most `keep` of `outstanding` writes are unanswered; returns how many
     /// of those answered failed. For callers that count writes rather than track each. If
     /// the producer's event thread has ended, no answer can come: every outstanding write
@@ -577,7 +582,7 @@ impl Sink {
             tokio::select! {
                 () = self.answers(&mut got) => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {
-                    if let Some(why) = self.producer.events_ended() {
+                    if let Some(why) = self.events_ended() {
                         tracing::error!(
                             producer = %self.name,
                             "{} writes will not be answered: the Kafka producer's event thread {why}",
