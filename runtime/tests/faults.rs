@@ -500,7 +500,12 @@ fn a_refused_subscription_stops_start_up_naming_the_filter() {
 
 /// One thermostat reading (`ts` 7) on the test's topics.
 fn publish_reading(p: &str) {
-    let mut publisher = Publisher::new(&format!("{p}-pub"));
+    publish_reading_at(p, 1);
+}
+
+/// [`publish_reading`] at QoS `qos`.
+fn publish_reading_at(p: &str, qos: u8) {
+    let mut publisher = Publisher::at_qos(&mqtt_url(), &format!("{p}-pub"), qos);
     publisher.publish(
         &format!("{p}/plant/1/thermostat/t-1"),
         r#"{"ts":7,"temp_c":19}"#,
@@ -551,7 +556,12 @@ fn a_courier_or_session_that_dies_stops_weir_with_an_error_and_loses_nothing() {
 /// The reading `publish_reading` sent is in Kafka once weir runs again without the
 /// failpoint: once, or twice when it was written but not acknowledged before the exit.
 fn written_after_restart(p: &str) {
-    let weir = Weir::start(&config(p), &[]);
+    written_after_restart_on(p, &config(p));
+}
+
+/// [`written_after_restart`] with weir on `config`.
+fn written_after_restart_on(p: &str, config: &str) {
+    let weir = Weir::start(config, &[]);
     let records = consume(
         &format!("{p}.thermostat"),
         1,
@@ -596,23 +606,9 @@ fn an_exactly_once_sessions_event_thread_that_dies_stops_weir_with_an_error() {
         &format!("subscriptions = [\"{p}/#\"]\nexactly_once = true"),
     );
     let weir = Weir::start(&exactly_once, &[("WEIR_FAILPOINT", "kafka-events-panic")]);
-    let mut publisher = Publisher::at_qos(&mqtt_url(), &format!("{p}-pub"), 2);
-    publisher.publish(
-        &format!("{p}/plant/1/thermostat/t-1"),
-        r#"{"ts":7,"temp_c":19}"#,
-        &[],
-    );
-    publisher.flush();
+    publish_reading_at(&p, 2);
     stops_naming(weir, "event thread panicked (failpoint kafka-events-panic)");
-    let weir = Weir::start(&exactly_once, &[]);
-    let records = consume(
-        &format!("{p}.thermostat"),
-        1,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-    );
-    assert!(ts_counts(&records).get(&7).is_some_and(|n| *n >= 1));
-    drop(weir);
+    written_after_restart_on(&p, &exactly_once);
 }
 
 /// The plugin lifecycle's follower (it records cutovers and converges on the pins) dying
