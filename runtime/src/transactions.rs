@@ -671,16 +671,11 @@ impl Sent {
     async fn answered(&mut self, sink: &Sink) -> Result<(), TxnError> {
         let mut answers: Vec<Answer> = Vec::new();
         while self.outstanding > 0 {
-            tokio::select! {
-                () = sink.answers(&mut answers) => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {
-                    if let Some(why) = sink.events_ended() {
-                        return Err(TxnError::Fatal(format!(
-                            "Kafka's answers are no longer read: the producer's event thread {why}"
-                        )));
-                    }
-                }
-            }
+            sink.answers_while_read(&mut answers).await.map_err(|why| {
+                TxnError::Fatal(format!(
+                    "Kafka's answers are no longer read: the producer's event thread {why}"
+                ))
+            })?;
             for a in answers.drain(..) {
                 let k = a.tag.wrapping_sub(self.base);
                 if k > self.places.len() {

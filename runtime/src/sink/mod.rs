@@ -571,6 +571,21 @@ impl Sink {
         self.producer.events_ended().map(str::to_owned)
     }
 
+    /// [`Sink::answers`] for callers that would otherwise wait for ever: once a second
+    /// without answers it checks the event thread, and gives up with the reason it ended.
+    pub async fn answers_while_read(&self, out: &mut Vec<Answer>) -> Result<(), String> {
+        loop {
+            tokio::select! {
+                () = self.answers(out) => return Ok(()),
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if let Some(why) = self.events_ended() {
+                        return Err(why);
+                    }
+                }
+            }
+        }
+    }
+
     /// Wait until at most `keep` of `outstanding` writes are unanswered; returns how many
     /// of those answered failed. For callers that count writes rather than track each. If
     /// the producer's event thread has ended, no answer can come: every outstanding write
@@ -579,19 +594,14 @@ impl Sink {
         let mut failed = 0;
         let mut got = Vec::new();
         while *outstanding > keep {
-            tokio::select! {
-                () = self.answers(&mut got) => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {
-                    if let Some(why) = self.events_ended() {
-                        tracing::error!(
-                            producer = %self.name,
-                            "{} writes will not be answered: the Kafka producer's event thread {why}",
-                            *outstanding
-                        );
-                        failed += std::mem::take(outstanding);
-                        break;
-                    }
-                }
+            if let Err(why) = self.answers_while_read(&mut got).await {
+                tracing::error!(
+                    producer = %self.name,
+                    "{} writes will not be answered: the Kafka producer's event thread {why}",
+                    *outstanding
+                );
+                failed += std::mem::take(outstanding);
+                break;
             }
             *outstanding = outstanding.saturating_sub(got.len());
             failed += got.iter().filter(|a| a.result.is_err()).count();
