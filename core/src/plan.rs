@@ -22,7 +22,7 @@ use crate::headers as h;
 use crate::message::{Message, OVERSIZE_PREFIX, Oversize};
 use crate::outcome::Outcome;
 use crate::route::{self, KeyTemplate, Rule};
-use crate::write::{Failure, HeaderField, Headers, SharedHeaders, Write};
+use crate::write::{Failure, HeaderField, HeaderList, Headers, SharedHeaders, Write};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -274,36 +274,27 @@ impl Topology {
 }
 
 /// Headers every write of a message carries: its id, MQTT topic, receive time, retained
-/// flag, user properties, built once as a list its writes share. Each value has a buffer of
-/// its own: no write clones a value, so slices of one buffer would only add a promotion and
-/// atomic counts.
+/// flag, content type and user properties, built once as a list its writes share.
 fn message_headers(input: &Input) -> SharedHeaders {
     let m = &input.message;
-    let mut at = itoa::Buffer::new();
-    let at = at.format(m.received_at_ms);
-    let mut out = Vec::with_capacity(5 + m.properties.len());
-    out.push((
-        h::MESSAGE_ID.into(),
-        Bytes::copy_from_slice(input.id.as_bytes()),
-    ));
-    out.push((
-        h::MQTT_TOPIC.into(),
-        Bytes::copy_from_slice(m.topic.as_bytes()),
-    ));
-    out.push((h::RECEIVED_AT.into(), Bytes::copy_from_slice(at.as_bytes())));
+    // Room for the usual values: id, topic and a time of up to 20 digits.
+    let mut list = HeaderList::with_capacity(input.id.len() + m.topic.len() + 20);
+    list.push(h::MESSAGE_ID, input.id.as_bytes());
+    list.push(h::MQTT_TOPIC, m.topic.as_bytes());
+    list.push(
+        h::RECEIVED_AT,
+        itoa::Buffer::new().format(m.received_at_ms).as_bytes(),
+    );
     if input.retained {
-        out.push((h::MQTT_RETAINED.into(), Bytes::from_static(b"true")));
+        list.push(h::MQTT_RETAINED, b"true");
     }
     if let Some(ct) = &m.content_type {
-        out.push((h::MQTT_CONTENT_TYPE.into(), Bytes::from(ct.clone())));
+        list.push(h::MQTT_CONTENT_TYPE, ct.as_bytes());
     }
     for (k, v) in &m.properties {
-        out.push((
-            Cow::Owned(format!("{}{k}", h::USER_PROPERTY_PREFIX)),
-            Bytes::from(v.clone()),
-        ));
+        list.push(format!("{}{k}", h::USER_PROPERTY_PREFIX), v.as_bytes());
     }
-    out.into()
+    Arc::new(list)
 }
 
 /// Cut `s` to at most `max` bytes on a character boundary, marking the cut.
@@ -384,9 +375,9 @@ impl Delivery {
             ));
         }
         if let Some(ci) = self.cohort {
-            headers.extend(topo.cohorts[ci].identity.iter().cloned());
+            extend(&mut headers, &topo.cohorts[ci].identity);
         }
-        headers.extend(message_headers(&self.input).iter().cloned());
+        extend(&mut headers, &message_headers(&self.input));
         if let Some(o) = &self.input.oversize {
             push_truncation(&mut headers, o.size, &o.sha256);
         }
@@ -552,6 +543,14 @@ impl Delivery {
     }
 }
 
+/// Copy a shared list's fields to the end of `headers`.
+fn extend(headers: &mut Vec<HeaderField>, list: &HeaderList) {
+    headers.extend(
+        list.iter()
+            .map(|(name, value)| (name.clone(), Bytes::copy_from_slice(value))),
+    );
+}
+
 fn push_truncation(headers: &mut Vec<HeaderField>, size: u64, sha256: &str) {
     headers.push((h::PAYLOAD_TRUNCATED.into(), Bytes::from_static(b"true")));
     headers.push((h::PAYLOAD_SIZE.into(), Bytes::from(size.to_string())));
@@ -576,7 +575,7 @@ mod tests {
                 key: KeyTemplate::parse("{field.id}").unwrap(),
                 schema_id: 7,
                 schema: AvroSchema::parse(SCHEMA).unwrap(),
-                identity: vec![(h::COHORT.into(), Bytes::from_static(b"c"))].into(),
+                identity: Arc::new(vec![(h::COHORT.into(), Bytes::from_static(b"c"))].into()),
             }],
             rules: vec![Rule {
                 filter: "d/#".into(),
@@ -618,7 +617,7 @@ mod tests {
     fn header<'a>(w: &'a Write, name: &str) -> Option<&'a str> {
         w.headers
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| *k == name)
             .map(|(_, v)| std::str::from_utf8(v).unwrap())
     }
 

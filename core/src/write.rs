@@ -11,10 +11,65 @@ use std::sync::Arc;
 /// are `Bytes`, cheap to clone where a field is copied (a quarantine entry's headers).
 pub type HeaderField = (Cow<'static, str>, Bytes);
 
+/// Header fields held together: the names, and the values end to end in one buffer. A
+/// message's list is then two allocations (its `Arc` and the buffer), where a list of
+/// separately owned values was one per value, the list and the `Arc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderList {
+    /// Each name, with the end of its value in `bytes` (it starts where the one before ends).
+    names: SmallVec<[(Cow<'static, str>, usize); 6]>,
+    bytes: Vec<u8>,
+}
+
+impl HeaderList {
+    /// An empty list with room for `bytes` bytes of values.
+    pub fn with_capacity(bytes: usize) -> Self {
+        HeaderList {
+            names: SmallVec::new(),
+            bytes: Vec::with_capacity(bytes),
+        }
+    }
+
+    /// Add a field after the others.
+    pub fn push(&mut self, name: impl Into<Cow<'static, str>>, value: &[u8]) {
+        self.bytes.extend_from_slice(value);
+        self.names.push((name.into(), self.bytes.len()));
+    }
+
+    /// Every field, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Cow<'static, str>, &[u8])> {
+        let mut start = 0;
+        self.names.iter().map(move |(name, end)| {
+            let value = &self.bytes[start..*end];
+            start = *end;
+            (name, value)
+        })
+    }
+
+    /// How many fields.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// No fields at all.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+impl From<Vec<HeaderField>> for HeaderList {
+    fn from(fields: Vec<HeaderField>) -> Self {
+        let mut list = HeaderList::default();
+        for (name, value) in fields {
+            list.push(name, &value);
+        }
+        list
+    }
+}
+
 /// Headers held in common: a plugin version's identity (every record of the version) or a
-/// message's own headers (every write of the message). An `Arc<Vec>` rather than an
-/// `Arc<[_]>`: a message's list is built as a `Vec` and moved in whole, not copied.
-pub type SharedHeaders = Arc<Vec<HeaderField>>;
+/// message's own headers (every write of the message).
+pub type SharedHeaders = Arc<HeaderList>;
 
 /// A write's headers, in order: the shared lists, then the write's own fields.
 ///
@@ -37,8 +92,11 @@ impl Headers {
     }
 
     /// Every field, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &HeaderField> {
-        self.shared.iter().flat_map(|l| l.iter()).chain(&self.own)
+    pub fn iter(&self) -> impl Iterator<Item = (&Cow<'static, str>, &[u8])> {
+        self.shared
+            .iter()
+            .flat_map(|l| l.iter())
+            .chain(self.own.iter().map(|(name, value)| (name, value.as_ref())))
     }
 
     /// How many fields.
@@ -61,7 +119,10 @@ impl Headers {
         if !self.shared.is_empty() {
             let mut all: Vec<HeaderField> = Vec::with_capacity(self.len());
             for list in self.shared.drain(..) {
-                all.extend(list.iter().cloned());
+                all.extend(
+                    list.iter()
+                        .map(|(name, value)| (name.clone(), Bytes::copy_from_slice(value))),
+                );
             }
             all.append(&mut self.own);
             self.own = all;
@@ -137,14 +198,18 @@ mod tests {
         (k.into(), Bytes::from_static(v.as_bytes()))
     }
 
+    fn shared(fields: Vec<HeaderField>) -> SharedHeaders {
+        Arc::new(HeaderList::from(fields))
+    }
+
     fn names(h: &Headers) -> Vec<&str> {
         h.iter().map(|(k, _)| k.as_ref()).collect()
     }
 
     #[test]
     fn shared_lists_come_first_in_order_then_the_writes_own() {
-        let identity: SharedHeaders = vec![field("a", "1"), field("b", "2")].into();
-        let message: SharedHeaders = vec![field("c", "3")].into();
+        let identity = shared(vec![field("a", "1"), field("b", "2")]);
+        let message = shared(vec![field("c", "3")]);
         let mut h = Headers::shared([identity.clone(), message]);
         h.push(field("d", "4"));
         assert_eq!(names(&h), ["a", "b", "c", "d"]);
@@ -155,21 +220,43 @@ mod tests {
 
     #[test]
     fn equality_is_of_the_fields_however_held() {
-        let shared = Headers::shared([SharedHeaders::from(vec![field("a", "1")])]);
-        assert_eq!(shared, Headers::from(vec![field("a", "1")]));
-        assert_ne!(shared, Headers::from(vec![field("a", "2")]));
-        assert_ne!(shared, Headers::default());
+        let held = Headers::shared([shared(vec![field("a", "1")])]);
+        assert_eq!(held, Headers::from(vec![field("a", "1")]));
+        assert_ne!(held, Headers::from(vec![field("a", "2")]));
+        assert_ne!(held, Headers::default());
         assert!(Headers::default().is_empty());
     }
 
     #[test]
     fn changing_fields_copies_the_shared_ones_and_leaves_the_lists_alone() {
-        let identity: SharedHeaders = vec![field("a", "1"), field("b", "2")].into();
+        let identity = shared(vec![field("a", "1"), field("b", "2")]);
         let mut h = Headers::shared([identity.clone()]);
         h.push(field("c", "3"));
         h.to_mut().retain(|(k, _)| k != "b");
         assert_eq!(names(&h), ["a", "c"]);
         assert_eq!(identity.len(), 2);
         assert_eq!(Arc::strong_count(&identity), 1);
+    }
+
+    #[test]
+    fn a_list_gives_back_each_value_whole_and_in_order() {
+        let mut list = HeaderList::default();
+        list.push("id", b"r-1");
+        list.push("empty", b"");
+        let long = vec![b'x'; 1000];
+        list.push(String::from("mqtt.site"), &long);
+        list.push("last", b"z");
+        let fields: Vec<(&str, &[u8])> = list.iter().map(|(k, v)| (k.as_ref(), v)).collect();
+        assert_eq!(
+            fields,
+            [
+                ("id", &b"r-1"[..]),
+                ("empty", b""),
+                ("mqtt.site", &long),
+                ("last", b"z")
+            ]
+        );
+        assert_eq!(list.len(), 4);
+        assert!(HeaderList::default().is_empty());
     }
 }

@@ -252,15 +252,17 @@ pub fn cohort_plan(
         key: c.key_template.clone(),
         schema_id,
         schema: AvroSchema::clone(plugin.schema()),
-        identity: vec![
-            (weir_core::headers::PLUGIN.into(), info.id().into()),
-            (
-                weir_core::headers::PLUGIN_SHA256.into(),
-                info.sha256.clone().into(),
-            ),
-            (weir_core::headers::COHORT.into(), c.name.clone().into()),
-        ]
-        .into(),
+        identity: std::sync::Arc::new(
+            vec![
+                (weir_core::headers::PLUGIN.into(), info.id().into()),
+                (
+                    weir_core::headers::PLUGIN_SHA256.into(),
+                    info.sha256.clone().into(),
+                ),
+                (weir_core::headers::COHORT.into(), c.name.clone().into()),
+            ]
+            .into(),
+        ),
     }
 }
 

@@ -522,7 +522,7 @@ impl Sink {
         for (k, v) in w.headers.iter() {
             headers = headers.insert(Header {
                 key: k,
-                value: Some(v.as_ref()),
+                value: Some(v),
             });
         }
         let mut record: BaseRecord<'_, [u8], [u8], Tag> = BaseRecord::with_opaque_to(&w.topic, tag)
