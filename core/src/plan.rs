@@ -416,7 +416,7 @@ impl Delivery {
     pub fn settle(
         &mut self,
         topo: &Topology,
-        results: Vec<((Kind, Write), Result<(), Failure>)>,
+        results: impl IntoIterator<Item = ((Kind, Write), Result<(), Failure>)>,
     ) -> Next {
         let mut round = Round::default();
         // Which of the message's records each record result is (results come in the order
@@ -751,7 +751,7 @@ mod tests {
             Some(Outcome::Emit(vec![record("a"), record("b"), record("c")])),
         );
         let writes = sent(d.start());
-        let results = writes
+        let results: Vec<_> = writes
             .into_iter()
             .enumerate()
             .map(|(i, w)| {
@@ -794,7 +794,7 @@ mod tests {
             Some(0),
             Some(Outcome::Emit(vec![record("a"), record("b"), record("c")])),
         );
-        let results = sent(d.start())
+        let results: Vec<_> = sent(d.start())
             .into_iter()
             .enumerate()
             .map(|(i, w)| {
@@ -809,7 +809,7 @@ mod tests {
         let refused = retried
             .into_iter()
             .map(|w| (w, Err(Failure::TooLarge("MessageSizeTooLarge".into()))))
-            .collect();
+            .collect::<Vec<_>>();
         let q = sent(d.settle(&t, refused));
         assert_eq!(header(&q[0].1, h::ERROR_RECORDS_PUBLISHED), Some("2"));
         assert_eq!(header(&q[0].1, h::ERROR_RECORDS_REFUSED), Some("0"));
@@ -881,7 +881,7 @@ mod tests {
             writes
                 .into_iter()
                 .map(|w| (w, Err(Failure::TooLarge("too large".into()))))
-                .collect()
+                .collect::<Vec<_>>()
         };
         let Next::Send {
             writes,
@@ -937,7 +937,7 @@ mod tests {
         );
         let mut writes = sent(d.start());
         for _ in 0..20 {
-            let results = writes
+            let results: Vec<_> = writes
                 .into_iter()
                 .enumerate()
                 .map(|(i, w)| {
@@ -981,7 +981,7 @@ mod tests {
             let results = writes
                 .into_iter()
                 .map(|w| (w, Err(Failure::Permanent("InvalidRecord".into()))))
-                .collect();
+                .collect::<Vec<_>>();
             let Next::Send {
                 writes: w,
                 after,

@@ -307,27 +307,33 @@ impl<W: Writes, A: Acks> Courier<W, A> {
         );
         let writes = std::mem::take(&mut f.writes);
         let results = std::mem::take(&mut f.results);
-        let mut settled = Vec::with_capacity(writes.len());
-        for ((kind, w), r) in writes.into_iter().zip(results) {
-            let r = r.unwrap_or_else(|| Err(Failure::Transient("no answer from Kafka".into())));
-            if let Err(e) = &r {
-                let label = match kind {
-                    Kind::Raw => "raw",
-                    Kind::Record => "record",
-                    Kind::Quarantine => "quarantine",
-                };
-                self.metrics
-                    .write_retries
-                    .get_or_create(&KindLabel { kind: label.into() })
-                    .inc();
-                if let Failure::Unauthorized(_) = e {
-                    tracing::error!(kind = label, topic = %w.topic, mqtt_topic = %Untrusted(&f.delivery.input().message.topic), error = e.reason(), "Kafka does not let weir's principal write this topic; the message is held, unacknowledged, until it may: grant the principal WRITE (and DESCRIBE) on the topic, e.g. kafka-acls --add --allow-principal User:<weir's principal> --operation Write --operation Describe --topic <topic>");
-                } else {
-                    tracing::error!(kind = label, topic = %w.topic, mqtt_topic = %Untrusted(&f.delivery.input().message.topic), error = e.reason(), "Kafka did not accept a write");
-                }
+        let no_answer = || Failure::Transient("no answer from Kafka".into());
+        for ((kind, w), r) in writes.iter().zip(&results) {
+            let e = match r {
+                Some(Ok(())) => continue,
+                Some(Err(e)) => std::borrow::Cow::Borrowed(e),
+                None => std::borrow::Cow::Owned(no_answer()),
+            };
+            let label = match kind {
+                Kind::Raw => "raw",
+                Kind::Record => "record",
+                Kind::Quarantine => "quarantine",
+            };
+            self.metrics
+                .write_retries
+                .get_or_create(&KindLabel { kind: label.into() })
+                .inc();
+            if let Failure::Unauthorized(_) = *e {
+                tracing::error!(kind = label, topic = %w.topic, mqtt_topic = %Untrusted(&f.delivery.input().message.topic), error = e.reason(), "Kafka does not let weir's principal write this topic; the message is held, unacknowledged, until it may: grant the principal WRITE (and DESCRIBE) on the topic, e.g. kafka-acls --add --allow-principal User:<weir's principal> --operation Write --operation Describe --topic <topic>");
+            } else {
+                tracing::error!(kind = label, topic = %w.topic, mqtt_topic = %Untrusted(&f.delivery.input().message.topic), error = e.reason(), "Kafka did not accept a write");
             }
-            settled.push(((kind, w), r));
         }
+        // Handed to the core as they are taken from the step, with no list of their own.
+        let settled = writes
+            .into_iter()
+            .zip(results)
+            .map(|(w, r)| (w, r.unwrap_or_else(|| Err(no_answer()))));
         f.delivery.settle(&f.topology, settled)
     }
 
