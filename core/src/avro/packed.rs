@@ -14,6 +14,7 @@ use serde::de::Visitor;
 use std::borrow::Cow;
 
 /// One MessagePack item: a scalar whole, a container by its length.
+#[derive(Clone, Copy)]
 enum Item<'a> {
     Nil,
     Bool(bool),
@@ -181,7 +182,11 @@ struct Transcoder<'a> {
 
 impl<'a> Transcoder<'a> {
     fn value(&mut self, seed: Seed<'_>) -> Result<(), Violation> {
-        match self.reader.item()? {
+        let item = self.reader.item()?;
+        if plain(seed.schema, seed.node, item, seed.out) {
+            return Ok(());
+        }
+        match item {
             Item::Nil => seed.visit_unit(),
             Item::Bool(v) => seed.visit_bool(v),
             Item::Int(v) => seed.visit_i64(v),
@@ -282,6 +287,106 @@ impl<'a> Transcoder<'a> {
             _ => Err(seed.mismatch("an object")),
         }
     }
+}
+
+/// A scalar's Avro, decided without the seed.
+enum Scalar<'a> {
+    Nothing,
+    Byte(u8),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    Text(&'a [u8]),
+}
+
+/// Write a scalar whose Avro is plain: the item is of its node's own kind, or the node is a
+/// union and the branch is the first that takes the item, as [`Seed`] chooses it. `false`,
+/// with nothing written, leaves the item to the seed, which decides every other case and
+/// words every refusal; the bytes are the same either way (`the_direct_reader_agrees_*`).
+/// Most record fields are such scalars, and the seed's general path cost several times
+/// this one per field.
+fn plain(schema: &AvroSchema, node: usize, item: Item<'_>, out: &mut Vec<u8>) -> bool {
+    let item = match item {
+        Item::Uint(v) => match i64::try_from(v) {
+            Ok(v) => Item::Int(v),
+            Err(_) => return false,
+        },
+        // Short text is mostly ASCII, checked for far less than a UTF-8 validation costs.
+        Item::Str(bytes) if !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() => {
+            return false;
+        }
+        Item::F64(v) if !v.is_finite() => return false,
+        other => other,
+    };
+    let mut node = &schema.nodes[node];
+    let mut branch = None;
+    if let Node::Union(branches) = node {
+        for (i, &b) in branches.iter().enumerate() {
+            match takes(&schema.nodes[b], item) {
+                Some(true) => {
+                    branch = Some(i);
+                    node = &schema.nodes[b];
+                    break;
+                }
+                Some(false) => {}
+                None => return false,
+            }
+        }
+        if branch.is_none() {
+            return false;
+        }
+    }
+    let Some(scalar) = scalar(node, item) else {
+        return false;
+    };
+    if let Some(i) = branch {
+        write_long(out, i as i64);
+    }
+    match scalar {
+        Scalar::Nothing => {}
+        Scalar::Byte(b) => out.push(b),
+        Scalar::Long(v) => write_long(out, v),
+        Scalar::Float(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Scalar::Double(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Scalar::Text(bytes) => write_bytes(out, bytes),
+    }
+    true
+}
+
+/// Whether the seed takes `item` into union branch `node`; `None` where that depends on
+/// more than the kinds (an enum's symbols, a fixed's size, text as bytes).
+fn takes(node: &Node, item: Item<'_>) -> Option<bool> {
+    Some(match item {
+        Item::Nil => matches!(node, Node::Null),
+        Item::Bool(_) => matches!(node, Node::Boolean),
+        Item::Int(v) => match node {
+            Node::Int => i32::try_from(v).is_ok(),
+            Node::Long | Node::Float | Node::Double => true,
+            _ => false,
+        },
+        Item::F64(_) => matches!(node, Node::Float | Node::Double),
+        Item::Str(_) => match node {
+            Node::String => true,
+            Node::Bytes | Node::Enum { .. } | Node::Fixed { .. } => return None,
+            _ => false,
+        },
+        _ => return None,
+    })
+}
+
+/// The Avro of `item` as `node` (not a union), where it is plain.
+fn scalar<'a>(node: &Node, item: Item<'a>) -> Option<Scalar<'a>> {
+    Some(match (item, node) {
+        (Item::Nil, Node::Null) => Scalar::Nothing,
+        (Item::Bool(v), Node::Boolean) => Scalar::Byte(u8::from(v)),
+        (Item::Int(v), Node::Long) => Scalar::Long(v),
+        (Item::Int(v), Node::Int) if i32::try_from(v).is_ok() => Scalar::Long(v),
+        (Item::Int(v), Node::Float) => Scalar::Float(v as f32),
+        (Item::Int(v), Node::Double) => Scalar::Double(v as f64),
+        (Item::F64(v), Node::Double) => Scalar::Double(v),
+        (Item::Str(bytes), Node::String) => Scalar::Text(bytes),
+        _ => return None,
+    })
 }
 
 /// A MessagePack map's entries as a record's fields.
