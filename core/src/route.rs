@@ -47,28 +47,43 @@ pub fn filters_overlap(a: &str, b: &str) -> bool {
 
 /// Does `topic` match `filter` (MQTT wildcards)? Topics starting with `$` do not match
 /// filters starting with a wildcard (MQTT-4.7.2-1). Every message is routed through this:
-/// it walks both as bytes, level by level, without splitting iterators.
+/// it walks both once, byte by byte, level by level.
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
     let (f, t) = (filter.as_bytes(), topic.as_bytes());
     if t.first() == Some(&b'$') && matches!(f.first(), Some(b'+' | b'#')) {
         return false;
     }
+    // `i` and `j` are at the start of a level of each.
     let (mut i, mut j) = (0, 0);
     loop {
-        let fe = level_end(f, i);
-        let level = &f[i..fe];
-        if level == b"#" {
-            return true;
+        let whole = |at: usize| f.get(at + 1).is_none_or(|&b| b == b'/');
+        match f.get(i) {
+            Some(b'#') if whole(i) => return true,
+            Some(b'+') if whole(i) => {
+                i += 1;
+                while j < t.len() && t[j] != b'/' {
+                    j += 1;
+                }
+            }
+            _ => {
+                while i < f.len() && f[i] != b'/' {
+                    if t.get(j) != Some(&f[i]) {
+                        return false;
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                if j < t.len() && t[j] != b'/' {
+                    return false;
+                }
+            }
         }
-        let te = level_end(t, j);
-        if level != b"+" && level != &t[j..te] {
-            return false;
-        }
-        match (fe == f.len(), te == t.len()) {
+        // Both are at the end of a level.
+        match (i == f.len(), j == t.len()) {
             (true, true) => return true,
-            (false, false) => (i, j) = (fe + 1, te + 1),
+            (false, false) => (i, j) = (i + 1, j + 1),
             // The topic ended: only a `#` (matching its parent level too) may follow.
-            (false, true) => return &f[fe + 1..] == b"#",
+            (false, true) => return &f[i + 1..] == b"#",
             (true, false) => return false,
         }
     }
@@ -344,11 +359,11 @@ mod tests {
         }
         let filters = [
             "#", "+", "a", "a/#", "a/+", "+/+", "a/+/c", "a//c", "a/", "/a", "+/#", "a/b/#", "/",
-            "", "$SYS/#", "a/b/c", "+/b/+",
+            "", "$SYS/#", "a/b/c", "+/b/+", "a/+/#", "+/+/+", "$SYS/+", "a/b/c/",
         ];
         let topics = [
             "", "a", "a/", "/a", "a/b", "a/b/c", "a//c", "a/b/c/d", "b", "/", "//", "$SYS/x", "ab",
-            "a/bc", "a/b/",
+            "a/bc", "a/b/", "a/b/c/", "$SYS", "x/b/y", "a/bb/c",
         ];
         for f in filters {
             for t in topics {
