@@ -89,25 +89,20 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     }
 }
 
-/// Where the level that starts at `from` ends: at the next `/` or the end.
-fn level_end(s: &[u8], from: usize) -> usize {
-    s[from..]
-        .iter()
-        .position(|&b| b == b'/')
-        .map_or(s.len(), |p| from + p)
-}
-
-/// Level `n` (from 0) of `topic`, if it has that many.
+/// Level `n` (from 0) of `topic`, if it has that many (a key template reads one for every
+/// record): one pass up to the level's end.
 fn topic_level(topic: &str, n: usize) -> Option<&str> {
-    let t = topic.as_bytes();
-    let mut start = 0;
-    for _ in 0..n {
-        start = level_end(t, start) + 1;
-        if start > t.len() {
-            return None;
+    let (mut level, mut start) = (0, 0);
+    for (at, &b) in topic.as_bytes().iter().enumerate() {
+        if b == b'/' {
+            if level == n {
+                return topic.get(start..at);
+            }
+            level += 1;
+            start = at + 1;
         }
     }
-    Some(&topic[start..level_end(t, start)])
+    if level == n { topic.get(start..) } else { None }
 }
 
 /// Glob match with `*` for any run of characters (for user-property values like `2.*`).

@@ -327,6 +327,12 @@ impl Proto {
     }
 }
 
+/// A topic as text. One that is not UTF-8 (a broker that does not check) keeps its shape,
+/// each bad sequence replaced by U+FFFD, so that it can still be routed and quarantined.
+fn text(b: &[u8]) -> String {
+    std::str::from_utf8(b).map_or_else(|_| String::from_utf8_lossy(b).into_owned(), str::to_owned)
+}
+
 fn malformed(e: &dyn std::fmt::Debug) -> ProtocolError {
     ProtocolError(format!("malformed packet: {e:?}"))
 }
@@ -342,7 +348,7 @@ fn decode_v5(buf: &mut BytesMut) -> Result<Frame, ProtocolError> {
         v5::Packet::Publish(p) => {
             let props = p.properties.unwrap_or_default();
             Frame::Publish(Publish {
-                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                topic: text(&p.topic),
                 payload: p.payload.to_vec(),
                 qos: p.qos as u8,
                 pkid: p.pkid,
@@ -522,6 +528,22 @@ mod tests {
             Proto::V5.publish_header_len(&fixed, &[0x32, 0x10]).unwrap(),
             None
         );
+    }
+
+    /// A topic that is not UTF-8 keeps its shape, each bad byte replaced, rather than
+    /// failing the connection: the message is still routed (or quarantined) by it.
+    #[test]
+    fn a_topic_that_is_not_utf8_is_taken_with_replacements() {
+        let mut buf = publish_v5("a/b", &[1], vec![]);
+        let fixed = fixed_header(&buf).unwrap().unwrap();
+        let at = fixed.header_len + 2 + 2; // after the length, "a/"
+        assert_eq!(buf[at], b'b');
+        buf[at] = 0xff;
+        let Frame::Publish(p) = Proto::V5.decode(&mut buf).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.topic, "a/\u{fffd}");
+        assert_eq!(p.payload, [1]);
     }
 
     #[test]
