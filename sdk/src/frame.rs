@@ -57,31 +57,43 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `n` bytes; a shortfall is reported at `from`, where their field starts.
+    /// (The readers of a few bytes are inlined where the host reads outcomes, another crate:
+    /// a call each cost more than the read.)
+    #[inline]
     fn take(&mut self, n: usize, from: usize, what: &str) -> Result<&'a [u8], FrameError> {
-        let left = self.buf.len() - self.at;
-        if n > left {
-            return self.fail(from, format!("{what} needs {n} bytes, {left} are left"));
+        match self.buf.get(self.at..).and_then(|rest| rest.get(..n)) {
+            Some(out) => {
+                self.at += n;
+                Ok(out)
+            }
+            None => {
+                let left = self.buf.len() - self.at;
+                self.fail(from, format!("{what} needs {n} bytes, {left} are left"))
+            }
         }
-        let out = &self.buf[self.at..self.at + n];
-        self.at += n;
-        Ok(out)
     }
 
+    /// The next `N` bytes, as an array.
+    #[inline]
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], FrameError> {
+        let b = self.take(N, self.at, what)?;
+        Ok(std::array::from_fn(|i| b[i]))
+    }
+
+    #[inline]
     fn u8(&mut self, what: &str) -> Result<u8, FrameError> {
-        Ok(self.take(1, self.at, what)?[0])
+        Ok(self.array::<1>(what)?[0])
     }
 
     /// A little-endian u32.
+    #[inline]
     pub fn u32(&mut self, what: &str) -> Result<u32, FrameError> {
-        let b = self.take(4, self.at, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.array(what)?))
     }
 
+    #[inline]
     fn i64(&mut self, what: &str) -> Result<i64, FrameError> {
-        let b = self.take(8, self.at, what)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(i64::from_le_bytes(a))
+        Ok(i64::from_le_bytes(self.array(what)?))
     }
 
     /// A count of items of at least `min` bytes each, checked against what is left.
