@@ -97,8 +97,9 @@ pub trait Generation {
     type Record: Serialize;
     /// Whether Kelvin readings are understood.
     const KELVIN: bool;
-    /// The version's record from the common reading and the unit the device sent.
-    fn record(reading: Reading, unit: Option<String>) -> Self::Record;
+    /// The version's record from the common reading and the unit the device sent (copied
+    /// only by a version that keeps it).
+    fn record(reading: Reading, unit: Option<&str>) -> Self::Record;
 }
 
 /// thermostat 1.0.0.
@@ -114,7 +115,7 @@ pub struct V2;
 impl Generation for V1_0 {
     type Record = Reading;
     const KELVIN: bool = false;
-    fn record(reading: Reading, _: Option<String>) -> Reading {
+    fn record(reading: Reading, _: Option<&str>) -> Reading {
         reading
     }
 }
@@ -122,10 +123,10 @@ impl Generation for V1_0 {
 impl Generation for V1_1 {
     type Record = ReadingV1_1;
     const KELVIN: bool = true;
-    fn record(reading: Reading, source_unit: Option<String>) -> ReadingV1_1 {
+    fn record(reading: Reading, source_unit: Option<&str>) -> ReadingV1_1 {
         ReadingV1_1 {
             reading,
-            source_unit,
+            source_unit: source_unit.map(str::to_owned),
         }
     }
 }
@@ -133,7 +134,7 @@ impl Generation for V1_1 {
 impl Generation for V2 {
     type Record = ReadingV2;
     const KELVIN: bool = true;
-    fn record(r: Reading, _: Option<String>) -> ReadingV2 {
+    fn record(r: Reading, _: Option<&str>) -> ReadingV2 {
         ReadingV2 {
             device_id: r.device_id,
             ts_ms: r.ts_ms,
@@ -272,7 +273,7 @@ impl<G: Generation> Plugin for Thermostat<G> {
                 format!("humidity {h} % is outside 0 to 100 %"),
             ));
         }
-        let source_unit = p.temperature.as_ref().map(|t| unit(t).to_owned());
+        let source_unit = p.temperature.as_ref().map(unit);
         let reading = Reading {
             device_id: device_id.to_owned(),
             ts_ms: p.ts.unwrap_or(msg.received_at_ms),
