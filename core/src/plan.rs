@@ -375,9 +375,9 @@ impl Delivery {
             ));
         }
         if let Some(ci) = self.cohort {
-            extend(&mut headers, &topo.cohorts[ci].identity);
+            headers.extend(topo.cohorts[ci].identity.to_fields());
         }
-        extend(&mut headers, &message_headers(&self.input));
+        headers.extend(message_headers(&self.input).to_fields());
         if let Some(o) = &self.input.oversize {
             push_truncation(&mut headers, o.size, &o.sha256);
         }
@@ -541,14 +541,6 @@ impl Delivery {
             push_truncation(headers, self.input.message.payload.len() as u64, &sha);
         }
     }
-}
-
-/// Copy a shared list's fields to the end of `headers`.
-fn extend(headers: &mut Vec<HeaderField>, list: &HeaderList) {
-    headers.extend(
-        list.iter()
-            .map(|(name, value)| (name.clone(), Bytes::copy_from_slice(value))),
-    );
 }
 
 fn push_truncation(headers: &mut Vec<HeaderField>, size: u64, sha256: &str) {

@@ -46,6 +46,12 @@ impl HeaderList {
         })
     }
 
+    /// Every field as one of its own (a write that changes its headers, a quarantine entry).
+    pub fn to_fields(&self) -> impl Iterator<Item = HeaderField> + '_ {
+        self.iter()
+            .map(|(name, value)| (name.clone(), Bytes::copy_from_slice(value)))
+    }
+
     /// How many fields.
     pub fn len(&self) -> usize {
         self.names.len()
@@ -119,10 +125,7 @@ impl Headers {
         if !self.shared.is_empty() {
             let mut all: Vec<HeaderField> = Vec::with_capacity(self.len());
             for list in self.shared.drain(..) {
-                all.extend(
-                    list.iter()
-                        .map(|(name, value)| (name.clone(), Bytes::copy_from_slice(value))),
-                );
+                all.extend(list.to_fields());
             }
             all.append(&mut self.own);
             self.own = all;
