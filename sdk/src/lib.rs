@@ -12,12 +12,12 @@
 //! ```ignore
 //! struct Echo;
 //! #[derive(serde::Serialize)]
-//! struct Line { text: String }
+//! struct Line<'m> { text: &'m str }
 //! impl weir_sdk::Plugin for Echo {
-//!     type Record = Line;
+//!     type Record<'m> = Line<'m>;
 //!     fn init(_: &weir_sdk::Config) -> Result<Self, String> { Ok(Echo) }
-//!     fn transform(&self, msg: &weir_sdk::Message) -> weir_sdk::Result<Line> {
-//!         Ok(weir_sdk::Emit::one(Line { text: msg.payload_str()?.to_owned() }))
+//!     fn transform<'m>(&'m self, msg: &'m weir_sdk::Message) -> weir_sdk::Result<Line<'m>> {
+//!         Ok(weir_sdk::Emit::one(Line { text: msg.payload_str()? }))
 //!     }
 //! }
 //! weir_sdk::export_plugin!(Echo, schema = "../line.avsc");
@@ -273,14 +273,19 @@ impl Config {
 /// A transform: one instance per Wasm instance, built from the cohort's config.
 pub trait Plugin: Sized {
     /// The record type; its serde form (as JSON shows it) must match the plugin's Avro
-    /// schema.
-    type Record: Serialize;
+    /// schema. It may borrow from the message and the plugin (`'m`): text taken from the
+    /// topic, the payload or the config as `&'m str` or `Cow<'m, str>` costs no copy, and
+    /// inside Wasm a copy (an allocation) is the dearest part of a small record. A record
+    /// that owns its data ignores `'m`: `type Record<'m> = Reading;`.
+    type Record<'m>: Serialize
+    where
+        Self: 'm;
 
     /// Build an instance from the cohort's config; an error refuses the config.
     fn init(config: &Config) -> std::result::Result<Self, String>;
 
     /// Transform one message.
-    fn transform(&self, message: &Message) -> Result<Self::Record>;
+    fn transform<'m>(&'m self, message: &'m Message) -> Result<Self::Record<'m>>;
 }
 
 /// Write a line to weir's log. Natively, the line is kept for [`testing::take_logs`].
@@ -575,7 +580,7 @@ mod tests {
     }
 
     impl Plugin for Echo {
-        type Record = Echoed;
+        type Record<'m> = Echoed;
         fn init(_: &Config) -> std::result::Result<Self, String> {
             Ok(Echo)
         }
@@ -614,7 +619,7 @@ mod tests {
     struct Picky;
 
     impl Plugin for Picky {
-        type Record = Unpackable;
+        type Record<'m> = Unpackable;
         fn init(config: &Config) -> std::result::Result<Self, String> {
             config
                 .get("ok")

@@ -46,7 +46,7 @@ fn invalid(index: usize, why: String) -> Rejection {
 }
 
 impl Plugin for FleetGps {
-    type Record = Position;
+    type Record<'m> = Position;
 
     fn init(config: &Config) -> Result<Self, String> {
         Ok(FleetGps {

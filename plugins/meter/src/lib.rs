@@ -48,7 +48,7 @@ pub fn encode_frame(meter_id: u32, ts_ms: u64, energy_wh: u32, flags: u8) -> [u8
 pub struct Meter;
 
 impl Plugin for Meter {
-    type Record = Reading;
+    type Record<'m> = Reading;
 
     fn init(config: &Config) -> Result<Self, String> {
         match config.pairs().first() {

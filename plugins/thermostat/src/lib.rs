@@ -21,16 +21,28 @@ use std::borrow::Cow;
 use std::marker::PhantomData;
 use weir_sdk::{Config, Emit, Message, Plugin, Rejection};
 
-/// The canonical record of 1.0.0 (schema: `thermostat.avsc`).
+/// The canonical record of 1.0.0 (schema: `thermostat.avsc`). Its text is borrowed from the
+/// message it was read from (`'m`): copied only where JSON escaped it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Reading {
-    pub device_id: String,
+pub struct Reading<'m> {
+    pub device_id: Cow<'m, str>,
     pub ts_ms: i64,
     pub temperature_c: f64,
     pub setpoint_c: Option<f64>,
     pub humidity_pct: Option<f64>,
     pub payload_version: i32,
-    pub firmware: Option<String>,
+    pub firmware: Option<Cow<'m, str>>,
+}
+
+impl Reading<'_> {
+    /// The reading with its text copied, free of the message.
+    pub fn into_owned(self) -> Reading<'static> {
+        Reading {
+            device_id: Cow::Owned(self.device_id.into_owned()),
+            firmware: self.firmware.map(|f| Cow::Owned(f.into_owned())),
+            ..self
+        }
+    }
 }
 
 /// Text of the payload, borrowed from it: copied only when JSON escaped it. (serde borrows a
@@ -72,34 +84,33 @@ struct Payload<'a> {
 
 /// The record of 1.1.0 (schema: `thermostat-1.1.avsc`): 1.0.0's plus the unit the device sent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ReadingV1_1 {
+pub struct ReadingV1_1<'m> {
     #[serde(flatten)]
-    pub reading: Reading,
+    pub reading: Reading<'m>,
     /// `"C"`, `"F"` or `"K"` as the device sent it; null for firmware v1 (always Celsius).
-    pub source_unit: Option<String>,
+    pub source_unit: Option<Cow<'m, str>>,
 }
 
 /// The record of 2.0.0 (schema: `thermostat-2.avsc`): `payload_version` as a string.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ReadingV2 {
-    pub device_id: String,
+pub struct ReadingV2<'m> {
+    pub device_id: Cow<'m, str>,
     pub ts_ms: i64,
     pub temperature_c: f64,
     pub setpoint_c: Option<f64>,
     pub humidity_pct: Option<f64>,
     pub payload_version: String,
-    pub firmware: Option<String>,
+    pub firmware: Option<Cow<'m, str>>,
 }
 
 /// What differs between the published versions.
 pub trait Generation {
-    /// The record this version emits.
-    type Record: Serialize;
+    /// The record this version emits, borrowing from the message as [`Reading`] does.
+    type Record<'m>: Serialize;
     /// Whether Kelvin readings are understood.
     const KELVIN: bool;
-    /// The version's record from the common reading and the unit the device sent (copied
-    /// only by a version that keeps it).
-    fn record(reading: Reading, unit: Option<&str>) -> Self::Record;
+    /// The version's record from the common reading and the unit the device sent.
+    fn record<'m>(reading: Reading<'m>, unit: Option<Cow<'m, str>>) -> Self::Record<'m>;
 }
 
 /// thermostat 1.0.0.
@@ -113,28 +124,28 @@ pub struct V1_1;
 pub struct V2;
 
 impl Generation for V1_0 {
-    type Record = Reading;
+    type Record<'m> = Reading<'m>;
     const KELVIN: bool = false;
-    fn record(reading: Reading, _: Option<&str>) -> Reading {
+    fn record<'m>(reading: Reading<'m>, _: Option<Cow<'m, str>>) -> Reading<'m> {
         reading
     }
 }
 
 impl Generation for V1_1 {
-    type Record = ReadingV1_1;
+    type Record<'m> = ReadingV1_1<'m>;
     const KELVIN: bool = true;
-    fn record(reading: Reading, source_unit: Option<&str>) -> ReadingV1_1 {
+    fn record<'m>(reading: Reading<'m>, source_unit: Option<Cow<'m, str>>) -> ReadingV1_1<'m> {
         ReadingV1_1 {
             reading,
-            source_unit: source_unit.map(str::to_owned),
+            source_unit,
         }
     }
 }
 
 impl Generation for V2 {
-    type Record = ReadingV2;
+    type Record<'m> = ReadingV2<'m>;
     const KELVIN: bool = true;
-    fn record(r: Reading, _: Option<&str>) -> ReadingV2 {
+    fn record<'m>(r: Reading<'m>, _: Option<Cow<'m, str>>) -> ReadingV2<'m> {
         ReadingV2 {
             device_id: r.device_id,
             ts_ms: r.ts_ms,
@@ -197,7 +208,10 @@ impl<G> Thermostat<G> {
 }
 
 impl<G: Generation> Plugin for Thermostat<G> {
-    type Record = G::Record;
+    type Record<'m>
+        = G::Record<'m>
+    where
+        Self: 'm;
 
     fn init(config: &Config) -> Result<Self, String> {
         let min_c = config.parse_or("min_c", -50.0)?;
@@ -212,7 +226,7 @@ impl<G: Generation> Plugin for Thermostat<G> {
         })
     }
 
-    fn transform(&self, msg: &Message) -> weir_sdk::Result<G::Record> {
+    fn transform<'m>(&'m self, msg: &'m Message) -> weir_sdk::Result<G::Record<'m>> {
         let device_id = msg.topic.rsplit('/').next().unwrap_or_default();
         if device_id.is_empty() {
             return Err(Rejection::new(
@@ -220,7 +234,7 @@ impl<G: Generation> Plugin for Thermostat<G> {
                 format!("topic {:?} does not end in a device id", msg.topic),
             ));
         }
-        let p: Payload = msg.json()?;
+        let p: Payload<'m> = msg.json()?;
         if let Some(Text(d)) = &p.device
             && d != device_id
         {
@@ -273,15 +287,17 @@ impl<G: Generation> Plugin for Thermostat<G> {
                 format!("humidity {h} % is outside 0 to 100 %"),
             ));
         }
-        let source_unit = p.temperature.as_ref().map(unit);
+        let source_unit = p
+            .temperature
+            .map(|t| t.unit.map_or(Cow::Borrowed("F"), |u| u.0));
         let reading = Reading {
-            device_id: device_id.to_owned(),
+            device_id: Cow::Borrowed(device_id),
             ts_ms: p.ts.unwrap_or(msg.received_at_ms),
             temperature_c,
             setpoint_c,
             humidity_pct: humidity,
             payload_version: version,
-            firmware: p.fw.map(|t| t.0.into_owned()),
+            firmware: p.fw.map(|t| t.0),
         };
         Ok(Emit::one(G::record(reading, source_unit)))
     }
@@ -316,9 +332,9 @@ mod tests {
         Thermostat::init(&Config::default()).unwrap()
     }
 
-    fn reading(payload: &str) -> Reading {
+    fn reading(payload: &str) -> Reading<'static> {
         match plugin().transform(&Message::new("plant/7/thermostat/t-100", payload)) {
-            Ok(Emit::Records(mut r)) if r.len() == 1 => r.remove(0).value,
+            Ok(Emit::Records(mut r)) if r.len() == 1 => r.remove(0).value.into_owned(),
             other => panic!("expected one record, got {other:?}"),
         }
     }
@@ -414,17 +430,18 @@ mod tests {
 
     #[test]
     fn version_1_1_reads_kelvin_and_names_the_unit() {
+        let p = v1_1();
         let m = Message::new(
             "plant/7/thermostat/t-100",
             r#"{"ts":5,"temperature":{"value":294.65,"unit":"K"}}"#,
         );
-        let Ok(Emit::Records(r)) = v1_1().transform(&m) else {
+        let Ok(Emit::Records(r)) = p.transform(&m) else {
             panic!("1.1.0 must accept Kelvin")
         };
         assert_eq!(r[0].value.reading.temperature_c, 21.5);
         assert_eq!(r[0].value.source_unit.as_deref(), Some("K"));
         let v1 = Message::new("plant/7/thermostat/t-100", r#"{"ts":5,"temp_c":20}"#);
-        let Ok(Emit::Records(r)) = v1_1().transform(&v1) else {
+        let Ok(Emit::Records(r)) = p.transform(&v1) else {
             panic!("1.1.0 must read firmware v1")
         };
         assert_eq!(r[0].value.source_unit, None);
@@ -432,7 +449,7 @@ mod tests {
             "plant/7/thermostat/t-100",
             r#"{"temperature":{"value":1,"unit":"R"}}"#,
         );
-        assert_eq!(v1_1().transform(&bad).unwrap_err().code, "reading.unit");
+        assert_eq!(p.transform(&bad).unwrap_err().code, "reading.unit");
     }
 
     #[test]
@@ -441,9 +458,10 @@ mod tests {
             r#"{"ts":5,"temp_c":21.5,"setpoint_c":21.0}"#,
             r#"{"ts":5,"temperature":{"value":70.7,"unit":"F"},"setpoint":{"value":69.8}}"#,
         ] {
+            let (v1_0, v1_1) = (plugin(), v1_1());
             let m = Message::new("plant/7/thermostat/t-100", payload);
             let (Ok(Emit::Records(old)), Ok(Emit::Records(new))) =
-                (plugin().transform(&m), v1_1().transform(&m))
+                (v1_0.transform(&m), v1_1.transform(&m))
             else {
                 panic!("both versions must emit {payload}")
             };
@@ -463,8 +481,8 @@ mod tests {
 
     #[test]
     fn heartbeat_is_skipped() {
-        let out = plugin().transform(&Message::new("a/t-100", r#"{"heartbeat":true}"#));
-        assert_eq!(out, Ok(Emit::Skip));
+        let m = Message::new("a/t-100", r#"{"heartbeat":true}"#);
+        assert_eq!(plugin().transform(&m), Ok(Emit::Skip));
     }
 
     #[test]

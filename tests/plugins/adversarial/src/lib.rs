@@ -54,7 +54,7 @@ fn recurse(depth: u64, sink: &mut [u64; 16]) -> u64 {
 }
 
 impl Plugin for Adversarial {
-    type Record = Value;
+    type Record<'m> = Value;
 
     fn init(config: &Config) -> Result<Self, String> {
         if config.get("init") == Some("loop") {
