@@ -207,11 +207,16 @@ impl<R> Record<R> {
     }
 }
 
+/// The records one message produces. One, the common case, is held in place: a list of its
+/// own would cost an allocation per message, and inside Wasm that is dearer than most of
+/// what a plugin does with the message.
+pub type Records<R> = smallvec::SmallVec<[Record<R>; 1]>;
+
 /// What a valid message produces.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Emit<R> {
     /// Records to publish (may be empty).
-    Records(Vec<Record<R>>),
+    Records(Records<R>),
     /// Nothing to publish, and nothing wrong (a heartbeat, say).
     Skip,
 }
@@ -219,7 +224,7 @@ pub enum Emit<R> {
 impl<R> Emit<R> {
     /// Exactly one record.
     pub fn one(record: impl Into<Record<R>>) -> Self {
-        Emit::Records(vec![record.into()])
+        Emit::Records(smallvec::smallvec![record.into()])
     }
 
     /// Any number of records.

@@ -7,7 +7,7 @@
 //! thinned. An empty batch is skipped. Config: `max_positions` (default 1000).
 
 use serde::{Deserialize, Serialize};
-use weir_sdk::{Config, Emit, Message, Plugin, Record, Rejection};
+use weir_sdk::{Config, Emit, Message, Plugin, Record, Records, Rejection};
 
 /// One GPS fix (schema: `fleet-gps.avsc`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -79,7 +79,7 @@ impl Plugin for FleetGps {
                 ),
             ));
         }
-        let mut records = Vec::with_capacity(batch.positions.len());
+        let mut records = Records::with_capacity(batch.positions.len());
         for (i, fix) in batch.positions.into_iter().enumerate() {
             if !(fix.lat.is_finite() && (-90.0..=90.0).contains(&fix.lat)) {
                 return Err(invalid(
