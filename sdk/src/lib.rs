@@ -153,13 +153,9 @@ impl Message {
 fn text(bytes: &[u8]) -> std::result::Result<&str, std::str::Utf8Error> {
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut ascii = 0;
-    for block in bytes.chunks_exact(32) {
-        let word = |at: usize| {
-            let mut w = [0; 8];
-            w.copy_from_slice(&block[at..at + 8]);
-            u64::from_ne_bytes(w)
-        };
-        if (word(0) | word(8) | word(16) | word(24)) & HIGH != 0 {
+    for block in bytes.as_chunks::<32>().0 {
+        let (words, _) = block.as_chunks::<8>();
+        if words.iter().fold(0, |all, w| all | u64::from_ne_bytes(*w)) & HIGH != 0 {
             break;
         }
         ascii += 32;
