@@ -870,7 +870,7 @@ const LANE_IO_THREADS: usize = 4;
 /// transform thread, librdkafka's threads, and often the broker. Where the I/O tasks have
 /// a thread each, every hand-over between them is a wake-up on another core; on two cores,
 /// one I/O thread rather than two took a quarter fewer context switches and system calls
-/// per message in the drain benchmark, and its I/O work fell by about 8 % against the
+/// per message in the drain benchmark, and its I/O work fell by about 9 % against the
 /// transform thread's in the same runs.
 fn lane_io_threads(cores: usize) -> usize {
     (cores / 2).clamp(1, LANE_IO_THREADS)
