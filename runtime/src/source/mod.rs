@@ -49,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tls::Certain;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use weir_core::message::{Message, OVERSIZE_PREFIX, Oversize};
 
 /// Room for topic and properties on top of `max_message_bytes` before a PUBLISH is streamed
@@ -82,7 +82,11 @@ pub struct Incoming {
     pub ack: AckToken,
 }
 
-/// Identifies a received PUBLISH for its PUBACK, and holds its in-flight permit.
+/// Identifies a received PUBLISH for its PUBACK, and holds its place in weir: an in-flight
+/// permit, `weir_in_flight` and its group's, and its session's count. A token that goes
+/// without its PUBACK (its session ended, its connection was lost) gives them back when
+/// dropped; the session gives back a whole run of acknowledged tokens at once, so that the
+/// semaphore's lock and the shared counters are touched once per run, not per message.
 #[derive(Debug)]
 pub struct AckToken {
     connection: u64,
@@ -94,38 +98,39 @@ pub struct AckToken {
     /// its way there: answered, not written again.
     duplicate: bool,
     arrived: Instant,
-    _permit: OwnedSemaphorePermit,
-    /// `weir_in_flight` and its group's, decremented when the token goes, however it goes.
-    gauges: [prometheus_client::metrics::gauge::Gauge; 2],
-    /// The session it arrived on, which counts it until the token goes.
-    link: Claim,
+    /// The session it arrived on, which holds its place until it is given back.
+    link: Arc<Link>,
+    /// Its place is still held: given back by the drop, unless the session gave it back
+    /// with its run.
+    held: bool,
 }
 
 impl Drop for AckToken {
     fn drop(&mut self) {
-        for g in &self.gauges {
-            g.dec();
+        if self.held {
+            self.link.give_back(1);
         }
     }
 }
 
 /// A message counted in the session it arrived on ([`Link::claim`]) for as long as this
-/// lives: from before it is taken, through its ack token, to its PUBACK; released however it
+/// lives: from before it is taken until its ack token takes it over; released however it
 /// ends, a reader stopped mid-wait included.
 #[derive(Debug)]
-struct Claim(Arc<Link>);
+struct Claim(Option<Arc<Link>>);
 
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.0.unclaim();
+impl Claim {
+    /// The session, counted from now on by whoever takes it (an ack token).
+    fn take(mut self) -> Arc<Link> {
+        self.0.take().expect("a claim is taken once")
     }
 }
 
-impl std::ops::Deref for Claim {
-    type Target = Arc<Link>;
-
-    fn deref(&self) -> &Arc<Link> {
-        &self.0
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(link) = &self.0 {
+            link.unclaim(1);
+        }
     }
 }
 
@@ -334,10 +339,21 @@ struct Link {
     idle: tokio::sync::Notify,
     /// Mirrors the session's pause, so that the reader's per-message check is one load.
     paused: AtomicBool,
+    /// The source's in-flight budget: a message's permit is taken when it is read and given
+    /// back with its ack token.
+    permits: Arc<Semaphore>,
+    /// `weir_in_flight` and its group's.
+    gauges: [prometheus_client::metrics::gauge::Gauge; 2],
 }
 
 impl Link {
-    fn new(acks: mpsc::UnboundedSender<Outgoing>, slot: Option<u16>, exactly_once: bool) -> Link {
+    fn new(
+        acks: mpsc::UnboundedSender<Outgoing>,
+        slot: Option<u16>,
+        exactly_once: bool,
+        permits: Arc<Semaphore>,
+        gauges: [prometheus_client::metrics::gauge::Gauge; 2],
+    ) -> Link {
         Link {
             acks,
             slot,
@@ -347,7 +363,22 @@ impl Link {
             in_flight: AtomicU32::new(0),
             idle: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
+            permits,
+            gauges,
         }
+    }
+
+    /// Give back the places of `n` messages that leave weir (acknowledged or dropped):
+    /// their permits, their count in the gauges and in the session.
+    fn give_back(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.permits.add_permits(n);
+        for g in &self.gauges {
+            g.dec_by(n as i64);
+        }
+        self.unclaim(n as u32);
     }
 
     /// Count a message coming in (slots only).
@@ -357,9 +388,24 @@ impl Link {
         }
     }
 
-    /// Uncount a message: acknowledged, dropped, or not taken after all.
-    fn unclaim(&self) {
-        if self.counted && self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+    /// Let go of the session's `tokens`, answered or dropped (`each` sees every one first),
+    /// giving back their places as one run.
+    fn settle(&self, tokens: &mut Vec<AckToken>, mut each: impl FnMut(&AckToken)) {
+        let given = tokens.len();
+        for mut t in tokens.drain(..) {
+            debug_assert!(
+                std::ptr::eq(Arc::as_ptr(&t.link), self),
+                "another session's token"
+            );
+            each(&t);
+            t.held = false;
+        }
+        self.give_back(given);
+    }
+
+    /// Uncount `n` messages: acknowledged, dropped, or not taken after all.
+    fn unclaim(&self, n: u32) {
+        if self.counted && self.in_flight.fetch_sub(n, Ordering::SeqCst) == n {
             self.idle.notify_waiters();
         }
     }
@@ -551,7 +597,16 @@ impl Source {
             None => inner.mqtt.client_id.clone(),
         };
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let link = Arc::new(Link::new(ack_tx, slot, inner.transactions.is_some()));
+        let link = Arc::new(Link::new(
+            ack_tx,
+            slot,
+            inner.transactions.is_some(),
+            inner.permits.clone(),
+            [
+                inner.metrics.in_flight.clone(),
+                inner.group.in_flight.clone(),
+            ],
+        ));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (pause_tx, pause_rx) = watch::channel(false);
         let done = Arc::new(tokio::sync::Notify::new());
@@ -580,7 +635,6 @@ impl Source {
             stop: stop_rx,
             pause: pause_rx,
             lease: inner.lease.clone(),
-            permits: inner.permits.clone(),
             metrics: inner.metrics.clone(),
             group: inner.group.clone(),
             connection: Arc::new(AtomicU64::new(0)),
@@ -674,10 +728,10 @@ impl Source {
     pub fn ack(&self, mut tokens: Vec<AckToken>) {
         // If a session has ended its tokens are dropped, which releases their permits.
         while let Some(first) = tokens.first() {
-            let link = first.link.0.clone();
+            let link = first.link.clone();
             let run = tokens
                 .iter()
-                .take_while(|t| Arc::ptr_eq(&t.link.0, &link))
+                .take_while(|t| Arc::ptr_eq(&t.link, &link))
                 .count();
             let rest = if run == tokens.len() {
                 Vec::new()
@@ -749,9 +803,7 @@ struct Reader {
     link: Arc<Link>,
     pause: watch::Receiver<bool>,
     control: mpsc::Sender<Control>,
-    permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
-    group: GroupMetrics,
     /// `clock` ms of the last byte read; while `waiting` the reader is held back by weir,
     /// not by the broker.
     last_read: Arc<AtomicU64>,
@@ -972,9 +1024,9 @@ impl Reader {
         loop {
             self.link.claim();
             if !self.link.paused.load(Ordering::SeqCst) {
-                return Claim(self.link.clone());
+                return Claim(Some(self.link.clone()));
             }
-            self.link.unclaim();
+            self.link.unclaim(1);
             // The slot is being given up, or its hold is unconfirmed: what follows stays at
             // the broker until the hold is confirmed again (or goes to the next holder).
             // What was claimed before goes on first, so that the release can see it done.
@@ -1021,31 +1073,35 @@ impl Reader {
         // Counted before the permit is waited for, so that a release waits for it; a reader
         // stopped while it waits drops the claim with it.
         let claim = self.claim().await;
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Ok(permit),
+        // From here the ack token holds the permit (forgotten by the semaphore): given back
+        // by the token's drop or with its session's run of acks.
+        let tried = self.link.permits.try_acquire().map(|p| p.forget());
+        let permit = match tried {
+            Ok(()) => Ok(()),
             Err(tokio::sync::TryAcquireError::Closed) => Err(()),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 // The in-flight budget is spent: what is pending goes on first (its acks
                 // free the permits waited for).
                 self.flush().await;
-                let permits = self.permits.clone();
+                let link = self.link.clone();
                 let waited = held(
                     &self.waiting,
                     &self.last_read,
                     self.clock,
-                    permits.acquire_owned(),
+                    link.permits.acquire(),
                 );
-                let got = waited.await.map_err(|_| ());
+                let got = waited.await.map(|p| p.forget()).map_err(|_| ());
                 self.arrived = arrival_now();
                 got
             }
         };
-        let Ok(permit) = permit else {
+        if permit.is_err() {
             return Ok(false);
-        };
+        }
         self.metrics.received.inc();
-        self.metrics.in_flight.inc();
-        self.group.in_flight.inc();
+        for g in &self.link.gauges {
+            g.inc();
+        }
         if p.dup {
             self.metrics.redelivered.inc();
         }
@@ -1070,9 +1126,8 @@ impl Reader {
                 qos: p.qos,
                 duplicate,
                 arrived: self.arrived.1,
-                _permit: permit,
-                gauges: [self.metrics.in_flight.clone(), self.group.in_flight.clone()],
-                link: claim,
+                link: claim.take(),
+                held: true,
             },
         };
         self.pending.push(incoming);
@@ -1105,7 +1160,6 @@ struct Session {
     pause: watch::Receiver<bool>,
     /// Until when this process's hold on its slots is confirmed (with slots).
     lease: Option<watch::Receiver<Option<Instant>>>,
-    permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     group: GroupMetrics,
     connection: Arc<AtomicU64>,
@@ -1367,9 +1421,7 @@ impl Session {
             link: self.link.clone(),
             pause: self.pause.clone(),
             control: control_tx,
-            permits: self.permits.clone(),
             metrics: self.metrics.clone(),
-            group: self.group.clone(),
             last_read: conn.last_read.clone(),
             waiting: conn.waiting.clone(),
             clock: conn.clock,
@@ -1574,12 +1626,12 @@ impl Session {
             conn.out.clear();
         }
         let now = Instant::now();
-        for t in tokens.drain(..) {
+        self.link.settle(tokens, |t| {
             if t.connection == conn.n {
                 self.metrics.acked.inc();
                 Metrics::observe(&self.group.ack_seconds, now - t.arrived);
             }
-        }
+        });
         None
     }
 
@@ -1851,7 +1903,13 @@ mod tests {
         client.write_all(&wire).await.unwrap();
         let metrics = Arc::new(Metrics::new());
         let (acks, _acks_rx) = mpsc::unbounded_channel();
-        let link = Arc::new(Link::new(acks, None, true));
+        let link = Arc::new(Link::new(
+            acks,
+            None,
+            true,
+            Arc::new(Semaphore::new(16)),
+            [metrics.in_flight.clone(), metrics.in_flight.clone()],
+        ));
         let (tx, mut rx) = mpsc::channel(16);
         // Nobody reads the control channel: the session's loop is behind.
         let (control, _control_rx) = mpsc::channel(16);
@@ -1866,9 +1924,7 @@ mod tests {
             link: link.clone(),
             pause,
             control,
-            permits: Arc::new(Semaphore::new(16)),
             metrics: metrics.clone(),
-            group: metrics.group("default"),
             last_read: Arc::new(AtomicU64::new(0)),
             waiting: Arc::new(AtomicBool::new(false)),
             clock: Clock(Instant::now()),
@@ -1896,6 +1952,81 @@ mod tests {
                 (10, false)
             ]
         );
+    }
+
+    /// A message holds its place in weir (an in-flight permit, the gauges, its session's
+    /// count) from its reading until its token goes, and gives it back once: alone when the
+    /// token is dropped (its session ended), or in a run when the session acknowledges.
+    #[tokio::test]
+    async fn a_message_gives_its_place_back_once_however_its_token_goes() {
+        use rumqttc::v5::mqttbytes::{QoS, v5 as p5};
+        let mut wire = BytesMut::new();
+        for pkid in 1..=5 {
+            let mut p = p5::Publish::new("t/1", QoS::AtLeastOnce, b"x".to_vec(), None);
+            p.pkid = pkid;
+            p5::Packet::Publish(p).write(&mut wire, None).unwrap();
+        }
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(&wire).await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let group = metrics.group("default");
+        let permits = Arc::new(Semaphore::new(8));
+        let (acks, _acks_rx) = mpsc::unbounded_channel();
+        let link = Arc::new(Link::new(
+            acks,
+            Some(0),
+            false,
+            permits.clone(),
+            [metrics.in_flight.clone(), group.in_flight.clone()],
+        ));
+        let (tx, mut rx) = mpsc::channel(16);
+        let (control, _control_rx) = mpsc::channel(16);
+        let (_pause_tx, pause) = watch::channel(false);
+        let mut reader = Reader {
+            read: Box::new(server),
+            buf: BytesMut::new(),
+            proto: Proto::V5,
+            connection: 1,
+            max_message_bytes: 1 << 20,
+            tx,
+            link: link.clone(),
+            pause,
+            control,
+            metrics: metrics.clone(),
+            last_read: Arc::new(AtomicU64::new(0)),
+            waiting: Arc::new(AtomicBool::new(false)),
+            clock: Clock(Instant::now()),
+            pending: Vec::new(),
+            arrived: (0, Instant::now()),
+        };
+        for _ in 0..5 {
+            assert!(reader.next().await.unwrap());
+        }
+        reader.flush().await;
+        let mut tokens: Vec<AckToken> = Vec::new();
+        while let Ok(chunk) = rx.try_recv() {
+            tokens.extend(chunk.into_iter().map(|m| m.ack));
+        }
+        let held = |n: usize| {
+            assert_eq!(permits.available_permits(), 8 - n, "permits");
+            assert_eq!(metrics.in_flight.get(), n as i64, "weir_in_flight");
+            assert_eq!(group.in_flight.get(), n as i64, "the group's in flight");
+            assert_eq!(
+                link.in_flight.load(Ordering::SeqCst),
+                n as u32,
+                "the session's"
+            );
+        };
+        held(5);
+        drop(tokens.pop());
+        held(4);
+        let mut seen = Vec::new();
+        link.settle(&mut tokens, |t| seen.push(t.pkid()));
+        assert_eq!(seen, [1, 2, 3, 4]);
+        assert!(tokens.is_empty());
+        held(0);
+        link.settle(&mut tokens, |_| ());
+        held(0);
     }
 
     #[test]
