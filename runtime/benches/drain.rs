@@ -25,7 +25,8 @@
 //! producer setting. `WEIR_BENCH_WEIR` runs another weir binary (a copy of an earlier
 //! build, to compare two builds on the same test bed). `WEIR_BENCH_LATENCY_RATE` (msg/s)
 //! measures the latency at that rate instead of half the drain rate's, so that two builds
-//! with different drain rates are compared under the same load.
+//! with different drain rates are compared under the same load. `WEIR_BENCH_EXACTLY_ONCE=0`
+//! leaves out the exactly-once leg (half the run), for comparing builds on the QoS 1 path.
 //!
 //! Run: `scripts/bench-drain` (WEIR_BENCH_MESSAGES, default 200000; 1000000 for the RSS
 //! target).
@@ -530,6 +531,9 @@ fn main() {
         (n, false),
         (mqtt_rate, mqtt_taken_rate, kafka_rate),
     );
+    if std::env::var("WEIR_BENCH_EXACTLY_ONCE").is_ok_and(|v| v == "0") {
+        return;
+    }
     // The same with exactly once: a QoS 2 backlog, each batch a Kafka transaction.
     println!();
     println!("exactly once: the same with a QoS 2 backlog, each batch one Kafka transaction");
