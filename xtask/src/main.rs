@@ -4,8 +4,9 @@
 //! `cargo xtask plugin-tests`: run the Python and TypeScript SDKs' and plugins' native
 //! tests (pytest; Node's test runner).
 //!
-//! `cargo xtask plugin DIR OUT` / `cargo xtask plugin-test DIR`: build one Python or
-//! TypeScript plugin, or run its native tests, wherever it is.
+//! `cargo xtask plugin DIR OUT` / `cargo xtask plugin-test DIR`: build one Rust, Python or
+//! TypeScript plugin, or run its native tests, wherever it is (a Rust crate within a Cargo
+//! workspace that defines the `plugin` profile, as weir's does).
 //!
 //! `cargo xtask plugins [--release-dir DIR]`: build every plugin in `plugins/` and
 //! `tests/plugins/` to a Wasm component in `target/plugins/<name>-<version>.wasm` (and each
@@ -44,7 +45,9 @@ fn main() -> Result<()> {
             .and_then(|()| typescript::test(&workspace_root(), &target_dir())),
         Some("plugin-test") if args.len() == 2 => {
             let dir = PathBuf::from(&args[1]);
-            if dir.join("package.json").exists() {
+            if dir.join("Cargo.toml").exists() {
+                rust_test(&dir, &target_dir())
+            } else if dir.join("package.json").exists() {
                 typescript::test_dir(&workspace_root(), &target_dir(), &dir)
             } else {
                 python::test_dir(&target_dir(), &dir)
@@ -53,7 +56,9 @@ fn main() -> Result<()> {
         Some("plugin") if args.len() == 3 => {
             let (dir, out_dir) = (PathBuf::from(&args[1]), PathBuf::from(&args[2]));
             let (root, target) = (workspace_root(), target_dir());
-            let out = if dir.join("package.json").exists() {
+            let out = if dir.join("Cargo.toml").exists() {
+                rust_build(&dir, &target, &out_dir)?
+            } else if dir.join("package.json").exists() {
                 typescript::build(&root, &target, &out_dir, &typescript::read(&dir)?)?
             } else {
                 let plugin = python::read(&dir)?;
@@ -69,7 +74,7 @@ fn main() -> Result<()> {
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask plugins|plugin-tests|plugin-test|plugin|imports\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>-<version>.wasm\n  plugin-tests   run the Python and TypeScript SDKs' and plugins' native tests\n  plugin-test DIR  run the native tests of the Python or TypeScript plugin in DIR\n  plugin DIR OUT   build the Python or TypeScript plugin in DIR into OUT/<name>-<version>.wasm\n  imports [SRC]   fail on an import circle between the modules of runtime/src (or SRC)"
+                "usage: cargo xtask plugins|plugin-tests|plugin-test|plugin|imports\n\n  plugins   build every plugin (plugins/*, tests/plugins/*) to target/plugins/<name>-<version>.wasm\n  plugin-tests   run the Python and TypeScript SDKs' and plugins' native tests\n  plugin-test DIR  run the native tests of the Rust, Python or TypeScript plugin in DIR\n  plugin DIR OUT   build the Rust, Python or TypeScript plugin in DIR into OUT/<name>-<version>.wasm\n  imports [SRC]   fail on an import circle between the modules of runtime/src (or SRC)"
             );
             std::process::exit(2);
         }
@@ -114,46 +119,102 @@ fn plugin_dirs(root: &Path, manifest: &str) -> Result<Vec<PathBuf>> {
 
 /// Every plugin crate in `plugins/` and `tests/plugins/`.
 fn plugin_packages(root: &Path) -> Result<Vec<Package>> {
-    let mut packages = Vec::new();
-    for dir in plugin_dirs(root, "Cargo.toml")? {
-        let manifest = dir.join("Cargo.toml");
-        let text = std::fs::read_to_string(&manifest)?;
-        let doc: toml::Table = text
-            .parse()
-            .with_context(|| format!("parsing {}", manifest.display()))?;
-        let package = doc
-            .get("package")
-            .with_context(|| format!("{} has no [package]", manifest.display()))?;
-        let field = |key: &str| {
-            package
-                .get(key)
-                .and_then(|n| n.as_str())
-                .map(str::to_owned)
-                .with_context(|| format!("{} needs a literal package.{key}", manifest.display()))
-        };
-        let mut versions = vec![(field("version")?, None)];
-        if let Some(extra) = package
-            .get("metadata")
-            .and_then(|m| m.get("weir"))
-            .and_then(|w| w.get("versions"))
-            .and_then(|v| v.as_table())
-        {
-            for (version, feature) in extra {
-                let feature = feature.as_str().with_context(|| {
-                        format!(
-                            "{}: package.metadata.weir.versions.\"{version}\" must name a cargo feature",
-                            manifest.display()
-                        )
-                    })?;
-                versions.push((version.clone(), Some(feature.to_owned())));
-            }
+    plugin_dirs(root, "Cargo.toml")?
+        .iter()
+        .map(|dir| read_package(dir))
+        .collect()
+}
+
+/// The plugin crate in `dir`: its name, and the versions it builds.
+fn read_package(dir: &Path) -> Result<Package> {
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", manifest.display()))?;
+    let package = doc
+        .get("package")
+        .with_context(|| format!("{} has no [package]", manifest.display()))?;
+    let field = |key: &str| {
+        package
+            .get(key)
+            .and_then(|n| n.as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("{} needs a literal package.{key}", manifest.display()))
+    };
+    let mut versions = vec![(field("version")?, None)];
+    if let Some(extra) = package
+        .get("metadata")
+        .and_then(|m| m.get("weir"))
+        .and_then(|w| w.get("versions"))
+        .and_then(|v| v.as_table())
+    {
+        for (version, feature) in extra {
+            let feature = feature.as_str().with_context(|| {
+                format!(
+                    "{}: package.metadata.weir.versions.\"{version}\" must name a cargo feature",
+                    manifest.display()
+                )
+            })?;
+            versions.push((version.clone(), Some(feature.to_owned())));
         }
-        packages.push(Package {
-            name: field("name")?,
-            versions,
-        });
     }
-    Ok(packages)
+    Ok(Package {
+        name: field("name")?,
+        versions,
+    })
+}
+
+/// `cargo test` for the plugin crate in `dir` (its native tests, fixtures included).
+fn rust_test(dir: &Path, target_dir: &Path) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(dir)
+        .arg("test")
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("{}: the plugin's tests failed ({status})", dir.display());
+    }
+    Ok(())
+}
+
+/// Build the plugin crate in `dir` (its own version) into `out_dir/<name>-<version>.wasm`.
+fn rust_build(dir: &Path, target_dir: &Path, out_dir: &Path) -> Result<PathBuf> {
+    let p = read_package(dir)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(dir)
+        .args(["build", "--target", TARGET, "--profile", PROFILE])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("{}: building the plugin failed ({status})", dir.display());
+    }
+    std::fs::create_dir_all(out_dir)?;
+    let out = out_dir.join(format!("{}-{}.wasm", p.name, p.versions[0].0));
+    std::fs::write(&out, component(target_dir, &p.name)?)?;
+    Ok(out)
+}
+
+/// The component of plugin crate `name`, from its module as built in `target_dir`.
+fn component(target_dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let core = target_dir
+        .join(TARGET)
+        .join(PROFILE)
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    let module = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .with_context(|| format!("{name}: reading the module's component-type section"))?
+        .validate(true)
+        .encode()
+        .with_context(|| format!("{name}: encoding the component"))
 }
 
 /// Crates built together, and the `(version, feature)` they are built as (none: their own).
@@ -192,20 +253,7 @@ fn build_plugins() -> Result<()> {
         }
         for p in members {
             let version = variant.map_or(p.versions[0].0.as_str(), |(v, _)| v);
-            let core = target_dir
-                .join(TARGET)
-                .join(PROFILE)
-                .join(format!("{}.wasm", p.name.replace('-', "_")));
-            let module =
-                std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
-            let component = wit_component::ComponentEncoder::default()
-                .module(&module)
-                .with_context(|| {
-                    format!("{}: reading the module's component-type section", p.name)
-                })?
-                .validate(true)
-                .encode()
-                .with_context(|| format!("{}: encoding the component", p.name))?;
+            let component = component(&target_dir, &p.name)?;
             let out = out_dir.join(format!("{}-{version}.wasm", p.name));
             std::fs::write(&out, &component)?;
             println!("{:>8} bytes  {}", component.len(), out.display());

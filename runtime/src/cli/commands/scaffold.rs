@@ -418,7 +418,7 @@ pub fn next_steps(name: &str, lang: Lang, dir: &Path) -> String {
         Lang::Python => build("target/plugins/python"),
         Lang::Typescript => build("target/plugins/typescript"),
         Lang::Rust => format!(
-            "next:\n  add \"{dir}\" to [workspace] members in Cargo.toml\n  cargo test -p {name}                   # its native tests\n  cargo xtask plugins                    # builds target/plugins/{name}-0.1.0.wasm\n  weir transform --plugin target/plugins/{name}-0.1.0.wasm --input {dir}/fixtures/input.jsonl"
+            "next:\n  add \"{dir}\" to [workspace] members in Cargo.toml (weir's, or a workspace of its own)\n  cargo xtask plugin-test {dir}         # its native tests\n  cargo xtask plugin {dir} target/plugins   # builds target/plugins/{name}-0.1.0.wasm\n  weir transform --plugin target/plugins/{name}-0.1.0.wasm --input {dir}/fixtures/input.jsonl\n(in weir's workspace, `cargo xtask plugins` includes it)"
         ),
     }
 }
