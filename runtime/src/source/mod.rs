@@ -1873,6 +1873,46 @@ mod tests {
         assert_eq!(why.as_deref(), Ok("refused"));
     }
 
+    /// What a test reader's session loop would hold: the broker's end of the connection,
+    /// the control channel nobody reads and the pause nobody sets (the loop is behind).
+    type Behind = (
+        tokio::io::DuplexStream,
+        mpsc::Receiver<Control>,
+        watch::Sender<bool>,
+    );
+
+    /// A reader of connection 1 (MQTT 5) of `link`'s session, with `wire` waiting to be
+    /// read; the chunks it hands on come out of the receiver.
+    async fn reader_over(
+        wire: &[u8],
+        link: &Arc<Link>,
+        metrics: &Arc<Metrics>,
+    ) -> (Reader, mpsc::Receiver<Chunk>, Behind) {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(wire).await.unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let (control, control_rx) = mpsc::channel(16);
+        let (pause_tx, pause) = watch::channel(false);
+        let reader = Reader {
+            read: Box::new(server),
+            buf: BytesMut::new(),
+            proto: Proto::V5,
+            connection: 1,
+            max_message_bytes: 1 << 20,
+            tx,
+            link: link.clone(),
+            pause,
+            control,
+            metrics: metrics.clone(),
+            last_read: Arc::new(AtomicU64::new(0)),
+            waiting: Arc::new(AtomicBool::new(false)),
+            clock: Clock(Instant::now()),
+            pending: Vec::new(),
+            arrived: (0, Instant::now()),
+        };
+        (reader, rx, (client, control_rx, pause_tx))
+    }
+
     /// A broker may give a new message the packet id of one it just released (PUBREL),
     /// before weir's PUBCOMP, or even before that PUBREL (mosquitto, past 65,535 queued
     /// messages): the reader frees the id as it reads the PUBREL, however far behind the
@@ -1899,8 +1939,6 @@ mod tests {
         // Committed before this process opened the session, redelivered with DUP.
         publish(&mut wire, 9, true);
         publish(&mut wire, 10, false);
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        client.write_all(&wire).await.unwrap();
         let metrics = Arc::new(Metrics::new());
         let (acks, _acks_rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link::new(
@@ -1910,27 +1948,7 @@ mod tests {
             Arc::new(Semaphore::new(16)),
             [metrics.in_flight.clone(), metrics.in_flight.clone()],
         ));
-        let (tx, mut rx) = mpsc::channel(16);
-        // Nobody reads the control channel: the session's loop is behind.
-        let (control, _control_rx) = mpsc::channel(16);
-        let (_pause_tx, pause) = watch::channel(false);
-        let mut reader = Reader {
-            read: Box::new(server),
-            buf: BytesMut::new(),
-            proto: Proto::V5,
-            connection: 1,
-            max_message_bytes: 1 << 20,
-            tx,
-            link: link.clone(),
-            pause,
-            control,
-            metrics: metrics.clone(),
-            last_read: Arc::new(AtomicU64::new(0)),
-            waiting: Arc::new(AtomicBool::new(false)),
-            clock: Clock(Instant::now()),
-            pending: Vec::new(),
-            arrived: (0, Instant::now()),
-        };
+        let (mut reader, mut rx, _behind) = reader_over(&wire, &link, &metrics).await;
         link.qos2.lock().unwrap().extend([(9, 0), (10, 0)]);
         for _ in 0..8 {
             assert!(reader.next().await.unwrap());
@@ -1966,8 +1984,6 @@ mod tests {
             p.pkid = pkid;
             p5::Packet::Publish(p).write(&mut wire, None).unwrap();
         }
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        client.write_all(&wire).await.unwrap();
         let metrics = Arc::new(Metrics::new());
         let group = metrics.group("default");
         let permits = Arc::new(Semaphore::new(8));
@@ -1979,26 +1995,7 @@ mod tests {
             permits.clone(),
             [metrics.in_flight.clone(), group.in_flight.clone()],
         ));
-        let (tx, mut rx) = mpsc::channel(16);
-        let (control, _control_rx) = mpsc::channel(16);
-        let (_pause_tx, pause) = watch::channel(false);
-        let mut reader = Reader {
-            read: Box::new(server),
-            buf: BytesMut::new(),
-            proto: Proto::V5,
-            connection: 1,
-            max_message_bytes: 1 << 20,
-            tx,
-            link: link.clone(),
-            pause,
-            control,
-            metrics: metrics.clone(),
-            last_read: Arc::new(AtomicU64::new(0)),
-            waiting: Arc::new(AtomicBool::new(false)),
-            clock: Clock(Instant::now()),
-            pending: Vec::new(),
-            arrived: (0, Instant::now()),
-        };
+        let (mut reader, mut rx, _behind) = reader_over(&wire, &link, &metrics).await;
         for _ in 0..5 {
             assert!(reader.next().await.unwrap());
         }
