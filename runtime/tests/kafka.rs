@@ -872,8 +872,8 @@ fn a_produce_quota_slows_weir_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // Kafka measures a client's rate over at least `quota.window.num - 1` windows: with its
     // default (11 one-second windows) a burst is throttled only once it exceeds ten seconds
-    // of quota, which these 1,000 records (~0.3 KiB each with their headers) may not. Two
-    // windows make the rate a second's, so the burst is throttled at once.
+    // of quota, which these 1,000 records (a few hundred bytes each with their headers) may
+    // not. Two windows make the rate a second's, so the burst is throttled at once.
     let node = KafkaNode::single(
         dir.path(),
         "quota.window.num=2\nquota.window.size.seconds=1\n",
@@ -881,7 +881,7 @@ fn a_produce_quota_slows_weir_and_loses_nothing() {
     );
     let bootstrap = node.bootstrap();
     let p = unique("quota");
-    // 32 KiB/s for every client: weir's records at about a hundred a second.
+    // 32 KiB/s for every client: a small share of what weir writes unthrottled.
     kafka_tool(
         "org.apache.kafka.tools.ConfigCommand",
         &[

@@ -629,7 +629,7 @@ fn kafka_password_file_is_followed_without_a_restart() {
     let got = count_with(&topic, 20, Duration::from_secs(60), &each(&read));
     assert_eq!(got, 20, "weir's log:\n{}", weir.log.lock().unwrap());
     let (status, log) = weir.stop();
-    assert!(status.success(), "{log}");
+    assert!(status.success(), "weir ended with {status}:\n{log}");
     assert!(log.contains("kafka.sasl.password_file changed"), "{log}");
     for pw in [old, new] {
         assert!(!log.contains(pw), "a password reached the log:\n{log}");
