@@ -168,38 +168,39 @@ fn read_package(dir: &Path) -> Result<Package> {
 
 /// `cargo test` for the plugin crate in `dir` (its native tests, fixtures included).
 fn rust_test(dir: &Path, target_dir: &Path) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(dir)
-        .arg("test")
-        .arg("--target-dir")
-        .arg(target_dir)
-        .status()
-        .context("running cargo test")?;
-    if !status.success() {
-        bail!("{}: the plugin's tests failed ({status})", dir.display());
-    }
-    Ok(())
+    cargo_in(dir, target_dir, &["test"])
+        .with_context(|| format!("{}: the plugin's tests failed", dir.display()))
 }
 
 /// Build the plugin crate in `dir` (its own version) into `out_dir/<name>-<version>.wasm`.
 fn rust_build(dir: &Path, target_dir: &Path, out_dir: &Path) -> Result<PathBuf> {
     let p = read_package(dir)?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(dir)
-        .args(["build", "--target", TARGET, "--profile", PROFILE])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("{}: building the plugin failed ({status})", dir.display());
-    }
+    cargo_in(
+        dir,
+        target_dir,
+        &["build", "--target", TARGET, "--profile", PROFILE],
+    )
+    .with_context(|| format!("{}: building the plugin failed", dir.display()))?;
     std::fs::create_dir_all(out_dir)?;
     let out = out_dir.join(format!("{}-{}.wasm", p.name, p.versions[0].0));
     std::fs::write(&out, component(target_dir, &p.name)?)?;
     Ok(out)
+}
+
+/// `cargo ARGS --target-dir TARGET_DIR` run in `dir` (the crate there, in its workspace).
+fn cargo_in(dir: &Path, target_dir: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(dir)
+        .args(args)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} ended with {status}", args.join(" "));
+    }
+    Ok(())
 }
 
 /// The component of plugin crate `name`, from its module as built in `target_dir`.
