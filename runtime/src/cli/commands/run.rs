@@ -32,8 +32,26 @@ pub fn execute(args: RunArgs) -> Result<std::convert::Infallible> {
     })?;
     let code = exit_code(&stopped);
     report(stopped);
-    // Exit without waiting for the Kafka client to give up on writes nobody waits for.
-    std::process::exit(code)
+    leave(code)
+}
+
+/// End the process at once with `code`: without waiting for the Kafka clients to give up
+/// on writes nobody waits for, and without the C library's exit handlers.
+///
+/// `std::process::exit` runs those handlers (OpenSSL's global cleanup among them, and the
+/// allocator's) while librdkafka's threads still run, and may be reconnecting to a broker
+/// over TLS at that moment: a process that had drained everything could then die of a
+/// signal on its way out, and its supervisor would count a clean stop as a crash. Nothing
+/// weir needs happens in those handlers: stdout is flushed here and the log goes to stderr,
+/// which is not buffered.
+#[allow(unsafe_code)]
+fn leave(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` has no preconditions; it ends every thread of the process without
+    // running exit handlers or destructors, which is the point (above).
+    unsafe { libc::_exit(code) }
 }
 
 /// 0 drained, 3 stopped with messages left to the broker, 130 a second signal.
