@@ -19,7 +19,13 @@
 //!   part of it spent waiting on Kafka (`weir_produce_seconds`), and, for comparison, a raw
 //!   producer's send-to-answer latency at the same rate;
 //! - idle: then weir's CPU with nothing to do, over 4 s, by thread name, and its threads'
-//!   wake-ups per second.
+//!   wake-ups per second. With exactly once, "nothing to do" starts only when the broker
+//!   has sent its last PUBREL: the leg first waits until weir commits no transaction for a
+//!   second and prints how long that took. (mosquitto finds the message of each PUBREC by a
+//!   walk of the session's in-flight list, `db__message_update_outgoing`: with thousands in
+//!   flight its PUBRELs trail weir's PUBRECs by seconds, one per TCP segment, and weir,
+//!   which forgets each released id in a transaction before its PUBCOMP, is busy until they
+//!   end. Measured before that wait, weir looked busy when idle.)
 //!
 //! `WEIR_BENCH_CONFIG` is appended to weir's config, e.g. `[kafka.properties]` to try a
 //! producer setting. `WEIR_BENCH_WEIR` runs another weir binary (a copy of an earlier
@@ -472,11 +478,34 @@ fn start_weir(config: &std::path::Path) -> Weir {
 impl Weir {
     /// `weir_acked_total` (a line lookup: this is polled while weir works).
     fn acked(&self) -> u64 {
+        self.counter("weir_acked_total")
+    }
+
+    /// A counter's value from weir's metrics (0 before its first count).
+    fn counter(&self, name: &str) -> u64 {
         let (_, text) = bed::http_get(&format!("{}/metrics", self.admin)).unwrap();
         text.lines()
-            .find_map(|l| l.strip_prefix("weir_acked_total "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0) as u64
+    }
+
+    /// Wait until weir has committed no transaction for a second: the broker's PUBRELs
+    /// have all come and been forgotten. How long that took.
+    fn releases_done(&self) -> Duration {
+        const QUIET: Duration = Duration::from_secs(1);
+        let (start, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(300));
+        let (mut last, mut changed) = (self.counter("weir_transactions_committed_total"), start);
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.counter("weir_transactions_committed_total");
+            if now != last {
+                (last, changed) = (now, Instant::now());
+            } else if changed.elapsed() >= QUIET {
+                return changed - start;
+            }
+            assert!(Instant::now() < deadline, "weir's transactions end");
+        }
     }
 
     fn stop(mut self) {
@@ -695,6 +724,12 @@ fn weir_leg(
         raw50 * 1e3,
         raw99 * 1e3
     );
+    if eo {
+        println!(
+            "  last PUBREL forgotten (no transaction for 1 s): {:>6.1} s after the raw producer's run",
+            weir.releases_done().as_secs_f64()
+        );
+    }
     print_idle(weir.child.id());
     weir.stop();
     let got = bed::count(
