@@ -33,6 +33,7 @@
 //! measures the latency at that rate instead of half the drain rate's, so that two builds
 //! with different drain rates are compared under the same load. `WEIR_BENCH_EXACTLY_ONCE=0`
 //! leaves out the exactly-once leg (half the run), for comparing builds on the QoS 1 path.
+//! `WEIR_BENCH_IN_FLIGHT` sets weir's `mqtt.max_in_flight` (default 5000).
 //!
 //! Run: `scripts/bench-drain` (WEIR_BENCH_MESSAGES, default 200000; 1000000 for the RSS
 //! target).
@@ -591,12 +592,12 @@ fn weir_leg(
     // weir's session: made by a first start, then the backlog published while it is away.
     let dir = tempfile::tempdir().unwrap();
     let mut config = bed::bench_config(run).replace(&format!("raw_topic = \"{run}.raw\"\n"), "");
-    if eo {
-        config = config.replace(
-            "max_in_flight = 5000\n",
-            "max_in_flight = 5000\nexactly_once = true\n",
-        );
-    }
+    let in_flight = std::env::var("WEIR_BENCH_IN_FLIGHT").unwrap_or_else(|_| "5000".into());
+    let session = format!(
+        "max_in_flight = {in_flight}\n{}",
+        if eo { "exactly_once = true\n" } else { "" }
+    );
+    config = config.replace("max_in_flight = 5000\n", &session);
     if let Ok(extra) = std::env::var("WEIR_BENCH_CONFIG") {
         config.push_str(&extra);
     }
