@@ -63,6 +63,7 @@ pub mod packed_bindings {
 pub mod codes;
 pub mod dryrun;
 pub mod frame;
+mod json;
 pub mod testing;
 
 use bindings::weir::transform::types as wit;
@@ -135,6 +136,11 @@ impl Message {
                 format!("payload is not valid JSON: it is not UTF-8 text ({e})"),
             )
         })?;
+        // The common case is read by the SDK's own reader; whatever it is not sure of,
+        // serde_json reads again and answers (see `json.rs`).
+        if let Some(value) = json::from_str(text) {
+            return Ok(value);
+        }
         serde_json::from_str(text).map_err(|e| {
             let what = match e.classify() {
                 serde_json::error::Category::Data => "payload JSON has the wrong shape",

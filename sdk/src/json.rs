@@ -1,0 +1,1068 @@
+//! The fast path of [`Message::json`](crate::Message::json).
+//!
+//! serde_json's reader is general: escapes, numbers of any size, numeric map keys, raw
+//! values, errors that name their line and column. A device's payload needs little of it,
+//! and in the sandbox parsing was most of a plugin's work per message. This reader drives
+//! the same `Deserialize` impls over the common case only: strings without escapes,
+//! numbers that convert exactly, nesting to a modest depth. Whatever it is not sure of —
+//! bad syntax, an escape, a long number, a value of the wrong shape for the target, a
+//! target it does not serve — it leaves to serde_json, which reads the whole payload again
+//! and gives its own value or its own error. So a payload yields what serde_json yields,
+//! rejections keep serde_json's text, and only the common case is faster.
+//!
+//! No crate offers that guarantee (faster readers parse numbers and word errors their own
+//! way), which is why this one is written here.
+//!
+//! Where it answers, it answers as serde_json does, call for call: the same `visit_*` for
+//! each token (`visit_borrowed_str` for strings; `visit_u64`, `visit_i64` or `visit_f64` for
+//! numbers as serde_json classifies them), the same shapes accepted for each
+//! `deserialize_*`, and floats only where the conversion is one exact operation
+//! (significand ≤ 2⁵³, power of ten ≤ 10²²), where every correct reader agrees to the bit.
+
+use serde::de::{self, DeserializeSeed, Visitor};
+use std::fmt;
+use std::sync::OnceLock;
+
+/// The fast path's only error: "not sure, ask serde_json". It carries nothing because the
+/// error reported is serde_json's.
+#[derive(Debug)]
+pub(crate) struct Unsure;
+
+impl fmt::Display for Unsure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("left to serde_json")
+    }
+}
+
+impl std::error::Error for Unsure {}
+
+impl de::Error for Unsure {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        Unsure
+    }
+}
+
+type Result<T> = std::result::Result<T, Unsure>;
+
+/// Nesting the fast path follows; deeper documents go to serde_json (whose limit is 128).
+const MAX_DEPTH: u32 = 64;
+
+/// The name serde_json's `RawValue` asks for; its bytes are serde_json's business.
+const RAW_VALUE: &str = "$serde_json::private::RawValue";
+
+/// Powers of ten that are exact in an `f64`.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// `text` read into `T` as serde_json would read it, or `None` when serde_json must decide.
+pub(crate) fn from_str<'a, T: de::Deserialize<'a>>(text: &'a str) -> Option<T> {
+    if !plain_numbers() {
+        return None;
+    }
+    let mut reader = Reader {
+        text,
+        pos: 0,
+        depth: 0,
+    };
+    let value = T::deserialize(&mut reader).ok()?;
+    match reader.ws() {
+        None => Some(value),
+        Some(_) => None,
+    }
+}
+
+/// Whether serde_json hands numbers to visitors as numbers. Its `arbitrary_precision`
+/// feature (which any crate in a plugin's build can turn on) hands them over as a map
+/// holding their text instead; then the fast path stands aside.
+fn plain_numbers() -> bool {
+    static PLAIN: OnceLock<bool> = OnceLock::new();
+    *PLAIN.get_or_init(|| {
+        struct Probe;
+        impl Visitor<'_> for Probe {
+            type Value = f64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E>(self, v: f64) -> std::result::Result<f64, E> {
+                Ok(v)
+            }
+        }
+        struct Number(f64);
+        impl<'de> de::Deserialize<'de> for Number {
+            fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                d.deserialize_any(Probe).map(Number)
+            }
+        }
+        serde_json::from_str::<Number>("1.5").is_ok_and(|n| n.0 == 1.5)
+    })
+}
+
+/// A number as serde_json classifies it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Number {
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl Number {
+    fn visit<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self {
+            Number::U64(n) => visitor.visit_u64(n),
+            Number::I64(n) => visitor.visit_i64(n),
+            Number::F64(n) => visitor.visit_f64(n),
+        }
+    }
+}
+
+struct Reader<'a> {
+    text: &'a str,
+    pos: usize,
+    depth: u32,
+}
+
+impl<'a> Reader<'a> {
+    /// Skips JSON whitespace; the next byte, if any.
+    #[inline(always)]
+    fn ws(&mut self) -> Option<u8> {
+        // Every whitespace byte is at most a space: most tokens follow one another
+        // directly, and then no loop runs (in the sandbox each loop pays an interruption
+        // check).
+        match self.text.as_bytes().get(self.pos) {
+            Some(&b) if b > b' ' => Some(b),
+            _ => self.skip_ws(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn skip_ws(&mut self) -> Option<u8> {
+        let bytes = self.text.as_bytes();
+        // Runs of spaces (indentation, padding) eight at a time.
+        while bytes.get(self.pos..).and_then(<[u8]>::first_chunk::<8>) == Some(b"        ") {
+            self.pos += 8;
+        }
+        while let Some(&b) = bytes.get(self.pos) {
+            match b {
+                b' ' | b'\n' | b'\r' | b'\t' => self.pos += 1,
+                _ => return Some(b),
+            }
+        }
+        None
+    }
+
+    /// The byte at the cursor.
+    #[inline(always)]
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<()> {
+        match self.text.as_bytes().get(self.pos..self.pos + word.len()) {
+            Some(w) if w == word => {
+                self.pos += word.len();
+                Ok(())
+            }
+            _ => Err(Unsure),
+        }
+    }
+
+    /// The string whose opening quote is at the cursor, borrowed: one without escapes or
+    /// control characters.
+    #[inline(always)]
+    fn string(&mut self) -> Result<&'a str> {
+        const ONES: u64 = u64::MAX / 255;
+        let bytes = self.text.as_bytes();
+        let start = self.pos + 1;
+        let mut i = start;
+        // Eight bytes at a time while eight remain: the lowest byte flagged is the first
+        // quote, backslash or control character (flags above it may be false).
+        while let Some(chunk) = bytes.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+            let word = u64::from_le_bytes(*chunk);
+            let quote = word ^ (ONES * u64::from(b'"'));
+            let backslash = word ^ (ONES * u64::from(b'\\'));
+            let flags = (quote.wrapping_sub(ONES) & !quote)
+                | (backslash.wrapping_sub(ONES) & !backslash)
+                | (word.wrapping_sub(ONES * 0x20) & !word);
+            let flags = flags & (ONES << 7);
+            if flags != 0 {
+                i += (flags.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        while let Some(&b) = bytes.get(i) {
+            if b == b'"' {
+                self.pos = i + 1;
+                // Both ends are ASCII quotes, so both are character boundaries.
+                return self.text.get(start..i).ok_or(Unsure);
+            }
+            if b == b'\\' || b < 0x20 {
+                return Err(Unsure);
+            }
+            i += 1;
+        }
+        Err(Unsure)
+    }
+
+    /// The number at the cursor, as serde_json reads it, when it is one the fast path can
+    /// read to the same bits.
+    #[inline(always)]
+    fn number(&mut self) -> Result<Number> {
+        let bytes = self.text.as_bytes();
+        let digit = |i: usize| match bytes.get(i) {
+            Some(&d @ b'0'..=b'9') => Some(u64::from(d - b'0')),
+            _ => None,
+        };
+        let mut i = self.pos;
+        let positive = bytes.get(i) != Some(&b'-');
+        if !positive {
+            i += 1;
+        }
+        // At most 19 digits are read (they always fit a u64): longer numbers go to serde_json.
+        let mut significand: u64 = 0;
+        let mut digits = 0;
+        match digit(i) {
+            Some(0) => {
+                i += 1;
+                if digit(i).is_some() {
+                    return Err(Unsure);
+                }
+            }
+            Some(_) => {
+                while let Some(d) = digit(i) {
+                    significand = significand.wrapping_mul(10).wrapping_add(d);
+                    digits += 1;
+                    i += 1;
+                }
+            }
+            None => return Err(Unsure),
+        }
+        let mut float = false;
+        let mut exponent: i32 = 0;
+        if bytes.get(i) == Some(&b'.') {
+            float = true;
+            i += 1;
+            let first = i;
+            while let Some(d) = digit(i) {
+                significand = significand.wrapping_mul(10).wrapping_add(d);
+                digits += 1;
+                exponent -= 1;
+                i += 1;
+            }
+            if i == first {
+                return Err(Unsure);
+            }
+        }
+        if matches!(bytes.get(i), Some(b'e' | b'E')) {
+            float = true;
+            i += 1;
+            let negative = match bytes.get(i) {
+                Some(b'-') => {
+                    i += 1;
+                    true
+                }
+                Some(b'+') => {
+                    i += 1;
+                    false
+                }
+                _ => false,
+            };
+            let first = i;
+            let mut e: i32 = 0;
+            while let Some(d) = digit(i) {
+                if i - first == 4 {
+                    return Err(Unsure);
+                }
+                e = e * 10 + d as i32;
+                i += 1;
+            }
+            if i == first {
+                return Err(Unsure);
+            }
+            exponent += if negative { -e } else { e };
+        }
+        if digits > 19 {
+            return Err(Unsure);
+        }
+        self.pos = i;
+        if !float {
+            if positive {
+                return Ok(Number::U64(significand));
+            }
+            // serde_json's rule: `-0` and what does not fit an i64 become floats.
+            let negated = significand.cast_signed().wrapping_neg();
+            return Ok(if negated >= 0 {
+                Number::F64(-(significand as f64))
+            } else {
+                Number::I64(negated)
+            });
+        }
+        let power = POW10.get(exponent.unsigned_abs() as usize).ok_or(Unsure)?;
+        if significand > 1 << 53 {
+            return Err(Unsure);
+        }
+        let magnitude = if exponent >= 0 {
+            significand as f64 * power
+        } else {
+            significand as f64 / power
+        };
+        Ok(Number::F64(if positive { magnitude } else { -magnitude }))
+    }
+
+    fn deserialize_number<'de, V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value> {
+        match self.ws() {
+            Some(b'-' | b'0'..=b'9') => self.number()?.visit(visitor),
+            _ => Err(Unsure),
+        }
+    }
+
+    fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.depth == MAX_DEPTH {
+            return Err(Unsure);
+        }
+        self.depth += 1;
+        self.pos += 1;
+        let value = f(self);
+        self.depth -= 1;
+        value
+    }
+
+    /// The array at the cursor, given to `visitor`, which must take all of it.
+    fn seq<V: Visitor<'a>>(&mut self, visitor: V) -> Result<V::Value> {
+        self.nested(|r| {
+            let value = visitor.visit_seq(Elements {
+                reader: &mut *r,
+                first: true,
+            })?;
+            r.close(b']')?;
+            Ok(value)
+        })
+    }
+
+    /// The object at the cursor, given to `visitor`, which must take all of it.
+    fn map<V: Visitor<'a>>(&mut self, visitor: V) -> Result<V::Value> {
+        self.nested(|r| {
+            let value = visitor.visit_map(Entries {
+                reader: &mut *r,
+                first: true,
+            })?;
+            r.close(b'}')?;
+            Ok(value)
+        })
+    }
+
+    #[inline(always)]
+    fn close(&mut self, end: u8) -> Result<()> {
+        if self.ws() == Some(end) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(Unsure)
+        }
+    }
+
+    /// Before an element (`end` is `]`) or entry (`}`): whether there is one, past its comma
+    /// and the whitespace before it.
+    #[inline(always)]
+    fn more(&mut self, first: &mut bool, end: u8) -> Result<bool> {
+        match self.ws() {
+            Some(b) if b == end => return Ok(false),
+            Some(b',') if !*first => {
+                self.pos += 1;
+                match self.ws() {
+                    Some(b) if b != end => {}
+                    _ => return Err(Unsure),
+                }
+            }
+            Some(_) if *first => {}
+            _ => return Err(Unsure),
+        }
+        *first = false;
+        Ok(true)
+    }
+
+    #[inline(always)]
+    fn colon(&mut self) -> Result<()> {
+        self.close(b':')
+    }
+
+    /// Passes over a value nobody reads, checking it as serde_json would.
+    #[inline(always)]
+    fn skip(&mut self) -> Result<()> {
+        match self.ws().ok_or(Unsure)? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            _ => self.skip_other(),
+        }
+    }
+
+    /// [`Reader::skip`] for literals, arrays and objects.
+    #[inline(never)]
+    fn skip_other(&mut self) -> Result<()> {
+        match self.ws().ok_or(Unsure)? {
+            b'n' => self.literal(b"null"),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'[' => self.nested(|r| {
+                let mut first = true;
+                while r.more(&mut first, b']')? {
+                    r.skip()?;
+                }
+                r.close(b']')
+            }),
+            b'{' => self.nested(|r| {
+                let mut first = true;
+                while r.more(&mut first, b'}')? {
+                    if r.peek() != Some(b'"') {
+                        return Err(Unsure);
+                    }
+                    r.string()?;
+                    r.colon()?;
+                    r.skip()?;
+                }
+                r.close(b'}')
+            }),
+            _ => Err(Unsure),
+        }
+    }
+}
+
+macro_rules! numbers {
+    ($($method:ident)*) => {
+        $(fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            self.deserialize_number(visitor)
+        })*
+    };
+}
+
+macro_rules! unsure {
+    ($($method:ident)*) => {
+        $(fn $method<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+            Err(Unsure)
+        })*
+    };
+}
+
+impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
+    type Error = Unsure;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.ws().ok_or(Unsure)? {
+            b'n' => {
+                self.literal(b"null")?;
+                visitor.visit_unit()
+            }
+            b't' => {
+                self.literal(b"true")?;
+                visitor.visit_bool(true)
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                visitor.visit_bool(false)
+            }
+            b'-' | b'0'..=b'9' => self.number()?.visit(visitor),
+            b'"' => visitor.visit_borrowed_str(self.string()?),
+            b'[' => self.seq(visitor),
+            b'{' => self.map(visitor),
+            _ => Err(Unsure),
+        }
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.ws() {
+            Some(b't') => {
+                self.literal(b"true")?;
+                visitor.visit_bool(true)
+            }
+            Some(b'f') => {
+                self.literal(b"false")?;
+                visitor.visit_bool(false)
+            }
+            _ => Err(Unsure),
+        }
+    }
+
+    numbers! {
+        deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
+        deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_f64
+    }
+
+    // f32 (read at single precision under `float_roundtrip`), 128-bit integers and bytes
+    // are read by serde_json its own way.
+    unsure! { deserialize_f32 deserialize_i128 deserialize_u128 deserialize_bytes deserialize_byte_buf }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.ws() {
+            Some(b'"') => visitor.visit_borrowed_str(self.string()?),
+            _ => Err(Unsure),
+        }
+    }
+
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.ws() {
+            Some(b'n') => {
+                self.literal(b"null")?;
+                visitor.visit_none()
+            }
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.ws() {
+            Some(b'n') => {
+                self.literal(b"null")?;
+                visitor.visit_unit()
+            }
+            _ => Err(Unsure),
+        }
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value> {
+        self.deserialize_unit(visitor)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value> {
+        if name == RAW_VALUE {
+            return Err(Unsure);
+        }
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.ws() {
+            Some(b'[') => self.seq(visitor),
+            _ => Err(Unsure),
+        }
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(self, _: usize, visitor: V) -> Result<V::Value> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: usize,
+        visitor: V,
+    ) -> Result<V::Value> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.ws() {
+            Some(b'{') => self.map(visitor),
+            _ => Err(Unsure),
+        }
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        match self.ws() {
+            Some(b'[') => self.seq(visitor),
+            Some(b'{') => self.map(visitor),
+            _ => Err(Unsure),
+        }
+    }
+
+    /// A unit variant written as its name; variants with data go to serde_json.
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        match self.ws() {
+            Some(b'"') => visitor.visit_enum(UnitVariant(self)),
+            _ => Err(Unsure),
+        }
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        self.skip()?;
+        visitor.visit_unit()
+    }
+}
+
+/// An array's elements.
+struct Elements<'r, 'a> {
+    reader: &'r mut Reader<'a>,
+    first: bool,
+}
+
+impl<'a> de::SeqAccess<'a> for Elements<'_, 'a> {
+    type Error = Unsure;
+
+    fn next_element_seed<T: DeserializeSeed<'a>>(&mut self, seed: T) -> Result<Option<T::Value>> {
+        if !self.reader.more(&mut self.first, b']')? {
+            return Ok(None);
+        }
+        seed.deserialize(&mut *self.reader).map(Some)
+    }
+}
+
+/// An object's entries.
+struct Entries<'r, 'a> {
+    reader: &'r mut Reader<'a>,
+    first: bool,
+}
+
+impl<'a> de::MapAccess<'a> for Entries<'_, 'a> {
+    type Error = Unsure;
+
+    fn next_key_seed<K: DeserializeSeed<'a>>(&mut self, seed: K) -> Result<Option<K::Value>> {
+        if !self.reader.more(&mut self.first, b'}')? {
+            return Ok(None);
+        }
+        match self.reader.peek() {
+            Some(b'"') => seed.deserialize(Key(&mut *self.reader)).map(Some),
+            _ => Err(Unsure),
+        }
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'a>>(&mut self, seed: V) -> Result<V::Value> {
+        self.reader.colon()?;
+        seed.deserialize(&mut *self.reader)
+    }
+}
+
+/// An object's key, at its opening quote: a string to every target but numbers, booleans
+/// and bytes (which serde_json reads out of the quotes, and this leaves to it).
+struct Key<'r, 'a>(&'r mut Reader<'a>);
+
+impl<'de> de::Deserializer<'de> for Key<'_, 'de> {
+    type Error = Unsure;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_borrowed_str(self.0.string()?)
+    }
+
+    unsure! {
+        deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
+        deserialize_i128 deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64
+        deserialize_u128 deserialize_f32 deserialize_f64 deserialize_bytes deserialize_byte_buf
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value> {
+        if name == RAW_VALUE {
+            return Err(Unsure);
+        }
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        de::Deserializer::deserialize_enum(self.0, name, variants, visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        char str string unit unit_struct seq tuple tuple_struct map struct
+        identifier ignored_any
+    }
+}
+
+/// An enum's unit variant, written as its name.
+struct UnitVariant<'r, 'a>(&'r mut Reader<'a>);
+
+impl<'a> de::EnumAccess<'a> for UnitVariant<'_, 'a> {
+    type Error = Unsure;
+    type Variant = Self;
+
+    fn variant_seed<S: DeserializeSeed<'a>>(self, seed: S) -> Result<(S::Value, Self)> {
+        let variant = seed.deserialize(&mut *self.0)?;
+        Ok((variant, self))
+    }
+}
+
+impl<'a> de::VariantAccess<'a> for UnitVariant<'_, 'a> {
+    type Error = Unsure;
+
+    fn unit_variant(self) -> Result<()> {
+        Ok(())
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'a>>(self, _: T) -> Result<T::Value> {
+        Err(Unsure)
+    }
+
+    fn tuple_variant<V: Visitor<'a>>(self, _: usize, _: V) -> Result<V::Value> {
+        Err(Unsure)
+    }
+
+    fn struct_variant<V: Visitor<'a>>(self, _: &'static [&'static str], _: V) -> Result<V::Value> {
+        Err(Unsure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use serde::de::DeserializeOwned;
+    use std::borrow::Cow;
+    use std::collections::{BTreeMap, HashMap};
+    use std::fmt::Debug;
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Quantity<'a> {
+        value: Option<f64>,
+        #[serde(default, borrow)]
+        unit: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Reading<'a> {
+        #[serde(borrow)]
+        device: Option<Cow<'a, str>>,
+        ts: Option<i64>,
+        #[serde(default)]
+        heartbeat: bool,
+        temp_c: Option<f64>,
+        #[serde(borrow)]
+        temperature: Option<Quantity<'a>>,
+        #[serde(borrow)]
+        humidity: Option<Quantity<'a>>,
+        rssi: Option<i8>,
+        fw: Option<&'a str>,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Mode {
+        Heat,
+        Cool,
+        Fan(u8),
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Shapes<'a> {
+        mode: Option<Mode>,
+        #[serde(borrow)]
+        tags: Option<Vec<&'a str>>,
+        pair: Option<(u32, bool)>,
+        #[serde(borrow)]
+        counts: Option<HashMap<&'a str, u64>>,
+        by_id: Option<BTreeMap<u32, String>>,
+        nothing: Option<()>,
+        letter: Option<char>,
+        ratio: Option<f32>,
+        big: Option<u128>,
+        #[serde(flatten)]
+        rest: BTreeMap<String, serde_json::Value>,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Strict {
+        a: u8,
+    }
+
+    const PAYLOAD: &str = r#"{"device":"t-7","ts":1700000000007,"temperature":{"value":67.0,"unit":"F"},"setpoint":{"value":68.0,"unit":"F"},"humidity":{"value":41.5,"unit":"%"},"fw":"3.1.0","site":"plant-7","line":"line-2","model":"TX-300","rssi":-61,"uptime_s":7,"battery":{"value":3.61,"unit":"V"}}     "#;
+
+    /// Where the fast path answers, serde_json answers the same (a `Value` is compared
+    /// as printed, so `-0.0` and `0.0` differ); returns whether it answered.
+    fn agrees<'a, T>(text: &'a str) -> bool
+    where
+        T: Deserialize<'a> + PartialEq + Debug,
+    {
+        let Some(fast) = from_str::<T>(text) else {
+            return false;
+        };
+        match serde_json::from_str::<T>(text) {
+            Ok(slow) => assert_eq!(fast, slow, "{text:?}"),
+            Err(e) => panic!("the fast path read {text:?} as {fast:?}; serde_json: {e}"),
+        }
+        true
+    }
+
+    fn agrees_as_value(text: &str) -> bool {
+        let Some(fast) = from_str::<serde_json::Value>(text) else {
+            return false;
+        };
+        let slow: serde_json::Value = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("the fast path read {text:?}; serde_json: {e}"));
+        assert_eq!(fast.to_string(), slow.to_string(), "{text:?}");
+        true
+    }
+
+    fn agrees_bitwise<T: DeserializeOwned + Debug>(text: &str, bits: impl Fn(&T) -> u64) -> bool {
+        let Some(fast) = from_str::<T>(text) else {
+            return false;
+        };
+        let slow: T = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("the fast path read {text:?} as {fast:?}; serde_json: {e}"));
+        assert_eq!(
+            bits(&fast),
+            bits(&slow),
+            "{text:?}: {fast:?} against {slow:?}"
+        );
+        true
+    }
+
+    #[test]
+    fn reads_a_device_payload_as_serde_json_does() {
+        assert!(agrees::<Reading>(PAYLOAD));
+        assert!(agrees_as_value(PAYLOAD));
+        // Strings are lent from the payload, as serde_json lends them.
+        assert_eq!(from_str::<Reading>(PAYLOAD).unwrap().fw, Some("3.1.0"));
+    }
+
+    /// Every one-byte deletion, insertion and replacement of a payload: whatever the fast
+    /// path accepts, serde_json accepts with the same value.
+    #[test]
+    fn a_damaged_payload_is_read_as_serde_json_reads_it_or_left_to_it() {
+        let docs = [
+            PAYLOAD,
+            r#"{"a":[1,-2,3.5e3,true,false,null,"x"],"b":{"c":{}},"d":[],"e":-0,"f":0.0}"#,
+            r#"[{"value":1,"unit":"C"},{"value":null}, {"value" : 2.5 , "unit" : "K" }]"#,
+            "{\n        \"value\" :\t[ 1 ,\r\n                2 ]  ,        \"unit\":\"F\"}         \n ",
+        ];
+        let inserts = b"{}[],:\"\\ \t\n0123456789-+.eEntfaulrs\x01";
+        let (mut tried, mut answered) = (0, 0);
+        for doc in docs {
+            let bytes = doc.as_bytes();
+            let mut mutants = Vec::new();
+            for at in 0..bytes.len() {
+                let mut v = bytes.to_vec();
+                v.remove(at);
+                mutants.push(v);
+                for &b in inserts {
+                    let mut v = bytes.to_vec();
+                    v.insert(at, b);
+                    mutants.push(v);
+                    let mut v = bytes.to_vec();
+                    v[at] = b;
+                    mutants.push(v);
+                }
+            }
+            for m in &mutants {
+                let text = std::str::from_utf8(m).unwrap();
+                tried += 1;
+                let hits = [
+                    agrees_as_value(text),
+                    agrees::<Reading>(text),
+                    agrees::<Vec<Quantity>>(text),
+                    agrees::<Shapes>(text),
+                ];
+                answered += hits.iter().filter(|&&h| h).count();
+            }
+        }
+        // Most one-byte changes inside a string or number leave valid JSON the fast path reads.
+        assert!(
+            answered > tried / 4,
+            "answered {answered} of {tried} mutants"
+        );
+    }
+
+    #[test]
+    fn numbers_come_out_to_the_same_bits() {
+        let f = |v: &f64| v.to_bits();
+        let mut fast = 0;
+        let mut texts: Vec<String> = [
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "70.7",
+            "68.0",
+            "3.61",
+            "-61",
+            "41.5",
+            "1700000000007",
+            "0.1",
+            "0.30000000000000004",
+            "-0.0",
+            "1e5",
+            "1E5",
+            "1e+5",
+            "1e-5",
+            "2.5E-3",
+            "1e22",
+            "1e23",
+            "1e-22",
+            "1e-23",
+            "9007199254740992",
+            "9007199254740993",
+            "9007199254740993.0",
+            "9007199254740992.5",
+            "1.7976931348623157e308",
+            "5e-324",
+            "18446744073709551615",
+            "18446744073709551616",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "-9999999999999999999",
+            "1234567890123456789",
+            "12345678901234567890",
+            "0.000000000000000000001",
+            "1e0000",
+            "1e00001",
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "1e",
+            "1e+",
+            "+1",
+            "--1",
+            "0x1",
+            "1.5.5",
+            "1e5e5",
+            "Infinity",
+            "NaN",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Decimals as devices print them, and some that are not.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let digits = 1 + (x % 18) as usize;
+            let point = (x >> 8) as usize % (digits + 1);
+            let mut s = String::new();
+            if x & (1 << 20) != 0 {
+                s.push('-');
+            }
+            let number = format!(
+                "{:0width$}",
+                (x >> 24) % 10u64.pow(digits as u32),
+                width = digits
+            );
+            let number = number.trim_start_matches('0');
+            let number = if number.is_empty() { "0" } else { number };
+            s.push_str(&number[..point.min(number.len())]);
+            if point < number.len() {
+                if point == 0 {
+                    s.push('0');
+                }
+                s.push('.');
+                s.push_str(&number[point..]);
+            }
+            if x & (1 << 21) != 0 {
+                s.push_str(&format!("e{}", (x >> 40) as i64 % 30 - 15));
+            }
+            texts.push(s);
+        }
+        for text in &texts {
+            if agrees_bitwise::<f64>(text, f) {
+                fast += 1;
+            }
+            agrees_bitwise::<i64>(text, |v| *v as u64);
+            agrees_bitwise::<u64>(text, |v| *v);
+            agrees_bitwise::<u8>(text, |v| u64::from(*v));
+            agrees_as_value(text);
+            agrees_as_value(&format!("[{text}]"));
+        }
+        for common in ["70.7", "-61", "1700000000007", "3.61", "-0.0", "2.5E-3"] {
+            assert!(
+                from_str::<f64>(common).is_some(),
+                "{common} takes the fast path"
+            );
+        }
+        assert!(
+            fast > texts.len() / 2,
+            "{fast} of {} numbers read fast",
+            texts.len()
+        );
+    }
+
+    /// Each target serde supports, in shapes that suit it and shapes that do not.
+    #[test]
+    fn every_kind_of_target_is_read_as_serde_json_reads_it() {
+        let shapes = [
+            r#"{"mode":"heat"}"#,
+            r#"{"mode":"fan"}"#,
+            r#"{"mode":{"fan":3}}"#,
+            r#"{"mode":"dry"}"#,
+            r#"{"mode":1}"#,
+            r#"{"tags":["a","b"],"pair":[7,true]}"#,
+            r#"{"tags":["a\"b"]}"#,
+            r#"{"pair":[7]}"#,
+            r#"{"pair":[7,true,1]}"#,
+            r#"{"counts":{"a":1,"b":2},"by_id":{"1":"x"}}"#,
+            r#"{"counts":{"a":1,"a":2}}"#,
+            r#"{"nothing":null,"letter":"é","ratio":0.1,"big":1}"#,
+            r#"{"letter":"ab"}"#,
+            r#"{"extra":[1,{"x":null}],"more":"text"}"#,
+            r#"[null,["x"]]"#,
+            r#"{"mode":"heat","mode":"cool"}"#,
+        ];
+        for text in shapes {
+            agrees::<Shapes>(text);
+            agrees_as_value(text);
+        }
+        assert!(from_str::<Shapes>(shapes[0]).is_some());
+        assert!(from_str::<Shapes>(shapes[5]).is_some());
+        assert!(from_str::<Shapes>(shapes[13]).is_some());
+        for text in [
+            r#"{"a":1}"#,
+            r#"{"a":1,"b":2}"#,
+            r#"{"a":300}"#,
+            r#"[1]"#,
+            "null",
+        ] {
+            agrees::<Strict>(text);
+        }
+        for text in [
+            "true", "false", "null", r#""s""#, "[]", "{}", "  1  ", "1 2", "",
+        ] {
+            agrees::<bool>(text);
+            agrees::<()>(text);
+            agrees::<&str>(text);
+            agrees::<Option<u8>>(text);
+            agrees::<Vec<u8>>(text);
+            agrees_as_value(text);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_left_to_serde_json() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(agrees_as_value(&deep(MAX_DEPTH as usize)));
+        assert!(from_str::<serde_json::Value>(&deep(MAX_DEPTH as usize + 1)).is_none());
+        assert!(serde_json::from_str::<serde_json::Value>(&deep(MAX_DEPTH as usize + 1)).is_ok());
+    }
+}
