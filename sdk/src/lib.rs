@@ -125,7 +125,9 @@ impl Message {
     }
 
     /// The payload parsed as JSON into `T`, or a `payload.malformed` rejection naming the
-    /// position and cause (bad syntax, or valid JSON of the wrong shape).
+    /// position and cause (bad syntax, or valid JSON of the wrong shape). The value and the
+    /// error are serde_json's: the SDK reads the common case faster itself and hands
+    /// serde_json whatever it is not sure of.
     pub fn json<'a, T: serde::Deserialize<'a>>(&'a self) -> std::result::Result<T, Rejection> {
         // The whole payload is checked to be UTF-8 once, up front: parsing from text then
         // skips serde_json's check of every string on its own, which was a tenth of a
