@@ -119,7 +119,7 @@ impl<'a> Reader<'a> {
     fn str(&mut self, what: &str) -> Result<&'a str, FrameError> {
         let at = self.at + 4;
         let b = self.bytes(what)?;
-        std::str::from_utf8(b)
+        crate::text(b)
             .or_else(|e| self.fail(at + e.valid_up_to(), format!("{what} is not UTF-8: {e}")))
     }
 
