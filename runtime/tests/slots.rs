@@ -158,13 +158,25 @@ fn a_process_joining_takes_slots_and_nothing_is_lost() {
                 && slots.iter().any(|(_, here)| !here)
         },
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["cohort", "list", "--admin", &b.admin])
-        .env_remove("WEIR_ADMIN_TOKEN")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(" here; ") && text.contains(" at "), "{text}");
+    // Each process shows the group as it last described it, so the joiner's view may
+    // trail the first's by a description.
+    let list = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["cohort", "list", "--admin", &b.admin])
+            .env_remove("WEIR_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until(
+        "the joiner's cohort list shows its slots and the other's",
+        Duration::from_secs(30),
+        list,
+        || {
+            let text = list();
+            text.contains(" here; ") && text.contains(" at ")
+        },
+    );
     // Slots given up cleanly are not taken over: no session of a's was kicked.
     assert_eq!(metric(&a, "weir_mqtt_reconnects_total"), 0.0);
     let dups = nothing_lost(load, 800, &p, devices);

@@ -10,6 +10,11 @@
 //! and gives its own value or its own error. So a payload yields what serde_json yields,
 //! rejections keep serde_json's text, and only the common case is faster.
 //!
+//! Any error made during the read hands the payload to serde_json, even one a
+//! `Deserialize` impl catches and goes on from. A `Deserialize` impl may therefore run
+//! twice on one payload, the first time cut short; one with side effects (counting,
+//! logging) sees both.
+//!
 //! No crate offers that guarantee (faster readers parse numbers and word errors their own
 //! way), which is why this one is written here.
 //!
@@ -37,6 +42,8 @@ impl fmt::Display for Unsure {
 impl std::error::Error for Unsure {}
 
 impl de::Error for Unsure {
+    /// A visitor's error. One about a scalar leaves both readers past the scalar, so it is
+    /// not noted; one inside an array or object is noted where the container is read.
     fn custom<T: fmt::Display>(_: T) -> Self {
         Unsure
     }
@@ -65,12 +72,13 @@ pub(crate) fn from_str<'a, T: de::Deserialize<'a>>(text: &'a str) -> Option<T> {
         text,
         pos: 0,
         depth: 0,
+        failed: false,
     };
     let value = T::deserialize(&mut reader).ok()?;
-    match reader.ws() {
-        None => Some(value),
-        Some(_) => None,
+    if reader.failed || reader.ws().is_some() {
+        return None;
     }
+    Some(value)
 }
 
 /// Whether serde_json hands numbers to visitors as numbers. Its `arbitrary_precision`
@@ -89,13 +97,13 @@ fn plain_numbers() -> bool {
                 Ok(v)
             }
         }
-        struct Number(f64);
-        impl<'de> de::Deserialize<'de> for Number {
+        struct Probed(f64);
+        impl<'de> de::Deserialize<'de> for Probed {
             fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                d.deserialize_any(Probe).map(Number)
+                d.deserialize_any(Probe).map(Probed)
             }
         }
-        serde_json::from_str::<Number>("1.5").is_ok_and(|n| n.0 == 1.5)
+        serde_json::from_str::<Probed>("1.5").is_ok_and(|n| n.0 == 1.5)
     })
 }
 
@@ -121,9 +129,21 @@ struct Reader<'a> {
     text: &'a str,
     pos: usize,
     depth: u32,
+    /// Whether the read has given up somewhere, even if a `Deserialize` impl caught that
+    /// and went on: serde_json may have read further before failing (to the end of an
+    /// array or object, or a number it takes and this does not), so the two would part.
+    failed: bool,
 }
 
 impl<'a> Reader<'a> {
+    /// The fast path's error, noted.
+    #[cold]
+    #[inline(never)]
+    fn unsure(&mut self) -> Unsure {
+        self.failed = true;
+        Unsure
+    }
+
     /// Skips JSON whitespace; the next byte, if any.
     #[inline(always)]
     fn ws(&mut self) -> Option<u8> {
@@ -165,7 +185,7 @@ impl<'a> Reader<'a> {
                 self.pos += word.len();
                 Ok(())
             }
-            _ => Err(Unsure),
+            _ => Err(self.unsure()),
         }
     }
 
@@ -197,14 +217,14 @@ impl<'a> Reader<'a> {
             if b == b'"' {
                 self.pos = i + 1;
                 // Both ends are ASCII quotes, so both are character boundaries.
-                return self.text.get(start..i).ok_or(Unsure);
+                return self.text.get(start..i).ok_or_else(|| self.unsure());
             }
             if b == b'\\' || b < 0x20 {
-                return Err(Unsure);
+                return Err(self.unsure());
             }
             i += 1;
         }
-        Err(Unsure)
+        Err(self.unsure())
     }
 
     /// The number at the cursor, as serde_json reads it, when it is one the fast path can
@@ -223,12 +243,12 @@ impl<'a> Reader<'a> {
         }
         // At most 19 digits are read (they always fit a u64): longer numbers go to serde_json.
         let mut significand: u64 = 0;
-        let mut digits = 0;
+        let mut digits: usize = 0;
         match digit(i) {
             Some(0) => {
                 i += 1;
                 if digit(i).is_some() {
-                    return Err(Unsure);
+                    return Err(self.unsure());
                 }
             }
             Some(_) => {
@@ -238,24 +258,25 @@ impl<'a> Reader<'a> {
                     i += 1;
                 }
             }
-            None => return Err(Unsure),
+            None => return Err(self.unsure()),
         }
         let mut float = false;
-        let mut exponent: i32 = 0;
+        let mut fraction: usize = 0;
         if bytes.get(i) == Some(&b'.') {
             float = true;
             i += 1;
             let first = i;
             while let Some(d) = digit(i) {
                 significand = significand.wrapping_mul(10).wrapping_add(d);
-                digits += 1;
-                exponent -= 1;
                 i += 1;
             }
-            if i == first {
-                return Err(Unsure);
+            fraction = i - first;
+            if fraction == 0 {
+                return Err(self.unsure());
             }
+            digits += fraction;
         }
+        let mut exponent: i32 = 0;
         if matches!(bytes.get(i), Some(b'e' | b'E')) {
             float = true;
             i += 1;
@@ -274,19 +295,21 @@ impl<'a> Reader<'a> {
             let mut e: i32 = 0;
             while let Some(d) = digit(i) {
                 if i - first == 4 {
-                    return Err(Unsure);
+                    return Err(self.unsure());
                 }
                 e = e * 10 + d as i32;
                 i += 1;
             }
             if i == first {
-                return Err(Unsure);
+                return Err(self.unsure());
             }
-            exponent += if negative { -e } else { e };
+            exponent = if negative { -e } else { e };
         }
         if digits > 19 {
-            return Err(Unsure);
+            return Err(self.unsure());
         }
+        // At most 19 fraction digits and 9999 in the exponent: no overflow.
+        let exponent = exponent - fraction as i32;
         self.pos = i;
         if !float {
             if positive {
@@ -300,9 +323,11 @@ impl<'a> Reader<'a> {
                 Number::I64(negated)
             });
         }
-        let power = POW10.get(exponent.unsigned_abs() as usize).ok_or(Unsure)?;
+        let power = POW10
+            .get(exponent.unsigned_abs() as usize)
+            .ok_or_else(|| self.unsure())?;
         if significand > 1 << 53 {
-            return Err(Unsure);
+            return Err(self.unsure());
         }
         let magnitude = if exponent >= 0 {
             significand as f64 * power
@@ -315,18 +340,21 @@ impl<'a> Reader<'a> {
     fn deserialize_number<'de, V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value> {
         match self.ws() {
             Some(b'-' | b'0'..=b'9') => self.number()?.visit(visitor),
-            _ => Err(Unsure),
+            _ => Err(self.unsure()),
         }
     }
 
     fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         if self.depth == MAX_DEPTH {
-            return Err(Unsure);
+            return Err(self.unsure());
         }
         self.depth += 1;
         self.pos += 1;
         let value = f(self);
         self.depth -= 1;
+        if value.is_err() {
+            self.failed = true;
+        }
         value
     }
 
@@ -360,7 +388,7 @@ impl<'a> Reader<'a> {
             self.pos += 1;
             Ok(())
         } else {
-            Err(Unsure)
+            Err(self.unsure())
         }
     }
 
@@ -374,11 +402,11 @@ impl<'a> Reader<'a> {
                 self.pos += 1;
                 match self.ws() {
                     Some(b) if b != end => {}
-                    _ => return Err(Unsure),
+                    _ => return Err(self.unsure()),
                 }
             }
             Some(_) if *first => {}
-            _ => return Err(Unsure),
+            _ => return Err(self.unsure()),
         }
         *first = false;
         Ok(true)
@@ -392,7 +420,7 @@ impl<'a> Reader<'a> {
     /// Passes over a value nobody reads, checking it as serde_json would.
     #[inline(always)]
     fn skip(&mut self) -> Result<()> {
-        match self.ws().ok_or(Unsure)? {
+        match self.ws().ok_or_else(|| self.unsure())? {
             b'"' => self.string().map(drop),
             b'-' | b'0'..=b'9' => self.number().map(drop),
             _ => self.skip_other(),
@@ -402,7 +430,7 @@ impl<'a> Reader<'a> {
     /// [`Reader::skip`] for literals, arrays and objects.
     #[inline(never)]
     fn skip_other(&mut self) -> Result<()> {
-        match self.ws().ok_or(Unsure)? {
+        match self.ws().ok_or_else(|| self.unsure())? {
             b'n' => self.literal(b"null"),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
@@ -417,7 +445,7 @@ impl<'a> Reader<'a> {
                 let mut first = true;
                 while r.more(&mut first, b'}')? {
                     if r.peek() != Some(b'"') {
-                        return Err(Unsure);
+                        return Err(r.unsure());
                     }
                     r.string()?;
                     r.colon()?;
@@ -425,7 +453,7 @@ impl<'a> Reader<'a> {
                 }
                 r.close(b'}')
             }),
-            _ => Err(Unsure),
+            _ => Err(self.unsure()),
         }
     }
 }
@@ -441,7 +469,7 @@ macro_rules! numbers {
 macro_rules! unsure {
     ($($method:ident)*) => {
         $(fn $method<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
-            Err(Unsure)
+            Err(self.unsure())
         })*
     };
 }
@@ -450,7 +478,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
     type Error = Unsure;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        match self.ws().ok_or(Unsure)? {
+        match self.ws().ok_or_else(|| self.unsure())? {
             b'n' => {
                 self.literal(b"null")?;
                 visitor.visit_unit()
@@ -467,7 +495,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
             b'"' => visitor.visit_borrowed_str(self.string()?),
             b'[' => self.seq(visitor),
             b'{' => self.map(visitor),
-            _ => Err(Unsure),
+            _ => Err(self.unsure()),
         }
     }
 
@@ -481,7 +509,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
                 self.literal(b"false")?;
                 visitor.visit_bool(false)
             }
-            _ => Err(Unsure),
+            _ => Err(self.unsure()),
         }
     }
 
@@ -497,7 +525,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.ws() {
             Some(b'"') => visitor.visit_borrowed_str(self.string()?),
-            _ => Err(Unsure),
+            _ => Err(self.unsure()),
         }
     }
 
@@ -529,7 +557,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
                 self.literal(b"null")?;
                 visitor.visit_unit()
             }
-            _ => Err(Unsure),
+            _ => Err(self.unsure()),
         }
     }
 
@@ -547,7 +575,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
         visitor: V,
     ) -> Result<V::Value> {
         if name == RAW_VALUE {
-            return Err(Unsure);
+            return Err(self.unsure());
         }
         visitor.visit_newtype_struct(self)
     }
@@ -555,7 +583,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.ws() {
             Some(b'[') => self.seq(visitor),
-            _ => Err(Unsure),
+            _ => Err(self.unsure()),
         }
     }
 
@@ -575,7 +603,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.ws() {
             Some(b'{') => self.map(visitor),
-            _ => Err(Unsure),
+            _ => Err(self.unsure()),
         }
     }
 
@@ -588,7 +616,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
         match self.ws() {
             Some(b'[') => self.seq(visitor),
             Some(b'{') => self.map(visitor),
-            _ => Err(Unsure),
+            _ => Err(self.unsure()),
         }
     }
 
@@ -601,7 +629,7 @@ impl<'de> de::Deserializer<'de> for &mut Reader<'de> {
     ) -> Result<V::Value> {
         match self.ws() {
             Some(b'"') => visitor.visit_enum(UnitVariant(self)),
-            _ => Err(Unsure),
+            _ => Err(self.unsure()),
         }
     }
 
@@ -643,7 +671,7 @@ impl<'a> de::MapAccess<'a> for Entries<'_, 'a> {
         }
         match self.reader.peek() {
             Some(b'"') => seed.deserialize(Key(&mut *self.reader)).map(Some),
-            _ => Err(Unsure),
+            _ => Err(self.reader.unsure()),
         }
     }
 
@@ -680,7 +708,7 @@ impl<'de> de::Deserializer<'de> for Key<'_, 'de> {
         visitor: V,
     ) -> Result<V::Value> {
         if name == RAW_VALUE {
-            return Err(Unsure);
+            return Err(self.0.unsure());
         }
         visitor.visit_newtype_struct(self)
     }
@@ -697,6 +725,12 @@ impl<'de> de::Deserializer<'de> for Key<'_, 'de> {
     serde::forward_to_deserialize_any! {
         char str string unit unit_struct seq tuple tuple_struct map struct
         identifier ignored_any
+    }
+}
+
+impl Key<'_, '_> {
+    fn unsure(self) -> Unsure {
+        self.0.unsure()
     }
 }
 
@@ -721,15 +755,15 @@ impl<'a> de::VariantAccess<'a> for UnitVariant<'_, 'a> {
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'a>>(self, _: T) -> Result<T::Value> {
-        Err(Unsure)
+        Err(self.0.unsure())
     }
 
     fn tuple_variant<V: Visitor<'a>>(self, _: usize, _: V) -> Result<V::Value> {
-        Err(Unsure)
+        Err(self.0.unsure())
     }
 
     fn struct_variant<V: Visitor<'a>>(self, _: &'static [&'static str], _: V) -> Result<V::Value> {
-        Err(Unsure)
+        Err(self.0.unsure())
     }
 }
 
@@ -1056,6 +1090,66 @@ mod tests {
             agrees::<Vec<u8>>(text);
             agrees_as_value(text);
         }
+    }
+
+    /// A field read leniently: its error is caught and the field becomes `None`.
+    fn lenient<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+    where
+        D: de::Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Ok(T::deserialize(d).ok())
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Outer {
+        #[serde(deserialize_with = "lenient")]
+        x: Option<Strict>,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Top(#[serde(deserialize_with = "lenient")] Option<Outer>);
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Pairs(#[serde(deserialize_with = "lenient")] Option<(u8, u8)>);
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Reading2 {
+        #[serde(deserialize_with = "lenient")]
+        x: Option<f64>,
+        y: Option<u8>,
+    }
+
+    /// serde_json reads to the end of an array or object before an error surfaces; a
+    /// `Deserialize` impl that catches the error goes on from there. So once any error is
+    /// made, the read is serde_json's.
+    #[test]
+    fn an_error_caught_by_the_target_leaves_the_read_to_serde_json() {
+        for text in [
+            r#"{"x":{"a":300}"#,
+            r#"{"x":{"a":300}}"#,
+            r#"{"x":{"a":3}}"#,
+        ] {
+            agrees::<Outer>(text);
+            agrees::<Top>(text);
+        }
+        for text in ["[[1]", "[[1],[2,3]]", "[[1,2]]"] {
+            agrees::<Vec<Pairs>>(text);
+        }
+        // Numbers this reader leaves to serde_json, which reads them.
+        for text in [
+            r#"{"x":1e300,"y":1}"#,
+            r#"{"x":12345678901234567890123,"y":1}"#,
+            r#"{"x":"text","y":1}"#,
+            r#"{"x":0.5,"y":1}"#,
+        ] {
+            agrees::<Reading2>(text);
+        }
+        assert!(from_str::<Reading2>(r#"{"x":1e300,"y":1}"#).is_none());
+        assert!(from_str::<Reading2>(r#"{"x":0.5,"y":1}"#).is_some());
+        assert!(from_str::<Outer>(r#"{"x":{"a":300}"#).is_none());
+        assert!(from_str::<Vec<Pairs>>("[[1]").is_none());
+        assert!(from_str::<Outer>(r#"{"x":{"a":3}}"#).is_some());
     }
 
     #[test]
