@@ -11,9 +11,10 @@
 //! rejections keep serde_json's text, and only the common case is faster.
 //!
 //! Any error made during the read hands the payload to serde_json, even one a
-//! `Deserialize` impl catches and goes on from. A `Deserialize` impl may therefore run
-//! twice on one payload, the first time cut short; one with side effects (counting,
-//! logging) sees both.
+//! `Deserialize` impl catches and goes on from, and so does an impl looking at an error's
+//! text. A `Deserialize` impl may therefore run twice on one payload, the first time cut
+//! short; one with side effects (counting, logging) sees both, and one that asks for its
+//! deserializer's type name gets this reader's the first time.
 //!
 //! No crate offers that guarantee (faster readers parse numbers and word errors their own
 //! way), which is why this one is written here.
@@ -27,15 +28,29 @@
 use serde::de::{self, DeserializeSeed, Visitor};
 use std::fmt;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The fast path's only error: "not sure, ask serde_json". It carries nothing because the
 /// error reported is serde_json's.
-#[derive(Debug)]
 pub(crate) struct Unsure;
 
+/// How many times a `Deserialize` impl has looked at one of the fast path's errors (kept
+/// its text, say, having caught it), in any thread. A read during which it changed is
+/// serde_json's, whose error would have read differently; another thread's look only costs
+/// a read the fast path.
+static SHOWN: AtomicUsize = AtomicUsize::new(0);
+
 impl fmt::Display for Unsure {
+    #[cold]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        SHOWN.fetch_add(1, Ordering::Relaxed);
         f.write_str("left to serde_json")
+    }
+}
+
+impl fmt::Debug for Unsure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -74,8 +89,9 @@ pub(crate) fn from_str<'a, T: de::Deserialize<'a>>(text: &'a str) -> Option<T> {
         depth: 0,
         failed: false,
     };
+    let shown = SHOWN.load(Ordering::Relaxed);
     let value = T::deserialize(&mut reader).ok()?;
-    if reader.failed || reader.ws().is_some() {
+    if reader.failed || reader.ws().is_some() || SHOWN.load(Ordering::Relaxed) != shown {
         return None;
     }
     Some(value)
@@ -1113,6 +1129,19 @@ mod tests {
     #[derive(Debug, PartialEq, Deserialize)]
     struct Pairs(#[serde(deserialize_with = "lenient")] Option<(u8, u8)>);
 
+    /// A field that keeps the text of the error it caught.
+    fn keep<'de, D: de::Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<std::result::Result<u8, String>, D::Error> {
+        Ok(u8::deserialize(d).map_err(|e| e.to_string()))
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Kept {
+        #[serde(deserialize_with = "keep")]
+        x: std::result::Result<u8, String>,
+    }
+
     #[derive(Debug, PartialEq, Deserialize)]
     struct Reading2 {
         #[serde(deserialize_with = "lenient")]
@@ -1147,6 +1176,10 @@ mod tests {
         }
         assert!(from_str::<Reading2>(r#"{"x":1e300,"y":1}"#).is_none());
         assert!(from_str::<Reading2>(r#"{"x":0.5,"y":1}"#).is_some());
+        // An error's text is serde_json's, position and all.
+        assert!(agrees::<Kept>(r#"{"x":3}"#));
+        assert!(from_str::<Kept>(r#"{"x":300}"#).is_none());
+        agrees::<Kept>(r#"{"x":300}"#);
         assert!(from_str::<Outer>(r#"{"x":{"a":300}"#).is_none());
         assert!(from_str::<Vec<Pairs>>("[[1]").is_none());
         assert!(from_str::<Outer>(r#"{"x":{"a":3}}"#).is_some());
