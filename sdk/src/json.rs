@@ -36,8 +36,8 @@ pub(crate) struct Unsure;
 
 /// How many times a `Deserialize` impl has looked at one of the fast path's errors (kept
 /// its text, say, having caught it), in any thread. A read during which it changed is
-/// serde_json's, whose error would have read differently; another thread's look only costs
-/// a read the fast path.
+/// serde_json's, whose error would have read differently; a look from another thread only
+/// costs the read its fast path.
 static SHOWN: AtomicUsize = AtomicUsize::new(0);
 
 impl fmt::Display for Unsure {
