@@ -78,13 +78,21 @@ const POW10: [f64; 23] = [
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
-/// `text` read into `T` as serde_json would read it, or `None` when serde_json must decide.
-pub(crate) fn from_str<'a, T: de::Deserialize<'a>>(text: &'a str) -> Option<T> {
+/// `bytes` read into `T` as serde_json would read them, or `None` when serde_json must
+/// decide.
+///
+/// The bytes need not be known to be UTF-8: every byte outside a string is one of JSON's
+/// ASCII tokens or whitespace, and each string is checked as it is read (a scan that finds
+/// its end notes any byte with the high bit set, and only such a string is checked as
+/// UTF-8). A read that answers has therefore checked the whole payload, and a payload that
+/// is not UTF-8 is left to the caller, which words that error as before. That spares the
+/// usual payload a pass over all its bytes before the read.
+pub(crate) fn from_slice<'a, T: de::Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
     if !plain_numbers() {
         return None;
     }
     let mut reader = Reader {
-        text,
+        bytes,
         pos: 0,
         depth: 0,
         failed: false,
@@ -142,7 +150,8 @@ impl Number {
 }
 
 struct Reader<'a> {
-    text: &'a str,
+    /// The payload; see [`from_slice`] for why bytes, not text.
+    bytes: &'a [u8],
     pos: usize,
     depth: u32,
     /// Whether the read has given up somewhere, even if a `Deserialize` impl caught that
@@ -166,7 +175,7 @@ impl<'a> Reader<'a> {
         // Every whitespace byte is at most a space: most tokens follow one another
         // directly, and then no loop runs (in the sandbox each loop pays an interruption
         // check).
-        match self.text.as_bytes().get(self.pos) {
+        match self.bytes.get(self.pos) {
             Some(&b) if b > b' ' => Some(b),
             _ => self.skip_ws(),
         }
@@ -175,7 +184,7 @@ impl<'a> Reader<'a> {
     #[cold]
     #[inline(never)]
     fn skip_ws(&mut self) -> Option<u8> {
-        let bytes = self.text.as_bytes();
+        let bytes = self.bytes;
         // Runs of spaces (indentation, padding) eight at a time.
         while bytes.get(self.pos..).and_then(<[u8]>::first_chunk::<8>) == Some(b"        ") {
             self.pos += 8;
@@ -192,11 +201,11 @@ impl<'a> Reader<'a> {
     /// The byte at the cursor.
     #[inline(always)]
     fn peek(&self) -> Option<u8> {
-        self.text.as_bytes().get(self.pos).copied()
+        self.bytes.get(self.pos).copied()
     }
 
     fn literal(&mut self, word: &[u8]) -> Result<()> {
-        match self.text.as_bytes().get(self.pos..self.pos + word.len()) {
+        match self.bytes.get(self.pos..self.pos + word.len()) {
             Some(w) if w == word => {
                 self.pos += word.len();
                 Ok(())
@@ -206,48 +215,60 @@ impl<'a> Reader<'a> {
     }
 
     /// The string whose opening quote is at the cursor, borrowed: one without escapes or
-    /// control characters.
+    /// control characters, and UTF-8.
     #[inline(always)]
+    #[allow(unsafe_code)] // ASCII taken as text without a UTF-8 check's set-up: see SAFETY.
     fn string(&mut self) -> Result<&'a str> {
         const ONES: u64 = u64::MAX / 255;
-        let bytes = self.text.as_bytes();
+        let bytes = self.bytes;
         let start = self.pos + 1;
         let mut i = start;
-        // Eight bytes at a time while eight remain: the lowest byte flagged is the first
-        // quote, backslash or control character (flags above it may be false).
-        while let Some(chunk) = bytes.get(i..).and_then(<[u8]>::first_chunk::<8>) {
-            let word = u64::from_le_bytes(*chunk);
-            let quote = word ^ (ONES * u64::from(b'"'));
-            let backslash = word ^ (ONES * u64::from(b'\\'));
-            let flags = (quote.wrapping_sub(ONES) & !quote)
-                | (backslash.wrapping_sub(ONES) & !backslash)
-                | (word.wrapping_sub(ONES * 0x20) & !word);
-            let flags = flags & (ONES << 7);
-            if flags != 0 {
-                i += (flags.trailing_zeros() / 8) as usize;
-                break;
+        let mut ascii = true;
+        loop {
+            // Eight bytes at a time while eight remain: the lowest byte flagged is the first
+            // quote, backslash, control character or non-ASCII byte (flags above it may be
+            // false).
+            while let Some(chunk) = bytes.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+                let word = u64::from_le_bytes(*chunk);
+                let quote = word ^ (ONES * u64::from(b'"'));
+                let backslash = word ^ (ONES * u64::from(b'\\'));
+                let flags = (quote.wrapping_sub(ONES) & !quote)
+                    | (backslash.wrapping_sub(ONES) & !backslash)
+                    | (word.wrapping_sub(ONES * 0x20) & !word)
+                    | word;
+                let flags = flags & (ONES << 7);
+                if flags != 0 {
+                    i += (flags.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                i += 8;
             }
-            i += 8;
+            match bytes.get(i) {
+                Some(b'"') => break,
+                Some(&b) if b >= 0x80 => {
+                    ascii = false;
+                    i += 1;
+                }
+                Some(&b) if b != b'\\' && b >= 0x20 => i += 1,
+                _ => return Err(self.unsure()),
+            }
         }
-        while let Some(&b) = bytes.get(i) {
-            if b == b'"' {
-                self.pos = i + 1;
-                // Both ends are ASCII quotes, so both are character boundaries.
-                return self.text.get(start..i).ok_or_else(|| self.unsure());
-            }
-            if b == b'\\' || b < 0x20 {
-                return Err(self.unsure());
-            }
-            i += 1;
+        self.pos = i + 1;
+        let inside = bytes.get(start..i).ok_or_else(|| self.unsure())?;
+        if ascii {
+            // SAFETY: every byte of `inside` was seen above with its high bit clear: ASCII,
+            // which is UTF-8.
+            Ok(unsafe { std::str::from_utf8_unchecked(inside) })
+        } else {
+            std::str::from_utf8(inside).map_err(|_| self.unsure())
         }
-        Err(self.unsure())
     }
 
     /// The number at the cursor, as serde_json reads it, when it is one the fast path can
     /// read to the same bits.
     #[inline(always)]
     fn number(&mut self) -> Result<Number> {
-        let bytes = self.text.as_bytes();
+        let bytes = self.bytes;
         let digit = |i: usize| match bytes.get(i) {
             Some(&d @ b'0'..=b'9') => Some(u64::from(d - b'0')),
             _ => None,
@@ -848,15 +869,27 @@ mod tests {
 
     const PAYLOAD: &str = r#"{"device":"t-7","ts":1700000000007,"temperature":{"value":67.0,"unit":"F"},"setpoint":{"value":68.0,"unit":"F"},"humidity":{"value":41.5,"unit":"%"},"fw":"3.1.0","site":"plant-7","line":"line-2","model":"TX-300","rssi":-61,"uptime_s":7,"battery":{"value":3.61,"unit":"V"}}     "#;
 
+    /// The fast path over text.
+    fn from_str<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
+        from_slice(text.as_bytes())
+    }
+
+    /// Bytes the fast path answered for as text: it answers only for UTF-8.
+    fn utf8(bytes: &[u8]) -> &str {
+        std::str::from_utf8(bytes)
+            .unwrap_or_else(|e| panic!("the fast path answered for {bytes:?}, not UTF-8: {e}"))
+    }
+
     /// Where the fast path answers, serde_json answers the same (a `Value` is compared
     /// as printed, so `-0.0` and `0.0` differ); returns whether it answered.
-    fn agrees<'a, T>(text: &'a str) -> bool
+    fn agrees<'a, T>(text: &'a (impl AsRef<[u8]> + ?Sized)) -> bool
     where
         T: Deserialize<'a> + PartialEq + Debug,
     {
-        let Some(fast) = from_str::<T>(text) else {
+        let Some(fast) = from_slice::<T>(text.as_ref()) else {
             return false;
         };
+        let text = utf8(text.as_ref());
         match serde_json::from_str::<T>(text) {
             Ok(slow) => assert_eq!(fast, slow, "{text:?}"),
             Err(e) => panic!("the fast path read {text:?} as {fast:?}; serde_json: {e}"),
@@ -864,10 +897,11 @@ mod tests {
         true
     }
 
-    fn agrees_as_value(text: &str) -> bool {
-        let Some(fast) = from_str::<serde_json::Value>(text) else {
+    fn agrees_as_value(text: &(impl AsRef<[u8]> + ?Sized)) -> bool {
+        let Some(fast) = from_slice::<serde_json::Value>(text.as_ref()) else {
             return false;
         };
+        let text = utf8(text.as_ref());
         let slow: serde_json::Value = serde_json::from_str(text)
             .unwrap_or_else(|e| panic!("the fast path read {text:?}; serde_json: {e}"));
         assert_eq!(fast.to_string(), slow.to_string(), "{text:?}");
@@ -875,7 +909,7 @@ mod tests {
     }
 
     fn agrees_bitwise<T: DeserializeOwned + Debug>(text: &str, bits: impl Fn(&T) -> u64) -> bool {
-        let Some(fast) = from_str::<T>(text) else {
+        let Some(fast) = from_slice::<T>(text.as_bytes()) else {
             return false;
         };
         let slow: T = serde_json::from_str(text)
@@ -896,8 +930,9 @@ mod tests {
         assert_eq!(from_str::<Reading>(PAYLOAD).unwrap().fw, Some("3.1.0"));
     }
 
-    /// Every one-byte deletion, insertion and replacement of a payload: whatever the fast
-    /// path accepts, serde_json accepts with the same value.
+    /// Every one-byte deletion, insertion and replacement of a payload (bytes that break its
+    /// UTF-8 too): whatever the fast path accepts is UTF-8, and serde_json accepts it with
+    /// the same value.
     #[test]
     fn a_damaged_payload_is_read_as_serde_json_reads_it_or_left_to_it() {
         let docs = [
@@ -906,7 +941,7 @@ mod tests {
             r#"[{"value":1,"unit":"C"},{"value":null}, {"value" : 2.5 , "unit" : "K" }]"#,
             "{\n        \"value\" :\t[ 1 ,\r\n                2 ]  ,        \"unit\":\"F\"}         \n ",
         ];
-        let inserts = b"{}[],:\"\\ \t\n0123456789-+.eEntfaulrs\x01";
+        let inserts = b"{}[],:\"\\ \t\n0123456789-+.eEntfaulrs\x01\x80\xa9\xc3\xe2\xff";
         let (mut tried, mut answered) = (0, 0);
         for doc in docs {
             let bytes = doc.as_bytes();
@@ -925,7 +960,7 @@ mod tests {
                 }
             }
             for m in &mutants {
-                let text = std::str::from_utf8(m).unwrap();
+                let text = m.as_slice();
                 tried += 1;
                 let hits = [
                     agrees_as_value(text),
@@ -941,6 +976,31 @@ mod tests {
             answered > tried / 4,
             "answered {answered} of {tried} mutants"
         );
+    }
+
+    /// Strings with other characters than ASCII are read (checked as UTF-8 one by one),
+    /// and a payload with bytes that are not UTF-8 anywhere, in a string the target keeps
+    /// or one it ignores, is left to the caller.
+    #[test]
+    fn text_is_checked_as_it_is_read() {
+        let kept =
+            r#"{"device":"Gerät-é","temperature":{"value":21.5,"unit":"°C"},"site":"château 😀"}"#;
+        assert!(agrees::<Reading>(kept));
+        assert_eq!(
+            from_str::<Reading>(kept).unwrap().device.unwrap(),
+            "Gerät-é"
+        );
+        for bad in [
+            &b"{\"device\":\"t-\xff\"}"[..],
+            b"{\"site\":\"plant \xc3\"}",
+            b"{\"site\":\"\xe2\x82\"}",
+            b"{\"site\":\"\xed\xa0\x80\"}",
+            b"{\"ts\":1}\x80",
+            b"{\"ts\":1,\xc3\xa9:1}",
+        ] {
+            assert!(from_slice::<Reading>(bad).is_none(), "{bad:?}");
+            assert!(from_slice::<serde_json::Value>(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -106,6 +106,20 @@ impl Message {
         self.topic.split('/').nth(index)
     }
 
+    /// The topic's last level, e.g. `t-100` of `plant/7/thermostat/t-100` (empty when the
+    /// topic ends in `/`; the whole topic when it has one level). Where a device's id ends
+    /// its topic, this finds it from the end, a byte at a time: cheaper in the sandbox than
+    /// a general reverse search set up for long text.
+    pub fn last_topic_level(&self) -> &str {
+        let bytes = self.topic.as_bytes();
+        let mut start = bytes.len();
+        while start > 0 && bytes[start - 1] != b'/' {
+            start -= 1;
+        }
+        // `/` is ASCII, so the cut after it is a character boundary.
+        &self.topic[start..]
+    }
+
     /// The first user property called `name`.
     pub fn property(&self, name: &str) -> Option<&str> {
         self.properties
@@ -129,20 +143,19 @@ impl Message {
     /// error are serde_json's: the SDK reads the common case faster itself and hands
     /// serde_json whatever it is not sure of.
     pub fn json<'a, T: serde::Deserialize<'a>>(&'a self) -> std::result::Result<T, Rejection> {
-        // The whole payload is checked to be UTF-8 once, up front: parsing from text then
-        // skips serde_json's check of every string on its own, which was a tenth of a
-        // plugin's work per message.
+        // The common case is read by the SDK's own reader, which checks the payload's UTF-8
+        // as it goes (see `json.rs`); whatever it is not sure of, serde_json reads again
+        // and answers, from the payload checked whole up front: parsing from text then
+        // skips serde_json's check of every string on its own.
+        if let Some(value) = json::from_slice(&self.payload) {
+            return Ok(value);
+        }
         let text = text(&self.payload).map_err(|e| {
             Rejection::new(
                 "payload.malformed",
                 format!("payload is not valid JSON: it is not UTF-8 text ({e})"),
             )
         })?;
-        // The common case is read by the SDK's own reader; whatever it is not sure of,
-        // serde_json reads again and answers (see `json.rs`).
-        if let Some(value) = json::from_str(text) {
-            return Ok(value);
-        }
         serde_json::from_str(text).map_err(|e| {
             let what = match e.classify() {
                 serde_json::error::Category::Data => "payload JSON has the wrong shape",
@@ -609,6 +622,29 @@ macro_rules! export_plugin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The last level is what `rsplit('/')` gives first, for every shape of topic.
+    #[test]
+    fn last_topic_level_is_what_follows_the_last_slash() {
+        for topic in [
+            "plant/7/thermostat/t-100",
+            "t-100",
+            "",
+            "/",
+            "a/",
+            "/a",
+            "a//b",
+            "château/Gerät-é",
+            "ü/€😀",
+        ] {
+            let m = Message::new(topic, "");
+            assert_eq!(
+                m.last_topic_level(),
+                topic.rsplit('/').next().unwrap(),
+                "{topic:?}"
+            );
+        }
+    }
 
     /// `text` gives `from_utf8`'s verdict, and its error's position, wherever the non-ASCII
     /// or broken bytes fall: in, across and after the 32-byte blocks it passes whole.

@@ -227,7 +227,7 @@ impl<G: Generation> Plugin for Thermostat<G> {
     }
 
     fn transform<'m>(&'m self, msg: &'m Message) -> weir_sdk::Result<G::Record<'m>> {
-        let device_id = msg.topic.rsplit('/').next().unwrap_or_default();
+        let device_id = msg.last_topic_level();
         if device_id.is_empty() {
             return Err(Rejection::new(
                 "topic.unexpected",
