@@ -108,15 +108,34 @@ impl Message {
 
     /// The topic's last level, e.g. `t-100` of `plant/7/thermostat/t-100` (empty when the
     /// topic ends in `/`; the whole topic when it has one level). Where a device's id ends
-    /// its topic, this finds it from the end, a byte at a time: cheaper in the sandbox than
-    /// a general reverse search set up for long text.
+    /// its topic, this finds it from the end, eight bytes at a time: in the sandbox a loop
+    /// pays an interruption check per turn, and a general reverse search is set up for
+    /// long text.
+    #[inline]
     pub fn last_topic_level(&self) -> &str {
+        const ONES: u64 = u64::MAX / 255;
+        const LOW7: u64 = ONES * 0x7f;
         let bytes = self.topic.as_bytes();
-        let mut start = bytes.len();
-        while start > 0 && bytes[start - 1] != b'/' {
-            start -= 1;
+        let mut end = bytes.len();
+        while let Some(word) = end
+            .checked_sub(8)
+            .and_then(|at| bytes.get(at..end))
+            .and_then(<[u8]>::first_chunk::<8>)
+        {
+            // Each byte's high bit set exactly where it is `/` (no borrow crosses bytes).
+            let x = u64::from_le_bytes(*word) ^ (ONES * u64::from(b'/'));
+            let slash = !(((x & LOW7) + LOW7) | x | LOW7);
+            if slash != 0 {
+                let last = 7 - slash.leading_zeros() as usize / 8;
+                // `/` is ASCII, so the cut after it is a character boundary.
+                return &self.topic[end - 8 + last + 1..];
+            }
+            end -= 8;
         }
-        // `/` is ASCII, so the cut after it is a character boundary.
+        let start = bytes[..end]
+            .iter()
+            .rposition(|&b| b == b'/')
+            .map_or(0, |i| i + 1);
         &self.topic[start..]
     }
 
@@ -628,6 +647,15 @@ mod tests {
     fn last_topic_level_is_what_follows_the_last_slash() {
         for topic in [
             "plant/7/thermostat/t-100",
+            "plant/7/thermostat/device-0123456789abcdef",
+            "plant/7/thermostat/device-0123456789abcdef/",
+            "/0123456",
+            "/01234567",
+            "01234567/",
+            "0123456789abcdef",
+            "a/0123456789abcdef",
+            "ab/cd/ef/gh/ij/kl/mn/op",
+            "aa/é/ü€/Gerät-0123456789",
             "t-100",
             "",
             "/",
@@ -643,6 +671,18 @@ mod tests {
                 topic.rsplit('/').next().unwrap(),
                 "{topic:?}"
             );
+        }
+        // Every place for one or two slashes, across and within the words it reads.
+        for len in 0..=26 {
+            for p in 0..=len {
+                for q in p..=len {
+                    let topic: String = (0..len)
+                        .map(|i| if i == p || i == q { '/' } else { 'x' })
+                        .collect();
+                    let m = Message::new(topic.clone(), "");
+                    assert_eq!(m.last_topic_level(), topic.rsplit('/').next().unwrap());
+                }
+            }
         }
     }
 
