@@ -1003,6 +1003,46 @@ mod tests {
         }
     }
 
+    /// Values nobody reads are passed over as serde_json ignores them: whatever it
+    /// refuses is left to it, and nesting counts as for values read.
+    #[test]
+    fn ignored_values_are_checked_as_serde_json_checks_them() {
+        for text in [
+            r#"{"x":{"a":[1,{"b":[[],{"c":null}]},"s"],"t":true,"f":false},"ts":2}"#,
+            r#"{ "x" : [ 1 , { "b" : [ ] } ] , "y" : { } , "ts" : 3 }"#,
+        ] {
+            assert!(agrees::<Reading>(text), "{text}");
+        }
+        for text in [
+            r#"{"x":[1,]}"#,
+            r#"{"x":{"a":1,}}"#,
+            r#"{"x":{"a"}}"#,
+            r#"{"x":{"a":}}"#,
+            r#"{"x":[01]}"#,
+            r#"{"x":{"a":1 "b":2}}"#,
+            r#"{"x":[}"#,
+            r#"{"x":{]}"#,
+            r#"{"x":[1}"#,
+            r#"{"x":1.}"#,
+            r#"{"x":[1e]}"#,
+            r#"{"x":[-]}"#,
+            r#"{"x":[1 2]}"#,
+            r#"{"x":{1:2}}"#,
+            r#"{"x":[nul]}"#,
+            r#"{"x":[,1]}"#,
+            r#"{"x":{,}}"#,
+            r#"{"x":[[1]"#,
+        ] {
+            assert!(from_str::<Reading>(text).is_none(), "{text}");
+            assert!(serde_json::from_str::<Reading>(text).is_err(), "{text}");
+        }
+        // Nesting counts as for values read: the struct is one level, 63 more fit.
+        let nest = |n: usize| format!(r#"{{"x":{}{},"ts":1}}"#, "[".repeat(n), "]".repeat(n));
+        assert!(agrees::<Reading>(&nest(MAX_DEPTH as usize - 1)));
+        assert!(from_str::<Reading>(&nest(MAX_DEPTH as usize)).is_none());
+        assert!(serde_json::from_str::<Reading>(&nest(MAX_DEPTH as usize)).is_ok());
+    }
+
     #[test]
     fn numbers_come_out_to_the_same_bits() {
         let f = |v: &f64| v.to_bits();
