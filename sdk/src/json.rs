@@ -14,7 +14,9 @@
 //! `Deserialize` impl catches and goes on from, and so does an impl looking at an error's
 //! text. A `Deserialize` impl may therefore run twice on one payload, the first time cut
 //! short; one with side effects (counting, logging) sees both, and one that asks for its
-//! deserializer's type name gets this reader's the first time.
+//! deserializer's type name gets this reader's the first time. On a payload that is not
+//! UTF-8 it may run once, cut short at the first bad byte, before the payload is refused
+//! as it always was (the text is checked as it is read, not before: see [`from_slice`]).
 //!
 //! No crate offers that guarantee (faster readers parse numbers and word errors their own
 //! way), which is why this one is written here.

@@ -163,9 +163,9 @@ impl Message {
     /// serde_json whatever it is not sure of.
     pub fn json<'a, T: serde::Deserialize<'a>>(&'a self) -> std::result::Result<T, Rejection> {
         // The common case is read by the SDK's own reader, which checks the payload's UTF-8
-        // as it goes (see `json.rs`); whatever it is not sure of, serde_json reads again
-        // and answers, from the payload checked whole up front: parsing from text then
-        // skips serde_json's check of every string on its own.
+        // as it goes (see `json.rs`). Whatever it is not sure of, serde_json reads again
+        // and answers, from the payload checked whole first (refused here if it is not
+        // UTF-8): parsing from text then skips serde_json's check of every string.
         if let Some(value) = json::from_slice(&self.payload) {
             return Ok(value);
         }
