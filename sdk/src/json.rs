@@ -981,12 +981,12 @@ mod tests {
     }
 
     /// Strings with other characters than ASCII are read (checked as UTF-8 one by one),
-    /// and a payload with bytes that are not UTF-8 anywhere, in a string the target keeps
-    /// or one it ignores, is left to the caller.
+    /// and a payload with bytes that are not UTF-8 anywhere (in a string the target keeps,
+    /// one it ignores, a key, or after the value) is left to the caller.
     #[test]
     fn text_is_checked_as_it_is_read() {
         let kept =
-            r#"{"device":"Gerät-é","temperature":{"value":21.5,"unit":"°C"},"site":"château 😀"}"#;
+            r#"{"device":"Gerät-é","temperature":{"value":21.5,"unit":"°C"},"clé":"château 😀"}"#;
         assert!(agrees::<Reading>(kept));
         assert_eq!(
             from_str::<Reading>(kept).unwrap().device.unwrap(),
@@ -998,7 +998,8 @@ mod tests {
             b"{\"site\":\"\xe2\x82\"}",
             b"{\"site\":\"\xed\xa0\x80\"}",
             b"{\"ts\":1}\x80",
-            b"{\"ts\":1,\xc3\xa9:1}",
+            b"{\"t\xffs\":1}",
+            b"{\"cl\xc3\":1,\"ts\":1}",
         ] {
             assert!(from_slice::<Reading>(bad).is_none(), "{bad:?}");
             assert!(from_slice::<serde_json::Value>(bad).is_none(), "{bad:?}");
