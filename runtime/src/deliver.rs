@@ -152,10 +152,9 @@ impl<W: Writes, A: Acks> Courier<W, A> {
     pub async fn take(&mut self, topology: &Arc<Topology>, batch: Vec<Transformed<A::Token>>) {
         let now = Instant::now();
         for (token, input, cohort, outcome) in batch {
-            Metrics::observe(
-                &self.metrics.handover_seconds,
-                now.saturating_duration_since(token.arrived()),
-            );
+            self.metrics
+                .handover_seconds
+                .observe(now.saturating_duration_since(token.arrived()));
             let seq = self.acks.arrived(token);
             let delivery = topology.plan(input, cohort, outcome);
             self.start(seq, delivery, Arc::clone(topology), now).await;
@@ -301,10 +300,9 @@ impl<W: Writes, A: Acks> Courier<W, A> {
     /// Every write of the step has its answer (by `now`): report failures, ask the core.
     fn settle(&mut self, key: usize, now: Instant) -> Next {
         let f = &mut self.flights[key];
-        Metrics::observe(
-            &self.metrics.produce_seconds,
-            now.saturating_duration_since(f.started),
-        );
+        self.metrics
+            .produce_seconds
+            .observe(now.saturating_duration_since(f.started));
         let writes = std::mem::take(&mut f.writes);
         let results = std::mem::take(&mut f.results);
         let no_answer = || Failure::Transient("no answer from Kafka".into());

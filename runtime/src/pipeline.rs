@@ -1258,12 +1258,12 @@ pub fn transform(
             .collect();
         let started = Instant::now();
         let results = plugin.process(&mut group);
-        Metrics::observe(
-            &metrics.transform_seconds.get_or_create(&CohortLabel {
+        metrics
+            .transform_seconds
+            .get_or_create(&CohortLabel {
                 cohort: live.topology.cohorts[ci].name.clone(),
-            }),
-            started.elapsed(),
-        );
+            })
+            .observe(started.elapsed());
         for ((i, o), m) in idx.into_iter().zip(results).zip(group) {
             outcomes[i] = Some(o);
             inputs[i].message = m;

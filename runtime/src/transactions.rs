@@ -287,7 +287,7 @@ impl Transactions {
         };
         let started = std::time::Instant::now();
         for (_, (token, ..)) in &messages {
-            Metrics::observe(&metrics.handover_seconds, started - token.arrived());
+            metrics.handover_seconds.observe(started - token.arrived());
         }
         let mut batch = Batch::plan(messages);
         let released: Vec<u16> = releases.iter().map(|(_, id)| *id).collect();
@@ -325,7 +325,7 @@ impl Transactions {
         metrics.transactions_committed.inc();
         let took = started.elapsed();
         for _ in 0..batch.items.len() {
-            Metrics::observe(&metrics.produce_seconds, took);
+            metrics.produce_seconds.observe(took);
         }
         for (topology, s) in batch.settled() {
             count(metrics, topology, s);

@@ -1629,7 +1629,7 @@ impl Session {
         self.link.settle(tokens, |t| {
             if t.connection == conn.n {
                 self.metrics.acked.inc();
-                Metrics::observe(&self.group.ack_seconds, now - t.arrived);
+                self.group.ack_seconds.observe(now - t.arrived);
             }
         });
         None
@@ -1738,7 +1738,7 @@ impl Session {
             {
                 ack_packet(self.proto, &t, &mut conn.out);
                 self.metrics.acked.inc();
-                Metrics::observe(&self.group.ack_seconds, t.arrived.elapsed());
+                self.group.ack_seconds.observe(t.arrived.elapsed());
             }
         }
         if !conn.out.is_empty() {
