@@ -108,7 +108,32 @@ impl Drop for Poller {
 pub struct Producer<C: Reports> {
     // Declared first so that it is dropped first: the thread stops before the producer goes.
     poller: Arc<Poller>,
-    producer: Arc<BaseProducer<C>>,
+    producer: Arc<Client<C>>,
+}
+
+/// librdkafka's `RD_KAFKA_PARTITION_UA` (a C macro): the partitioner picks the partition.
+const PARTITION_UNASSIGNED: i32 = -1;
+
+/// librdkafka's handle of one topic, taken once and kept for writes to it.
+struct TopicHandle(*mut rd::rd_kafka_topic_t);
+
+// SAFETY: librdkafka's topic handles are thread-safe and reference-counted; this one is
+// released only by `Drop`, once.
+unsafe impl Send for TopicHandle {}
+unsafe impl Sync for TopicHandle {}
+
+impl Drop for TopicHandle {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `rd_kafka_topic_new` and is released once.
+        unsafe { rd::rd_kafka_topic_destroy(self.0) }
+    }
+}
+
+/// The producer and the topic handles taken from it. The handles are declared first, so
+/// that they are released before the producer is destroyed, as librdkafka requires.
+struct Client<C: Reports> {
+    topics: Mutex<Vec<(Box<str>, TopicHandle)>>,
+    producer: BaseProducer<C>,
 }
 
 impl<C: Reports> Clone for Producer<C> {
@@ -123,7 +148,7 @@ impl<C: Reports> Clone for Producer<C> {
 impl<C: Reports> std::ops::Deref for Producer<C> {
     type Target = BaseProducer<C>;
     fn deref(&self) -> &BaseProducer<C> {
-        &self.producer
+        &self.producer.producer
     }
 }
 
@@ -155,8 +180,103 @@ impl<C: Reports> Producer<C> {
                 thread: Some(thread),
                 ended,
             }),
-            producer: Arc::new(producer),
+            producer: Arc::new(Client {
+                topics: Mutex::new(Vec::new()),
+                producer,
+            }),
         })
+    }
+
+    /// Enqueue `w` (its value, key and headers are copied) to `partition`, or to the one
+    /// its key hashes to; `opaque` comes back in its delivery report.
+    ///
+    /// Written through a topic handle kept for the topic: rdkafka's `send` names the topic,
+    /// for which librdkafka takes the producer's write lock and looks the name up, and
+    /// rdkafka copies the name to a C string first, for every write.
+    pub fn produce(
+        &self,
+        w: &weir_core::write::Write,
+        partition: Option<i32>,
+        opaque: usize,
+    ) -> Result<(), KafkaError> {
+        let rkt = self.topic(&w.topic)?;
+        let (key_ptr, key_len) = w
+            .key
+            .as_ref()
+            .map_or((std::ptr::null(), 0), |k| (k.as_ptr(), k.len()));
+        // SAFETY: the client and the topic handle (kept until the client goes) are live; the
+        // header list is ours until librdkafka takes it, which it does only when the write
+        // is enqueued; every pointer with its length is a live slice, copied during the call
+        // (`F_COPY`, and `rd_kafka_header_add` copies name and value).
+        let err = unsafe {
+            let list = rd::rd_kafka_headers_new(w.headers.len());
+            for (name, value) in w.headers.iter() {
+                rd::rd_kafka_header_add(
+                    list,
+                    name.as_ptr().cast(),
+                    name.len() as isize,
+                    value.as_ptr().cast(),
+                    value.len() as isize,
+                );
+            }
+            let err = rd::rd_kafka_producev(
+                self.producer.producer.client().native_ptr(),
+                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT,
+                rkt,
+                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
+                partition.unwrap_or(PARTITION_UNASSIGNED),
+                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
+                rd::RD_KAFKA_MSG_F_COPY,
+                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
+                w.value.as_ptr(),
+                w.value.len(),
+                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY,
+                key_ptr,
+                key_len,
+                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_OPAQUE,
+                opaque as *mut std::ffi::c_void,
+                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADERS,
+                list,
+                rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END,
+            );
+            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                rd::rd_kafka_headers_destroy(list);
+            }
+            err
+        };
+        match err {
+            rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+            e => Err(KafkaError::MessageProduction(e.into())),
+        }
+    }
+
+    /// The handle of `topic`, taken on its first write.
+    fn topic(&self, topic: &str) -> Result<*mut rd::rd_kafka_topic_t, KafkaError> {
+        let mut topics = self
+            .producer
+            .topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, h)) = topics.iter().find(|(name, _)| **name == *topic) {
+            return Ok(h.0);
+        }
+        let name = std::ffi::CString::new(topic)
+            .map_err(|_| KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTopic))?;
+        // SAFETY: the client is live and the name a C string; the handle taken is ours.
+        let rkt = unsafe {
+            rd::rd_kafka_topic_new(
+                self.producer.producer.client().native_ptr(),
+                name.as_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        if rkt.is_null() {
+            // SAFETY: reads the calling thread's last librdkafka error.
+            let code = unsafe { rd::rd_kafka_last_error() };
+            return Err(KafkaError::MessageProduction(code.into()));
+        }
+        topics.push((topic.into(), TopicHandle(rkt)));
+        Ok(rkt)
     }
 
     /// Why the event thread ended, if it did while the producer lives: Kafka's answers are
@@ -234,7 +354,7 @@ impl Producer<Waiters> {
         if let Some(why) = self.events_ended() {
             return Err(WriteError::Events(why.to_owned()));
         }
-        let waiters = self.producer.context();
+        let waiters = self.producer.producer.context();
         let id = waiters.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
         waiters
@@ -253,7 +373,7 @@ impl Producer<Waiters> {
                 .headers(record.headers);
         let deadline = Instant::now() + within;
         loop {
-            match self.producer.send(base) {
+            match self.producer.producer.send(base) {
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), b))
                     if Instant::now() < deadline =>

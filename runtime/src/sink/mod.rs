@@ -17,8 +17,8 @@ use rdkafka::admin::{
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, Producer as _, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -518,30 +518,13 @@ impl Sink {
     ) -> Result<(), Failure> {
         #[cfg(debug_assertions)]
         self.fail_fatally_once_for_tests();
-        let mut headers = OwnedHeaders::new_with_capacity(w.headers.len());
-        for (k, v) in w.headers.iter() {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let mut record: BaseRecord<'_, [u8], [u8], Tag> = BaseRecord::with_opaque_to(&w.topic, tag)
-            .payload(w.value.as_slice())
-            .headers(headers);
-        if let Some(k) = &w.key {
-            record = record.key(k.as_slice());
-        }
-        if let Some(p) = partition {
-            record = record.partition(p);
-        }
         loop {
-            match self.producer.send(record) {
+            match self.producer.produce(w, partition, tag) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Err((error, _)) => return Err(classify(&error)),
+                Err(error) => return Err(classify(&error)),
             }
         }
     }
