@@ -257,10 +257,13 @@ impl KeyTemplate {
         plugin_key: Option<&str>,
         field: impl Fn(&str) -> Option<String>,
     ) -> Option<String> {
-        if let [Part::PluginKey] = self.parts[..] {
-            return plugin_key.map(str::to_owned);
+        // One part, the usual template: its text copied once, at its size.
+        match &self.parts[..] {
+            [Part::PluginKey] => return plugin_key.map(str::to_owned),
+            [Part::TopicLevel(n)] => return topic_level(topic, *n).map(str::to_owned),
+            _ => {}
         }
-        let mut out = String::new();
+        let mut out = String::with_capacity(topic.len());
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
@@ -405,6 +408,19 @@ mod tests {
             Some("dev-t-1")
         );
         assert_eq!(t.render("plant/7", None, |_| None), None);
+        let level = KeyTemplate::parse("{topic[3]}").unwrap();
+        for (topic, key) in [
+            ("plant/7/thermostat/t-1", Some("t-1")),
+            ("plant/7/thermostat/t-1/x", Some("t-1")),
+            ("plant/7/thermostat/", Some("")),
+            ("plant/7/thermostat", None),
+        ] {
+            assert_eq!(
+                level.render(topic, None, |_| None).as_deref(),
+                key,
+                "{topic}"
+            );
+        }
         let f = KeyTemplate::parse("{field.device_id}").unwrap();
         assert!(f.needs_fields());
         assert_eq!(
