@@ -118,9 +118,8 @@ const PARTITION_UNASSIGNED: i32 = -1;
 struct TopicHandle(*mut rd::rd_kafka_topic_t);
 
 // SAFETY: librdkafka's topic handles are thread-safe and reference-counted; this one is
-// released only by `Drop`, once.
+// released only by `Drop`, once. (Held in a `Mutex`, so `Send` is all it needs.)
 unsafe impl Send for TopicHandle {}
-unsafe impl Sync for TopicHandle {}
 
 impl Drop for TopicHandle {
     fn drop(&mut self) {
@@ -260,8 +259,10 @@ impl<C: Reports> Producer<C> {
         if let Some((_, h)) = topics.iter().find(|(name, _)| **name == *topic) {
             return Ok(h.0);
         }
+        // A NUL cannot be passed (the config refuses such names): librdkafka's own code
+        // for a bad argument, as it gives for a name it will not take.
         let name = std::ffi::CString::new(topic)
-            .map_err(|_| KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTopic))?;
+            .map_err(|_| KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument))?;
         // SAFETY: the client is live and the name a C string; the handle taken is ours.
         let rkt = unsafe {
             rd::rd_kafka_topic_new(
