@@ -8,9 +8,14 @@
 //! `rd_kafka_queue_poll` with no deadline of its own, and is woken to stop by
 //! `rd_kafka_queue_yield`. Delivery reports come a librdkafka event at a time, so the
 //! context files each event's answers at once, with one lock and one wake-up.
+//!
+//! Writes go through librdkafka's handle of their topic, taken on the topic's first write
+//! and kept ([`Producer::produce`]): rdkafka's `send` names the topic, for which librdkafka
+//! takes the producer's write lock to look it up, on every write.
 
 // Foreign calls: rdkafka 0.39 has no safe way to read a producer's event queue from a
-// thread of one's own (its loop is the one this replaces).
+// thread of one's own (its loop is the one this replaces), nor to write through a topic
+// handle.
 #![allow(unsafe_code)]
 
 use rdkafka::ClientContext;
