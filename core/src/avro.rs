@@ -606,6 +606,8 @@ const MAX_PACKED_DEPTH: usize = 128;
 /// Values a decoded datum may hold beyond one per byte.
 pub const MAX_DECODED_VALUES: usize = 1_000_000;
 
+/// Inlined: a record's fields call it several times per message, each for a byte or two.
+#[inline]
 fn write_long(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
@@ -651,6 +653,7 @@ fn write_blocks(out: &mut Vec<u8>, n: i64, body: &[u8]) {
     write_long(out, 0);
 }
 
+#[inline]
 fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
     write_long(out, b.len() as i64);
     out.extend_from_slice(b);
