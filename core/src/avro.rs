@@ -33,6 +33,8 @@ mod packed;
 #[derive(Debug, Clone)]
 pub struct AvroSchema {
     nodes: Vec<Node>,
+    /// How each node writes the MessagePack scalars it takes plainly (by index).
+    plans: Vec<packed::Plans>,
     root: usize,
     canonical: String,
 }
@@ -333,6 +335,7 @@ impl AvroSchema {
         };
         let root = c.compile(&schema)?;
         let mut compiled = AvroSchema {
+            plans: packed::plans(&c.nodes),
             nodes: c.nodes,
             root,
             canonical: schema.canonical_form(),
@@ -1717,9 +1720,11 @@ mod tests {
                 }
             }
             Node::Record { fields, .. } => {
+                // Often whole, as serde writes a struct (the transcoder's straight path).
+                let whole = rng.random_bool(0.3);
                 let mut entries: Vec<(String, Gen)> = Vec::new();
                 for f in fields {
-                    if f.default.is_none() || rng.random_bool(0.7) {
+                    if f.default.is_none() || whole || rng.random_bool(0.7) {
                         entries.push((f.name.clone(), valid_value(s, f.node, rng, depth + 1)));
                     }
                 }

@@ -7,7 +7,9 @@
 //! name that equals a field's is that field, UTF-8 by construction). A string that is not
 //! UTF-8 is taken as bytes, as `rmp-serde` takes it, and is refused where text is due.
 
-use super::{AvroSchema, Bound, Fields, MAX_PACKED_DEPTH, Node, Seed, Violation, encode_record};
+use super::{
+    AvroSchema, Bound, Field, Fields, MAX_PACKED_DEPTH, Node, Seed, Violation, encode_record,
+};
 use super::{write_bytes, write_long};
 use rmp::Marker;
 use serde::de::Visitor;
@@ -135,6 +137,19 @@ impl<'a> Reader<'a> {
         Ok(Item::Ext)
     }
 
+    /// Text of up to 31 bytes (a fixstr, as most field names are), or `None`, with
+    /// nothing read, for anything else.
+    #[inline(always)]
+    fn fixstr(&mut self) -> Option<&'a [u8]> {
+        let &marker @ 0xa0..=0xbf = self.buf.get(self.pos)? else {
+            return None;
+        };
+        let start = self.pos + 1;
+        let text = self.buf.get(start..start + usize::from(marker & 0x1f))?;
+        self.pos = start + text.len();
+        Some(text)
+    }
+
     /// A map key: text as sent (unchecked), or an integer or boolean as JSON writes it.
     fn key(&mut self) -> Result<Cow<'a, [u8]>, Violation> {
         // Most keys are field names of up to 31 bytes: a fixstr.
@@ -258,7 +273,8 @@ impl<'a> Transcoder<'a> {
             }
             return Ok(());
         }
-        match *seed.node() {
+        let schema = seed.schema;
+        match schema.nodes[seed.node] {
             Node::Map(values) => {
                 if n > 0 {
                     write_long(seed.out, n as i64);
@@ -274,83 +290,126 @@ impl<'a> Transcoder<'a> {
                 write_long(seed.out, 0);
                 Ok(())
             }
-            Node::Record { .. } => encode_record(
-                seed.schema,
-                seed.node,
-                seed.out,
-                seed.bound,
-                Entries {
-                    transcoder: self,
-                    left: n,
-                },
-            ),
+            Node::Record { ref fields, .. } => {
+                if n == fields.len() && self.in_order(schema, fields, seed.out) {
+                    return Ok(());
+                }
+                encode_record(
+                    schema,
+                    seed.node,
+                    seed.out,
+                    seed.bound,
+                    Entries {
+                        transcoder: self,
+                        left: n,
+                    },
+                )
+            }
             _ => Err(seed.mismatch("an object")),
         }
     }
-}
-
-/// A scalar's Avro, decided without the seed.
-enum Scalar<'a> {
-    Nothing,
-    Byte(u8),
-    Long(i64),
-    Float(f32),
-    Double(f64),
-    Text(&'a [u8]),
-}
-
-/// Write a scalar whose Avro is plain: the item is of its node's own kind, or the node is a
-/// union and the branch is the first that takes the item, as [`Seed`] chooses it. `false`,
-/// with nothing written, leaves the item to the seed, which decides every other case and
-/// words every refusal; the bytes are the same either way (`the_direct_reader_agrees_*`).
-/// Most record fields are such scalars, and the seed's general path cost several times
-/// this one per field.
-fn plain(schema: &AvroSchema, node: usize, item: Item<'_>, out: &mut Vec<u8>) -> bool {
-    let item = match item {
-        Item::Uint(v) => match i64::try_from(v) {
-            Ok(v) => Item::Int(v),
-            Err(_) => return false,
-        },
-        // Short text is mostly ASCII, checked for far less than a UTF-8 validation costs.
-        Item::Str(bytes) if !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() => {
-            return false;
+    /// A record whose every field came, in schema order, as a plain scalar: the usual
+    /// record (serde writes a struct's fields in declaration order), written straight, with
+    /// none of [`encode_record`]'s bookkeeping of order, repeats and defaults. `false`, with
+    /// the reader and `out` as they were, leaves the record to `encode_record`, which then
+    /// decides and words everything as it always does. Nothing else is touched on the way
+    /// (a scalar takes no default from the bound), so going back is exact.
+    fn in_order(&mut self, schema: &AvroSchema, fields: &[Field], out: &mut Vec<u8>) -> bool {
+        let (pos, len) = (self.reader.pos, out.len());
+        for f in fields {
+            let written = self.reader.fixstr() == Some(f.name.as_bytes())
+                && self
+                    .reader
+                    .item()
+                    .is_ok_and(|item| plain(schema, f.node, item, out));
+            if !written {
+                self.reader.pos = pos;
+                out.truncate(len);
+                return false;
+            }
         }
-        Item::F64(v) if !v.is_finite() => return false,
-        other => other,
+        true
+    }
+}
+
+/// The kinds of MessagePack scalar whose Avro a node decides by kind alone, in the order
+/// of a [`Plans`] row.
+const KINDS: usize = 6;
+/// One of each kind, for deciding a node's [`Plans`]: the decisions depend on the kind
+/// only, and on an integer's fitting 32 bits.
+const SAMPLES: [Item<'static>; KINDS] = [
+    Item::Nil,
+    Item::Bool(false),
+    Item::Int(0),
+    Item::Int(i64::MAX),
+    Item::F64(0.5),
+    Item::Str(b""),
+];
+
+/// How a node writes a scalar of each kind: what [`Seed`] would write, decided once when
+/// the schema is compiled instead of for every value.
+pub(super) type Plans = [Plain; KINDS];
+
+/// How a node writes a scalar of one kind.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plain {
+    /// The union branch whose index is written first (the node is a union).
+    branch: Option<u32>,
+    write: As,
+}
+
+/// The Avro a scalar is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum As {
+    /// Left to the seed, which decides every other case and words every refusal.
+    Seed,
+    Nothing,
+    Byte,
+    Long,
+    Float,
+    Double,
+    Text,
+}
+
+/// The plans of every node of a compiled schema.
+pub(super) fn plans(nodes: &[Node]) -> Vec<Plans> {
+    (0..nodes.len())
+        .map(|node| SAMPLES.map(|item| decide(nodes, node, item)))
+        .collect()
+}
+
+/// What `node` does with a scalar of `item`'s kind: the item's own kind, or, in a union,
+/// the first branch that takes it, as [`Seed`] chooses it.
+fn decide(nodes: &[Node], node: usize, item: Item<'_>) -> Plain {
+    let seed = Plain {
+        branch: None,
+        write: As::Seed,
     };
-    let mut node = &schema.nodes[node];
+    let mut target = &nodes[node];
     let mut branch = None;
-    if let Node::Union(branches) = node {
+    if let Node::Union(branches) = target {
         for (i, &b) in branches.iter().enumerate() {
-            match takes(&schema.nodes[b], item) {
+            match takes(&nodes[b], item) {
                 Some(true) => {
+                    let Ok(i) = u32::try_from(i) else {
+                        return seed;
+                    };
                     branch = Some(i);
-                    node = &schema.nodes[b];
+                    target = &nodes[b];
                     break;
                 }
                 Some(false) => {}
-                None => return false,
+                None => return seed,
             }
         }
         if branch.is_none() {
-            return false;
+            return seed;
         }
     }
-    let Some(scalar) = scalar(node, item) else {
-        return false;
-    };
-    if let Some(i) = branch {
-        write_long(out, i as i64);
+    Plain {
+        branch,
+        write: written_as(target, item),
     }
-    match scalar {
-        Scalar::Nothing => {}
-        Scalar::Byte(b) => out.push(b),
-        Scalar::Long(v) => write_long(out, v),
-        Scalar::Float(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Scalar::Double(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Scalar::Text(bytes) => write_bytes(out, bytes),
-    }
-    true
 }
 
 /// Whether the seed takes `item` into union branch `node`; `None` where that depends on
@@ -375,18 +434,77 @@ fn takes(node: &Node, item: Item<'_>) -> Option<bool> {
 }
 
 /// The Avro of `item` as `node` (not a union), where it is plain.
-fn scalar<'a>(node: &Node, item: Item<'a>) -> Option<Scalar<'a>> {
-    Some(match (item, node) {
-        (Item::Nil, Node::Null) => Scalar::Nothing,
-        (Item::Bool(v), Node::Boolean) => Scalar::Byte(u8::from(v)),
-        (Item::Int(v), Node::Long) => Scalar::Long(v),
-        (Item::Int(v), Node::Int) if i32::try_from(v).is_ok() => Scalar::Long(v),
-        (Item::Int(v), Node::Float) => Scalar::Float(v as f32),
-        (Item::Int(v), Node::Double) => Scalar::Double(v as f64),
-        (Item::F64(v), Node::Double) => Scalar::Double(v),
-        (Item::Str(bytes), Node::String) => Scalar::Text(bytes),
-        _ => return None,
-    })
+fn written_as(node: &Node, item: Item<'_>) -> As {
+    match (item, node) {
+        (Item::Nil, Node::Null) => As::Nothing,
+        (Item::Bool(_), Node::Boolean) => As::Byte,
+        (Item::Int(_), Node::Long) => As::Long,
+        (Item::Int(v), Node::Int) if i32::try_from(v).is_ok() => As::Long,
+        (Item::Int(_), Node::Float) => As::Float,
+        (Item::Int(_), Node::Double) => As::Double,
+        (Item::F64(_), Node::Double) => As::Double,
+        (Item::Str(_), Node::String) => As::Text,
+        _ => As::Seed,
+    }
+}
+
+/// Write a scalar whose Avro is plain, by its node's plan. `false`, with nothing written,
+/// leaves the item to the seed; the bytes are the same either way
+/// (`the_direct_reader_agrees_*`). Most record fields are such scalars, and the seed's
+/// general path cost several times this one per field.
+fn plain(schema: &AvroSchema, node: usize, item: Item<'_>, out: &mut Vec<u8>) -> bool {
+    let (kind, item) = match item {
+        Item::Nil => (0, item),
+        Item::Bool(_) => (1, item),
+        Item::Int(v) => (int_kind(v), item),
+        Item::Uint(v) => match i64::try_from(v) {
+            Ok(v) => (int_kind(v), Item::Int(v)),
+            Err(_) => return false,
+        },
+        Item::F64(v) if v.is_finite() => (4, item),
+        // Short text is mostly ASCII, checked for far less than a UTF-8 validation costs.
+        Item::Str(bytes) if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() => (5, item),
+        _ => return false,
+    };
+    let plan = schema.plans[node][kind];
+    let scalar = match (plan.write, item) {
+        (As::Nothing, Item::Nil) => Scalar::Nothing,
+        (As::Byte, Item::Bool(v)) => Scalar::Byte(u8::from(v)),
+        (As::Long, Item::Int(v)) => Scalar::Long(v),
+        (As::Float, Item::Int(v)) => Scalar::Float(v as f32),
+        (As::Double, Item::Int(v)) => Scalar::Double(v as f64),
+        (As::Double, Item::F64(v)) => Scalar::Double(v),
+        (As::Text, Item::Str(bytes)) => Scalar::Text(bytes),
+        // `As::Seed`: the plans pair no other kind of write with an item.
+        _ => return false,
+    };
+    if let Some(b) = plan.branch {
+        write_long(out, b.into());
+    }
+    match scalar {
+        Scalar::Nothing => {}
+        Scalar::Byte(b) => out.push(b),
+        Scalar::Long(v) => write_long(out, v),
+        Scalar::Float(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Scalar::Double(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Scalar::Text(bytes) => write_bytes(out, bytes),
+    }
+    true
+}
+
+/// A scalar's Avro, as its plan writes it.
+enum Scalar<'a> {
+    Nothing,
+    Byte(u8),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    Text(&'a [u8]),
+}
+
+/// An integer's kind: whether it fits an Avro int.
+fn int_kind(v: i64) -> usize {
+    if i32::try_from(v).is_ok() { 2 } else { 3 }
 }
 
 /// A MessagePack map's entries as a record's fields.
@@ -441,5 +559,191 @@ impl AvroSchema {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record of every scalar kind a plan writes, in and out of unions.
+    const FLAT: &str = r#"{"type":"record","name":"F","fields":[
+        {"name":"s","type":"string"},
+        {"name":"l","type":"long"},
+        {"name":"i","type":"int"},
+        {"name":"d","type":"double"},
+        {"name":"f","type":"float"},
+        {"name":"b","type":"boolean"},
+        {"name":"n","type":"null"},
+        {"name":"u","type":["null","double"]},
+        {"name":"v","type":["string","null"]},
+        {"name":"w","type":["null","int","long"]}
+    ]}"#;
+
+    /// A field's name as sent and its value's MessagePack.
+    type Entry = (&'static [u8], Vec<u8>);
+
+    fn mp<E: std::fmt::Debug>(write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Vec<u8> {
+        let mut out = Vec::new();
+        write(&mut out).unwrap();
+        out
+    }
+
+    /// FLAT's fields in schema order, each a plain value; and the same value as JSON.
+    fn entries() -> (Vec<Entry>, &'static str) {
+        use rmp::encode::*;
+        let entries = vec![
+            (&b"s"[..], mp(|o| write_str(o, "d-1"))),
+            (b"l", mp(|o| write_sint(o, -(1 << 40)).map(drop))),
+            (b"i", mp(|o| write_sint(o, -3).map(drop))),
+            (b"d", mp(|o| write_f64(o, 21.5))),
+            (b"f", mp(|o| write_uint(o, 7).map(drop))),
+            (b"b", mp(|o| write_bool(o, true))),
+            (b"n", mp(|o| write_nil(o))),
+            (b"u", mp(|o| write_f64(o, 20.25))),
+            (b"v", mp(|o| write_str(o, "x"))),
+            (b"w", mp(|o| write_uint(o, 1 << 40).map(drop))),
+        ];
+        let json = r#"{"s":"d-1","l":-1099511627776,"i":-3,"d":21.5,"f":7,"b":true,"n":null,"u":20.25,"v":"x","w":1099511627776}"#;
+        (entries, json)
+    }
+
+    /// A MessagePack map of `entries`, in the order given; each name a fixstr, or a str8
+    /// where `str8` says so.
+    fn map(entries: &[Entry], str8: bool) -> Vec<u8> {
+        let mut out = mp(|o| rmp::encode::write_map_len(o, entries.len() as u32).map(drop));
+        for (name, value) in entries {
+            if str8 {
+                out.push(0xd9);
+                out.push(name.len() as u8);
+            } else {
+                out.push(0xa0 | name.len() as u8);
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(value);
+        }
+        out
+    }
+
+    /// `in_order` on the record in `packed` (after its map marker), into an `out` that
+    /// already holds a byte; what it returned, the reader's position and `out`.
+    fn straight(s: &AvroSchema, packed: &[u8]) -> (bool, usize, Vec<u8>) {
+        let Node::Record { fields, .. } = &s.nodes[s.root] else {
+            unreachable!("FLAT is a record")
+        };
+        let mut t = Transcoder {
+            reader: Reader {
+                buf: packed,
+                pos: 1,
+            },
+            depth: 0,
+        };
+        let mut out = vec![7];
+        let wrote = t.in_order(s, fields, &mut out);
+        (wrote, t.reader.pos, out)
+    }
+
+    fn encoded(s: &AvroSchema, packed: &[u8]) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::new();
+        s.encode_packed(packed, usize::MAX, &mut out).map(|()| out)
+    }
+
+    use super::super::EncodeError;
+
+    #[test]
+    fn a_record_in_schema_order_is_written_straight_as_any_order_writes_it() {
+        let s = AvroSchema::parse(FLAT).unwrap();
+        let (entries, json) = entries();
+        let packed = map(&entries, false);
+        let (wrote, pos, out) = straight(&s, &packed);
+        assert!(wrote);
+        assert_eq!(pos, packed.len());
+        let mut from_json = vec![7];
+        s.encode_json(json, usize::MAX, &mut from_json).unwrap();
+        assert_eq!(out, from_json);
+        // The general path, which a record in another order takes, writes the same.
+        let mut reversed = entries.clone();
+        reversed.reverse();
+        assert_eq!(encoded(&s, &map(&reversed, false)).unwrap(), out[1..]);
+        assert_eq!(encoded(&s, &packed).unwrap(), out[1..]);
+    }
+
+    #[test]
+    fn a_record_it_cannot_write_straight_is_left_whole_to_the_general_path() {
+        use rmp::encode::*;
+        let s = AvroSchema::parse(FLAT).unwrap();
+        let (entries, base_json) = entries();
+        let with = |field: usize, value: Vec<u8>| {
+            let mut e = entries.clone();
+            e[field].1 = value;
+            e
+        };
+        let not_utf8 = {
+            let mut v = mp(|o| write_str_len(o, 2).map(drop));
+            v.extend_from_slice(&[0xc3, 0x28]);
+            v
+        };
+        let last = entries.len() - 1;
+        let mut renamed = entries.clone();
+        renamed[3].0 = b"x";
+        let mut repeated = entries.clone();
+        repeated[last].0 = b"v";
+        let mut cut = map(&entries, false);
+        cut.truncate(cut.len() - 3);
+        let json = |from: &str, to: &str| base_json.replace(from, to);
+        // Accepted by the general path, with the Avro of this JSON.
+        let accepted: Vec<(&str, Vec<u8>, String)> = vec![
+            (
+                "an f32 for a double",
+                map(&with(3, mp(|o| write_f32(o, 0.1))), false),
+                json(r#""d":21.5"#, r#""d":0.1"#),
+            ),
+            ("names as str8", map(&entries, true), json("", "")),
+            (
+                "the last value a NaN, taken as null",
+                map(&with(last, mp(|o| write_f64(o, f64::NAN))), false),
+                json(r#""w":1099511627776"#, r#""w":null"#),
+            ),
+        ];
+        // Refused by it.
+        let refused: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "an int out of range",
+                map(&with(2, mp(|o| write_sint(o, 1 << 40).map(drop))), false),
+            ),
+            ("text that is not UTF-8", map(&with(0, not_utf8), false)),
+            ("an unknown name", map(&renamed, false)),
+            ("a repeated name", map(&repeated, false)),
+            (
+                "a NaN for a double",
+                map(&with(3, mp(|o| write_f64(o, f64::NAN))), false),
+            ),
+            (
+                "a string for a long",
+                map(&with(1, mp(|o| write_str(o, "1"))), false),
+            ),
+            ("cut short", cut),
+        ];
+        let cases = accepted
+            .iter()
+            .map(|(what, packed, _)| (*what, packed))
+            .chain(refused.iter().map(|(what, packed)| (*what, packed)));
+        for (what, packed) in cases {
+            let (wrote, pos, out) = straight(&s, packed);
+            assert!(!wrote, "{what}");
+            assert_eq!(
+                (pos, out),
+                (1, vec![7]),
+                "{what}: the reader and output are as they were"
+            );
+        }
+        for (what, packed, json) in &accepted {
+            let mut from_json = Vec::new();
+            s.encode_json(json, usize::MAX, &mut from_json).unwrap();
+            assert_eq!(encoded(&s, packed).unwrap(), from_json, "{what}");
+        }
+        for (what, packed) in &refused {
+            assert!(encoded(&s, packed).is_err(), "{what}");
+        }
     }
 }
