@@ -6,6 +6,12 @@
 //! its items with nothing buffered, and a record's field names are compared as bytes (a
 //! name that equals a field's is that field, UTF-8 by construction). A string that is not
 //! UTF-8 is taken as bytes, as `rmp-serde` takes it, and is refused where text is due.
+//!
+//! Two shortcuts keep the common case cheap without a second set of rules. A scalar of a
+//! plain kind is written by its node's [`Plans`], decided once per schema from the rules the
+//! seed follows. A record whose every field came in schema order as such a scalar (a struct,
+//! as serde writes it) is written straight ([`Transcoder::in_order`]); any other record goes
+//! back, untouched, to [`encode_record`].
 
 use super::{
     AvroSchema, Bound, Field, Fields, MAX_PACKED_DEPTH, Node, Seed, Violation, encode_record,
