@@ -1614,7 +1614,14 @@ mod tests {
             {"type":"record","name":"P","fields":[{"name":"a","type":"int"}]},
             {"type":"record","name":"Q","fields":[{"name":"q","type":"string"}]}],"default":null},
         {"name":"o","type":["null",{"type":"map","values":"string"}],"default":null},
-        {"name":"next","type":["null","W"],"default":null}
+        {"name":"next","type":["null","W"],"default":null},
+        {"name":"h","type":["null",{"type":"record","name":"H","fields":[
+            {"name":"a","type":"int"},
+            {"name":"s","type":"string","default":""},
+            {"name":"d","type":["null","double"],"default":null},
+            {"name":"v","type":["string","null"],"default":"-"},
+            {"name":"w","type":["null","int","long"],"default":null},
+            {"name":"b","type":"boolean","default":false}]}],"default":null}
     ]}"#;
 
     /// How rmp-serde reads MessagePack into the same visitor: the reference the direct

@@ -633,7 +633,7 @@ mod tests {
 
     /// `in_order` on the record in `packed` (after its map marker), into an `out` that
     /// already holds a byte; what it returned, the reader's position and `out`.
-    fn straight(s: &AvroSchema, packed: &[u8]) -> (bool, usize, Vec<u8>) {
+    fn straight_of(s: &AvroSchema, packed: &[u8]) -> (bool, usize, Vec<u8>) {
         let Node::Record { fields, .. } = &s.nodes[s.root] else {
             unreachable!("FLAT is a record")
         };
@@ -661,7 +661,7 @@ mod tests {
         let s = AvroSchema::parse(FLAT).unwrap();
         let (entries, json) = entries();
         let packed = map(&entries, false);
-        let (wrote, pos, out) = straight(&s, &packed);
+        let (wrote, pos, out) = straight_of(&s, &packed);
         assert!(wrote);
         assert_eq!(pos, packed.len());
         let mut from_json = vec![7];
@@ -672,6 +672,82 @@ mod tests {
         reversed.reverse();
         assert_eq!(encoded(&s, &map(&reversed, false)).unwrap(), out[1..]);
         assert_eq!(encoded(&s, &packed).unwrap(), out[1..]);
+    }
+
+    #[test]
+    fn plans_write_what_the_seed_writes_from_json() {
+        use rmp::encode::*;
+        let types = [
+            r#""int""#,
+            r#""long""#,
+            r#""float""#,
+            r#""double""#,
+            r#""string""#,
+            r#""boolean""#,
+            r#""null""#,
+            r#"["null","int"]"#,
+            r#"["float","double"]"#,
+            r#"["bytes","string"]"#,
+            r#"[{"type":"enum","name":"E","symbols":["x"]},"string"]"#,
+            r#"["null","int","long"]"#,
+            r#"["string","null"]"#,
+            r#"["long","double"]"#,
+            r#"["double","long"]"#,
+        ];
+        let big = i64::from(i32::MAX) + 1;
+        // Each value as MessagePack and as JSON.
+        let values: Vec<(Vec<u8>, String)> = vec![
+            (
+                mp(|o| write_sint(o, i32::MIN.into()).map(drop)),
+                i32::MIN.to_string(),
+            ),
+            (
+                mp(|o| write_sint(o, i32::MAX.into()).map(drop)),
+                i32::MAX.to_string(),
+            ),
+            (mp(|o| write_sint(o, big).map(drop)), big.to_string()),
+            (
+                mp(|o| write_sint(o, i64::from(i32::MIN) - 1).map(drop)),
+                (i64::from(i32::MIN) - 1).to_string(),
+            ),
+            (
+                mp(|o| write_sint(o, i64::MAX).map(drop)),
+                i64::MAX.to_string(),
+            ),
+            (mp(|o| write_u64(o, 7)), "7".into()),
+            (mp(|o| write_u64(o, u64::MAX)), u64::MAX.to_string()),
+            (mp(|o| write_f64(o, 0.5)), "0.5".into()),
+            (mp(|o| write_f64(o, 1e300)), "1e300".into()),
+            (mp(|o| write_str(o, "x")), r#""x""#.into()),
+            (mp(|o| write_str(o, "é")), r#""é""#.into()),
+            (mp(write_nil), "null".into()),
+            (mp(|o| write_bool(o, true)), "true".into()),
+        ];
+        let mut straight = 0;
+        for ty in types {
+            let s = AvroSchema::parse(&format!(
+                r#"{{"type":"record","name":"R","fields":[{{"name":"a","type":{ty}}}]}}"#
+            ))
+            .unwrap();
+            for (value, json) in &values {
+                let packed = map(&[(b"a", value.clone())], false);
+                let mut from_json = Vec::new();
+                let json_verdict = s
+                    .encode_json(&format!(r#"{{"a":{json}}}"#), usize::MAX, &mut from_json)
+                    .map(|()| from_json);
+                assert_eq!(
+                    encoded(&s, &packed).ok(),
+                    json_verdict.ok(),
+                    "{json} as {ty}"
+                );
+                straight += usize::from(straight_of(&s, &packed).0);
+            }
+        }
+        // Most of the accepted cases went the straight way.
+        assert_eq!(
+            straight, 63,
+            "the cases of a plain kind that the field takes plainly"
+        );
     }
 
     #[test]
@@ -735,7 +811,7 @@ mod tests {
             .map(|(what, packed, _)| (*what, packed))
             .chain(refused.iter().map(|(what, packed)| (*what, packed)));
         for (what, packed) in cases {
-            let (wrote, pos, out) = straight(&s, packed);
+            let (wrote, pos, out) = straight_of(&s, packed);
             assert!(!wrote, "{what}");
             assert_eq!(
                 (pos, out),
