@@ -13,7 +13,9 @@
 //!   and acks, transform, librdkafka), peak RSS;
 //! - under each drain and produce leg, what the test bed's mosquitto and Kafka broker spent
 //!   per message when they run on this machine (CPU, reads and writes, context switches):
-//!   they share its cores with weir, so they bound any drain's rate here;
+//!   they share its cores with weir, so they bound any drain's rate here: under weir's leg,
+//!   what the whole machine spent per message, the rate that allows on its cores, and what
+//!   0.8× the raw MQTT drain would leave weir beside the services;
 //! - latency: then, at half of weir's drain rate, publish-arrival-to-PUBACK p50 / p99 from
 //!   weir's `weir_ack_seconds` histogram (the broker hop on loopback is not included), the
 //!   part of it spent waiting on Kafka (`weir_produce_seconds`), and, for comparison, a raw
@@ -152,6 +154,42 @@ fn print_services(before: &[(&str, bed::Activity)], after: &[(&str, bed::Activit
             );
         }
     }
+}
+
+/// What weir's leg cost the whole machine per message when the test bed runs on it (weir,
+/// mosquitto and the Kafka broker share its cores), the rate that allows, and what 0.8× the
+/// raw MQTT drain would leave weir beside the services: their share is a ceiling no client
+/// on this machine can pass.
+fn print_budget(
+    weir: f64,
+    (before, after): (&[(&str, bed::Activity)], &[(&str, bed::Activity)]),
+    n: usize,
+    mqtt_rate: f64,
+) {
+    let services: Vec<f64> = after
+        .iter()
+        .filter_map(|(name, end)| {
+            let (_, start) = before.iter().find(|(b, _)| b == name)?;
+            Some((end.cpu - start.cpu) * 1e6 / n.max(1) as f64)
+        })
+        .collect();
+    if services.len() < SERVICES.len() {
+        // A bed elsewhere: weir's own CPU sets the rate.
+        return;
+    }
+    let services: f64 = services.iter().sum();
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let total = weir + services;
+    println!(
+        "  {:<53} {total:>6.2} µs/msg  at most {:.0} msg/s",
+        format!("the machine: weir and the test bed, {cores} cores"),
+        cores as f64 * 1e6 / total
+    );
+    println!(
+        "  {:<53} {:>6.2} µs/msg",
+        "0.8 × the raw MQTT drain would leave weir",
+        cores as f64 * 1e6 / (0.8 * mqtt_rate) - services
+    );
 }
 
 /// A plain rumqttc client draining its session's backlog: (msg/s as received, msg/s until
@@ -660,6 +698,7 @@ fn weir_leg(
         );
     }
     print_services(&services_start, &services_end, n);
+    print_budget(cpu_per, (&services_start, &services_end), n, mqtt_rate);
     // Batches shape the transform's cost (a plugin call has a fixed part), and they depend
     // on how fast the stages around it run: a slower stage can change them.
     let calls = plugin_calls(&weir.admin);

@@ -314,6 +314,7 @@ impl<'a> Transcoder<'a> {
             _ => Err(seed.mismatch("an object")),
         }
     }
+
     /// A record whose every field came, in schema order, as a plain scalar: the usual
     /// record (serde writes a struct's fields in declaration order), written straight, with
     /// none of [`encode_record`]'s bookkeeping of order, repeats and defaults. `false`, with
@@ -338,19 +339,30 @@ impl<'a> Transcoder<'a> {
     }
 }
 
-/// The kinds of MessagePack scalar whose Avro a node decides by kind alone, in the order
-/// of a [`Plans`] row.
+/// The kinds of MessagePack scalar whose Avro a node decides by kind alone: their places in
+/// a [`Plans`] row.
+const NIL: usize = 0;
+const BOOL: usize = 1;
+/// An integer that fits an Avro int (32 bits).
+const INT32: usize = 2;
+/// An integer that does not.
+const INT64: usize = 3;
+/// A finite double.
+const DOUBLE: usize = 4;
+/// Text that is UTF-8.
+const TEXT: usize = 5;
 const KINDS: usize = 6;
-/// One of each kind, for deciding a node's [`Plans`]: the decisions depend on the kind
-/// only, and on an integer's fitting 32 bits.
-const SAMPLES: [Item<'static>; KINDS] = [
-    Item::Nil,
-    Item::Bool(false),
-    Item::Int(0),
-    Item::Int(i64::MAX),
-    Item::F64(0.5),
-    Item::Str(b""),
-];
+/// One of each kind, in its place, for deciding a node's [`Plans`]: the decisions depend on
+/// the kind only (and, for an integer, on its fitting 32 bits).
+const SAMPLES: [Item<'static>; KINDS] = {
+    let mut samples = [Item::Nil; KINDS];
+    samples[BOOL] = Item::Bool(false);
+    samples[INT32] = Item::Int(0);
+    samples[INT64] = Item::Int(i64::MAX);
+    samples[DOUBLE] = Item::F64(0.5);
+    samples[TEXT] = Item::Str(b"");
+    samples
+};
 
 /// How a node writes a scalar of each kind: what [`Seed`] would write, decided once when
 /// the schema is compiled instead of for every value.
@@ -460,16 +472,16 @@ fn written_as(node: &Node, item: Item<'_>) -> As {
 /// general path cost several times this one per field.
 fn plain(schema: &AvroSchema, node: usize, item: Item<'_>, out: &mut Vec<u8>) -> bool {
     let (kind, item) = match item {
-        Item::Nil => (0, item),
-        Item::Bool(_) => (1, item),
+        Item::Nil => (NIL, item),
+        Item::Bool(_) => (BOOL, item),
         Item::Int(v) => (int_kind(v), item),
         Item::Uint(v) => match i64::try_from(v) {
             Ok(v) => (int_kind(v), Item::Int(v)),
             Err(_) => return false,
         },
-        Item::F64(v) if v.is_finite() => (4, item),
+        Item::F64(v) if v.is_finite() => (DOUBLE, item),
         // Short text is mostly ASCII, checked for far less than a UTF-8 validation costs.
-        Item::Str(bytes) if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() => (5, item),
+        Item::Str(bytes) if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() => (TEXT, item),
         _ => return false,
     };
     let plan = schema.plans[node][kind];
@@ -510,7 +522,11 @@ enum Scalar<'a> {
 
 /// An integer's kind: whether it fits an Avro int.
 fn int_kind(v: i64) -> usize {
-    if i32::try_from(v).is_ok() { 2 } else { 3 }
+    if i32::try_from(v).is_ok() {
+        INT32
+    } else {
+        INT64
+    }
 }
 
 /// A MessagePack map's entries as a record's fields.
