@@ -130,8 +130,11 @@ const SERVICES: [(&str, &str); 2] = [
     ("Kafka broker", "kafka.pid"),
 ];
 
+/// A test bed service by name, and what it has done so far.
+type Service = (&'static str, bed::Activity);
+
 /// What each service running on this machine has done so far (none for a bed elsewhere).
-fn services_activity() -> Vec<(&'static str, bed::Activity)> {
+fn services_activity() -> Vec<Service> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.testbed");
     SERVICES
         .iter()
@@ -144,7 +147,7 @@ fn services_activity() -> Vec<(&'static str, bed::Activity)> {
 
 /// What each service did per message between two readings, one line each: CPU, and the
 /// system calls and wake-ups that tell a busier peer from a chattier one.
-fn print_services(before: &[(&str, bed::Activity)], after: &[(&str, bed::Activity)], n: usize) {
+fn print_services(before: &[Service], after: &[Service], n: usize) {
     for (name, end) in after {
         if let Some((_, start)) = before.iter().find(|(b, _)| b == name) {
             println!(
@@ -160,12 +163,7 @@ fn print_services(before: &[(&str, bed::Activity)], after: &[(&str, bed::Activit
 /// mosquitto and the Kafka broker share its cores), the rate that allows, and what 0.8× the
 /// raw MQTT drain would leave weir beside the services: their share is a ceiling no client
 /// on this machine can pass.
-fn print_budget(
-    weir: f64,
-    (before, after): (&[(&str, bed::Activity)], &[(&str, bed::Activity)]),
-    n: usize,
-    mqtt_rate: f64,
-) {
+fn print_budget(weir: f64, (before, after): (&[Service], &[Service]), n: usize, mqtt_rate: f64) {
     let services: Vec<f64> = after
         .iter()
         .filter_map(|(name, end)| {
