@@ -586,6 +586,7 @@ impl AvroSchema {
 
 #[cfg(test)]
 mod tests {
+    use super::super::EncodeError;
     use super::*;
 
     /// A record of every scalar kind a plan writes, in and out of unions.
@@ -669,8 +670,6 @@ mod tests {
         let mut out = Vec::new();
         s.encode_packed(packed, usize::MAX, &mut out).map(|()| out)
     }
-
-    use super::super::EncodeError;
 
     #[test]
     fn a_record_in_schema_order_is_written_straight_as_any_order_writes_it() {
