@@ -30,7 +30,7 @@ pub use sandbox::{CallLimits, Limits, MAX_CORE_INSTANCES_PER_COMPONENT};
 pub use weir_core::message::Message;
 pub use weir_core::outcome::{Outcome, Record};
 
-use sandbox::{CallError, Instance, WitMessage};
+use sandbox::{CallError, Instance};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
@@ -384,32 +384,16 @@ impl Configured {
         &self.plugin
     }
 
-    /// Transform a batch: exactly one outcome per message, in order. The messages are
-    /// lent to the plugin call without copying them (moved into the binding types and
-    /// back), hence `&mut`; they are unchanged afterwards.
+    /// Transform a batch: exactly one outcome per message, in order. A plugin of contract
+    /// 1.0 or 1.1 is lent the messages without copying them (moved into the binding types
+    /// and back), hence `&mut`; they are unchanged afterwards.
     pub fn process(&self, batch: &mut [Message]) -> Vec<Outcome> {
-        let wit: Vec<WitMessage> = batch
-            .iter_mut()
-            .map(|m| WitMessage {
-                topic: std::mem::take(&mut m.topic),
-                payload: std::mem::take(&mut m.payload),
-                properties: std::mem::take(&mut m.properties),
-                content_type: m.content_type.take(),
-                received_at_ms: m.received_at_ms,
-            })
-            .collect();
         let mut out = Vec::with_capacity(batch.len());
-        self.process_into(&wit, &mut out);
-        for (m, w) in batch.iter_mut().zip(wit) {
-            m.topic = w.topic;
-            m.payload = w.payload;
-            m.properties = w.properties;
-            m.content_type = w.content_type;
-        }
+        self.process_into(batch, &mut out);
         out
     }
 
-    fn process_into(&self, batch: &[WitMessage], out: &mut Vec<Outcome>) {
+    fn process_into(&self, batch: &mut [Message], out: &mut Vec<Outcome>) {
         if batch.is_empty() {
             return;
         }
@@ -462,13 +446,13 @@ impl Configured {
                 // its own budget (a cohort's `plugin_time_ms`, else the host's per message
                 // with its floor per call), so a batch costs its budget plus n of those.
                 tracing::debug!(plugin = %self.label, size = batch.len(), "batch timed out; running its messages one by one");
-                for one in batch.chunks(1) {
+                for one in batch.chunks_mut(1) {
                     self.process_into(one, out);
                 }
             }
             Err(e) => {
                 tracing::debug!(plugin = %self.label, size = batch.len(), error = %e, "batch failed; bisecting to isolate the failing message(s)");
-                let (left, right) = batch.split_at(batch.len() / 2);
+                let (left, right) = batch.split_at_mut(batch.len() / 2);
                 self.process_into(left, out);
                 self.process_into(right, out);
             }
@@ -501,7 +485,7 @@ impl Configured {
     /// One call of `process` on an initialised instance: an idle one, or a fresh one; with
     /// the instance and the calls it has served, for [`Configured::keep`] once its outcomes
     /// are found well formed. A failed call drops its instance.
-    fn call(&self, batch: &[WitMessage]) -> Result<(sandbox::Outcomes, Served), CallError> {
+    fn call(&self, batch: &mut [Message]) -> Result<(sandbox::Outcomes, Served), CallError> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let (mut instance, calls) = match idle {
             Some(pair) => pair,

@@ -10,6 +10,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
+use weir_core::message::Message;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -761,7 +762,7 @@ impl Instance {
     /// budgets (64 × 20 ms) before its neighbours are served.
     pub(super) fn process(
         &mut self,
-        batch: &[WitMessage],
+        batch: &mut [Message],
         expected: Option<Duration>,
     ) -> Result<(Outcomes, Duration), CallError> {
         let full = self.sandbox.budget(batch.len(), &self.limits);
@@ -773,10 +774,13 @@ impl Instance {
         let framed = matches!(self.plugin, Exports::Framed(_)).then(|| frame_batch(batch));
         let running = self.arm(budget, self.output_bound(batch.len()));
         let outcomes = match &self.plugin {
-            Exports::Plain(p) => p.call_process(&mut self.store, batch).map(Outcomes::Plain),
-            Exports::Packed(p) => p
-                .call_process_packed(&mut self.store, batch)
-                .map(Outcomes::Packed),
+            Exports::Plain(p) => lent(batch, |wit| {
+                p.call_process(&mut self.store, wit).map(Outcomes::Plain)
+            }),
+            Exports::Packed(p) => lent(batch, |wit| {
+                p.call_process_packed(&mut self.store, wit)
+                    .map(Outcomes::Packed)
+            }),
             Exports::Framed(p) => p
                 .call_process_framed(&mut self.store, framed.as_deref().unwrap_or_default())
                 .map(Outcomes::Framed),
@@ -789,8 +793,31 @@ impl Instance {
     }
 }
 
+/// `f` given `batch` as the binding types (contracts 1.0 and 1.1), its messages moved into
+/// them and back rather than copied.
+fn lent<T>(batch: &mut [Message], f: impl FnOnce(&[WitMessage]) -> T) -> T {
+    let wit: Vec<WitMessage> = batch
+        .iter_mut()
+        .map(|m| WitMessage {
+            topic: std::mem::take(&mut m.topic),
+            payload: std::mem::take(&mut m.payload),
+            properties: std::mem::take(&mut m.properties),
+            content_type: m.content_type.take(),
+            received_at_ms: m.received_at_ms,
+        })
+        .collect();
+    let result = f(&wit);
+    for (m, w) in batch.iter_mut().zip(wit) {
+        m.topic = w.topic;
+        m.payload = w.payload;
+        m.properties = w.properties;
+        m.content_type = w.content_type;
+    }
+    result
+}
+
 /// `batch` framed for `process-framed` (contract 1.2).
-fn frame_batch(batch: &[WitMessage]) -> Vec<u8> {
+fn frame_batch(batch: &[Message]) -> Vec<u8> {
     use weir_sdk::frame;
     let size: usize = batch
         .iter()
