@@ -145,17 +145,26 @@ fn services_activity() -> Vec<Service> {
         .collect()
 }
 
+/// Each service read at both readings: its name, and what it had done at each.
+fn spans<'a>(
+    before: &'a [Service],
+    after: &'a [Service],
+) -> impl Iterator<Item = (&'static str, &'a bed::Activity, &'a bed::Activity)> {
+    after.iter().filter_map(|(name, end)| {
+        let (_, start) = before.iter().find(|(b, _)| b == name)?;
+        Some((*name, start, end))
+    })
+}
+
 /// What each service did per message between two readings, one line each: CPU, and the
 /// system calls and wake-ups that tell a busier peer from a chattier one.
 fn print_services(before: &[Service], after: &[Service], n: usize) {
-    for (name, end) in after {
-        if let Some((_, start)) = before.iter().find(|(b, _)| b == name) {
-            println!(
-                "  {:<53} {}",
-                format!("{name} (test bed, same machine)"),
-                start.per_message(end, n)
-            );
-        }
+    for (name, start, end) in spans(before, after) {
+        println!(
+            "  {:<53} {}",
+            format!("{name} (test bed, same machine)"),
+            start.per_message(end, n)
+        );
     }
 }
 
@@ -164,18 +173,13 @@ fn print_services(before: &[Service], after: &[Service], n: usize) {
 /// raw MQTT drain would leave weir beside the services: their share is a ceiling no client
 /// on this machine can pass.
 fn print_budget(weir: f64, (before, after): (&[Service], &[Service]), n: usize, mqtt_rate: f64) {
-    let services: Vec<f64> = after
-        .iter()
-        .filter_map(|(name, end)| {
-            let (_, start) = before.iter().find(|(b, _)| b == name)?;
-            Some((end.cpu - start.cpu) * 1e6 / n.max(1) as f64)
-        })
-        .collect();
-    if services.len() < SERVICES.len() {
+    if spans(before, after).count() < SERVICES.len() {
         // A bed elsewhere: weir's own CPU sets the rate.
         return;
     }
-    let services: f64 = services.iter().sum();
+    let services: f64 = spans(before, after)
+        .map(|(_, start, end)| (end.cpu - start.cpu) * 1e6 / n.max(1) as f64)
+        .sum();
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let total = weir + services;
     println!(
