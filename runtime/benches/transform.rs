@@ -8,7 +8,8 @@
 //!
 //! The two are measured interleaved, round after round, in one process, and the median of
 //! each is reported with their ratio, so machine drift affects both alike.
-//! Run: `cargo xtask plugins && cargo bench -p weir --bench transform`
+//! Run: `cargo xtask plugins && cargo bench -p weir --bench transform`; `WEIR_BENCH_BATCHES`
+//! (e.g. `1,64`) measures only those batch sizes.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -63,7 +64,18 @@ fn main() {
         "{:>6} {:>12} {:>12} {:>10} {:>14}",
         "batch", "native ns/msg", "wasm ns/msg", "wasm/native", "overhead ns/msg"
     );
-    for size in [1usize, 10, 64, 100] {
+    let sizes: Vec<usize> = match std::env::var("WEIR_BENCH_BATCHES") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("WEIR_BENCH_BATCHES: {s:?} is not a batch size"))
+            })
+            .collect(),
+        Err(_) => vec![1, 10, 64, 100],
+    };
+    for size in sizes {
         let mut batch: Vec<Message> = (0..size)
             .map(|i| Message {
                 topic: format!("plant/7/thermostat/t-{i:04}"),

@@ -3,7 +3,7 @@
 //! more (WASI filesystem, clocks, random, ...) fails to instantiate and is refused at load.
 
 use super::{LoadError, codes, log};
-use crate::priority::thread_cpu;
+use crate::priority::{thread_cpu, thread_cpu_at_most};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -178,6 +178,9 @@ struct Ticker {
 struct Ticking {
     /// Calls into plugins running now.
     running: usize,
+    /// Whether the epoch thread waits for a call: only then is it woken (a wake is a
+    /// system call even when no one waits, and calls start one after another).
+    idle: bool,
     stop: bool,
 }
 
@@ -192,7 +195,8 @@ impl Ticker {
     fn run(self: &Arc<Self>) -> Running {
         let mut t = self.lock();
         t.running += 1;
-        if t.running == 1 {
+        if t.idle {
+            t.idle = false;
             self.wake.notify_one();
         }
         Running(self.clone())
@@ -207,11 +211,13 @@ impl Ticker {
     fn wait_for_calls(&self) -> bool {
         let mut t = self.lock();
         while t.running == 0 && !t.stop {
+            t.idle = true;
             t = self
                 .wake
                 .wait(t)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        t.idle = false;
         !t.stop
     }
 }
@@ -474,7 +480,9 @@ pub(super) struct State {
     log_rate: Arc<log::Rate>,
     /// The last error-level line (a panic message, usually), to explain a trap.
     last_error: Option<String>,
-    /// The calling thread's CPU time when the call began.
+    /// The calling thread's CPU time when the call began, or up to
+    /// [`FRESH`](crate::priority::FRESH) above it ([`thread_cpu_at_most`]): the budget is
+    /// counted from it, so a call may get that much more, never less.
     cpu_start: Duration,
     /// CPU time the call may use.
     cpu_budget: Duration,
@@ -663,7 +671,7 @@ impl Instance {
         let state = self.store.data_mut();
         state.hit_memory_cap = false;
         state.last_error = None;
-        state.cpu_start = thread_cpu();
+        state.cpu_start = thread_cpu_at_most();
         state.cpu_budget = budget;
         self.store.set_epoch_deadline(ticks(budget));
         self.sandbox.0.ticker.run()
@@ -754,7 +762,9 @@ impl Instance {
         }
     }
 
-    /// Run `batch`; with the CPU time it took. `expected`, the batch's cost as measured on
+    /// Run `batch`; with the CPU time it took, to within [`FRESH`](crate::priority::FRESH)
+    /// (a call shorter than that is timed by the wall clock, which spares it two readings
+    /// of the CPU clock). `expected`, the batch's cost as measured on
     /// earlier calls, cuts a batch's budget short of the sum of its messages' budgets
     /// (never below [`MIN_QUICK_BATCH`]): a batch that runs past it is re-run one message
     /// at a time by the caller, each message with its full budget, so no message gets less
@@ -786,7 +796,7 @@ impl Instance {
                 .map(Outcomes::Framed),
         };
         drop(running);
-        let used = thread_cpu().saturating_sub(self.store.data().cpu_start);
+        let used = thread_cpu_at_most().saturating_sub(self.store.data().cpu_start);
         outcomes
             .map(|o| (o, used))
             .map_err(|e| self.classify(e, budget))
@@ -845,4 +855,51 @@ fn frame_batch(batch: &[Message]) -> Vec<u8> {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    /// The epoch thread's wait, as `Sandbox::new` runs it, on a thread of its own: its
+    /// answer comes through the channel.
+    fn waiter(ticker: &Arc<Ticker>) -> mpsc::Receiver<bool> {
+        let (tx, rx) = mpsc::channel();
+        let ticker = ticker.clone();
+        std::thread::spawn(move || tx.send(ticker.wait_for_calls()).unwrap());
+        rx
+    }
+
+    /// Until the epoch thread waits.
+    fn until_idle(ticker: &Ticker) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !ticker.lock().idle {
+            assert!(Instant::now() < until, "the waiter never waited");
+            std::thread::yield_now();
+        }
+    }
+
+    /// A waiting epoch thread is woken by a call's start, and told to stop by `stop`; a
+    /// call that starts while it is not waiting leaves it be.
+    #[test]
+    fn the_epoch_thread_wakes_for_a_call_and_for_stop() {
+        let ticker = Arc::new(Ticker::default());
+        let woken = waiter(&ticker);
+        until_idle(&ticker);
+        let first = ticker.run();
+        assert_eq!(woken.recv_timeout(Duration::from_secs(10)), Ok(true));
+        assert!(!ticker.lock().idle);
+        // Not waiting: a second call finds nothing to wake.
+        let second = ticker.run();
+        assert_eq!(ticker.lock().running, 2);
+        drop((first, second));
+        assert_eq!(ticker.lock().running, 0);
+
+        let stopped = waiter(&ticker);
+        until_idle(&ticker);
+        ticker.stop();
+        assert_eq!(stopped.recv_timeout(Duration::from_secs(10)), Ok(false));
+    }
 }
