@@ -130,7 +130,8 @@ impl CallLimits {
 }
 
 /// How often the epoch advances: a call's CPU time is checked at most this often, so it
-/// may run up to a tick past its budget.
+/// may run up to a tick past its budget (and up to [`FRESH`](crate::priority::FRESH)
+/// more, the bound on how far its start's reading may be above the clock).
 const TICK: Duration = Duration::from_millis(5);
 /// Core Wasm instances one plugin component may hold.
 pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
