@@ -323,8 +323,18 @@ fn a_cohorts_own_limits_hold_for_interpreter_plugins() {
     use std::time::Duration;
     use weir::transform::CallLimits;
     let cases = [
-        (b"bomb", Duration::from_millis(400), "fail:plugin.oom", "40 MiB"),
-        (b"loop", Duration::from_millis(30), "fail:plugin.timeout", "30ms"),
+        (
+            b"bomb",
+            Duration::from_millis(400),
+            "fail:plugin.oom",
+            "40 MiB",
+        ),
+        (
+            b"loop",
+            Duration::from_millis(30),
+            "fail:plugin.timeout",
+            "30ms",
+        ),
     ];
     for id in ["adversarial-py@0.1.0", "adversarial-ts@0.1.0"] {
         for (hostile_text, time, kind_expected, reason_expected) in cases {
