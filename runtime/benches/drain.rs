@@ -123,6 +123,9 @@ async fn make_session(id: &str, filter: &str) {
     while eventloop.poll().await.is_ok() {}
 }
 
+/// msg/s of the plain producer that writes beside weir during the latency phase.
+const BESIDE_RATE: f64 = 2000.0;
+
 /// The test bed's services, by the pid files `scripts/testbed up` writes. They run on the
 /// same cores as weir, so what they spend per message bounds every drain on this machine.
 const SERVICES: [(&str, &str); 2] = [
@@ -347,26 +350,51 @@ fn raw_kafka(n: usize, run: &str, headers: bool) -> f64 {
 /// (p50, p99) seconds from a raw idempotent producer's send to Kafka's answer, paced to
 /// `rate` msg/s for `n` records: the broker's own share of weir's latency.
 fn raw_kafka_latency(n: usize, rate: f64, run: &str) -> (f64, f64) {
-    let topic = format!("{run}.rawkafka");
-    let (producer, timed) = raw_producer(&topic);
-    let start = Instant::now();
-    for i in 0..n {
-        if i % 50 == 0 {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    Paced::new(run, "rawkafka").run(n, rate, 50)
+}
+
+/// A raw idempotent producer, ready to send paced records to its own topic and time
+/// Kafka's answers.
+struct Paced {
+    topic: String,
+    producer: ThreadedProducer<Timed>,
+    timed: Timed,
+}
+
+impl Paced {
+    /// A producer to `{run}.{leg}`, the topic made and one record answered.
+    fn new(run: &str, leg: &str) -> Paced {
+        let topic = format!("{run}.{leg}");
+        let (producer, timed) = raw_producer(&topic);
+        Paced {
+            topic,
+            producer,
+            timed,
         }
-        let p = bed::bench_payload(i);
-        let key = format!("t-{}", i % 100);
-        let record = BaseRecord::with_opaque_to(&topic, Box::new(Instant::now()))
-            .payload(&p)
-            .key(&key);
-        producer.send(record).map_err(|(e, _)| e).unwrap();
     }
-    producer.flush(Duration::from_secs(120)).unwrap();
-    let mut t = std::mem::take(&mut *timed.0.lock().unwrap());
-    t.sort_by(f64::total_cmp);
-    let at = |q: f64| t[((t.len() - 1) as f64 * q) as usize];
-    (at(0.5), at(0.99))
+
+    /// (p50, p99) seconds from send to answer of `n` records at `rate` msg/s, sent in
+    /// bursts of `burst`.
+    fn run(self, n: usize, rate: f64, burst: usize) -> (f64, f64) {
+        let start = Instant::now();
+        for i in 0..n {
+            if i % burst == 0 {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+            let p = bed::bench_payload(i);
+            let key = format!("t-{}", i % 100);
+            let record = BaseRecord::with_opaque_to(&self.topic, Box::new(Instant::now()))
+                .payload(&p)
+                .key(&key);
+            self.producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+        self.producer.flush(Duration::from_secs(120)).unwrap();
+        let mut t = std::mem::take(&mut *self.timed.0.lock().unwrap());
+        t.sort_by(f64::total_cmp);
+        let at = |q: f64| t[((t.len() - 1) as f64 * q) as usize];
+        (at(0.5), at(0.99))
+    }
 }
 
 /// A running `weir run`, its log followed for the MQTT connection and the admin address.
@@ -735,6 +763,14 @@ fn weir_leg(
     let stages = ["ack", "handover", "produce"];
     let before = stages.map(|s| buckets(&weir.admin, s));
     let target = n as u64 + m as u64;
+    // A plain producer writes beside weir while the paced messages flow, at a rate too low
+    // to add load of its own: its answer times are the broker's under the same load, to
+    // set against weir's Kafka leg.
+    let beside = {
+        let paced = Paced::new(run, "beside");
+        let n = (BESIDE_RATE * m as f64 / half) as usize;
+        std::thread::spawn(move || paced.run(n, BESIDE_RATE, 1))
+    };
     rt.block_on(publish(&format!("{run}-lat"), (m, eo), Some(half), |i| {
         format!("{run}/plant/1/thermostat/t-{}", i % 100)
     }));
@@ -758,6 +794,12 @@ fn weir_leg(
         "  writes started → Kafka's answer:           p50 {:>6.2} ms  p99 {:>6.2} ms",
         bed::quantile(&before[2], &after[2], 0.5) * 1e3,
         bed::quantile(&before[2], &after[2], 0.99) * 1e3
+    );
+    let (beside50, beside99) = beside.join().expect("the producer beside weir");
+    println!(
+        "  a plain producer's, beside weir ({BESIDE_RATE:.0} msg/s): p50 {:>6.2} ms  p99 {:>6.2} ms",
+        beside50 * 1e3,
+        beside99 * 1e3
     );
     let p99 = bed::quantile(&before[0], &after[0], 0.99);
     let (raw50, raw99) = raw_kafka_latency(m, half, run);

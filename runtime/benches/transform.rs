@@ -9,7 +9,8 @@
 //! The two are measured interleaved, round after round, in one process, and the median of
 //! each is reported with their ratio, so machine drift affects both alike.
 //! Run: `cargo xtask plugins && cargo bench -p weir --bench transform`; `WEIR_BENCH_BATCHES`
-//! (e.g. `1,64`) measures only those batch sizes.
+//! (e.g. `1,64`) measures only those batch sizes; `WEIR_BENCH_ONLY=wasm` (or `native`) runs
+//! only that side, for a profile of it (the ratio is then not printed).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -75,6 +76,14 @@ fn main() {
             .collect(),
         Err(_) => vec![1, 10, 64, 100],
     };
+    let only = std::env::var("WEIR_BENCH_ONLY").ok();
+    let runs = |side: &str| only.as_deref().is_none_or(|o| o == side);
+    if let Some(o) = &only {
+        assert!(
+            matches!(o.as_str(), "wasm" | "native"),
+            "WEIR_BENCH_ONLY: {o:?} is neither wasm nor native"
+        );
+    }
     for size in sizes {
         let mut batch: Vec<Message> = (0..size)
             .map(|i| Message {
@@ -113,13 +122,28 @@ fn main() {
             assert!(matches!(out[0], Outcome::Emit(_)));
             black_box(out);
         };
-        // Warm up both paths.
-        measure(size, &mut run_native);
-        measure(size, &mut run_wasm);
         let (mut n, mut w) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            n.push(measure(size, &mut run_native));
-            w.push(measure(size, &mut run_wasm));
+        // A warm-up round first, not counted.
+        for round in 0..=ROUNDS {
+            if runs("native") {
+                n.push(measure(size, &mut run_native));
+            }
+            if runs("wasm") {
+                w.push(measure(size, &mut run_wasm));
+            }
+            if round == 0 {
+                n.clear();
+                w.clear();
+            }
+        }
+        if only.is_some() {
+            let (side, times) = if runs("wasm") {
+                ("wasm", w)
+            } else {
+                ("native", n)
+            };
+            println!("{size:>6} {side} only: {:.0} ns/msg", median(times));
+            continue;
         }
         let (n, w) = (median(n), median(w));
         println!(
