@@ -760,7 +760,7 @@ fn weir_leg(
         .filter(|r| *r > 0.0)
         .unwrap_or(rate / 2.0);
     let m = (half * 5.0) as usize;
-    let stages = ["ack", "handover", "produce"];
+    let stages = ["ack", "handover", "produce", "kafka_answer"];
     let before = stages.map(|s| buckets(&weir.admin, s));
     let target = n as u64 + m as u64;
     // A plain producer writes beside weir while the paced messages flow, at a rate too low
@@ -794,6 +794,11 @@ fn weir_leg(
         "  writes started → Kafka's answer:           p50 {:>6.2} ms  p99 {:>6.2} ms",
         bed::quantile(&before[2], &after[2], 0.5) * 1e3,
         bed::quantile(&before[2], &after[2], 0.99) * 1e3
+    );
+    println!(
+        "    librdkafka and the broker (first of each batch): p50 {:>6.2} ms  p99 {:>6.2} ms",
+        bed::quantile(&before[3], &after[3], 0.5) * 1e3,
+        bed::quantile(&before[3], &after[3], 0.99) * 1e3
     );
     let (beside50, beside99) = beside.join().expect("the producer beside weir");
     println!(

@@ -155,6 +155,10 @@ pub struct Metrics {
     pub handover_seconds: Latency,
     /// Kafka enqueue-to-acknowledgement latency per message, seconds.
     pub produce_seconds: Latency,
+    /// Hand-off to librdkafka to Kafka's answer read by the producer's event thread, for
+    /// the first write of each batch of answers (one per produce request, about): the part
+    /// of `produce_seconds` that is librdkafka and the broker, seconds.
+    pub kafka_answer_seconds: Latency,
     /// MQTT arrival to PUBACK written, per group, seconds.
     pub ack_seconds: Family<GroupLabel, Latency>,
     /// Messages received and not yet acknowledged, per group.
@@ -316,6 +320,7 @@ impl Metrics {
             transform_seconds: Family::new_with_constructor(latency),
             handover_seconds: latency(),
             produce_seconds: latency(),
+            kafka_answer_seconds: latency(),
             ack_seconds: Family::new_with_constructor(ack_latency),
             group_in_flight: Family::default(),
             group_oldest_unacked_seconds: Family::default(),
@@ -435,6 +440,11 @@ impl Metrics {
             "produce_seconds",
             "Kafka write time per message, enqueue to acknowledgement",
             self.produce_seconds.clone(),
+        );
+        r.register(
+            "kafka_answer_seconds",
+            "Hand-off to librdkafka to Kafka's answer on the producer's event thread, first write of each batch of answers",
+            self.kafka_answer_seconds.clone(),
         );
         r.register(
             "plugin_instance_waits",

@@ -486,6 +486,7 @@ async fn start_lane(
             problem: e.to_string(),
         })?;
     group_sink.count_throttling(metrics.kafka_throttled_seconds.clone());
+    group_sink.count_answer_times(metrics.kafka_answer_seconds.clone());
     // Every topic weir writes to exists (the first group's check stops start-up before
     // any session connects), and the producer is connected (and, idempotent, has its
     // producer id) before its session brings the first messages.

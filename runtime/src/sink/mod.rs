@@ -53,6 +53,8 @@ struct Answers {
 struct Context {
     answers: Arc<Answers>,
     throttled: std::sync::OnceLock<Counter<f64, AtomicU64>>,
+    /// Where the first write of each batch of answers has its time to the answer counted.
+    answer_times: std::sync::OnceLock<crate::metrics::Latency>,
 }
 
 impl ClientContext for Context {
@@ -136,6 +138,12 @@ impl Reports for Context {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend(answers);
         self.answers.ready.notify_one();
+    }
+
+    fn first_answered_after(&self, waited: std::time::Duration) {
+        if let Some(times) = self.answer_times.get() {
+            times.observe(waited);
+        }
     }
 }
 
@@ -316,6 +324,7 @@ impl Sink {
             .create_with_context(Context {
                 answers: answers.clone(),
                 throttled: std::sync::OnceLock::new(),
+                answer_times: std::sync::OnceLock::new(),
             })
             .map_err(SinkError::Create)?;
         let producer = Producer::start(producer, "weir-kafka-dr").map_err(SinkError::Thread)?;
@@ -336,6 +345,13 @@ impl Sink {
     /// Count the time brokers throttle this producer (produce quotas) in `counter`.
     pub fn count_throttling(&self, counter: Counter<f64, AtomicU64>) {
         let _ = self.producer.context().throttled.set(counter);
+    }
+
+    /// Count in `times`, for the first write of each batch of Kafka's answers, the time
+    /// from its hand-off to librdkafka to its answer: Kafka's own share of a write's time,
+    /// without weir's wait to take the answer.
+    pub fn count_answer_times(&self, times: crate::metrics::Latency) {
+        let _ = self.producer.context().answer_times.set(times);
     }
 
     /// Check, with metadata requests, that every topic weir writes to exists or can be
