@@ -795,11 +795,14 @@ fn weir_leg(
         bed::quantile(&before[2], &after[2], 0.5) * 1e3,
         bed::quantile(&before[2], &after[2], 0.99) * 1e3
     );
-    println!(
-        "    librdkafka and the broker (first of each batch): p50 {:>6.2} ms  p99 {:>6.2} ms",
-        bed::quantile(&before[3], &after[3], 0.5) * 1e3,
-        bed::quantile(&before[3], &after[3], 0.99) * 1e3
-    );
+    // A weir from before the histogram does not report it.
+    if after[3].iter().any(|&(_, count)| count > 0.0) {
+        println!(
+            "    of which librdkafka and the broker:      p50 {:>6.2} ms  p99 {:>6.2} ms",
+            bed::quantile(&before[3], &after[3], 0.5) * 1e3,
+            bed::quantile(&before[3], &after[3], 0.99) * 1e3
+        );
+    }
     let (beside50, beside99) = beside.join().expect("the producer beside weir");
     println!(
         "  a plain producer's, beside weir ({BESIDE_RATE:.0} msg/s): p50 {:>6.2} ms  p99 {:>6.2} ms",

@@ -155,9 +155,8 @@ pub struct Metrics {
     pub handover_seconds: Latency,
     /// Kafka enqueue-to-acknowledgement latency per message, seconds.
     pub produce_seconds: Latency,
-    /// Hand-off to librdkafka to Kafka's answer read by the producer's event thread, for
-    /// the first write of each batch of answers (one per produce request, about): the part
-    /// of `produce_seconds` that is librdkafka and the broker, seconds.
+    /// Hand-off to librdkafka to Kafka's answer read by the producer's event thread, per
+    /// write: the part of `produce_seconds` that is librdkafka and the broker, seconds.
     pub kafka_answer_seconds: Latency,
     /// MQTT arrival to PUBACK written, per group, seconds.
     pub ack_seconds: Family<GroupLabel, Latency>,
@@ -443,7 +442,7 @@ impl Metrics {
         );
         r.register(
             "kafka_answer_seconds",
-            "Hand-off to librdkafka to Kafka's answer on the producer's event thread, first write of each batch of answers",
+            "Kafka write time per write, hand-off to librdkafka to the answer on the producer's event thread",
             self.kafka_answer_seconds.clone(),
         );
         r.register(

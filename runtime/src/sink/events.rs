@@ -71,10 +71,10 @@ pub trait Reports: ProducerContext<DeliveryOpaque = usize> + 'static {
     /// Kafka's answers to some writes (never empty).
     fn reports(&self, reports: &[Report]);
 
-    /// How long the first write of a batch of answers spent from its hand-off to
-    /// librdkafka to its answer being read here: librdkafka's queue and linger, the
-    /// request, the broker. Called once per batch, before [`Reports::reports`].
-    fn first_answered_after(&self, _waited: Duration) {}
+    /// How long one write spent from its hand-off to librdkafka to its answer being read
+    /// here: librdkafka's queue and linger, the request, the broker. Called for each write
+    /// of a batch of answers, before [`Reports::reports`].
+    fn answered_after(&self, _waited: Duration) {}
 }
 
 /// librdkafka's main queue of one client: where a producer's events arrive.
@@ -463,13 +463,11 @@ unsafe fn dispatch<C: Reports>(
             rd::RD_KAFKA_EVENT_DR => {
                 batch.clear();
                 let mut m = rd::rd_kafka_event_message_next(event);
-                // One clock reading per batch; negative when librdkafka did not time it.
-                if let Some(first) = m.as_ref()
-                    && let Ok(us) = u64::try_from(rd::rd_kafka_message_latency(first))
-                {
-                    context.first_answered_after(Duration::from_micros(us));
-                }
                 while let Some(r) = m.as_ref() {
+                    // Negative when librdkafka did not time the write.
+                    if let Ok(us) = u64::try_from(rd::rd_kafka_message_latency(r)) {
+                        context.answered_after(Duration::from_micros(us));
+                    }
                     batch.push(Report {
                         opaque: r._private as usize,
                         error: (r.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)

@@ -53,7 +53,7 @@ struct Answers {
 struct Context {
     answers: Arc<Answers>,
     throttled: std::sync::OnceLock<Counter<f64, AtomicU64>>,
-    /// Where the first write of each batch of answers has its time to the answer counted.
+    /// Where each write's time from its hand-off to librdkafka to its answer is counted.
     answer_times: std::sync::OnceLock<crate::metrics::Latency>,
 }
 
@@ -140,7 +140,7 @@ impl Reports for Context {
         self.answers.ready.notify_one();
     }
 
-    fn first_answered_after(&self, waited: std::time::Duration) {
+    fn answered_after(&self, waited: std::time::Duration) {
         if let Some(times) = self.answer_times.get() {
             times.observe(waited);
         }
@@ -347,9 +347,8 @@ impl Sink {
         let _ = self.producer.context().throttled.set(counter);
     }
 
-    /// Count in `times`, for the first write of each batch of Kafka's answers, the time
-    /// from its hand-off to librdkafka to its answer: Kafka's own share of a write's time,
-    /// without weir's wait to take the answer.
+    /// Count in `times`, for each write, the time from its hand-off to librdkafka to its
+    /// answer: Kafka's own share of a write's time, without weir's wait to take the answer.
     pub fn count_answer_times(&self, times: crate::metrics::Latency) {
         let _ = self.producer.context().answer_times.set(times);
     }
