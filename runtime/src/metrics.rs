@@ -157,6 +157,7 @@ pub struct Metrics {
     pub produce_seconds: Latency,
     /// Hand-off to librdkafka to Kafka's answer read by the producer's event thread, per
     /// write: the part of `produce_seconds` that is librdkafka and the broker, seconds.
+    /// At-least-once groups' producers (exactly-once sessions' are not counted yet).
     pub kafka_answer_seconds: Latency,
     /// MQTT arrival to PUBACK written, per group, seconds.
     pub ack_seconds: Family<GroupLabel, Latency>,
